@@ -1,0 +1,236 @@
+//! Configuration of ingest rules (`[ingest]`) and of the aggregator itself (`[aggregator]`).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// One configuration problem, named by its key (`section.key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidField {
+    /// Dotted key, such as `ingest.max_span_age`.
+    pub key: String,
+    /// What is wrong, in a sentence.
+    pub message: String,
+}
+
+impl InvalidField {
+    /// A problem with `key`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for InvalidField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// OTLP span kinds, by their lower-case names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpanKindName {
+    Internal,
+    Server,
+    Client,
+    Producer,
+    Consumer,
+}
+
+impl SpanKindName {
+    /// The OTLP `Span.SpanKind` enum value.
+    pub const fn otlp_value(self) -> i32 {
+        match self {
+            SpanKindName::Internal => 1,
+            SpanKindName::Server => 2,
+            SpanKindName::Client => 3,
+            SpanKindName::Producer => 4,
+            SpanKindName::Consumer => 5,
+        }
+    }
+}
+
+/// Label names recmeter itself uses; extra dimensions may not take them.
+pub const RESERVED_LABELS: [&str; 7] = ["service", "endpoint", "status", "window", "q", "le", "source"];
+
+/// `[ingest]`: which spans are requests, how they are keyed, and which times are accepted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Spans that ended longer ago than this are dropped (`reason="too_old"`). Default: `"1h"`.
+    #[serde(with = "humantime_serde")]
+    pub max_span_age: Duration,
+    /// Spans that end further ahead of the clock than this are dropped (`reason="future"`).
+    /// Default: `"5m"`.
+    #[serde(with = "humantime_serde")]
+    pub max_future_skew: Duration,
+    /// Span kinds that count as requests; other spans are accepted and ignored.
+    /// Default: `["server"]`.
+    pub request_span_kinds: Vec<SpanKindName>,
+    /// Span or resource attributes added to the series key (span attributes win). Each becomes a
+    /// label named after the attribute with characters outside `[a-z0-9_]` turned into `_`.
+    /// Default: `[]`.
+    pub dimensions: Vec<String>,
+    /// Span names (endpoints) whose requests count one recommendation when the span has no
+    /// recommendations attribute. Default: unset, meaning every request span.
+    pub recommendation_endpoints: Option<Vec<String>>,
+    /// Integer span attribute holding the number of recommendations a request served.
+    /// Default: `"recs.count"`.
+    pub recommendations_attribute: String,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_span_age: Duration::from_secs(3_600),
+            max_future_skew: Duration::from_secs(300),
+            request_span_kinds: vec![SpanKindName::Server],
+            dimensions: Vec::new(),
+            recommendation_endpoints: None,
+            recommendations_attribute: "recs.count".to_owned(),
+        }
+    }
+}
+
+impl IngestConfig {
+    /// Label names of the extra dimensions, in configuration order.
+    pub fn dimension_labels(&self) -> Vec<String> {
+        self.dimensions.iter().map(|d| label_name(d)).collect()
+    }
+
+    /// Cross-field checks.
+    pub fn validate(&self) -> Vec<InvalidField> {
+        let mut errors = Vec::new();
+        if self.max_span_age.is_zero() {
+            errors.push(InvalidField::new(
+                "ingest.max_span_age",
+                "must be longer than 0s",
+            ));
+        }
+        if self.request_span_kinds.is_empty() {
+            errors.push(InvalidField::new(
+                "ingest.request_span_kinds",
+                "must name at least one span kind, or no span would count",
+            ));
+        }
+        let labels = self.dimension_labels();
+        for (i, (dim, label)) in self.dimensions.iter().zip(&labels).enumerate() {
+            if dim.is_empty() {
+                errors.push(InvalidField::new("ingest.dimensions", "contains an empty name"));
+            } else if RESERVED_LABELS.contains(&label.as_str()) {
+                errors.push(InvalidField::new(
+                    "ingest.dimensions",
+                    format!("`{dim}` would become label `{label}`, which recmeter uses itself"),
+                ));
+            } else if labels[..i].contains(label) {
+                errors.push(InvalidField::new(
+                    "ingest.dimensions",
+                    format!("`{dim}` becomes label `{label}`, the same as an earlier dimension"),
+                ));
+            }
+        }
+        if self.recommendations_attribute.is_empty() {
+            errors.push(InvalidField::new(
+                "ingest.recommendations_attribute",
+                "must not be empty",
+            ));
+        }
+        errors
+    }
+}
+
+/// `[aggregator]`: limits and precision of the in-memory rollups.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregatorConfig {
+    /// Most distinct series kept; requests of further series fold into the
+    /// `__overflow__` series. Default: `10000`.
+    pub max_series: usize,
+    /// HDR significant digits: 2 (≤ 0.78% bucket error) or 3 (≤ 0.1%, more memory).
+    /// Default: `2`.
+    pub significant_digits: u8,
+    /// Requests that may wait for the aggregator before senders are told to retry.
+    /// Default: `256`.
+    pub queue_capacity: usize,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        Self {
+            max_series: 10_000,
+            significant_digits: 2,
+            queue_capacity: 256,
+        }
+    }
+}
+
+impl AggregatorConfig {
+    /// Cross-field checks.
+    pub fn validate(&self) -> Vec<InvalidField> {
+        let mut errors = Vec::new();
+        if self.max_series == 0 {
+            errors.push(InvalidField::new("aggregator.max_series", "must be at least 1"));
+        }
+        if !(2..=3).contains(&self.significant_digits) {
+            errors.push(InvalidField::new(
+                "aggregator.significant_digits",
+                format!("must be 2 or 3, not {}", self.significant_digits),
+            ));
+        }
+        if self.queue_capacity == 0 {
+            errors.push(InvalidField::new("aggregator.queue_capacity", "must be at least 1"));
+        }
+        errors
+    }
+}
+
+/// An attribute name as a Prometheus label / column name (DESIGN): characters outside
+/// `[a-z0-9_]` turned into `_`, and a leading digit prefixed with `_` (labels cannot start with
+/// one).
+pub fn label_name(attribute: &str) -> String {
+    let mut out: String = attribute
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_names() {
+        assert_eq!(label_name("deployment.environment"), "deployment_environment");
+        assert_eq!(label_name("Region-name"), "_egion_name");
+        assert_eq!(label_name("2xx"), "_2xx");
+    }
+
+    #[test]
+    fn dimensions_may_not_collide() {
+        let config = IngestConfig {
+            dimensions: vec!["a.b".into(), "a_b".into(), "status".into()],
+            ..IngestConfig::default()
+        };
+        let errors = config.validate();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(IngestConfig::default().validate().is_empty());
+        assert!(AggregatorConfig::default().validate().is_empty());
+    }
+}

@@ -1,0 +1,18 @@
+//! Errors of the aggregator crate.
+
+/// What can go wrong in the aggregator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An HDR histogram could not be created, encoded, decoded or merged.
+    #[error("{0}")]
+    Histogram(String),
+    /// The aggregator's queue is full; the sender should retry later.
+    #[error("the aggregator is busy; retry later")]
+    Backpressure,
+    /// The aggregator has stopped (the service is shutting down).
+    #[error("the aggregator has stopped")]
+    Stopped,
+}
+
+/// Result with the aggregator's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,114 @@
+//! The aggregator as a running service: a bounded queue in front of one worker task that owns
+//! the writes. Senders get a retryable [`Error::Backpressure`] when the queue is full, never a
+//! silent drop; each batch is answered once it has been counted.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::clock::Clock;
+use crate::config::{AggregatorConfig, IngestConfig};
+use crate::error::{Error, Result};
+use crate::record::{ApplyOutcome, RequestRecord};
+use crate::state::{Aggregator, Snapshot};
+use crate::telemetry::Telemetry;
+use crate::window::Window;
+
+struct Job {
+    records: Vec<RequestRecord>,
+    reply: oneshot::Sender<ApplyOutcome>,
+}
+
+/// Cloneable handle to the running aggregator.
+#[derive(Clone)]
+pub struct AggregatorHandle {
+    tx: mpsc::Sender<Job>,
+    state: Arc<Mutex<Aggregator>>,
+    clock: Arc<Clock>,
+    telemetry: Arc<Telemetry>,
+}
+
+impl std::fmt::Debug for AggregatorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AggregatorHandle").finish_non_exhaustive()
+    }
+}
+
+impl AggregatorHandle {
+    /// Starts the worker on the current Tokio runtime. The worker ends once every handle is
+    /// dropped and the queue is drained.
+    pub fn start(
+        ingest: &IngestConfig,
+        config: &AggregatorConfig,
+        clock: Arc<Clock>,
+        telemetry: Arc<Telemetry>,
+    ) -> Result<(Self, JoinHandle<()>)> {
+        let state = Arc::new(Mutex::new(Aggregator::new(
+            ingest,
+            config,
+            clock.clone(),
+            telemetry.clone(),
+        )?));
+        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let worker = tokio::spawn(run(rx, state.clone()));
+        Ok((
+            Self {
+                tx,
+                state,
+                clock,
+                telemetry,
+            },
+            worker,
+        ))
+    }
+
+    /// Counts a batch; answers once it is counted. Fails fast with [`Error::Backpressure`]
+    /// when the queue is full.
+    pub async fn submit(&self, records: Vec<RequestRecord>) -> Result<ApplyOutcome> {
+        if records.is_empty() {
+            return Ok(ApplyOutcome::default());
+        }
+        let permit = self.tx.try_reserve().map_err(|e| match e {
+            mpsc::error::TrySendError::Full(()) => Error::Backpressure,
+            mpsc::error::TrySendError::Closed(()) => Error::Stopped,
+        })?;
+        let (reply, answer) = oneshot::channel();
+        permit.send(Job { records, reply });
+        answer.await.map_err(|_| Error::Stopped)
+    }
+
+    /// Counters and quantiles of every series for `windows`, at the clock's now.
+    pub fn snapshot(&self, windows: &[Window]) -> Result<Snapshot> {
+        lock(&self.state).snapshot(windows)
+    }
+
+    /// Series currently held, the overflow series included.
+    pub fn series_active(&self) -> usize {
+        lock(&self.state).series_active()
+    }
+
+    /// The process clock.
+    pub fn clock(&self) -> &Arc<Clock> {
+        &self.clock
+    }
+
+    /// The ingest self-telemetry counters.
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
+    }
+}
+
+fn lock(state: &Mutex<Aggregator>) -> MutexGuard<'_, Aggregator> {
+    // A panic while counting leaves counts that are still consistent per record; keep serving.
+    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn run(mut rx: mpsc::Receiver<Job>, state: Arc<Mutex<Aggregator>>) {
+    while let Some(job) = rx.recv().await {
+        let outcome = lock(&state).apply(&job.records);
+        // The sender may have gone away (client timeout); the records are counted regardless.
+        let _ = job.reply.send(outcome);
+    }
+    tracing::debug!("Aggregator queue drained; worker stopping.");
+}

@@ -1,0 +1,478 @@
+//! In-memory rollups: per series, cumulative counters for the Prometheus counters and histogram,
+//! and per-minute HDR histograms for the quantile windows. Only a minute that is still receiving
+//! data holds a dense histogram; once the clock leaves it, it is sealed into V2-encoded bytes.
+//! A late span for a sealed minute opens a fresh part that is sealed as an extra row; readers
+//! merge all parts of a minute.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use hdrhistogram::Histogram;
+
+use crate::clock::{Clock, MINUTE_NANOS, minute_of};
+use crate::config::{AggregatorConfig, IngestConfig};
+use crate::error::Result;
+use crate::histogram;
+use crate::record::{ApplyOutcome, RequestRecord, SeriesKey};
+use crate::telemetry::Telemetry;
+use crate::window::Window;
+
+/// Upper bounds of `recs_latency_seconds`, in nanoseconds (DESIGN).
+pub const LATENCY_BUCKETS_NANOS: [u64; 12] = [
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    200_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// The quantiles exported for every window (DESIGN `q` label values).
+pub const QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
+
+/// Minutes kept in memory (DESIGN: the last 3 h).
+const MINUTES_KEPT: u64 = 180;
+
+/// Cumulative counters of one series since start-up.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SeriesTotals {
+    pub ok: u64,
+    pub errors: u64,
+    pub recommendations: u64,
+    /// Requests per `recs_latency_seconds` bucket (not cumulative); the last entry is `+Inf`.
+    /// Counted on the exact duration, before clamping.
+    pub bucket_counts: [u64; LATENCY_BUCKETS_NANOS.len() + 1],
+    /// Sum of exact durations, nanoseconds.
+    pub sum_nanos: u128,
+}
+
+impl SeriesTotals {
+    /// All requests, ok and error.
+    pub fn requests(&self) -> u64 {
+        self.ok + self.errors
+    }
+}
+
+#[derive(Debug, Default)]
+struct MinuteRollup {
+    open: Option<Histogram<u64>>,
+    sealed: Vec<Vec<u8>>,
+}
+
+#[derive(Debug, Default)]
+struct SeriesState {
+    totals: SeriesTotals,
+    minutes: BTreeMap<u64, MinuteRollup>,
+}
+
+/// Quantiles of one series over one window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowQuantiles {
+    pub window: Window,
+    /// Requests in the window.
+    pub count: u64,
+    /// `(q, seconds)` for each of [`QUANTILES`].
+    pub quantiles: [(f64, f64); 4],
+}
+
+/// One series as the exporter sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesSnapshot {
+    pub key: SeriesKey,
+    pub totals: SeriesTotals,
+    /// Windows with at least one request, shortest first.
+    pub windows: Vec<WindowQuantiles>,
+}
+
+/// A consistent read of every series at one clock instant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub at_unix_nanos: u64,
+    /// Label names of the extra dimensions, in key order.
+    pub dimension_labels: Vec<String>,
+    /// Series sorted by key.
+    pub series: Vec<SeriesSnapshot>,
+}
+
+/// The rollup state. Owned by one worker task; readers take the lock briefly.
+#[derive(Debug)]
+pub struct Aggregator {
+    clock: Arc<Clock>,
+    telemetry: Arc<Telemetry>,
+    max_age_nanos: u64,
+    max_skew_nanos: u64,
+    max_series: usize,
+    significant_digits: u8,
+    dimension_labels: Vec<String>,
+    overflow: SeriesKey,
+    series: HashMap<SeriesKey, SeriesState>,
+    /// Minutes before this one have been sealed.
+    sealed_before: u64,
+}
+
+impl Aggregator {
+    /// An empty aggregator.
+    pub fn new(
+        ingest: &IngestConfig,
+        config: &AggregatorConfig,
+        clock: Arc<Clock>,
+        telemetry: Arc<Telemetry>,
+    ) -> Result<Self> {
+        // Fails early on a precision the histogram cannot take.
+        histogram::new_histogram(config.significant_digits)?;
+        let dimension_labels = ingest.dimension_labels();
+        Ok(Self {
+            clock,
+            telemetry,
+            max_age_nanos: duration_nanos(ingest.max_span_age),
+            max_skew_nanos: duration_nanos(ingest.max_future_skew),
+            max_series: config.max_series,
+            significant_digits: config.significant_digits,
+            overflow: SeriesKey::overflow(dimension_labels.len()),
+            dimension_labels,
+            series: HashMap::new(),
+            sealed_before: 0,
+        })
+    }
+
+    /// Series currently held, the overflow series included.
+    pub fn series_active(&self) -> usize {
+        self.series.len()
+    }
+
+    /// Series counted against the cap: all but the overflow series.
+    fn regular_series(&self) -> usize {
+        self.series.len() - usize::from(self.series.contains_key(&self.overflow))
+    }
+
+    /// Counts a batch of requests.
+    pub fn apply(&mut self, records: &[RequestRecord]) -> ApplyOutcome {
+        let now = self.clock.now_nanos();
+        self.roll(minute_of(now));
+        let oldest = now.saturating_sub(self.max_age_nanos);
+        let newest = now.saturating_add(self.max_skew_nanos);
+        let mut outcome = ApplyOutcome::default();
+        let mut overflowed = 0;
+        for record in records {
+            if record.end_unix_nanos < oldest {
+                outcome.too_old += 1;
+                continue;
+            }
+            if record.end_unix_nanos > newest {
+                outcome.future += 1;
+                continue;
+            }
+            let key = if self.series.contains_key(&record.key)
+                || self.regular_series() < self.max_series
+            {
+                &record.key
+            } else {
+                overflowed += 1;
+                &self.overflow
+            };
+            if !self.series.contains_key(key) {
+                self.series.insert(key.clone(), SeriesState::default());
+            }
+            let Some(series) = self.series.get_mut(key) else {
+                continue;
+            };
+            let (clamped, bound) = histogram::clamp(record.duration_nanos);
+            if let Some(bound) = bound {
+                self.telemetry.add_clamped(bound);
+            }
+            let totals = &mut series.totals;
+            if record.error {
+                totals.errors += 1;
+            } else {
+                totals.ok += 1;
+            }
+            totals.recommendations = totals.recommendations.saturating_add(record.recommendations);
+            let bucket = LATENCY_BUCKETS_NANOS
+                .iter()
+                .position(|&le| record.duration_nanos <= le)
+                .unwrap_or(LATENCY_BUCKETS_NANOS.len());
+            totals.bucket_counts[bucket] += 1;
+            totals.sum_nanos += u128::from(record.duration_nanos);
+            let minute = series
+                .minutes
+                .entry(minute_of(record.end_unix_nanos))
+                .or_default();
+            let h = match &mut minute.open {
+                Some(h) => h,
+                open @ None => match histogram::new_histogram(self.significant_digits) {
+                    Ok(h) => open.insert(h),
+                    // Cannot happen: the precision was checked in `new`.
+                    Err(_) => continue,
+                },
+            };
+            histogram::record(h, clamped);
+            outcome.accepted += 1;
+        }
+        if overflowed > 0 {
+            self.telemetry.add_series_overflow(overflowed);
+        }
+        outcome
+    }
+
+    /// Seals every minute before `open_minute` and forgets minutes older than 3 h.
+    fn roll(&mut self, open_minute: u64) {
+        if open_minute <= self.sealed_before {
+            return;
+        }
+        let keep_from = open_minute.saturating_sub(MINUTES_KEPT - 1);
+        for series in self.series.values_mut() {
+            series.minutes = series.minutes.split_off(&keep_from);
+            for (_, rollup) in series.minutes.range_mut(..open_minute) {
+                if let Some(h) = rollup.open.take() {
+                    match histogram::encode(&h) {
+                        Ok(bytes) => rollup.sealed.push(bytes),
+                        Err(e) => {
+                            tracing::error!(error = %e, "Cannot seal a minute; keeping it dense.");
+                            rollup.open = Some(h);
+                        }
+                    }
+                }
+            }
+        }
+        self.sealed_before = open_minute;
+    }
+
+    /// Counters and window quantiles of every series at the clock's now.
+    pub fn snapshot(&mut self, windows: &[Window]) -> Result<Snapshot> {
+        let now = self.clock.now_nanos();
+        let open_minute = minute_of(now);
+        self.roll(open_minute);
+        let mut windows: Vec<(Window, u64)> = windows
+            .iter()
+            .map(|w| (*w, *w.minute_range(now).start()))
+            .collect();
+        // Longer windows start earlier; walk minutes newest first and emit each window as the
+        // walk passes its start.
+        windows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut acc = histogram::new_histogram(self.significant_digits)?;
+        let mut out = Vec::with_capacity(self.series.len());
+        for (key, state) in &self.series {
+            acc.reset();
+            let mut per_window = Vec::with_capacity(windows.len());
+            let mut next = 0;
+            for (&minute, rollup) in state.minutes.range(..=open_minute).rev() {
+                while next < windows.len() && minute < windows[next].1 {
+                    push_window(&mut per_window, windows[next].0, &acc);
+                    next += 1;
+                }
+                if next == windows.len() {
+                    break;
+                }
+                if let Some(h) = &rollup.open {
+                    histogram::merge(&mut acc, h)?;
+                }
+                for part in &rollup.sealed {
+                    histogram::merge(&mut acc, &histogram::decode(part)?)?;
+                }
+            }
+            while next < windows.len() {
+                push_window(&mut per_window, windows[next].0, &acc);
+                next += 1;
+            }
+            per_window.sort_by_key(|w| w.window);
+            out.push(SeriesSnapshot {
+                key: key.clone(),
+                totals: state.totals.clone(),
+                windows: per_window,
+            });
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(Snapshot {
+            at_unix_nanos: now,
+            dimension_labels: self.dimension_labels.clone(),
+            series: out,
+        })
+    }
+}
+
+fn push_window(out: &mut Vec<WindowQuantiles>, window: Window, acc: &Histogram<u64>) {
+    if acc.is_empty() {
+        return;
+    }
+    let mut quantiles = [(0.0, 0.0); 4];
+    for (slot, q) in quantiles.iter_mut().zip(QUANTILES) {
+        *slot = (q, histogram::quantile_seconds(acc, q).unwrap_or(0.0));
+    }
+    out.push(WindowQuantiles {
+        window,
+        count: acc.len(),
+        quantiles,
+    });
+}
+
+fn duration_nanos(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The first nanosecond of `minute`.
+pub fn minute_start_nanos(minute: u64) -> u64 {
+    minute * MINUTE_NANOS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::OVERFLOW;
+    use crate::telemetry::Telemetry;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    const START_SECS: u64 = 1_800_000_000; // a minute boundary
+
+    fn aggregator(max_series: usize) -> (Aggregator, Arc<Clock>, Arc<Telemetry>) {
+        let clock = Arc::new(Clock::fake(UNIX_EPOCH + Duration::from_secs(START_SECS)));
+        let telemetry = Arc::new(Telemetry::default());
+        let config = AggregatorConfig {
+            max_series,
+            ..AggregatorConfig::default()
+        };
+        let agg = Aggregator::new(
+            &IngestConfig::default(),
+            &config,
+            clock.clone(),
+            telemetry.clone(),
+        )
+        .unwrap();
+        (agg, clock, telemetry)
+    }
+
+    fn key(service: &str, endpoint: &str) -> SeriesKey {
+        SeriesKey {
+            service: service.into(),
+            endpoint: endpoint.into(),
+            dimensions: Vec::new(),
+        }
+    }
+
+    fn request(key: SeriesKey, end: u64, millis: u64) -> RequestRecord {
+        RequestRecord {
+            key,
+            end_unix_nanos: end,
+            duration_nanos: millis * 1_000_000,
+            error: false,
+            recommendations: 1,
+        }
+    }
+
+    fn window<'a>(s: &'a SeriesSnapshot, w: Window) -> Option<&'a WindowQuantiles> {
+        s.windows.iter().find(|x| x.window == w)
+    }
+
+    #[test]
+    fn overflow_series_absorbs_requests_past_the_cap() {
+        let (mut agg, clock, telemetry) = aggregator(2);
+        let now = clock.now_nanos();
+        let batch: Vec<_> = (0..5)
+            .map(|i| request(key("svc", &format!("e{i}")), now, 10))
+            .collect();
+        let outcome = agg.apply(&batch);
+        assert_eq!(outcome.accepted, 5);
+        assert_eq!(agg.series_active(), 3, "two series plus the overflow series");
+        assert_eq!(telemetry.series_overflow(), 3);
+        // A series seen before the cap keeps counting as itself.
+        agg.apply(&[request(key("svc", "e0"), now, 10)]);
+        let snap = agg.snapshot(&[Window::M1]).unwrap();
+        let e0 = snap.series.iter().find(|s| &*s.key.endpoint == "e0").unwrap();
+        assert_eq!(e0.totals.ok, 2);
+        let overflow = snap
+            .series
+            .iter()
+            .find(|s| &*s.key.service == OVERFLOW)
+            .unwrap();
+        assert_eq!(&*overflow.key.endpoint, OVERFLOW);
+        assert_eq!(overflow.totals.ok, 3);
+    }
+
+    #[test]
+    fn windows_include_the_open_minute_and_respect_boundaries() {
+        let (mut agg, clock, _) = aggregator(10);
+        let k = key("svc", "get");
+        let t0 = clock.now_nanos();
+        // Minute m-5 (outside 5m, inside 1h), m-4 (inside 5m), and the open minute m.
+        agg.apply(&[
+            request(k.clone(), t0 - 5 * MINUTE_NANOS, 1),
+            request(k.clone(), t0 - 4 * MINUTE_NANOS, 2),
+            request(k.clone(), t0, 3),
+        ]);
+        let snap = agg.snapshot(&[Window::M1, Window::M5, Window::H1]).unwrap();
+        let s = &snap.series[0];
+        assert_eq!(window(s, Window::M1).unwrap().count, 1);
+        assert_eq!(window(s, Window::M5).unwrap().count, 2);
+        assert_eq!(window(s, Window::H1).unwrap().count, 3);
+        // One minute later the open minute is empty: the 1m window has no data.
+        clock.advance(Duration::from_secs(60));
+        let snap = agg.snapshot(&[Window::M1, Window::M5, Window::H1]).unwrap();
+        let s = &snap.series[0];
+        assert!(window(s, Window::M1).is_none());
+        assert_eq!(window(s, Window::M5).unwrap().count, 1);
+        assert_eq!(window(s, Window::H1).unwrap().count, 3);
+    }
+
+    #[test]
+    fn late_data_for_a_sealed_minute_is_merged() {
+        let (mut agg, clock, _) = aggregator(10);
+        let k = key("svc", "get");
+        let t0 = clock.now_nanos();
+        agg.apply(&[request(k.clone(), t0, 100)]);
+        clock.advance(Duration::from_secs(120));
+        agg.apply(&[request(k.clone(), t0 + 1, 300)]); // minute t0 is sealed by now
+        let snap = agg.snapshot(&[Window::M5]).unwrap();
+        let w = window(&snap.series[0], Window::M5).unwrap();
+        assert_eq!(w.count, 2);
+        let p99 = w.quantiles[2].1;
+        assert!((p99 - 0.3).abs() / 0.3 < 0.01, "{p99}");
+    }
+
+    #[test]
+    fn too_old_and_future_spans_are_refused() {
+        let (mut agg, clock, _) = aggregator(10);
+        let k = key("svc", "get");
+        let now = clock.now_nanos();
+        let hour = 3_600 * 1_000_000_000;
+        let outcome = agg.apply(&[
+            request(k.clone(), now - hour, 1),     // exactly at the age limit: kept
+            request(k.clone(), now - hour - 1, 1), // too old
+            request(k.clone(), now + 300 * 1_000_000_000, 1), // exactly at the skew limit: kept
+            request(k.clone(), now + 300 * 1_000_000_000 + 1, 1), // future
+        ]);
+        assert_eq!(
+            outcome,
+            ApplyOutcome {
+                accepted: 2,
+                too_old: 1,
+                future: 1
+            }
+        );
+    }
+
+    #[test]
+    fn buckets_count_exact_durations_and_clamps_are_counted() {
+        let (mut agg, clock, telemetry) = aggregator(10);
+        let k = key("svc", "get");
+        let now = clock.now_nanos();
+        let mut r = request(k.clone(), now, 0);
+        r.duration_nanos = 200_000_000; // exactly 0.2 s: in le="0.2"
+        let mut tiny = r.clone();
+        tiny.duration_nanos = 10;
+        let mut huge = r.clone();
+        huge.duration_nanos = 7_200 * 1_000_000_000;
+        agg.apply(&[r, tiny, huge]);
+        let snap = agg.snapshot(&[]).unwrap();
+        let b = &snap.series[0].totals.bucket_counts;
+        assert_eq!(b[0], 1, "10 ns is in le=0.005");
+        assert_eq!(b[5], 1, "0.2 s is in le=0.2");
+        assert_eq!(b[12], 1, "2 h is in +Inf");
+        assert_eq!(telemetry.clamped(crate::histogram::ClampBound::Low), 1);
+        assert_eq!(telemetry.clamped(crate::histogram::ClampBound::High), 1);
+    }
+}
