@@ -1,0 +1,3 @@
+//! Sources of telemetry, one folder each.
+
+pub mod otlp;

@@ -1,0 +1,142 @@
+//! OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export`, gzip accepted.
+//! tonic decodes the message before our handler runs and calls a bad one INTERNAL; a layer
+//! around the service turns that into INVALID_ARGUMENT (the client's fault, not retryable) and
+//! counts it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{HeaderValue, Request, Response};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use recmeter_aggregator::Telemetry;
+use recmeter_aggregator::telemetry::{RejectReason, Transport};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tonic::codec::CompressionEncoding;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Code, Status};
+use tower::{Layer, Service};
+
+use super::traces::{IngestError, TraceIngest};
+use crate::error::{Error, Result};
+
+struct GrpcTraces {
+    ingest: TraceIngest,
+}
+
+#[tonic::async_trait]
+impl TraceService for GrpcTraces {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, Status> {
+        let telemetry = self.ingest.aggregator().telemetry();
+        match self.ingest.export(request.get_ref(), Transport::Grpc).await {
+            Ok(response) => Ok(tonic::Response::new(response)),
+            Err(IngestError::Backpressure) => {
+                telemetry.add_request_rejected(Transport::Grpc, RejectReason::Backpressure);
+                Err(unavailable("recmeter is busy; retry later"))
+            }
+            Err(IngestError::Unavailable) => Err(unavailable("recmeter is shutting down")),
+        }
+    }
+}
+
+/// UNAVAILABLE with a `RetryInfo` detail, so OTLP clients retry after a pause.
+fn unavailable(message: &str) -> Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let details = ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(1)));
+    Status::with_error_details(Code::Unavailable, message, details)
+}
+
+/// Serves OTLP/gRPC on `listener` until `shutdown` completes, then drains in-flight calls.
+pub async fn serve_grpc(
+    listener: TcpListener,
+    ingest: TraceIngest,
+    max_body_bytes: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let telemetry = ingest.aggregator().telemetry().clone();
+    let traces = TraceServiceServer::new(GrpcTraces { ingest })
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(max_body_bytes);
+    tonic::transport::Server::builder()
+        .layer(StatusRewriteLayer { telemetry })
+        .add_service(traces)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .await
+        .map_err(|e| Error::Serve {
+            server: "OTLP/gRPC",
+            message: e.to_string(),
+        })
+}
+
+/// Rewrites tonic's own answers to bad requests into the codes OTLP clients should see.
+#[derive(Clone)]
+struct StatusRewriteLayer {
+    telemetry: Arc<Telemetry>,
+}
+
+impl<S> Layer<S> for StatusRewriteLayer {
+    type Service = StatusRewrite<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        StatusRewrite {
+            inner,
+            telemetry: self.telemetry.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct StatusRewrite<S> {
+    inner: S,
+    telemetry: Arc<Telemetry>,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for StatusRewrite<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>> + Send,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let telemetry = self.telemetry.clone();
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = future.await?;
+            let headers = response.headers_mut();
+            let code = headers
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok())
+                .map(Code::from_i32);
+            let message = headers
+                .get("grpc-message")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if code == Some(Code::Internal) && message.contains("decode") {
+                telemetry.add_request_rejected(Transport::Grpc, RejectReason::Decode);
+                headers.insert(
+                    "grpc-status",
+                    HeaderValue::from(Code::InvalidArgument as i32),
+                );
+            }
+            Ok(response)
+        })
+    }
+}

@@ -1,0 +1,320 @@
+//! OTLP/HTTP: `POST /v1/traces` with `application/x-protobuf` or `application/json` bodies,
+//! optionally gzip-compressed. Answers in the request's encoding; errors carry a
+//! `google.rpc.Status` as the OTLP specification asks.
+
+use std::future::Future;
+use std::io::Read;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use recmeter_aggregator::telemetry::{RejectReason, Transport};
+use tokio::net::TcpListener;
+
+use super::traces::{IngestError, TraceIngest};
+use crate::error::{Error, Result};
+
+const PROTOBUF: &str = "application/x-protobuf";
+const JSON: &str = "application/json";
+
+/// `google.rpc.Status`, the error body of OTLP/HTTP.
+#[derive(Clone, PartialEq, Message, serde::Serialize)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Protobuf,
+    Json,
+}
+
+#[derive(Clone)]
+struct HttpState {
+    ingest: TraceIngest,
+    max_body_bytes: usize,
+}
+
+/// The OTLP/HTTP routes, for serving or for `oneshot` tests.
+pub fn http_router(ingest: TraceIngest, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/v1/traces", post(traces))
+        // The limit is enforced below, after decompression too, so it can be counted.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(HttpState {
+            ingest,
+            max_body_bytes,
+        })
+}
+
+/// Serves OTLP/HTTP on `listener` until `shutdown` completes, then drains in-flight requests.
+pub async fn serve_http(
+    listener: TcpListener,
+    ingest: TraceIngest,
+    max_body_bytes: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    axum::serve(listener, http_router(ingest, max_body_bytes))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| Error::Serve {
+            server: "OTLP/HTTP",
+            message: e.to_string(),
+        })
+}
+
+/// A refused request: HTTP status, gRPC-style code, message and the counter reason.
+struct Refusal {
+    status: StatusCode,
+    reason: Option<RejectReason>,
+    message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, reason: Option<RejectReason>, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    fn into_response(self, encoding: Encoding) -> Response {
+        let code = match self.status {
+            StatusCode::BAD_REQUEST => tonic::Code::InvalidArgument,
+            StatusCode::PAYLOAD_TOO_LARGE => tonic::Code::ResourceExhausted,
+            StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable,
+            _ => tonic::Code::InvalidArgument,
+        } as i32;
+        let body = RpcStatus {
+            code,
+            message: self.message,
+        };
+        let mut response = encode(encoding, &body, |b| serde_json::to_vec(b)).into_response();
+        *response.status_mut() = self.status;
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+fn encode<T: Message>(
+    encoding: Encoding,
+    message: &T,
+    to_json: impl Fn(&T) -> serde_json::Result<Vec<u8>>,
+) -> Response {
+    match encoding {
+        Encoding::Protobuf => {
+            ([(header::CONTENT_TYPE, PROTOBUF)], message.encode_to_vec()).into_response()
+        }
+        Encoding::Json => match to_json(message) {
+            Ok(body) => ([(header::CONTENT_TYPE, JSON)], body).into_response(),
+            Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        },
+    }
+}
+
+async fn traces(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
+    let telemetry = state.ingest.aggregator().telemetry().clone();
+    let Some(encoding) = content_type(&headers) else {
+        telemetry.add_request_rejected(Transport::Http, RejectReason::UnsupportedMediaType);
+        let message = format!("unsupported content type; send {PROTOBUF} or {JSON}");
+        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, message).into_response();
+    };
+    match handle(&state, &headers, body, encoding).await {
+        Ok(response) => response,
+        Err(refusal) => {
+            if let Some(reason) = refusal.reason {
+                telemetry.add_request_rejected(Transport::Http, reason);
+            }
+            refusal.into_response(encoding)
+        }
+    }
+}
+
+async fn handle(
+    state: &HttpState,
+    headers: &HeaderMap,
+    body: Body,
+    encoding: Encoding,
+) -> Result<Response, Refusal> {
+    let limit = state.max_body_bytes;
+    let too_large = || {
+        Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Some(RejectReason::TooLarge),
+            format!("request body is larger than otlp.max_body_bytes ({limit} bytes)"),
+        )
+    };
+    let raw = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
+        Err(e) => {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                Some(RejectReason::Decode),
+                format!("cannot read request body: {e}"),
+            ));
+        }
+    };
+    let body = match content_encoding(headers) {
+        ContentEncoding::Identity => raw,
+        ContentEncoding::Gzip => gunzip(&raw, limit).map_err(|e| match e {
+            GunzipError::TooLarge => too_large(),
+            GunzipError::Corrupt(e) => Refusal::new(
+                StatusCode::BAD_REQUEST,
+                Some(RejectReason::Decode),
+                format!("invalid gzip body: {e}"),
+            ),
+        })?,
+        ContentEncoding::Other(name) => {
+            return Err(Refusal::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Some(RejectReason::UnsupportedMediaType),
+                format!("unsupported content encoding `{name}`; send gzip or none"),
+            ));
+        }
+    };
+    let request = decode(&body, encoding).map_err(|message| {
+        Refusal::new(StatusCode::BAD_REQUEST, Some(RejectReason::Decode), message)
+    })?;
+    match state.ingest.export(&request, Transport::Http).await {
+        Ok(response) => Ok(encode(encoding, &response, |r| serde_json::to_vec(r))),
+        Err(IngestError::Backpressure) => Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(RejectReason::Backpressure),
+            "recmeter is busy; retry later",
+        )),
+        Err(IngestError::Unavailable) => Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            None,
+            "recmeter is shutting down",
+        )),
+    }
+}
+
+fn content_type(headers: &HeaderMap) -> Option<Encoding> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let media_type = value.split(';').next()?.trim();
+    if media_type.eq_ignore_ascii_case(PROTOBUF) {
+        Some(Encoding::Protobuf)
+    } else if media_type.eq_ignore_ascii_case(JSON) {
+        Some(Encoding::Json)
+    } else {
+        None
+    }
+}
+
+enum ContentEncoding {
+    Identity,
+    Gzip,
+    Other(String),
+}
+
+fn content_encoding(headers: &HeaderMap) -> ContentEncoding {
+    match headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
+    {
+        None => ContentEncoding::Identity,
+        Some(v) if v.is_empty() || v == "identity" => ContentEncoding::Identity,
+        Some(v) if v == "gzip" || v == "x-gzip" => ContentEncoding::Gzip,
+        Some(v) => ContentEncoding::Other(v),
+    }
+}
+
+enum GunzipError {
+    TooLarge,
+    Corrupt(std::io::Error),
+}
+
+/// Inflates a gzip body, refusing to produce more than `limit` bytes (no decompression bombs).
+fn gunzip(body: &[u8], limit: usize) -> Result<Bytes, GunzipError> {
+    let mut out = Vec::new();
+    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    flate2::read::MultiGzDecoder::new(body)
+        .take(cap)
+        .read_to_end(&mut out)
+        .map_err(GunzipError::Corrupt)?;
+    if out.len() > limit {
+        return Err(GunzipError::TooLarge);
+    }
+    Ok(Bytes::from(out))
+}
+
+fn decode(body: &[u8], encoding: Encoding) -> Result<ExportTraceServiceRequest, String> {
+    match encoding {
+        Encoding::Protobuf => ExportTraceServiceRequest::decode(body)
+            .map_err(|e| format!("invalid OTLP protobuf: {e}")),
+        Encoding::Json => serde_json::from_slice(body).map_err(|e| format!("invalid OTLP JSON: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Request;
+    use recmeter_aggregator::{AggregatorConfig, AggregatorHandle, Clock, IngestConfig, Telemetry};
+    use std::sync::Arc;
+    use tower::ServiceExt;
+
+    fn router() -> Router {
+        let (handle, _worker) = AggregatorHandle::start(
+            &IngestConfig::default(),
+            &AggregatorConfig::default(),
+            Arc::new(Clock::System),
+            Arc::new(Telemetry::default()),
+        )
+        .unwrap();
+        let ingest = TraceIngest::new(handle, super::super::SpanRules::new(&IngestConfig::default()));
+        http_router(ingest, 4096)
+    }
+
+    async fn post(content_type: &str, encoding: Option<&str>, body: Vec<u8>) -> StatusCode {
+        let mut request = Request::post("/v1/traces").header(header::CONTENT_TYPE, content_type);
+        if let Some(e) = encoding {
+            request = request.header(header::CONTENT_ENCODING, e);
+        }
+        router()
+            .oneshot(request.body(Body::from(body)).unwrap())
+            .await
+            .unwrap()
+            .status()
+    }
+
+    #[tokio::test]
+    async fn answers_by_content_type_and_encoding() {
+        assert_eq!(post(JSON, None, b"{}".to_vec()).await, StatusCode::OK);
+        assert_eq!(post(PROTOBUF, None, Vec::new()).await, StatusCode::OK);
+        assert_eq!(post("text/plain", None, b"x".to_vec()).await, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(post(JSON, None, b"{".to_vec()).await, StatusCode::BAD_REQUEST);
+        assert_eq!(post(PROTOBUF, None, vec![0x0a, 0xff]).await, StatusCode::BAD_REQUEST);
+        assert_eq!(post(JSON, Some("br"), b"{}".to_vec()).await, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(post(JSON, Some("gzip"), b"nope".to_vec()).await, StatusCode::BAD_REQUEST);
+        assert_eq!(post(JSON, None, vec![b' '; 5000]).await, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn gzip_bomb_is_refused() {
+        use flate2::{Compression, write::GzEncoder};
+        use std::io::Write;
+        let mut gz = GzEncoder::new(Vec::new(), Compression::best());
+        gz.write_all(&vec![b' '; 1 << 20]).unwrap();
+        let small = gz.finish().unwrap();
+        assert!(small.len() < 4096);
+        assert_eq!(post(JSON, Some("gzip"), small).await, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+}

@@ -1,0 +1,355 @@
+//! From an OTLP `ExportTraceServiceRequest` to counted requests: validates spans, applies the
+//! request rule (span kind), keys each request by service, endpoint and the configured
+//! dimensions, submits the batch and builds the OTLP response with `partial_success`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+use recmeter_aggregator::telemetry::{DropReason, Transport};
+use recmeter_aggregator::{AggregatorHandle, IngestConfig, RequestRecord, SeriesKey};
+
+/// `service.name` when a resource has none (OpenTelemetry's own default).
+const UNKNOWN_SERVICE: &str = "unknown_service";
+
+/// How spans become requests (from `[ingest]`).
+#[derive(Debug, Clone)]
+pub struct SpanRules {
+    kinds: Vec<i32>,
+    dimensions: Vec<String>,
+    recommendation_endpoints: Option<HashSet<String>>,
+    recommendations_attribute: String,
+}
+
+impl SpanRules {
+    /// Rules from the `[ingest]` section.
+    pub fn new(config: &IngestConfig) -> Self {
+        Self {
+            kinds: config
+                .request_span_kinds
+                .iter()
+                .map(|k| k.otlp_value())
+                .collect(),
+            dimensions: config.dimensions.clone(),
+            recommendation_endpoints: config
+                .recommendation_endpoints
+                .as_ref()
+                .map(|e| e.iter().cloned().collect()),
+            recommendations_attribute: config.recommendations_attribute.clone(),
+        }
+    }
+}
+
+/// Spans of one request, sorted into what happens to them.
+#[derive(Debug, Default)]
+pub(crate) struct Converted {
+    pub(crate) records: Vec<RequestRecord>,
+    pub(crate) spans: u64,
+    pub(crate) invalid: u64,
+}
+
+/// Turns the spans of a request into request records.
+pub(crate) fn convert(request: &ExportTraceServiceRequest, rules: &SpanRules) -> Converted {
+    let mut out = Converted::default();
+    for resource_spans in &request.resource_spans {
+        let resource_attributes = resource_spans
+            .resource
+            .as_ref()
+            .map(|r| r.attributes.as_slice())
+            .unwrap_or_default();
+        let service: Arc<str> = match find(resource_attributes, "service.name") {
+            Some(v) => Arc::from(render(v).as_str()),
+            None => Arc::from(UNKNOWN_SERVICE),
+        };
+        let resource_dimensions: Vec<Option<String>> = rules
+            .dimensions
+            .iter()
+            .map(|d| find(resource_attributes, d).map(render))
+            .collect();
+        for scope_spans in &resource_spans.scope_spans {
+            for span in &scope_spans.spans {
+                out.spans += 1;
+                if !is_valid(span) {
+                    out.invalid += 1;
+                    continue;
+                }
+                if !rules.kinds.contains(&span.kind) {
+                    continue;
+                }
+                let dimensions = rules
+                    .dimensions
+                    .iter()
+                    .zip(&resource_dimensions)
+                    .map(|(d, from_resource)| {
+                        let value = find(&span.attributes, d)
+                            .map(render)
+                            .or_else(|| from_resource.clone())
+                            .unwrap_or_default();
+                        Arc::from(value.as_str())
+                    })
+                    .collect();
+                let error = span
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.code == StatusCode::Error as i32);
+                let recommendations = match find(&span.attributes, &rules.recommendations_attribute)
+                    .and_then(as_count)
+                {
+                    Some(n) => n,
+                    None => match &rules.recommendation_endpoints {
+                        None => 1,
+                        Some(endpoints) => u64::from(endpoints.contains(&span.name)),
+                    },
+                };
+                out.records.push(RequestRecord {
+                    key: SeriesKey {
+                        service: service.clone(),
+                        endpoint: Arc::from(span.name.as_str()),
+                        dimensions,
+                    },
+                    end_unix_nanos: span.end_time_unix_nano,
+                    duration_nanos: span.end_time_unix_nano - span.start_time_unix_nano,
+                    error,
+                    recommendations,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// A span is invalid when its times or ids cannot be right: start 0, end before start, or a
+/// trace or span id of the wrong length or all zeros.
+fn is_valid(span: &opentelemetry_proto::tonic::trace::v1::Span) -> bool {
+    let id_ok = |id: &[u8], len: usize| id.len() == len && id.iter().any(|b| *b != 0);
+    span.start_time_unix_nano != 0
+        && span.end_time_unix_nano >= span.start_time_unix_nano
+        && id_ok(&span.trace_id, 16)
+        && id_ok(&span.span_id, 8)
+}
+
+fn find<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+}
+
+/// An attribute value as a label value.
+fn render(value: &AnyValue) -> String {
+    match &value.value {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        Some(any_value::Value::BoolValue(b)) => b.to_string(),
+        Some(any_value::Value::IntValue(i)) => i.to_string(),
+        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// A recommendations count: a non-negative integer (or an integral double, or a decimal string).
+fn as_count(value: &AnyValue) -> Option<u64> {
+    match &value.value {
+        Some(any_value::Value::IntValue(i)) => u64::try_from(*i).ok(),
+        Some(any_value::Value::DoubleValue(d)) if *d >= 0.0 && d.fract() == 0.0 => {
+            Some(*d as u64)
+        }
+        Some(any_value::Value::StringValue(s)) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Why a whole request could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The aggregator queue is full; retry later.
+    #[error("recmeter is busy; retry later")]
+    Backpressure,
+    /// The service is shutting down.
+    #[error("recmeter is shutting down")]
+    Unavailable,
+}
+
+/// The trace ingest path shared by the gRPC and HTTP servers.
+#[derive(Debug, Clone)]
+pub struct TraceIngest {
+    aggregator: AggregatorHandle,
+    rules: Arc<SpanRules>,
+}
+
+impl TraceIngest {
+    /// Ingest through `aggregator` with `rules`.
+    pub fn new(aggregator: AggregatorHandle, rules: SpanRules) -> Self {
+        Self {
+            aggregator,
+            rules: Arc::new(rules),
+        }
+    }
+
+    /// The aggregator behind this ingest path.
+    pub fn aggregator(&self) -> &AggregatorHandle {
+        &self.aggregator
+    }
+
+    /// Counts the spans of one request and says which were dropped.
+    pub async fn export(
+        &self,
+        request: &ExportTraceServiceRequest,
+        transport: Transport,
+    ) -> Result<ExportTraceServiceResponse, IngestError> {
+        let telemetry = self.aggregator.telemetry();
+        let converted = convert(request, &self.rules);
+        let outcome = match self.aggregator.submit(converted.records).await {
+            Ok(outcome) => outcome,
+            Err(recmeter_aggregator::Error::Backpressure) => return Err(IngestError::Backpressure),
+            Err(_) => return Err(IngestError::Unavailable),
+        };
+        telemetry.add_spans_received(transport, converted.spans);
+        telemetry.add_spans_dropped(transport, DropReason::Invalid, converted.invalid);
+        telemetry.add_spans_dropped(transport, DropReason::TooOld, outcome.too_old);
+        telemetry.add_spans_dropped(transport, DropReason::Future, outcome.future);
+        let rejected = converted.invalid + outcome.too_old + outcome.future;
+        let partial_success = (rejected > 0).then(|| {
+            let mut parts = Vec::new();
+            if converted.invalid > 0 {
+                parts.push(format!(
+                    "{} invalid (zero start time, end before start, or a malformed trace or span id)",
+                    converted.invalid
+                ));
+            }
+            if outcome.too_old > 0 {
+                parts.push(format!(
+                    "{} too old (ended before now minus ingest.max_span_age)",
+                    outcome.too_old
+                ));
+            }
+            if outcome.future > 0 {
+                parts.push(format!(
+                    "{} in the future (end beyond now plus ingest.max_future_skew)",
+                    outcome.future
+                ));
+            }
+            ExportTracePartialSuccess {
+                rejected_spans: i64::try_from(rejected).unwrap_or(i64::MAX),
+                error_message: format!("{rejected} spans rejected: {}", parts.join("; ")),
+            }
+        });
+        Ok(ExportTraceServiceResponse { partial_success })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+
+    fn kv(key: &str, value: any_value::Value) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue { value: Some(value) }),
+            ..Default::default()
+        }
+    }
+
+    fn span(name: &str, kind: i32) -> Span {
+        Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            name: name.into(),
+            kind,
+            start_time_unix_nano: 1_000,
+            end_time_unix_nano: 5_000,
+            ..Default::default()
+        }
+    }
+
+    fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![
+                        kv("service.name", any_value::Value::StringValue("recs".into())),
+                        kv("region", any_value::Value::StringValue("eu".into())),
+                    ],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn only_request_kinds_count_and_others_are_not_invalid() {
+        let rules = SpanRules::new(&IngestConfig::default());
+        let c = convert(&request(vec![span("a", 2), span("b", 3), span("c", 1)]), &rules);
+        assert_eq!(c.spans, 3);
+        assert_eq!(c.invalid, 0);
+        assert_eq!(c.records.len(), 1);
+        let r = &c.records[0];
+        assert_eq!(&*r.key.service, "recs");
+        assert_eq!(&*r.key.endpoint, "a");
+        assert_eq!(r.duration_nanos, 4_000);
+        assert_eq!(r.recommendations, 1);
+    }
+
+    #[test]
+    fn invalid_spans_are_found() {
+        let rules = SpanRules::new(&IngestConfig::default());
+        let mut backwards = span("a", 2);
+        backwards.end_time_unix_nano = 10;
+        let mut zero_start = span("a", 2);
+        zero_start.start_time_unix_nano = 0;
+        let mut short_trace = span("a", 2);
+        short_trace.trace_id = vec![1; 8];
+        let mut zero_span_id = span("a", 2);
+        zero_span_id.span_id = vec![0; 8];
+        let c = convert(
+            &request(vec![backwards, zero_start, short_trace, zero_span_id, span("ok", 2)]),
+            &rules,
+        );
+        assert_eq!((c.spans, c.invalid, c.records.len()), (5, 4, 1));
+    }
+
+    #[test]
+    fn status_recommendations_and_dimensions() {
+        let config = IngestConfig {
+            dimensions: vec!["region".into(), "tier".into()],
+            recommendation_endpoints: Some(vec!["home".into()]),
+            ..IngestConfig::default()
+        };
+        let rules = SpanRules::new(&config);
+        let mut failed = span("home", 2);
+        failed.status = Some(Status {
+            code: StatusCode::Error as i32,
+            ..Default::default()
+        });
+        failed
+            .attributes
+            .push(kv("region", any_value::Value::StringValue("us".into())));
+        let mut counted = span("other", 2);
+        counted
+            .attributes
+            .push(kv("recs.count", any_value::Value::IntValue(25)));
+        let c = convert(&request(vec![failed, counted, span("other", 2)]), &rules);
+        let r: Vec<_> = c.records.iter().collect();
+        assert!(r[0].error);
+        assert_eq!(r[0].recommendations, 1, "home is a recommendation endpoint");
+        assert_eq!(
+            r[0].key.dimensions,
+            vec![Arc::<str>::from("us"), Arc::<str>::from("")],
+            "span attribute wins over resource; absent is empty"
+        );
+        assert_eq!(r[1].recommendations, 25);
+        assert_eq!(&*r[1].key.dimensions[0], "eu");
+        assert!(!r[1].error);
+        assert_eq!(r[2].recommendations, 0, "not a recommendation endpoint");
+    }
+}
