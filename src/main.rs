@@ -1,1 +1,22 @@
-fn main() {}
+//! `recmeter`: meters a recommendation platform's latency, reliability and cost.
+
+mod cli;
+mod config;
+mod demo;
+mod error;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve::main(args, None),
+        Command::Demo(args) => serve::main(args, Some(demo::Workload::default())),
+        Command::Validate { file } => cli::validate(&file),
+    }
+}

@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use crate::clock::Clock;
 use crate::config::{AggregatorConfig, IngestConfig};
 use crate::error::{Error, Result};
+use crate::hooks::{Hook, Hooks};
 use crate::record::{ApplyOutcome, RequestRecord};
 use crate::state::{Aggregator, Snapshot};
 use crate::telemetry::Telemetry;
@@ -27,6 +28,7 @@ pub struct AggregatorHandle {
     state: Arc<Mutex<Aggregator>>,
     clock: Arc<Clock>,
     telemetry: Arc<Telemetry>,
+    hooks: Arc<Hooks>,
 }
 
 impl std::fmt::Debug for AggregatorHandle {
@@ -43,6 +45,7 @@ impl AggregatorHandle {
         config: &AggregatorConfig,
         clock: Arc<Clock>,
         telemetry: Arc<Telemetry>,
+        hooks: Arc<Hooks>,
     ) -> Result<(Self, JoinHandle<()>)> {
         let state = Arc::new(Mutex::new(Aggregator::new(
             ingest,
@@ -51,13 +54,14 @@ impl AggregatorHandle {
             telemetry.clone(),
         )?));
         let (tx, rx) = mpsc::channel(config.queue_capacity);
-        let worker = tokio::spawn(run(rx, state.clone()));
+        let worker = tokio::spawn(run(rx, state.clone(), hooks.clone()));
         Ok((
             Self {
                 tx,
                 state,
                 clock,
                 telemetry,
+                hooks,
             },
             worker,
         ))
@@ -93,6 +97,11 @@ impl AggregatorHandle {
         &self.clock
     }
 
+    /// The test hooks.
+    pub fn hooks(&self) -> &Arc<Hooks> {
+        &self.hooks
+    }
+
     /// The ingest self-telemetry counters.
     pub fn telemetry(&self) -> &Arc<Telemetry> {
         &self.telemetry
@@ -104,8 +113,10 @@ fn lock(state: &Mutex<Aggregator>) -> MutexGuard<'_, Aggregator> {
     state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-async fn run(mut rx: mpsc::Receiver<Job>, state: Arc<Mutex<Aggregator>>) {
-    while let Some(job) = rx.recv().await {
+async fn run(mut rx: mpsc::Receiver<Job>, state: Arc<Mutex<Aggregator>>, hooks: Arc<Hooks>) {
+    loop {
+        hooks.released(Hook::StallAggregator).await;
+        let Some(job) = rx.recv().await else { break };
         let outcome = lock(&state).apply(&job.records);
         // The sender may have gone away (client timeout); the records are counted regardless.
         let _ = job.reply.send(outcome);

@@ -267,7 +267,9 @@ fn decode(body: &[u8], encoding: Encoding) -> Result<ExportTraceServiceRequest, 
 mod tests {
     use super::*;
     use axum::http::Request;
-    use recmeter_aggregator::{AggregatorConfig, AggregatorHandle, Clock, IngestConfig, Telemetry};
+    use recmeter_aggregator::{
+        AggregatorConfig, AggregatorHandle, Clock, Hooks, IngestConfig, Telemetry,
+    };
     use std::sync::Arc;
     use tower::ServiceExt;
 
@@ -277,6 +279,7 @@ mod tests {
             &AggregatorConfig::default(),
             Arc::new(Clock::System),
             Arc::new(Telemetry::default()),
+            Arc::new(Hooks::default()),
         )
         .unwrap();
         let ingest = TraceIngest::new(handle, super::super::SpanRules::new(&IngestConfig::default()));

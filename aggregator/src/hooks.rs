@@ -1,0 +1,84 @@
+//! Named faults for tests (`POST /-/test/hook`), armed only when the binary runs with
+//! `--test-hooks`. Each is a switch that the code under test waits on.
+
+use tokio::sync::watch;
+
+/// A named fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// The aggregator worker stops taking batches off its queue until released, so the queue
+    /// fills and senders see backpressure.
+    StallAggregator,
+}
+
+impl Hook {
+    /// Every hook, by name.
+    pub const ALL: [Hook; 1] = [Hook::StallAggregator];
+
+    /// The name used in `POST /-/test/hook`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Hook::StallAggregator => "stall_aggregator",
+        }
+    }
+
+    /// The hook called `name`.
+    pub fn from_name(name: &str) -> Option<Hook> {
+        Self::ALL.into_iter().find(|h| h.name() == name)
+    }
+}
+
+/// The switches, all off at start.
+#[derive(Debug)]
+pub struct Hooks {
+    switches: [watch::Sender<bool>; Hook::ALL.len()],
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Self {
+            switches: std::array::from_fn(|_| watch::Sender::new(false)),
+        }
+    }
+}
+
+impl Hooks {
+    /// Arms or releases `hook`.
+    pub fn set(&self, hook: Hook, on: bool) {
+        self.switches[hook as usize].send_replace(on);
+    }
+
+    /// Whether `hook` is armed.
+    pub fn is_on(&self, hook: Hook) -> bool {
+        *self.switches[hook as usize].borrow()
+    }
+
+    /// Returns once `hook` is not armed.
+    pub async fn released(&self, hook: Hook) {
+        let mut rx = self.switches[hook as usize].subscribe();
+        // The sender lives as long as `self`, so this cannot fail.
+        let _ = rx.wait_for(|on| !on).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn released_waits_for_the_switch() {
+        let hooks = std::sync::Arc::new(Hooks::default());
+        hooks.released(Hook::StallAggregator).await; // off: returns at once
+        hooks.set(Hook::StallAggregator, true);
+        let waiter = tokio::spawn({
+            let hooks = hooks.clone();
+            async move { hooks.released(Hook::StallAggregator).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        hooks.set(Hook::StallAggregator, false);
+        waiter.await.unwrap();
+        assert_eq!(Hook::from_name("stall_aggregator"), Some(Hook::StallAggregator));
+        assert_eq!(Hook::from_name("nope"), None);
+    }
+}

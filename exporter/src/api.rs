@@ -1,0 +1,131 @@
+//! The HTTP API on :9464: `/metrics`, `/healthz`, `/readyz`, and the `/-/test/*` routes that
+//! exist only when the binary runs with `--test-hooks`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::UNIX_EPOCH;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use recmeter_aggregator::{AggregatorHandle, Hook, Window};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+
+use crate::error::{ApiError, Error, Result};
+use crate::prometheus::{Format, render};
+
+/// Windows exposed on `/metrics` (the rest are for SQL and SLO work).
+pub const METRICS_WINDOWS: [Window; 3] = [Window::M1, Window::M5, Window::H1];
+
+/// What the API handlers share.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    pub aggregator: AggregatorHandle,
+    /// Set once every listener is bound and state is restored.
+    pub ready: Arc<AtomicBool>,
+    /// Whether the `/-/test/*` routes exist.
+    pub test_hooks: bool,
+}
+
+/// The API routes, for serving or for `oneshot` tests.
+pub fn api_router(state: ApiState) -> Router {
+    let mut router = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz));
+    if state.test_hooks {
+        router = router
+            .route("/-/test/clock", post(test_clock))
+            .route("/-/test/hook", post(test_hook));
+    }
+    router.with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve_api(
+    listener: TcpListener,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    axum::serve(listener, api_router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| Error::Serve(e.to_string()))
+}
+
+async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let format = Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let aggregator = state.aggregator.clone();
+    // Merging histograms for every series is CPU work; keep it off the async workers.
+    let body = tokio::task::spawn_blocking(move || {
+        let snapshot = aggregator
+            .snapshot(&METRICS_WINDOWS)
+            .map_err(|e| ApiError::internal(format!("cannot read rollups: {e}")))?;
+        render(snapshot, aggregator.telemetry(), format)
+            .map_err(|_| ApiError::internal("cannot encode metrics"))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("metrics task failed: {e}")))??;
+    Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response())
+}
+
+async fn readyz(State(state): State<ApiState>) -> Response {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClockRequest {
+    advance: String,
+}
+
+async fn test_clock(
+    State(state): State<ApiState>,
+    Json(request): Json<ClockRequest>,
+) -> Result<Response, ApiError> {
+    let by = humantime::parse_duration(&request.advance)
+        .map_err(|e| ApiError::bad_request(format!("invalid `advance` duration: {e}")))?;
+    let now = state
+        .aggregator
+        .clock()
+        .advance(by)
+        .ok_or_else(|| ApiError::bad_request("the clock is not the test clock"))?;
+    let unix = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    Ok(Json(serde_json::json!({
+        "now": humantime::format_rfc3339_nanos(now).to_string(),
+        "unix": unix,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HookRequest {
+    name: String,
+    on: bool,
+}
+
+async fn test_hook(
+    State(state): State<ApiState>,
+    Json(request): Json<HookRequest>,
+) -> Result<Response, ApiError> {
+    let hook = Hook::from_name(&request.name).ok_or_else(|| {
+        let known: Vec<_> = Hook::ALL.iter().map(|h| h.name()).collect();
+        ApiError::bad_request(format!(
+            "unknown hook `{}`; known hooks: {}",
+            request.name,
+            known.join(", ")
+        ))
+    })?;
+    state.aggregator.hooks().set(hook, request.on);
+    tracing::info!(hook = hook.name(), on = request.on, "Test hook set.");
+    Ok(Json(serde_json::json!({ "name": hook.name(), "on": request.on })).into_response())
+}

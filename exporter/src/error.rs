@@ -1,0 +1,71 @@
+//! Errors of the exporter crate, and the one mapping from error kinds to HTTP answers.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// What can go wrong in the exporter.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server stopped with an error.
+    #[error("API server failed: {0}")]
+    Serve(String),
+}
+
+/// Result with the exporter's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Kinds of failure a client of the HTTP API can see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiErrorKind {
+    BadRequest,
+    NotFound,
+    Unavailable,
+    Internal,
+}
+
+/// An error answered to an API client. Internal details stay in the log.
+#[derive(Debug)]
+pub struct ApiError {
+    pub kind: ApiErrorKind,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self {
+            kind: ApiErrorKind::BadRequest,
+            message: message.into(),
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self {
+            kind: ApiErrorKind::Internal,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, error_type) = match self.kind {
+            ApiErrorKind::BadRequest => (StatusCode::BAD_REQUEST, "bad_data"),
+            ApiErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        let message = if status.is_server_error() {
+            tracing::error!(error = %self.message, "API request failed.");
+            "internal error; see the recmeter log".to_owned()
+        } else {
+            self.message
+        };
+        let body = serde_json::json!({
+            "status": "error",
+            "errorType": error_type,
+            "error": message,
+        });
+        (status, Json(body)).into_response()
+    }
+}

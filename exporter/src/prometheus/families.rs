@@ -1,0 +1,277 @@
+//! The metric families of `/metrics`, rendered from one aggregator [`Snapshot`] through a
+//! `prometheus-client` custom collector, so every family of a scrape reads the same instant.
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use recmeter_aggregator::histogram::ClampBound;
+use recmeter_aggregator::state::LATENCY_BUCKETS_NANOS;
+use recmeter_aggregator::telemetry::{DropReason, RejectReason, Transport};
+use recmeter_aggregator::{Snapshot, Telemetry};
+
+/// Exposition format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text format 0.0.4.
+    Text004,
+    /// OpenMetrics 1.0 text.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The format a scraper's `Accept` header asks for.
+    pub fn from_accept(accept: Option<&str>) -> Self {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Text004,
+        }
+    }
+
+    /// The `Content-Type` of a response in this format.
+    pub const fn content_type(self) -> &'static str {
+        match self {
+            Format::Text004 => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+/// Renders `snapshot` and the self-telemetry in `format`.
+pub fn render(
+    snapshot: Snapshot,
+    telemetry: &Telemetry,
+    format: Format,
+) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Families {
+        snapshot,
+        self_metrics: SelfMetrics::read(telemetry),
+    }));
+    let mut out = String::new();
+    match format {
+        Format::Text004 => prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?,
+        Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry)?,
+    }
+    Ok(out)
+}
+
+/// The self-telemetry counters, read once per scrape.
+#[derive(Debug)]
+struct SelfMetrics {
+    spans_received: Vec<(Transport, u64)>,
+    requests_rejected: Vec<(Transport, RejectReason, u64)>,
+    spans_dropped: Vec<(Transport, DropReason, u64)>,
+    series_overflow: u64,
+    clamped: [(ClampBound, u64); 2],
+}
+
+impl SelfMetrics {
+    fn read(t: &Telemetry) -> Self {
+        let mut requests_rejected = Vec::new();
+        let mut spans_dropped = Vec::new();
+        for transport in Transport::ALL {
+            for reason in RejectReason::ALL {
+                requests_rejected.push((transport, reason, t.requests_rejected(transport, reason)));
+            }
+            for reason in DropReason::ALL {
+                spans_dropped.push((transport, reason, t.spans_dropped(transport, reason)));
+            }
+        }
+        Self {
+            spans_received: Transport::ALL
+                .iter()
+                .map(|tr| (*tr, t.spans_received(*tr)))
+                .collect(),
+            requests_rejected,
+            spans_dropped,
+            series_overflow: t.series_overflow(),
+            clamped: [
+                (ClampBound::Low, t.clamped(ClampBound::Low)),
+                (ClampBound::High, t.clamped(ClampBound::High)),
+            ],
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Families {
+    snapshot: Snapshot,
+    self_metrics: SelfMetrics,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+impl Families {
+    /// `service`, `endpoint` and the extra dimension labels of every series, in order.
+    fn series_labels(&self) -> Vec<Vec<(String, String)>> {
+        self.snapshot
+            .series
+            .iter()
+            .map(|s| {
+                let mut labels = vec![
+                    ("service".to_owned(), s.key.service.to_string()),
+                    ("endpoint".to_owned(), s.key.endpoint.to_string()),
+                ];
+                for (name, value) in self.snapshot.dimension_labels.iter().zip(&s.key.dimensions) {
+                    labels.push((name.clone(), value.to_string()));
+                }
+                labels
+            })
+            .collect()
+    }
+}
+
+fn with(base: &[(String, String)], extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut labels = base.to_vec();
+    labels.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    labels
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Labels, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in samples {
+        family
+            .encode_family(&labels)?
+            .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+    }
+    Ok(())
+}
+
+impl Collector for Families {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let series = &self.snapshot.series;
+        let labels = self.series_labels();
+
+        let mut family = encoder.encode_descriptor(
+            "recs_latency_seconds",
+            "Request latency, counted exactly at ingest into fixed buckets.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (s, l) in series.iter().zip(&labels) {
+            let mut buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_NANOS
+                .iter()
+                .zip(&s.totals.bucket_counts)
+                .map(|(le, n)| (*le as f64 / 1e9, *n))
+                .collect();
+            buckets.push((f64::INFINITY, s.totals.bucket_counts[LATENCY_BUCKETS_NANOS.len()]));
+            family.encode_family(l)?.encode_histogram::<NoLabelSet>(
+                s.totals.sum_nanos as f64 / 1e9,
+                s.totals.requests(),
+                &buckets,
+                None,
+            )?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "recs_requests",
+            "Requests counted, by outcome (span status).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (s, l) in series.iter().zip(&labels) {
+            for (status, value) in [("ok", s.totals.ok), ("error", s.totals.errors)] {
+                family
+                    .encode_family(&with(l, &[("status", status)]))?
+                    .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "recs_recommendations",
+            "Recommendations served.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (s, l) in series.iter().zip(&labels) {
+            family
+                .encode_family(l)?
+                .encode_counter::<NoLabelSet, _, u64>(&s.totals.recommendations, None)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "recmeter_latency_quantile_seconds",
+            "Latency quantile from HDR histograms (nearest rank, ≤1% relative error), by window.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (s, l) in series.iter().zip(&labels) {
+            for w in &s.windows {
+                for (q, seconds) in w.quantiles {
+                    let q_label = q.to_string();
+                    family
+                        .encode_family(&with(l, &[("window", w.window.label()), ("q", &q_label)]))?
+                        .encode_gauge(&seconds)?;
+                }
+            }
+        }
+
+        let m = &self.self_metrics;
+        counter(
+            &mut encoder,
+            "recmeter_spans_received",
+            "Spans received in accepted requests.",
+            m.spans_received
+                .iter()
+                .map(|(t, n)| (vec![("transport", t.label().to_owned())], *n)),
+        )?;
+        counter(
+            &mut encoder,
+            "recmeter_requests_rejected",
+            "Whole requests refused, by reason.",
+            m.requests_rejected.iter().map(|(t, r, n)| {
+                (
+                    vec![
+                        ("transport", t.label().to_owned()),
+                        ("reason", r.label().to_owned()),
+                    ],
+                    *n,
+                )
+            }),
+        )?;
+        counter(
+            &mut encoder,
+            "recmeter_spans_dropped",
+            "Spans dropped inside accepted requests, by reason.",
+            m.spans_dropped.iter().map(|(t, r, n)| {
+                (
+                    vec![
+                        ("transport", t.label().to_owned()),
+                        ("reason", r.label().to_owned()),
+                    ],
+                    *n,
+                )
+            }),
+        )?;
+        let active = series.len() as i64;
+        encoder
+            .encode_descriptor(
+                "recmeter_series_active",
+                "Series held in memory, the overflow series included.",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&active)?;
+        counter(
+            &mut encoder,
+            "recmeter_series_overflow",
+            "Requests folded into the __overflow__ series because the series cap was reached.",
+            [(Vec::new(), m.series_overflow)],
+        )?;
+        counter(
+            &mut encoder,
+            "recmeter_latency_clamped",
+            "Latencies outside [1 µs, 1 h] raised or lowered to that bound.",
+            m.clamped
+                .iter()
+                .map(|(b, n)| (vec![("bound", b.label().to_owned())], *n)),
+        )?;
+        Ok(())
+    }
+}

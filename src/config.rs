@@ -1,0 +1,334 @@
+//! `recmeter.toml`: one section per part, each part's own `Config` struct. Loading collects every
+//! problem at once (unknown keys and sections, wrong types, cross-field rules, bad environment
+//! overrides) so `recmeter validate` can list them all.
+//!
+//! Scalar keys can be overridden from the environment as `RECMETER_<SECTION>__<KEY>`
+//! (`RECMETER_OTLP__GRPC_ADDRESS=0.0.0.0:4317`); arrays and tables are file-only.
+
+use std::path::Path;
+use std::time::Duration;
+
+use recmeter_aggregator::{AggregatorConfig, IngestConfig, InvalidField};
+use recmeter_collector::sources::otlp::OtlpConfig;
+use recmeter_exporter::ApiConfig;
+use serde::{Deserialize, Serialize};
+use toml::{Table, Value};
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "RECMETER_";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// OTLP listeners.
+    pub otlp: OtlpConfig,
+    /// The HTTP API listener (`/metrics`, health).
+    pub api: ApiConfig,
+    /// Which spans are requests and how they are keyed.
+    pub ingest: IngestConfig,
+    /// In-memory rollup limits and precision.
+    pub aggregator: AggregatorConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Process lifecycle.
+    pub service: ServiceConfig,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[log]` configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Log filter in `tracing` syntax (`info`, `recmeter_collector=debug`); `RUST_LOG` wins
+    /// when set. Default: `"info"`.
+    pub level: String,
+    /// `"text"` or `"json"` (one object per line). Default: `"text"`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// `[service]` configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// How long shutdown waits for in-flight requests and queued batches. Default: `"10s"`.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Config {
+    /// Cross-field checks of every section.
+    pub fn validate(&self) -> Vec<InvalidField> {
+        let mut errors = Vec::new();
+        errors.extend(self.otlp.validate());
+        errors.extend(self.api.validate());
+        errors.extend(self.ingest.validate());
+        errors.extend(self.aggregator.validate());
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            errors.push(InvalidField::new(
+                "log.level",
+                format!("`{}` is not a valid log filter", self.log.level),
+            ));
+        }
+        let addresses = [
+            ("otlp.grpc_address", self.otlp.grpc_address),
+            ("otlp.http_address", self.otlp.http_address),
+            ("api.address", self.api.address),
+        ];
+        for (i, (key, a)) in addresses.iter().enumerate() {
+            if a.port() != 0 && addresses[..i].iter().any(|(_, b)| b == a) {
+                errors.push(InvalidField::new(*key, format!("{a} is already used by another listener")));
+            }
+        }
+        errors
+    }
+
+    /// Loads the file at `path` (or the embedded defaults when `None`), applies environment
+    /// overrides from `env`, and checks everything. Returns every problem found.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, Vec<InvalidField>> {
+        let mut table = match path {
+            None => Table::new(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    vec![InvalidField::new(path.display().to_string(), format!("cannot read: {e}"))]
+                })?;
+                text.parse::<Table>().map_err(|e| {
+                    vec![InvalidField::new(
+                        path.display().to_string(),
+                        format!("not valid TOML: {}", e.to_string().trim()),
+                    )]
+                })?
+            }
+        };
+        let defaults = defaults_table();
+        let mut errors = apply_env(&mut table, &defaults, env);
+        errors.extend(check_keys(&table, &defaults));
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let config: Config = Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| vec![InvalidField::new("config", e.message().to_owned())])?;
+        let errors = config.validate();
+        if errors.is_empty() { Ok(config) } else { Err(errors) }
+    }
+}
+
+fn defaults_table() -> Table {
+    match Value::try_from(Config::default()) {
+        Ok(Value::Table(t)) => t,
+        // The defaults always serialize to a table; an empty one only weakens env typing.
+        _ => Table::new(),
+    }
+}
+
+/// Applies `RECMETER_<SECTION>__<KEY>` overrides, typed like the default value of the key.
+fn apply_env(
+    table: &mut Table,
+    defaults: &Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Vec<InvalidField> {
+    let mut errors = Vec::new();
+    let mut vars: Vec<_> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
+    vars.sort();
+    for (name, raw) in vars {
+        let rest = &name[ENV_PREFIX.len()..];
+        let Some((section, key)) = rest.split_once("__") else {
+            errors.push(InvalidField::new(
+                &name,
+                "environment overrides are named RECMETER_<SECTION>__<KEY>",
+            ));
+            continue;
+        };
+        let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+        let Some(Value::Table(default_section)) = defaults.get(&section) else {
+            errors.push(InvalidField::new(&name, format!("unknown section `{section}`")));
+            continue;
+        };
+        let value = match default_section.get(&key) {
+            Some(Value::Array(_) | Value::Table(_)) => {
+                errors.push(InvalidField::new(
+                    &name,
+                    format!("`{section}.{key}` is not a scalar; set it in the config file"),
+                ));
+                continue;
+            }
+            Some(Value::Integer(_)) => match raw.trim().parse::<i64>() {
+                Ok(i) => Value::Integer(i),
+                Err(_) => {
+                    errors.push(InvalidField::new(&name, format!("`{raw}` is not an integer")));
+                    continue;
+                }
+            },
+            Some(Value::Float(_)) => match raw.trim().parse::<f64>() {
+                Ok(f) => Value::Float(f),
+                Err(_) => {
+                    errors.push(InvalidField::new(&name, format!("`{raw}` is not a number")));
+                    continue;
+                }
+            },
+            Some(Value::Boolean(_)) => match raw.trim() {
+                "true" => Value::Boolean(true),
+                "false" => Value::Boolean(false),
+                _ => {
+                    errors.push(InvalidField::new(&name, format!("`{raw}` is not true or false")));
+                    continue;
+                }
+            },
+            // Strings, and optional keys without a default, take the text as it is.
+            _ => Value::String(raw),
+        };
+        match table
+            .entry(section.clone())
+            .or_insert_with(|| Value::Table(Table::new()))
+        {
+            Value::Table(t) => {
+                t.insert(key, value);
+            }
+            _ => errors.push(InvalidField::new(&section, "must be a table")),
+        }
+    }
+    errors
+}
+
+/// Checks every key on its own against the defaults, so each unknown key or wrong type is
+/// reported by name.
+fn check_keys(table: &Table, defaults: &Table) -> Vec<InvalidField> {
+    let mut errors = Vec::new();
+    for (section, value) in table {
+        let Some(Value::Table(_)) = defaults.get(section) else {
+            let known: Vec<_> = defaults.keys().map(String::as_str).collect();
+            errors.push(InvalidField::new(
+                section,
+                format!("unknown section; expected one of: {}", known.join(", ")),
+            ));
+            continue;
+        };
+        let Value::Table(keys) = value else {
+            errors.push(InvalidField::new(section, "must be a table ([section])"));
+            continue;
+        };
+        for (key, value) in keys {
+            let mut candidate = defaults.clone();
+            if let Some(Value::Table(s)) = candidate.get_mut(section) {
+                s.insert(key.clone(), value.clone());
+            }
+            if let Err(e) = Value::Table(candidate).try_into::<Config>() {
+                errors.push(InvalidField::new(
+                    format!("{section}.{key}"),
+                    e.message().to_owned(),
+                ));
+            }
+        }
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, Vec<InvalidField>> {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        Config::load(
+            Some(file.path()),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn embedded_defaults_load() {
+        assert_eq!(Config::load(None, []).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn the_example_file_is_valid_and_matches_the_defaults() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/recmeter.example.toml");
+        let config = Config::load(Some(Path::new(example)), []).unwrap();
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let errors = load(
+            r#"
+            [otlp]
+            grpc_address = "nowhere"
+            colour = "blue"
+            [ingest]
+            max_span_age = "0s"
+            [aggregator]
+            significant_digits = 5
+            [nonsense]
+            x = 1
+            "#,
+            &[("RECMETER_AGGREGATOR__MAX_SERIES", "many")],
+        )
+        .unwrap_err();
+        let keys: Vec<_> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"otlp.grpc_address"), "{errors:?}");
+        assert!(keys.contains(&"otlp.colour"), "{errors:?}");
+        assert!(keys.contains(&"nonsense"), "{errors:?}");
+        assert!(keys.contains(&"RECMETER_AGGREGATOR__MAX_SERIES"), "{errors:?}");
+        // Cross-field checks run once the keys themselves are sound.
+        let errors = load(
+            "[ingest]\nmax_span_age = \"0s\"\n[aggregator]\nsignificant_digits = 5\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+    }
+
+    #[test]
+    fn environment_overrides_scalars_only() {
+        let config = load(
+            "",
+            &[
+                ("RECMETER_OTLP__GRPC_ADDRESS", "127.0.0.1:0"),
+                ("RECMETER_AGGREGATOR__MAX_SERIES", "50"),
+                ("RECMETER_INGEST__MAX_SPAN_AGE", "2h"),
+                ("UNRELATED", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.otlp.grpc_address.port(), 0);
+        assert_eq!(config.aggregator.max_series, 50);
+        assert_eq!(config.ingest.max_span_age, Duration::from_secs(7200));
+        let errors = load("", &[("RECMETER_INGEST__DIMENSIONS", "a")]).unwrap_err();
+        assert!(errors[0].message.contains("not a scalar"), "{errors:?}");
+        let errors = load("", &[("RECMETER_NOPE", "a")]).unwrap_err();
+        assert_eq!(errors[0].key, "RECMETER_NOPE");
+    }
+}

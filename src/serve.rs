@@ -1,0 +1,223 @@
+//! `recmeter serve` and `recmeter demo`: wires collector, aggregator and exporter together,
+//! reports readiness, and shuts down in order on SIGTERM or Ctrl-C: listeners stop taking new
+//! requests, in-flight ones finish, the aggregator drains its queue, all within
+//! `service.shutdown_timeout`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
+
+use recmeter_aggregator::{AggregatorHandle, Clock, Hooks, Telemetry};
+use recmeter_collector::sources::otlp::{SpanRules, TraceIngest, serve_grpc, serve_http};
+use recmeter_exporter::{ApiState, serve_api};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::RunArgs;
+use crate::config::{Config, LogConfig, LogFormat};
+use crate::demo::Workload;
+use crate::error::{Error, Result};
+
+/// Bound addresses, as written to `--ready-file`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Addresses {
+    pub otlp_grpc: SocketAddr,
+    pub otlp_http: SocketAddr,
+    pub api: SocketAddr,
+}
+
+/// Entry point of `serve` and `demo`.
+pub fn main(args: RunArgs, workload: Option<Workload>) -> ExitCode {
+    let config = match Config::load(args.config.as_deref(), std::env::vars()) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{}", Error::Config(errors));
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{}", Error::Runtime(e));
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config, args, workload)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "recmeter stopped.");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(log: &LogConfig) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn bind(address: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| Error::Bind { address, source })
+}
+
+async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Result<()> {
+    let clock = Arc::new(if args.test_hooks {
+        let start = args.fake_clock.unwrap_or_else(SystemTime::now);
+        tracing::warn!(
+            start = %humantime::format_rfc3339_nanos(start),
+            "Test hooks enabled: the clock moves only through POST /-/test/clock."
+        );
+        Clock::fake(start)
+    } else {
+        Clock::System
+    });
+    let (aggregator, worker) = AggregatorHandle::start(
+        &config.ingest,
+        &config.aggregator,
+        clock,
+        Arc::new(Telemetry::default()),
+        Arc::new(Hooks::default()),
+    )?;
+
+    let grpc = bind(config.otlp.grpc_address).await?;
+    let http = bind(config.otlp.http_address).await?;
+    let api = bind(config.api.address).await?;
+    let local = |l: &TcpListener, configured: SocketAddr| l.local_addr().unwrap_or(configured);
+    let addresses = Addresses {
+        otlp_grpc: local(&grpc, config.otlp.grpc_address),
+        otlp_http: local(&http, config.otlp.http_address),
+        api: local(&api, config.api.address),
+    };
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let stopping = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let ingest = TraceIngest::new(aggregator.clone(), SpanRules::new(&config.ingest));
+    let ready = Arc::new(AtomicBool::new(false));
+    let max_body = config.otlp.max_body_bytes;
+    let mut servers = JoinSet::new();
+    servers.spawn({
+        let done = stopping(shutdown_rx.clone());
+        let ingest = ingest.clone();
+        async move { serve_grpc(grpc, ingest, max_body, done).await.map_err(Error::from) }
+    });
+    servers.spawn({
+        let done = stopping(shutdown_rx.clone());
+        async move { serve_http(http, ingest, max_body, done).await.map_err(Error::from) }
+    });
+    servers.spawn({
+        let done = stopping(shutdown_rx.clone());
+        let state = ApiState {
+            aggregator: aggregator.clone(),
+            ready: ready.clone(),
+            test_hooks: args.test_hooks,
+        };
+        async move { serve_api(api, state, done).await.map_err(Error::from) }
+    });
+
+    ready.store(true, Ordering::Release);
+    if let Some(path) = &args.ready_file {
+        write_ready_file(path, &addresses)?;
+    }
+    tracing::info!(
+        otlp_grpc = %addresses.otlp_grpc,
+        otlp_http = %addresses.otlp_http,
+        api = %addresses.api,
+        version = env!("CARGO_PKG_VERSION"),
+        "recmeter is ready."
+    );
+    let demo = workload.map(|w| w.start(addresses, shutdown_rx.clone()));
+
+    let outcome = tokio::select! {
+        () = termination() => {
+            tracing::info!("Shutting down: finishing in-flight requests.");
+            Ok(())
+        }
+        Some(ended) = servers.join_next() => match ended {
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => Err(Error::Demo("a server stopped unexpectedly".into())),
+            Err(e) => Err(Error::Demo(format!("a server task failed: {e}"))),
+        },
+    };
+    ready.store(false, Ordering::Release);
+    let _ = shutdown_tx.send(true);
+    if let Some(demo) = demo {
+        demo.stop().await;
+    }
+    let deadline = tokio::time::Instant::now() + config.service.shutdown_timeout;
+    let drained = tokio::time::timeout_at(deadline, async {
+        while let Some(ended) = servers.join_next().await {
+            if let Ok(Err(e)) = ended {
+                tracing::warn!(error = %e, "A server stopped with an error during shutdown.");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("Shutdown deadline passed with requests still in flight; abandoning them.");
+        servers.abort_all();
+    }
+    drop(aggregator);
+    if tokio::time::timeout_at(deadline, worker).await.is_err() {
+        tracing::warn!("Shutdown deadline passed before the aggregator drained its queue.");
+    }
+    tracing::info!("recmeter stopped.");
+    outcome
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn termination() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+/// Writes the addresses atomically (temporary file, then rename), so a reader never sees half.
+fn write_ready_file(path: &Path, addresses: &Addresses) -> Result<()> {
+    let err = |source| Error::ReadyFile {
+        path: path.to_owned(),
+        source,
+    };
+    let json = serde_json::to_vec_pretty(addresses).map_err(|e| err(std::io::Error::other(e)))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, json).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
