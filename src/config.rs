@@ -101,7 +101,10 @@ impl Config {
         ];
         for (i, (key, a)) in addresses.iter().enumerate() {
             if a.port() != 0 && addresses[..i].iter().any(|(_, b)| b == a) {
-                errors.push(InvalidField::new(*key, format!("{a} is already used by another listener")));
+                errors.push(InvalidField::new(
+                    *key,
+                    format!("{a} is already used by another listener"),
+                ));
             }
         }
         errors
@@ -117,7 +120,10 @@ impl Config {
             None => Table::new(),
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
-                    vec![InvalidField::new(path.display().to_string(), format!("cannot read: {e}"))]
+                    vec![InvalidField::new(
+                        path.display().to_string(),
+                        format!("cannot read: {e}"),
+                    )]
                 })?;
                 text.parse::<Table>().map_err(|e| {
                     vec![InvalidField::new(
@@ -135,9 +141,15 @@ impl Config {
         }
         let config: Config = Value::Table(table)
             .try_into()
-            .map_err(|e: toml::de::Error| vec![InvalidField::new("config", e.message().to_owned())])?;
+            .map_err(|e: toml::de::Error| {
+                vec![InvalidField::new("config", e.message().to_owned())]
+            })?;
         let errors = config.validate();
-        if errors.is_empty() { Ok(config) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(errors)
+        }
     }
 }
 
@@ -172,7 +184,10 @@ fn apply_env(
         };
         let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
         let Some(Value::Table(default_section)) = defaults.get(&section) else {
-            errors.push(InvalidField::new(&name, format!("unknown section `{section}`")));
+            errors.push(InvalidField::new(
+                &name,
+                format!("unknown section `{section}`"),
+            ));
             continue;
         };
         let value = match default_section.get(&key) {
@@ -186,7 +201,10 @@ fn apply_env(
             Some(Value::Integer(_)) => match raw.trim().parse::<i64>() {
                 Ok(i) => Value::Integer(i),
                 Err(_) => {
-                    errors.push(InvalidField::new(&name, format!("`{raw}` is not an integer")));
+                    errors.push(InvalidField::new(
+                        &name,
+                        format!("`{raw}` is not an integer"),
+                    ));
                     continue;
                 }
             },
@@ -201,7 +219,10 @@ fn apply_env(
                 "true" => Value::Boolean(true),
                 "false" => Value::Boolean(false),
                 _ => {
-                    errors.push(InvalidField::new(&name, format!("`{raw}` is not true or false")));
+                    errors.push(InvalidField::new(
+                        &name,
+                        format!("`{raw}` is not true or false"),
+                    ));
                     continue;
                 }
             },
@@ -301,7 +322,10 @@ mod tests {
         assert!(keys.contains(&"otlp.grpc_address"), "{errors:?}");
         assert!(keys.contains(&"otlp.colour"), "{errors:?}");
         assert!(keys.contains(&"nonsense"), "{errors:?}");
-        assert!(keys.contains(&"RECMETER_AGGREGATOR__MAX_SERIES"), "{errors:?}");
+        assert!(
+            keys.contains(&"RECMETER_AGGREGATOR__MAX_SERIES"),
+            "{errors:?}"
+        );
         // Cross-field checks run once the keys themselves are sound.
         let errors = load(
             "[ingest]\nmax_span_age = \"0s\"\n[aggregator]\nsignificant_digits = 5\n",

@@ -120,11 +120,19 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
     servers.spawn({
         let done = stopping(shutdown_rx.clone());
         let ingest = ingest.clone();
-        async move { serve_grpc(grpc, ingest, max_body, done).await.map_err(Error::from) }
+        async move {
+            serve_grpc(grpc, ingest, max_body, done)
+                .await
+                .map_err(Error::from)
+        }
     });
     servers.spawn({
         let done = stopping(shutdown_rx.clone());
-        async move { serve_http(http, ingest, max_body, done).await.map_err(Error::from) }
+        async move {
+            serve_http(http, ingest, max_body, done)
+                .await
+                .map_err(Error::from)
+        }
     });
     servers.spawn({
         let done = stopping(shutdown_rx.clone());

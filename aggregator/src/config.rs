@@ -54,7 +54,9 @@ impl SpanKindName {
 }
 
 /// Label names recmeter itself uses; extra dimensions may not take them.
-pub const RESERVED_LABELS: [&str; 7] = ["service", "endpoint", "status", "window", "q", "le", "source"];
+pub const RESERVED_LABELS: [&str; 7] = [
+    "service", "endpoint", "status", "window", "q", "le", "source",
+];
 
 /// `[ingest]`: which spans are requests, how they are keyed, and which times are accepted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -119,7 +121,10 @@ impl IngestConfig {
         let labels = self.dimension_labels();
         for (i, (dim, label)) in self.dimensions.iter().zip(&labels).enumerate() {
             if dim.is_empty() {
-                errors.push(InvalidField::new("ingest.dimensions", "contains an empty name"));
+                errors.push(InvalidField::new(
+                    "ingest.dimensions",
+                    "contains an empty name",
+                ));
             } else if RESERVED_LABELS.contains(&label.as_str()) {
                 errors.push(InvalidField::new(
                     "ingest.dimensions",
@@ -172,7 +177,10 @@ impl AggregatorConfig {
     pub fn validate(&self) -> Vec<InvalidField> {
         let mut errors = Vec::new();
         if self.max_series == 0 {
-            errors.push(InvalidField::new("aggregator.max_series", "must be at least 1"));
+            errors.push(InvalidField::new(
+                "aggregator.max_series",
+                "must be at least 1",
+            ));
         }
         if !(2..=3).contains(&self.significant_digits) {
             errors.push(InvalidField::new(
@@ -181,7 +189,10 @@ impl AggregatorConfig {
             ));
         }
         if self.queue_capacity == 0 {
-            errors.push(InvalidField::new("aggregator.queue_capacity", "must be at least 1"));
+            errors.push(InvalidField::new(
+                "aggregator.queue_capacity",
+                "must be at least 1",
+            ));
         }
         errors
     }
@@ -213,7 +224,10 @@ mod tests {
 
     #[test]
     fn label_names() {
-        assert_eq!(label_name("deployment.environment"), "deployment_environment");
+        assert_eq!(
+            label_name("deployment.environment"),
+            "deployment_environment"
+        );
         assert_eq!(label_name("Region-name"), "_egion_name");
         assert_eq!(label_name("2xx"), "_2xx");
     }

@@ -78,7 +78,10 @@ mod tests {
         assert!(!waiter.is_finished());
         hooks.set(Hook::StallAggregator, false);
         waiter.await.unwrap();
-        assert_eq!(Hook::from_name("stall_aggregator"), Some(Hook::StallAggregator));
+        assert_eq!(
+            Hook::from_name("stall_aggregator"),
+            Some(Hook::StallAggregator)
+        );
         assert_eq!(Hook::from_name("nope"), None);
     }
 }

@@ -110,7 +110,9 @@ impl AggregatorHandle {
 
 fn lock(state: &Mutex<Aggregator>) -> MutexGuard<'_, Aggregator> {
     // A panic while counting leaves counts that are still consistent per record; keep serving.
-    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 async fn run(mut rx: mpsc::Receiver<Job>, state: Arc<Mutex<Aggregator>>, hooks: Arc<Hooks>) {

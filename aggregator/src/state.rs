@@ -192,7 +192,9 @@ impl Aggregator {
             } else {
                 totals.ok += 1;
             }
-            totals.recommendations = totals.recommendations.saturating_add(record.recommendations);
+            totals.recommendations = totals
+                .recommendations
+                .saturating_add(record.recommendations);
             let bucket = LATENCY_BUCKETS_NANOS
                 .iter()
                 .position(|&le| record.duration_nanos <= le)
@@ -377,12 +379,20 @@ mod tests {
             .collect();
         let outcome = agg.apply(&batch);
         assert_eq!(outcome.accepted, 5);
-        assert_eq!(agg.series_active(), 3, "two series plus the overflow series");
+        assert_eq!(
+            agg.series_active(),
+            3,
+            "two series plus the overflow series"
+        );
         assert_eq!(telemetry.series_overflow(), 3);
         // A series seen before the cap keeps counting as itself.
         agg.apply(&[request(key("svc", "e0"), now, 10)]);
         let snap = agg.snapshot(&[Window::M1]).unwrap();
-        let e0 = snap.series.iter().find(|s| &*s.key.endpoint == "e0").unwrap();
+        let e0 = snap
+            .series
+            .iter()
+            .find(|s| &*s.key.endpoint == "e0")
+            .unwrap();
         assert_eq!(e0.totals.ok, 2);
         let overflow = snap
             .series
@@ -440,7 +450,7 @@ mod tests {
         let now = clock.now_nanos();
         let hour = 3_600 * 1_000_000_000;
         let outcome = agg.apply(&[
-            request(k.clone(), now - hour, 1),     // exactly at the age limit: kept
+            request(k.clone(), now - hour, 1), // exactly at the age limit: kept
             request(k.clone(), now - hour - 1, 1), // too old
             request(k.clone(), now + 300 * 1_000_000_000, 1), // exactly at the skew limit: kept
             request(k.clone(), now + 300 * 1_000_000_000 + 1, 1), // future

@@ -98,7 +98,10 @@ async fn test_clock(
         .clock()
         .advance(by)
         .ok_or_else(|| ApiError::bad_request("the clock is not the test clock"))?;
-    let unix = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let unix = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
     Ok(Json(serde_json::json!({
         "now": humantime::format_rfc3339_nanos(now).to_string(),
         "unix": unix,

@@ -1,1 +1,10 @@
+//! recmeter's integration tests: the release binary on port-0 listeners with its own temporary
+//! storage, driven by real clients (the OpenTelemetry SDK's OTLP exporters, reqwest, promtool,
+//! the Python prometheus-client parser). One binary, so the suite links once.
 
+mod cli;
+mod demo;
+mod exposition;
+mod harness;
+mod otlp;
+mod spans;

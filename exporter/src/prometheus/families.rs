@@ -50,7 +50,9 @@ pub fn render(
     }));
     let mut out = String::new();
     match format {
-        Format::Text004 => prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?,
+        Format::Text004 => {
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?
+        }
         Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry)?,
     }
     Ok(out)
@@ -124,7 +126,11 @@ impl Families {
 
 fn with(base: &[(String, String)], extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut labels = base.to_vec();
-    labels.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    labels.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
     labels
 }
 
@@ -160,7 +166,10 @@ impl Collector for Families {
                 .zip(&s.totals.bucket_counts)
                 .map(|(le, n)| (*le as f64 / 1e9, *n))
                 .collect();
-            buckets.push((f64::INFINITY, s.totals.bucket_counts[LATENCY_BUCKETS_NANOS.len()]));
+            buckets.push((
+                f64::INFINITY,
+                s.totals.bucket_counts[LATENCY_BUCKETS_NANOS.len()],
+            ));
             family.encode_family(l)?.encode_histogram::<NoLabelSet>(
                 s.totals.sum_nanos as f64 / 1e9,
                 s.totals.requests(),

@@ -259,7 +259,9 @@ fn decode(body: &[u8], encoding: Encoding) -> Result<ExportTraceServiceRequest, 
     match encoding {
         Encoding::Protobuf => ExportTraceServiceRequest::decode(body)
             .map_err(|e| format!("invalid OTLP protobuf: {e}")),
-        Encoding::Json => serde_json::from_slice(body).map_err(|e| format!("invalid OTLP JSON: {e}")),
+        Encoding::Json => {
+            serde_json::from_slice(body).map_err(|e| format!("invalid OTLP JSON: {e}"))
+        }
     }
 }
 
@@ -282,7 +284,10 @@ mod tests {
             Arc::new(Hooks::default()),
         )
         .unwrap();
-        let ingest = TraceIngest::new(handle, super::super::SpanRules::new(&IngestConfig::default()));
+        let ingest = TraceIngest::new(
+            handle,
+            super::super::SpanRules::new(&IngestConfig::default()),
+        );
         http_router(ingest, 4096)
     }
 
@@ -302,12 +307,30 @@ mod tests {
     async fn answers_by_content_type_and_encoding() {
         assert_eq!(post(JSON, None, b"{}".to_vec()).await, StatusCode::OK);
         assert_eq!(post(PROTOBUF, None, Vec::new()).await, StatusCode::OK);
-        assert_eq!(post("text/plain", None, b"x".to_vec()).await, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-        assert_eq!(post(JSON, None, b"{".to_vec()).await, StatusCode::BAD_REQUEST);
-        assert_eq!(post(PROTOBUF, None, vec![0x0a, 0xff]).await, StatusCode::BAD_REQUEST);
-        assert_eq!(post(JSON, Some("br"), b"{}".to_vec()).await, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-        assert_eq!(post(JSON, Some("gzip"), b"nope".to_vec()).await, StatusCode::BAD_REQUEST);
-        assert_eq!(post(JSON, None, vec![b' '; 5000]).await, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            post("text/plain", None, b"x".to_vec()).await,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
+        assert_eq!(
+            post(JSON, None, b"{".to_vec()).await,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            post(PROTOBUF, None, vec![0x0a, 0xff]).await,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            post(JSON, Some("br"), b"{}".to_vec()).await,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
+        assert_eq!(
+            post(JSON, Some("gzip"), b"nope".to_vec()).await,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            post(JSON, None, vec![b' '; 5000]).await,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
     }
 
     #[tokio::test]
@@ -318,6 +341,9 @@ mod tests {
         gz.write_all(&vec![b' '; 1 << 20]).unwrap();
         let small = gz.finish().unwrap();
         assert!(small.len() < 4096);
-        assert_eq!(post(JSON, Some("gzip"), small).await, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            post(JSON, Some("gzip"), small).await,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
     }
 }

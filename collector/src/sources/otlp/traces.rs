@@ -154,9 +154,7 @@ fn render(value: &AnyValue) -> String {
 fn as_count(value: &AnyValue) -> Option<u64> {
     match &value.value {
         Some(any_value::Value::IntValue(i)) => u64::try_from(*i).ok(),
-        Some(any_value::Value::DoubleValue(d)) if *d >= 0.0 && d.fract() == 0.0 => {
-            Some(*d as u64)
-        }
+        Some(any_value::Value::DoubleValue(d)) if *d >= 0.0 && d.fract() == 0.0 => Some(*d as u64),
         Some(any_value::Value::StringValue(s)) => s.trim().parse().ok(),
         _ => None,
     }
@@ -289,7 +287,10 @@ mod tests {
     #[test]
     fn only_request_kinds_count_and_others_are_not_invalid() {
         let rules = SpanRules::new(&IngestConfig::default());
-        let c = convert(&request(vec![span("a", 2), span("b", 3), span("c", 1)]), &rules);
+        let c = convert(
+            &request(vec![span("a", 2), span("b", 3), span("c", 1)]),
+            &rules,
+        );
         assert_eq!(c.spans, 3);
         assert_eq!(c.invalid, 0);
         assert_eq!(c.records.len(), 1);
@@ -312,7 +313,13 @@ mod tests {
         let mut zero_span_id = span("a", 2);
         zero_span_id.span_id = vec![0; 8];
         let c = convert(
-            &request(vec![backwards, zero_start, short_trace, zero_span_id, span("ok", 2)]),
+            &request(vec![
+                backwards,
+                zero_start,
+                short_trace,
+                zero_span_id,
+                span("ok", 2),
+            ]),
             &rules,
         );
         assert_eq!((c.spans, c.invalid, c.records.len()), (5, 4, 1));
