@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Sets up everything recmeter's test suite needs on a fresh Debian machine, then runs it.
+#   - promtool, from Debian's prometheus package (exposition checks)
+#   - a Python venv in target/venv with the tools pinned in tests/requirements.txt
+#   - the whole suite: cargo test --release (the one profile and feature set everything uses)
+# Extra arguments go to cargo test (e.g. scripts/test.sh otlp:: -- --nocapture).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '==> %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+if ! command -v promtool >/dev/null 2>&1; then
+  step "Installing promtool (Debian package prometheus)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+step "$(promtool --version 2>&1 | head -n 1)"
+
+venv=target/venv
+if [ ! -x "$venv/bin/python" ]; then
+  step "Creating the Python test venv in $venv"
+  mkdir -p target
+  python3 -m venv "$venv"
+fi
+step "Installing Python test tools (tests/requirements.txt)"
+"$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
+export RECMETER_TEST_PYTHON="$PWD/$venv/bin/python"
+
+step "Checking formatting"
+cargo fmt --all -- --check
+
+step "Running the test suite (release profile)"
+cargo test --release --workspace "$@"
