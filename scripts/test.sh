@@ -28,7 +28,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 step "Installing Python test tools (tests/requirements.txt)"
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
-export RECMETER_TEST_PYTHON="$PWD/$venv/bin/python"
+export TEST_VENV_PYTHON="$PWD/$venv/bin/python"
 
 step "Checking formatting"
 cargo fmt --all -- --check

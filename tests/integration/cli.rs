@@ -90,7 +90,8 @@ fn test_routes_exist_only_with_test_hooks_and_health_is_open() {
     let client = reqwest::blocking::Client::new();
     let status = client
         .post(plain.api_url("/-/test/clock"))
-        .json(&serde_json::json!({"advance": "60s"}))
+        .header("Content-Type", "application/json")
+        .body(serde_json::json!({"advance": "60s"}).to_string())
         .send()
         .unwrap()
         .status();
@@ -99,7 +100,8 @@ fn test_routes_exist_only_with_test_hooks_and_health_is_open() {
     let hooked = Recmeter::start("");
     let status = client
         .post(hooked.api_url("/-/test/hook"))
-        .json(&serde_json::json!({"name": "no_such_fault", "on": true}))
+        .header("Content-Type", "application/json")
+        .body(serde_json::json!({"name": "no_such_fault", "on": true}).to_string())
         .send()
         .unwrap()
         .status();
@@ -108,9 +110,37 @@ fn test_routes_exist_only_with_test_hooks_and_health_is_open() {
 }
 
 #[test]
-fn sigterm_shuts_down_cleanly() {
+fn sigterm_lets_an_in_flight_request_finish_then_exits_cleanly() {
+    use std::io::{Read, Write};
     let recmeter = Recmeter::start("");
-    let (status, log) = recmeter.terminate();
+    // Half a request on the wire when SIGTERM arrives; the rest follows after it.
+    let body = br#"{"resourceSpans": []}"#;
+    let mut stream = std::net::TcpStream::connect(recmeter.addrs.otlp_http).unwrap();
+    write!(
+        stream,
+        "POST /v1/traces HTTP/1.1\r\nHost: recmeter\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(&body[..5]).unwrap();
+    stream.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let pid = recmeter.pid();
+    assert!(
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stream.write_all(&body[5..]).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let (status, log) = recmeter.wait();
     assert!(status.success(), "{log}");
+    assert!(log.contains("Shutting down"), "{log}");
     assert!(log.contains("recmeter stopped"), "{log}");
 }

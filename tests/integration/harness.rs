@@ -177,7 +177,8 @@ impl Recmeter {
         let response = self
             .http
             .post(self.api_url("/-/test/clock"))
-            .json(&serde_json::json!({ "advance": by }))
+            .header("Content-Type", "application/json")
+            .body(serde_json::json!({ "advance": by }).to_string())
             .send()
             .unwrap();
         assert_eq!(
@@ -188,15 +189,25 @@ impl Recmeter {
         );
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
     /// Sends SIGTERM and waits (up to 20 s) for the exit.
-    pub fn terminate(mut self) -> (ExitStatus, String) {
-        let mut child = self.child.take().unwrap();
+    pub fn terminate(self) -> (ExitStatus, String) {
         let ok = Command::new("kill")
             .arg("-TERM")
-            .arg(child.id().to_string())
+            .arg(self.pid().to_string())
             .status()
             .unwrap();
         assert!(ok.success());
+        self.wait()
+    }
+
+    /// Waits (up to 20 s) for the process to exit.
+    pub fn wait(mut self) -> (ExitStatus, String) {
+        let mut child = self.child.take().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -333,7 +344,7 @@ fn parse_sample(line: &str) -> Sample {
 
 /// The Python interpreter of the test venv (scripts/test.sh makes it).
 pub fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("RECMETER_TEST_PYTHON") {
+    if let Ok(p) = std::env::var("TEST_VENV_PYTHON") {
         return PathBuf::from(p);
     }
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python");

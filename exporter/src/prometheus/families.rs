@@ -61,30 +61,38 @@ pub fn render(
 /// The self-telemetry counters, read once per scrape.
 #[derive(Debug)]
 struct SelfMetrics {
-    spans_received: Vec<(Transport, u64)>,
-    requests_rejected: Vec<(Transport, RejectReason, u64)>,
-    spans_dropped: Vec<(Transport, DropReason, u64)>,
+    spans_received: Vec<(Labels, u64)>,
+    requests_rejected: Vec<(Labels, u64)>,
+    spans_dropped: Vec<(Labels, u64)>,
     series_overflow: u64,
     clamped: [(ClampBound, u64); 2],
 }
 
 impl SelfMetrics {
     fn read(t: &Telemetry) -> Self {
+        let labels = |transport: Transport, reason: &str| {
+            vec![
+                ("transport", transport.label().to_owned()),
+                ("reason", reason.to_owned()),
+            ]
+        };
+        let mut spans_received = Vec::new();
         let mut requests_rejected = Vec::new();
         let mut spans_dropped = Vec::new();
-        for transport in Transport::ALL {
-            for reason in RejectReason::ALL {
-                requests_rejected.push((transport, reason, t.requests_rejected(transport, reason)));
+        for tr in Transport::ALL {
+            spans_received.push((
+                vec![("transport", tr.label().to_owned())],
+                t.spans_received(tr),
+            ));
+            for r in RejectReason::ALL {
+                requests_rejected.push((labels(tr, r.label()), t.requests_rejected(tr, r)));
             }
-            for reason in DropReason::ALL {
-                spans_dropped.push((transport, reason, t.spans_dropped(transport, reason)));
+            for r in DropReason::ALL {
+                spans_dropped.push((labels(tr, r.label()), t.spans_dropped(tr, r)));
             }
         }
         Self {
-            spans_received: Transport::ALL
-                .iter()
-                .map(|tr| (*tr, t.spans_received(*tr)))
-                .collect(),
+            spans_received,
             requests_rejected,
             spans_dropped,
             series_overflow: t.series_overflow(),
@@ -226,37 +234,19 @@ impl Collector for Families {
             &mut encoder,
             "recmeter_spans_received",
             "Spans received in accepted requests.",
-            m.spans_received
-                .iter()
-                .map(|(t, n)| (vec![("transport", t.label().to_owned())], *n)),
+            m.spans_received.iter().cloned(),
         )?;
         counter(
             &mut encoder,
             "recmeter_requests_rejected",
             "Whole requests refused, by reason.",
-            m.requests_rejected.iter().map(|(t, r, n)| {
-                (
-                    vec![
-                        ("transport", t.label().to_owned()),
-                        ("reason", r.label().to_owned()),
-                    ],
-                    *n,
-                )
-            }),
+            m.requests_rejected.iter().cloned(),
         )?;
         counter(
             &mut encoder,
             "recmeter_spans_dropped",
             "Spans dropped inside accepted requests, by reason.",
-            m.spans_dropped.iter().map(|(t, r, n)| {
-                (
-                    vec![
-                        ("transport", t.label().to_owned()),
-                        ("reason", r.label().to_owned()),
-                    ],
-                    *n,
-                )
-            }),
+            m.spans_dropped.iter().cloned(),
         )?;
         let active = series.len() as i64;
         encoder
