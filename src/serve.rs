@@ -218,14 +218,19 @@ async fn termination() {
     }
 }
 
-/// Writes the addresses atomically (temporary file, then rename), so a reader never sees half.
+/// Writes the addresses atomically (a temporary file in the same directory, then rename), so
+/// a reader never sees half of it.
 fn write_ready_file(path: &Path, addresses: &Addresses) -> Result<()> {
     let err = |source| Error::ReadyFile {
         path: path.to_owned(),
         source,
     };
-    let json = serde_json::to_vec_pretty(addresses).map_err(|e| err(std::io::Error::other(e)))?;
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, json).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
+    serde_json::to_writer_pretty(&mut file, addresses).map_err(|e| err(e.into()))?;
+    file.persist(path).map_err(|e| err(e.error))?;
+    Ok(())
 }
