@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve::main(args, None),
-        Command::Demo(args) => serve::main(args, Some(demo::Workload::default())),
+        Command::Demo(args) => serve::main(args, Some(demo::Workload)),
         Command::Validate { file } => cli::validate(&file),
     }
 }

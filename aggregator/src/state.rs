@@ -366,7 +366,7 @@ mod tests {
         }
     }
 
-    fn window<'a>(s: &'a SeriesSnapshot, w: Window) -> Option<&'a WindowQuantiles> {
+    fn window(s: &SeriesSnapshot, w: Window) -> Option<&WindowQuantiles> {
         s.windows.iter().find(|x| x.window == w)
     }
 

@@ -132,3 +132,109 @@ async fn test_hook(
     tracing::info!(hook = hook.name(), on = request.on, "Test hook set.");
     Ok(Json(serde_json::json!({ "name": hook.name(), "on": request.on })).into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use recmeter_aggregator::{AggregatorConfig, Clock, Hooks, IngestConfig, Telemetry};
+    use tower::ServiceExt;
+
+    fn state(test_hooks: bool, ready: bool) -> ApiState {
+        let clock = Arc::new(Clock::fake(
+            UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000),
+        ));
+        let (aggregator, _worker) = AggregatorHandle::start(
+            &IngestConfig::default(),
+            &AggregatorConfig::default(),
+            clock,
+            Arc::new(Telemetry::default()),
+            Arc::new(Hooks::default()),
+        )
+        .unwrap();
+        ApiState {
+            aggregator,
+            ready: Arc::new(AtomicBool::new(ready)),
+            test_hooks,
+        }
+    }
+
+    async fn call(state: ApiState, request: Request<Body>) -> (StatusCode, String, String) {
+        let response = api_router(state).oneshot(request).await.unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            content_type,
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn metrics_negotiates_the_format() {
+        let get = |accept: Option<&str>| {
+            let mut r = Request::get("/metrics");
+            if let Some(a) = accept {
+                r = r.header(header::ACCEPT, a);
+            }
+            r.body(Body::empty()).unwrap()
+        };
+        let (status, content_type, body) = call(state(false, true), get(None)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(content_type.starts_with("text/plain; version=0.0.4"));
+        assert!(
+            body.contains("# TYPE recmeter_spans_received_total counter"),
+            "{body}"
+        );
+        assert!(!body.contains("# EOF"));
+        let (_, content_type, body) = call(
+            state(false, true),
+            get(Some(
+                "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+            )),
+        )
+        .await;
+        assert!(content_type.starts_with("application/openmetrics-text"));
+        assert!(body.ends_with("# EOF\n"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn readiness_and_test_routes() {
+        let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
+        assert_eq!(
+            call(state(false, false), get("/readyz")).await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            call(state(false, false), get("/healthz")).await.0,
+            StatusCode::OK
+        );
+        let advance = || {
+            Request::post("/-/test/clock")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(r#"{"advance":"90s"}"#))
+                .unwrap()
+        };
+        assert_eq!(
+            call(state(false, true), advance()).await.0,
+            StatusCode::NOT_FOUND
+        );
+        let (status, _, body) = call(state(true, true), advance()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.contains("2027-01-15T08:01:30"), "{body}");
+        let bad = Request::post("/-/test/clock")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(r#"{"advance":"soon"}"#))
+            .unwrap();
+        let (status, _, body) = call(state(true, true), bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("errorType"), "{body}");
+    }
+}

@@ -99,10 +99,10 @@ impl Recmeter {
         let mut child = cmd.spawn().expect("recmeter starts");
         let deadline = Instant::now() + Duration::from_secs(30);
         let addrs = loop {
-            if let Ok(text) = std::fs::read_to_string(&ready) {
-                if let Ok(addrs) = serde_json::from_str::<Addresses>(&text) {
-                    break addrs;
-                }
+            if let Ok(text) = std::fs::read_to_string(&ready)
+                && let Ok(addrs) = serde_json::from_str::<Addresses>(&text)
+            {
+                break addrs;
             }
             if let Some(status) = child.try_wait().unwrap() {
                 panic!(

@@ -2,6 +2,9 @@
 //! storage, driven by real clients (the OpenTelemetry SDK's OTLP exporters, reqwest, promtool,
 //! the Python prometheus-client parser). One binary, so the suite links once.
 
+// Tests fail loudly; unwrap is the point.
+#![allow(clippy::unwrap_used)]
+
 mod cli;
 mod demo;
 mod exposition;

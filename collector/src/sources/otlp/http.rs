@@ -100,7 +100,7 @@ impl Refusal {
             code,
             message: self.message,
         };
-        let mut response = encode(encoding, &body, |b| serde_json::to_vec(b)).into_response();
+        let mut response = encode(encoding, &body, serde_json::to_vec).into_response();
         *response.status_mut() = self.status;
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response
@@ -192,7 +192,7 @@ async fn handle(
         Refusal::new(StatusCode::BAD_REQUEST, Some(RejectReason::Decode), message)
     })?;
     match state.ingest.export(&request, Transport::Http).await {
-        Ok(response) => Ok(encode(encoding, &response, |r| serde_json::to_vec(r))),
+        Ok(response) => Ok(encode(encoding, &response, serde_json::to_vec)),
         Err(IngestError::Backpressure) => Err(Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
             Some(RejectReason::Backpressure),
