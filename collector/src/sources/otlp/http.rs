@@ -347,3 +347,43 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod json_rules {
+    use super::*;
+
+    /// OTLP/JSON: lower- or upper-case hex ids, integer enums, int64 as string or number,
+    /// unknown fields ignored at every level.
+    #[test]
+    fn otlp_json_rules() {
+        let body = br#"{
+          "resourceSpans": [{
+            "resource": {"attributes": [
+              {"key": "service.name", "value": {"stringValue": "svc", "futureField": 1}}
+            ], "futureField": true},
+            "scopeSpans": [{
+              "spans": [
+                {"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174",
+                 "name": "a", "kind": 2, "startTimeUnixNano": 1000, "endTimeUnixNano": "2000",
+                 "attributes": [{"key": "recs.count", "value": {"intValue": "7"}}],
+                 "status": {"code": 2}, "somethingNew": {"nested": [1, 2]}},
+                {"traceId": "5B8EFFF798038103D269B633813FC60C", "spanId": "EEE19B7EC3C1B175",
+                 "name": "b", "kind": 2, "startTimeUnixNano": "1000", "endTimeUnixNano": 3000,
+                 "attributes": [{"key": "recs.count", "value": {"intValue": 9}}]}
+              ]
+            }]
+          }],
+          "unknownTopLevel": "ignored"
+        }"#;
+        let request = decode(body, Encoding::Json).expect("decodes");
+        let rules = super::super::SpanRules::new(&recmeter_aggregator::IngestConfig::default());
+        let converted = super::super::convert(&request, &rules);
+        assert_eq!(converted.invalid, 0);
+        let r = &converted.records;
+        assert_eq!(r.len(), 2);
+        assert_eq!(&*r[0].key.service, "svc");
+        assert!(r[0].error);
+        assert_eq!((r[0].duration_nanos, r[0].recommendations), (1000, 7));
+        assert_eq!((r[1].duration_nanos, r[1].recommendations), (2000, 9));
+    }
+}

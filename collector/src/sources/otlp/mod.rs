@@ -9,3 +9,6 @@ pub use config::OtlpConfig;
 pub use grpc::serve_grpc;
 pub use http::{http_router, serve_http};
 pub use traces::{SpanRules, TraceIngest};
+
+#[cfg(test)]
+pub(crate) use traces::convert;
