@@ -56,7 +56,7 @@ fn parse_rfc3339(s: &str) -> Result<SystemTime, String> {
 
 /// `recmeter validate FILE`.
 pub fn validate(file: &Path) -> ExitCode {
-    match Config::load(Some(file), std::env::vars()) {
+    match Config::load(Some(file), crate::config::environment()) {
         Ok(_) => {
             println!("{}: valid", file.display());
             ExitCode::SUCCESS

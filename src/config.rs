@@ -17,6 +17,19 @@ use toml::{Table, Value};
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "RECMETER_";
 
+/// The process environment as text. Names and values that are not UTF-8 are read lossily, so a
+/// broken `RECMETER_*` value is reported as invalid rather than crashing start-up.
+pub fn environment() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })
+        .collect()
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -135,20 +148,22 @@ impl Config {
         };
         let defaults = defaults_table();
         let mut errors = apply_env(&mut table, &defaults, env);
-        errors.extend(check_keys(&table, &defaults));
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        let config: Config = Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| {
-                vec![InvalidField::new("config", e.message().to_owned())]
-            })?;
-        let errors = config.validate();
-        if errors.is_empty() {
-            Ok(config)
-        } else {
-            Err(errors)
+        // Keys that are wrong on their own are reported and left out, so the cross-field
+        // checks below still run on the rest and every problem is reported at once.
+        errors.extend(check_keys(&mut table, &defaults));
+        match Value::Table(table).try_into::<Config>() {
+            Ok(config) => {
+                errors.extend(config.validate());
+                if errors.is_empty() {
+                    Ok(config)
+                } else {
+                    Err(errors)
+                }
+            }
+            Err(e) => {
+                errors.push(InvalidField::new("config", e.message().to_owned()));
+                Err(errors)
+            }
         }
     }
 }
@@ -243,20 +258,24 @@ fn apply_env(
 }
 
 /// Checks every key on its own against the defaults, so each unknown key or wrong type is
-/// reported by name.
-fn check_keys(table: &Table, defaults: &Table) -> Vec<InvalidField> {
+/// reported by name, and removes the keys (or sections) found wrong.
+fn check_keys(table: &mut Table, defaults: &Table) -> Vec<InvalidField> {
     let mut errors = Vec::new();
-    for (section, value) in table {
+    let mut bad_sections = Vec::new();
+    let mut bad_keys = Vec::new();
+    for (section, value) in table.iter() {
         let Some(Value::Table(_)) = defaults.get(section) else {
             let known: Vec<_> = defaults.keys().map(String::as_str).collect();
             errors.push(InvalidField::new(
                 section,
                 format!("unknown section; expected one of: {}", known.join(", ")),
             ));
+            bad_sections.push(section.clone());
             continue;
         };
         let Value::Table(keys) = value else {
             errors.push(InvalidField::new(section, "must be a table ([section])"));
+            bad_sections.push(section.clone());
             continue;
         };
         for (key, value) in keys {
@@ -269,7 +288,16 @@ fn check_keys(table: &Table, defaults: &Table) -> Vec<InvalidField> {
                     format!("{section}.{key}"),
                     e.message().to_owned(),
                 ));
+                bad_keys.push((section.clone(), key.clone()));
             }
+        }
+    }
+    for section in bad_sections {
+        table.remove(&section);
+    }
+    for (section, key) in bad_keys {
+        if let Some(Value::Table(keys)) = table.get_mut(&section) {
+            keys.remove(&key);
         }
     }
     errors
@@ -326,13 +354,13 @@ mod tests {
             keys.contains(&"RECMETER_AGGREGATOR__MAX_SERIES"),
             "{errors:?}"
         );
-        // Cross-field checks run once the keys themselves are sound.
-        let errors = load(
-            "[ingest]\nmax_span_age = \"0s\"\n[aggregator]\nsignificant_digits = 5\n",
-            &[],
-        )
-        .unwrap_err();
-        assert_eq!(errors.len(), 2, "{errors:?}");
+        // Cross-field checks run on the sound keys alongside the broken ones.
+        assert!(keys.contains(&"ingest.max_span_age"), "{errors:?}");
+        assert!(
+            keys.contains(&"aggregator.significant_digits"),
+            "{errors:?}"
+        );
+        assert_eq!(errors.len(), 6, "{errors:?}");
     }
 
     #[test]

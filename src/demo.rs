@@ -18,6 +18,8 @@ use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
 use rand::Rng;
 use tokio::sync::watch;
 
+use recmeter_aggregator::Clock;
+
 use crate::serve::Addresses;
 
 /// One endpoint of the synthetic platform.
@@ -80,17 +82,23 @@ pub struct Running {
 }
 
 impl Workload {
-    /// Starts sending to `addresses` until `shutdown` turns true or [`Running::stop`].
-    pub fn start(self, addresses: Addresses, shutdown: watch::Receiver<bool>) -> Running {
+    /// Starts sending to `addresses` until `shutdown` turns true or [`Running::stop`]. Spans
+    /// end at `clock`'s now, so the demo also works under the test clock.
+    pub fn start(
+        self,
+        addresses: Addresses,
+        clock: Arc<Clock>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Running {
         let stop = Arc::new(AtomicBool::new(false));
         tracing::info!(
             rate = BATCH as f64 / INTERVAL.as_secs_f64(),
             "Demo workload started: recs-api over OTLP/gRPC, ranker over OTLP/HTTP (spans per second each)."
         );
-        let grpc = tokio::spawn(grpc_loop(addresses, shutdown));
+        let grpc = tokio::spawn(grpc_loop(addresses, clock.clone(), shutdown));
         let http = std::thread::spawn({
             let stop = stop.clone();
-            move || http_loop(addresses, &stop)
+            move || http_loop(addresses, &clock, &stop)
         });
         Running { grpc, http, stop }
     }
@@ -116,7 +124,7 @@ fn resource(service: &'static str) -> Resource {
         .build()
 }
 
-async fn grpc_loop(addresses: Addresses, mut shutdown: watch::Receiver<bool>) {
+async fn grpc_loop(addresses: Addresses, clock: Arc<Clock>, mut shutdown: watch::Receiver<bool>) {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(format!("http://{}", addresses.otlp_grpc))
@@ -137,7 +145,7 @@ async fn grpc_loop(addresses: Addresses, mut shutdown: watch::Receiver<bool>) {
             _ = ticker.tick() => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        let batch = synthetic_batch(&RECS_API, BATCH);
+        let batch = synthetic_batch(&RECS_API, BATCH, clock.now());
         if let Err(e) = exporter.export(batch).await
             && !warned
         {
@@ -147,7 +155,7 @@ async fn grpc_loop(addresses: Addresses, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-fn http_loop(addresses: Addresses, stop: &AtomicBool) {
+fn http_loop(addresses: Addresses, clock: &Clock, stop: &AtomicBool) {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpBinary)
@@ -163,7 +171,7 @@ fn http_loop(addresses: Addresses, stop: &AtomicBool) {
     exporter.set_resource(&resource("ranker"));
     let mut warned = false;
     while !stop.load(Ordering::Acquire) {
-        let batch = synthetic_batch(&RANKER, BATCH);
+        let batch = synthetic_batch(&RANKER, BATCH, clock.now());
         if let Err(e) = futures_executor::block_on(exporter.export(batch))
             && !warned
         {
@@ -174,10 +182,9 @@ fn http_loop(addresses: Addresses, stop: &AtomicBool) {
     }
 }
 
-/// `n` server spans ending now, spread over the endpoints, with log-normal latencies.
-fn synthetic_batch(endpoints: &[Endpoint], n: usize) -> Vec<SpanData> {
+/// `n` server spans ending at `now`, spread over the endpoints, with log-normal latencies.
+fn synthetic_batch(endpoints: &[Endpoint], n: usize, now: SystemTime) -> Vec<SpanData> {
     let mut rng = rand::rng();
-    let now = SystemTime::now();
     (0..n)
         .map(|i| {
             let endpoint = &endpoints[i % endpoints.len()];

@@ -25,8 +25,8 @@ pub enum Error {
     },
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
-    #[error("demo workload: {0}")]
-    Demo(String),
+    #[error("{0}")]
+    ServerStopped(String),
 }
 
 fn list(errors: &[InvalidField]) -> String {

@@ -34,7 +34,7 @@ pub struct Addresses {
 
 /// Entry point of `serve` and `demo`.
 pub fn main(args: RunArgs, workload: Option<Workload>) -> ExitCode {
-    let config = match Config::load(args.config.as_deref(), std::env::vars()) {
+    let config = match Config::load(args.config.as_deref(), crate::config::environment()) {
         Ok(config) => config,
         Err(errors) => {
             eprintln!("{}", Error::Config(errors));
@@ -155,7 +155,8 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
         version = env!("CARGO_PKG_VERSION"),
         "recmeter is ready."
     );
-    let demo = workload.map(|w| w.start(addresses, shutdown_rx.clone()));
+    let demo =
+        workload.map(|w| w.start(addresses, aggregator.clock().clone(), shutdown_rx.clone()));
 
     let outcome = tokio::select! {
         () = termination() => {
@@ -164,8 +165,8 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
         }
         Some(ended) = servers.join_next() => match ended {
             Ok(Err(e)) => Err(e),
-            Ok(Ok(())) => Err(Error::Demo("a server stopped unexpectedly".into())),
-            Err(e) => Err(Error::Demo(format!("a server task failed: {e}"))),
+            Ok(Ok(())) => Err(Error::ServerStopped("a server stopped unexpectedly".into())),
+            Err(e) => Err(Error::ServerStopped(format!("a server task failed: {e}"))),
         },
     };
     ready.store(false, Ordering::Release);

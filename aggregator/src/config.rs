@@ -58,6 +58,9 @@ pub const RESERVED_LABELS: [&str; 7] = [
     "service", "endpoint", "status", "window", "q", "le", "source",
 ];
 
+/// Longest `ingest.max_span_age`: late data must land in a minute still held in memory.
+pub const MAX_SPAN_AGE_LIMIT: Duration = Duration::from_secs(3 * 3_600);
+
 /// `[ingest]`: which spans are requests, how they are keyed, and which times are accepted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -106,10 +109,10 @@ impl IngestConfig {
     /// Cross-field checks.
     pub fn validate(&self) -> Vec<InvalidField> {
         let mut errors = Vec::new();
-        if self.max_span_age.is_zero() {
+        if self.max_span_age.is_zero() || self.max_span_age > MAX_SPAN_AGE_LIMIT {
             errors.push(InvalidField::new(
                 "ingest.max_span_age",
-                "must be longer than 0s",
+                "must be longer than 0s and at most 3h (the minutes recmeter keeps in memory)",
             ));
         }
         if self.request_span_kinds.is_empty() {
@@ -124,6 +127,13 @@ impl IngestConfig {
                 errors.push(InvalidField::new(
                     "ingest.dimensions",
                     "contains an empty name",
+                ));
+            } else if label.starts_with("__") {
+                errors.push(InvalidField::new(
+                    "ingest.dimensions",
+                    format!(
+                        "`{dim}` would become label `{label}`; names starting with __ are reserved"
+                    ),
                 ));
             } else if RESERVED_LABELS.contains(&label.as_str()) {
                 errors.push(InvalidField::new(
@@ -235,11 +245,11 @@ mod tests {
     #[test]
     fn dimensions_may_not_collide() {
         let config = IngestConfig {
-            dimensions: vec!["a.b".into(), "a_b".into(), "status".into()],
+            dimensions: vec!["a.b".into(), "a_b".into(), "status".into(), "..x".into()],
             ..IngestConfig::default()
         };
         let errors = config.validate();
-        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert_eq!(errors.len(), 3, "{errors:?}");
     }
 
     #[test]

@@ -53,6 +53,12 @@ impl Hooks {
         *self.switches[hook as usize].borrow()
     }
 
+    /// Returns once `hook` is armed.
+    pub async fn armed(&self, hook: Hook) {
+        let mut rx = self.switches[hook as usize].subscribe();
+        let _ = rx.wait_for(|on| *on).await;
+    }
+
     /// Returns once `hook` is not armed.
     pub async fn released(&self, hook: Hook) {
         let mut rx = self.switches[hook as usize].subscribe();

@@ -118,7 +118,13 @@ fn lock(state: &Mutex<Aggregator>) -> MutexGuard<'_, Aggregator> {
 async fn run(mut rx: mpsc::Receiver<Job>, state: Arc<Mutex<Aggregator>>, hooks: Arc<Hooks>) {
     loop {
         hooks.released(Hook::StallAggregator).await;
-        let Some(job) = rx.recv().await else { break };
+        // Arming the stall while waiting leaves the next job in the queue.
+        let job = tokio::select! {
+            biased;
+            () = hooks.armed(Hook::StallAggregator) => continue,
+            job = rx.recv() => job,
+        };
+        let Some(job) = job else { break };
         let outcome = lock(&state).apply(&job.records);
         // The sender may have gone away (client timeout); the records are counted regardless.
         let _ = job.reply.send(outcome);

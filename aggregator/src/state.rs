@@ -11,7 +11,7 @@ use hdrhistogram::Histogram;
 
 use crate::clock::{Clock, MINUTE_NANOS, minute_of};
 use crate::config::{AggregatorConfig, IngestConfig};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::histogram;
 use crate::record::{ApplyOutcome, RequestRecord, SeriesKey};
 use crate::telemetry::Telemetry;
@@ -222,7 +222,11 @@ impl Aggregator {
         outcome
     }
 
-    /// Seals every minute before `open_minute` and forgets minutes older than 3 h.
+    /// Seals every minute before `open_minute` and forgets minutes older than 3 h. At the
+    /// series cap, series with no minute left are forgotten too, so new series can take their
+    /// place instead of folding into the overflow series for good. Below the cap idle series are
+    /// kept: dropping a counter that returns later would hide its first increments from
+    /// Prometheus `increase()`.
     fn roll(&mut self, open_minute: u64) {
         if open_minute <= self.sealed_before {
             return;
@@ -242,6 +246,16 @@ impl Aggregator {
                 }
             }
         }
+        if self.regular_series() >= self.max_series {
+            let before = self.series.len();
+            let overflow = &self.overflow;
+            self.series
+                .retain(|key, series| key == overflow || !series.minutes.is_empty());
+            let evicted = before - self.series.len();
+            if evicted > 0 {
+                tracing::info!(evicted, "Series cap reached: forgot series idle for 3 h.");
+            }
+        }
         self.sealed_before = open_minute;
     }
 
@@ -250,6 +264,12 @@ impl Aggregator {
         let now = self.clock.now_nanos();
         let open_minute = minute_of(now);
         self.roll(open_minute);
+        if let Some(w) = windows
+            .iter()
+            .find(|w| w.minute_range(now).count() as u64 > MINUTES_KEPT)
+        {
+            return Err(Error::WindowUnavailable(w.label()));
+        }
         let mut windows: Vec<(Window, u64)> = windows
             .iter()
             .map(|w| (*w, *w.minute_range(now).start()))
@@ -401,6 +421,26 @@ mod tests {
             .unwrap();
         assert_eq!(&*overflow.key.endpoint, OVERFLOW);
         assert_eq!(overflow.totals.ok, 3);
+    }
+
+    #[test]
+    fn at_the_cap_idle_series_make_room_and_long_windows_are_refused() {
+        let (mut agg, clock, _) = aggregator(1);
+        agg.apply(&[request(key("svc", "old"), clock.now_nanos(), 10)]);
+        clock.advance(Duration::from_secs(3 * 3_600));
+        let outcome = agg.apply(&[request(key("svc", "new"), clock.now_nanos(), 10)]);
+        assert_eq!(outcome.accepted, 1);
+        let snap = agg.snapshot(&[Window::M1]).unwrap();
+        let names: Vec<_> = snap.series.iter().map(|s| &*s.key.endpoint).collect();
+        assert_eq!(
+            names,
+            ["new"],
+            "the idle series made room; nothing overflowed"
+        );
+        assert!(matches!(
+            agg.snapshot(&[Window::H6]),
+            Err(Error::WindowUnavailable("6h"))
+        ));
     }
 
     #[test]

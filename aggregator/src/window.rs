@@ -133,7 +133,7 @@ mod tests {
         let r = Window::H6.minute_range(now);
         assert_eq!(*r.end(), m);
         assert_eq!(r.start() % 60, 0);
-        // t − W + 1m lies 17 minutes into the hour 6 h ago; the window starts at that hour.
+        // t − W + 1m lies 18 minutes into the hour 6 h ago; the window starts at that hour.
         assert_eq!(*r.start(), m - 360 + 1 - 18);
         assert!(r.count() as u64 - 360 < 60);
     }

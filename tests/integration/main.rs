@@ -3,11 +3,12 @@
 //! the Python prometheus-client parser). One binary, so the suite links once.
 
 // Tests fail loudly; unwrap is the point.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli;
 mod demo;
 mod exposition;
 mod harness;
+mod limits;
 mod otlp;
 mod spans;

@@ -360,7 +360,7 @@ fn grpc_refuses_undecodable_input_as_invalid_argument() {
 }
 
 /// A gRPC codec that sends bytes as they are, to put malformed messages on the wire.
-mod raw {
+pub mod raw {
     use bytes::{Buf, BufMut, Bytes};
     use tonic::Status;
     use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};

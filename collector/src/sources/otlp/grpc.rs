@@ -1,7 +1,9 @@
 //! OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export`, gzip accepted.
-//! tonic decodes the message before our handler runs and calls a bad one INTERNAL; a layer
-//! around the service turns that into INVALID_ARGUMENT (the client's fault, not retryable) and
-//! counts it.
+//! tonic decodes the message before our handler runs and answers bad ones itself: INTERNAL for
+//! undecodable bytes, OUT_OF_RANGE for a message over the size limit, RESOURCE_EXHAUSTED for
+//! one that inflates past it. A layer around the service turns those into the codes OTLP
+//! clients should see (INVALID_ARGUMENT; RESOURCE_EXHAUSTED, because OUT_OF_RANGE is retryable
+//! and a client would resend the same message forever) and counts them.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -125,16 +127,18 @@ where
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<i32>().ok())
                 .map(Code::from_i32);
-            let message = headers
-                .get("grpc-message")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            if code == Some(Code::Internal) && message.contains("decode") {
-                telemetry.add_request_rejected(Transport::Grpc, RejectReason::Decode);
-                headers.insert(
-                    "grpc-status",
-                    HeaderValue::from(Code::InvalidArgument as i32),
-                );
+            // The handler itself only ever answers OK or UNAVAILABLE; these codes come from
+            // tonic's decoding of the request.
+            let rewrite = match code {
+                Some(Code::Internal) => Some((Code::InvalidArgument, RejectReason::Decode)),
+                Some(Code::OutOfRange | Code::ResourceExhausted) => {
+                    Some((Code::ResourceExhausted, RejectReason::TooLarge))
+                }
+                _ => None,
+            };
+            if let Some((code, reason)) = rewrite {
+                telemetry.add_request_rejected(Transport::Grpc, reason);
+                headers.insert("grpc-status", HeaderValue::from(code as i32));
             }
             Ok(response)
         })

@@ -132,7 +132,9 @@ async fn traces(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
     let Some(encoding) = content_type(&headers) else {
         telemetry.add_request_rejected(Transport::Http, RejectReason::UnsupportedMediaType);
         let message = format!("unsupported content type; send {PROTOBUF} or {JSON}");
-        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, message).into_response();
+        // The request's own encoding is unknown: answer the Status in JSON.
+        return Refusal::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, None, message)
+            .into_response(Encoding::Json);
     };
     match handle(&state, &headers, body, encoding).await {
         Ok(response) => response,
@@ -331,6 +333,62 @@ mod tests {
             post(JSON, None, vec![b' '; 5000]).await,
             StatusCode::PAYLOAD_TOO_LARGE
         );
+    }
+
+    #[tokio::test]
+    async fn gzip_protobuf_is_inflated_and_counted() {
+        use flate2::{Compression, write::GzEncoder};
+        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+        use std::io::Write;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![Span {
+                        trace_id: vec![7; 16],
+                        span_id: vec![8; 8],
+                        name: "GET /".into(),
+                        kind: 2,
+                        start_time_unix_nano: now - 1_000_000,
+                        end_time_unix_nano: now,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(&request.encode_to_vec()).unwrap();
+        let (handle, _worker) = AggregatorHandle::start(
+            &IngestConfig::default(),
+            &AggregatorConfig::default(),
+            Arc::new(Clock::System),
+            Arc::new(Telemetry::default()),
+            Arc::new(Hooks::default()),
+        )
+        .unwrap();
+        let ingest = TraceIngest::new(
+            handle.clone(),
+            super::super::SpanRules::new(&IngestConfig::default()),
+        );
+        let response = http_router(ingest, 4096)
+            .oneshot(
+                Request::post("/v1/traces")
+                    .header(header::CONTENT_TYPE, PROTOBUF)
+                    .header(header::CONTENT_ENCODING, "gzip")
+                    .body(Body::from(gz.finish().unwrap()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let snapshot = handle.snapshot(&[]).unwrap();
+        assert_eq!(snapshot.series[0].totals.ok, 1);
+        assert_eq!(handle.telemetry().spans_received(Transport::Http), 1);
     }
 
     #[tokio::test]

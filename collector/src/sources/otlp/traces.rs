@@ -73,11 +73,13 @@ pub(crate) fn convert(request: &ExportTraceServiceRequest, rules: &SpanRules) ->
         for scope_spans in &resource_spans.scope_spans {
             for span in &scope_spans.spans {
                 out.spans += 1;
-                if !is_valid(span) {
-                    out.invalid += 1;
+                // Spans that are not requests are ignored before validation, so they are never
+                // reported as rejected, whatever they contain.
+                if !rules.kinds.contains(&span.kind) {
                     continue;
                 }
-                if !rules.kinds.contains(&span.kind) {
+                if !is_valid(span) {
+                    out.invalid += 1;
                     continue;
                 }
                 let dimensions = rules
