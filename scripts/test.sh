@@ -2,6 +2,7 @@
 # Sets up everything recmeter's test suite needs on a fresh Debian machine, then runs it.
 #   - promtool, from Debian's prometheus package (exposition checks)
 #   - a Python venv in target/venv with the tools pinned in tests/requirements.txt
+#     (Debian's python3-venv first, where the interpreter lacks venv support)
 #   - the whole suite: cargo test --release (the one profile and feature set everything uses)
 # Extra arguments go to cargo test (e.g. scripts/test.sh otlp:: -- --nocapture).
 set -euo pipefail
@@ -19,6 +20,12 @@ if ! command -v promtool >/dev/null 2>&1; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 step "$(promtool --version 2>&1 | head -n 1)"
+
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  step "Installing Python venv support (Debian package python3-venv)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+fi
 
 venv=target/venv
 if [ ! -x "$venv/bin/python" ]; then
