@@ -5,10 +5,10 @@
 //! Scalar keys can be overridden from the environment as `RECMETER_<SECTION>__<KEY>`
 //! (`RECMETER_OTLP__GRPC_ADDRESS=0.0.0.0:4317`); arrays and tables are file-only.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use recmeter_aggregator::{AggregatorConfig, IngestConfig, InvalidField};
+use recmeter_aggregator::{AggregatorConfig, BearerToken, IngestConfig, InvalidField};
 use recmeter_collector::sources::otlp::OtlpConfig;
 use recmeter_exporter::ApiConfig;
 use serde::{Deserialize, Serialize};
@@ -46,6 +46,77 @@ pub struct Config {
     pub log: LogConfig,
     /// Process lifecycle.
     pub service: ServiceConfig,
+    /// Bearer tokens for the ingest and API ports.
+    pub auth: AuthConfig,
+}
+
+/// `[auth]` configuration. Each token comes from the key itself (set it through the
+/// environment, `RECMETER_AUTH__INGEST_TOKEN`, rather than in the file) or from a file holding
+/// only the token. Tokens are never logged.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Token OTLP senders must present on :4317 and :4318 (`Authorization: Bearer <token>`;
+    /// gRPC metadata `authorization`). Default: unset, ingest is open.
+    pub ingest_token: Option<BearerToken>,
+    /// File holding the ingest token (surrounding whitespace ignored). Default: unset.
+    pub ingest_token_file: Option<PathBuf>,
+    /// Token readers must present for `/metrics`, `/api/v1/*` and `/`; `/healthz` and `/readyz`
+    /// stay open. Default: unset, the API is open.
+    pub api_token: Option<BearerToken>,
+    /// File holding the API token. Default: unset.
+    pub api_token_file: Option<PathBuf>,
+}
+
+/// The tokens in force.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
+    pub ingest: Option<BearerToken>,
+    pub api: Option<BearerToken>,
+}
+
+impl AuthConfig {
+    /// Reads token files; every problem is reported.
+    pub fn tokens(&self) -> Result<Tokens, Vec<InvalidField>> {
+        let mut errors = Vec::new();
+        let mut one =
+            |name: &str, token: &Option<BearerToken>, file: &Option<PathBuf>| match (token, file) {
+                (Some(_), Some(_)) => {
+                    errors.push(InvalidField::new(
+                        format!("auth.{name}_file"),
+                        format!("set either auth.{name} or auth.{name}_file, not both"),
+                    ));
+                    None
+                }
+                (Some(token), None) => Some(token.clone()),
+                (None, Some(path)) => match std::fs::read_to_string(path) {
+                    Ok(text) => BearerToken::new(&text).or_else(|| {
+                        errors.push(InvalidField::new(
+                            format!("auth.{name}_file"),
+                            format!("{} is empty", path.display()),
+                        ));
+                        None
+                    }),
+                    Err(e) => {
+                        errors.push(InvalidField::new(
+                            format!("auth.{name}_file"),
+                            format!("cannot read {}: {e}", path.display()),
+                        ));
+                        None
+                    }
+                },
+                (None, None) => None,
+            };
+        let tokens = Tokens {
+            ingest: one("ingest_token", &self.ingest_token, &self.ingest_token_file),
+            api: one("api_token", &self.api_token, &self.api_token_file),
+        };
+        if errors.is_empty() {
+            Ok(tokens)
+        } else {
+            Err(errors)
+        }
+    }
 }
 
 /// Log output format.
@@ -101,6 +172,9 @@ impl Config {
         errors.extend(self.api.validate());
         errors.extend(self.ingest.validate());
         errors.extend(self.aggregator.validate());
+        if let Err(e) = self.auth.tokens() {
+            errors.extend(e);
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             errors.push(InvalidField::new(
                 "log.level",

@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use recmeter_aggregator::{AggregatorHandle, Clock, Hooks, Telemetry};
-use recmeter_collector::sources::otlp::{SpanRules, TraceIngest, serve_grpc, serve_http};
+use recmeter_collector::sources::otlp::{
+    ServeOptions, SpanRules, TraceIngest, serve_grpc, serve_http,
+};
 use recmeter_exporter::{ApiState, serve_api};
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -115,13 +117,17 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
     };
     let ingest = TraceIngest::new(aggregator.clone(), SpanRules::new(&config.ingest));
     let ready = Arc::new(AtomicBool::new(false));
-    let max_body = config.otlp.max_body_bytes;
+    let tokens = config.auth.tokens().map_err(Error::Config)?;
+    let options = ServeOptions {
+        max_body_bytes: config.otlp.max_body_bytes,
+        token: tokens.ingest.clone(),
+    };
     let mut servers = JoinSet::new();
     servers.spawn({
         let done = stopping(shutdown_rx.clone());
-        let ingest = ingest.clone();
+        let (ingest, options) = (ingest.clone(), options.clone());
         async move {
-            serve_grpc(grpc, ingest, max_body, done)
+            serve_grpc(grpc, ingest, options, done)
                 .await
                 .map_err(Error::from)
         }
@@ -129,7 +135,7 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
     servers.spawn({
         let done = stopping(shutdown_rx.clone());
         async move {
-            serve_http(http, ingest, max_body, done)
+            serve_http(http, ingest, options, done)
                 .await
                 .map_err(Error::from)
         }
@@ -140,6 +146,7 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
             aggregator: aggregator.clone(),
             ready: ready.clone(),
             test_hooks: args.test_hooks,
+            token: tokens.api.clone(),
         };
         async move { serve_api(api, state, done).await.map_err(Error::from) }
     });

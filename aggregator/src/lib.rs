@@ -2,6 +2,7 @@
 //! into per-series, per-minute HDR histograms, and are read back as [`Snapshot`]s of counters
 //! and window quantiles. Knows nothing of wire formats.
 
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod state;
 pub mod telemetry;
 pub mod window;
 
+pub use auth::BearerToken;
 pub use clock::Clock;
 pub use config::{AggregatorConfig, IngestConfig, InvalidField};
 pub use error::{Error, Result};

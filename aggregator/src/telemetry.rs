@@ -83,6 +83,7 @@ pub struct Telemetry {
     spans_dropped: [[AtomicU64; 3]; 3],
     series_overflow: AtomicU64,
     clamped: [AtomicU64; 2],
+    api_unauthorized: AtomicU64,
 }
 
 impl Telemetry {
@@ -98,6 +99,14 @@ impl Telemetry {
         if n > 0 {
             self.spans_dropped[transport as usize][reason as usize].fetch_add(n, Ordering::Relaxed);
         }
+    }
+
+    pub fn add_api_unauthorized(&self) {
+        self.api_unauthorized.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn api_unauthorized(&self) -> u64 {
+        self.api_unauthorized.load(Ordering::Relaxed)
     }
 
     pub(crate) fn add_series_overflow(&self, n: u64) {

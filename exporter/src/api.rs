@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::UNIX_EPOCH;
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use recmeter_aggregator::{AggregatorHandle, Hook, Window};
+use recmeter_aggregator::{AggregatorHandle, BearerToken, Hook, Window};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
@@ -29,12 +30,17 @@ pub struct ApiState {
     pub ready: Arc<AtomicBool>,
     /// Whether the `/-/test/*` routes exist.
     pub test_hooks: bool,
+    /// `auth.api_token`: required for everything but health and readiness.
+    pub token: Option<BearerToken>,
 }
 
 /// The API routes, for serving or for `oneshot` tests.
 pub fn api_router(state: ApiState) -> Router {
-    let mut router = Router::new()
+    let guarded = Router::new()
         .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let mut router = Router::new()
+        .merge(guarded)
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz));
     if state.test_hooks {
@@ -71,6 +77,27 @@ async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Result<Re
     .await
     .map_err(|e| ApiError::internal(format!("metrics task failed: {e}")))??;
     Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response())
+}
+
+/// Refuses requests without the API token (Prometheus: `authorization: {credentials_file: …}`).
+async fn require_token(
+    State(state): State<ApiState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(token) = &state.token {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if !presented.is_some_and(|v| token.matches_header(v)) {
+            state.aggregator.telemetry().add_api_unauthorized();
+            return Err(ApiError::unauthorized(
+                "missing or wrong bearer token (Authorization: Bearer <token>)",
+            ));
+        }
+    }
+    Ok(next.run(request).await)
 }
 
 async fn readyz(State(state): State<ApiState>) -> Response {
@@ -158,6 +185,7 @@ mod tests {
             aggregator,
             ready: Arc::new(AtomicBool::new(ready)),
             test_hooks,
+            token: None,
         }
     }
 

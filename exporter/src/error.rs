@@ -19,6 +19,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApiErrorKind {
     BadRequest,
+    Unauthorized,
     NotFound,
     Unavailable,
     Internal,
@@ -39,6 +40,13 @@ impl ApiError {
         }
     }
 
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self {
+            kind: ApiErrorKind::Unauthorized,
+            message: message.into(),
+        }
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self {
             kind: ApiErrorKind::Internal,
@@ -51,6 +59,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, error_type) = match self.kind {
             ApiErrorKind::BadRequest => (StatusCode::BAD_REQUEST, "bad_data"),
+            ApiErrorKind::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -66,6 +75,13 @@ impl IntoResponse for ApiError {
             "errorType": error_type,
             "error": message,
         });
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
     }
 }

@@ -14,7 +14,7 @@ use crate::otlp::raw::RawCodec;
 
 const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
-fn one_span_request(id: u8) -> Vec<u8> {
+pub fn one_span_request(id: u8) -> Vec<u8> {
     let end = nanos(fake_start());
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
@@ -41,6 +41,16 @@ async fn grpc_call(
     body: Vec<u8>,
     gzip: bool,
 ) -> Result<(), tonic::Status> {
+    grpc_call_with(addr, body, gzip, None).await
+}
+
+/// One raw `Export` call, with an optional `authorization` metadata value.
+pub async fn grpc_call_with(
+    addr: std::net::SocketAddr,
+    body: Vec<u8>,
+    gzip: bool,
+    authorization: Option<String>,
+) -> Result<(), tonic::Status> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -51,8 +61,14 @@ async fn grpc_call(
         grpc = grpc.send_compressed(CompressionEncoding::Gzip);
     }
     grpc.ready().await.unwrap();
+    let mut request = tonic::Request::new(bytes::Bytes::from(body));
+    if let Some(value) = authorization {
+        request
+            .metadata_mut()
+            .insert("authorization", value.parse().unwrap());
+    }
     grpc.unary(
-        tonic::Request::new(bytes::Bytes::from(body)),
+        request,
         http::uri::PathAndQuery::from_static(EXPORT),
         RawCodec,
     )

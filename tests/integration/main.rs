@@ -5,6 +5,7 @@
 // Tests fail loudly; unwrap is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod auth;
 mod cli;
 mod demo;
 mod exposition;

@@ -66,6 +66,7 @@ struct SelfMetrics {
     spans_dropped: Vec<(Labels, u64)>,
     series_overflow: u64,
     clamped: [(ClampBound, u64); 2],
+    api_unauthorized: u64,
 }
 
 impl SelfMetrics {
@@ -96,6 +97,7 @@ impl SelfMetrics {
             requests_rejected,
             spans_dropped,
             series_overflow: t.series_overflow(),
+            api_unauthorized: t.api_unauthorized(),
             clamped: [
                 (ClampBound::Low, t.clamped(ClampBound::Low)),
                 (ClampBound::High, t.clamped(ClampBound::High)),
@@ -262,6 +264,12 @@ impl Collector for Families {
             "recmeter_series_overflow",
             "Requests folded into the __overflow__ series because the series cap was reached.",
             [(Vec::new(), m.series_overflow)],
+        )?;
+        counter(
+            &mut encoder,
+            "recmeter_api_requests_rejected",
+            "Requests to the API port (/metrics, /api/v1/*) refused, by reason.",
+            [(vec![("reason", "auth".to_owned())], m.api_unauthorized)],
         )?;
         counter(
             &mut encoder,

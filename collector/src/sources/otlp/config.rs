@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use recmeter_aggregator::InvalidField;
+use recmeter_aggregator::{BearerToken, InvalidField};
 use serde::{Deserialize, Serialize};
 
 /// `[otlp]` configuration.
@@ -26,6 +26,15 @@ impl Default for OtlpConfig {
             max_body_bytes: 16 * 1024 * 1024,
         }
     }
+}
+
+/// What both OTLP servers enforce on every request.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// `otlp.max_body_bytes`.
+    pub max_body_bytes: usize,
+    /// `auth.ingest_token`: required bearer token, if any.
+    pub token: Option<BearerToken>,
 }
 
 impl OtlpConfig {

@@ -16,15 +16,17 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use recmeter_aggregator::Telemetry;
 use recmeter_aggregator::telemetry::{RejectReason, Transport};
+use recmeter_aggregator::{BearerToken, Telemetry};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Status};
 use tower::{Layer, Service};
 
+use super::config::ServeOptions;
 use super::traces::{IngestError, TraceIngest};
 use crate::error::{Error, Result};
 
@@ -50,6 +52,28 @@ impl TraceService for GrpcTraces {
     }
 }
 
+fn check_token(
+    token: Option<&BearerToken>,
+    telemetry: &Telemetry,
+    request: tonic::Request<()>,
+) -> Result<tonic::Request<()>, Status> {
+    let Some(token) = token else {
+        return Ok(request);
+    };
+    let presented = request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    if presented.is_some_and(|v| token.matches_header(v)) {
+        Ok(request)
+    } else {
+        telemetry.add_request_rejected(Transport::Grpc, RejectReason::Auth);
+        Err(Status::unauthenticated(
+            "missing or wrong bearer token (metadata `authorization: Bearer <token>`)",
+        ))
+    }
+}
+
 /// UNAVAILABLE with a `RetryInfo` detail, so OTLP clients retry after a pause.
 fn unavailable(message: &str) -> Status {
     use tonic_types::{ErrorDetails, StatusExt};
@@ -61,14 +85,20 @@ fn unavailable(message: &str) -> Status {
 pub async fn serve_grpc(
     listener: TcpListener,
     ingest: TraceIngest,
-    max_body_bytes: usize,
+    options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let telemetry = ingest.aggregator().telemetry().clone();
     let traces = TraceServiceServer::new(GrpcTraces { ingest })
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_body_bytes);
+        .max_decoding_message_size(options.max_body_bytes);
+    // The token is checked on the headers, before the message is read or decoded.
+    let traces = InterceptedService::new(traces, {
+        let telemetry = telemetry.clone();
+        let token = options.token;
+        move |request: tonic::Request<()>| check_token(token.as_ref(), &telemetry, request)
+    });
     tonic::transport::Server::builder()
         .layer(StatusRewriteLayer { telemetry })
         .add_service(traces)

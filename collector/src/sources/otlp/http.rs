@@ -7,8 +7,9 @@ use std::io::Read;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
@@ -18,6 +19,7 @@ use prost::Message;
 use recmeter_aggregator::telemetry::{RejectReason, Transport};
 use tokio::net::TcpListener;
 
+use super::config::ServeOptions;
 use super::traces::{IngestError, TraceIngest};
 use crate::error::{Error, Result};
 
@@ -42,29 +44,54 @@ enum Encoding {
 #[derive(Clone)]
 struct HttpState {
     ingest: TraceIngest,
-    max_body_bytes: usize,
+    options: ServeOptions,
 }
 
 /// The OTLP/HTTP routes, for serving or for `oneshot` tests.
-pub fn http_router(ingest: TraceIngest, max_body_bytes: usize) -> Router {
+pub fn http_router(ingest: TraceIngest, options: ServeOptions) -> Router {
+    let state = HttpState { ingest, options };
     Router::new()
         .route("/v1/traces", post(traces))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         // The limit is enforced below, after decompression too, so it can be counted.
         .layer(DefaultBodyLimit::disable())
-        .with_state(HttpState {
-            ingest,
-            max_body_bytes,
-        })
+        .with_state(state)
+}
+
+/// Refuses requests without the ingest token before their body is read.
+async fn require_token(State(state): State<HttpState>, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.options.token {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if !presented.is_some_and(|v| token.matches_header(v)) {
+            let telemetry = state.ingest.aggregator().telemetry();
+            telemetry.add_request_rejected(Transport::Http, RejectReason::Auth);
+            let encoding = content_type(request.headers()).unwrap_or(Encoding::Json);
+            let mut response = Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                None,
+                "missing or wrong bearer token (Authorization: Bearer <token>)",
+            )
+            .into_response(encoding);
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    }
+    next.run(request).await
 }
 
 /// Serves OTLP/HTTP on `listener` until `shutdown` completes, then drains in-flight requests.
 pub async fn serve_http(
     listener: TcpListener,
     ingest: TraceIngest,
-    max_body_bytes: usize,
+    options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    axum::serve(listener, http_router(ingest, max_body_bytes))
+    axum::serve(listener, http_router(ingest, options))
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| Error::Serve {
@@ -94,6 +121,7 @@ impl Refusal {
             StatusCode::BAD_REQUEST => tonic::Code::InvalidArgument,
             StatusCode::PAYLOAD_TOO_LARGE => tonic::Code::ResourceExhausted,
             StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable,
+            StatusCode::UNAUTHORIZED => tonic::Code::Unauthenticated,
             _ => tonic::Code::InvalidArgument,
         } as i32;
         let body = RpcStatus {
@@ -153,7 +181,7 @@ async fn handle(
     body: Body,
     encoding: Encoding,
 ) -> Result<Response, Refusal> {
-    let limit = state.max_body_bytes;
+    let limit = state.options.max_body_bytes;
     let too_large = || {
         Refusal::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -290,7 +318,13 @@ mod tests {
             handle,
             super::super::SpanRules::new(&IngestConfig::default()),
         );
-        http_router(ingest, 4096)
+        http_router(
+            ingest,
+            ServeOptions {
+                max_body_bytes: 4096,
+                token: None,
+            },
+        )
     }
 
     async fn post(content_type: &str, encoding: Option<&str>, body: Vec<u8>) -> StatusCode {
@@ -375,16 +409,22 @@ mod tests {
             handle.clone(),
             super::super::SpanRules::new(&IngestConfig::default()),
         );
-        let response = http_router(ingest, 4096)
-            .oneshot(
-                Request::post("/v1/traces")
-                    .header(header::CONTENT_TYPE, PROTOBUF)
-                    .header(header::CONTENT_ENCODING, "gzip")
-                    .body(Body::from(gz.finish().unwrap()))
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
+        let response = http_router(
+            ingest,
+            ServeOptions {
+                max_body_bytes: 4096,
+                token: None,
+            },
+        )
+        .oneshot(
+            Request::post("/v1/traces")
+                .header(header::CONTENT_TYPE, PROTOBUF)
+                .header(header::CONTENT_ENCODING, "gzip")
+                .body(Body::from(gz.finish().unwrap()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         let snapshot = handle.snapshot(&[]).unwrap();
         assert_eq!(snapshot.series[0].totals.ok, 1);

@@ -5,7 +5,7 @@ mod grpc;
 mod http;
 mod traces;
 
-pub use config::OtlpConfig;
+pub use config::{OtlpConfig, ServeOptions};
 pub use grpc::serve_grpc;
 pub use http::{http_router, serve_http};
 pub use traces::{SpanRules, TraceIngest};
