@@ -11,6 +11,7 @@ use tonic::codec::CompressionEncoding;
 
 use crate::harness::{Recmeter, fake_start, nanos};
 use crate::otlp::raw::RawCodec;
+use crate::spans::{Client, export, server_span};
 
 const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
@@ -212,4 +213,215 @@ fn a_full_queue_is_refused_with_retry_hints_then_drains_exactly() {
             2.0
         );
     }
+}
+
+#[test]
+fn sdk_clients_retry_through_backpressure_and_every_span_counts_once() {
+    let recmeter = Recmeter::start("[aggregator]\nqueue_capacity = 1\n");
+    set_hook(&recmeter, true);
+    let addrs = recmeter.addrs;
+    let clients = [
+        Client::Grpc,
+        Client::HttpProto,
+        Client::Grpc,
+        Client::HttpJson,
+    ];
+    let senders: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(c, client)| {
+            std::thread::spawn(move || {
+                let batch = (0..250u64)
+                    .map(|i| {
+                        server_span(
+                            "GET /retry",
+                            fake_start(),
+                            3_000_000,
+                            false,
+                            c as u64 * 1_000 + i,
+                        )
+                    })
+                    .collect();
+                export(client, &addrs, "retrying", vec![batch]);
+            })
+        })
+        .collect();
+    // Hold the stall until every client has been refused at least once, then let go.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = recmeter.metrics();
+        let refused = m.value(
+            "recmeter_requests_rejected_total",
+            &[("transport", "grpc"), ("reason", "backpressure")],
+        ) + m.value(
+            "recmeter_requests_rejected_total",
+            &[("transport", "http"), ("reason", "backpressure")],
+        );
+        if refused >= 3.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "clients were not refused"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    set_hook(&recmeter, false);
+    for s in senders {
+        s.join().expect("every export succeeds after retrying");
+    }
+    let m = recmeter.metrics();
+    assert_eq!(
+        m.value(
+            "recs_requests_total",
+            &[("endpoint", "GET /retry"), ("status", "ok")]
+        ),
+        1_000.0
+    );
+    assert_eq!(
+        m.value("recs_latency_seconds_count", &[("endpoint", "GET /retry")]),
+        1_000.0
+    );
+}
+
+fn post_raw(recmeter: &Recmeter, body: Vec<u8>, gzip: bool) -> (u16, Vec<u8>) {
+    let mut request = reqwest::blocking::Client::new()
+        .post(format!("http://{}/v1/traces", recmeter.addrs.otlp_http))
+        .header("Content-Type", "application/x-protobuf");
+    if gzip {
+        request = request.header("Content-Encoding", "gzip");
+    }
+    let response = request.body(body).send().unwrap();
+    (
+        response.status().as_u16(),
+        response.bytes().unwrap().to_vec(),
+    )
+}
+
+#[test]
+fn hostile_http_input_is_refused_or_dropped_and_the_service_keeps_serving() {
+    use flate2::{Compression, write::GzEncoder};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+    use std::io::Write;
+
+    let recmeter = Recmeter::start("[otlp]\nmax_body_bytes = 1048576\n");
+    // A gzip bomb: 16 KiB on the wire, 16 MiB inflated.
+    let mut gz = GzEncoder::new(Vec::new(), Compression::best());
+    gz.write_all(&vec![0u8; 16 << 20]).unwrap();
+    let bomb = gz.finish().unwrap();
+    assert!(bomb.len() < 64 << 10);
+    assert_eq!(post_raw(&recmeter, bomb, true).0, 413);
+    // Plainly over the limit.
+    assert_eq!(post_raw(&recmeter, vec![0u8; 2 << 20], false).0, 413);
+
+    // Valid and invalid spans in one request: the valid ones count, the rest are reported.
+    let end = nanos(fake_start());
+    let good = |id: u8| Span {
+        trace_id: vec![id; 16],
+        span_id: vec![id; 8],
+        name: "GET /mixed".into(),
+        kind: 2,
+        start_time_unix_nano: end - 1_000_000,
+        end_time_unix_nano: end,
+        ..Default::default()
+    };
+    let mut backwards = good(3);
+    backwards.start_time_unix_nano = end + 1;
+    let mut zero_trace = good(4);
+    zero_trace.trace_id = vec![0; 16];
+    let mut short_span_id = good(5);
+    short_span_id.span_id = vec![5; 4];
+    let mixed = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans: vec![good(1), backwards, good(2), zero_trace, short_span_id],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let (status, body) = post_raw(&recmeter, mixed.encode_to_vec(), false);
+    assert_eq!(status, 200);
+    let response = ExportTraceServiceResponse::decode(body.as_slice()).unwrap();
+    let partial = response.partial_success.expect("partial_success");
+    assert_eq!(partial.rejected_spans, 3);
+    assert!(
+        partial.error_message.contains("3 invalid"),
+        "{}",
+        partial.error_message
+    );
+
+    let m = recmeter.metrics();
+    assert_eq!(
+        m.value(
+            "recmeter_requests_rejected_total",
+            &[("transport", "http"), ("reason", "too_large")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        m.value(
+            "recmeter_spans_dropped_total",
+            &[("transport", "http"), ("reason", "invalid")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        m.value(
+            "recs_requests_total",
+            &[("endpoint", "GET /mixed"), ("status", "ok")]
+        ),
+        2.0
+    );
+}
+
+#[test]
+fn a_hundred_thousand_span_names_stay_within_the_series_cap() {
+    let recmeter = Recmeter::start("");
+    let end = nanos(fake_start());
+    for chunk in 0..20u32 {
+        let spans = (0..5_000u32)
+            .map(|i| {
+                let n = chunk * 5_000 + i;
+                let mut id = [0u8; 16];
+                id[..4].copy_from_slice(&(n + 1).to_be_bytes());
+                Span {
+                    trace_id: id.to_vec(),
+                    span_id: id[..8].to_vec(),
+                    name: format!("GET /item/{n}"),
+                    kind: 2,
+                    start_time_unix_nano: end - 2_000_000,
+                    end_time_unix_nano: end,
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        assert_eq!(post_raw(&recmeter, request.encode_to_vec(), false).0, 200);
+    }
+    let m = recmeter.metrics();
+    assert_eq!(m.value("recmeter_series_active", &[]), 10_001.0);
+    assert_eq!(m.value("recmeter_series_overflow_total", &[]), 90_000.0);
+    assert_eq!(
+        m.value(
+            "recs_requests_total",
+            &[
+                ("service", "__overflow__"),
+                ("endpoint", "__overflow__"),
+                ("status", "ok")
+            ]
+        ),
+        90_000.0
+    );
+    assert_eq!(m.sum("recs_requests_total"), 100_000.0);
+    // Still serving.
+    assert_eq!(post_raw(&recmeter, one_span_request(9), false).0, 200);
 }

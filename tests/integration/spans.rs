@@ -9,7 +9,9 @@ use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
 use opentelemetry::{InstrumentationScope, KeyValue};
-use opentelemetry_otlp::{Protocol, WithExportConfig, WithTonicConfig};
+use opentelemetry_otlp::{
+    Protocol, RetryPolicy, WithExportConfig, WithHttpConfig, WithTonicConfig,
+};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
 
@@ -102,6 +104,7 @@ pub fn export(
                     .with_tonic()
                     .with_endpoint(format!("http://{}", addrs.otlp_grpc))
                     .with_compression(opentelemetry_otlp::Compression::Gzip)
+                    .with_retry_policy(RetryPolicy::recommended())
                     .with_timeout(Duration::from_secs(30))
                     .build()
                     .unwrap();
@@ -123,6 +126,7 @@ pub fn export(
                     .with_http()
                     .with_protocol(protocol)
                     .with_endpoint(format!("http://{endpoint}/v1/traces"))
+                    .with_retry_policy(RetryPolicy::recommended())
                     .with_timeout(Duration::from_secs(30))
                     .build()
                     .unwrap();
