@@ -62,7 +62,16 @@ pub fn encode(h: &Histogram<u64>) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Decodes a V2-encoded histogram.
+/// V2-encodes and deflates a histogram (hour partials: kept long, read rarely).
+pub fn encode_deflated(h: &Histogram<u64>) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    hdrhistogram::serialization::V2DeflateSerializer::new()
+        .serialize(h, &mut out)
+        .map_err(|e| Error::Histogram(format!("cannot encode histogram: {e:?}")))?;
+    Ok(out)
+}
+
+/// Decodes a V2-encoded histogram, deflated or not.
 pub fn decode(bytes: &[u8]) -> Result<Histogram<u64>> {
     let mut reader = bytes;
     Deserializer::new()

@@ -1,8 +1,9 @@
 //! In-memory rollups: per series, cumulative counters for the Prometheus counters and histogram,
 //! and per-minute HDR histograms for the quantile windows. Only a minute that is still receiving
-//! data holds a dense histogram; once the clock leaves it, it is sealed into V2-encoded bytes.
-//! A late span for a sealed minute opens a fresh part that is sealed as an extra row; readers
-//! merge all parts of a minute.
+//! data holds a dense histogram: the open minute. Once the clock leaves it, it is sealed into
+//! V2-encoded bytes. Spans for any other minute (late, or slightly ahead) are buffered per
+//! series and sealed in bulk as extra parts (rows) of their minute; readers merge all parts.
+//! Whole hours older than 3 h are folded into deflated hour partials, kept for 31 days.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -39,6 +40,13 @@ pub const QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
 /// Minutes kept in memory (DESIGN: the last 3 h).
 const MINUTES_KEPT: u64 = 180;
 
+/// Whole-hour partials kept in memory: 31 days, enough for the 30d window (history moves to
+/// the object store in a later step).
+const HOURS_KEPT: u64 = 31 * 24;
+
+/// Late values buffered per series before they are sealed into extra parts.
+const LATE_BUFFER: usize = 1024;
+
 /// Cumulative counters of one series since start-up.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SeriesTotals {
@@ -61,14 +69,107 @@ impl SeriesTotals {
 
 #[derive(Debug, Default)]
 struct MinuteRollup {
+    /// Dense histogram of the open minute.
     open: Option<Histogram<u64>>,
+    /// V2-encoded parts: the minute as sealed, plus one extra part per flush of late data.
     sealed: Vec<Vec<u8>>,
 }
 
 #[derive(Debug, Default)]
 struct SeriesState {
     totals: SeriesTotals,
+    /// Minutes of the last 3 h (up to 59 more until their hour is complete).
     minutes: BTreeMap<u64, MinuteRollup>,
+    /// Whole-hour partials (keyed by the hour's first minute), deflated V2.
+    hours: BTreeMap<u64, Vec<u8>>,
+    /// Clamped values for minutes other than the open one (late or slightly future data),
+    /// sealed into extra parts in bulk, so stragglers never allocate dense histograms.
+    late: Vec<(u64, u64)>,
+}
+
+impl SeriesState {
+    /// Whether nothing from `keep_from` (3 h ago) on is held.
+    fn is_idle(&self, keep_from: u64) -> bool {
+        self.late.is_empty() && self.minutes.range(keep_from..).next().is_none()
+    }
+
+    /// Seals buffered late values into one extra part per minute.
+    fn flush_late(&mut self, scratch: &mut Histogram<u64>) {
+        if self.late.is_empty() {
+            return;
+        }
+        self.late.sort_unstable();
+        let mut rest = self.late.as_slice();
+        while let Some(&(minute, _)) = rest.first() {
+            let n = rest.iter().take_while(|(m, _)| *m == minute).count();
+            scratch.reset();
+            for &(_, value) in &rest[..n] {
+                histogram::record(scratch, value);
+            }
+            seal_into(self.minutes.entry(minute).or_default(), scratch);
+            rest = &rest[n..];
+        }
+        self.late.clear();
+    }
+
+    /// Seals the minutes before `open_minute` and folds every complete hour that ended before
+    /// `keep_from` into an hour partial; forgets hours before `hours_from`.
+    fn roll(
+        &mut self,
+        open_minute: u64,
+        keep_from: u64,
+        hours_from: u64,
+        scratch: &mut Histogram<u64>,
+    ) -> Result<()> {
+        self.flush_late(scratch);
+        for (_, rollup) in self.minutes.range_mut(..open_minute) {
+            if let Some(h) = rollup.open.take() {
+                seal_into(rollup, &h);
+            }
+        }
+        let whole_hours_before = keep_from - keep_from % 60;
+        let kept = self.minutes.split_off(&whole_hours_before);
+        let retiring = std::mem::replace(&mut self.minutes, kept);
+        let mut retiring = retiring.into_iter().peekable();
+        while let Some(&(minute, _)) = retiring.peek() {
+            let hour = minute - minute % 60;
+            scratch.reset();
+            if let Some(existing) = self.hours.get(&hour) {
+                histogram::merge(scratch, &histogram::decode(existing)?)?;
+            }
+            while let Some((_, rollup)) = retiring.next_if(|(m, _)| *m < hour + 60) {
+                for part in &rollup.sealed {
+                    histogram::merge(scratch, &histogram::decode(part)?)?;
+                }
+                if let Some(h) = &rollup.open {
+                    histogram::merge(scratch, h)?;
+                }
+            }
+            if !scratch.is_empty() {
+                self.hours
+                    .insert(hour, histogram::encode_deflated(scratch)?);
+            }
+        }
+        self.hours = self.hours.split_off(&hours_from);
+        Ok(())
+    }
+}
+
+/// Appends `h` to the minute's sealed parts (kept dense if encoding fails, which it cannot for
+/// histograms of our own bounds).
+fn seal_into(rollup: &mut MinuteRollup, h: &Histogram<u64>) {
+    match histogram::encode(h) {
+        Ok(bytes) => rollup.sealed.push(bytes),
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot seal a minute; keeping it dense.");
+            match &mut rollup.open {
+                Some(open) => {
+                    let _ = histogram::merge(open, h);
+                }
+                None => rollup.open = Some(h.clone()),
+            }
+        }
+    }
 }
 
 /// Quantiles of one series over one window.
@@ -108,12 +209,14 @@ pub struct Aggregator {
     max_age_nanos: u64,
     max_skew_nanos: u64,
     max_series: usize,
-    significant_digits: u8,
     dimension_labels: Vec<String>,
     overflow: SeriesKey,
     series: HashMap<SeriesKey, SeriesState>,
     /// Minutes before this one have been sealed.
     sealed_before: u64,
+    /// An empty histogram of the configured precision, reused for merges and as the template
+    /// of new dense minutes.
+    scratch: Histogram<u64>,
 }
 
 impl Aggregator {
@@ -124,8 +227,7 @@ impl Aggregator {
         clock: Arc<Clock>,
         telemetry: Arc<Telemetry>,
     ) -> Result<Self> {
-        // Fails early on a precision the histogram cannot take.
-        histogram::new_histogram(config.significant_digits)?;
+        let scratch = histogram::new_histogram(config.significant_digits)?;
         let dimension_labels = ingest.dimension_labels();
         Ok(Self {
             clock,
@@ -133,11 +235,11 @@ impl Aggregator {
             max_age_nanos: duration_nanos(ingest.max_span_age),
             max_skew_nanos: duration_nanos(ingest.max_future_skew),
             max_series: config.max_series,
-            significant_digits: config.significant_digits,
             overflow: SeriesKey::overflow(dimension_labels.len()),
             dimension_labels,
             series: HashMap::new(),
             sealed_before: 0,
+            scratch,
         })
     }
 
@@ -154,7 +256,8 @@ impl Aggregator {
     /// Counts a batch of requests.
     pub fn apply(&mut self, records: &[RequestRecord]) -> ApplyOutcome {
         let now = self.clock.now_nanos();
-        self.roll(minute_of(now));
+        let open_minute = minute_of(now);
+        self.roll(open_minute);
         let oldest = now.saturating_sub(self.max_age_nanos);
         let newest = now.saturating_add(self.max_skew_nanos);
         let mut outcome = ApplyOutcome::default();
@@ -201,20 +304,25 @@ impl Aggregator {
                 .unwrap_or(LATENCY_BUCKETS_NANOS.len());
             totals.bucket_counts[bucket] += 1;
             totals.sum_nanos += u128::from(record.duration_nanos);
-            let minute = series
-                .minutes
-                .entry(minute_of(record.end_unix_nanos))
-                .or_default();
-            let h = match &mut minute.open {
-                Some(h) => h,
-                open @ None => match histogram::new_histogram(self.significant_digits) {
-                    Ok(h) => open.insert(h),
-                    // Cannot happen: the precision was checked in `new`.
-                    Err(_) => continue,
-                },
-            };
-            histogram::record(h, clamped);
             outcome.accepted += 1;
+            let minute = minute_of(record.end_unix_nanos);
+            if minute != open_minute {
+                series.late.push((minute, clamped));
+                if series.late.len() >= LATE_BUFFER {
+                    series.flush_late(&mut self.scratch);
+                }
+                continue;
+            }
+            let rollup = series.minutes.entry(minute).or_default();
+            match &mut rollup.open {
+                Some(h) => histogram::record(h, clamped),
+                open @ None => {
+                    let mut h = self.scratch.clone();
+                    h.reset();
+                    histogram::record(&mut h, clamped);
+                    *open = Some(h);
+                }
+            }
         }
         if overflowed > 0 {
             self.telemetry.add_series_overflow(overflowed);
@@ -222,9 +330,10 @@ impl Aggregator {
         outcome
     }
 
-    /// Seals every minute before `open_minute` and forgets minutes older than 3 h. At the
-    /// series cap, series with no minute left are forgotten too, so new series can take their
-    /// place instead of folding into the overflow series for good. Below the cap idle series are
+    /// Once per minute: seals the minutes before `open_minute`, folds whole hours older than
+    /// 3 h into hour partials and forgets hours older than 31 days. At the series cap, series
+    /// with nothing from the last 3 h are forgotten too, so new series can take their place
+    /// instead of folding into the overflow series for good. Below the cap idle series are
     /// kept: dropping a counter that returns later would hide its first increments from
     /// Prometheus `increase()`.
     fn roll(&mut self, open_minute: u64) {
@@ -232,25 +341,18 @@ impl Aggregator {
             return;
         }
         let keep_from = open_minute.saturating_sub(MINUTES_KEPT - 1);
+        let hours_from = open_minute.saturating_sub(HOURS_KEPT * 60);
+        let hours_from = hours_from - hours_from % 60;
         for series in self.series.values_mut() {
-            series.minutes = series.minutes.split_off(&keep_from);
-            for (_, rollup) in series.minutes.range_mut(..open_minute) {
-                if let Some(h) = rollup.open.take() {
-                    match histogram::encode(&h) {
-                        Ok(bytes) => rollup.sealed.push(bytes),
-                        Err(e) => {
-                            tracing::error!(error = %e, "Cannot seal a minute; keeping it dense.");
-                            rollup.open = Some(h);
-                        }
-                    }
-                }
+            if let Err(e) = series.roll(open_minute, keep_from, hours_from, &mut self.scratch) {
+                tracing::error!(error = %e, "Cannot roll a series' minutes into hours.");
             }
         }
         if self.regular_series() >= self.max_series {
             let before = self.series.len();
             let overflow = &self.overflow;
             self.series
-                .retain(|key, series| key == overflow || !series.minutes.is_empty());
+                .retain(|key, series| key == overflow || !series.is_idle(keep_from));
             let evicted = before - self.series.len();
             if evicted > 0 {
                 tracing::info!(evicted, "Series cap reached: forgot series idle for 3 h.");
@@ -264,9 +366,12 @@ impl Aggregator {
         let now = self.clock.now_nanos();
         let open_minute = minute_of(now);
         self.roll(open_minute);
+        for series in self.series.values_mut() {
+            series.flush_late(&mut self.scratch);
+        }
         if let Some(w) = windows
             .iter()
-            .find(|w| w.minute_range(now).count() as u64 > MINUTES_KEPT)
+            .find(|w| w.minute_range(now).count() as u64 > HOURS_KEPT * 60)
         {
             return Err(Error::WindowUnavailable(w.label()));
         }
@@ -274,28 +379,44 @@ impl Aggregator {
             .iter()
             .map(|w| (*w, *w.minute_range(now).start()))
             .collect();
-        // Longer windows start earlier; walk minutes newest first and emit each window as the
-        // walk passes its start.
+        // Longer windows start earlier; walk minutes, then hour partials, newest first and
+        // emit each window as the walk passes its start. Hour partials only hold minutes that
+        // are no longer in `minutes`, so nothing is merged twice.
         windows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        let mut acc = histogram::new_histogram(self.significant_digits)?;
+        let mut acc = self.scratch.clone();
         let mut out = Vec::with_capacity(self.series.len());
         for (key, state) in &self.series {
             acc.reset();
             let mut per_window = Vec::with_capacity(windows.len());
             let mut next = 0;
-            for (&minute, rollup) in state.minutes.range(..=open_minute).rev() {
-                while next < windows.len() && minute < windows[next].1 {
+            let minutes = state
+                .minutes
+                .range(..=open_minute)
+                .rev()
+                .map(|(m, r)| (*m, Part::Minute(r)));
+            let hours = state
+                .hours
+                .iter()
+                .rev()
+                .map(|(h, bytes)| (*h, Part::Hour(bytes)));
+            for (start, part) in minutes.chain(hours) {
+                while next < windows.len() && start < windows[next].1 {
                     push_window(&mut per_window, windows[next].0, &acc);
                     next += 1;
                 }
                 if next == windows.len() {
                     break;
                 }
-                if let Some(h) = &rollup.open {
-                    histogram::merge(&mut acc, h)?;
-                }
-                for part in &rollup.sealed {
-                    histogram::merge(&mut acc, &histogram::decode(part)?)?;
+                match part {
+                    Part::Minute(rollup) => {
+                        if let Some(h) = &rollup.open {
+                            histogram::merge(&mut acc, h)?;
+                        }
+                        for bytes in &rollup.sealed {
+                            histogram::merge(&mut acc, &histogram::decode(bytes)?)?;
+                        }
+                    }
+                    Part::Hour(bytes) => histogram::merge(&mut acc, &histogram::decode(bytes)?)?,
                 }
             }
             while next < windows.len() {
@@ -316,6 +437,12 @@ impl Aggregator {
             series: out,
         })
     }
+}
+
+/// A stored piece of a series' history, as the window walk sees it.
+enum Part<'a> {
+    Minute(&'a MinuteRollup),
+    Hour(&'a [u8]),
 }
 
 fn push_window(out: &mut Vec<WindowQuantiles>, window: Window, acc: &Histogram<u64>) {
@@ -424,7 +551,7 @@ mod tests {
     }
 
     #[test]
-    fn at_the_cap_idle_series_make_room_and_long_windows_are_refused() {
+    fn at_the_cap_idle_series_make_room() {
         let (mut agg, clock, _) = aggregator(1);
         agg.apply(&[request(key("svc", "old"), clock.now_nanos(), 10)]);
         clock.advance(Duration::from_secs(3 * 3_600));
@@ -437,10 +564,56 @@ mod tests {
             ["new"],
             "the idle series made room; nothing overflowed"
         );
-        assert!(matches!(
-            agg.snapshot(&[Window::H6]),
-            Err(Error::WindowUnavailable("6h"))
-        ));
+    }
+
+    #[test]
+    fn old_minutes_fold_into_hour_partials_that_long_windows_read() {
+        let (mut agg, clock, _) = aggregator(10);
+        let k = key("svc", "get");
+        let t0 = clock.now_nanos(); // an hour boundary
+        // One request per minute for 5 hours, each 10 ms longer than the last.
+        for i in 0..300u64 {
+            agg.apply(&[request(k.clone(), clock.now_nanos(), 10 * (i + 1))]);
+            clock.advance(Duration::from_secs(60));
+        }
+        let snap = agg
+            .snapshot(&[Window::M5, Window::H1, Window::H2, Window::H6])
+            .unwrap();
+        let s = &snap.series[0];
+        // Now: minute 300 (open, empty). 1h: minutes 241..=299; 2h: 181..=299.
+        assert_eq!(window(s, Window::M5).unwrap().count, 4);
+        assert_eq!(window(s, Window::H1).unwrap().count, 59);
+        assert_eq!(window(s, Window::H2).unwrap().count, 119);
+        // 6h reaches back past t0: every request, though hours 0 and 1 are partials now.
+        let h6 = window(s, Window::H6).unwrap();
+        assert_eq!(h6.count, 300);
+        let p50 = h6.quantiles[0].1; // nearest rank 150 → 1.5 s
+        assert!((p50 - 1.5).abs() / 1.5 < 0.01, "{p50}");
+        let state = agg.series.values().next().unwrap();
+        assert_eq!(
+            state.hours.keys().copied().collect::<Vec<_>>(),
+            [minute_of(t0), minute_of(t0) + 60]
+        );
+        assert!(state.minutes.keys().all(|m| *m >= minute_of(t0) + 120));
+    }
+
+    #[test]
+    fn late_spans_are_buffered_not_dense() {
+        let (mut agg, clock, _) = aggregator(10);
+        let k = key("svc", "get");
+        let now = clock.now_nanos();
+        let late: Vec<_> = (1..=30u64)
+            .map(|m| request(k.clone(), now - m * MINUTE_NANOS, m))
+            .collect();
+        agg.apply(&late);
+        let state = agg.series.values().next().unwrap();
+        assert!(
+            state.minutes.values().all(|r| r.open.is_none()),
+            "no dense histogram for late minutes"
+        );
+        assert_eq!(state.late.len(), 30);
+        let snap = agg.snapshot(&[Window::H1]).unwrap();
+        assert_eq!(window(&snap.series[0], Window::H1).unwrap().count, 30);
     }
 
     #[test]
