@@ -47,6 +47,19 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+impl serde::Serialize for BearerToken {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("[redacted]")
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for BearerToken {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        BearerToken::new(&text).ok_or_else(|| serde::de::Error::custom("a token must not be empty"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,18 +75,5 @@ mod tests {
         assert!(!token.matches_header("s3cret"));
         assert!(BearerToken::new("  \n").is_none());
         assert_eq!(format!("{token:?} {token}"), "[redacted] [redacted]");
-    }
-}
-
-impl serde::Serialize for BearerToken {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str("[redacted]")
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for BearerToken {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        BearerToken::new(&text).ok_or_else(|| serde::de::Error::custom("a token must not be empty"))
     }
 }
