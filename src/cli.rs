@@ -29,6 +29,9 @@ pub enum Command {
         /// The configuration file (recmeter.toml).
         file: PathBuf,
     },
+    /// Send realistic recommendation spans to an OTLP receiver and report throughput, status
+    /// counts and (with --server-pid) the server's CPU time per span.
+    Loadgen(crate::loadgen::LoadgenArgs),
 }
 
 #[derive(Debug, Args)]

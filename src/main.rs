@@ -4,6 +4,7 @@ mod cli;
 mod config;
 mod demo;
 mod error;
+mod loadgen;
 mod serve;
 
 use std::process::ExitCode;
@@ -18,5 +19,6 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::main(args, None),
         Command::Demo(args) => serve::main(args, Some(demo::Workload)),
         Command::Validate { file } => cli::validate(&file),
+        Command::Loadgen(args) => loadgen::main(args),
     }
 }

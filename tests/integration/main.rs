@@ -11,5 +11,6 @@ mod demo;
 mod exposition;
 mod harness;
 mod limits;
+mod loadgen;
 mod otlp;
 mod spans;
