@@ -6,8 +6,8 @@ pub enum Error {
     /// An HDR histogram could not be created, encoded, decoded or merged.
     #[error("{0}")]
     Histogram(String),
-    /// A window longer than the minutes held in memory (hour partials come later).
-    #[error("window {0} is longer than the 3 h of minutes held in memory")]
+    /// A window longer than the history held in memory (minutes for 3 h, hours for a day).
+    #[error("window {0} reaches past the history held in memory (the last 26 hours)")]
     WindowUnavailable(&'static str),
     /// The aggregator's queue is full; the sender should retry later.
     #[error("the aggregator is busy; retry later")]

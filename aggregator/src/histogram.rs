@@ -56,10 +56,28 @@ pub fn record(h: &mut Histogram<u64>, nanos: u64) {
 /// V2-encodes a histogram (the compact, sparse form sealed minutes are kept in).
 pub fn encode(h: &Histogram<u64>) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    V2Serializer::new()
-        .serialize(h, &mut out)
-        .map_err(|e| Error::Histogram(format!("cannot encode histogram: {e:?}")))?;
+    encode_into(h, &mut out)?;
     Ok(out)
+}
+
+/// Appends the V2 encoding of a histogram to `out`.
+pub fn encode_into(h: &Histogram<u64>, out: &mut Vec<u8>) -> Result<()> {
+    V2Serializer::new()
+        .serialize(h, out)
+        .map_err(|e| Error::Histogram(format!("cannot encode histogram: {e:?}")))?;
+    Ok(())
+}
+
+/// Adds every histogram of a run of back-to-back V2 encodings (deflated or not) into `acc`.
+pub fn merge_encoded(acc: &mut Histogram<u64>, mut bytes: &[u8]) -> Result<()> {
+    let mut deserializer = Deserializer::new();
+    while !bytes.is_empty() {
+        let h: Histogram<u64> = deserializer
+            .deserialize(&mut bytes)
+            .map_err(|e| Error::Histogram(format!("cannot decode histogram: {e:?}")))?;
+        merge(acc, &h)?;
+    }
+    Ok(())
 }
 
 /// V2-encodes and deflates a histogram (hour partials: kept long, read rarely).
@@ -158,5 +176,12 @@ mod tests {
         merge(&mut merged, &decode(&encode(&b).unwrap()).unwrap()).unwrap();
         assert_eq!(merged.len(), 2);
         assert!(decode(b"not a histogram").is_err());
+        // Back-to-back encodings, one of them deflated, merge as one.
+        let mut run = encode(&a).unwrap();
+        run.extend(encode_deflated(&b).unwrap());
+        encode_into(&a, &mut run).unwrap();
+        let mut acc = new_histogram(2).unwrap();
+        merge_encoded(&mut acc, &run).unwrap();
+        assert_eq!(acc.len(), 3);
     }
 }

@@ -3,7 +3,7 @@
 //! data holds a dense histogram: the open minute. Once the clock leaves it, it is sealed into
 //! V2-encoded bytes. Spans for any other minute (late, or slightly ahead) are buffered per
 //! series and sealed in bulk as extra parts (rows) of their minute; readers merge all parts.
-//! Whole hours older than 3 h are folded into deflated hour partials, kept for 31 days.
+//! Whole hours older than 3 h are folded into deflated hour partials, kept for a day.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -40,9 +40,11 @@ pub const QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
 /// Minutes kept in memory (DESIGN: the last 3 h).
 const MINUTES_KEPT: u64 = 180;
 
-/// Whole-hour partials kept in memory: 31 days, enough for the 30d window (history moves to
-/// the object store in a later step).
-const HOURS_KEPT: u64 = 31 * 24;
+/// Whole-hour partials kept in memory: enough for the 1d window (a day plus the up to 59
+/// extra minutes of the long-window rule). At the series cap with busy series an hour partial
+/// takes about 2.4 KB, so this keeps the whole state near 1.3 GiB (BENCHMARKS.md); longer
+/// windows wait for history in the object store.
+const HOURS_KEPT: u64 = 26;
 
 /// Late values buffered per series before they are sealed into extra parts.
 const LATE_BUFFER: usize = 1024;
@@ -68,20 +70,15 @@ impl SeriesTotals {
 }
 
 #[derive(Debug, Default)]
-struct MinuteRollup {
-    /// Dense histogram of the open minute.
-    open: Option<Histogram<u64>>,
-    /// V2-encoded parts: the minute as sealed, plus one extra part per flush of late data.
-    sealed: Vec<Vec<u8>>,
-}
-
-#[derive(Debug, Default)]
 struct SeriesState {
     totals: SeriesTotals,
-    /// Minutes of the last 3 h (up to 59 more until their hour is complete).
-    minutes: BTreeMap<u64, MinuteRollup>,
+    /// The open minute and its dense histogram; the only dense histogram a series holds.
+    open: Option<(u64, Box<Histogram<u64>>)>,
+    /// Sealed minutes of the last 3 h (up to 59 more until their hour is complete): one or
+    /// more V2 encodings back to back (the minute as sealed, plus one per flush of late data).
+    minutes: BTreeMap<u64, Vec<u8>>,
     /// Whole-hour partials (keyed by the hour's first minute), deflated V2.
-    hours: BTreeMap<u64, Vec<u8>>,
+    hours: BTreeMap<u64, Box<[u8]>>,
     /// Clamped values for minutes other than the open one (late or slightly future data),
     /// sealed into extra parts in bulk, so stragglers never allocate dense histograms.
     late: Vec<(u64, u64)>,
@@ -90,7 +87,30 @@ struct SeriesState {
 impl SeriesState {
     /// Whether nothing from `keep_from` (3 h ago) on is held.
     fn is_idle(&self, keep_from: u64) -> bool {
-        self.late.is_empty() && self.minutes.range(keep_from..).next().is_none()
+        self.open.is_none()
+            && self.late.is_empty()
+            && self.minutes.range(keep_from..).next().is_none()
+    }
+
+    /// Records a clamped value ending in `minute`, the open minute.
+    fn record_open(&mut self, minute: u64, value: u64, template: &Histogram<u64>) {
+        match &mut self.open {
+            Some((m, h)) if *m == minute => histogram::record(h, value),
+            Some((m, h)) => {
+                // The clock moved on without a roll (cannot happen: apply rolls first); seal
+                // the old minute and reuse its allocation.
+                seal_into(self.minutes.entry(*m).or_default(), h);
+                h.reset();
+                *m = minute;
+                histogram::record(h, value);
+            }
+            None => {
+                let mut h = Box::new(template.clone());
+                h.reset();
+                histogram::record(&mut h, value);
+                self.open = Some((minute, h));
+            }
+        }
     }
 
     /// Seals buffered late values into one extra part per minute.
@@ -110,10 +130,11 @@ impl SeriesState {
             rest = &rest[n..];
         }
         self.late.clear();
+        self.late.shrink_to(LATE_BUFFER / 8);
     }
 
-    /// Seals the minutes before `open_minute` and folds every complete hour that ended before
-    /// `keep_from` into an hour partial; forgets hours before `hours_from`.
+    /// Seals the open minute if it is before `open_minute`, folds every complete hour that
+    /// ended before `keep_from` into an hour partial, and forgets hours before `hours_from`.
     fn roll(
         &mut self,
         open_minute: u64,
@@ -122,10 +143,8 @@ impl SeriesState {
         scratch: &mut Histogram<u64>,
     ) -> Result<()> {
         self.flush_late(scratch);
-        for (_, rollup) in self.minutes.range_mut(..open_minute) {
-            if let Some(h) = rollup.open.take() {
-                seal_into(rollup, &h);
-            }
+        if let Some((m, h)) = self.open.take_if(|(m, _)| *m < open_minute) {
+            seal_into(self.minutes.entry(m).or_default(), &h);
         }
         let whole_hours_before = keep_from - keep_from % 60;
         let kept = self.minutes.split_off(&whole_hours_before);
@@ -135,19 +154,14 @@ impl SeriesState {
             let hour = minute - minute % 60;
             scratch.reset();
             if let Some(existing) = self.hours.get(&hour) {
-                histogram::merge(scratch, &histogram::decode(existing)?)?;
+                histogram::merge_encoded(scratch, existing)?;
             }
-            while let Some((_, rollup)) = retiring.next_if(|(m, _)| *m < hour + 60) {
-                for part in &rollup.sealed {
-                    histogram::merge(scratch, &histogram::decode(part)?)?;
-                }
-                if let Some(h) = &rollup.open {
-                    histogram::merge(scratch, h)?;
-                }
+            while let Some((_, parts)) = retiring.next_if(|(m, _)| *m < hour + 60) {
+                histogram::merge_encoded(scratch, &parts)?;
             }
             if !scratch.is_empty() {
-                self.hours
-                    .insert(hour, histogram::encode_deflated(scratch)?);
+                let bytes = histogram::encode_deflated(scratch)?;
+                self.hours.insert(hour, bytes.into_boxed_slice());
             }
         }
         self.hours = self.hours.split_off(&hours_from);
@@ -155,21 +169,13 @@ impl SeriesState {
     }
 }
 
-/// Appends `h` to the minute's sealed parts (kept dense if encoding fails, which it cannot for
-/// histograms of our own bounds).
-fn seal_into(rollup: &mut MinuteRollup, h: &Histogram<u64>) {
-    match histogram::encode(h) {
-        Ok(bytes) => rollup.sealed.push(bytes),
-        Err(e) => {
-            tracing::error!(error = %e, "Cannot seal a minute; keeping it dense.");
-            match &mut rollup.open {
-                Some(open) => {
-                    let _ = histogram::merge(open, h);
-                }
-                None => rollup.open = Some(h.clone()),
-            }
-        }
+/// Appends the V2 encoding of `h` to a minute's parts.
+fn seal_into(parts: &mut Vec<u8>, h: &Histogram<u64>) {
+    if let Err(e) = histogram::encode_into(h, parts) {
+        // Cannot happen for histograms of our own bounds; say so loudly if it ever does.
+        tracing::error!(error = %e, "Cannot seal a minute; its requests are lost from quantiles.");
     }
+    parts.shrink_to_fit();
 }
 
 /// Quantiles of one series over one window.
@@ -313,16 +319,7 @@ impl Aggregator {
                 }
                 continue;
             }
-            let rollup = series.minutes.entry(minute).or_default();
-            match &mut rollup.open {
-                Some(h) => histogram::record(h, clamped),
-                open @ None => {
-                    let mut h = self.scratch.clone();
-                    h.reset();
-                    histogram::record(&mut h, clamped);
-                    *open = Some(h);
-                }
-            }
+            series.record_open(minute, clamped, &self.scratch);
         }
         if overflowed > 0 {
             self.telemetry.add_series_overflow(overflowed);
@@ -331,7 +328,7 @@ impl Aggregator {
     }
 
     /// Once per minute: seals the minutes before `open_minute`, folds whole hours older than
-    /// 3 h into hour partials and forgets hours older than 31 days. At the series cap, series
+    /// 3 h into hour partials and forgets hours older than [`HOURS_KEPT`]. At the series cap, series
     /// with nothing from the last 3 h are forgotten too, so new series can take their place
     /// instead of folding into the overflow series for good. Below the cap idle series are
     /// kept: dropping a counter that returns later would hide its first increments from
@@ -389,17 +386,22 @@ impl Aggregator {
             acc.reset();
             let mut per_window = Vec::with_capacity(windows.len());
             let mut next = 0;
+            let open = state
+                .open
+                .as_ref()
+                .filter(|(m, _)| *m <= open_minute)
+                .map(|(m, h)| (*m, Part::Dense(h)));
             let minutes = state
                 .minutes
                 .range(..=open_minute)
                 .rev()
-                .map(|(m, r)| (*m, Part::Minute(r)));
+                .map(|(m, parts)| (*m, Part::Encoded(parts)));
             let hours = state
                 .hours
                 .iter()
                 .rev()
-                .map(|(h, bytes)| (*h, Part::Hour(bytes)));
-            for (start, part) in minutes.chain(hours) {
+                .map(|(h, bytes)| (*h, Part::Encoded(bytes)));
+            for (start, part) in open.into_iter().chain(minutes).chain(hours) {
                 while next < windows.len() && start < windows[next].1 {
                     push_window(&mut per_window, windows[next].0, &acc);
                     next += 1;
@@ -408,15 +410,8 @@ impl Aggregator {
                     break;
                 }
                 match part {
-                    Part::Minute(rollup) => {
-                        if let Some(h) = &rollup.open {
-                            histogram::merge(&mut acc, h)?;
-                        }
-                        for bytes in &rollup.sealed {
-                            histogram::merge(&mut acc, &histogram::decode(bytes)?)?;
-                        }
-                    }
-                    Part::Hour(bytes) => histogram::merge(&mut acc, &histogram::decode(bytes)?)?,
+                    Part::Dense(h) => histogram::merge(&mut acc, h)?,
+                    Part::Encoded(bytes) => histogram::merge_encoded(&mut acc, bytes)?,
                 }
             }
             while next < windows.len() {
@@ -441,8 +436,8 @@ impl Aggregator {
 
 /// A stored piece of a series' history, as the window walk sees it.
 enum Part<'a> {
-    Minute(&'a MinuteRollup),
-    Hour(&'a [u8]),
+    Dense(&'a Histogram<u64>),
+    Encoded(&'a [u8]),
 }
 
 fn push_window(out: &mut Vec<WindowQuantiles>, window: Window, acc: &Histogram<u64>) {
@@ -577,8 +572,12 @@ mod tests {
             clock.advance(Duration::from_secs(60));
         }
         let snap = agg
-            .snapshot(&[Window::M5, Window::H1, Window::H2, Window::H6])
+            .snapshot(&[Window::M5, Window::H1, Window::H2, Window::H6, Window::D1])
             .unwrap();
+        assert!(matches!(
+            agg.snapshot(&[Window::D3]),
+            Err(Error::WindowUnavailable("3d"))
+        ));
         let s = &snap.series[0];
         // Now: minute 300 (open, empty). 1h: minutes 241..=299; 2h: 181..=299.
         assert_eq!(window(s, Window::M5).unwrap().count, 4);
@@ -607,10 +606,7 @@ mod tests {
             .collect();
         agg.apply(&late);
         let state = agg.series.values().next().unwrap();
-        assert!(
-            state.minutes.values().all(|r| r.open.is_none()),
-            "no dense histogram for late minutes"
-        );
+        assert!(state.open.is_none(), "no dense histogram for late minutes");
         assert_eq!(state.late.len(), 30);
         let snap = agg.snapshot(&[Window::H1]).unwrap();
         assert_eq!(window(&snap.series[0], Window::H1).unwrap().count, 30);

@@ -3,12 +3,10 @@
 mod config;
 mod grpc;
 mod http;
+pub mod synthetic;
 mod traces;
 
 pub use config::{OtlpConfig, ServeOptions};
 pub use grpc::serve_grpc;
 pub use http::{http_router, serve_http};
-pub use traces::{SpanRules, TraceIngest};
-
-#[cfg(test)]
-pub(crate) use traces::convert;
+pub use traces::{Converted, SpanRules, TraceIngest, convert};

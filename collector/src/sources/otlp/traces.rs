@@ -46,14 +46,17 @@ impl SpanRules {
 
 /// Spans of one request, sorted into what happens to them.
 #[derive(Debug, Default)]
-pub(crate) struct Converted {
-    pub(crate) records: Vec<RequestRecord>,
-    pub(crate) spans: u64,
-    pub(crate) invalid: u64,
+pub struct Converted {
+    /// One record per valid span of a request kind.
+    pub records: Vec<RequestRecord>,
+    /// Every span in the request.
+    pub spans: u64,
+    /// Request spans dropped as invalid.
+    pub invalid: u64,
 }
 
 /// Turns the spans of a request into request records.
-pub(crate) fn convert(request: &ExportTraceServiceRequest, rules: &SpanRules) -> Converted {
+pub fn convert(request: &ExportTraceServiceRequest, rules: &SpanRules) -> Converted {
     let mut out = Converted::default();
     for resource_spans in &request.resource_spans {
         let resource_attributes = resource_spans
