@@ -84,7 +84,9 @@ impl AggregatorHandle {
 
     /// Counters and quantiles of every series for `windows`, at the clock's now.
     pub fn snapshot(&self, windows: &[Window]) -> Result<Snapshot> {
-        lock(&self.state).snapshot(windows)
+        // Only the capture holds the lock; the merging runs without it.
+        let capture = lock(&self.state).capture(windows)?;
+        capture.compute()
     }
 
     /// Series currently held, the overflow series included.

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use hdrhistogram::Histogram;
 
 use crate::clock::{Clock, MINUTE_NANOS, minute_of};
@@ -76,9 +77,10 @@ struct SeriesState {
     open: Option<(u64, Box<Histogram<u64>>)>,
     /// Sealed minutes of the last 3 h (up to 59 more until their hour is complete): one or
     /// more V2 encodings back to back (the minute as sealed, plus one per flush of late data).
-    minutes: BTreeMap<u64, Vec<u8>>,
+    /// Shared bytes, so a reader can take them out from under the lock by reference count.
+    minutes: BTreeMap<u64, Bytes>,
     /// Whole-hour partials (keyed by the hour's first minute), deflated V2.
-    hours: BTreeMap<u64, Box<[u8]>>,
+    hours: BTreeMap<u64, Bytes>,
     /// Clamped values for minutes other than the open one (late or slightly future data),
     /// sealed into extra parts in bulk, so stragglers never allocate dense histograms.
     late: Vec<(u64, u64)>,
@@ -161,7 +163,7 @@ impl SeriesState {
             }
             if !scratch.is_empty() {
                 let bytes = histogram::encode_deflated(scratch)?;
-                self.hours.insert(hour, bytes.into_boxed_slice());
+                self.hours.insert(hour, Bytes::from(bytes));
             }
         }
         self.hours = self.hours.split_off(&hours_from);
@@ -170,12 +172,14 @@ impl SeriesState {
 }
 
 /// Appends the V2 encoding of `h` to a minute's parts.
-fn seal_into(parts: &mut Vec<u8>, h: &Histogram<u64>) {
-    if let Err(e) = histogram::encode_into(h, parts) {
+fn seal_into(parts: &mut Bytes, h: &Histogram<u64>) {
+    let mut joined = parts.to_vec();
+    if let Err(e) = histogram::encode_into(h, &mut joined) {
         // Cannot happen for histograms of our own bounds; say so loudly if it ever does.
         tracing::error!(error = %e, "Cannot seal a minute; its requests are lost from quantiles.");
     }
-    parts.shrink_to_fit();
+    joined.shrink_to_fit();
+    *parts = Bytes::from(joined);
 }
 
 /// Quantiles of one series over one window.
@@ -360,12 +364,17 @@ impl Aggregator {
 
     /// Counters and window quantiles of every series at the clock's now.
     pub fn snapshot(&mut self, windows: &[Window]) -> Result<Snapshot> {
+        self.capture(windows)?.compute()
+    }
+
+    /// Takes what a snapshot needs, cheaply: counters, the open minute encoded, and the
+    /// sealed parts in the longest window by reference count. The merging happens in
+    /// [`Capture::compute`], after the caller has let go of the lock, so a scrape of many
+    /// series does not stall ingest.
+    pub fn capture(&mut self, windows: &[Window]) -> Result<Capture> {
         let now = self.clock.now_nanos();
         let open_minute = minute_of(now);
         self.roll(open_minute);
-        for series in self.series.values_mut() {
-            series.flush_late(&mut self.scratch);
-        }
         if let Some(w) = windows
             .iter()
             .find(|w| w.minute_range(now).count() as u64 > HOURS_KEPT * 60)
@@ -376,43 +385,80 @@ impl Aggregator {
             .iter()
             .map(|w| (*w, *w.minute_range(now).start()))
             .collect();
-        // Longer windows start earlier; walk minutes, then hour partials, newest first and
-        // emit each window as the walk passes its start. Hour partials only hold minutes that
-        // are no longer in `minutes`, so nothing is merged twice.
+        // Longer windows start earlier: shortest first, so `compute` can walk newest first.
         windows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        let mut acc = self.scratch.clone();
+        let from = windows.last().map_or(open_minute + 1, |(_, start)| *start);
+        let mut series = Vec::with_capacity(self.series.len());
+        for (key, state) in &mut self.series {
+            state.flush_late(&mut self.scratch);
+            // Newest first. Hour partials only hold minutes no longer in `minutes`, so nothing
+            // is taken twice.
+            let mut parts = Vec::new();
+            if let Some((m, h)) = state
+                .open
+                .as_ref()
+                .filter(|(m, _)| (from..=open_minute).contains(m))
+            {
+                parts.push((*m, Bytes::from(histogram::encode(h)?)));
+            }
+            parts.extend(
+                state
+                    .minutes
+                    .range(from..=open_minute)
+                    .rev()
+                    .map(|(m, b)| (*m, b.clone())),
+            );
+            parts.extend(
+                state
+                    .hours
+                    .range(from..)
+                    .rev()
+                    .map(|(h, b)| (*h, b.clone())),
+            );
+            series.push((key.clone(), state.totals.clone(), parts));
+        }
+        Ok(Capture {
+            at_unix_nanos: now,
+            dimension_labels: self.dimension_labels.clone(),
+            windows,
+            template: self.scratch.clone(),
+            series,
+        })
+    }
+}
+
+/// What [`Aggregator::capture`] took; [`Capture::compute`] turns it into a [`Snapshot`].
+#[derive(Debug)]
+pub struct Capture {
+    at_unix_nanos: u64,
+    dimension_labels: Vec<String>,
+    /// (window, first minute), shortest window first.
+    windows: Vec<(Window, u64)>,
+    /// An empty histogram of the configured precision.
+    template: Histogram<u64>,
+    /// Key, counters, and (start minute, encoded parts), newest first.
+    series: Vec<(SeriesKey, SeriesTotals, Vec<(u64, Bytes)>)>,
+}
+
+impl Capture {
+    /// Merges each series' parts, emitting each window as the walk passes its start.
+    pub fn compute(self) -> Result<Snapshot> {
+        let windows = &self.windows;
+        let mut acc = self.template;
         let mut out = Vec::with_capacity(self.series.len());
-        for (key, state) in &self.series {
+        for (key, totals, parts) in self.series {
             acc.reset();
             let mut per_window = Vec::with_capacity(windows.len());
             let mut next = 0;
-            let open = state
-                .open
-                .as_ref()
-                .filter(|(m, _)| *m <= open_minute)
-                .map(|(m, h)| (*m, Part::Dense(h)));
-            let minutes = state
-                .minutes
-                .range(..=open_minute)
-                .rev()
-                .map(|(m, parts)| (*m, Part::Encoded(parts)));
-            let hours = state
-                .hours
-                .iter()
-                .rev()
-                .map(|(h, bytes)| (*h, Part::Encoded(bytes)));
-            for (start, part) in open.into_iter().chain(minutes).chain(hours) {
-                while next < windows.len() && start < windows[next].1 {
+            for (start, bytes) in &parts {
+                while next < windows.len() && *start < windows[next].1 {
                     push_window(&mut per_window, windows[next].0, &acc);
                     next += 1;
                 }
                 if next == windows.len() {
                     break;
                 }
-                match part {
-                    Part::Dense(h) => histogram::merge(&mut acc, h)?,
-                    Part::Encoded(bytes) => histogram::merge_encoded(&mut acc, bytes)?,
-                }
+                histogram::merge_encoded(&mut acc, bytes)?;
             }
             while next < windows.len() {
                 push_window(&mut per_window, windows[next].0, &acc);
@@ -420,24 +466,18 @@ impl Aggregator {
             }
             per_window.sort_by_key(|w| w.window);
             out.push(SeriesSnapshot {
-                key: key.clone(),
-                totals: state.totals.clone(),
+                key,
+                totals,
                 windows: per_window,
             });
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(Snapshot {
-            at_unix_nanos: now,
-            dimension_labels: self.dimension_labels.clone(),
+            at_unix_nanos: self.at_unix_nanos,
+            dimension_labels: self.dimension_labels,
             series: out,
         })
     }
-}
-
-/// A stored piece of a series' history, as the window walk sees it.
-enum Part<'a> {
-    Dense(&'a Histogram<u64>),
-    Encoded(&'a [u8]),
 }
 
 fn push_window(out: &mut Vec<WindowQuantiles>, window: Window, acc: &Histogram<u64>) {
