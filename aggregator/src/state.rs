@@ -436,9 +436,11 @@ pub struct Capture {
     windows: Vec<(Window, u64)>,
     /// An empty histogram of the configured precision.
     template: Histogram<u64>,
-    /// Key, counters, and (start minute, encoded parts), newest first.
-    series: Vec<(SeriesKey, SeriesTotals, Vec<(u64, Bytes)>)>,
+    series: Vec<CapturedSeries>,
 }
+
+/// One series as captured: key, counters, and (start minute, encoded parts), newest first.
+type CapturedSeries = (SeriesKey, SeriesTotals, Vec<(u64, Bytes)>);
 
 impl Capture {
     /// Merges each series' parts, emitting each window as the walk passes its start.

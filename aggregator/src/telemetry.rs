@@ -101,10 +101,12 @@ impl Telemetry {
         }
     }
 
+    /// Counts a request to the API port refused for a missing or wrong token.
     pub fn add_api_unauthorized(&self) {
         self.api_unauthorized.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// API requests refused for a missing or wrong token.
     pub fn api_unauthorized(&self) -> u64 {
         self.api_unauthorized.load(Ordering::Relaxed)
     }

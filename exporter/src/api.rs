@@ -36,11 +36,13 @@ pub struct ApiState {
 
 /// The API routes, for serving or for `oneshot` tests.
 pub fn api_router(state: ApiState) -> Router {
+    // Everything but health, readiness and the test routes sits behind the API token,
+    // unknown paths (the fallback) included, so a route added later starts out guarded.
     let guarded = Router::new()
         .route("/metrics", get(metrics))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
     let mut router = Router::new()
-        .merge(guarded)
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz));
     if state.test_hooks {
@@ -48,7 +50,11 @@ pub fn api_router(state: ApiState) -> Router {
             .route("/-/test/clock", post(test_clock))
             .route("/-/test/hook", post(test_hook));
     }
-    router.with_state(state)
+    router.merge(guarded).with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
 }
 
 /// Serves the API on `listener` until `shutdown` completes.
@@ -231,6 +237,46 @@ mod tests {
         .await;
         assert!(content_type.starts_with("application/openmetrics-text"));
         assert!(body.ends_with("# EOF\n"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn the_api_token_guards_everything_but_health() {
+        let mut guarded = state(true, true);
+        guarded.token = BearerToken::new("t0ken");
+        let get = |path: &str, auth: Option<&str>| {
+            let mut r = Request::get(path);
+            if let Some(a) = auth {
+                r = r.header(header::AUTHORIZATION, a);
+            }
+            r.body(Body::empty()).unwrap()
+        };
+        for path in ["/metrics", "/", "/api/v1/query", "/api/v1/sql"] {
+            let (status, _, _) = call(guarded.clone(), get(path, None)).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+            let (status, _, _) = call(guarded.clone(), get(path, Some("Bearer nope"))).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+        }
+        assert_eq!(
+            call(guarded.clone(), get("/metrics", Some("Bearer t0ken")))
+                .await
+                .0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            call(guarded.clone(), get("/nowhere", Some("Bearer t0ken")))
+                .await
+                .0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            call(guarded.clone(), get("/healthz", None)).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            call(guarded.clone(), get("/readyz", None)).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(guarded.aggregator.telemetry().api_unauthorized(), 8);
     }
 
     #[tokio::test]

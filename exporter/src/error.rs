@@ -47,6 +47,13 @@ impl ApiError {
         }
     }
 
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self {
+            kind: ApiErrorKind::NotFound,
+            message: message.into(),
+        }
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self {
             kind: ApiErrorKind::Internal,

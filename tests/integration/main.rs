@@ -12,5 +12,6 @@ mod exposition;
 mod harness;
 mod limits;
 mod loadgen;
+mod memory;
 mod otlp;
 mod spans;

@@ -16,6 +16,21 @@ use recmeter_aggregator::{AggregatorHandle, IngestConfig, RequestRecord, SeriesK
 /// `service.name` when a resource has none (OpenTelemetry's own default).
 const UNKNOWN_SERVICE: &str = "unknown_service";
 
+/// Longest service, endpoint or dimension value kept, in bytes; longer ones are cut (at a
+/// character boundary), so a hostile sender cannot make series keys arbitrarily large.
+pub const MAX_LABEL_BYTES: usize = 256;
+
+fn bounded(value: &str) -> &str {
+    if value.len() <= MAX_LABEL_BYTES {
+        return value;
+    }
+    let mut end = MAX_LABEL_BYTES;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    &value[..end]
+}
+
 /// How spans become requests (from `[ingest]`).
 #[derive(Debug, Clone)]
 pub struct SpanRules {
@@ -65,7 +80,7 @@ pub fn convert(request: &ExportTraceServiceRequest, rules: &SpanRules) -> Conver
             .map(|r| r.attributes.as_slice())
             .unwrap_or_default();
         let service: Arc<str> = match find(resource_attributes, "service.name") {
-            Some(v) => Arc::from(render(v).as_str()),
+            Some(v) => Arc::from(bounded(&render(v))),
             None => Arc::from(UNKNOWN_SERVICE),
         };
         let resource_dimensions: Vec<Option<String>> = rules
@@ -94,7 +109,7 @@ pub fn convert(request: &ExportTraceServiceRequest, rules: &SpanRules) -> Conver
                             .map(render)
                             .or_else(|| from_resource.clone())
                             .unwrap_or_default();
-                        Arc::from(value.as_str())
+                        Arc::from(bounded(&value))
                     })
                     .collect();
                 let error = span
@@ -113,7 +128,7 @@ pub fn convert(request: &ExportTraceServiceRequest, rules: &SpanRules) -> Conver
                 out.records.push(RequestRecord {
                     key: SeriesKey {
                         service: service.clone(),
-                        endpoint: Arc::from(span.name.as_str()),
+                        endpoint: Arc::from(bounded(&span.name)),
                         dimensions,
                     },
                     end_unix_nanos: span.end_time_unix_nano,
@@ -304,6 +319,16 @@ mod tests {
         assert_eq!(&*r.key.endpoint, "a");
         assert_eq!(r.duration_nanos, 4_000);
         assert_eq!(r.recommendations, 1);
+    }
+
+    #[test]
+    fn long_names_are_cut_at_a_character_boundary() {
+        let rules = SpanRules::new(&IngestConfig::default());
+        let long = "é".repeat(300); // 600 bytes
+        let c = convert(&request(vec![span(&long, 2)]), &rules);
+        let endpoint = &c.records[0].key.endpoint;
+        assert!(endpoint.len() <= MAX_LABEL_BYTES && endpoint.len() >= MAX_LABEL_BYTES - 1);
+        assert!(long.starts_with(&**endpoint));
     }
 
     #[test]
