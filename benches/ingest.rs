@@ -14,6 +14,10 @@ use rand::rngs::StdRng;
 use recmeter_aggregator::{Aggregator, AggregatorConfig, Clock, IngestConfig, Telemetry};
 use recmeter_collector::sources::otlp::{SpanRules, convert, synthetic};
 
+// The allocator the server runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SPANS_PER_REQUEST: usize = 100;
 const SERIES: usize = 50;
 

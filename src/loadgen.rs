@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -107,6 +108,8 @@ const POOL_SIZE: usize = 32;
 struct Counters {
     requests: AtomicU64,
     spans_accepted: AtomicU64,
+    /// Spans the receiver reported in `partial_success.rejected_spans`.
+    spans_rejected: AtomicU64,
     statuses: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -195,12 +198,16 @@ async fn run(args: LoadgenArgs) -> Result<(), String> {
                 };
                 let body = current.bodies[i % current.bodies.len()].clone();
                 i += args.concurrency;
-                let outcome = sender.send(body).await;
+                let (outcome, rejected) = sender.send(body).await;
                 counters.requests.fetch_add(1, Ordering::Relaxed);
                 if outcome == "ok" {
+                    counters.spans_accepted.fetch_add(
+                        current.spans_per_body.saturating_sub(rejected),
+                        Ordering::Relaxed,
+                    );
                     counters
-                        .spans_accepted
-                        .fetch_add(current.spans_per_body, Ordering::Relaxed);
+                        .spans_rejected
+                        .fetch_add(rejected, Ordering::Relaxed);
                 }
                 *counters.statuses.lock().await.entry(outcome).or_default() += 1;
             }
@@ -243,6 +250,11 @@ async fn run(args: LoadgenArgs) -> Result<(), String> {
         let _ = writeln!(out, "  {status:<22} {n}");
     }
     let _ = writeln!(out, "spans accepted           {accepted}");
+    let _ = writeln!(
+        out,
+        "spans rejected           {} (partial_success)",
+        counters.spans_rejected.load(Ordering::Relaxed)
+    );
     let _ = writeln!(
         out,
         "elapsed                  {:.2} s",
@@ -420,12 +432,14 @@ impl Sender {
         }
     }
 
-    async fn send(&self, body: Bytes) -> String {
+    /// Sends one body; answers an outcome label and the spans the receiver rejected inside an
+    /// accepted request (`partial_success.rejected_spans`).
+    async fn send(&self, body: Bytes) -> (String, u64) {
         match self {
             Sender::Grpc(grpc, authorization) => {
                 let mut grpc = grpc.clone();
                 if let Err(e) = grpc.ready().await {
-                    return format!("grpc:{e}");
+                    return (format!("grpc:{e}"), 0);
                 }
                 let mut request = tonic::Request::new(body);
                 if let Some(a) = authorization
@@ -435,8 +449,8 @@ impl Sender {
                 }
                 let path = http::uri::PathAndQuery::from_static(EXPORT_PATH);
                 match grpc.unary(request, path, RawCodec).await {
-                    Ok(_) => "ok".to_owned(),
-                    Err(status) => format!("grpc:{:?}", status.code()),
+                    Ok(response) => ("ok".to_owned(), rejected_in(response.get_ref(), false)),
+                    Err(status) => (format!("grpc:{:?}", status.code()), 0),
                 }
             }
             Sender::Http {
@@ -462,17 +476,29 @@ impl Sender {
                 }
                 match request.body(body).send().await {
                     Ok(r) if r.status().is_success() => {
-                        let _ = r.bytes().await;
-                        "ok".to_owned()
+                        let rejected = r.bytes().await.map_or(0, |b| rejected_in(&b, *json));
+                        ("ok".to_owned(), rejected)
                     }
-                    Ok(r) => format!("http:{}", r.status().as_u16()),
-                    Err(e) if e.is_connect() => "error:connect".to_owned(),
-                    Err(e) if e.is_timeout() => "error:timeout".to_owned(),
-                    Err(_) => "error:other".to_owned(),
+                    Ok(r) => (format!("http:{}", r.status().as_u16()), 0),
+                    Err(e) if e.is_connect() => ("error:connect".to_owned(), 0),
+                    Err(e) if e.is_timeout() => ("error:timeout".to_owned(), 0),
+                    Err(_) => ("error:other".to_owned(), 0),
                 }
             }
         }
     }
+}
+
+/// `partial_success.rejected_spans` of an `ExportTraceServiceResponse` (0 when absent).
+fn rejected_in(body: &[u8], json: bool) -> u64 {
+    let response = if json {
+        serde_json::from_slice::<ExportTraceServiceResponse>(body).ok()
+    } else {
+        ExportTraceServiceResponse::decode(body).ok()
+    };
+    response
+        .and_then(|r| r.partial_success)
+        .map_or(0, |p| u64::try_from(p.rejected_spans).unwrap_or(0))
 }
 
 /// A gRPC codec that sends pre-encoded message bytes as they are.

@@ -64,3 +64,44 @@ fn loadgen_reports_size_throughput_statuses_and_server_cpu() {
     assert!(m.sum("recs_requests_total") > 0.0);
     assert_eq!(m.sum("recmeter_spans_dropped_total"), 0.0);
 }
+
+#[test]
+fn loadgen_subtracts_spans_the_server_rejects() {
+    // Spans up to about 2 s old reach a server that keeps only the last second: some are
+    // dropped as too old inside accepted requests, and loadgen must not wait for them.
+    let recmeter = Recmeter::start_with(Start {
+        config: "[ingest]\nmax_span_age = \"1s\"\n",
+        fake_clock: None,
+        ..Start::default()
+    });
+    let out = Command::new(binary())
+        .args([
+            "loadgen",
+            "--duration",
+            "3s",
+            "--rate",
+            "20000",
+            "--protocol",
+            "http-json",
+        ])
+        .args([
+            "--endpoint",
+            &format!("http://{}/v1/traces", recmeter.addrs.otlp_http),
+        ])
+        .args(["--server-pid", &recmeter.pid().to_string()])
+        .args(["--metrics-url", &recmeter.api_url("/metrics")])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rejected = field(&stdout, "spans rejected");
+    let accepted = field(&stdout, "spans accepted");
+    assert!(rejected > 0.0 && accepted > 0.0, "{stdout}");
+    let m = recmeter.metrics();
+    assert_eq!(m.sum("recs_requests_total"), accepted);
+    assert_eq!(m.sum("recmeter_spans_dropped_total"), rejected);
+}
