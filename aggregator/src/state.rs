@@ -43,7 +43,7 @@ const MINUTES_KEPT: u64 = 180;
 
 /// Whole-hour partials kept in memory: enough for the 1d window (a day plus the up to 59
 /// extra minutes of the long-window rule). At the series cap with busy series an hour partial
-/// takes about 2.4 KB, so this keeps the whole state near 1.3 GiB (BENCHMARKS.md); longer
+/// takes about 1 KB, so this keeps the whole state under 1 GiB (BENCHMARKS.md); longer
 /// windows wait for history in the object store.
 const HOURS_KEPT: u64 = 26;
 
