@@ -87,11 +87,14 @@ fn oversized_grpc_messages_are_resource_exhausted_and_counted() {
         .block_on(grpc_call(addr, vec![0; 100_000], false))
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    // Without RetryInfo, RESOURCE_EXHAUSTED is permanent for OTLP clients: no retry loop.
+    assert!(tonic_types::StatusExt::get_details_retry_info(&status).is_none());
     // A small gzip body that inflates past the limit.
     let status = rt
         .block_on(grpc_call(addr, vec![0; 1 << 20], true))
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(tonic_types::StatusExt::get_details_retry_info(&status).is_none());
     // Still serving, and a good gzip request is counted.
     rt.block_on(grpc_call(addr, one_span_request(1), true))
         .unwrap();
@@ -246,7 +249,8 @@ fn sdk_clients_retry_through_backpressure_and_every_span_counts_once() {
             })
         })
         .collect();
-    // Hold the stall until every client has been refused at least once, then let go.
+    // Hold the stall until three refusals are counted (one client holds the only queue slot,
+    // the other three are refused at least once), then let go.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let m = recmeter.metrics();
