@@ -4,36 +4,27 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use tonic::codec::CompressionEncoding;
 
 use crate::harness::{Recmeter, fake_start, nanos};
 use crate::otlp::raw::RawCodec;
-use crate::spans::{Client, export, server_span};
+use crate::spans::{Client, export, request_of, server_span};
 
 const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 pub fn one_span_request(id: u8) -> Vec<u8> {
     let end = nanos(fake_start());
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans: vec![Span {
-                    trace_id: vec![id; 16],
-                    span_id: vec![id; 8],
-                    name: "GET /limits".into(),
-                    kind: 2,
-                    start_time_unix_nano: end - 5_000_000,
-                    end_time_unix_nano: end,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    request_of(vec![Span {
+        trace_id: vec![id; 16],
+        span_id: vec![id; 8],
+        name: "GET /limits".into(),
+        kind: 2,
+        start_time_unix_nano: end - 5_000_000,
+        end_time_unix_nano: end,
+        ..Default::default()
+    }])
     .encode_to_vec()
 }
 
@@ -335,15 +326,7 @@ fn hostile_http_input_is_refused_or_dropped_and_the_service_keeps_serving() {
     zero_trace.trace_id = vec![0; 16];
     let mut short_span_id = good(5);
     short_span_id.span_id = vec![5; 4];
-    let mixed = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans: vec![good(1), backwards, good(2), zero_trace, short_span_id],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
+    let mixed = request_of(vec![good(1), backwards, good(2), zero_trace, short_span_id]);
     let (status, body) = post_raw(&recmeter, mixed.encode_to_vec(), false);
     assert_eq!(status, 200);
     let response = ExportTraceServiceResponse::decode(body.as_slice()).unwrap();
@@ -400,15 +383,7 @@ fn a_hundred_thousand_span_names_stay_within_the_series_cap() {
                 }
             })
             .collect();
-        let request = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                scope_spans: vec![ScopeSpans {
-                    spans,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        };
+        let request = request_of(spans);
         assert_eq!(post_raw(&recmeter, request.encode_to_vec(), false).0, 200);
     }
     let m = recmeter.metrics();

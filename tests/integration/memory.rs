@@ -1,11 +1,11 @@
 //! The memory bound at the series cap, on a real server: under the fake clock, 61 minutes of
 //! traffic touching all 10 001 series (10 000 plus the overflow series) every minute.
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 
 use crate::harness::{Recmeter, fake_start, nanos};
+use crate::spans::request_of;
 
 fn rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -40,16 +40,7 @@ fn rss_stays_under_2_gib_at_the_series_cap_for_61_minutes() {
                 }
             })
             .collect();
-        let body = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                scope_spans: vec![ScopeSpans {
-                    spans,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        }
-        .encode_to_vec();
+        let body = request_of(spans).encode_to_vec();
         let response = client
             .post(&url)
             .header("Content-Type", "application/x-protobuf")
