@@ -11,6 +11,7 @@ pub mod hooks;
 pub mod record;
 pub mod service;
 pub mod state;
+pub mod status;
 pub mod telemetry;
 pub mod window;
 
@@ -22,5 +23,6 @@ pub use hooks::{Hook, Hooks};
 pub use record::{ApplyOutcome, RequestRecord, SeriesKey};
 pub use service::AggregatorHandle;
 pub use state::{Aggregator, SeriesSnapshot, Snapshot};
+pub use status::ErrorKind;
 pub use telemetry::Telemetry;
 pub use window::Window;

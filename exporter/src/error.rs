@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+pub use recmeter_aggregator::ErrorKind;
 
 /// What can go wrong in the exporter.
 #[derive(Debug, thiserror::Error)]
@@ -15,48 +16,38 @@ pub enum Error {
 /// Result with the exporter's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Kinds of failure a client of the HTTP API can see.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApiErrorKind {
-    BadRequest,
-    Unauthorized,
-    NotFound,
-    Unavailable,
-    Internal,
-}
-
 /// An error answered to an API client. Internal details stay in the log.
 #[derive(Debug)]
 pub struct ApiError {
-    pub kind: ApiErrorKind,
+    pub kind: ErrorKind,
     pub message: String,
 }
 
 impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self {
-            kind: ApiErrorKind::BadRequest,
+            kind: ErrorKind::BadRequest,
             message: message.into(),
         }
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self {
-            kind: ApiErrorKind::Unauthorized,
+            kind: ErrorKind::Unauthorized,
             message: message.into(),
         }
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
         Self {
-            kind: ApiErrorKind::NotFound,
+            kind: ErrorKind::NotFound,
             message: message.into(),
         }
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
         Self {
-            kind: ApiErrorKind::Internal,
+            kind: ErrorKind::Internal,
             message: message.into(),
         }
     }
@@ -64,13 +55,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, error_type) = match self.kind {
-            ApiErrorKind::BadRequest => (StatusCode::BAD_REQUEST, "bad_data"),
-            ApiErrorKind::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-            ApiErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            ApiErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-        };
+        let status = StatusCode::from_u16(self.kind.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let error_type = self.kind.error_type();
         let message = if status.is_server_error() {
             tracing::error!(error = %self.message, "API request failed.");
             "internal error; see the recmeter log".to_owned()

@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use recmeter_aggregator::telemetry::{RejectReason, Transport};
-use recmeter_aggregator::{BearerToken, Telemetry};
+use recmeter_aggregator::{BearerToken, ErrorKind, Telemetry};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
@@ -165,15 +165,15 @@ where
             // The handler itself only ever answers OK or UNAVAILABLE; these codes come from
             // tonic's decoding of the request.
             let rewrite = match code {
-                Some(Code::Internal) => Some((Code::InvalidArgument, RejectReason::Decode)),
+                Some(Code::Internal) => Some((ErrorKind::BadRequest, RejectReason::Decode)),
                 Some(Code::OutOfRange | Code::ResourceExhausted) => {
-                    Some((Code::ResourceExhausted, RejectReason::TooLarge))
+                    Some((ErrorKind::PayloadTooLarge, RejectReason::TooLarge))
                 }
                 _ => None,
             };
-            if let Some((code, reason)) = rewrite {
+            if let Some((kind, reason)) = rewrite {
                 telemetry.add_request_rejected(Transport::Grpc, reason);
-                headers.insert("grpc-status", HeaderValue::from(code as i32));
+                headers.insert("grpc-status", HeaderValue::from(kind.grpc_code()));
             }
             Ok(response)
         })

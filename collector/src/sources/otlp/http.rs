@@ -16,6 +16,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
+use recmeter_aggregator::ErrorKind;
 use recmeter_aggregator::telemetry::{RejectReason, Transport};
 use tokio::net::TcpListener;
 
@@ -69,16 +70,12 @@ async fn require_token(State(state): State<HttpState>, request: Request, next: N
             let telemetry = state.ingest.aggregator().telemetry();
             telemetry.add_request_rejected(Transport::Http, RejectReason::Auth);
             let encoding = content_type(request.headers()).unwrap_or(Encoding::Json);
-            let mut response = Refusal::new(
-                StatusCode::UNAUTHORIZED,
+            return Refusal::new(
+                ErrorKind::Unauthorized,
                 None,
                 "missing or wrong bearer token (Authorization: Bearer <token>)",
             )
             .into_response(encoding);
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return response;
         }
     }
     next.run(request).await
@@ -100,40 +97,43 @@ pub async fn serve_http(
         })
 }
 
-/// A refused request: HTTP status, gRPC-style code, message and the counter reason.
+/// A refused request: its kind (HTTP status and google.rpc.Code, through [`ErrorKind`]), the
+/// message for the client and the counter reason.
 struct Refusal {
-    status: StatusCode,
+    kind: ErrorKind,
     reason: Option<RejectReason>,
     message: String,
 }
 
 impl Refusal {
-    fn new(status: StatusCode, reason: Option<RejectReason>, message: impl Into<String>) -> Self {
+    fn new(kind: ErrorKind, reason: Option<RejectReason>, message: impl Into<String>) -> Self {
         Self {
-            status,
+            kind,
             reason,
             message: message.into(),
         }
     }
 
     fn into_response(self, encoding: Encoding) -> Response {
-        let code = match self.status {
-            StatusCode::BAD_REQUEST => tonic::Code::InvalidArgument,
-            StatusCode::PAYLOAD_TOO_LARGE => tonic::Code::ResourceExhausted,
-            StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable,
-            StatusCode::UNAUTHORIZED => tonic::Code::Unauthenticated,
-            _ => tonic::Code::InvalidArgument,
-        } as i32;
         let body = RpcStatus {
-            code,
+            code: self.kind.grpc_code(),
             message: self.message,
         };
         let mut response = encode(encoding, &body, serde_json::to_vec).into_response();
-        *response.status_mut() = self.status;
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        *response.status_mut() =
+            StatusCode::from_u16(self.kind.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+        match self.kind {
+            ErrorKind::Unavailable => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ErrorKind::Unauthorized => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
         }
         response
     }
@@ -161,7 +161,7 @@ async fn traces(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
         telemetry.add_request_rejected(Transport::Http, RejectReason::UnsupportedMediaType);
         let message = format!("unsupported content type; send {PROTOBUF} or {JSON}");
         // The request's own encoding is unknown: answer the Status in JSON.
-        return Refusal::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, None, message)
+        return Refusal::new(ErrorKind::UnsupportedMediaType, None, message)
             .into_response(Encoding::Json);
     };
     match handle(&state, &headers, body, encoding).await {
@@ -184,7 +184,7 @@ async fn handle(
     let limit = state.options.max_body_bytes;
     let too_large = || {
         Refusal::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::PayloadTooLarge,
             Some(RejectReason::TooLarge),
             format!("request body is larger than otlp.max_body_bytes ({limit} bytes)"),
         )
@@ -194,7 +194,7 @@ async fn handle(
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
         Err(e) => {
             return Err(Refusal::new(
-                StatusCode::BAD_REQUEST,
+                ErrorKind::BadRequest,
                 Some(RejectReason::Decode),
                 format!("cannot read request body: {e}"),
             ));
@@ -205,31 +205,31 @@ async fn handle(
         ContentEncoding::Gzip => gunzip(&raw, limit).map_err(|e| match e {
             GunzipError::TooLarge => too_large(),
             GunzipError::Corrupt(e) => Refusal::new(
-                StatusCode::BAD_REQUEST,
+                ErrorKind::BadRequest,
                 Some(RejectReason::Decode),
                 format!("invalid gzip body: {e}"),
             ),
         })?,
         ContentEncoding::Other(name) => {
             return Err(Refusal::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ErrorKind::UnsupportedMediaType,
                 Some(RejectReason::UnsupportedMediaType),
                 format!("unsupported content encoding `{name}`; send gzip or none"),
             ));
         }
     };
     let request = decode(&body, encoding).map_err(|message| {
-        Refusal::new(StatusCode::BAD_REQUEST, Some(RejectReason::Decode), message)
+        Refusal::new(ErrorKind::BadRequest, Some(RejectReason::Decode), message)
     })?;
     match state.ingest.export(&request, Transport::Http).await {
         Ok(response) => Ok(encode(encoding, &response, serde_json::to_vec)),
         Err(IngestError::Backpressure) => Err(Refusal::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Unavailable,
             Some(RejectReason::Backpressure),
             "recmeter is busy; retry later",
         )),
         Err(IngestError::Unavailable) => Err(Refusal::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Unavailable,
             None,
             "recmeter is shutting down",
         )),
