@@ -13,6 +13,26 @@ fn field(output: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no `{name}` in:\n{output}"))
 }
 
+/// Runs `recmeter loadgen` against `recmeter` with `--server-pid`, failing on a non-zero exit;
+/// returns its report.
+fn loadgen(recmeter: &Recmeter, args: &[&str], endpoint: &str) -> String {
+    let out = Command::new(binary())
+        .arg("loadgen")
+        .args(args)
+        .args(["--endpoint", endpoint])
+        .args(["--server-pid", &recmeter.pid().to_string()])
+        .args(["--metrics-url", &recmeter.api_url("/metrics")])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 #[test]
 fn loadgen_reports_size_throughput_statuses_and_server_cpu() {
     let recmeter = Recmeter::start_with(Start {
@@ -26,26 +46,17 @@ fn loadgen_reports_size_throughput_statuses_and_server_cpu() {
             format!("http://{}/v1/traces", recmeter.addrs.otlp_http),
         ),
     ] {
-        let out = Command::new(binary())
-            .args([
-                "loadgen",
+        let stdout = loadgen(
+            &recmeter,
+            &[
                 "--duration",
                 "2s",
                 "--rate",
                 "20000",
                 "--protocol",
                 protocol,
-            ])
-            .args(["--endpoint", &endpoint])
-            .args(["--server-pid", &recmeter.pid().to_string()])
-            .args(["--metrics-url", &recmeter.api_url("/metrics")])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
+            ],
+            &endpoint,
         );
         assert!(
             field(&stdout, "encoded bytes per span") >= 400.0,
@@ -74,29 +85,17 @@ fn loadgen_subtracts_spans_the_server_rejects() {
         fake_clock: None,
         ..Start::default()
     });
-    let out = Command::new(binary())
-        .args([
-            "loadgen",
+    let stdout = loadgen(
+        &recmeter,
+        &[
             "--duration",
             "3s",
             "--rate",
             "20000",
             "--protocol",
             "http-json",
-        ])
-        .args([
-            "--endpoint",
-            &format!("http://{}/v1/traces", recmeter.addrs.otlp_http),
-        ])
-        .args(["--server-pid", &recmeter.pid().to_string()])
-        .args(["--metrics-url", &recmeter.api_url("/metrics")])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        &format!("http://{}/v1/traces", recmeter.addrs.otlp_http),
     );
     let rejected = field(&stdout, "spans rejected");
     let accepted = field(&stdout, "spans accepted");

@@ -305,7 +305,8 @@ mod tests {
     use std::sync::Arc;
     use tower::ServiceExt;
 
-    fn router() -> Router {
+    /// An ingest path over a fresh aggregator, and the handle to read it back.
+    fn ingest() -> (TraceIngest, AggregatorHandle) {
         let (handle, _worker) = AggregatorHandle::start(
             &IngestConfig::default(),
             &AggregatorConfig::default(),
@@ -314,17 +315,19 @@ mod tests {
             Arc::new(Hooks::default()),
         )
         .unwrap();
-        let ingest = TraceIngest::new(
-            handle,
-            super::super::SpanRules::new(&IngestConfig::default()),
-        );
-        http_router(
-            ingest,
-            ServeOptions {
-                max_body_bytes: 4096,
-                token: None,
-            },
-        )
+        let rules = super::super::SpanRules::new(&IngestConfig::default());
+        (TraceIngest::new(handle.clone(), rules), handle)
+    }
+
+    fn small_limit() -> ServeOptions {
+        ServeOptions {
+            max_body_bytes: 4096,
+            token: None,
+        }
+    }
+
+    fn router() -> Router {
+        http_router(ingest().0, small_limit())
     }
 
     async fn post(content_type: &str, encoding: Option<&str>, body: Vec<u8>) -> StatusCode {
@@ -397,34 +400,17 @@ mod tests {
         };
         let mut gz = GzEncoder::new(Vec::new(), Compression::default());
         gz.write_all(&request.encode_to_vec()).unwrap();
-        let (handle, _worker) = AggregatorHandle::start(
-            &IngestConfig::default(),
-            &AggregatorConfig::default(),
-            Arc::new(Clock::System),
-            Arc::new(Telemetry::default()),
-            Arc::new(Hooks::default()),
-        )
-        .unwrap();
-        let ingest = TraceIngest::new(
-            handle.clone(),
-            super::super::SpanRules::new(&IngestConfig::default()),
-        );
-        let response = http_router(
-            ingest,
-            ServeOptions {
-                max_body_bytes: 4096,
-                token: None,
-            },
-        )
-        .oneshot(
-            Request::post("/v1/traces")
-                .header(header::CONTENT_TYPE, PROTOBUF)
-                .header(header::CONTENT_ENCODING, "gzip")
-                .body(Body::from(gz.finish().unwrap()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+        let (ingest, handle) = ingest();
+        let response = http_router(ingest, small_limit())
+            .oneshot(
+                Request::post("/v1/traces")
+                    .header(header::CONTENT_TYPE, PROTOBUF)
+                    .header(header::CONTENT_ENCODING, "gzip")
+                    .body(Body::from(gz.finish().unwrap()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         let snapshot = handle.snapshot(&[]).unwrap();
         assert_eq!(snapshot.series[0].totals.ok, 1);
