@@ -1,21 +1,36 @@
-//! Memory at the series cap: 10 000 series, each with 30 requests a minute, through the fake
-//! clock for 3 hours (every minute of the 3 h kept in memory, sealed), then 24 more hours
-//! (older whole hours folded into hour partials until a day of them is held, the steady
-//! state). Prints resident memory after each phase and how long one `/metrics` snapshot
-//! (1m, 5m, 1h windows) takes at the end, and how much of it holds the state lock.
+//! Memory and `/metrics` at the series cap: 10 000 series plus the overflow series, each with 30
+//! requests a minute, through the fake clock for 3 hours (every minute of the 3 h kept in
+//! memory), then 21 more hours (a day of history: 3 h of minutes, hours before). Prints
+//! resident memory after each phase, then renders `/metrics` (windows 1m, 5m, 1h and 1d through
+//! the SQL engine, then the text exposition) five times and prints each time and the median.
 //! Run: `cargo bench --bench memory`. Figures and machine in BENCHMARKS.md.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use recmeter_aggregator::{
-    Aggregator, AggregatorConfig, Clock, IngestConfig, RequestRecord, SeriesKey, Telemetry, Window,
+    Aggregator, AggregatorConfig, Clock, IngestConfig, QueryEngine, RequestRecord, SeriesKey,
+    SqlConfig, Telemetry,
 };
+use recmeter_exporter::api::METRICS_WINDOWS;
+use recmeter_exporter::prometheus::{Format, render};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const SERIES: usize = 10_000;
 const PER_MINUTE: usize = 30;
+
+/// `BENCH_PER_MINUTE` (default 30) and `BENCH_PARTITIONS` (default: one per core) shorten or
+/// vary a run while investigating; the recorded figures use the defaults.
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 fn rss_mib(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -31,14 +46,16 @@ fn main() {
     // 30 s into a minute; each request ends within the second before now, in the open minute.
     let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_030);
     let clock = Arc::new(Clock::fake(start));
+    let telemetry = Arc::new(Telemetry::default());
     let mut aggregator = Aggregator::new(
         &IngestConfig::default(),
         &AggregatorConfig::default(),
         clock.clone(),
-        Arc::new(Telemetry::default()),
+        telemetry.clone(),
     )
     .unwrap_or_else(|e| panic!("aggregator: {e}"));
-    let keys: Vec<SeriesKey> = (0..SERIES)
+    // One more than the cap: the last series folds into the overflow series.
+    let keys: Vec<SeriesKey> = (0..=SERIES)
         .map(|i| SeriesKey {
             service: Arc::from(format!("svc-{}", i % 20).as_str()),
             endpoint: Arc::from(format!("GET /v1/recommendations/{i}").as_str()),
@@ -46,19 +63,20 @@ fn main() {
         })
         .collect();
     let mut rng = StdRng::seed_from_u64(11);
-    println!("series {SERIES}, {PER_MINUTE} requests per series per minute");
+    let per_minute = knob("BENCH_PER_MINUTE", PER_MINUTE);
+    println!("series {SERIES}, {per_minute} requests per series per minute");
     println!("start: rss {:.0} MiB", rss_mib("VmRSS:"));
-    let mut batch = Vec::with_capacity(PER_MINUTE);
+    let mut batch = Vec::with_capacity(per_minute);
     for (phase, minutes) in [
         ("3 h of minutes", 180),
-        ("24 more hours (a day of hour partials)", 24 * 60),
+        ("21 more hours (a day of history)", 21 * 60),
     ] {
         let t = Instant::now();
         for _ in 0..minutes {
             let now = clock.now_nanos();
             for key in &keys {
                 batch.clear();
-                for _ in 0..PER_MINUTE {
+                for _ in 0..per_minute {
                     let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
                     let z = (-2.0 * u1.ln()).sqrt()
                         * (std::f64::consts::TAU * rng.random::<f64>()).cos();
@@ -81,20 +99,40 @@ fn main() {
             t.elapsed().as_secs_f64()
         );
     }
-    let t = Instant::now();
-    let capture = aggregator
-        .capture(&[Window::M1, Window::M5, Window::H1])
-        .unwrap_or_else(|e| panic!("capture: {e}"));
-    let held = t.elapsed();
-    let snapshot = capture
-        .compute()
-        .unwrap_or_else(|e| panic!("snapshot: {e}"));
-    println!(
-        "snapshot of {} series (1m, 5m, 1h): {:.2} s, of which {:.3} s under the state lock; rss {:.0} MiB, peak {:.0} MiB",
-        snapshot.series.len(),
-        t.elapsed().as_secs_f64(),
-        held.as_secs_f64(),
-        rss_mib("VmRSS:"),
-        rss_mib("VmHWM:")
-    );
+    let state = Arc::new(Mutex::new(aggregator));
+    let sql = SqlConfig {
+        target_partitions: knob("BENCH_PARTITIONS", 0),
+        ..SqlConfig::default()
+    };
+    let engine = QueryEngine::new(state.clone(), &sql).unwrap_or_else(|e| panic!("engine: {e}"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let snapshot = runtime
+            .block_on(engine.snapshot(&METRICS_WINDOWS))
+            .unwrap_or_else(|e| panic!("snapshot: {e}"));
+        let series = snapshot.series.len();
+        let windows: usize = snapshot.series.iter().map(|s| s.windows.len()).sum();
+        let merged = t.elapsed();
+        let body =
+            render(snapshot, &telemetry, Format::Text004).unwrap_or_else(|e| panic!("{e:?}"));
+        let total = t.elapsed();
+        times.push(total.as_secs_f64());
+        println!(
+            "/metrics: {series} series, {windows} window rows, {:.1} MB: {:.2} s ({:.2} s windows, {:.2} s text); rss {:.0} MiB, peak {:.0} MiB",
+            body.len() as f64 / 1e6,
+            total.as_secs_f64(),
+            merged.as_secs_f64(),
+            (total - merged).as_secs_f64(),
+            rss_mib("VmRSS:"),
+            rss_mib("VmHWM:")
+        );
+    }
+    times.sort_by(f64::total_cmp);
+    println!("/metrics median of 5: {:.2} s", times[2]);
 }

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use recmeter_aggregator::{AggregatorConfig, BearerToken, IngestConfig, InvalidField};
+use recmeter_aggregator::{AggregatorConfig, BearerToken, IngestConfig, InvalidField, SqlConfig};
 use recmeter_collector::sources::otlp::OtlpConfig;
 use recmeter_exporter::ApiConfig;
 use serde::{Deserialize, Serialize};
@@ -42,6 +42,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// In-memory rollup limits and precision.
     pub aggregator: AggregatorConfig,
+    /// The SQL engine behind `/api/v1/sql`.
+    pub sql: SqlConfig,
     /// Logging.
     pub log: LogConfig,
     /// Process lifecycle.
@@ -172,6 +174,7 @@ impl Config {
         errors.extend(self.api.validate());
         errors.extend(self.ingest.validate());
         errors.extend(self.aggregator.validate());
+        errors.extend(self.sql.validate());
         if let Err(e) = self.auth.tokens() {
             errors.extend(e);
         }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
-use recmeter_aggregator::{AggregatorHandle, Clock, Hooks, Telemetry};
+use recmeter_aggregator::{AggregatorHandle, Clock, Hooks, QueryEngine, Telemetry};
 use recmeter_collector::sources::otlp::{
     ServeOptions, SpanRules, TraceIngest, serve_grpc, serve_http,
 };
@@ -100,6 +100,7 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
         Arc::new(Telemetry::default()),
         Arc::new(Hooks::default()),
     )?;
+    let engine = Arc::new(QueryEngine::new(aggregator.state().clone(), &config.sql)?);
 
     let grpc = bind(config.otlp.grpc_address).await?;
     let http = bind(config.otlp.http_address).await?;
@@ -144,6 +145,7 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
         let done = stopping(shutdown_rx.clone());
         let state = ApiState {
             aggregator: aggregator.clone(),
+            engine: engine.clone(),
             ready: ready.clone(),
             test_hooks: args.test_hooks,
             token: tokens.api.clone(),

@@ -53,9 +53,22 @@ impl SpanKindName {
     }
 }
 
-/// Label names recmeter itself uses; extra dimensions may not take them.
-pub const RESERVED_LABELS: [&str; 7] = [
-    "service", "endpoint", "status", "window", "q", "le", "source",
+/// Label and rollup column names recmeter itself uses; extra dimensions may not take them (nor
+/// names starting with `requests_le_`).
+pub const RESERVED_LABELS: [&str; 13] = [
+    "service",
+    "endpoint",
+    "status",
+    "window",
+    "q",
+    "le",
+    "source",
+    "minute",
+    "hour",
+    "requests",
+    "errors",
+    "recommendations",
+    "hdr",
 ];
 
 /// Longest `ingest.max_span_age`: late data must land in a minute still held in memory.
@@ -135,7 +148,8 @@ impl IngestConfig {
                         "`{dim}` would become label `{label}`; names starting with __ are reserved"
                     ),
                 ));
-            } else if RESERVED_LABELS.contains(&label.as_str()) {
+            } else if RESERVED_LABELS.contains(&label.as_str()) || label.starts_with("requests_le_")
+            {
                 errors.push(InvalidField::new(
                     "ingest.dimensions",
                     format!("`{dim}` would become label `{label}`, which recmeter uses itself"),
@@ -170,7 +184,14 @@ pub struct AggregatorConfig {
     /// Requests that may wait for the aggregator before senders are told to retry.
     /// Default: `256`.
     pub queue_capacity: usize,
+    /// Latency thresholds in seconds, each counted exactly at ingest into a
+    /// `requests_le_<threshold>` rollup column (0.2 → `requests_le_0_2`). At least 1 µs and
+    /// under 1 h (the clamp bounds, so the count is exact), at most 4. Default: `[0.2]`.
+    pub latency_thresholds: Vec<f64>,
 }
+
+/// Most latency thresholds (`requests_le_*` columns).
+pub const MAX_THRESHOLDS: usize = 4;
 
 impl Default for AggregatorConfig {
     fn default() -> Self {
@@ -178,6 +199,7 @@ impl Default for AggregatorConfig {
             max_series: 10_000,
             significant_digits: 2,
             queue_capacity: 256,
+            latency_thresholds: vec![0.2],
         }
     }
 }
@@ -201,6 +223,107 @@ impl AggregatorConfig {
         if self.queue_capacity == 0 {
             errors.push(InvalidField::new(
                 "aggregator.queue_capacity",
+                "must be at least 1",
+            ));
+        }
+        if self.latency_thresholds.len() > MAX_THRESHOLDS {
+            errors.push(InvalidField::new(
+                "aggregator.latency_thresholds",
+                format!(
+                    "has {} entries; at most {MAX_THRESHOLDS}",
+                    self.latency_thresholds.len()
+                ),
+            ));
+        }
+        for &t in &self.latency_thresholds {
+            if !(1e-6..3_600.0).contains(&t) {
+                errors.push(InvalidField::new(
+                    "aggregator.latency_thresholds",
+                    format!("{t} is not at least 0.000001 (1 µs) and under 3600 (1 h) seconds"),
+                ));
+            }
+        }
+        let columns = self.threshold_columns();
+        if (1..columns.len()).any(|i| columns[..i].contains(&columns[i])) {
+            errors.push(InvalidField::new(
+                "aggregator.latency_thresholds",
+                "lists the same threshold twice",
+            ));
+        }
+        errors
+    }
+
+    /// The latency thresholds in nanoseconds, in configuration order.
+    pub fn threshold_nanos(&self) -> Vec<u64> {
+        self.latency_thresholds
+            .iter()
+            .map(|t| (t * 1e9).round() as u64)
+            .collect()
+    }
+
+    /// The `requests_le_*` column names, in configuration order.
+    pub fn threshold_columns(&self) -> Vec<String> {
+        self.latency_thresholds
+            .iter()
+            .map(|t| format!("requests_le_{}", t.to_string().replace('.', "_")))
+            .collect()
+    }
+}
+
+/// `[sql]`: the SQL engine behind `/api/v1/sql`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SqlConfig {
+    /// Longest a query may run before it is cancelled (HTTP 503, `errorType: "timeout"`).
+    /// Default: `"30s"`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: std::time::Duration,
+    /// Memory all running queries may hold for sorts, joins and aggregations; a query that
+    /// needs more fails with HTTP 422 (`errorType: "resources_exhausted"`). Nothing spills to
+    /// disk. Default: `536870912` (512 MiB).
+    pub memory_limit_bytes: usize,
+    /// Largest result a query may return, in Arrow bytes (HTTP 422 beyond it).
+    /// Default: `268435456` (256 MiB).
+    pub max_result_bytes: usize,
+    /// Partitions a query is split into, which is also the number of threads of each of the
+    /// two query runtimes (`/api/v1/sql`, and recmeter's own `/metrics` queries); 0 means one
+    /// per CPU core, at most 64. Default: `0`.
+    pub target_partitions: usize,
+}
+
+impl Default for SqlConfig {
+    fn default() -> Self {
+        Self {
+            timeout: std::time::Duration::from_secs(30),
+            memory_limit_bytes: 512 << 20,
+            max_result_bytes: 256 << 20,
+            target_partitions: 0,
+        }
+    }
+}
+
+impl SqlConfig {
+    /// Cross-field checks.
+    pub fn validate(&self) -> Vec<InvalidField> {
+        let mut errors = Vec::new();
+        if self.timeout.is_zero() {
+            errors.push(InvalidField::new("sql.timeout", "must be longer than 0s"));
+        }
+        if self.memory_limit_bytes < 1 << 20 {
+            errors.push(InvalidField::new(
+                "sql.memory_limit_bytes",
+                "must be at least 1048576 (1 MiB)",
+            ));
+        }
+        if self.target_partitions > 64 {
+            errors.push(InvalidField::new(
+                "sql.target_partitions",
+                format!("{} is more than 64", self.target_partitions),
+            ));
+        }
+        if self.max_result_bytes == 0 {
+            errors.push(InvalidField::new(
+                "sql.max_result_bytes",
                 "must be at least 1",
             ));
         }
@@ -256,5 +379,33 @@ mod tests {
     fn defaults_are_valid() {
         assert!(IngestConfig::default().validate().is_empty());
         assert!(AggregatorConfig::default().validate().is_empty());
+        assert!(SqlConfig::default().validate().is_empty());
+        assert_eq!(
+            AggregatorConfig::default().threshold_columns(),
+            ["requests_le_0_2"]
+        );
+    }
+
+    #[test]
+    fn thresholds_are_checked() {
+        let config = AggregatorConfig {
+            latency_thresholds: vec![0.2, 0.2, 0.0, 3600.0, 1.0],
+            ..AggregatorConfig::default()
+        };
+        let errors = config.validate();
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        let ok = AggregatorConfig {
+            latency_thresholds: vec![0.005, 1.0, 2.5],
+            ..AggregatorConfig::default()
+        };
+        assert!(ok.validate().is_empty());
+        assert_eq!(
+            ok.threshold_columns(),
+            ["requests_le_0_005", "requests_le_1", "requests_le_2_5"]
+        );
+        assert_eq!(
+            ok.threshold_nanos(),
+            [5_000_000, 1_000_000_000, 2_500_000_000]
+        );
     }
 }

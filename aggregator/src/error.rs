@@ -1,20 +1,48 @@
 //! Errors of the aggregator crate.
 
+use crate::status::ErrorKind;
+
 /// What can go wrong in the aggregator.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An HDR histogram could not be created, encoded, decoded or merged.
     #[error("{0}")]
     Histogram(String),
-    /// A window longer than the history held in memory (minutes for 3 h, hours for a day).
-    #[error("window {0} reaches past the history held in memory (the last 26 hours)")]
-    WindowUnavailable(&'static str),
     /// The aggregator's queue is full; the sender should retry later.
     #[error("the aggregator is busy; retry later")]
     Backpressure,
     /// The aggregator has stopped (the service is shutting down).
     #[error("the aggregator has stopped")]
     Stopped,
+    /// A SQL statement that would change something, or more than one statement.
+    #[error("{0}")]
+    NotReadOnly(String),
+    /// A query that does not parse, plan or run on its data (the message says why).
+    #[error("{0}")]
+    Query(String),
+    /// A query ran longer than `sql.timeout` and was cancelled.
+    #[error("the query ran longer than {0:?} (sql.timeout) and was cancelled")]
+    QueryTimeout(std::time::Duration),
+    /// A query needed more memory than `sql.memory_limit_bytes`, or returned more than
+    /// `sql.max_result_bytes`.
+    #[error("{0}")]
+    ResourcesExhausted(String),
+    /// The query engine failed on its own account.
+    #[error("query engine failure: {0}")]
+    QueryInternal(String),
+}
+
+impl Error {
+    /// How a client is told about it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Histogram(_) | Error::QueryInternal(_) => ErrorKind::Internal,
+            Error::Backpressure | Error::Stopped => ErrorKind::Unavailable,
+            Error::NotReadOnly(_) | Error::Query(_) => ErrorKind::BadRequest,
+            Error::QueryTimeout(_) => ErrorKind::Timeout,
+            Error::ResourcesExhausted(_) => ErrorKind::Unprocessable,
+        }
+    }
 }
 
 /// Result with the aggregator's [`Error`].

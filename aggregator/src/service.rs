@@ -2,7 +2,7 @@
 //! the writes. Senders get a retryable [`Error::Backpressure`] when the queue is full, never a
 //! silent drop; each batch is answered once it has been counted.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -12,9 +12,8 @@ use crate::config::{AggregatorConfig, IngestConfig};
 use crate::error::{Error, Result};
 use crate::hooks::{Hook, Hooks};
 use crate::record::{ApplyOutcome, RequestRecord};
-use crate::state::{Aggregator, Snapshot};
+use crate::state::{Aggregator, SharedState, lock};
 use crate::telemetry::Telemetry;
-use crate::window::Window;
 
 struct Job {
     records: Vec<RequestRecord>,
@@ -25,7 +24,7 @@ struct Job {
 #[derive(Clone)]
 pub struct AggregatorHandle {
     tx: mpsc::Sender<Job>,
-    state: Arc<Mutex<Aggregator>>,
+    state: SharedState,
     clock: Arc<Clock>,
     telemetry: Arc<Telemetry>,
     hooks: Arc<Hooks>,
@@ -82,11 +81,14 @@ impl AggregatorHandle {
         answer.await.map_err(|_| Error::Stopped)
     }
 
-    /// Counters and quantiles of every series for `windows`, at the clock's now.
-    pub fn snapshot(&self, windows: &[Window]) -> Result<Snapshot> {
-        // Only the capture holds the lock; the merging runs without it.
-        let capture = lock(&self.state).capture(windows)?;
-        capture.compute()
+    /// Cumulative counters of every series, sorted by key.
+    pub fn counters(&self) -> Vec<crate::state::SeriesCounters> {
+        lock(&self.state).counters()
+    }
+
+    /// The rollup state, for the query engine's tables.
+    pub fn state(&self) -> &SharedState {
+        &self.state
     }
 
     /// Series currently held, the overflow series included.
@@ -110,14 +112,7 @@ impl AggregatorHandle {
     }
 }
 
-fn lock(state: &Mutex<Aggregator>) -> MutexGuard<'_, Aggregator> {
-    // A panic while counting leaves counts that are still consistent per record; keep serving.
-    state
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-async fn run(mut rx: mpsc::Receiver<Job>, state: Arc<Mutex<Aggregator>>, hooks: Arc<Hooks>) {
+async fn run(mut rx: mpsc::Receiver<Job>, state: SharedState, hooks: Arc<Hooks>) {
     loop {
         hooks.released(Hook::StallAggregator).await;
         // Arming the stall while waiting leaves the next job in the queue.

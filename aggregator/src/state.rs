@@ -1,19 +1,23 @@
 //! In-memory rollups: per series, cumulative counters for the Prometheus counters and histogram,
-//! and per-minute HDR histograms for the quantile windows. Only a minute that is still receiving
-//! data holds a dense histogram: the open minute. Once the clock leaves it, it is sealed into
-//! V2-encoded bytes. Spans for any other minute (late, or slightly ahead) are buffered per
-//! series and sealed in bulk as extra parts (rows) of their minute; readers merge all parts.
-//! Whole hours older than 3 h are folded into deflated hour partials, kept for a day.
+//! and rollup rows (counts plus a V2-encoded HDR histogram) per minute and per hour, which the
+//! `latency_minutes` and `latency_hours` tables read. Only the open minute holds a dense
+//! histogram; the clock leaving it seals it into a row. Spans for any other minute (late, or
+//! slightly ahead) are buffered per series and sealed in bulk as extra rows of their minute;
+//! readers merge all rows. Each complete hour is sealed into an hour row as soon as it ends; late
+//! rows of a sealed hour become extra rows of that hour too. Minutes are kept for 3 h, hours for
+//! the 30-day window.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::ops::RangeInclusive;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 
 use crate::clock::{Clock, MINUTE_NANOS, minute_of};
-use crate::config::{AggregatorConfig, IngestConfig};
-use crate::error::{Error, Result};
+use crate::config::{AggregatorConfig, IngestConfig, MAX_THRESHOLDS};
+use crate::counts::Counts;
+use crate::error::Result;
 use crate::histogram;
 use crate::record::{ApplyOutcome, RequestRecord, SeriesKey};
 use crate::telemetry::Telemetry;
@@ -39,15 +43,9 @@ pub const LATENCY_BUCKETS_NANOS: [u64; 12] = [
 pub const QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
 
 /// Minutes kept in memory (DESIGN: the last 3 h).
-const MINUTES_KEPT: u64 = 180;
+pub const MINUTES_KEPT: u64 = 180;
 
-/// Whole-hour partials kept in memory: enough for the 1d window (a day plus the up to 59
-/// extra minutes of the long-window rule). At the series cap with busy series an hour partial
-/// takes about 1 KB, so this keeps the whole state under 1 GiB (BENCHMARKS.md); longer
-/// windows wait for history in the object store.
-const HOURS_KEPT: u64 = 26;
-
-/// Late values buffered per series before they are sealed into extra parts.
+/// Late values buffered per series before they are sealed into extra rows.
 const LATE_BUFFER: usize = 1024;
 
 /// Cumulative counters of one series since start-up.
@@ -70,20 +68,134 @@ impl SeriesTotals {
     }
 }
 
+/// The counts of one rollup row, beside its histogram.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RowCounts {
+    pub requests: u64,
+    pub errors: u64,
+    pub recommendations: u64,
+    /// Requests at or under each configured latency threshold, in configuration order; the
+    /// entries past the configured ones stay 0.
+    pub le: [u64; MAX_THRESHOLDS],
+}
+
+impl RowCounts {
+    fn count(&mut self, value: u64, error: bool, recommendations: u64, thresholds: &[u64]) {
+        self.requests += 1;
+        self.errors += u64::from(error);
+        self.recommendations = self.recommendations.saturating_add(recommendations);
+        for (le, &t) in self.le.iter_mut().zip(thresholds) {
+            *le += u64::from(value <= t);
+        }
+    }
+
+    fn add(&mut self, other: &RowCounts) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.recommendations = self.recommendations.saturating_add(other.recommendations);
+        for (a, b) in self.le.iter_mut().zip(other.le) {
+            *a += b;
+        }
+    }
+}
+
+/// One rollup row: counts and the V2 encoding of its histogram. A minute or hour that received
+/// late data has more than one row; readers merge them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub counts: RowCounts,
+    pub hdr: Bytes,
+}
+
+/// Where a series' requests come from (the `source` column).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Source {
+    /// Request spans: quantiles within 1% of the raw values.
+    #[default]
+    Span,
+}
+
+impl Source {
+    /// The column value.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Source::Span => "span",
+        }
+    }
+}
+
+/// The open minute: the only dense histogram a series holds.
+#[derive(Debug)]
+struct OpenMinute {
+    minute: u64,
+    counts: RowCounts,
+    histogram: Box<Histogram<u64>>,
+    /// The encoding of `histogram` as of the last read, until the next value arrives.
+    encoded: Option<Bytes>,
+}
+
+impl OpenMinute {
+    fn row(&mut self) -> Result<Row> {
+        let hdr = match &self.encoded {
+            Some(b) => b.clone(),
+            None => {
+                let b = Bytes::from(histogram::encode(&self.histogram)?);
+                self.encoded = Some(b.clone());
+                b
+            }
+        };
+        Ok(Row {
+            counts: self.counts,
+            hdr,
+        })
+    }
+}
+
+/// A value buffered for a minute other than the open one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct LateValue {
+    minute: u64,
+    value: u64,
+    error: bool,
+    recommendations: u64,
+}
+
+/// Rows keyed by (first minute of the minute or hour, row number).
+type Rows = BTreeMap<(u64, u32), Row>;
+
+fn push_row(rows: &mut Rows, at: u64, row: Row) {
+    let next = rows
+        .range((at, 0)..=(at, u32::MAX))
+        .next_back()
+        .map_or(0, |((_, n), _)| n + 1);
+    rows.insert((at, next), row);
+}
+
+fn hour_of(minute: u64) -> u64 {
+    minute - minute % 60
+}
+
 #[derive(Debug, Default)]
 struct SeriesState {
     totals: SeriesTotals,
-    /// The open minute and its dense histogram; the only dense histogram a series holds.
-    open: Option<(u64, Box<Histogram<u64>>)>,
-    /// Sealed minutes of the last 3 h (up to 59 more until their hour is complete): one or
-    /// more V2 encodings back to back (the minute as sealed, plus one per flush of late data).
-    /// Shared bytes, so a reader can take them out from under the lock by reference count.
-    minutes: BTreeMap<u64, Bytes>,
-    /// Whole-hour partials (keyed by the hour's first minute), deflated V2.
-    hours: BTreeMap<u64, Bytes>,
-    /// Clamped values for minutes other than the open one (late or slightly future data),
-    /// sealed into extra parts in bulk, so stragglers never allocate dense histograms.
-    late: Vec<(u64, u64)>,
+    source: Source,
+    open: Option<OpenMinute>,
+    /// Sealed minutes of the last 3 h.
+    minutes: Rows,
+    /// Sealed hours of the last 30 days (and the up to 59 minutes the 30d window adds).
+    hours: Rows,
+    /// Values for minutes other than the open one (late or slightly future data), sealed into
+    /// extra rows in bulk, so stragglers never allocate dense histograms.
+    late: Vec<LateValue>,
+}
+
+/// What every series needs to know to seal rows.
+struct Sealing<'a> {
+    scratch: &'a mut Histogram<u64>,
+    merge: &'a mut Counts,
+    thresholds: &'a [u64],
+    /// Hours starting before this minute are sealed.
+    hours_sealed_before: u64,
 }
 
 impl SeriesState {
@@ -91,95 +203,191 @@ impl SeriesState {
     fn is_idle(&self, keep_from: u64) -> bool {
         self.open.is_none()
             && self.late.is_empty()
-            && self.minutes.range(keep_from..).next().is_none()
+            && self.minutes.range((keep_from, 0)..).next().is_none()
     }
 
-    /// Records a clamped value ending in `minute`, the open minute.
-    fn record_open(&mut self, minute: u64, value: u64, template: &Histogram<u64>) {
-        match &mut self.open {
-            Some((m, h)) if *m == minute => histogram::record(h, value),
-            Some((m, h)) => {
-                // The clock moved on without a roll (cannot happen: apply rolls first); seal
-                // the old minute and reuse its allocation.
-                seal_into(self.minutes.entry(*m).or_default(), h);
-                h.reset();
-                *m = minute;
-                histogram::record(h, value);
+    /// Records a clamped value ending in the open minute `minute`.
+    fn record_open(
+        &mut self,
+        minute: u64,
+        value: u64,
+        error: bool,
+        recommendations: u64,
+        seal: &mut Sealing<'_>,
+    ) {
+        if self.open.as_ref().is_some_and(|o| o.minute != minute) {
+            // The clock moved on without a roll (cannot happen: apply rolls first).
+            self.seal_open(seal);
+        }
+        let open = self.open.get_or_insert_with(|| {
+            let mut h = Box::new(seal.scratch.clone());
+            h.reset();
+            OpenMinute {
+                minute,
+                counts: RowCounts::default(),
+                histogram: h,
+                encoded: None,
             }
-            None => {
-                let mut h = Box::new(template.clone());
-                h.reset();
-                histogram::record(&mut h, value);
-                self.open = Some((minute, h));
+        });
+        histogram::record(&mut open.histogram, value);
+        open.counts
+            .count(value, error, recommendations, seal.thresholds);
+        open.encoded = None;
+    }
+
+    /// Seals the open minute into a row.
+    fn seal_open(&mut self, seal: &mut Sealing<'_>) {
+        if let Some(mut open) = self.open.take() {
+            match open.row() {
+                Ok(row) => self.add_minute_row(open.minute, row, seal.hours_sealed_before),
+                Err(e) => {
+                    tracing::error!(error = %e, "Cannot seal a minute; its requests are lost from quantiles.")
+                }
             }
         }
     }
 
-    /// Seals buffered late values into one extra part per minute.
-    fn flush_late(&mut self, scratch: &mut Histogram<u64>) {
+    /// Adds a sealed row to its minute, and to its hour if that hour is sealed already.
+    fn add_minute_row(&mut self, minute: u64, row: Row, hours_sealed_before: u64) {
+        if minute < hours_sealed_before {
+            push_row(&mut self.hours, hour_of(minute), row.clone());
+        }
+        push_row(&mut self.minutes, minute, row);
+    }
+
+    /// Seals buffered late values into one extra row per minute.
+    fn flush_late(&mut self, seal: &mut Sealing<'_>) {
         if self.late.is_empty() {
             return;
         }
-        self.late.sort_unstable();
-        let mut rest = self.late.as_slice();
-        while let Some(&(minute, _)) = rest.first() {
-            let n = rest.iter().take_while(|(m, _)| *m == minute).count();
-            scratch.reset();
-            for &(_, value) in &rest[..n] {
-                histogram::record(scratch, value);
+        let mut late = std::mem::take(&mut self.late);
+        late.sort_unstable();
+        for group in late.chunk_by(|a, b| a.minute == b.minute) {
+            seal.scratch.reset();
+            let mut counts = RowCounts::default();
+            for v in group {
+                histogram::record(seal.scratch, v.value);
+                counts.count(v.value, v.error, v.recommendations, seal.thresholds);
             }
-            seal_into(self.minutes.entry(minute).or_default(), scratch);
-            rest = &rest[n..];
+            match histogram::encode(seal.scratch) {
+                Ok(hdr) => {
+                    let row = Row {
+                        counts,
+                        hdr: Bytes::from(hdr),
+                    };
+                    self.add_minute_row(group[0].minute, row, seal.hours_sealed_before);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "Cannot seal late data; its requests are lost from quantiles.")
+                }
+            }
         }
-        self.late.clear();
-        self.late.shrink_to(LATE_BUFFER / 8);
+        late.clear();
+        late.shrink_to(LATE_BUFFER / 8);
+        self.late = late;
     }
 
-    /// Seals the open minute if it is before `open_minute`, folds every complete hour that
-    /// ended before `keep_from` into an hour partial, and forgets hours before `hours_from`.
+    /// Seals the open minute if it is before `open_minute`, seals the hours starting in
+    /// `new_hours` from their minutes, and forgets minutes before `keep_from` and hours before
+    /// `hours_from`.
     fn roll(
         &mut self,
         open_minute: u64,
+        new_hours: std::ops::Range<u64>,
         keep_from: u64,
         hours_from: u64,
+        seal: &mut Sealing<'_>,
+    ) {
+        self.flush_late(seal);
+        if self.open.as_ref().is_some_and(|o| o.minute < open_minute) {
+            self.seal_open(seal);
+        }
+        if !new_hours.is_empty() {
+            let mut rows = self
+                .minutes
+                .range((new_hours.start, 0)..(new_hours.end, 0))
+                .peekable();
+            let mut sealed = Vec::new();
+            while let Some(((minute, _), _)) = rows.peek() {
+                let hour = hour_of(*minute);
+                seal.merge.clear();
+                let mut counts = RowCounts::default();
+                let mut failed = None;
+                while let Some((_, row)) = rows.next_if(|((m, _), _)| *m < hour + 60) {
+                    if let Err(e) = seal.merge.add_encoded(&row.hdr) {
+                        failed = Some(e);
+                    }
+                    counts.add(&row.counts);
+                }
+                if let Some(e) = failed {
+                    // Cannot happen for rows recmeter encoded itself; keep the rest of the hour.
+                    tracing::error!(error = %e, hour, "Cannot merge a minute into its hour row.");
+                }
+                sealed.push((
+                    hour,
+                    Row {
+                        counts,
+                        hdr: Bytes::from(seal.merge.encode()),
+                    },
+                ));
+            }
+            for (hour, row) in sealed {
+                push_row(&mut self.hours, hour, row);
+            }
+        }
+        self.minutes = self.minutes.split_off(&(keep_from, 0));
+        self.hours = self.hours.split_off(&(hours_from, 0));
+    }
+
+    /// The buffered late values as rows (one per minute), for readers: encoded on the fly and
+    /// not stored, so reading often does not multiply a minute's rows.
+    fn late_rows(
+        &self,
         scratch: &mut Histogram<u64>,
-    ) -> Result<()> {
-        self.flush_late(scratch);
-        if let Some((m, h)) = self.open.take_if(|(m, _)| *m < open_minute) {
-            seal_into(self.minutes.entry(m).or_default(), &h);
-        }
-        let whole_hours_before = keep_from - keep_from % 60;
-        let kept = self.minutes.split_off(&whole_hours_before);
-        let retiring = std::mem::replace(&mut self.minutes, kept);
-        let mut retiring = retiring.into_iter().peekable();
-        while let Some(&(minute, _)) = retiring.peek() {
-            let hour = minute - minute % 60;
+        thresholds: &[u64],
+    ) -> Result<Vec<(u64, Row)>> {
+        let mut late = self.late.clone();
+        late.sort_unstable();
+        let mut out = Vec::new();
+        for group in late.chunk_by(|a, b| a.minute == b.minute) {
             scratch.reset();
-            if let Some(existing) = self.hours.get(&hour) {
-                histogram::merge_encoded(scratch, existing)?;
+            let mut counts = RowCounts::default();
+            for v in group {
+                histogram::record(scratch, v.value);
+                counts.count(v.value, v.error, v.recommendations, thresholds);
             }
-            while let Some((_, parts)) = retiring.next_if(|(m, _)| *m < hour + 60) {
-                histogram::merge_encoded(scratch, &parts)?;
-            }
-            if !scratch.is_empty() {
-                let bytes = histogram::encode_deflated(scratch)?;
-                self.hours.insert(hour, Bytes::from(bytes));
-            }
+            let hdr = Bytes::from(histogram::encode(scratch)?);
+            out.push((group[0].minute, Row { counts, hdr }));
         }
-        self.hours = self.hours.split_off(&hours_from);
-        Ok(())
+        Ok(out)
     }
 }
 
-/// Appends the V2 encoding of `h` to a minute's parts.
-fn seal_into(parts: &mut Bytes, h: &Histogram<u64>) {
-    let mut joined = parts.to_vec();
-    if let Err(e) = histogram::encode_into(h, &mut joined) {
-        // Cannot happen for histograms of our own bounds; say so loudly if it ever does.
-        tracing::error!(error = %e, "Cannot seal a minute; its requests are lost from quantiles.");
-    }
-    joined.shrink_to_fit();
-    *parts = Bytes::from(joined);
+/// The two rollup tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// `latency_minutes`: one row per series and minute (more for late data), the open minute
+    /// included.
+    Minutes,
+    /// `latency_hours`: one row per series and sealed hour (more for late data), and the
+    /// current hour as the rows of its minutes.
+    Hours,
+}
+
+/// Rows of one series, as read for a table.
+#[derive(Debug, Clone)]
+pub struct SeriesRows {
+    pub key: SeriesKey,
+    pub source: Source,
+    /// (first minute of the row's minute or hour, row), oldest first.
+    pub rows: Vec<(u64, Row)>,
+}
+
+/// Counters of one series, as read for `/metrics`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesCounters {
+    pub key: SeriesKey,
+    pub totals: SeriesTotals,
 }
 
 /// Quantiles of one series over one window.
@@ -192,6 +400,24 @@ pub struct WindowQuantiles {
     pub quantiles: [(f64, f64); 4],
 }
 
+impl WindowQuantiles {
+    /// The quantiles of merged counts, or `None` when the window holds no request.
+    pub fn from_counts(window: Window, counts: &Counts) -> Option<Self> {
+        if counts.total() == 0 {
+            return None;
+        }
+        let mut quantiles = [(0.0, 0.0); 4];
+        for (slot, q) in quantiles.iter_mut().zip(QUANTILES) {
+            *slot = (q, counts.quantile_seconds(q).unwrap_or(0.0));
+        }
+        Some(Self {
+            window,
+            count: counts.total(),
+            quantiles,
+        })
+    }
+}
+
 /// One series as the exporter sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeriesSnapshot {
@@ -201,7 +427,7 @@ pub struct SeriesSnapshot {
     pub windows: Vec<WindowQuantiles>,
 }
 
-/// A consistent read of every series at one clock instant.
+/// A read of every series at one clock instant.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
     pub at_unix_nanos: u64,
@@ -209,6 +435,17 @@ pub struct Snapshot {
     pub dimension_labels: Vec<String>,
     /// Series sorted by key.
     pub series: Vec<SeriesSnapshot>,
+}
+
+/// The rollup state, shared by the worker that writes it and the readers (tables, `/metrics`).
+pub type SharedState = Arc<Mutex<Aggregator>>;
+
+/// Locks the shared state. A panic while counting leaves counts that are still consistent per
+/// record, so a poisoned lock is taken over rather than propagated.
+pub fn lock(state: &Mutex<Aggregator>) -> MutexGuard<'_, Aggregator> {
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The rollup state. Owned by one worker task; readers take the lock briefly.
@@ -220,13 +457,18 @@ pub struct Aggregator {
     max_skew_nanos: u64,
     max_series: usize,
     dimension_labels: Vec<String>,
+    /// Latency thresholds of the `requests_le_*` columns, nanoseconds.
+    thresholds: Vec<u64>,
+    /// Their column names.
+    threshold_columns: Vec<String>,
     overflow: SeriesKey,
     series: HashMap<SeriesKey, SeriesState>,
     /// Minutes before this one have been sealed.
     sealed_before: u64,
-    /// An empty histogram of the configured precision, reused for merges and as the template
-    /// of new dense minutes.
+    /// An empty histogram of the configured precision, the template of new dense minutes.
     scratch: Histogram<u64>,
+    /// Merge space for sealing hours.
+    merge: Counts,
 }
 
 impl Aggregator {
@@ -247,10 +489,28 @@ impl Aggregator {
             max_series: config.max_series,
             overflow: SeriesKey::overflow(dimension_labels.len()),
             dimension_labels,
+            thresholds: config.threshold_nanos(),
+            threshold_columns: config.threshold_columns(),
             series: HashMap::new(),
             sealed_before: 0,
             scratch,
+            merge: Counts::with_precision(config.significant_digits)?,
         })
+    }
+
+    /// The process clock.
+    pub fn clock(&self) -> &Arc<Clock> {
+        &self.clock
+    }
+
+    /// Label and column names of the extra dimensions, in key order.
+    pub fn dimension_labels(&self) -> &[String] {
+        &self.dimension_labels
+    }
+
+    /// Names of the `requests_le_*` columns, in configuration order.
+    pub fn threshold_columns(&self) -> &[String] {
+        &self.threshold_columns
     }
 
     /// Series currently held, the overflow series included.
@@ -316,14 +576,31 @@ impl Aggregator {
             totals.sum_nanos += u128::from(record.duration_nanos);
             outcome.accepted += 1;
             let minute = minute_of(record.end_unix_nanos);
+            let mut seal = Sealing {
+                scratch: &mut self.scratch,
+                merge: &mut self.merge,
+                thresholds: &self.thresholds,
+                hours_sealed_before: hour_of(self.sealed_before),
+            };
             if minute != open_minute {
-                series.late.push((minute, clamped));
+                series.late.push(LateValue {
+                    minute,
+                    value: clamped,
+                    error: record.error,
+                    recommendations: record.recommendations,
+                });
                 if series.late.len() >= LATE_BUFFER {
-                    series.flush_late(&mut self.scratch);
+                    series.flush_late(&mut seal);
                 }
                 continue;
             }
-            series.record_open(minute, clamped, &self.scratch);
+            series.record_open(
+                minute,
+                clamped,
+                record.error,
+                record.recommendations,
+                &mut seal,
+            );
         }
         if overflowed > 0 {
             self.telemetry.add_series_overflow(overflowed);
@@ -331,23 +608,33 @@ impl Aggregator {
         outcome
     }
 
-    /// Once per minute: seals the minutes before `open_minute`, folds whole hours older than
-    /// 3 h into hour partials and forgets hours older than [`HOURS_KEPT`]. At the series cap, series
-    /// with nothing from the last 3 h are forgotten too, so new series can take their place
-    /// instead of folding into the overflow series for good. Below the cap idle series are
-    /// kept: dropping a counter that returns later would hide its first increments from
-    /// Prometheus `increase()`.
+    /// Once per minute: seals the minutes before `open_minute` and every hour that ended,
+    /// forgets minutes older than 3 h and hours older than the 30-day window. At the series
+    /// cap, series with nothing from the last 3 h are forgotten too, so new series can take
+    /// their place instead of folding into the overflow series for good. Below the cap idle
+    /// series are kept: dropping a counter that returns later would hide its first increments
+    /// from Prometheus `increase()`.
     fn roll(&mut self, open_minute: u64) {
         if open_minute <= self.sealed_before {
             return;
         }
         let keep_from = open_minute.saturating_sub(MINUTES_KEPT - 1);
-        let hours_from = open_minute.saturating_sub(HOURS_KEPT * 60);
-        let hours_from = hours_from - hours_from % 60;
+        let hours_from = hour_of(*Window::D30.minute_range(open_minute * MINUTE_NANOS).start());
+        let new_hours = hour_of(self.sealed_before)..hour_of(open_minute);
+        let mut seal = Sealing {
+            scratch: &mut self.scratch,
+            merge: &mut self.merge,
+            thresholds: &self.thresholds,
+            hours_sealed_before: hour_of(self.sealed_before),
+        };
         for series in self.series.values_mut() {
-            if let Err(e) = series.roll(open_minute, keep_from, hours_from, &mut self.scratch) {
-                tracing::error!(error = %e, "Cannot roll a series' minutes into hours.");
-            }
+            series.roll(
+                open_minute,
+                new_hours.clone(),
+                keep_from,
+                hours_from,
+                &mut seal,
+            );
         }
         if self.regular_series() >= self.max_series {
             let before = self.series.len();
@@ -362,139 +649,89 @@ impl Aggregator {
         self.sealed_before = open_minute;
     }
 
-    /// Counters and window quantiles of every series at the clock's now.
-    pub fn snapshot(&mut self, windows: &[Window]) -> Result<Snapshot> {
-        self.capture(windows)?.compute()
-    }
-
-    /// Takes what a snapshot needs, cheaply: counters, the open minute encoded, and the
-    /// sealed parts in the longest window by reference count. The merging happens in
-    /// [`Capture::compute`], after the caller has let go of the lock, so a scrape of many
-    /// series does not stall ingest.
-    pub fn capture(&mut self, windows: &[Window]) -> Result<Capture> {
-        let now = self.clock.now_nanos();
-        let open_minute = minute_of(now);
-        self.roll(open_minute);
-        if let Some(w) = windows
+    /// Cumulative counters of every series, sorted by key.
+    pub fn counters(&self) -> Vec<SeriesCounters> {
+        let mut out: Vec<_> = self
+            .series
             .iter()
-            .find(|w| w.minute_range(now).count() as u64 > HOURS_KEPT * 60)
-        {
-            return Err(Error::WindowUnavailable(w.label()));
-        }
-        let mut windows: Vec<(Window, u64)> = windows
-            .iter()
-            .map(|w| (*w, *w.minute_range(now).start()))
+            .map(|(key, state)| SeriesCounters {
+                key: key.clone(),
+                totals: state.totals.clone(),
+            })
             .collect();
-        // Longer windows start earlier: shortest first, so `compute` can walk newest first.
-        windows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        let from = windows.last().map_or(open_minute + 1, |(_, start)| *start);
-        let mut series = Vec::with_capacity(self.series.len());
-        for (key, state) in &mut self.series {
-            state.flush_late(&mut self.scratch);
-            // Newest first. Hour partials only hold minutes no longer in `minutes`, so nothing
-            // is taken twice.
-            let mut parts = Vec::new();
-            if let Some((m, h)) = state
-                .open
-                .as_ref()
-                .filter(|(m, _)| (from..=open_minute).contains(m))
-            {
-                parts.push((*m, Bytes::from(histogram::encode(h)?)));
-            }
-            parts.extend(
-                state
-                    .minutes
-                    .range(from..=open_minute)
-                    .rev()
-                    .map(|(m, b)| (*m, b.clone())),
-            );
-            parts.extend(
-                state
-                    .hours
-                    .range(from..)
-                    .rev()
-                    .map(|(h, b)| (*h, b.clone())),
-            );
-            series.push((key.clone(), state.totals.clone(), parts));
-        }
-        Ok(Capture {
-            at_unix_nanos: now,
-            dimension_labels: self.dimension_labels.clone(),
-            windows,
-            template: self.scratch.clone(),
-            series,
-        })
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
     }
-}
 
-/// What [`Aggregator::capture`] took; [`Capture::compute`] turns it into a [`Snapshot`].
-#[derive(Debug)]
-pub struct Capture {
-    at_unix_nanos: u64,
-    dimension_labels: Vec<String>,
-    /// (window, first minute), shortest window first.
-    windows: Vec<(Window, u64)>,
-    /// An empty histogram of the configured precision.
-    template: Histogram<u64>,
-    series: Vec<CapturedSeries>,
-}
-
-/// One series as captured: key, counters, and (start minute, encoded parts), newest first.
-type CapturedSeries = (SeriesKey, SeriesTotals, Vec<(u64, Bytes)>);
-
-impl Capture {
-    /// Merges each series' parts, emitting each window as the walk passes its start.
-    pub fn compute(self) -> Result<Snapshot> {
-        let windows = &self.windows;
-        let mut acc = self.template;
+    /// The rows of `table` whose minute (or hour) start lies in `range` (minute indexes since
+    /// the epoch), after sealing whatever the clock has left behind. Sealed rows are shared by
+    /// reference count and the open minute's encoding is kept until it changes, so this is
+    /// mostly reference counting under the lock; buffered late values are encoded on the fly.
+    pub fn rows(&mut self, table: Table, range: RangeInclusive<u64>) -> Result<Vec<SeriesRows>> {
+        let open_minute = minute_of(self.clock.now_nanos());
+        self.roll(open_minute);
+        let current_hour = hour_of(open_minute);
         let mut out = Vec::with_capacity(self.series.len());
-        for (key, totals, parts) in self.series {
-            acc.reset();
-            let mut per_window = Vec::with_capacity(windows.len());
-            let mut next = 0;
-            for (start, bytes) in &parts {
-                while next < windows.len() && *start < windows[next].1 {
-                    push_window(&mut per_window, windows[next].0, &acc);
-                    next += 1;
+        for (key, state) in &mut self.series {
+            let mut rows = Vec::new();
+            let late = if state.late.is_empty() {
+                Vec::new()
+            } else {
+                state.late_rows(&mut self.scratch, &self.thresholds)?
+            };
+            match table {
+                Table::Minutes => {
+                    rows.extend(
+                        state
+                            .minutes
+                            .range((*range.start(), 0)..)
+                            .take_while(|((m, _), _)| m <= range.end())
+                            .map(|((m, _), row)| (*m, row.clone())),
+                    );
+                    if let Some(open) = state.open.as_mut().filter(|o| range.contains(&o.minute)) {
+                        rows.push((open.minute, open.row()?));
+                    }
+                    rows.extend(late.into_iter().filter(|(m, _)| range.contains(m)));
                 }
-                if next == windows.len() {
-                    break;
+                Table::Hours => {
+                    rows.extend(
+                        state
+                            .hours
+                            .range((*range.start(), 0)..)
+                            .take_while(|((h, _), _)| h <= range.end())
+                            .map(|((h, _), row)| (*h, row.clone())),
+                    );
+                    // Hours not sealed yet (the current one, and any a future-stamped span
+                    // reached) are the rows of their minutes; late values of a sealed hour are
+                    // extra rows of it, as they will be once flushed.
+                    let unsealed = state
+                        .minutes
+                        .range((current_hour, 0)..)
+                        .map(|((m, _), row)| (*m, row.clone()));
+                    let open = match state.open.as_mut() {
+                        Some(o) => Some((o.minute, o.row()?)),
+                        None => None,
+                    };
+                    rows.extend(
+                        unsealed
+                            .chain(open)
+                            .chain(late)
+                            .map(|(m, row)| (hour_of(m), row))
+                            .filter(|(h, _)| range.contains(h)),
+                    );
                 }
-                histogram::merge_encoded(&mut acc, bytes)?;
             }
-            while next < windows.len() {
-                push_window(&mut per_window, windows[next].0, &acc);
-                next += 1;
+            if !rows.is_empty() {
+                out.push(SeriesRows {
+                    key: key.clone(),
+                    source: state.source,
+                    rows,
+                });
             }
-            per_window.sort_by_key(|w| w.window);
-            out.push(SeriesSnapshot {
-                key,
-                totals,
-                windows: per_window,
-            });
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(Snapshot {
-            at_unix_nanos: self.at_unix_nanos,
-            dimension_labels: self.dimension_labels,
-            series: out,
-        })
+        Ok(out)
     }
-}
-
-fn push_window(out: &mut Vec<WindowQuantiles>, window: Window, acc: &Histogram<u64>) {
-    if acc.is_empty() {
-        return;
-    }
-    let mut quantiles = [(0.0, 0.0); 4];
-    for (slot, q) in quantiles.iter_mut().zip(QUANTILES) {
-        *slot = (q, histogram::quantile_seconds(acc, q).unwrap_or(0.0));
-    }
-    out.push(WindowQuantiles {
-        window,
-        count: acc.len(),
-        quantiles,
-    });
 }
 
 fn duration_nanos(d: std::time::Duration) -> u64 {
@@ -509,17 +746,30 @@ pub fn minute_start_nanos(minute: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SqlConfig;
     use crate::record::OVERFLOW;
+    use crate::sql::QueryEngine;
     use crate::telemetry::Telemetry;
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::compute::cast;
+    use datafusion::arrow::datatypes::{DataType, UInt64Type};
     use std::time::{Duration, UNIX_EPOCH};
 
     const START_SECS: u64 = 1_800_000_000; // a minute boundary
 
-    fn aggregator(max_series: usize) -> (Aggregator, Arc<Clock>, Arc<Telemetry>) {
+    struct Fixture {
+        state: SharedState,
+        clock: Arc<Clock>,
+        telemetry: Arc<Telemetry>,
+        engine: QueryEngine,
+    }
+
+    fn fixture(max_series: usize) -> Fixture {
         let clock = Arc::new(Clock::fake(UNIX_EPOCH + Duration::from_secs(START_SECS)));
         let telemetry = Arc::new(Telemetry::default());
         let config = AggregatorConfig {
             max_series,
+            latency_thresholds: vec![0.2, 1.0],
             ..AggregatorConfig::default()
         };
         let agg = Aggregator::new(
@@ -529,7 +779,36 @@ mod tests {
             telemetry.clone(),
         )
         .unwrap();
-        (agg, clock, telemetry)
+        let state = Arc::new(Mutex::new(agg));
+        let engine = QueryEngine::new(state.clone(), &SqlConfig::default()).unwrap();
+        Fixture {
+            state,
+            clock,
+            telemetry,
+            engine,
+        }
+    }
+
+    impl Fixture {
+        fn apply(&self, records: &[RequestRecord]) -> ApplyOutcome {
+            lock(&self.state).apply(records)
+        }
+
+        async fn snapshot(&self, windows: &[Window]) -> Snapshot {
+            self.engine.snapshot(windows).await.unwrap()
+        }
+
+        /// One u64 per row of a query's first column.
+        async fn numbers(&self, sql: &str) -> Vec<u64> {
+            let out = self.engine.query(sql).await.unwrap();
+            out.batches
+                .iter()
+                .flat_map(|b| {
+                    let column = cast(b.column(0), &DataType::UInt64).unwrap();
+                    column.as_primitive::<UInt64Type>().values().to_vec()
+                })
+                .collect()
+        }
     }
 
     fn key(service: &str, endpoint: &str) -> SeriesKey {
@@ -554,30 +833,31 @@ mod tests {
         s.windows.iter().find(|x| x.window == w)
     }
 
-    #[test]
-    fn overflow_series_absorbs_requests_past_the_cap() {
-        let (mut agg, clock, telemetry) = aggregator(2);
-        let now = clock.now_nanos();
+    #[tokio::test]
+    async fn overflow_series_absorbs_requests_past_the_cap() {
+        let f = fixture(2);
+        let now = f.clock.now_nanos();
         let batch: Vec<_> = (0..5)
             .map(|i| request(key("svc", &format!("e{i}")), now, 10))
             .collect();
-        let outcome = agg.apply(&batch);
+        let outcome = f.apply(&batch);
         assert_eq!(outcome.accepted, 5);
         assert_eq!(
-            agg.series_active(),
+            lock(&f.state).series_active(),
             3,
             "two series plus the overflow series"
         );
-        assert_eq!(telemetry.series_overflow(), 3);
+        assert_eq!(f.telemetry.series_overflow(), 3);
         // A series seen before the cap keeps counting as itself.
-        agg.apply(&[request(key("svc", "e0"), now, 10)]);
-        let snap = agg.snapshot(&[Window::M1]).unwrap();
+        f.apply(&[request(key("svc", "e0"), now, 10)]);
+        let snap = f.snapshot(&[Window::M1]).await;
         let e0 = snap
             .series
             .iter()
             .find(|s| &*s.key.endpoint == "e0")
             .unwrap();
         assert_eq!(e0.totals.ok, 2);
+        assert_eq!(window(e0, Window::M1).unwrap().count, 2);
         let overflow = snap
             .series
             .iter()
@@ -585,16 +865,17 @@ mod tests {
             .unwrap();
         assert_eq!(&*overflow.key.endpoint, OVERFLOW);
         assert_eq!(overflow.totals.ok, 3);
+        assert_eq!(window(overflow, Window::M1).unwrap().count, 3);
     }
 
-    #[test]
-    fn at_the_cap_idle_series_make_room() {
-        let (mut agg, clock, _) = aggregator(1);
-        agg.apply(&[request(key("svc", "old"), clock.now_nanos(), 10)]);
-        clock.advance(Duration::from_secs(3 * 3_600));
-        let outcome = agg.apply(&[request(key("svc", "new"), clock.now_nanos(), 10)]);
+    #[tokio::test]
+    async fn at_the_cap_idle_series_make_room() {
+        let f = fixture(1);
+        f.apply(&[request(key("svc", "old"), f.clock.now_nanos(), 10)]);
+        f.clock.advance(Duration::from_secs(3 * 3_600));
+        let outcome = f.apply(&[request(key("svc", "new"), f.clock.now_nanos(), 10)]);
         assert_eq!(outcome.accepted, 1);
-        let snap = agg.snapshot(&[Window::M1]).unwrap();
+        let snap = f.snapshot(&[Window::M1]).await;
         let names: Vec<_> = snap.series.iter().map(|s| &*s.key.endpoint).collect();
         assert_eq!(
             names,
@@ -603,104 +884,198 @@ mod tests {
         );
     }
 
-    #[test]
-    fn old_minutes_fold_into_hour_partials_that_long_windows_read() {
-        let (mut agg, clock, _) = aggregator(10);
+    #[tokio::test]
+    async fn hours_are_sealed_and_long_windows_read_them() {
+        let f = fixture(10);
         let k = key("svc", "get");
-        let t0 = clock.now_nanos(); // an hour boundary
+        let t0 = f.clock.now_nanos(); // an hour boundary
+        assert_eq!(minute_of(t0) % 60, 0);
         // One request per minute for 5 hours, each 10 ms longer than the last.
         for i in 0..300u64 {
-            agg.apply(&[request(k.clone(), clock.now_nanos(), 10 * (i + 1))]);
-            clock.advance(Duration::from_secs(60));
+            f.apply(&[request(k.clone(), f.clock.now_nanos(), 10 * (i + 1))]);
+            f.clock.advance(Duration::from_secs(60));
         }
-        let snap = agg
-            .snapshot(&[Window::M5, Window::H1, Window::H2, Window::H6, Window::D1])
-            .unwrap();
-        assert!(matches!(
-            agg.snapshot(&[Window::D3]),
-            Err(Error::WindowUnavailable("3d"))
-        ));
+        let windows = [
+            Window::M5,
+            Window::H1,
+            Window::H2,
+            Window::H6,
+            Window::D1,
+            Window::D30,
+        ];
+        let snap = f.snapshot(&windows).await;
         let s = &snap.series[0];
         // Now: minute 300 (open, empty). 1h: minutes 241..=299; 2h: 181..=299.
         assert_eq!(window(s, Window::M5).unwrap().count, 4);
         assert_eq!(window(s, Window::H1).unwrap().count, 59);
         assert_eq!(window(s, Window::H2).unwrap().count, 119);
-        // 6h reaches back past t0: every request, though hours 0 and 1 are partials now.
-        let h6 = window(s, Window::H6).unwrap();
-        assert_eq!(h6.count, 300);
-        let p50 = h6.quantiles[0].1; // nearest rank 150 → 1.5 s
-        assert!((p50 - 1.5).abs() / 1.5 < 0.01, "{p50}");
-        let state = agg.series.values().next().unwrap();
-        assert_eq!(
-            state.hours.keys().copied().collect::<Vec<_>>(),
-            [minute_of(t0), minute_of(t0) + 60]
-        );
-        assert!(state.minutes.keys().all(|m| *m >= minute_of(t0) + 120));
+        // 6h, 1d and 30d reach back past t0: every request, the first hours from hour rows.
+        for w in [Window::H6, Window::D1, Window::D30] {
+            let q = window(s, w).unwrap();
+            assert_eq!(q.count, 300, "{w}");
+            let p50 = q.quantiles[0].1; // nearest rank 150 → 1.5 s
+            assert!((p50 - 1.5).abs() / 1.5 < 0.01, "{w}: {p50}");
+        }
+        let state = lock(&f.state);
+        let series = state.series.values().next().unwrap();
+        let hours: Vec<u64> = series.hours.keys().map(|(h, _)| *h).collect();
+        let m0 = minute_of(t0);
+        assert_eq!(hours, [m0, m0 + 60, m0 + 120, m0 + 180, m0 + 240]);
+        assert!(series.minutes.keys().all(|(m, _)| *m >= m0 + 300 - 179));
     }
 
-    #[test]
-    fn late_spans_are_buffered_not_dense() {
-        let (mut agg, clock, _) = aggregator(10);
+    #[tokio::test]
+    async fn hour_rows_hold_the_same_counts_and_quantiles_as_their_minutes() {
+        let f = fixture(10);
         let k = key("svc", "get");
-        let now = clock.now_nanos();
+        let t0 = f.clock.now_nanos();
+        // 2 hours of varied requests, some errors, some late by a few minutes.
+        for i in 0..120u64 {
+            let now = f.clock.now_nanos();
+            let mut batch: Vec<_> = (0..20)
+                .map(|j| {
+                    let mut r = request(k.clone(), now, 1 + (i * 37 + j * 101) % 1_500);
+                    r.error = j % 7 == 0;
+                    r.recommendations = j;
+                    r
+                })
+                .collect();
+            batch.push(request(
+                k.clone(),
+                now.saturating_sub(5 * MINUTE_NANOS),
+                900,
+            ));
+            f.apply(&batch);
+            f.clock.advance(Duration::from_secs(60));
+        }
+        let sums = |t: &str, c: &str| {
+            format!(
+                "SELECT sum({c}) FROM {t} WHERE {} < arrow_cast({}, 'Timestamp(Nanosecond, Some(\"+00:00\"))')",
+                if t == "latency_minutes" {
+                    "minute"
+                } else {
+                    "hour"
+                },
+                t0 + 120 * MINUTE_NANOS
+            )
+        };
+        for c in [
+            "requests",
+            "errors",
+            "recommendations",
+            "requests_le_0_2",
+            "requests_le_1",
+        ] {
+            let minutes = f.numbers(&sums("latency_minutes", c)).await;
+            let hours = f.numbers(&sums("latency_hours", c)).await;
+            assert_eq!(minutes, hours, "{c}");
+            assert!(minutes[0] > 0, "{c}");
+        }
+        let requests = f.numbers(&sums("latency_hours", "requests")).await[0];
+        assert_eq!(requests, 120 * 21);
+        for q in [0.5, 0.9, 0.99, 0.999] {
+            let sql = |t: &str, c: &str| {
+                format!(
+                    "SELECT hdr_quantile(hdr_merge(hdr), {q}) FROM {t} WHERE {c} < arrow_cast({}, 'Timestamp(Nanosecond, Some(\"+00:00\"))')",
+                    t0 + 120 * MINUTE_NANOS
+                )
+            };
+            let a = f
+                .engine
+                .query(&sql("latency_minutes", "minute"))
+                .await
+                .unwrap();
+            let b = f.engine.query(&sql("latency_hours", "hour")).await.unwrap();
+            let value = |o: &crate::sql::QueryOutput| {
+                o.batches[0]
+                    .column(0)
+                    .as_primitive::<datafusion::arrow::datatypes::Float64Type>()
+                    .value(0)
+            };
+            assert_eq!(value(&a), value(&b), "q {q}");
+        }
+        // The requests 5 minutes late at minutes 60 to 64 landed in the first hour after it was
+        // sealed: five extra rows of that hour.
+        let rows = f
+            .numbers(&format!(
+                "SELECT count(*) FROM latency_hours WHERE hour = arrow_cast({t0}, 'Timestamp(Nanosecond, Some(\"+00:00\"))')"
+            ))
+            .await;
+        assert_eq!(rows, [6]);
+    }
+
+    #[tokio::test]
+    async fn late_spans_are_buffered_not_dense() {
+        let f = fixture(10);
+        let k = key("svc", "get");
+        let now = f.clock.now_nanos();
         let late: Vec<_> = (1..=30u64)
             .map(|m| request(k.clone(), now - m * MINUTE_NANOS, m))
             .collect();
-        agg.apply(&late);
-        let state = agg.series.values().next().unwrap();
-        assert!(state.open.is_none(), "no dense histogram for late minutes");
-        assert_eq!(state.late.len(), 30);
-        let snap = agg.snapshot(&[Window::H1]).unwrap();
+        f.apply(&late);
+        {
+            let state = lock(&f.state);
+            let series = state.series.values().next().unwrap();
+            assert!(series.open.is_none(), "no dense histogram for late minutes");
+            assert_eq!(series.late.len(), 30);
+        }
+        let snap = f.snapshot(&[Window::H1]).await;
         assert_eq!(window(&snap.series[0], Window::H1).unwrap().count, 30);
     }
 
-    #[test]
-    fn windows_include_the_open_minute_and_respect_boundaries() {
-        let (mut agg, clock, _) = aggregator(10);
+    #[tokio::test]
+    async fn windows_include_the_open_minute_and_respect_boundaries() {
+        let f = fixture(10);
         let k = key("svc", "get");
-        let t0 = clock.now_nanos();
+        let t0 = f.clock.now_nanos();
         // Minute m-5 (outside 5m, inside 1h), m-4 (inside 5m), and the open minute m.
-        agg.apply(&[
+        f.apply(&[
             request(k.clone(), t0 - 5 * MINUTE_NANOS, 1),
             request(k.clone(), t0 - 4 * MINUTE_NANOS, 2),
             request(k.clone(), t0, 3),
         ]);
-        let snap = agg.snapshot(&[Window::M1, Window::M5, Window::H1]).unwrap();
+        let windows = [Window::M1, Window::M5, Window::H1];
+        let snap = f.snapshot(&windows).await;
         let s = &snap.series[0];
         assert_eq!(window(s, Window::M1).unwrap().count, 1);
         assert_eq!(window(s, Window::M5).unwrap().count, 2);
         assert_eq!(window(s, Window::H1).unwrap().count, 3);
         // One minute later the open minute is empty: the 1m window has no data.
-        clock.advance(Duration::from_secs(60));
-        let snap = agg.snapshot(&[Window::M1, Window::M5, Window::H1]).unwrap();
+        f.clock.advance(Duration::from_secs(60));
+        let snap = f.snapshot(&windows).await;
         let s = &snap.series[0];
         assert!(window(s, Window::M1).is_none());
         assert_eq!(window(s, Window::M5).unwrap().count, 1);
         assert_eq!(window(s, Window::H1).unwrap().count, 3);
     }
 
-    #[test]
-    fn late_data_for_a_sealed_minute_is_merged() {
-        let (mut agg, clock, _) = aggregator(10);
+    #[tokio::test]
+    async fn late_data_for_a_sealed_minute_is_merged() {
+        let f = fixture(10);
         let k = key("svc", "get");
-        let t0 = clock.now_nanos();
-        agg.apply(&[request(k.clone(), t0, 100)]);
-        clock.advance(Duration::from_secs(120));
-        agg.apply(&[request(k.clone(), t0 + 1, 300)]); // minute t0 is sealed by now
-        let snap = agg.snapshot(&[Window::M5]).unwrap();
+        let t0 = f.clock.now_nanos();
+        f.apply(&[request(k.clone(), t0, 100)]);
+        f.clock.advance(Duration::from_secs(120));
+        f.apply(&[request(k.clone(), t0 + 1, 300)]); // minute t0 is sealed by now
+        let snap = f.snapshot(&[Window::M5]).await;
         let w = window(&snap.series[0], Window::M5).unwrap();
         assert_eq!(w.count, 2);
         let p99 = w.quantiles[2].1;
         assert!((p99 - 0.3).abs() / 0.3 < 0.01, "{p99}");
+        assert_eq!(
+            f.numbers("SELECT count(*) FROM latency_minutes").await,
+            [2],
+            "the late request is a second row of its minute"
+        );
     }
 
     #[test]
     fn too_old_and_future_spans_are_refused() {
-        let (mut agg, clock, _) = aggregator(10);
+        let f = fixture(10);
         let k = key("svc", "get");
-        let now = clock.now_nanos();
+        let now = f.clock.now_nanos();
         let hour = 3_600 * 1_000_000_000;
-        let outcome = agg.apply(&[
+        let outcome = f.apply(&[
             request(k.clone(), now - hour, 1), // exactly at the age limit: kept
             request(k.clone(), now - hour - 1, 1), // too old
             request(k.clone(), now + 300 * 1_000_000_000, 1), // exactly at the skew limit: kept
@@ -716,24 +1091,34 @@ mod tests {
         );
     }
 
-    #[test]
-    fn buckets_count_exact_durations_and_clamps_are_counted() {
-        let (mut agg, clock, telemetry) = aggregator(10);
+    #[tokio::test]
+    async fn buckets_count_exact_durations_and_clamps_are_counted() {
+        let f = fixture(10);
         let k = key("svc", "get");
-        let now = clock.now_nanos();
+        let now = f.clock.now_nanos();
         let mut r = request(k.clone(), now, 0);
         r.duration_nanos = 200_000_000; // exactly 0.2 s: in le="0.2"
         let mut tiny = r.clone();
         tiny.duration_nanos = 10;
         let mut huge = r.clone();
         huge.duration_nanos = 7_200 * 1_000_000_000;
-        agg.apply(&[r, tiny, huge]);
-        let snap = agg.snapshot(&[]).unwrap();
+        f.apply(&[r, tiny, huge]);
+        let snap = f.snapshot(&[]).await;
         let b = &snap.series[0].totals.bucket_counts;
         assert_eq!(b[0], 1, "10 ns is in le=0.005");
         assert_eq!(b[5], 1, "0.2 s is in le=0.2");
         assert_eq!(b[12], 1, "2 h is in +Inf");
-        assert_eq!(telemetry.clamped(crate::histogram::ClampBound::Low), 1);
-        assert_eq!(telemetry.clamped(crate::histogram::ClampBound::High), 1);
+        assert_eq!(f.telemetry.clamped(crate::histogram::ClampBound::Low), 1);
+        assert_eq!(f.telemetry.clamped(crate::histogram::ClampBound::High), 1);
+        // The rollup's threshold columns agree with the buckets.
+        assert_eq!(
+            f.numbers("SELECT requests_le_0_2 FROM latency_minutes")
+                .await,
+            [2]
+        );
+        assert_eq!(
+            f.numbers("SELECT requests_le_1 FROM latency_minutes").await,
+            [2]
+        );
     }
 }

@@ -19,6 +19,8 @@ pub enum ErrorKind {
     Unprocessable,
     /// Busy: retry after a pause.
     Unavailable,
+    /// A query ran out of time and was cancelled.
+    Timeout,
     /// recmeter's own fault; details stay in the log.
     Internal,
 }
@@ -33,7 +35,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::UnsupportedMediaType => 415,
             ErrorKind::Unprocessable => 422,
-            ErrorKind::Unavailable => 503,
+            ErrorKind::Unavailable | ErrorKind::Timeout => 503,
             ErrorKind::Internal => 500,
         }
     }
@@ -47,6 +49,7 @@ impl ErrorKind {
             ErrorKind::NotFound => 5,                                     // NOT_FOUND
             ErrorKind::PayloadTooLarge | ErrorKind::Unprocessable => 8,   // RESOURCE_EXHAUSTED
             ErrorKind::Unavailable => 14,                                 // UNAVAILABLE
+            ErrorKind::Timeout => 4,                                      // DEADLINE_EXCEEDED
             ErrorKind::Internal => 13,                                    // INTERNAL
         }
     }
@@ -61,6 +64,7 @@ impl ErrorKind {
             ErrorKind::UnsupportedMediaType => "unsupported_media_type",
             ErrorKind::Unprocessable => "resources_exhausted",
             ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Timeout => "timeout",
             ErrorKind::Internal => "internal",
         }
     }

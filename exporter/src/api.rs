@@ -1,4 +1,4 @@
-//! The HTTP API on :9464: `/metrics`, `/healthz`, `/readyz`, and the `/-/test/*` routes that
+//! The HTTP API on :9464: `/metrics`, `/api/v1/sql`, `/healthz`, `/readyz`, and the `/-/test/*` routes that
 //! exist only when the binary runs with `--test-hooks`.
 
 use std::future::Future;
@@ -12,7 +12,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use recmeter_aggregator::{AggregatorHandle, BearerToken, Hook, Window};
+use recmeter_aggregator::{AggregatorHandle, BearerToken, Hook, QueryEngine, Window};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
@@ -20,12 +20,14 @@ use crate::error::{ApiError, Error, Result};
 use crate::prometheus::{Format, render};
 
 /// Windows exposed on `/metrics` (the rest are for SQL and SLO work).
-pub const METRICS_WINDOWS: [Window; 3] = [Window::M1, Window::M5, Window::H1];
+pub const METRICS_WINDOWS: [Window; 4] = [Window::M1, Window::M5, Window::H1, Window::D1];
 
 /// What the API handlers share.
 #[derive(Debug, Clone)]
 pub struct ApiState {
     pub aggregator: AggregatorHandle,
+    /// SQL over the rollups; `/metrics` windows come from it too.
+    pub engine: Arc<QueryEngine>,
     /// Set once every listener is bound and state is restored.
     pub ready: Arc<AtomicBool>,
     /// Whether the `/-/test/*` routes exist.
@@ -40,6 +42,7 @@ pub fn api_router(state: ApiState) -> Router {
     // unknown paths (the fallback) included, so a route added later starts out guarded.
     let guarded = Router::new()
         .route("/metrics", get(metrics))
+        .route("/api/v1/sql", post(crate::sql::sql))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     let mut router = Router::new()
@@ -71,12 +74,10 @@ pub async fn serve_api(
 
 async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let format = Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let snapshot = state.engine.snapshot(&METRICS_WINDOWS).await?;
     let aggregator = state.aggregator.clone();
-    // Merging histograms for every series is CPU work; keep it off the async workers.
+    // Rendering tens of megabytes of text is CPU work; keep it off the async workers.
     let body = tokio::task::spawn_blocking(move || {
-        let snapshot = aggregator
-            .snapshot(&METRICS_WINDOWS)
-            .map_err(|e| ApiError::internal(format!("cannot read rollups: {e}")))?;
         render(snapshot, aggregator.telemetry(), format)
             .map_err(|_| ApiError::internal("cannot encode metrics"))
     })
@@ -167,15 +168,15 @@ async fn test_hook(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use axum::body::Body;
     use axum::http::Request;
     use http_body_util::BodyExt;
-    use recmeter_aggregator::{AggregatorConfig, Clock, Hooks, IngestConfig, Telemetry};
+    use recmeter_aggregator::{AggregatorConfig, Clock, Hooks, IngestConfig, SqlConfig, Telemetry};
     use tower::ServiceExt;
 
-    fn state(test_hooks: bool, ready: bool) -> ApiState {
+    pub(crate) fn state(test_hooks: bool, ready: bool) -> ApiState {
         let clock = Arc::new(Clock::fake(
             UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000),
         ));
@@ -187,8 +188,11 @@ mod tests {
             Arc::new(Hooks::default()),
         )
         .unwrap();
+        let engine =
+            Arc::new(QueryEngine::new(aggregator.state().clone(), &SqlConfig::default()).unwrap());
         ApiState {
             aggregator,
+            engine,
             ready: Arc::new(AtomicBool::new(ready)),
             test_hooks,
             token: None,

@@ -53,12 +53,21 @@ impl ApiError {
     }
 }
 
+impl From<recmeter_aggregator::Error> for ApiError {
+    fn from(e: recmeter_aggregator::Error) -> Self {
+        Self {
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.kind.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let error_type = self.kind.error_type();
-        let message = if status.is_server_error() {
+        let message = if self.kind == ErrorKind::Internal {
             tracing::error!(error = %self.message, "API request failed.");
             "internal error; see the recmeter log".to_owned()
         } else {

@@ -1,11 +1,12 @@
-//! recmeter's exporter: the read side. Serves Prometheus exposition on `/metrics`, health and
-//! readiness, and (with `--test-hooks`) the `/-/test/*` routes that drive the fake clock and
+//! recmeter's exporter: the read side. Serves Prometheus exposition on `/metrics`, SQL over the
+//! rollups on `/api/v1/sql`, health and readiness, and (with `--test-hooks`) the `/-/test/*` routes that drive the fake clock and
 //! named faults.
 
 pub mod api;
 pub mod config;
 pub mod error;
 pub mod prometheus;
+pub mod sql;
 
 pub use api::{ApiState, api_router, serve_api};
 pub use config::ApiConfig;

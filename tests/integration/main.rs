@@ -15,3 +15,4 @@ mod loadgen;
 mod memory;
 mod otlp;
 mod spans;
+mod sql;

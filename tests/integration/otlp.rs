@@ -150,6 +150,27 @@ fn quantiles_and_counts_match_raw_data_over_grpc_and_http() {
         }
     }
 
+    // The SQL API answers from the same rollups: the README's query gives the exact P99 to
+    // within 1% and the 1h gauge to within 0.1%.
+    let rows = recmeter.sql_rows(
+        "SELECT service, endpoint, hdr_quantile(hdr_merge(hdr), 0.99) AS p99 FROM latency_minutes \
+         WHERE minute >= now() - INTERVAL '1 hour' GROUP BY 1, 2",
+    );
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["service"], "accuracy");
+    let sql_p99 = rows[0]["p99"].as_f64().unwrap();
+    assert_within(sql_p99, nearest_rank(&all, 99, 100), 0.01, "SQL 1h q=0.99");
+    for window in ["1h", "1d"] {
+        let gauge = m.value(
+            "recmeter_latency_quantile_seconds",
+            &[series[0], series[1], ("window", window), ("q", "0.99")],
+        );
+        assert!(
+            (sql_p99 - gauge).abs() / gauge <= 0.001,
+            "SQL P99 {sql_p99} against the {window} gauge {gauge}"
+        );
+    }
+
     // One minute on, the 1m window is empty (no gauge) and the 1h window still holds all.
     recmeter.advance("60s");
     let m = recmeter.metrics();

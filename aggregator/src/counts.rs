@@ -1,0 +1,564 @@
+//! Dense HDR counts read straight from V2 encodings: the merge kernel behind `hdr_merge`,
+//! `hdr_quantile` and every window. Decoding a V2 blob into one counts array skips building a
+//! `Histogram` per blob, which is most of the cost of merging many small minutes (ADR 007).
+//!
+//! The index layout is HdrHistogram's for a lowest discernible value of 1 (DESIGN), so blobs
+//! written by any HdrHistogram library with those bounds read back exactly.
+
+use crate::error::{Error, Result};
+use crate::histogram::HIGHEST_NANOS;
+
+/// Cookie of an uncompressed V2 encoding.
+const V2_COOKIE: u32 = 0x1c84_9303 | 0x10;
+/// Cookie of a deflated V2 encoding.
+const V2_DEFLATE_COOKIE: u32 = 0x1c84_9304 | 0x10;
+/// Bytes before the counts in a V2 encoding.
+const V2_HEADER: usize = 40;
+
+/// Where each value lands in the counts array, for lowest discernible value 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Layout {
+    significant_digits: u8,
+    sub_bucket_half_count_magnitude: u32,
+    sub_bucket_half_count: u64,
+    sub_bucket_mask: u64,
+    leading_zero_count_base: u32,
+    /// Index of the highest trackable value (1 h).
+    last_index: usize,
+}
+
+impl Layout {
+    fn new(significant_digits: u8) -> Result<Self> {
+        if !(1..=5).contains(&significant_digits) {
+            return Err(Error::Histogram(format!(
+                "HDR histogram with {significant_digits} significant digits; 1 to 5 are supported"
+            )));
+        }
+        let largest = 2 * 10u64.pow(u32::from(significant_digits));
+        // ceil(log2(largest)), as HdrHistogram computes it.
+        let sub_bucket_count_magnitude = 64 - (largest - 1).leading_zeros();
+        let sub_bucket_count = 1u64 << sub_bucket_count_magnitude;
+        let mut layout = Self {
+            significant_digits,
+            sub_bucket_half_count_magnitude: sub_bucket_count_magnitude - 1,
+            sub_bucket_half_count: sub_bucket_count / 2,
+            sub_bucket_mask: sub_bucket_count - 1,
+            leading_zero_count_base: 64 - sub_bucket_count_magnitude,
+            last_index: 0,
+        };
+        layout.last_index = layout.index_for(HIGHEST_NANOS);
+        Ok(layout)
+    }
+
+    fn bucket_for(&self, value: u64) -> u32 {
+        self.leading_zero_count_base - (value | self.sub_bucket_mask).leading_zeros()
+    }
+
+    fn index_for(&self, value: u64) -> usize {
+        let bucket = self.bucket_for(value);
+        let sub_bucket = value >> bucket;
+        (((u64::from(bucket) + 1) << self.sub_bucket_half_count_magnitude) + sub_bucket
+            - self.sub_bucket_half_count) as usize
+    }
+
+    /// The lowest value counted at `index`.
+    fn value_for(&self, index: usize) -> u64 {
+        let index = index as u64;
+        let bucket = (index >> self.sub_bucket_half_count_magnitude) as i64 - 1;
+        let sub_bucket = (index & (self.sub_bucket_half_count - 1)) + self.sub_bucket_half_count;
+        if bucket < 0 {
+            sub_bucket - self.sub_bucket_half_count
+        } else {
+            sub_bucket << bucket
+        }
+    }
+
+    /// The middle of the values counted at `index` (HdrHistogram's `median_equivalent`).
+    fn median_for(&self, index: usize) -> u64 {
+        let low = self.value_for(index);
+        low + ((1u64 << self.bucket_for(low)) >> 1)
+    }
+}
+
+/// A dense run of HDR counts, grown to cover the indexes seen so far. The precision is taken
+/// from the first encoding added unless given up front.
+#[derive(Debug, Clone, Default)]
+pub struct Counts {
+    layout: Option<Layout>,
+    /// Index of `counts[0]`.
+    offset: usize,
+    counts: Vec<u64>,
+    total: u64,
+    /// Scratch space for inflating deflated encodings.
+    inflated: Vec<u8>,
+}
+
+impl Counts {
+    /// Empty counts that take their precision from the first encoding added.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Empty counts of the given precision.
+    pub fn with_precision(significant_digits: u8) -> Result<Self> {
+        Ok(Self {
+            layout: Some(Layout::new(significant_digits)?),
+            ..Self::default()
+        })
+    }
+
+    /// Values counted.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Forgets every count, keeping the precision and the allocation.
+    pub fn clear(&mut self) {
+        self.counts.clear();
+        self.offset = 0;
+        self.total = 0;
+    }
+
+    /// Forgets every count and the precision, keeping the allocation.
+    pub fn reset(&mut self) {
+        self.clear();
+        self.layout = None;
+    }
+
+    /// Bytes held, for memory accounting.
+    pub fn heap_size(&self) -> usize {
+        self.counts.capacity() * 8 + self.inflated.capacity()
+    }
+
+    /// Counts one value (already clamped to [1 µs, 1 h]) `n` times; the precision must be set.
+    pub fn record_n(&mut self, value: u64, n: u64) -> Result<()> {
+        let layout = self
+            .layout
+            .ok_or_else(|| Error::Histogram("counts without a precision".into()))?;
+        let index = layout.index_for(value.clamp(1, HIGHEST_NANOS));
+        self.add_at(index, n);
+        Ok(())
+    }
+
+    fn layout_or(&mut self, significant_digits: u8) -> Result<Layout> {
+        match self.layout {
+            Some(l) => Ok(l),
+            None => {
+                let l = Layout::new(significant_digits)?;
+                self.layout = Some(l);
+                Ok(l)
+            }
+        }
+    }
+
+    fn add_at(&mut self, index: usize, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let rel = index.wrapping_sub(self.offset);
+        if rel < self.counts.len() {
+            self.counts[rel] = self.counts[rel].saturating_add(n);
+        } else if self.counts.is_empty() {
+            self.offset = index;
+            self.counts.push(n);
+        } else if index >= self.offset {
+            self.counts.resize(rel + 1, 0);
+            self.counts[rel] = n;
+        } else {
+            let grow = self.offset - index;
+            self.counts.splice(0..0, std::iter::repeat_n(0, grow));
+            self.offset = index;
+            self.counts[0] = n;
+        }
+        self.total = self.total.saturating_add(n);
+    }
+
+    /// Adds everything counted in `other` (same precision).
+    pub fn merge(&mut self, other: &Counts) -> Result<()> {
+        if other.total == 0 {
+            return Ok(());
+        }
+        match (self.layout, other.layout) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(precision_mismatch(
+                    a.significant_digits,
+                    b.significant_digits,
+                ));
+            }
+            (None, b) => self.layout = b,
+            _ => {}
+        }
+        for (i, &c) in other.counts.iter().enumerate() {
+            self.add_at(other.offset + i, c);
+        }
+        Ok(())
+    }
+
+    /// Adds every histogram of a run of back-to-back V2 encodings, deflated or not.
+    pub fn add_encoded(&mut self, mut bytes: &[u8]) -> Result<()> {
+        while !bytes.is_empty() {
+            let cookie = read_u32(bytes, 0)?;
+            match cookie {
+                V2_COOKIE => {
+                    let used = self.add_v2(bytes)?;
+                    bytes = &bytes[used..];
+                }
+                V2_DEFLATE_COOKIE => {
+                    let len = read_u32(bytes, 4)? as usize;
+                    let end = 8usize
+                        .checked_add(len)
+                        .filter(|end| *end <= bytes.len())
+                        .ok_or_else(|| corrupt("deflated payload runs past the end"))?;
+                    let mut inflated = std::mem::take(&mut self.inflated);
+                    inflated.clear();
+                    // Inside is exactly one plain encoding: no deflate within deflate, so a
+                    // hostile blob cannot recurse.
+                    let result = inflate(&bytes[8..end], &mut inflated).and_then(|()| {
+                        match read_u32(&inflated, 0)? {
+                            V2_COOKIE => self.add_v2(&inflated).map(|_| ()),
+                            _ => Err(corrupt(
+                                "a deflated encoding must hold one plain V2 encoding",
+                            )),
+                        }
+                    });
+                    self.inflated = inflated;
+                    result?;
+                    bytes = &bytes[end..];
+                }
+                other => {
+                    return Err(corrupt(&format!(
+                        "not an HdrHistogram V2 encoding (cookie {other:#010x})"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds one uncompressed V2 encoding at the start of `bytes`; returns its length.
+    fn add_v2(&mut self, bytes: &[u8]) -> Result<usize> {
+        if bytes.len() < V2_HEADER {
+            return Err(corrupt("shorter than the V2 header"));
+        }
+        let payload = read_u32(bytes, 4)? as usize;
+        let end = V2_HEADER
+            .checked_add(payload)
+            .filter(|end| *end <= bytes.len())
+            .ok_or_else(|| corrupt("counts run past the end"))?;
+        if read_u32(bytes, 8)? != 0 {
+            return Err(corrupt("normalizing index offsets are not supported"));
+        }
+        let digits = u8::try_from(read_u32(bytes, 12)?)
+            .map_err(|_| corrupt("significant digits out of range"))?;
+        let lowest = read_u64(bytes, 16)?;
+        if lowest != 1 {
+            return Err(Error::Histogram(format!(
+                "HDR histogram with lowest discernible value {lowest}; recmeter's are 1 (nanoseconds)"
+            )));
+        }
+        if read_u64(bytes, 32)? != 1f64.to_bits() {
+            return Err(corrupt(
+                "integer-to-double ratios other than 1 are not supported",
+            ));
+        }
+        let layout = match self.layout {
+            Some(l) if l.significant_digits != digits => {
+                return Err(precision_mismatch(l.significant_digits, digits));
+            }
+            Some(l) => l,
+            None => self.layout_or(digits)?,
+        };
+        let mut index = 0usize;
+        let mut pos = V2_HEADER;
+        while pos < end {
+            let (zz, used) = read_varint(&bytes[pos..end])?;
+            pos += used;
+            let n = ((zz >> 1) as i64) ^ -((zz & 1) as i64);
+            if n < 0 {
+                index = index.saturating_add(n.unsigned_abs() as usize);
+            } else {
+                if n > 0 {
+                    if index > layout.last_index {
+                        return Err(corrupt("a count lies beyond 1 hour"));
+                    }
+                    self.add_at(index, n as u64);
+                }
+                index = index.saturating_add(1);
+            }
+        }
+        Ok(end)
+    }
+
+    /// The V2 encoding (uncompressed) of these counts; any HdrHistogram library reads it.
+    pub fn encode(&self) -> Vec<u8> {
+        let digits = self.layout.map_or(2, |l| l.significant_digits);
+        let mut out = Vec::with_capacity(V2_HEADER + 2 * self.counts.len() + 8);
+        out.extend_from_slice(&V2_COOKIE.to_be_bytes());
+        out.extend_from_slice(&0u32.to_be_bytes()); // payload length, set below
+        out.extend_from_slice(&0u32.to_be_bytes());
+        out.extend_from_slice(&u32::from(digits).to_be_bytes());
+        out.extend_from_slice(&1u64.to_be_bytes());
+        out.extend_from_slice(&HIGHEST_NANOS.to_be_bytes());
+        out.extend_from_slice(&1f64.to_bits().to_be_bytes());
+        let last = self.counts.iter().rposition(|&c| c > 0);
+        match last {
+            None => write_varint(&mut out, 0),
+            Some(last) => {
+                let mut zeros = self.offset as u64;
+                for &c in &self.counts[..=last] {
+                    if c == 0 {
+                        zeros += 1;
+                        continue;
+                    }
+                    flush_zeros(&mut out, zeros);
+                    zeros = 0;
+                    write_varint(&mut out, zig_zag(c.min(i64::MAX as u64) as i64));
+                }
+            }
+        }
+        let payload = (out.len() - V2_HEADER) as u32;
+        out[4..8].copy_from_slice(&payload.to_be_bytes());
+        out
+    }
+
+    /// The nearest-rank quantile `sorted[ceil(q·n) − 1]` in seconds, reported as the middle of
+    /// its HDR bucket; `None` when nothing is counted.
+    pub fn quantile_seconds(&self, q: f64) -> Option<f64> {
+        let layout = self.layout?;
+        let n = self.total;
+        if n == 0 {
+            return None;
+        }
+        // The epsilon keeps q·n that is an integer in exact arithmetic (0.99 × 100) from
+        // rounding up to the next rank in floating point; relative, so it holds for large n.
+        let qn = q * n as f64;
+        let rank = (qn - 1e-9f64.max(qn * 1e-12)).ceil().clamp(1.0, n as f64) as u64;
+        let mut seen = 0u64;
+        for (i, &c) in self.counts.iter().enumerate() {
+            seen = seen.saturating_add(c);
+            if seen >= rank {
+                return Some(layout.median_for(self.offset + i) as f64 / 1e9);
+            }
+        }
+        None
+    }
+}
+
+fn flush_zeros(out: &mut Vec<u8>, zeros: u64) {
+    match zeros {
+        0 => {}
+        1 => write_varint(out, 0),
+        z => write_varint(out, zig_zag(-(z.min(i64::MAX as u64) as i64))),
+    }
+}
+
+fn zig_zag(n: i64) -> u64 {
+    ((n << 1) ^ (n >> 63)) as u64
+}
+
+/// LEB128-64b9B: seven bits per byte for eight bytes, then one whole byte.
+fn write_varint(out: &mut Vec<u8>, mut v: u64) {
+    for _ in 0..8 {
+        if v < 0x80 {
+            out.push(v as u8);
+            return;
+        }
+        out.push((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn read_varint(bytes: &[u8]) -> Result<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, &b) in bytes.iter().enumerate().take(9) {
+        if i == 8 {
+            return Ok((v | (u64::from(b) << 56), 9));
+        }
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b < 0x80 {
+            return Ok((v, i + 1));
+        }
+    }
+    Err(corrupt("a count is cut short"))
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> Result<u32> {
+    bytes
+        .get(at..at + 4)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_be_bytes)
+        .ok_or_else(|| corrupt("cut short in the header"))
+}
+
+fn read_u64(bytes: &[u8], at: usize) -> Result<u64> {
+    bytes
+        .get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| corrupt("cut short in the header"))
+}
+
+fn inflate(compressed: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    use std::io::Read;
+    // A deflated histogram of recmeter's bounds inflates to well under this.
+    const LIMIT: u64 = 64 << 20;
+    flate2::read::ZlibDecoder::new(compressed)
+        .take(LIMIT)
+        .read_to_end(out)
+        .map_err(|e| corrupt(&format!("cannot inflate: {e}")))?;
+    Ok(())
+}
+
+fn corrupt(what: &str) -> Error {
+    Error::Histogram(format!("invalid HDR histogram: {what}"))
+}
+
+fn precision_mismatch(a: u8, b: u8) -> Error {
+    Error::Histogram(format!(
+        "cannot merge HDR histograms of {a} and {b} significant digits"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::histogram;
+    use hdrhistogram::Histogram;
+    use rand::{Rng, SeedableRng};
+
+    fn random_values(seed: u64, n: usize) -> Vec<u64> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..n)
+            .map(|_| {
+                let exp: f64 = rng.random_range(3.0..12.5);
+                histogram::clamp(10f64.powf(exp) as u64).0
+            })
+            .collect()
+    }
+
+    fn crate_histogram(values: &[u64], digits: u8) -> Histogram<u64> {
+        let mut h = histogram::new_histogram(digits).unwrap();
+        for &v in values {
+            histogram::record(&mut h, v);
+        }
+        h
+    }
+
+    #[test]
+    fn layout_matches_the_hdrhistogram_crate() {
+        for digits in [2, 3] {
+            let layout = Layout::new(digits).unwrap();
+            let h = histogram::new_histogram(digits).unwrap();
+            for v in random_values(u64::from(digits), 20_000).into_iter().chain([
+                1,
+                2,
+                255,
+                256,
+                1_000,
+                HIGHEST_NANOS,
+            ]) {
+                let i = layout.index_for(v);
+                assert_eq!(layout.value_for(i), h.lowest_equivalent(v), "value {v}");
+                assert_eq!(layout.median_for(i), h.median_equivalent(v), "value {v}");
+            }
+        }
+    }
+
+    #[test]
+    fn decodes_crate_encodings_and_encodes_identically() {
+        for digits in [2, 3] {
+            let values = random_values(7, 5_000);
+            let h = crate_histogram(&values, digits);
+            let blob = histogram::encode(&h).unwrap();
+            let mut counts = Counts::new();
+            counts.add_encoded(&blob).unwrap();
+            assert_eq!(counts.total(), values.len() as u64);
+            assert_eq!(counts.encode(), blob, "re-encoding is byte-identical");
+            for q in [0.0, 0.5, 0.9, 0.99, 0.999, 1.0] {
+                assert_eq!(
+                    counts.quantile_seconds(q),
+                    histogram::quantile_seconds(&h, q),
+                    "q {q}"
+                );
+            }
+            // Deflated, and several encodings back to back.
+            let mut run = histogram::encode_deflated(&h).unwrap();
+            run.extend(&blob);
+            let mut twice = Counts::new();
+            twice.add_encoded(&run).unwrap();
+            assert_eq!(twice.total(), 2 * values.len() as u64);
+        }
+    }
+
+    #[test]
+    fn empty_counts_encode_like_an_empty_histogram() {
+        let h = histogram::new_histogram(2).unwrap();
+        let empty = Counts::with_precision(2).unwrap();
+        assert_eq!(empty.encode(), histogram::encode(&h).unwrap());
+        assert!(empty.quantile_seconds(0.5).is_none());
+    }
+
+    #[test]
+    fn merges_in_any_order_and_grows_both_ways() {
+        let mut a = Counts::with_precision(2).unwrap();
+        a.record_n(5_000_000, 3).unwrap();
+        let mut b = Counts::with_precision(2).unwrap();
+        b.record_n(1_000, 1).unwrap();
+        b.record_n(HIGHEST_NANOS, 1).unwrap();
+        a.merge(&b).unwrap();
+        let mut c = Counts::new();
+        c.add_encoded(&a.encode()).unwrap();
+        assert_eq!(c.total(), 5);
+        let p100 = c.quantile_seconds(1.0).unwrap();
+        assert!((p100 - 3_600.0).abs() / 3_600.0 < 0.0078, "{p100}");
+        let p0 = c.quantile_seconds(0.0).unwrap();
+        assert!((p0 - 1e-6).abs() / 1e-6 < 0.0078, "{p0}");
+    }
+
+    #[test]
+    fn hostile_encodings_are_errors_not_panics() {
+        let blob = histogram::encode(&crate_histogram(&random_values(1, 100), 2)).unwrap();
+        let mut counts = Counts::new();
+        for cut in [0, 3, 10, 39, 41, blob.len() - 1] {
+            assert!(
+                counts.add_encoded(&blob[..cut]).is_err() || cut == 0,
+                "cut {cut}"
+            );
+        }
+        assert!(counts.add_encoded(b"not a histogram at all, no").is_err());
+        let mut wrong_digits = blob.clone();
+        wrong_digits[15] = 3;
+        counts.add_encoded(&blob).unwrap();
+        assert!(counts.add_encoded(&wrong_digits).is_err());
+        let mut beyond = Counts::encode(&Counts::with_precision(2).unwrap());
+        beyond.truncate(V2_HEADER);
+        // A zero run to far past 1 h, then a count.
+        write_varint(&mut beyond, zig_zag(-1_000_000));
+        write_varint(&mut beyond, zig_zag(5));
+        let payload = (beyond.len() - V2_HEADER) as u32;
+        beyond[4..8].copy_from_slice(&payload.to_be_bytes());
+        assert!(Counts::new().add_encoded(&beyond).is_err());
+        // A deflated encoding inside a deflated one is refused, not recursed into.
+        let inner = histogram::encode_deflated(&crate_histogram(&random_values(2, 10), 2)).unwrap();
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut z, &inner).unwrap();
+        let z = z.finish().unwrap();
+        let mut nested = V2_DEFLATE_COOKIE.to_be_bytes().to_vec();
+        nested.extend((z.len() as u32).to_be_bytes());
+        nested.extend(z);
+        assert!(Counts::new().add_encoded(&nested).is_err());
+        // A zero run to the end of the index space, then more counts: an error, no overflow.
+        let mut huge = Counts::encode(&Counts::with_precision(2).unwrap());
+        huge.truncate(V2_HEADER);
+        write_varint(&mut huge, zig_zag(i64::MIN + 1));
+        write_varint(&mut huge, zig_zag(0));
+        write_varint(&mut huge, zig_zag(3));
+        let payload = (huge.len() - V2_HEADER) as u32;
+        huge[4..8].copy_from_slice(&payload.to_be_bytes());
+        assert!(Counts::new().add_encoded(&huge).is_err());
+        let mut bomb = V2_DEFLATE_COOKIE.to_be_bytes().to_vec();
+        bomb.extend(u32::MAX.to_be_bytes());
+        assert!(Counts::new().add_encoded(&bomb).is_err());
+    }
+}

@@ -1,0 +1,260 @@
+//! `hdr_merge(hdr) → binary`: merges V2-encoded HDR histograms into one V2 encoding. Its
+//! state is the same encoding, so DataFusion can aggregate in partial and final steps across
+//! partitions. Blobs are decoded straight into one dense counts array (ADR 007).
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::common::{Result, ScalarValue, exec_err};
+use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
+use datafusion::logical_expr::utils::format_state_name;
+use datafusion::logical_expr::{
+    Accumulator, AggregateUDFImpl, Signature, TypeSignature, Volatility,
+};
+
+use crate::counts::Counts;
+
+/// The `hdr_merge` aggregate.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct HdrMerge {
+    signature: Signature,
+}
+
+impl HdrMerge {
+    pub fn new() -> Self {
+        Self {
+            signature: binary_signature(1, &[]),
+        }
+    }
+}
+
+impl Default for HdrMerge {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A signature taking any binary type first (tables hold `Binary`; Parquet may read back
+/// `BinaryView`), then `rest`.
+pub(super) fn binary_signature(_arity: usize, rest: &[DataType]) -> Signature {
+    let variants = [
+        DataType::Binary,
+        DataType::LargeBinary,
+        DataType::BinaryView,
+    ]
+    .into_iter()
+    .map(|b| {
+        let mut args = vec![b];
+        args.extend_from_slice(rest);
+        TypeSignature::Exact(args)
+    })
+    .collect();
+    Signature::one_of(variants, Volatility::Immutable)
+}
+
+impl AggregateUDFImpl for HdrMerge {
+    fn name(&self) -> &str {
+        "hdr_merge"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Binary)
+    }
+
+    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        Ok(vec![Arc::new(Field::new(
+            format_state_name(args.name, "hdr"),
+            DataType::Binary,
+            true,
+        ))])
+    }
+
+    fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        Ok(Box::new(HdrMergeAccumulator::default()))
+    }
+}
+
+/// Merged counts of one group; `seen` tells an all-null group (NULL result) from an empty one.
+#[derive(Debug, Default)]
+struct HdrMergeAccumulator {
+    counts: Counts,
+    seen: bool,
+}
+
+impl HdrMergeAccumulator {
+    fn add_array(&mut self, array: &ArrayRef) -> Result<()> {
+        match array.data_type() {
+            DataType::Binary => self.add_all(array.as_binary::<i32>().iter()),
+            DataType::LargeBinary => self.add_all(array.as_binary::<i64>().iter()),
+            DataType::BinaryView => self.add_all(array.as_binary_view().iter()),
+            other => exec_err!("hdr_merge takes a binary HDR histogram, not {other}"),
+        }
+    }
+
+    fn add_all<'a>(&mut self, blobs: impl Iterator<Item = Option<&'a [u8]>>) -> Result<()> {
+        for blob in blobs.flatten() {
+            self.seen = true;
+            add_blob(&mut self.counts, blob, "hdr_merge")?;
+        }
+        Ok(())
+    }
+}
+
+/// Adds one encoded histogram, naming the function in the error.
+pub(super) fn add_blob(counts: &mut Counts, blob: &[u8], function: &str) -> Result<()> {
+    match counts.add_encoded(blob) {
+        Ok(()) => Ok(()),
+        Err(e) => exec_err!("{function}: {e}"),
+    }
+}
+
+impl Accumulator for HdrMergeAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        match values.first() {
+            Some(array) => self.add_array(array),
+            None => exec_err!("hdr_merge takes one argument"),
+        }
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        self.update_batch(states)
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        Ok(vec![self.evaluate()?])
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        Ok(ScalarValue::Binary(self.seen.then(|| self.counts.encode())))
+    }
+
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self) + self.counts.heap_size()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::histogram;
+    use crate::state::QUANTILES;
+    use datafusion::arrow::array::BinaryArray;
+    use proptest::prelude::*;
+    use rand::rngs::StdRng;
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+
+    /// Heavy-tailed durations in [1 µs, 1 h]: log-normal with a random median and spread,
+    /// mixed with a Pareto tail of random weight and shape.
+    fn durations(
+        rng: &mut StdRng,
+        n: usize,
+        median: f64,
+        sigma: f64,
+        tail: f64,
+        alpha: f64,
+    ) -> Vec<u64> {
+        (0..n)
+            .map(|_| {
+                let seconds = if rng.random::<f64>() < tail {
+                    median * 4.0 / rng.random::<f64>().max(1e-12).powf(1.0 / alpha)
+                } else {
+                    let u1: f64 = rng.random::<f64>().max(1e-300);
+                    let z = (-2.0 * u1.ln()).sqrt()
+                        * (std::f64::consts::TAU * rng.random::<f64>()).cos();
+                    median * (sigma * z).exp()
+                };
+                ((seconds * 1e9) as u64).clamp(histogram::CLAMP_LOW_NANOS, histogram::HIGHEST_NANOS)
+            })
+            .collect()
+    }
+
+    fn nearest_rank(sorted: &[u64], q: f64) -> u64 {
+        let n = sorted.len() as f64;
+        let rank = ((q * n) - 1e-9).ceil().clamp(1.0, n) as usize;
+        sorted[rank - 1]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Values spread over minutes; a random window of minutes merged through the UDAF in a
+        /// random order and a random split into partial states: every quantile within 1% of
+        /// the nearest rank of the raw values in the window.
+        #[test]
+        fn merged_quantiles_stay_within_one_percent(
+            seed in any::<u64>(),
+            minutes in 1usize..120,
+            per_minute in 1usize..400,
+            median_exp in -5.0f64..2.0,
+            sigma in 0.1f64..3.0,
+            tail in 0.0f64..0.2,
+            alpha in 0.5f64..3.0,
+            digits in 2u8..=3,
+            window in (0usize..120, 1usize..120),
+            partials in 1usize..6,
+        ) {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let median = 10f64.powf(median_exp);
+            let per_minute_values: Vec<Vec<u64>> = (0..minutes)
+                .map(|_| {
+                    let n = rng.random_range(1..=per_minute);
+                    durations(&mut rng, n, median, sigma, tail, alpha)
+                })
+                .collect();
+            let first = window.0 % minutes;
+            let last = (first + window.1).min(minutes);
+            let mut blobs: Vec<Vec<u8>> = per_minute_values[first..last]
+                .iter()
+                .map(|values| {
+                    let mut h = histogram::new_histogram(digits).unwrap();
+                    for &v in values {
+                        histogram::record(&mut h, v);
+                    }
+                    histogram::encode(&h).unwrap()
+                })
+                .collect();
+            blobs.shuffle(&mut rng);
+            // Partial aggregation over random chunks, then a final merge of their states.
+            let chunk = blobs.len().div_ceil(partials).max(1);
+            let mut states = Vec::new();
+            for part in blobs.chunks(chunk) {
+                let mut acc = HdrMergeAccumulator::default();
+                let array: ArrayRef = std::sync::Arc::new(BinaryArray::from_iter_values(part.iter()));
+                acc.update_batch(&[array]).unwrap();
+                states.push(acc.state().unwrap().remove(0));
+            }
+            states.shuffle(&mut rng);
+            let mut last_acc = HdrMergeAccumulator::default();
+            let state_array = ScalarValue::iter_to_array(states).unwrap();
+            last_acc.merge_batch(&[state_array]).unwrap();
+            let ScalarValue::Binary(Some(merged)) = last_acc.evaluate().unwrap() else {
+                panic!("hdr_merge gave no histogram");
+            };
+            let mut counts = Counts::new();
+            counts.add_encoded(&merged).unwrap();
+            let mut raw: Vec<u64> = per_minute_values[first..last].concat();
+            raw.sort_unstable();
+            prop_assert_eq!(counts.total(), raw.len() as u64);
+            for q in QUANTILES.into_iter().chain([0.0, 0.25, 0.75, 1.0]) {
+                let got = counts.quantile_seconds(q).unwrap() * 1e9;
+                let exact = nearest_rank(&raw, q) as f64;
+                let rel = (got - exact).abs() / exact;
+                prop_assert!(rel <= 0.01, "q {} reported {} exact {} error {}", q, got, exact, rel);
+            }
+        }
+    }
+
+    #[test]
+    fn all_null_input_gives_null() {
+        let mut acc = HdrMergeAccumulator::default();
+        let array: ArrayRef = std::sync::Arc::new(BinaryArray::from(vec![None::<&[u8]>]));
+        acc.update_batch(&[array]).unwrap();
+        assert_eq!(acc.evaluate().unwrap(), ScalarValue::Binary(None));
+    }
+}

@@ -1,0 +1,9 @@
+//! SQL over the rollups (DataFusion): the `latency_minutes` and `latency_hours` tables, the
+//! `hdr_merge` and `hdr_quantile` functions, and the engine that runs queries for
+//! `/api/v1/sql` and the `/metrics` windows alike.
+
+mod engine;
+pub mod functions;
+pub mod tables;
+
+pub use engine::{QueryEngine, QueryOutput, check_read_only, table_name};
