@@ -673,12 +673,19 @@ impl Aggregator {
         let current_hour = hour_of(open_minute);
         let mut out = Vec::with_capacity(self.series.len());
         for (key, state) in &mut self.series {
-            let mut rows = Vec::new();
             let late = if state.late.is_empty() {
                 Vec::new()
             } else {
                 state.late_rows(&mut self.scratch, &self.thresholds)?
             };
+            let mut rows = Vec::with_capacity(
+                late.len()
+                    + 1
+                    + match table {
+                        Table::Minutes => state.minutes.len(),
+                        Table::Hours => state.hours.len() + 60,
+                    },
+            );
             match table {
                 Table::Minutes => {
                     rows.extend(
