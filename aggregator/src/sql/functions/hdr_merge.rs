@@ -10,8 +10,7 @@ use datafusion::common::{Result, ScalarValue, exec_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::utils::format_state_name;
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature, TypeSignature,
-    Volatility,
+    Accumulator, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature, TypeSignature, Volatility,
 };
 
 use crate::counts::Counts;
@@ -382,7 +381,8 @@ mod tests {
         let groups = [0, 1, 0, 1, 2, 0];
         let filter = BooleanArray::from(vec![true, true, false, true, true, true]);
         let mut acc = HdrMergeGroups::default();
-        acc.update_batch(&[array], &groups, Some(&filter), 4).unwrap();
+        acc.update_batch(&[array], &groups, Some(&filter), 4)
+            .unwrap();
         let state = acc.state(EmitTo::All).unwrap();
         let mut merged = HdrMergeGroups::default();
         merged.merge_batch(&state, &[0, 1, 2, 3], None, 4).unwrap();
