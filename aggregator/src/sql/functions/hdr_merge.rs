@@ -123,23 +123,8 @@ impl HdrMergeGroups {
             group.seen = true;
             add_blob(&mut group.counts, blob, "hdr_merge")
         };
-        match array.data_type() {
-            DataType::Binary => {
-                for (row, blob) in array.as_binary::<i32>().iter().enumerate() {
-                    add(row, blob)?;
-                }
-            }
-            DataType::LargeBinary => {
-                for (row, blob) in array.as_binary::<i64>().iter().enumerate() {
-                    add(row, blob)?;
-                }
-            }
-            DataType::BinaryView => {
-                for (row, blob) in array.as_binary_view().iter().enumerate() {
-                    add(row, blob)?;
-                }
-            }
-            other => return exec_err!("hdr_merge takes a binary HDR histogram, not {other}"),
+        for (row, blob) in blobs(array, "hdr_merge")?.enumerate() {
+            add(row, blob)?;
         }
         Ok(())
     }
@@ -206,12 +191,7 @@ struct HdrMergeAccumulator {
 
 impl HdrMergeAccumulator {
     fn add_array(&mut self, array: &ArrayRef) -> Result<()> {
-        match array.data_type() {
-            DataType::Binary => self.add_all(array.as_binary::<i32>().iter()),
-            DataType::LargeBinary => self.add_all(array.as_binary::<i64>().iter()),
-            DataType::BinaryView => self.add_all(array.as_binary_view().iter()),
-            other => exec_err!("hdr_merge takes a binary HDR histogram, not {other}"),
-        }
+        self.add_all(blobs(array, "hdr_merge")?)
     }
 
     fn add_all<'a>(&mut self, blobs: impl Iterator<Item = Option<&'a [u8]>>) -> Result<()> {
@@ -221,6 +201,20 @@ impl HdrMergeAccumulator {
         }
         Ok(())
     }
+}
+
+/// The blobs of a binary column of any binary type (tables hold `Binary`; Parquet may read back
+/// `BinaryView`), NULL as `None`.
+pub(super) fn blobs<'a>(
+    array: &'a ArrayRef,
+    function: &str,
+) -> Result<Box<dyn Iterator<Item = Option<&'a [u8]>> + 'a>> {
+    Ok(match array.data_type() {
+        DataType::Binary => Box::new(array.as_binary::<i32>().iter()),
+        DataType::LargeBinary => Box::new(array.as_binary::<i64>().iter()),
+        DataType::BinaryView => Box::new(array.as_binary_view().iter()),
+        other => return exec_err!("{function} takes a binary HDR histogram, not {other}"),
+    })
 }
 
 /// Adds one encoded histogram, naming the function in the error.

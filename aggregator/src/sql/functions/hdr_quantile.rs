@@ -7,7 +7,7 @@ use datafusion::arrow::datatypes::{DataType, Float64Type};
 use datafusion::common::{Result, exec_err};
 use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature};
 
-use super::hdr_merge::{add_blob, binary_signature};
+use super::hdr_merge::{add_blob, binary_signature, blobs};
 use crate::counts::Counts;
 
 /// The `hdr_quantile` function.
@@ -49,12 +49,7 @@ impl ScalarUDFImpl for HdrQuantile {
             return exec_err!("hdr_quantile takes two arguments: (hdr, q)");
         };
         let q = q.as_primitive::<Float64Type>();
-        let out = match hdr.data_type() {
-            DataType::Binary => quantiles(hdr.as_binary::<i32>().iter(), q)?,
-            DataType::LargeBinary => quantiles(hdr.as_binary::<i64>().iter(), q)?,
-            DataType::BinaryView => quantiles(hdr.as_binary_view().iter(), q)?,
-            other => return exec_err!("hdr_quantile takes a binary HDR histogram, not {other}"),
-        };
+        let out = quantiles(blobs(hdr, "hdr_quantile")?, q)?;
         Ok(ColumnarValue::Array(std::sync::Arc::new(out) as ArrayRef))
     }
 }
