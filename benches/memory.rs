@@ -2,14 +2,17 @@
 //! requests a minute, through the fake clock for 3 hours (every minute of the 3 h kept in
 //! memory), then 21 more hours (a day of history: 3 h of minutes, hours before). Prints
 //! resident memory after each phase, then renders `/metrics` (windows 1m, 5m, 1h and 1d through
-//! the SQL engine, then the text exposition) five times and prints each time and the median.
+//! the SQL engine, then the text exposition) five times and prints each time and the median,
+//! and the longest wait for the state lock (what ingest feels) during those renders.
 //! Run: `cargo bench --bench memory`. Figures and machine in BENCHMARKS.md.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use recmeter_aggregator::state::lock;
 use recmeter_aggregator::{
     Aggregator, AggregatorConfig, Clock, IngestConfig, QueryEngine, RequestRecord, SeriesKey,
     SqlConfig, Telemetry,
@@ -110,6 +113,21 @@ fn main() {
         .enable_all()
         .build()
         .unwrap_or_else(|e| panic!("runtime: {e}"));
+    // What ingest would feel: the longest wait for the state lock while renders run.
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let (state, stop) = (state.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut longest = Duration::ZERO;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                drop(lock(&state));
+                longest = longest.max(t.elapsed());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            longest
+        })
+    };
     let mut times = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
@@ -133,6 +151,12 @@ fn main() {
             rss_mib("VmHWM:")
         );
     }
+    stop.store(true, Ordering::Relaxed);
+    let longest = prober.join().unwrap_or_else(|_| panic!("lock prober panicked"));
     times.sort_by(f64::total_cmp);
     println!("/metrics median of 5: {:.2} s", times[2]);
+    println!(
+        "longest wait for the state lock during the renders: {:.0} ms",
+        longest.as_secs_f64() * 1e3
+    );
 }

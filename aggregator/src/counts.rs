@@ -271,20 +271,37 @@ impl Counts {
         let mut index = 0usize;
         let mut pos = V2_HEADER;
         while pos < end {
-            let (zz, used) = read_varint(&bytes[pos..end])?;
-            pos += used;
+            // Most entries (zero runs and counts under 64) are one byte.
+            let zz = match bytes[pos] {
+                b if b < 0x80 => {
+                    pos += 1;
+                    u64::from(b)
+                }
+                _ => {
+                    let (zz, used) = read_varint(&bytes[pos..end])?;
+                    pos += used;
+                    zz
+                }
+            };
             let n = ((zz >> 1) as i64) ^ -((zz & 1) as i64);
             if n < 0 {
                 index = index.saturating_add(n.unsigned_abs() as usize);
-            } else {
-                if n > 0 {
-                    if index > layout.last_index {
-                        return Err(corrupt("a count lies beyond 1 hour"));
-                    }
-                    self.add_at(index, n as u64);
-                }
-                index = index.saturating_add(1);
+                continue;
             }
+            if n > 0 {
+                if index > layout.last_index {
+                    return Err(corrupt("a count lies beyond 1 hour"));
+                }
+                let n = n as u64;
+                match self.counts.get_mut(index.wrapping_sub(self.offset)) {
+                    Some(c) => {
+                        *c = c.saturating_add(n);
+                        self.total = self.total.saturating_add(n);
+                    }
+                    None => self.add_at(index, n),
+                }
+            }
+            index = index.saturating_add(1);
         }
         Ok(end)
     }

@@ -8,7 +8,7 @@
 //! the 30-day window.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ops::RangeInclusive;
+use std::ops::{ControlFlow, RangeInclusive};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -374,15 +374,6 @@ pub enum Table {
     Hours,
 }
 
-/// Rows of one series, as read for a table.
-#[derive(Debug, Clone)]
-pub struct SeriesRows {
-    pub key: SeriesKey,
-    pub source: Source,
-    /// (first minute of the row's minute or hour, row), oldest first.
-    pub rows: Vec<(u64, Row)>,
-}
-
 /// Counters of one series, as read for `/metrics`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeriesCounters {
@@ -663,82 +654,96 @@ impl Aggregator {
         out
     }
 
-    /// The rows of `table` whose minute (or hour) start lies in `range` (minute indexes since
-    /// the epoch), after sealing whatever the clock has left behind. Sealed rows are shared by
-    /// reference count and the open minute's encoding is kept until it changes, so this is
-    /// mostly reference counting under the lock; buffered late values are encoded on the fly.
-    pub fn rows(&mut self, table: Table, range: RangeInclusive<u64>) -> Result<Vec<SeriesRows>> {
+    /// Every series key, sorted: the order [`Aggregator::visit_rows`] reads series in.
+    pub fn series_keys(&self) -> Vec<SeriesKey> {
+        let mut keys: Vec<SeriesKey> = self.series.keys().cloned().collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    /// Hands `visitor` the rows of `table` whose minute (or hour) start lies in `range` (minute
+    /// indexes since the epoch), for each series of `keys` still held, in that order, after
+    /// sealing whatever the clock has left behind. Rows are lent, not cloned: the visitor
+    /// copies what it keeps, so a read costs one pass over the rows under the lock, and a
+    /// reader can take the series in chunks to keep each hold of the lock short. The open
+    /// minute's encoding is kept until it changes; buffered late values are encoded on the fly
+    /// and not stored, so reading often does not multiply a minute's rows.
+    pub fn visit_rows(
+        &mut self,
+        table: Table,
+        range: RangeInclusive<u64>,
+        keys: &[SeriesKey],
+        visitor: &mut dyn RowVisitor,
+    ) -> Result<ControlFlow<()>> {
         let open_minute = minute_of(self.clock.now_nanos());
         self.roll(open_minute);
         let current_hour = hour_of(open_minute);
-        let mut out = Vec::with_capacity(self.series.len());
-        for (key, state) in &mut self.series {
-            let late = if state.late.is_empty() {
-                Vec::new()
-            } else {
-                state.late_rows(&mut self.scratch, &self.thresholds)?
+        let mut late = Vec::new();
+        for key in keys {
+            let Some(state) = self.series.get_mut(key) else {
+                continue;
             };
-            let mut rows = Vec::with_capacity(
-                late.len()
-                    + 1
-                    + match table {
-                        Table::Minutes => state.minutes.len(),
-                        Table::Hours => state.hours.len() + 60,
-                    },
-            );
-            match table {
-                Table::Minutes => {
-                    rows.extend(
+            late.clear();
+            if !state.late.is_empty() {
+                late = state.late_rows(&mut self.scratch, &self.thresholds)?;
+            }
+            let open = match state.open.as_mut() {
+                Some(o) => Some((o.minute, o.row()?)),
+                None => None,
+            };
+            let mut announced = false;
+            let mut emit = |at: u64, row: &Row| -> ControlFlow<()> {
+                if !announced {
+                    announced = true;
+                    visitor.series(key, state.source)?;
+                }
+                visitor.row(at, row)
+            };
+            let flow = match table {
+                Table::Minutes => state
+                    .minutes
+                    .range((*range.start(), 0)..)
+                    .take_while(|((m, _), _)| m <= range.end())
+                    .map(|((m, _), row)| (*m, row))
+                    .chain(open.iter().map(|(m, row)| (*m, row)))
+                    .chain(late.iter().map(|(m, row)| (*m, row)))
+                    .filter(|(m, _)| range.contains(m))
+                    .try_for_each(|(m, row)| emit(m, row)),
+                // Hours not sealed yet (the current one, and any a future-stamped span reached)
+                // are the rows of their minutes; late values of a sealed hour are extra rows of
+                // it, as they will be once flushed.
+                Table::Hours => state
+                    .hours
+                    .range((*range.start(), 0)..)
+                    .take_while(|((h, _), _)| h <= range.end())
+                    .map(|((h, _), row)| (*h, row))
+                    .chain(
                         state
                             .minutes
-                            .range((*range.start(), 0)..)
-                            .take_while(|((m, _), _)| m <= range.end())
-                            .map(|((m, _), row)| (*m, row.clone())),
-                    );
-                    if let Some(open) = state.open.as_mut().filter(|o| range.contains(&o.minute)) {
-                        rows.push((open.minute, open.row()?));
-                    }
-                    rows.extend(late.into_iter().filter(|(m, _)| range.contains(m)));
-                }
-                Table::Hours => {
-                    rows.extend(
-                        state
-                            .hours
-                            .range((*range.start(), 0)..)
-                            .take_while(|((h, _), _)| h <= range.end())
-                            .map(|((h, _), row)| (*h, row.clone())),
-                    );
-                    // Hours not sealed yet (the current one, and any a future-stamped span
-                    // reached) are the rows of their minutes; late values of a sealed hour are
-                    // extra rows of it, as they will be once flushed.
-                    let unsealed = state
-                        .minutes
-                        .range((current_hour, 0)..)
-                        .map(|((m, _), row)| (*m, row.clone()));
-                    let open = match state.open.as_mut() {
-                        Some(o) => Some((o.minute, o.row()?)),
-                        None => None,
-                    };
-                    rows.extend(
-                        unsealed
-                            .chain(open)
-                            .chain(late)
+                            .range((current_hour, 0)..)
+                            .map(|((m, _), row)| (*m, row))
+                            .chain(open.iter().map(|(m, row)| (*m, row)))
+                            .chain(late.iter().map(|(m, row)| (*m, row)))
                             .map(|(m, row)| (hour_of(m), row))
                             .filter(|(h, _)| range.contains(h)),
-                    );
-                }
-            }
-            if !rows.is_empty() {
-                out.push(SeriesRows {
-                    key: key.clone(),
-                    source: state.source,
-                    rows,
-                });
+                    )
+                    .try_for_each(|(h, row)| emit(h, row)),
+            };
+            if flow.is_break() {
+                return Ok(flow);
             }
         }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        Ok(ControlFlow::Continue(()))
     }
+}
+
+/// What reads the rollup rows: [`Aggregator::visit_rows`] calls `series` before the first row
+/// of each series that has rows in the range, then `row` for each of them. Either may stop the
+/// visit with `ControlFlow::Break` (and keep its own reason why).
+pub trait RowVisitor {
+    fn series(&mut self, key: &SeriesKey, source: Source) -> ControlFlow<()>;
+    /// One row: the first minute of its minute or hour, its counts and its V2 encoding.
+    fn row(&mut self, at: u64, row: &Row) -> ControlFlow<()>;
 }
 
 fn duration_nanos(d: std::time::Duration) -> u64 {

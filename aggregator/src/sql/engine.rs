@@ -445,6 +445,51 @@ mod tests {
         assert!(matches!(check_read_only("SELEC 1"), Err(Error::Query(_))));
     }
 
+    #[tokio::test]
+    async fn metrics_windows_merge_in_one_stage() {
+        use crate::config::{AggregatorConfig, IngestConfig};
+        use crate::{Aggregator, Clock, Telemetry};
+        use datafusion::physical_plan::displayable;
+        use std::sync::Mutex;
+        use std::time::UNIX_EPOCH;
+
+        let clock = Arc::new(Clock::fake(
+            UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        ));
+        let aggregator = Aggregator::new(
+            &IngestConfig {
+                dimensions: vec!["region".into()],
+                ..IngestConfig::default()
+            },
+            &AggregatorConfig::default(),
+            clock.clone(),
+            Arc::new(Telemetry::default()),
+        )
+        .unwrap();
+        let config = SqlConfig {
+            target_partitions: 2,
+            ..SqlConfig::default()
+        };
+        let engine = QueryEngine::new(Arc::new(Mutex::new(aggregator)), &config).unwrap();
+        let now = clock.now_nanos();
+        let ctx = engine.context_with(engine.internal.clone(), now);
+        let dimensions = ["region".to_owned()];
+        for (minute_exact, windows) in [
+            (true, vec![Window::M1, Window::M5, Window::H1]),
+            (false, vec![Window::D1]),
+        ] {
+            let plan = window_plan(&ctx, minute_exact, &windows, &dimensions, now)
+                .await
+                .unwrap()
+                .create_physical_plan()
+                .await
+                .unwrap();
+            let shown = displayable(plan.as_ref()).indent(true).to_string();
+            assert!(shown.contains("mode=SinglePartitioned"), "{shown}");
+            assert!(!shown.contains("RepartitionExec"), "{shown}");
+        }
+    }
+
     #[test]
     fn errors_are_sorted_by_whose_fault() {
         let exhausted = classify(DataFusionError::ResourcesExhausted("sort".into()));

@@ -1,29 +1,40 @@
 //! `latency_minutes` and `latency_hours` as DataFusion tables over the in-memory rollups. A scan
-//! takes the rows it needs under the lock (shared bytes, so cheap), narrowed by any time filter
-//! DataFusion pushes down, and hands them over as Arrow record batches split across the target
-//! partitions.
+//! builds the Arrow columns it needs in one pass over the rows under the lock, narrowed by any
+//! time filter DataFusion pushes down, each series whole in the partition DataFusion's own hash
+//! of its key picks. The scan declares that hash partitioning, so an aggregation by series runs
+//! in one stage, without partial states or a repartition.
 
-use std::ops::RangeInclusive;
-use std::sync::Arc;
+use std::ops::{ControlFlow, RangeInclusive};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    ArrayRef, BinaryBuilder, StringBuilder, TimestampNanosecondArray, UInt64Array,
+    ArrayRef, BinaryBuilder, StringArray, StringBuilder, TimestampNanosecondArray, UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{DataFusionError, Result, ScalarValue};
-use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::execution::memory_pool::MemoryConsumer;
+use datafusion::common::hash_utils::create_hashes;
+use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::logical_expr::{
     BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType,
 };
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_expr::expressions::Column as PhysicalColumn;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::physical_plan::repartition::REPARTITION_RANDOM_STATE;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PhysicalExpr, PlanProperties,
+    SendableRecordBatchStream,
+};
 
 use super::functions::TIME_ZONE;
 use crate::clock::MINUTE_NANOS;
-use crate::state::{SeriesRows, SharedState, Table, lock};
+use crate::record::SeriesKey;
+use crate::state::{Aggregator, Row, RowVisitor, Source, Table, lock};
 
 /// The columns of both rollup tables, in order: the time column (`minute` or `hour`),
 /// `service`, `endpoint`, the extra dimensions, `source`, `requests`, `errors`,
@@ -65,7 +76,7 @@ pub fn time_column(table: Table) -> &'static str {
 }
 
 /// What a column of the rollup schema holds.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Column {
     Time,
     Service,
@@ -93,151 +104,483 @@ fn columns(dimensions: usize, thresholds: usize) -> Vec<Column> {
     out
 }
 
-/// Builds the record batches of `rows` for the columns in `projection` (all when `None`):
-/// `partitions` lists of batches of at most `batch_size` rows, series kept whole.
-pub fn rollup_batches(
-    schema: &SchemaRef,
-    dimensions: usize,
-    thresholds: usize,
-    projection: Option<&[usize]>,
-    rows: &[SeriesRows],
-    partitions: usize,
-    batch_size: usize,
-) -> Result<Vec<Vec<RecordBatch>>> {
-    let all = columns(dimensions, thresholds);
-    let picked: Vec<usize> = match projection {
-        Some(p) => p.to_vec(),
-        None => (0..all.len()).collect(),
-    };
-    let projected = Arc::new(schema.project(&picked)?);
-    let picked: Vec<Column> = picked.iter().map(|&i| all[i]).collect();
-    let partitions = partitions.max(1);
-    let batch_size = batch_size.max(1);
-    let total: usize = rows.iter().map(|s| s.rows.len()).sum();
-    let per_partition = total.div_ceil(partitions).max(1);
-    let mut out = vec![Vec::new(); partitions];
-    let mut partition = 0;
-    let mut in_partition = 0;
-    let mut pending: Vec<(&SeriesRows, usize, usize)> = Vec::new(); // (series, from, to)
-    let mut pending_rows = 0;
-    for series in rows {
-        let mut from = 0;
-        while from < series.rows.len() {
-            let to = (from + batch_size - pending_rows).min(series.rows.len());
-            pending.push((series, from, to));
-            pending_rows += to - from;
-            from = to;
-            if pending_rows == batch_size {
-                out[partition].push(build_batch(&projected, &picked, &pending, pending_rows)?);
-                in_partition += pending_rows;
-                pending.clear();
-                pending_rows = 0;
-            }
-        }
-        // Move to the next partition between series once this one has its share.
-        if in_partition + pending_rows >= per_partition && partition + 1 < partitions {
-            if pending_rows > 0 {
-                out[partition].push(build_batch(&projected, &picked, &pending, pending_rows)?);
-                pending.clear();
-                pending_rows = 0;
-            }
-            partition += 1;
-            in_partition = 0;
-        }
-    }
-    if pending_rows > 0 {
-        out[partition].push(build_batch(&projected, &picked, &pending, pending_rows)?);
-    }
-    Ok(out)
+/// Where a rollup table's rows come from: the live state, or rows prepared by a bench or test.
+pub trait RollupSource: std::fmt::Debug + Send + Sync {
+    /// Label names of the extra dimension columns, in key order.
+    fn dimension_labels(&self) -> Vec<String>;
+    /// Names of the `requests_le_*` columns.
+    fn threshold_columns(&self) -> Vec<String>;
+    /// Hands `visitor` the rows of `table` in `range` (minute indexes), series by series.
+    fn visit_rows(
+        &self,
+        table: Table,
+        range: RangeInclusive<u64>,
+        visitor: &mut dyn RowVisitor,
+    ) -> crate::error::Result<()>;
 }
 
-fn build_batch(
-    schema: &SchemaRef,
-    columns: &[Column],
-    slices: &[(&SeriesRows, usize, usize)],
-    len: usize,
-) -> Result<RecordBatch> {
-    let rows = || {
-        slices
-            .iter()
-            .flat_map(|(s, from, to)| s.rows[*from..*to].iter().map(move |r| (*s, r)))
-    };
-    let strings = |f: &dyn Fn(&SeriesRows) -> &str| -> ArrayRef {
-        let mut b = StringBuilder::with_capacity(len, len * 16);
-        for (s, from, to) in slices {
-            let v = f(s);
-            for _ in *from..*to {
-                b.append_value(v);
+impl RollupSource for Mutex<Aggregator> {
+    fn dimension_labels(&self) -> Vec<String> {
+        lock(self).dimension_labels().to_vec()
+    }
+
+    fn threshold_columns(&self) -> Vec<String> {
+        lock(self).threshold_columns().to_vec()
+    }
+
+    /// Takes the lock once per chunk of series, so ingest waits at most one chunk's copy.
+    fn visit_rows(
+        &self,
+        table: Table,
+        range: RangeInclusive<u64>,
+        visitor: &mut dyn RowVisitor,
+    ) -> crate::error::Result<()> {
+        let keys = lock(self).series_keys();
+        for chunk in keys.chunks(SERIES_PER_LOCK) {
+            if lock(self)
+                .visit_rows(table, range.clone(), chunk, visitor)?
+                .is_break()
+            {
+                break;
             }
         }
-        Arc::new(b.finish())
-    };
-    let numbers = |f: &dyn Fn(&crate::state::RowCounts) -> u64| -> ArrayRef {
-        Arc::new(UInt64Array::from_iter_values(
-            rows().map(|(_, (_, r))| f(&r.counts)),
-        ))
-    };
-    let arrays: Vec<ArrayRef> = columns
-        .iter()
-        .map(|c| match *c {
-            Column::Time => Arc::new(
-                TimestampNanosecondArray::from_iter_values(
-                    rows().map(|(_, (m, _))| (*m * MINUTE_NANOS) as i64),
-                )
-                .with_timezone(TIME_ZONE),
-            ) as ArrayRef,
-            Column::Service => strings(&|s| &s.key.service),
-            Column::Endpoint => strings(&|s| &s.key.endpoint),
-            Column::Dimension(i) => strings(&move |s| s.key.dimensions.get(i).map_or("", |d| d)),
-            Column::Source => strings(&|s| s.source.label()),
-            Column::Requests => numbers(&|c| c.requests),
-            Column::Errors => numbers(&|c| c.errors),
-            Column::Recommendations => numbers(&|c| c.recommendations),
-            Column::Le(i) => numbers(&move |c| c.le[i]),
-            Column::Hdr => {
-                let bytes = rows().map(|(_, (_, r))| r.hdr.len()).sum();
-                let mut b = BinaryBuilder::with_capacity(len, bytes);
-                for (_, (_, r)) in rows() {
-                    b.append_value(&r.hdr);
+        Ok(())
+    }
+}
+
+/// Series read per hold of the state lock: about 20 000 rows of a day's windows.
+const SERIES_PER_LOCK: usize = 256;
+
+/// Rows prepared up front, for benches and tests: either table reads the same rows.
+#[derive(Debug, Default)]
+pub struct PreparedRows {
+    pub dimension_labels: Vec<String>,
+    pub threshold_columns: Vec<String>,
+    /// Each series with its rows: (first minute of the row's minute or hour, row).
+    pub series: Vec<(SeriesKey, Source, Vec<(u64, Row)>)>,
+}
+
+impl RollupSource for PreparedRows {
+    fn dimension_labels(&self) -> Vec<String> {
+        self.dimension_labels.clone()
+    }
+
+    fn threshold_columns(&self) -> Vec<String> {
+        self.threshold_columns.clone()
+    }
+
+    fn visit_rows(
+        &self,
+        _: Table,
+        range: RangeInclusive<u64>,
+        visitor: &mut dyn RowVisitor,
+    ) -> crate::error::Result<()> {
+        for (key, source, rows) in &self.series {
+            let mut rows = rows.iter().filter(|(at, _)| range.contains(at)).peekable();
+            if rows.peek().is_some() && visitor.series(key, *source).is_break() {
+                return Ok(());
+            }
+            for (at, row) in rows {
+                if visitor.row(*at, row).is_break() {
+                    return Ok(());
                 }
-                Arc::new(b.finish())
             }
-        })
-        .collect();
-    // `count(*)` projects no column at all; the row count still has to travel.
-    let options = RecordBatchOptions::new().with_row_count(Some(len));
-    Ok(RecordBatch::try_new_with_options(
-        schema.clone(),
-        arrays,
-        &options,
-    )?)
+        }
+        Ok(())
+    }
 }
 
-/// One rollup table over the live state.
+/// The key columns of the rollup schema, hashed as DataFusion's `RepartitionExec` hashes them.
+fn key_hash(key: &SeriesKey) -> Result<u64> {
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(2 + key.dimensions.len());
+    arrays.push(Arc::new(StringArray::from(vec![&*key.service])));
+    arrays.push(Arc::new(StringArray::from(vec![&*key.endpoint])));
+    arrays.extend(
+        key.dimensions
+            .iter()
+            .map(|d| Arc::new(StringArray::from(vec![&**d])) as ArrayRef),
+    );
+    let mut hash = [0u64];
+    create_hashes(&arrays, REPARTITION_RANDOM_STATE.random_state(), &mut hash)?;
+    Ok(hash[0])
+}
+
+/// One column being built.
+#[derive(Debug)]
+enum ColumnBuilder {
+    Time(Vec<i64>),
+    Text(Column, StringBuilder),
+    Number(Column, Vec<u64>),
+    Hdr(BinaryBuilder),
+}
+
+/// The batches of one partition being built.
+#[derive(Debug)]
+struct PartitionBuilder {
+    columns: Vec<ColumnBuilder>,
+    len: usize,
+    batches: Vec<RecordBatch>,
+}
+
+impl PartitionBuilder {
+    fn new(picked: &[Column], capacity: usize) -> Self {
+        let columns = picked
+            .iter()
+            .map(|c| match *c {
+                Column::Time => ColumnBuilder::Time(Vec::with_capacity(capacity)),
+                Column::Service | Column::Endpoint | Column::Dimension(_) | Column::Source => {
+                    ColumnBuilder::Text(*c, StringBuilder::with_capacity(capacity, capacity * 24))
+                }
+                Column::Requests | Column::Errors | Column::Recommendations | Column::Le(_) => {
+                    ColumnBuilder::Number(*c, Vec::with_capacity(capacity))
+                }
+                Column::Hdr => ColumnBuilder::Hdr(BinaryBuilder::with_capacity(capacity, 0)),
+            })
+            .collect();
+        Self {
+            columns,
+            len: 0,
+            batches: Vec::new(),
+        }
+    }
+
+    /// Appends one row; returns the bytes it added.
+    fn push(&mut self, key: &SeriesKey, source: Source, at: u64, row: &Row) -> usize {
+        let mut bytes = 0;
+        for column in &mut self.columns {
+            match column {
+                ColumnBuilder::Time(v) => {
+                    v.push((at * MINUTE_NANOS) as i64);
+                    bytes += 8;
+                }
+                ColumnBuilder::Text(c, b) => {
+                    let text = match *c {
+                        Column::Service => &key.service,
+                        Column::Endpoint => &key.endpoint,
+                        Column::Dimension(i) => key.dimensions.get(i).map_or("", |d| d),
+                        _ => source.label(),
+                    };
+                    b.append_value(text);
+                    bytes += 4 + text.len();
+                }
+                ColumnBuilder::Number(c, v) => {
+                    let counts = &row.counts;
+                    v.push(match *c {
+                        Column::Requests => counts.requests,
+                        Column::Errors => counts.errors,
+                        Column::Recommendations => counts.recommendations,
+                        Column::Le(i) => counts.le[i],
+                        _ => 0,
+                    });
+                    bytes += 8;
+                }
+                ColumnBuilder::Hdr(b) => {
+                    b.append_value(&row.hdr);
+                    bytes += 4 + row.hdr.len();
+                }
+            }
+        }
+        self.len += 1;
+        bytes
+    }
+
+    /// Turns the rows appended so far into a batch; `more` when more rows may follow.
+    fn flush(&mut self, schema: &SchemaRef, more: bool) -> Result<()> {
+        if self.len == 0 {
+            return Ok(());
+        }
+        // Each next batch's builders start at this batch's size, so they seldom grow by copying.
+        let len = if more { self.len } else { 0 };
+        let arrays: Vec<ArrayRef> = self
+            .columns
+            .iter_mut()
+            .map(|c| match c {
+                ColumnBuilder::Time(v) => Arc::new(
+                    TimestampNanosecondArray::from(std::mem::replace(v, Vec::with_capacity(len)))
+                        .with_timezone(TIME_ZONE),
+                ) as ArrayRef,
+                ColumnBuilder::Text(_, b) => {
+                    let a = b.finish();
+                    *b = StringBuilder::with_capacity(len, a.value_data().len() * usize::from(more));
+                    Arc::new(a) as ArrayRef
+                }
+                ColumnBuilder::Number(_, v) => Arc::new(UInt64Array::from(std::mem::replace(
+                    v,
+                    Vec::with_capacity(len),
+                ))),
+                ColumnBuilder::Hdr(b) => {
+                    let a = b.finish();
+                    *b = BinaryBuilder::with_capacity(len, (a.value_data().len() + len * 64) * usize::from(more));
+                    Arc::new(a)
+                }
+            })
+            .collect();
+        // `count(*)` projects no column at all; the row count still has to travel.
+        let options = RecordBatchOptions::new().with_row_count(Some(self.len));
+        self.batches.push(RecordBatch::try_new_with_options(
+            schema.clone(),
+            arrays,
+            &options,
+        )?);
+        self.len = 0;
+        Ok(())
+    }
+}
+
+/// Builds a scan's record batches from the rows a [`RollupSource`] lends it: the projected
+/// columns only, each series whole in the partition its key hashes to (DataFusion's own hash and
+/// partition count, so the scan can declare `Partitioning::Hash` and aggregations by series run
+/// in one stage), batches of at most `batch_size` rows, and the bytes built counted against a
+/// memory reservation as they grow.
+#[derive(Debug)]
+pub struct RollupBuilder {
+    schema: SchemaRef,
+    picked: Vec<Column>,
+    dimensions: usize,
+    partitions: Vec<PartitionBuilder>,
+    batch_size: usize,
+    reservation: Option<MemoryReservation>,
+    /// Bytes built but not yet reserved.
+    unreserved: usize,
+    current: Option<(SeriesKey, Source, usize)>,
+    error: Option<DataFusionError>,
+}
+
+/// Bytes built between two reservation requests.
+const RESERVE_STEP: usize = 1 << 20;
+
+impl RollupBuilder {
+    /// A builder for the columns in `projection` (all when `None`) of `schema`, the full rollup
+    /// schema of a table with `dimensions` extra dimensions and `thresholds` threshold columns.
+    pub fn new(
+        schema: &SchemaRef,
+        dimensions: usize,
+        thresholds: usize,
+        projection: Option<&[usize]>,
+        partitions: usize,
+        batch_size: usize,
+        reservation: Option<MemoryReservation>,
+    ) -> Result<Self> {
+        let all = columns(dimensions, thresholds);
+        let picked: Vec<usize> = match projection {
+            Some(p) => p.to_vec(),
+            None => (0..all.len()).collect(),
+        };
+        let schema = Arc::new(schema.project(&picked)?);
+        let picked: Vec<Column> = picked.iter().map(|&i| all[i]).collect();
+        let batch_size = batch_size.max(1);
+        let partitions = (0..partitions.max(1))
+            .map(|_| PartitionBuilder::new(&picked, batch_size.min(1024)))
+            .collect();
+        Ok(Self {
+            schema,
+            picked,
+            dimensions,
+            partitions,
+            batch_size,
+            reservation,
+            unreserved: 0,
+            current: None,
+            error: None,
+        })
+    }
+
+    fn reserve(&mut self) -> ControlFlow<()> {
+        if let Some(r) = &mut self.reservation {
+            if let Err(e) = r.try_grow(self.unreserved) {
+                self.error = Some(e);
+                return ControlFlow::Break(());
+            }
+        }
+        self.unreserved = 0;
+        ControlFlow::Continue(())
+    }
+
+    /// The finished scan: its batches per partition, declared hash-partitioned by the key
+    /// columns when they are all projected.
+    pub fn finish(mut self) -> Result<RollupScanExec> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        if self.reserve().is_break() {
+            return Err(self.error.take().unwrap_or_else(|| {
+                DataFusionError::Internal("reservation failed without an error".into())
+            }));
+        }
+        for p in &mut self.partitions {
+            p.flush(&self.schema, false)?;
+        }
+        let count = self.partitions.len();
+        let keys: Option<Vec<Arc<dyn PhysicalExpr>>> = [Column::Service, Column::Endpoint]
+            .into_iter()
+            .chain((0..self.dimensions).map(Column::Dimension))
+            .map(|key| {
+                self.picked
+                    .iter()
+                    .position(|c| *c == key)
+                    .map(|i| -> Arc<dyn PhysicalExpr> {
+                        Arc::new(PhysicalColumn::new(self.schema.field(i).name(), i))
+                    })
+            })
+            .collect();
+        let partitioning = match keys {
+            Some(exprs) => Partitioning::Hash(exprs, count),
+            None => Partitioning::UnknownPartitioning(count),
+        };
+        let batches = self.partitions.into_iter().map(|p| p.batches).collect();
+        Ok(RollupScanExec::new(
+            self.schema,
+            batches,
+            partitioning,
+            self.reservation,
+        ))
+    }
+
+}
+
+impl RowVisitor for RollupBuilder {
+    fn series(&mut self, key: &SeriesKey, source: Source) -> ControlFlow<()> {
+        match key_hash(key) {
+            Ok(hash) => {
+                let partition = (hash % self.partitions.len() as u64) as usize;
+                self.current = Some((key.clone(), source, partition));
+                ControlFlow::Continue(())
+            }
+            Err(e) => {
+                self.error = Some(e);
+                ControlFlow::Break(())
+            }
+        }
+    }
+
+    fn row(&mut self, at: u64, row: &Row) -> ControlFlow<()> {
+        let Some((key, source, partition)) = &self.current else {
+            return ControlFlow::Continue(());
+        };
+        let p = &mut self.partitions[*partition];
+        self.unreserved += p.push(key, *source, at, row);
+        if p.len >= self.batch_size {
+            if let Err(e) = p.flush(&self.schema, true) {
+                self.error = Some(e);
+                return ControlFlow::Break(());
+            }
+        }
+        if self.unreserved >= RESERVE_STEP {
+            return self.reserve();
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// A scan of a rollup table: the batches built under the lock, one list per partition, and the
+/// memory reservation that accounts for them until the plan is dropped.
+#[derive(Debug)]
+pub struct RollupScanExec {
+    schema: SchemaRef,
+    partitions: Vec<Vec<RecordBatch>>,
+    properties: Arc<PlanProperties>,
+    _reservation: Option<MemoryReservation>,
+}
+
+impl RollupScanExec {
+    fn new(
+        schema: SchemaRef,
+        partitions: Vec<Vec<RecordBatch>>,
+        partitioning: Partitioning,
+        reservation: Option<MemoryReservation>,
+    ) -> Self {
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            partitioning,
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Self {
+            schema,
+            partitions,
+            properties: Arc::new(properties),
+            _reservation: reservation,
+        }
+    }
+
+    /// The batches of every partition.
+    pub fn partitions(&self) -> &[Vec<RecordBatch>] {
+        &self.partitions
+    }
+}
+
+impl DisplayAs for RollupScanExec {
+    fn fmt_as(&self, _: DisplayFormatType, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rows: Vec<usize> = self
+            .partitions
+            .iter()
+            .map(|p| p.iter().map(RecordBatch::num_rows).sum())
+            .collect();
+        write!(
+            f,
+            "RollupScanExec: partitioning={}, rows={rows:?}",
+            self.properties.partitioning
+        )
+    }
+}
+
+impl ExecutionPlan for RollupScanExec {
+    fn name(&self) -> &'static str {
+        "RollupScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        _: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let batches = self.partitions.get(partition).cloned().ok_or_else(|| {
+            DataFusionError::Internal(format!(
+                "RollupScanExec has {} partitions, not {partition}",
+                self.partitions.len()
+            ))
+        })?;
+        Ok(Box::pin(MemoryStream::try_new(
+            batches,
+            self.schema.clone(),
+            None,
+        )?))
+    }
+}
+/// One rollup table over a [`RollupSource`], the live state in the service.
 #[derive(Debug)]
 pub struct RollupTable {
     table: Table,
-    state: SharedState,
+    source: Arc<dyn RollupSource>,
     schema: SchemaRef,
     dimensions: usize,
     thresholds: usize,
 }
 
 impl RollupTable {
-    pub fn new(table: Table, state: SharedState) -> Self {
-        let (dimensions, thresholds) = {
-            let guard = lock(&state);
-            (
-                guard.dimension_labels().to_vec(),
-                guard.threshold_columns().to_vec(),
-            )
-        };
+    pub fn new(table: Table, source: Arc<dyn RollupSource>) -> Self {
+        let (dimensions, thresholds) = (source.dimension_labels(), source.threshold_columns());
         Self {
             table,
             schema: rollup_schema(table, &dimensions, &thresholds),
             dimensions: dimensions.len(),
             thresholds: thresholds.len(),
-            state,
+            source,
         }
     }
 }
@@ -278,43 +621,25 @@ impl TableProvider for RollupTable {
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let range = time_range(filters, time_column(self.table));
-        let rows = lock(&self.state)
-            .rows(self.table, range)
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        // The batches are built before the query runs, outside DataFusion's operators: check
-        // them against the memory pool first, so a scan larger than `sql.memory_limit_bytes`
-        // is refused before it is built.
-        let estimate: usize = rows
-            .iter()
-            .map(|s| {
-                let key = s.key.service.len()
-                    + s.key.endpoint.len()
-                    + s.key.dimensions.iter().map(|d| d.len()).sum::<usize>();
-                s.rows
-                    .iter()
-                    .map(|(_, r)| r.hdr.len() + key + 8 * (6 + self.thresholds))
-                    .sum::<usize>()
-            })
-            .sum();
+        // The batches are built before the query runs, outside DataFusion's operators: they are
+        // counted against the memory pool as they grow, so a scan larger than
+        // `sql.memory_limit_bytes` stops with `ResourcesExhausted` instead of being built.
         let reservation = MemoryConsumer::new(format!("{} scan", time_column(self.table)))
             .register(&state.runtime_env().memory_pool);
-        reservation.try_grow(estimate)?;
-        drop(reservation);
         let options = state.config_options();
-        let batches = rollup_batches(
+        let mut builder = RollupBuilder::new(
             &self.schema,
             self.dimensions,
             self.thresholds,
             projection.map(|p| p.as_slice()),
-            &rows,
             options.execution.target_partitions,
             options.execution.batch_size,
+            Some(reservation),
         )?;
-        let projected = match projection {
-            Some(p) => Arc::new(self.schema.project(p)?),
-            None => self.schema.clone(),
-        };
-        Ok(MemorySourceConfig::try_new_exec(&batches, projected, None)?)
+        self.source
+            .visit_rows(self.table, range, &mut builder)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        Ok(Arc::new(builder.finish()?))
     }
 }
 
@@ -398,7 +723,148 @@ fn nanos(v: &ScalarValue) -> Option<i128> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::prelude::{col, lit};
+    use crate::histogram;
+    use crate::sql::functions;
+    use crate::state::RowCounts;
+    use bytes::Bytes;
+    use datafusion::arrow::util::pretty::pretty_format_batches;
+    use datafusion::physical_plan::{collect, collect_partitioned, displayable};
+    use datafusion::prelude::{SessionConfig, SessionContext, col, lit};
+
+    /// 40 series over 3 services and 2 regions, 5 rows each of known latencies.
+    fn prepared() -> Arc<PreparedRows> {
+        let series = (0..40u64)
+            .map(|i| {
+                let key = SeriesKey {
+                    service: format!("svc-{}", i % 3).as_str().into(),
+                    endpoint: format!("GET /e/{i}").as_str().into(),
+                    dimensions: vec![if i % 2 == 0 { "eu" } else { "us" }.into()],
+                };
+                let rows = (0..5u64)
+                    .map(|m| {
+                        let mut h = histogram::new_histogram(2).unwrap();
+                        let n = i + m + 1;
+                        for v in 1..=n {
+                            histogram::record(&mut h, v * 1_000_000);
+                        }
+                        let row = Row {
+                            counts: RowCounts {
+                                requests: n,
+                                ..RowCounts::default()
+                            },
+                            hdr: Bytes::from(histogram::encode(&h).unwrap()),
+                        };
+                        (1_000 + m * 60, row)
+                    })
+                    .collect();
+                (key, Source::Span, rows)
+            })
+            .collect();
+        Arc::new(PreparedRows {
+            dimension_labels: vec!["region".into()],
+            threshold_columns: vec!["requests_le_0_2".into()],
+            series,
+        })
+    }
+
+    fn context(rows: &Arc<PreparedRows>, partitions: usize) -> SessionContext {
+        let mut config = SessionConfig::new().with_target_partitions(partitions);
+        config.options_mut().execution.time_zone = Some(TIME_ZONE.to_owned());
+        let ctx = SessionContext::new_with_config(config);
+        functions::register(&ctx, 2_000 * MINUTE_NANOS);
+        for (table, name) in [
+            (Table::Minutes, "latency_minutes"),
+            (Table::Hours, "latency_hours"),
+        ] {
+            let provider = RollupTable::new(table, rows.clone());
+            ctx.register_table(name, Arc::new(provider)).unwrap();
+        }
+        ctx
+    }
+
+    #[tokio::test]
+    async fn each_series_sits_in_the_partition_datafusion_hashes_it_to() {
+        let rows = prepared();
+        let ctx = context(&rows, 4);
+        let provider = RollupTable::new(Table::Minutes, rows.clone());
+        let plan = provider.scan(&ctx.state(), None, &[], None).await.unwrap();
+        match plan.properties().partitioning.clone() {
+            Partitioning::Hash(exprs, 4) => {
+                let names: Vec<String> = exprs.iter().map(|e| e.to_string()).collect();
+                assert_eq!(names, ["service@1", "endpoint@2", "region@3"]);
+            }
+            other => panic!("expected hash partitioning by series, got {other}"),
+        }
+        let partitions = collect_partitioned(plan, ctx.task_ctx()).await.unwrap();
+        let mut total = 0;
+        for (i, batches) in partitions.iter().enumerate() {
+            assert!(!batches.is_empty(), "partition {i} is empty");
+            for batch in batches {
+                let keys: Vec<ArrayRef> = (1..=3).map(|c| batch.column(c).clone()).collect();
+                let mut hashes = vec![0; batch.num_rows()];
+                create_hashes(&keys, REPARTITION_RANDOM_STATE.random_state(), &mut hashes)
+                    .unwrap();
+                assert!(hashes.iter().all(|h| h % 4 == i as u64), "partition {i}");
+                total += batch.num_rows();
+            }
+        }
+        assert_eq!(total, 200);
+        // Without every key column the scan promises nothing about where series sit.
+        let plan = provider
+            .scan(&ctx.state(), Some(&vec![1, 5]), &[], None)
+            .await
+            .unwrap();
+        assert!(matches!(
+            plan.properties().partitioning,
+            Partitioning::UnknownPartitioning(4)
+        ));
+    }
+
+    #[tokio::test]
+    async fn queries_on_hash_partitioned_scans_equal_one_partition() {
+        let rows = prepared();
+        let (one, four) = (context(&rows, 1), context(&rows, 4));
+        let by_series = "SELECT service, endpoint, region, sum(requests) AS n, \
+            hdr_quantile(hdr_merge(hdr), 0.99) AS p99 FROM latency_minutes \
+            WHERE minute >= now() - INTERVAL '1 day' GROUP BY 1, 2, 3 ORDER BY 1, 2, 3";
+        // Aggregating by series needs no repartition and no partial states.
+        let plan = four
+            .sql(by_series)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let shown = displayable(plan.as_ref()).indent(true).to_string();
+        assert!(shown.contains("mode=SinglePartitioned"), "{shown}");
+        assert!(!shown.contains("RepartitionExec"), "{shown}");
+        for sql in [
+            by_series,
+            "SELECT service, sum(requests) AS n, hdr_quantile(hdr_merge(hdr), 0.5) AS p50 \
+             FROM latency_minutes GROUP BY 1 ORDER BY 1",
+            "SELECT region, endpoint, count(*) AS c FROM latency_minutes GROUP BY 1, 2 \
+             ORDER BY 1, 2",
+            "SELECT m.service, m.endpoint, m.region, sum(m.requests) AS n, count(*) AS c \
+             FROM latency_minutes m JOIN latency_hours h ON m.service = h.service \
+             AND m.endpoint = h.endpoint AND m.region = h.region AND m.minute = h.hour \
+             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        ] {
+            let mut out = Vec::new();
+            for ctx in [&one, &four] {
+                let plan = ctx
+                    .sql(sql)
+                    .await
+                    .unwrap()
+                    .create_physical_plan()
+                    .await
+                    .unwrap();
+                let batches = collect(plan, ctx.task_ctx()).await.unwrap();
+                out.push(pretty_format_batches(&batches).unwrap().to_string());
+            }
+            assert_eq!(out[0], out[1], "{sql}");
+            assert!(out[0].lines().count() > 4, "{sql}: {}", out[0]);
+        }
+    }
 
     fn ts(minute: i64, extra_nanos: i64) -> Expr {
         lit(ScalarValue::TimestampNanosecond(
