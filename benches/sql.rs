@@ -1,8 +1,9 @@
 //! SQL over rollups, end to end through `ctx.sql(…)` on 2 target partitions at 2 significant
-//! digits, each run scanning generated rows through the live tables' scan: a 1-day P99 for 100 series over one day of minute rows (144 000 blobs), and a 30-day
-//! P99 for 100 series over hour rows (72 000 blobs). Also the decode choice of ADR 007: the
-//! hdrhistogram crate's `Deserializer` + `add` against decoding V2 straight into one counts
-//! array, over the same 144 000 minute blobs.
+//! digits, each run scanning generated rows through the live tables' scan: a 1-day P99 for 100
+//! series over one day of minute rows (144 000 blobs), and a 30-day P99 for 100 series over hour
+//! rows (72 000 blobs). Also the decode choice of ADR 007: the hdrhistogram crate's
+//! `Deserializer` + `add` against decoding V2 straight into one counts array, over the same
+//! 144 000 minute blobs.
 //! Run: `cargo bench --bench sql`. Figures and machine in BENCHMARKS.md.
 
 use std::hint::black_box;

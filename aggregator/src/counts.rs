@@ -155,22 +155,35 @@ impl Counts {
         if n == 0 {
             return;
         }
+        let slot = self.slot(index);
+        self.counts[slot] = self.counts[slot].saturating_add(n);
+        self.total = self.total.saturating_add(n);
+    }
+
+    /// The position of `index` in `counts`, growing it to cover `index` if needed.
+    #[inline]
+    fn slot(&mut self, index: usize) -> usize {
         let rel = index.wrapping_sub(self.offset);
         if rel < self.counts.len() {
-            self.counts[rel] = self.counts[rel].saturating_add(n);
-        } else if self.counts.is_empty() {
+            rel
+        } else {
+            self.grow_to(index)
+        }
+    }
+
+    #[cold]
+    fn grow_to(&mut self, index: usize) -> usize {
+        if self.counts.is_empty() {
             self.offset = index;
-            self.counts.push(n);
+            self.counts.push(0);
         } else if index >= self.offset {
-            self.counts.resize(rel + 1, 0);
-            self.counts[rel] = n;
+            self.counts.resize(index - self.offset + 1, 0);
         } else {
             let grow = self.offset - index;
             self.counts.splice(0..0, std::iter::repeat_n(0, grow));
             self.offset = index;
-            self.counts[0] = n;
         }
-        self.total = self.total.saturating_add(n);
+        index - self.offset
     }
 
     /// Adds everything counted in `other` (same precision).
@@ -270,6 +283,9 @@ impl Counts {
         };
         let mut index = 0usize;
         let mut pos = V2_HEADER;
+        let mut added = 0u64;
+        // Counts added before an error stay counted in `total` too.
+        let mut result = Ok(end);
         while pos < end {
             // Most entries (zero runs and counts under 64) are one byte.
             let zz = match bytes[pos] {
@@ -277,11 +293,16 @@ impl Counts {
                     pos += 1;
                     u64::from(b)
                 }
-                _ => {
-                    let (zz, used) = read_varint(&bytes[pos..end])?;
-                    pos += used;
-                    zz
-                }
+                _ => match read_varint(&bytes[pos..end]) {
+                    Ok((zz, used)) => {
+                        pos += used;
+                        zz
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                },
             };
             let n = ((zz >> 1) as i64) ^ -((zz & 1) as i64);
             if n < 0 {
@@ -290,20 +311,18 @@ impl Counts {
             }
             if n > 0 {
                 if index > layout.last_index {
-                    return Err(corrupt("a count lies beyond 1 hour"));
+                    result = Err(corrupt("a count lies beyond 1 hour"));
+                    break;
                 }
                 let n = n as u64;
-                match self.counts.get_mut(index.wrapping_sub(self.offset)) {
-                    Some(c) => {
-                        *c = c.saturating_add(n);
-                        self.total = self.total.saturating_add(n);
-                    }
-                    None => self.add_at(index, n),
-                }
+                let slot = self.slot(index);
+                self.counts[slot] = self.counts[slot].saturating_add(n);
+                added = added.saturating_add(n);
             }
             index = index.saturating_add(1);
         }
-        Ok(end)
+        self.total = self.total.saturating_add(added);
+        result
     }
 
     /// The V2 encoding (uncompressed) of these counts; any HdrHistogram library reads it.

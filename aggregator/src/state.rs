@@ -654,32 +654,40 @@ impl Aggregator {
         out
     }
 
-    /// Every series key, sorted: the order [`Aggregator::visit_rows`] reads series in.
+    /// Every series key, in no particular order.
     pub fn series_keys(&self) -> Vec<SeriesKey> {
-        let mut keys: Vec<SeriesKey> = self.series.keys().cloned().collect();
-        keys.sort_unstable();
-        keys
+        self.series.keys().cloned().collect()
     }
 
     /// Hands `visitor` the rows of `table` whose minute (or hour) start lies in `range` (minute
-    /// indexes since the epoch), for each series of `keys` still held, in that order, after
-    /// sealing whatever the clock has left behind. Rows are lent, not cloned: the visitor
-    /// copies what it keeps, so a read costs one pass over the rows under the lock, and a
-    /// reader can take the series in chunks to keep each hold of the lock short. The open
-    /// minute's encoding is kept until it changes; buffered late values are encoded on the fly
-    /// and not stored, so reading often does not multiply a minute's rows.
+    /// indexes since the epoch), for the series of `keys` still held, in that order, after
+    /// sealing whatever the clock has left behind. Stops after the series that brings the rows
+    /// handed over to `row_budget` or more, and returns how many keys it went through, so a
+    /// reader can take the series in chunks and keep each hold of the lock short. Rows are
+    /// lent, not cloned: the visitor copies what it keeps. The open minute's encoding is kept
+    /// until it changes; buffered late values are encoded on the fly and not stored, so
+    /// reading often does not multiply a minute's rows.
     pub fn visit_rows(
         &mut self,
         table: Table,
         range: RangeInclusive<u64>,
         keys: &[SeriesKey],
+        row_budget: usize,
         visitor: &mut dyn RowVisitor,
-    ) -> Result<ControlFlow<()>> {
+    ) -> Result<(usize, ControlFlow<()>)> {
         let open_minute = minute_of(self.clock.now_nanos());
         self.roll(open_minute);
         let current_hour = hour_of(open_minute);
+        let wanted = |minute: u64| match table {
+            Table::Minutes => range.contains(&minute),
+            Table::Hours => range.contains(&hour_of(minute)),
+        };
         let mut late = Vec::new();
-        for key in keys {
+        let mut rows = 0;
+        for (done, key) in keys.iter().enumerate() {
+            if rows >= row_budget {
+                return Ok((done, ControlFlow::Continue(())));
+            }
             let Some(state) = self.series.get_mut(key) else {
                 continue;
             };
@@ -687,7 +695,7 @@ impl Aggregator {
             if !state.late.is_empty() {
                 late = state.late_rows(&mut self.scratch, &self.thresholds)?;
             }
-            let open = match state.open.as_mut() {
+            let open = match state.open.as_mut().filter(|o| wanted(o.minute)) {
                 Some(o) => Some((o.minute, o.row()?)),
                 None => None,
             };
@@ -697,6 +705,7 @@ impl Aggregator {
                     announced = true;
                     visitor.series(key, state.source)?;
                 }
+                rows += 1;
                 visitor.row(at, row)
             };
             let flow = match table {
@@ -730,10 +739,10 @@ impl Aggregator {
                     .try_for_each(|(h, row)| emit(h, row)),
             };
             if flow.is_break() {
-                return Ok(flow);
+                return Ok((done + 1, flow));
             }
         }
-        Ok(ControlFlow::Continue(()))
+        Ok((keys.len(), ControlFlow::Continue(())))
     }
 }
 
@@ -741,6 +750,7 @@ impl Aggregator {
 /// of each series that has rows in the range, then `row` for each of them. Either may stop the
 /// visit with `ControlFlow::Break` (and keep its own reason why).
 pub trait RowVisitor {
+    /// The series the next rows belong to.
     fn series(&mut self, key: &SeriesKey, source: Source) -> ControlFlow<()>;
     /// One row: the first minute of its minute or hour, its counts and its V2 encoding.
     fn row(&mut self, at: u64, row: &Row) -> ControlFlow<()>;

@@ -212,14 +212,20 @@ impl QueryEngine {
             .run(
                 self.internal_runtime.as_ref(),
                 async move {
-                    let mut out = Vec::new();
-                    for (minute_exact, windows) in [(true, short), (false, long)] {
-                        if windows.is_empty() {
-                            continue;
-                        }
-                        let df = window_plan(&ctx, minute_exact, &windows, &dimensions, at).await?;
-                        out.push((windows, df.collect().await.map_err(classify)?));
-                    }
+                    // Both plans at once: one's scan is built while the other's partitions merge
+                    // on the runtime's workers.
+                    let plans = [(true, short), (false, long)]
+                        .into_iter()
+                        .filter(|(_, windows)| !windows.is_empty())
+                        .map(|(minute_exact, windows)| {
+                            let (ctx, dimensions) = (&ctx, &dimensions);
+                            async move {
+                                let df = window_plan(ctx, minute_exact, &windows, dimensions, at)
+                                    .await?;
+                                Ok::<_, Error>((windows, df.collect().await.map_err(classify)?))
+                            }
+                        });
+                    let out = futures::future::try_join_all(plans).await?;
                     Ok(out)
                 },
                 self.config.timeout,
@@ -453,9 +459,7 @@ mod tests {
         use std::sync::Mutex;
         use std::time::UNIX_EPOCH;
 
-        let clock = Arc::new(Clock::fake(
-            UNIX_EPOCH + Duration::from_secs(1_800_000_000),
-        ));
+        let clock = Arc::new(Clock::fake(UNIX_EPOCH + Duration::from_secs(1_800_000_000)));
         let aggregator = Aggregator::new(
             &IngestConfig {
                 dimensions: vec!["region".into()],

@@ -14,8 +14,8 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::{DataFusionError, Result, ScalarValue};
 use datafusion::common::hash_utils::create_hashes;
+use datafusion::common::{DataFusionError, Result, ScalarValue};
 use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::logical_expr::{
@@ -128,36 +128,45 @@ impl RollupSource for Mutex<Aggregator> {
         lock(self).threshold_columns().to_vec()
     }
 
-    /// Takes the lock once per chunk of series, so ingest waits at most one chunk's copy.
+    /// Takes the lock once per chunk of about `ROWS_PER_LOCK` rows, so ingest waits for one
+    /// chunk's copy (or, once a minute, the roll the first chunk makes), not for the whole scan.
+    /// Series are read in key order. A batch applied between chunks shows in the later chunks'
+    /// series only; the time range is the same for all.
     fn visit_rows(
         &self,
         table: Table,
         range: RangeInclusive<u64>,
         visitor: &mut dyn RowVisitor,
     ) -> crate::error::Result<()> {
-        let keys = lock(self).series_keys();
-        for chunk in keys.chunks(SERIES_PER_LOCK) {
-            if lock(self)
-                .visit_rows(table, range.clone(), chunk, visitor)?
-                .is_break()
-            {
+        let mut keys = lock(self).series_keys();
+        keys.sort_unstable();
+        let mut rest = keys.as_slice();
+        while !rest.is_empty() {
+            let (done, flow) =
+                lock(self).visit_rows(table, range.clone(), rest, ROWS_PER_LOCK, visitor)?;
+            if flow.is_break() {
                 break;
             }
+            rest = &rest[done..];
+            // Let a waiting writer in before the next chunk.
+            std::thread::yield_now();
         }
         Ok(())
     }
 }
 
-/// Series read per hold of the state lock: about 20 000 rows of a day's windows.
-const SERIES_PER_LOCK: usize = 256;
+/// Rows copied per hold of the state lock.
+const ROWS_PER_LOCK: usize = 16_384;
+
+/// A series with its rows: (first minute of the row's minute or hour, row).
+pub type PreparedSeries = (SeriesKey, Source, Vec<(u64, Row)>);
 
 /// Rows prepared up front, for benches and tests: either table reads the same rows.
 #[derive(Debug, Default)]
 pub struct PreparedRows {
     pub dimension_labels: Vec<String>,
     pub threshold_columns: Vec<String>,
-    /// Each series with its rows: (first minute of the row's minute or hour, row).
-    pub series: Vec<(SeriesKey, Source, Vec<(u64, Row)>)>,
+    pub series: Vec<PreparedSeries>,
 }
 
 impl RollupSource for PreparedRows {
@@ -190,16 +199,12 @@ impl RollupSource for PreparedRows {
     }
 }
 
-/// The key columns of the rollup schema, hashed as DataFusion's `RepartitionExec` hashes them.
-fn key_hash(key: &SeriesKey) -> Result<u64> {
-    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(2 + key.dimensions.len());
-    arrays.push(Arc::new(StringArray::from(vec![&*key.service])));
-    arrays.push(Arc::new(StringArray::from(vec![&*key.endpoint])));
-    arrays.extend(
-        key.dimensions
-            .iter()
-            .map(|d| Arc::new(StringArray::from(vec![&**d])) as ArrayRef),
-    );
+/// The key columns of a series' rows (service, endpoint and `dimensions` extra dimensions, as
+/// the columns hold them), hashed as DataFusion's `RepartitionExec` hashes them.
+fn key_hash(key: &SeriesKey, dimensions: usize) -> Result<u64> {
+    let text = |v: &str| Arc::new(StringArray::from(vec![v])) as ArrayRef;
+    let mut arrays = vec![text(&key.service), text(&key.endpoint)];
+    arrays.extend((0..dimensions).map(|i| text(key.dimensions.get(i).map_or("", |d| d))));
     let mut hash = [0u64];
     create_hashes(&arrays, REPARTITION_RANDOM_STATE.random_state(), &mut hash)?;
     Ok(hash[0])
@@ -301,7 +306,8 @@ impl PartitionBuilder {
                 ) as ArrayRef,
                 ColumnBuilder::Text(_, b) => {
                     let a = b.finish();
-                    *b = StringBuilder::with_capacity(len, a.value_data().len() * usize::from(more));
+                    *b =
+                        StringBuilder::with_capacity(len, a.value_data().len() * usize::from(more));
                     Arc::new(a) as ArrayRef
                 }
                 ColumnBuilder::Number(_, v) => Arc::new(UInt64Array::from(std::mem::replace(
@@ -310,7 +316,10 @@ impl PartitionBuilder {
                 ))),
                 ColumnBuilder::Hdr(b) => {
                     let a = b.finish();
-                    *b = BinaryBuilder::with_capacity(len, (a.value_data().len() + len * 64) * usize::from(more));
+                    *b = BinaryBuilder::with_capacity(
+                        len,
+                        (a.value_data().len() + len * 64) * usize::from(more),
+                    );
                     Arc::new(a)
                 }
             })
@@ -386,11 +395,11 @@ impl RollupBuilder {
     }
 
     fn reserve(&mut self) -> ControlFlow<()> {
-        if let Some(r) = &mut self.reservation {
-            if let Err(e) = r.try_grow(self.unreserved) {
-                self.error = Some(e);
-                return ControlFlow::Break(());
-            }
+        if let Some(r) = &mut self.reservation
+            && let Err(e) = r.try_grow(self.unreserved)
+        {
+            self.error = Some(e);
+            return ControlFlow::Break(());
         }
         self.unreserved = 0;
         ControlFlow::Continue(())
@@ -435,12 +444,11 @@ impl RollupBuilder {
             self.reservation,
         ))
     }
-
 }
 
 impl RowVisitor for RollupBuilder {
     fn series(&mut self, key: &SeriesKey, source: Source) -> ControlFlow<()> {
-        match key_hash(key) {
+        match key_hash(key, self.dimensions) {
             Ok(hash) => {
                 let partition = (hash % self.partitions.len() as u64) as usize;
                 self.current = Some((key.clone(), source, partition));
@@ -459,11 +467,11 @@ impl RowVisitor for RollupBuilder {
         };
         let p = &mut self.partitions[*partition];
         self.unreserved += p.push(key, *source, at, row);
-        if p.len >= self.batch_size {
-            if let Err(e) = p.flush(&self.schema, true) {
-                self.error = Some(e);
-                return ControlFlow::Break(());
-            }
+        if p.len >= self.batch_size
+            && let Err(e) = p.flush(&self.schema, true)
+        {
+            self.error = Some(e);
+            return ControlFlow::Break(());
         }
         if self.unreserved >= RESERVE_STEP {
             return self.reserve();
@@ -502,11 +510,6 @@ impl RollupScanExec {
             _reservation: reservation,
         }
     }
-
-    /// The batches of every partition.
-    pub fn partitions(&self) -> &[Vec<RecordBatch>] {
-        &self.partitions
-    }
 }
 
 impl DisplayAs for RollupScanExec {
@@ -544,11 +547,7 @@ impl ExecutionPlan for RollupScanExec {
         Ok(self)
     }
 
-    fn execute(
-        &self,
-        partition: usize,
-        _: Arc<TaskContext>,
-    ) -> Result<SendableRecordBatchStream> {
+    fn execute(&self, partition: usize, _: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         let batches = self.partitions.get(partition).cloned().ok_or_else(|| {
             DataFusionError::Internal(format!(
                 "RollupScanExec has {} partitions, not {partition}",
@@ -802,8 +801,7 @@ mod tests {
             for batch in batches {
                 let keys: Vec<ArrayRef> = (1..=3).map(|c| batch.column(c).clone()).collect();
                 let mut hashes = vec![0; batch.num_rows()];
-                create_hashes(&keys, REPARTITION_RANDOM_STATE.random_state(), &mut hashes)
-                    .unwrap();
+                create_hashes(&keys, REPARTITION_RANDOM_STATE.random_state(), &mut hashes).unwrap();
                 assert!(hashes.iter().all(|h| h % 4 == i as u64), "partition {i}");
                 total += batch.num_rows();
             }
@@ -818,6 +816,90 @@ mod tests {
             plan.properties().partitioning,
             Partitioning::UnknownPartitioning(4)
         ));
+    }
+
+    #[tokio::test]
+    async fn the_live_state_is_read_whole_across_lock_chunks() {
+        use crate::config::{AggregatorConfig, IngestConfig};
+        use crate::record::RequestRecord;
+        use crate::{Clock, Telemetry};
+        use datafusion::arrow::array::AsArray;
+        use datafusion::arrow::datatypes::Int64Type;
+        use std::time::{Duration, UNIX_EPOCH};
+
+        let clock = Arc::new(Clock::fake(UNIX_EPOCH + Duration::from_secs(1_800_000_000)));
+        let mut aggregator = Aggregator::new(
+            &IngestConfig::default(),
+            &AggregatorConfig::default(),
+            clock.clone(),
+            Arc::new(Telemetry::default()),
+        )
+        .unwrap();
+        // 300 series × 60 minutes: more rows than one hold of the lock copies.
+        let keys: Vec<SeriesKey> = (0..300)
+            .map(|i| SeriesKey {
+                service: "svc".into(),
+                endpoint: format!("GET /e/{i}").as_str().into(),
+                dimensions: Vec::new(),
+            })
+            .collect();
+        for _ in 0..60 {
+            let now = clock.now_nanos();
+            let records: Vec<RequestRecord> = keys
+                .iter()
+                .map(|key| RequestRecord {
+                    key: key.clone(),
+                    end_unix_nanos: now,
+                    duration_nanos: 5_000_000,
+                    error: false,
+                    recommendations: 1,
+                })
+                .collect();
+            aggregator.apply(&records);
+            clock.advance(Duration::from_secs(60));
+        }
+        let state: Arc<Mutex<Aggregator>> = Arc::new(Mutex::new(aggregator));
+        let mut config = SessionConfig::new().with_target_partitions(2);
+        config.options_mut().execution.time_zone = Some(TIME_ZONE.to_owned());
+        let ctx = SessionContext::new_with_config(config);
+        functions::register(&ctx, clock.now_nanos());
+        let provider = RollupTable::new(Table::Minutes, state);
+        ctx.register_table("latency_minutes", Arc::new(provider))
+            .unwrap();
+        let batches = ctx
+            .sql(
+                "SELECT count(*), CAST(sum(requests) AS BIGINT), count(DISTINCT endpoint) \
+                 FROM latency_minutes",
+            )
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let value = |c: usize| batches[0].column(c).as_primitive::<Int64Type>().value(0);
+        assert!(18_000 > ROWS_PER_LOCK as i64);
+        assert_eq!((value(0), value(1), value(2)), (18_000, 18_000, 300));
+    }
+
+    #[tokio::test]
+    async fn a_scan_larger_than_the_memory_pool_is_refused() {
+        use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+
+        let rows = prepared();
+        let env = RuntimeEnvBuilder::new()
+            .with_memory_limit(4 * 1024, 1.0)
+            .build_arc()
+            .unwrap();
+        let ctx = SessionContext::new_with_config_rt(SessionConfig::new(), env);
+        let provider = RollupTable::new(Table::Minutes, rows);
+        let e = provider
+            .scan(&ctx.state(), None, &[], None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)),
+            "{e}"
+        );
     }
 
     #[tokio::test]
