@@ -1,7 +1,8 @@
 //! Memory and `/metrics` at the series cap: 10 000 series plus the overflow series, each with 30
 //! requests a minute, through the fake clock for 3 hours (every minute of the 3 h kept in
-//! memory), then 21 more hours (a day of history: 3 h of minutes, hours before). Prints
-//! resident memory after each phase, then renders `/metrics` (windows 1m, 5m, 1h and 1d through
+//! memory), then 21 more hours (a day of history: 3 h of minutes, hours before), ending 30 s
+//! into the last minute of an hour (the dearest instant for the 1d window) with traffic in the
+//! open minute. Prints resident memory after each phase, then renders `/metrics` (windows 1m, 5m, 1h and 1d through
 //! the SQL engine, then the text exposition) nine times (`BENCH_RENDERS`) and prints each time,
 //! the median, and the longest wait for the state lock (what ingest feels) during the renders.
 //! `BENCH_EXPLAIN=1` also prints `EXPLAIN ANALYZE` of the two window queries.
@@ -16,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use recmeter_aggregator::state::lock;
 use recmeter_aggregator::{
     Aggregator, AggregatorConfig, Clock, IngestConfig, QueryEngine, RequestRecord, SeriesKey,
-    SqlConfig, Telemetry,
+    SqlConfig, Telemetry, Window,
 };
 use recmeter_exporter::api::METRICS_WINDOWS;
 use recmeter_exporter::prometheus::{Format, render};
@@ -47,8 +48,9 @@ fn rss_mib(field: &str) -> f64 {
 }
 
 fn main() {
-    // 30 s into a minute; each request ends within the second before now, in the open minute.
-    let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_030);
+    // 30 s into the last minute of an hour, the dearest instant for the 1d window (23 whole
+    // hours and 59 minutes); each request ends within the second before now, in the open minute.
+    let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + 59 * 60 + 30);
     let clock = Arc::new(Clock::fake(start));
     let telemetry = Arc::new(Telemetry::default());
     let mut aggregator = Aggregator::new(
@@ -114,14 +116,24 @@ fn main() {
         .enable_all()
         .build()
         .unwrap_or_else(|e| panic!("runtime: {e}"));
-    // The clock left the last minute (and hour) behind: seal them before the renders, as the
-    // worker's next batch would, so the renders time reading and not the hourly seal.
-    let t = Instant::now();
-    lock(&state).apply(&[]);
-    println!(
-        "sealing the last minute and hour: {:.2} s",
-        t.elapsed().as_secs_f64()
-    );
+    // Traffic in the open minute too, as at any real scrape.
+    {
+        let mut aggregator = lock(&state);
+        let now = clock.now_nanos();
+        for key in &keys {
+            batch.clear();
+            for _ in 0..per_minute {
+                batch.push(RequestRecord {
+                    key: key.clone(),
+                    end_unix_nanos: now - rng.random_range(0..1_000_000_000u64),
+                    duration_nanos: rng.random_range(5_000_000..200_000_000),
+                    error: false,
+                    recommendations: 20,
+                });
+            }
+            aggregator.apply(&batch);
+        }
+    }
     // What ingest would feel: the longest wait for the state lock while renders run.
     let stop = Arc::new(AtomicBool::new(false));
     let prober = {
@@ -183,15 +195,16 @@ fn main() {
 fn explain(runtime: &tokio::runtime::Runtime, engine: &QueryEngine, now: u64) {
     let open = now / 60_000_000_000;
     let hour = open - open % 60;
+    let start = |w: Window| format!("to_timestamp_nanos({})", w.minute_range(now).start() * 60_000_000_000);
     let at = |m: u64| format!("to_timestamp_nanos({})", m * 60_000_000_000);
     let short = format!(
         "EXPLAIN ANALYZE SELECT service, endpoint, \
          hdr_merge(hdr) FILTER (WHERE minute >= {}) AS m1, \
          hdr_merge(hdr) FILTER (WHERE minute >= {}) AS m5, hdr_merge(hdr) AS h1 \
          FROM latency_minutes WHERE minute >= {} AND minute < {} GROUP BY service, endpoint",
-        at(open - 1),
-        at(open - 4),
-        at(open - 60),
+        start(Window::M1),
+        start(Window::M5),
+        start(Window::H1),
         at(open + 1)
     );
     let long = format!(
@@ -199,7 +212,7 @@ fn explain(runtime: &tokio::runtime::Runtime, engine: &QueryEngine, now: u64) {
          SELECT service, endpoint, hdr FROM latency_hours WHERE hour >= {} AND hour < {} \
          UNION ALL SELECT service, endpoint, hdr FROM latency_minutes \
          WHERE minute >= {} AND minute < {}) GROUP BY service, endpoint",
-        at(open - 1439),
+        start(Window::D1),
         at(hour),
         at(hour),
         at(open + 1)

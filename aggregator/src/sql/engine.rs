@@ -455,7 +455,6 @@ mod tests {
     async fn metrics_windows_merge_in_one_stage() {
         use crate::config::{AggregatorConfig, IngestConfig};
         use crate::{Aggregator, Clock, Telemetry};
-        use datafusion::physical_plan::displayable;
         use std::sync::Mutex;
         use std::time::UNIX_EPOCH;
 
@@ -488,9 +487,7 @@ mod tests {
                 .create_physical_plan()
                 .await
                 .unwrap();
-            let shown = displayable(plan.as_ref()).indent(true).to_string();
-            assert!(shown.contains("mode=SinglePartitioned"), "{shown}");
-            assert!(!shown.contains("RepartitionExec"), "{shown}");
+            crate::sql::testing::assert_one_stage(plan.as_ref());
         }
     }
 

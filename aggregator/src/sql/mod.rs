@@ -7,3 +7,6 @@ pub mod functions;
 pub mod tables;
 
 pub use engine::{QueryEngine, QueryOutput, check_read_only, table_name};
+
+#[cfg(test)]
+mod testing;

@@ -1,5 +1,5 @@
 //! The metric families of `/metrics`, rendered from one aggregator [`Snapshot`] through a
-//! `prometheus-client` custom collector, so every family of a scrape reads the same instant.
+//! `prometheus-client` custom collector, so every family of a scrape reads the same snapshot.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
