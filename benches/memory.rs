@@ -8,13 +8,13 @@
 //! `BENCH_EXPLAIN=1` also prints `EXPLAIN ANALYZE` of the two window queries.
 //! Run: `cargo bench --bench memory`. Figures and machine in BENCHMARKS.md.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use recmeter_aggregator::state::lock;
+use recmeter_aggregator::state::{lock, shared};
 use recmeter_aggregator::{
     Aggregator, AggregatorConfig, Clock, IngestConfig, QueryEngine, RequestRecord, SeriesKey,
     SqlConfig, Telemetry, Window,
@@ -105,7 +105,7 @@ fn main() {
             t.elapsed().as_secs_f64()
         );
     }
-    let state = Arc::new(Mutex::new(aggregator));
+    let state = shared(aggregator);
     let sql = SqlConfig {
         target_partitions: knob("BENCH_PARTITIONS", 0),
         ..SqlConfig::default()
@@ -195,7 +195,12 @@ fn main() {
 fn explain(runtime: &tokio::runtime::Runtime, engine: &QueryEngine, now: u64) {
     let open = now / 60_000_000_000;
     let hour = open - open % 60;
-    let start = |w: Window| format!("to_timestamp_nanos({})", w.minute_range(now).start() * 60_000_000_000);
+    let start = |w: Window| {
+        format!(
+            "to_timestamp_nanos({})",
+            w.minute_range(now).start() * 60_000_000_000
+        )
+    };
     let at = |m: u64| format!("to_timestamp_nanos({})", m * 60_000_000_000);
     let short = format!(
         "EXPLAIN ANALYZE SELECT service, endpoint, \

@@ -2,7 +2,7 @@
 //! the writes. Senders get a retryable [`Error::Backpressure`] when the queue is full, never a
 //! silent drop; each batch is answered once it has been counted.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -46,12 +46,12 @@ impl AggregatorHandle {
         telemetry: Arc<Telemetry>,
         hooks: Arc<Hooks>,
     ) -> Result<(Self, JoinHandle<()>)> {
-        let state = Arc::new(Mutex::new(Aggregator::new(
+        let state = crate::state::shared(Aggregator::new(
             ingest,
             config,
             clock.clone(),
             telemetry.clone(),
-        )?));
+        )?);
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let worker = tokio::spawn(run(rx, state.clone(), hooks.clone()));
         Ok((

@@ -9,10 +9,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::{ControlFlow, RangeInclusive};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::clock::{Clock, MINUTE_NANOS, minute_of};
 use crate::config::{AggregatorConfig, IngestConfig, MAX_THRESHOLDS};
@@ -429,14 +430,19 @@ pub struct Snapshot {
 }
 
 /// The rollup state, shared by the worker that writes it and the readers (tables, `/metrics`).
+/// `parking_lot`'s mutex, so a reader that takes it chunk after chunk can hand it over fairly
+/// to a waiting writer between chunks.
 pub type SharedState = Arc<Mutex<Aggregator>>;
 
+/// Wraps an aggregator for sharing.
+pub fn shared(aggregator: Aggregator) -> SharedState {
+    Arc::new(Mutex::new(aggregator))
+}
+
 /// Locks the shared state. A panic while counting leaves counts that are still consistent per
-/// record, so a poisoned lock is taken over rather than propagated.
+/// record; the lock does not poison.
 pub fn lock(state: &Mutex<Aggregator>) -> MutexGuard<'_, Aggregator> {
-    state
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    state.lock()
 }
 
 /// The rollup state. Owned by one worker task; readers take the lock briefly.
@@ -801,7 +807,7 @@ mod tests {
             telemetry.clone(),
         )
         .unwrap();
-        let state = Arc::new(Mutex::new(agg));
+        let state = shared(agg);
         let engine = QueryEngine::new(state.clone(), &SqlConfig::default()).unwrap();
         Fixture {
             state,

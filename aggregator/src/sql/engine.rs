@@ -455,7 +455,6 @@ mod tests {
     async fn metrics_windows_merge_in_one_stage() {
         use crate::config::{AggregatorConfig, IngestConfig};
         use crate::{Aggregator, Clock, Telemetry};
-        use std::sync::Mutex;
         use std::time::UNIX_EPOCH;
 
         let clock = Arc::new(Clock::fake(UNIX_EPOCH + Duration::from_secs(1_800_000_000)));
@@ -473,7 +472,7 @@ mod tests {
             target_partitions: 2,
             ..SqlConfig::default()
         };
-        let engine = QueryEngine::new(Arc::new(Mutex::new(aggregator)), &config).unwrap();
+        let engine = QueryEngine::new(crate::state::shared(aggregator), &config).unwrap();
         let now = clock.now_nanos();
         let ctx = engine.context_with(engine.internal.clone(), now);
         let dimensions = ["region".to_owned()];

@@ -5,7 +5,9 @@
 //! in one stage, without partial states or a repartition.
 
 use std::ops::{ControlFlow, RangeInclusive};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
@@ -142,15 +144,15 @@ impl RollupSource for Mutex<Aggregator> {
         keys.sort_unstable();
         let mut rest = keys.as_slice();
         while !rest.is_empty() {
-            let (done, flow) =
-                lock(self).visit_rows(table, range.clone(), rest, ROWS_PER_LOCK, visitor)?;
+            let mut guard = lock(self);
+            let read = guard.visit_rows(table, range.clone(), rest, ROWS_PER_LOCK, visitor);
+            // A waiting writer gets the lock before the next chunk.
+            MutexGuard::unlock_fair(guard);
+            let (done, flow) = read?;
             if flow.is_break() {
                 break;
             }
             rest = &rest[done..];
-            // Offer the lock to a waiting writer before the next chunk (a hint: the lock is not
-            // fair, see BENCHMARKS.md).
-            std::thread::yield_now();
         }
         Ok(())
     }
@@ -859,7 +861,7 @@ mod tests {
             aggregator.apply(&records);
             clock.advance(Duration::from_secs(60));
         }
-        let state: Arc<Mutex<Aggregator>> = Arc::new(Mutex::new(aggregator));
+        let state = crate::state::shared(aggregator);
         let mut config = SessionConfig::new().with_target_partitions(2);
         config.options_mut().execution.time_zone = Some(TIME_ZONE.to_owned());
         let ctx = SessionContext::new_with_config(config);
