@@ -5,7 +5,7 @@
 //! open minute. Prints resident memory after each phase, then renders `/metrics` (windows 1m, 5m, 1h and 1d through
 //! the SQL engine, then the text exposition) nine times (`BENCH_RENDERS`) and prints each time,
 //! the median, and the longest wait for the state lock (what ingest feels) during the renders.
-//! `BENCH_EXPLAIN=1` also prints `EXPLAIN ANALYZE` of the two window queries.
+//! `BENCH_EXPLAIN=1` also prints `EXPLAIN ANALYZE` of the window query.
 //! Run: `cargo bench --bench memory`. Figures and machine in BENCHMARKS.md.
 
 use std::sync::Arc;
@@ -191,49 +191,46 @@ fn main() {
     );
 }
 
-/// `EXPLAIN ANALYZE` of the two window queries `/metrics` runs, for where the time goes.
+/// `EXPLAIN ANALYZE` of the window query `/metrics` runs, written out in SQL, for where the
+/// time goes.
 fn explain(runtime: &tokio::runtime::Runtime, engine: &QueryEngine, now: u64) {
     let open = now / 60_000_000_000;
     let hour = open - open % 60;
-    let start = |w: Window| {
+    let start = |w: Window| *w.minute_range(now).start();
+    let at = |m: u64| format!("to_timestamp_nanos({})", m * 60_000_000_000);
+    let short = |w: Window| {
         format!(
-            "to_timestamp_nanos({})",
-            w.minute_range(now).start() * 60_000_000_000
+            "hdr_merge(hdr) FILTER (WHERE NOT hourly AND t >= {}) AS \"{w}\"",
+            at(start(w))
         )
     };
-    let at = |m: u64| format!("to_timestamp_nanos({})", m * 60_000_000_000);
-    let short = format!(
-        "EXPLAIN ANALYZE SELECT service, endpoint, \
-         hdr_merge(hdr) FILTER (WHERE minute >= {}) AS m1, \
-         hdr_merge(hdr) FILTER (WHERE minute >= {}) AS m5, hdr_merge(hdr) AS h1 \
-         FROM latency_minutes WHERE minute >= {} AND minute < {} GROUP BY service, endpoint",
-        start(Window::M1),
-        start(Window::M5),
-        start(Window::H1),
+    let sql = format!(
+        "EXPLAIN ANALYZE SELECT service, endpoint, {}, {}, {}, \
+         hdr_merge(hdr) FILTER (WHERE t >= {} AND (hourly OR t >= {})) AS \"1d\" FROM ( \
+         SELECT service, endpoint, hour AS t, hdr, true AS hourly FROM latency_hours \
+         WHERE hour >= {} AND hour < {} \
+         UNION ALL SELECT service, endpoint, minute AS t, hdr, false AS hourly \
+         FROM latency_minutes WHERE minute >= {} AND minute < {}) GROUP BY service, endpoint",
+        short(Window::M1),
+        short(Window::M5),
+        short(Window::H1),
+        at(start(Window::D1)),
+        at(hour),
+        at(start(Window::D1)),
+        at(hour),
+        at(start(Window::H1).min(hour)),
         at(open + 1)
     );
-    let long = format!(
-        "EXPLAIN ANALYZE SELECT service, endpoint, hdr_merge(hdr) AS d1 FROM ( \
-         SELECT service, endpoint, hdr FROM latency_hours WHERE hour >= {} AND hour < {} \
-         UNION ALL SELECT service, endpoint, hdr FROM latency_minutes \
-         WHERE minute >= {} AND minute < {}) GROUP BY service, endpoint",
-        start(Window::D1),
-        at(hour),
-        at(hour),
-        at(open + 1)
-    );
-    for sql in [short, long] {
-        let t = Instant::now();
-        let out = runtime
-            .block_on(engine.query(&sql))
-            .unwrap_or_else(|e| panic!("explain: {e}"));
-        println!("{:.2} s:", t.elapsed().as_secs_f64());
-        for batch in &out.batches {
-            println!(
-                "{}",
-                datafusion::arrow::util::pretty::pretty_format_batches(std::slice::from_ref(batch))
-                    .unwrap_or_else(|e| panic!("{e}"))
-            );
-        }
+    let t = Instant::now();
+    let out = runtime
+        .block_on(engine.query(&sql))
+        .unwrap_or_else(|e| panic!("explain: {e}"));
+    println!("{:.2} s:", t.elapsed().as_secs_f64());
+    for batch in &out.batches {
+        println!(
+            "{}",
+            datafusion::arrow::util::pretty::pretty_format_batches(std::slice::from_ref(batch))
+                .unwrap_or_else(|e| panic!("{e}"))
+        );
     }
 }

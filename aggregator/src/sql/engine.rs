@@ -205,28 +205,14 @@ impl QueryEngine {
             )
         };
         let ctx = self.context_with(self.internal.clone(), at);
-        let (short, long): (Vec<Window>, Vec<Window>) =
-            windows.iter().partition(|w| w.is_minute_exact());
+        let windows = windows.to_vec();
         let dimensions = dimension_labels.clone();
-        let results = self
+        let (windows, batches) = self
             .run(
                 self.internal_runtime.as_ref(),
                 async move {
-                    // Both plans at once: one's scan is built while the other's partitions merge
-                    // on the runtime's workers.
-                    let plans = [(true, short), (false, long)]
-                        .into_iter()
-                        .filter(|(_, windows)| !windows.is_empty())
-                        .map(|(minute_exact, windows)| {
-                            let (ctx, dimensions) = (&ctx, &dimensions);
-                            async move {
-                                let df = window_plan(ctx, minute_exact, &windows, dimensions, at)
-                                    .await?;
-                                Ok::<_, Error>((windows, df.collect().await.map_err(classify)?))
-                            }
-                        });
-                    let out = futures::future::try_join_all(plans).await?;
-                    Ok(out)
+                    let df = window_plan(&ctx, &windows, &dimensions, at).await?;
+                    Ok((windows, df.collect().await.map_err(classify)?))
                 },
                 self.config.timeout,
             )
@@ -234,27 +220,25 @@ impl QueryEngine {
         let mut per_series: HashMap<SeriesKey, Vec<WindowQuantiles>> = HashMap::new();
         let mut counts = Counts::new();
         let keys = 2 + dimension_labels.len();
-        for (windows, batches) in results {
-            for batch in batches {
-                let strings: Vec<_> = (0..keys)
-                    .map(|i| batch.column(i).as_string::<i32>())
-                    .collect();
-                for row in 0..batch.num_rows() {
-                    let key = SeriesKey {
-                        service: strings[0].value(row).into(),
-                        endpoint: strings[1].value(row).into(),
-                        dimensions: strings[2..].iter().map(|s| s.value(row).into()).collect(),
-                    };
-                    let entry = per_series.entry(key).or_default();
-                    for (i, window) in windows.iter().enumerate() {
-                        let blobs = batch.column(keys + i).as_binary::<i32>();
-                        if blobs.is_null(row) {
-                            continue;
-                        }
-                        counts.reset();
-                        counts.add_encoded(blobs.value(row))?;
-                        entry.extend(WindowQuantiles::from_counts(*window, &counts));
+        for batch in batches {
+            let strings: Vec<_> = (0..keys)
+                .map(|i| batch.column(i).as_string::<i32>())
+                .collect();
+            for row in 0..batch.num_rows() {
+                let key = SeriesKey {
+                    service: strings[0].value(row).into(),
+                    endpoint: strings[1].value(row).into(),
+                    dimensions: strings[2..].iter().map(|s| s.value(row).into()).collect(),
+                };
+                let entry = per_series.entry(key).or_default();
+                for (i, window) in windows.iter().enumerate() {
+                    let blobs = batch.column(keys + i).as_binary::<i32>();
+                    if blobs.is_null(row) {
+                        continue;
                     }
+                    counts.reset();
+                    counts.add_encoded(blobs.value(row))?;
+                    entry.extend(WindowQuantiles::from_counts(*window, &counts));
                 }
             }
         }
@@ -278,13 +262,14 @@ impl QueryEngine {
     }
 }
 
-/// The plan of one group of windows at `now_nanos`: `SELECT keys, hdr_merge(hdr) FILTER
-/// (WHERE t >= start_w) … GROUP BY keys` over the rows from the earliest start through the open
-/// minute. Minute-exact windows read `latency_minutes`; longer ones read whole hours before the
-/// current one from `latency_hours` and the current hour's minutes from `latency_minutes`.
+/// The plan of `windows` at `now_nanos`, by DESIGN's window rule: `SELECT keys,
+/// hdr_merge(hdr) FILTER (WHERE …) AS window … GROUP BY keys` over one union of rows. Minute-exact
+/// windows merge the minutes from their start through the open minute; longer ones merge the
+/// whole hours before the current one from `latency_hours` and the current hour's minutes. Each
+/// minute row is read once, however many windows it falls in, and the aggregation by series is
+/// one stage over the hash-partitioned scans.
 async fn window_plan(
     ctx: &SessionContext,
-    minute_exact: bool,
     windows: &[Window],
     dimensions: &[String],
     now_nanos: u64,
@@ -298,39 +283,58 @@ async fn window_plan(
     let open = now_nanos / MINUTE_NANOS;
     let current_hour = open - open % 60;
     let start = |w: &Window| *w.minute_range(now_nanos).start();
-    let earliest = windows.iter().map(start).min().unwrap_or(open);
+    let long = windows.iter().filter(|w| !w.is_minute_exact());
+    let first_hour = long.clone().map(start).min();
+    // Long windows need the current hour's minutes; minute-exact ones their own.
+    let first_minute = windows
+        .iter()
+        .map(|w| {
+            if w.is_minute_exact() {
+                start(w)
+            } else {
+                current_hour
+            }
+        })
+        .min()
+        .unwrap_or(open);
     let mut keys: Vec<Expr> = vec![col("service"), col("endpoint")];
     keys.extend(dimensions.iter().map(|d| col(d.as_str())));
-    let mut columns = keys.clone();
-    columns.push(col("t"));
-    columns.push(col("hdr"));
     let rows = |table: Table, from: u64, to: u64| {
         let column = time_column(table);
         let ctx = ctx.clone();
-        let columns = columns.clone();
+        let mut columns = keys.clone();
+        columns.push(col(column).alias("t"));
+        columns.push(col("hdr"));
+        columns.push(lit(table == Table::Hours).alias("hourly"));
         async move {
             ctx.table(table_name(table))
                 .await?
                 .filter(col(column).gt_eq(at(from)).and(col(column).lt(at(to))))?
-                .with_column_renamed(column, "t")?
                 .select(columns)
         }
     };
-    let df = if minute_exact {
-        rows(Table::Minutes, earliest, open + 1).await
-    } else {
-        let hours = rows(Table::Hours, earliest, current_hour).await;
-        let minutes = rows(Table::Minutes, current_hour, open + 1).await;
-        hours.and_then(|h| minutes.and_then(|m| h.union(m)))
+    let minutes = rows(Table::Minutes, first_minute, open + 1).await;
+    let df = match first_hour {
+        Some(first) if first < current_hour => {
+            let hours = rows(Table::Hours, first, current_hour).await;
+            hours.and_then(|h| minutes.and_then(|m| h.union(m)))
+        }
+        _ => minutes,
     }
     .map_err(classify)?;
     let merge = functions::hdr_merge();
     let aggregates = windows
         .iter()
         .map(|w| {
+            let since = col("t").gt_eq(at(start(w)));
+            let rows = if w.is_minute_exact() {
+                since.and(datafusion::prelude::not(col("hourly")))
+            } else {
+                since.and(col("hourly").or(col("t").gt_eq(at(current_hour))))
+            };
             merge
                 .call(vec![col("hdr")])
-                .filter(col("t").gt_eq(at(start(w))))
+                .filter(rows)
                 .build()
                 .map(|e| e.alias(w.label()))
                 .map_err(classify)
@@ -476,18 +480,14 @@ mod tests {
         let now = clock.now_nanos();
         let ctx = engine.context_with(engine.internal.clone(), now);
         let dimensions = ["region".to_owned()];
-        for (minute_exact, windows) in [
-            (true, vec![Window::M1, Window::M5, Window::H1]),
-            (false, vec![Window::D1]),
-        ] {
-            let plan = window_plan(&ctx, minute_exact, &windows, &dimensions, now)
-                .await
-                .unwrap()
-                .create_physical_plan()
-                .await
-                .unwrap();
-            crate::sql::testing::assert_one_stage(plan.as_ref());
-        }
+        let windows = [Window::M1, Window::M5, Window::H1, Window::D1];
+        let plan = window_plan(&ctx, &windows, &dimensions, now)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        crate::sql::testing::assert_one_stage(plan.as_ref());
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! `latency_minutes` and `latency_hours` as DataFusion tables over the in-memory rollups. A scan
-//! builds the Arrow columns it needs in one pass over the rows, taking the lock per chunk, narrowed by any
-//! time filter DataFusion pushes down, each series whole in the partition DataFusion's own hash
-//! of its key picks. The scan declares that hash partitioning, so an aggregation by series runs
-//! in one stage, without partial states or a repartition.
+//! streams: each partition copies the Arrow columns it needs a batch at a time, taking the state
+//! lock per batch, narrowed by any time filter DataFusion pushes down, each series whole in the
+//! partition DataFusion's own hash of its key picks. The scan declares that hash partitioning, so
+//! an aggregation by series runs in one stage, without partial states or a repartition.
 
 use std::ops::{ControlFlow, RangeInclusive};
 use std::sync::Arc;
@@ -26,8 +26,8 @@ use datafusion::logical_expr::{
 use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_expr::expressions::Column as PhysicalColumn;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::physical_plan::repartition::REPARTITION_RANDOM_STATE;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PhysicalExpr, PlanProperties,
     SendableRecordBatchStream,
@@ -112,13 +112,19 @@ pub trait RollupSource: std::fmt::Debug + Send + Sync {
     fn dimension_labels(&self) -> Vec<String>;
     /// Names of the `requests_le_*` columns.
     fn threshold_columns(&self) -> Vec<String>;
-    /// Hands `visitor` the rows of `table` in `range` (minute indexes), series by series.
+    /// Every series key, in no particular order.
+    fn series_keys(&self) -> Vec<SeriesKey>;
+    /// Hands `visitor` the rows of `table` in `range` (minute indexes) for the series of `keys`
+    /// still held, in that order, series by series. Stops after the series that brings the rows
+    /// handed over to `row_budget` or more, and returns how many keys it went through.
     fn visit_rows(
         &self,
         table: Table,
         range: RangeInclusive<u64>,
+        keys: &[SeriesKey],
+        row_budget: usize,
         visitor: &mut dyn RowVisitor,
-    ) -> crate::error::Result<()>;
+    ) -> crate::error::Result<(usize, ControlFlow<()>)>;
 }
 
 impl RollupSource for Mutex<Aggregator> {
@@ -130,36 +136,29 @@ impl RollupSource for Mutex<Aggregator> {
         lock(self).threshold_columns().to_vec()
     }
 
-    /// Takes the lock once per chunk of about `ROWS_PER_LOCK` rows, so ingest waits for one
-    /// chunk's copy (or, once a minute, the roll the first chunk makes), not for the whole scan.
-    /// Series are read in key order. A batch applied between chunks shows in the later chunks'
-    /// series only; the time range is the same for all.
+    fn series_keys(&self) -> Vec<SeriesKey> {
+        lock(self).series_keys()
+    }
+
+    /// Takes the lock for one chunk (one batch of a scan partition), so ingest waits for one
+    /// chunk's copy (or, once a minute, the roll the chunk makes), not for a whole scan. A batch
+    /// applied between chunks shows in the later chunks' series only; the time range is the
+    /// same for all.
     fn visit_rows(
         &self,
         table: Table,
         range: RangeInclusive<u64>,
+        keys: &[SeriesKey],
+        row_budget: usize,
         visitor: &mut dyn RowVisitor,
-    ) -> crate::error::Result<()> {
-        let mut keys = lock(self).series_keys();
-        keys.sort_unstable();
-        let mut rest = keys.as_slice();
-        while !rest.is_empty() {
-            let mut guard = lock(self);
-            let read = guard.visit_rows(table, range.clone(), rest, ROWS_PER_LOCK, visitor);
-            // A waiting writer gets the lock before the next chunk.
-            MutexGuard::unlock_fair(guard);
-            let (done, flow) = read?;
-            if flow.is_break() {
-                break;
-            }
-            rest = &rest[done..];
-        }
-        Ok(())
+    ) -> crate::error::Result<(usize, ControlFlow<()>)> {
+        let mut guard = lock(self);
+        let read = guard.visit_rows(table, range, keys, row_budget, visitor);
+        // A waiting writer gets the lock before the next chunk.
+        MutexGuard::unlock_fair(guard);
+        read
     }
 }
-
-/// Rows copied per hold of the state lock.
-const ROWS_PER_LOCK: usize = 16_384;
 
 /// A series with its rows: (first minute of the row's minute or hour, row).
 pub type PreparedSeries = (SeriesKey, Source, Vec<(u64, Row)>);
@@ -181,36 +180,67 @@ impl RollupSource for PreparedRows {
         self.threshold_columns.clone()
     }
 
+    fn series_keys(&self) -> Vec<SeriesKey> {
+        self.series.iter().map(|(key, ..)| key.clone()).collect()
+    }
+
+    /// Finds each key by a linear search: benches and tests hold a few hundred series at most.
     fn visit_rows(
         &self,
         _: Table,
         range: RangeInclusive<u64>,
+        keys: &[SeriesKey],
+        row_budget: usize,
         visitor: &mut dyn RowVisitor,
-    ) -> crate::error::Result<()> {
-        for (key, source, rows) in &self.series {
+    ) -> crate::error::Result<(usize, ControlFlow<()>)> {
+        let mut handed = 0;
+        for (done, key) in keys.iter().enumerate() {
+            if handed >= row_budget {
+                return Ok((done, ControlFlow::Continue(())));
+            }
+            let Some((_, source, rows)) = self.series.iter().find(|(k, ..)| k == key) else {
+                continue;
+            };
             let mut rows = rows.iter().filter(|(at, _)| range.contains(at)).peekable();
             if rows.peek().is_some() && visitor.series(key, *source).is_break() {
-                return Ok(());
+                return Ok((done + 1, ControlFlow::Break(())));
             }
             for (at, row) in rows {
+                handed += 1;
                 if visitor.row(*at, row).is_break() {
-                    return Ok(());
+                    return Ok((done + 1, ControlFlow::Break(())));
                 }
             }
         }
-        Ok(())
+        Ok((keys.len(), ControlFlow::Continue(())))
     }
 }
 
-/// The key columns of a series' rows (service, endpoint and `dimensions` extra dimensions, as
-/// the columns hold them), hashed as DataFusion's `RepartitionExec` hashes them.
-fn key_hash(key: &SeriesKey, dimensions: usize) -> Result<u64> {
-    let text = |v: &str| Arc::new(StringArray::from(vec![v])) as ArrayRef;
-    let mut arrays = vec![text(&key.service), text(&key.endpoint)];
-    arrays.extend((0..dimensions).map(|i| text(key.dimensions.get(i).map_or("", |d| d))));
-    let mut hash = [0u64];
-    create_hashes(&arrays, REPARTITION_RANDOM_STATE.random_state(), &mut hash)?;
-    Ok(hash[0])
+/// Splits `keys` among `partitions` as DataFusion's `RepartitionExec` would: by its hash of the
+/// key columns (service, endpoint and `dimensions` extra dimensions, as the columns hold them)
+/// modulo the partition count. Each partition's keys stay in the order given.
+fn partition_keys(
+    keys: Vec<SeriesKey>,
+    dimensions: usize,
+    partitions: usize,
+) -> Result<Vec<Vec<SeriesKey>>> {
+    let partitions = partitions.max(1);
+    let column = |text: &dyn Fn(&SeriesKey) -> &str| {
+        Arc::new(StringArray::from_iter_values(keys.iter().map(text))) as ArrayRef
+    };
+    let mut arrays = vec![column(&|k| &k.service), column(&|k| &k.endpoint)];
+    arrays.extend((0..dimensions).map(|i| column(&move |k| k.dimensions.get(i).map_or("", |d| d))));
+    let mut hashes = vec![0u64; keys.len()];
+    create_hashes(
+        &arrays,
+        REPARTITION_RANDOM_STATE.random_state(),
+        &mut hashes,
+    )?;
+    let mut out: Vec<Vec<SeriesKey>> = vec![Vec::new(); partitions];
+    for (key, hash) in keys.into_iter().zip(hashes) {
+        out[(hash % partitions as u64) as usize].push(key);
+    }
+    Ok(out)
 }
 
 /// One column being built.
@@ -222,16 +252,23 @@ enum ColumnBuilder {
     Hdr(BinaryBuilder),
 }
 
-/// The batches of one partition being built.
-#[derive(Debug)]
-struct PartitionBuilder {
+/// Builds one record batch of the projected columns from the rows a [`RollupSource`] lends it,
+/// counting the bytes built against a memory reservation as they grow.
+struct BatchBuilder {
     columns: Vec<ColumnBuilder>,
     len: usize,
-    batches: Vec<RecordBatch>,
+    current: Option<(SeriesKey, Source)>,
+    reservation: MemoryReservation,
+    /// Bytes built but not yet reserved.
+    unreserved: usize,
+    error: Option<DataFusionError>,
 }
 
-impl PartitionBuilder {
-    fn new(picked: &[Column], capacity: usize) -> Self {
+/// Bytes built between two reservation requests.
+const RESERVE_STEP: usize = 1 << 20;
+
+impl BatchBuilder {
+    fn new(picked: &[Column], capacity: usize, reservation: MemoryReservation) -> Self {
         let columns = picked
             .iter()
             .map(|c| match *c {
@@ -248,7 +285,10 @@ impl PartitionBuilder {
         Self {
             columns,
             len: 0,
-            batches: Vec::new(),
+            current: None,
+            reservation,
+            unreserved: 0,
+            error: None,
         }
     }
 
@@ -292,13 +332,27 @@ impl PartitionBuilder {
         bytes
     }
 
-    /// Turns the rows appended so far into a batch; `more` when more rows may follow.
-    fn flush(&mut self, schema: &SchemaRef, more: bool) -> Result<()> {
-        if self.len == 0 {
-            return Ok(());
+    fn reserve(&mut self) -> ControlFlow<()> {
+        if let Err(e) = self.reservation.try_grow(self.unreserved) {
+            self.error = Some(e);
+            return ControlFlow::Break(());
         }
-        // Each next batch's builders start at this batch's size, so they seldom grow by copying.
-        let len = if more { self.len } else { 0 };
+        self.unreserved = 0;
+        ControlFlow::Continue(())
+    }
+
+    /// The rows appended so far as one batch, the builders emptied for the next one (sized like
+    /// this one, so they seldom grow by copying), and the error that stopped the visit if any.
+    fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        if self.reserve().is_break() {
+            return Err(self.error.take().unwrap_or_else(|| {
+                DataFusionError::Internal("reservation failed without an error".into())
+            }));
+        }
+        let len = self.len;
         let arrays: Vec<ArrayRef> = self
             .columns
             .iter_mut()
@@ -309,8 +363,7 @@ impl PartitionBuilder {
                 ) as ArrayRef,
                 ColumnBuilder::Text(_, b) => {
                     let a = b.finish();
-                    *b =
-                        StringBuilder::with_capacity(len, a.value_data().len() * usize::from(more));
+                    *b = StringBuilder::with_capacity(len, a.value_data().len());
                     Arc::new(a) as ArrayRef
                 }
                 ColumnBuilder::Number(_, v) => Arc::new(UInt64Array::from(std::mem::replace(
@@ -319,163 +372,34 @@ impl PartitionBuilder {
                 ))),
                 ColumnBuilder::Hdr(b) => {
                     let a = b.finish();
-                    *b = BinaryBuilder::with_capacity(
-                        len,
-                        (a.value_data().len() + len * 64) * usize::from(more),
-                    );
+                    *b = BinaryBuilder::with_capacity(len, a.value_data().len() + len * 64);
                     Arc::new(a)
                 }
             })
             .collect();
         // `count(*)` projects no column at all; the row count still has to travel.
         let options = RecordBatchOptions::new().with_row_count(Some(self.len));
-        self.batches.push(RecordBatch::try_new_with_options(
+        self.len = 0;
+        Ok(RecordBatch::try_new_with_options(
             schema.clone(),
             arrays,
             &options,
-        )?);
-        self.len = 0;
-        Ok(())
+        )?)
     }
 }
 
-/// Builds a scan's record batches from the rows a [`RollupSource`] lends it: the projected
-/// columns only, each series whole in the partition its key hashes to (DataFusion's own hash and
-/// partition count, so the scan can declare `Partitioning::Hash` and aggregations by series run
-/// in one stage), batches of at most `batch_size` rows, and the bytes built counted against a
-/// memory reservation as they grow.
-#[derive(Debug)]
-pub struct RollupBuilder {
-    schema: SchemaRef,
-    picked: Vec<Column>,
-    dimensions: usize,
-    partitions: Vec<PartitionBuilder>,
-    batch_size: usize,
-    reservation: Option<MemoryReservation>,
-    /// Bytes built but not yet reserved.
-    unreserved: usize,
-    current: Option<(SeriesKey, Source, usize)>,
-    error: Option<DataFusionError>,
-}
-
-/// Bytes built between two reservation requests.
-const RESERVE_STEP: usize = 1 << 20;
-
-impl RollupBuilder {
-    /// A builder for the columns in `projection` (all when `None`) of `schema`, the full rollup
-    /// schema of a table with `dimensions` extra dimensions and `thresholds` threshold columns.
-    pub fn new(
-        schema: &SchemaRef,
-        dimensions: usize,
-        thresholds: usize,
-        projection: Option<&[usize]>,
-        partitions: usize,
-        batch_size: usize,
-        reservation: Option<MemoryReservation>,
-    ) -> Result<Self> {
-        let all = columns(dimensions, thresholds);
-        let picked: Vec<usize> = match projection {
-            Some(p) => p.to_vec(),
-            None => (0..all.len()).collect(),
-        };
-        let schema = Arc::new(schema.project(&picked)?);
-        let picked: Vec<Column> = picked.iter().map(|&i| all[i]).collect();
-        let batch_size = batch_size.max(1);
-        let partitions = (0..partitions.max(1))
-            .map(|_| PartitionBuilder::new(&picked, batch_size.min(1024)))
-            .collect();
-        Ok(Self {
-            schema,
-            picked,
-            dimensions,
-            partitions,
-            batch_size,
-            reservation,
-            unreserved: 0,
-            current: None,
-            error: None,
-        })
-    }
-
-    fn reserve(&mut self) -> ControlFlow<()> {
-        if let Some(r) = &mut self.reservation
-            && let Err(e) = r.try_grow(self.unreserved)
-        {
-            self.error = Some(e);
-            return ControlFlow::Break(());
-        }
-        self.unreserved = 0;
+impl RowVisitor for BatchBuilder {
+    fn series(&mut self, key: &SeriesKey, source: Source) -> ControlFlow<()> {
+        self.current = Some((key.clone(), source));
         ControlFlow::Continue(())
     }
 
-    /// The finished scan: its batches per partition, declared hash-partitioned by the key
-    /// columns when they are all projected.
-    pub fn finish(mut self) -> Result<RollupScanExec> {
-        if let Some(e) = self.error.take() {
-            return Err(e);
-        }
-        if self.reserve().is_break() {
-            return Err(self.error.take().unwrap_or_else(|| {
-                DataFusionError::Internal("reservation failed without an error".into())
-            }));
-        }
-        for p in &mut self.partitions {
-            p.flush(&self.schema, false)?;
-        }
-        let count = self.partitions.len();
-        let keys: Option<Vec<Arc<dyn PhysicalExpr>>> = [Column::Service, Column::Endpoint]
-            .into_iter()
-            .chain((0..self.dimensions).map(Column::Dimension))
-            .map(|key| {
-                self.picked
-                    .iter()
-                    .position(|c| *c == key)
-                    .map(|i| -> Arc<dyn PhysicalExpr> {
-                        Arc::new(PhysicalColumn::new(self.schema.field(i).name(), i))
-                    })
-            })
-            .collect();
-        let partitioning = match keys {
-            Some(exprs) => Partitioning::Hash(exprs, count),
-            None => Partitioning::UnknownPartitioning(count),
-        };
-        let batches = self.partitions.into_iter().map(|p| p.batches).collect();
-        Ok(RollupScanExec::new(
-            self.schema,
-            batches,
-            partitioning,
-            self.reservation,
-        ))
-    }
-}
-
-impl RowVisitor for RollupBuilder {
-    fn series(&mut self, key: &SeriesKey, source: Source) -> ControlFlow<()> {
-        match key_hash(key, self.dimensions) {
-            Ok(hash) => {
-                let partition = (hash % self.partitions.len() as u64) as usize;
-                self.current = Some((key.clone(), source, partition));
-                ControlFlow::Continue(())
-            }
-            Err(e) => {
-                self.error = Some(e);
-                ControlFlow::Break(())
-            }
-        }
-    }
-
     fn row(&mut self, at: u64, row: &Row) -> ControlFlow<()> {
-        let Some((key, source, partition)) = &self.current else {
+        let Some((key, source)) = self.current.take() else {
             return ControlFlow::Continue(());
         };
-        let p = &mut self.partitions[*partition];
-        self.unreserved += p.push(key, *source, at, row);
-        if p.len >= self.batch_size
-            && let Err(e) = p.flush(&self.schema, true)
-        {
-            self.error = Some(e);
-            return ControlFlow::Break(());
-        }
+        self.unreserved += self.push(&key, source, at, row);
+        self.current = Some((key, source));
         if self.unreserved >= RESERVE_STEP {
             return self.reserve();
         }
@@ -483,48 +407,35 @@ impl RowVisitor for RollupBuilder {
     }
 }
 
-/// A scan of a rollup table: the batches built under the lock, one list per partition, and the
-/// memory reservation that accounts for them until the plan is dropped.
+/// A scan of a rollup table. Its partitions split the series by DataFusion's own repartitioning
+/// hash of their keys, each series whole in one partition, so it declares `Partitioning::Hash`
+/// when every key column is projected and an aggregation by series runs in one stage. Each
+/// partition streams: a batch at a time is copied from the source (one hold of the state lock)
+/// and counted against the query's memory pool while it is built, so a scan costs one batch of
+/// memory per partition however many rows it reads, and a `LIMIT` stops it early.
 #[derive(Debug)]
 pub struct RollupScanExec {
+    table: Table,
+    source: Arc<dyn RollupSource>,
+    range: RangeInclusive<u64>,
     schema: SchemaRef,
-    partitions: Vec<Vec<RecordBatch>>,
+    picked: Vec<Column>,
+    /// The series of each partition, in key order.
+    partitions: Vec<Arc<[SeriesKey]>>,
+    batch_size: usize,
     properties: Arc<PlanProperties>,
-    _reservation: Option<MemoryReservation>,
-}
-
-impl RollupScanExec {
-    fn new(
-        schema: SchemaRef,
-        partitions: Vec<Vec<RecordBatch>>,
-        partitioning: Partitioning,
-        reservation: Option<MemoryReservation>,
-    ) -> Self {
-        let properties = PlanProperties::new(
-            EquivalenceProperties::new(schema.clone()),
-            partitioning,
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        );
-        Self {
-            schema,
-            partitions,
-            properties: Arc::new(properties),
-            _reservation: reservation,
-        }
-    }
 }
 
 impl DisplayAs for RollupScanExec {
     fn fmt_as(&self, _: DisplayFormatType, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let rows: Vec<usize> = self
-            .partitions
-            .iter()
-            .map(|p| p.iter().map(RecordBatch::num_rows).sum())
-            .collect();
+        let series: Vec<usize> = self.partitions.iter().map(|p| p.len()).collect();
         write!(
             f,
-            "RollupScanExec: partitioning={}, rows={rows:?}",
+            "RollupScanExec: table={}, {}=[{}, {}], series={series:?}, partitioning={}",
+            super::engine::table_name(self.table),
+            time_column(self.table),
+            self.range.start(),
+            self.range.end(),
             self.properties.partitioning
         )
     }
@@ -550,18 +461,83 @@ impl ExecutionPlan for RollupScanExec {
         Ok(self)
     }
 
-    fn execute(&self, partition: usize, _: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        let batches = self.partitions.get(partition).cloned().ok_or_else(|| {
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let keys = self.partitions.get(partition).cloned().ok_or_else(|| {
             DataFusionError::Internal(format!(
                 "RollupScanExec has {} partitions, not {partition}",
                 self.partitions.len()
             ))
         })?;
-        Ok(Box::pin(MemoryStream::try_new(
-            batches,
+        let reservation = MemoryConsumer::new(format!(
+            "{} scan[{partition}]",
+            super::engine::table_name(self.table)
+        ))
+        .register(context.memory_pool());
+        let capacity = self.batch_size.min(1024);
+        let read = ScanPartition {
+            table: self.table,
+            source: self.source.clone(),
+            range: self.range.clone(),
+            schema: self.schema.clone(),
+            keys,
+            next: 0,
+            batch_size: self.batch_size,
+            builder: BatchBuilder::new(&self.picked, capacity, reservation),
+        };
+        let batches = futures::stream::unfold(read, |mut read| async move {
+            let batch = read.next_batch().transpose()?;
+            Some((batch, read))
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.schema.clone(),
-            None,
-        )?))
+            batches,
+        )))
+    }
+}
+
+/// One partition of a scan being read.
+struct ScanPartition {
+    table: Table,
+    source: Arc<dyn RollupSource>,
+    range: RangeInclusive<u64>,
+    schema: SchemaRef,
+    keys: Arc<[SeriesKey]>,
+    /// Index in `keys` of the next series to read.
+    next: usize,
+    batch_size: usize,
+    builder: BatchBuilder,
+}
+
+impl ScanPartition {
+    /// The next batch of about `batch_size` rows (whole series), or `None` at the end.
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        // The batch handed out last is the consumer's now.
+        self.builder.reservation.free();
+        while self.next < self.keys.len() {
+            let (done, _) = self
+                .source
+                .visit_rows(
+                    self.table,
+                    self.range.clone(),
+                    &self.keys[self.next..],
+                    self.batch_size,
+                    &mut self.builder,
+                )
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            self.next += done.max(1);
+            if self.builder.error.is_some() {
+                // Nothing more after an error.
+                self.next = self.keys.len();
+            }
+            if self.builder.error.is_some() || self.builder.len > 0 {
+                return self.builder.finish(&self.schema).map(Some);
+            }
+        }
+        Ok(None)
     }
 }
 /// One rollup table over a [`RollupSource`], the live state in the service.
@@ -623,25 +599,51 @@ impl TableProvider for RollupTable {
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let range = time_range(filters, time_column(self.table));
-        // The batches are built before the query runs, outside DataFusion's operators: they are
-        // counted against the memory pool as they grow, so a scan larger than
-        // `sql.memory_limit_bytes` stops with `ResourcesExhausted` instead of being built.
-        let reservation = MemoryConsumer::new(format!("{} scan", time_column(self.table)))
-            .register(&state.runtime_env().memory_pool);
+        let all = columns(self.dimensions, self.thresholds);
+        let projection: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..all.len()).collect(),
+        };
+        let schema = Arc::new(self.schema.project(&projection)?);
+        let picked: Vec<Column> = projection.iter().map(|&i| all[i]).collect();
         let options = state.config_options();
-        let mut builder = RollupBuilder::new(
-            &self.schema,
-            self.dimensions,
-            self.thresholds,
-            projection.map(|p| p.as_slice()),
-            options.execution.target_partitions,
-            options.execution.batch_size,
-            Some(reservation),
-        )?;
-        self.source
-            .visit_rows(self.table, range, &mut builder)
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        Ok(Arc::new(builder.finish()?))
+        let mut keys = self.source.series_keys();
+        keys.sort_unstable();
+        let partitions =
+            partition_keys(keys, self.dimensions, options.execution.target_partitions)?;
+        let count = partitions.len();
+        let key_columns: Option<Vec<Arc<dyn PhysicalExpr>>> = [Column::Service, Column::Endpoint]
+            .into_iter()
+            .chain((0..self.dimensions).map(Column::Dimension))
+            .map(|key| {
+                picked
+                    .iter()
+                    .position(|c| *c == key)
+                    .map(|i| -> Arc<dyn PhysicalExpr> {
+                        Arc::new(PhysicalColumn::new(schema.field(i).name(), i))
+                    })
+            })
+            .collect();
+        let partitioning = match key_columns {
+            Some(exprs) => Partitioning::Hash(exprs, count),
+            None => Partitioning::UnknownPartitioning(count),
+        };
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            partitioning,
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Ok(Arc::new(RollupScanExec {
+            table: self.table,
+            source: self.source.clone(),
+            range,
+            schema,
+            picked,
+            partitions: partitions.into_iter().map(Arc::from).collect(),
+            batch_size: options.execution.batch_size.max(1),
+            properties: Arc::new(properties),
+        }))
     }
 }
 
@@ -838,7 +840,7 @@ mod tests {
             Arc::new(Telemetry::default()),
         )
         .unwrap();
-        // 300 series × 60 minutes: more rows than one hold of the lock copies.
+        // 300 series × 60 minutes: many batches, each one hold of the lock.
         let keys: Vec<SeriesKey> = (0..300)
             .map(|i| SeriesKey {
                 service: "svc".into(),
@@ -862,7 +864,10 @@ mod tests {
             clock.advance(Duration::from_secs(60));
         }
         let state = crate::state::shared(aggregator);
-        let mut config = SessionConfig::new().with_target_partitions(2);
+        // Batches of 1 000 rows: each partition takes the lock about 9 times.
+        let mut config = SessionConfig::new()
+            .with_target_partitions(2)
+            .with_batch_size(1_000);
         config.options_mut().execution.time_zone = Some(TIME_ZONE.to_owned());
         let ctx = SessionContext::new_with_config(config);
         functions::register(&ctx, clock.now_nanos());
@@ -880,12 +885,11 @@ mod tests {
             .await
             .unwrap();
         let value = |c: usize| batches[0].column(c).as_primitive::<Int64Type>().value(0);
-        assert!(18_000 > ROWS_PER_LOCK as i64);
         assert_eq!((value(0), value(1), value(2)), (18_000, 18_000, 300));
     }
 
     #[tokio::test]
-    async fn a_scan_larger_than_the_memory_pool_is_refused() {
+    async fn a_batch_larger_than_the_memory_pool_is_refused() {
         use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 
         let rows = prepared();
@@ -895,14 +899,45 @@ mod tests {
             .unwrap();
         let ctx = SessionContext::new_with_config_rt(SessionConfig::new(), env);
         let provider = RollupTable::new(Table::Minutes, rows);
-        let e = provider
-            .scan(&ctx.state(), None, &[], None)
-            .await
-            .unwrap_err();
+        let plan = provider.scan(&ctx.state(), None, &[], None).await.unwrap();
+        let e = collect(plan, ctx.task_ctx()).await.unwrap_err();
         assert!(
             matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)),
             "{e}"
         );
+    }
+
+    #[tokio::test]
+    async fn scans_stream_batches_of_whole_series() {
+        let rows = prepared();
+        let mut config = SessionConfig::new()
+            .with_target_partitions(2)
+            .with_batch_size(12);
+        config.options_mut().execution.time_zone = Some(TIME_ZONE.to_owned());
+        let ctx = SessionContext::new_with_config(config);
+        let provider = RollupTable::new(Table::Minutes, rows);
+        let plan = provider.scan(&ctx.state(), None, &[], None).await.unwrap();
+        let partitions = collect_partitioned(plan, ctx.task_ctx()).await.unwrap();
+        let mut total = 0;
+        for batches in &partitions {
+            // 5 rows a series: a batch stops after the series that reaches 12 rows.
+            assert!(batches.len() > 1);
+            for batch in batches {
+                assert!(batch.num_rows() <= 15 && batch.num_rows() % 5 == 0);
+                total += batch.num_rows();
+            }
+        }
+        assert_eq!(total, 200);
+        // A LIMIT stops reading early, and the partial result is still well formed.
+        let ctx = context(&prepared(), 2);
+        let batches = ctx
+            .sql("SELECT hdr FROM latency_minutes LIMIT 3")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(batches.iter().map(RecordBatch::num_rows).sum::<usize>(), 3);
     }
 
     #[tokio::test]
