@@ -66,11 +66,11 @@ fn table(periods: u64, step: u64, per_row: usize) -> Arc<PreparedRows> {
             (key, Source::Span, rows)
         })
         .collect();
-    Arc::new(PreparedRows {
-        threshold_columns: vec!["requests_le_0_2".to_owned()],
+    Arc::new(PreparedRows::new(
+        Vec::new(),
+        vec!["requests_le_0_2".to_owned()],
         series,
-        ..PreparedRows::default()
-    })
+    ))
 }
 
 fn context(table: Table, rows: &Arc<PreparedRows>) -> SessionContext {
@@ -96,7 +96,7 @@ fn bench(c: &mut Criterion) {
     let minutes = table(1_440, 1, 50);
     let hours = table(720, 60, 3_000);
     let blobs: Vec<Bytes> = minutes
-        .series
+        .series()
         .iter()
         .flat_map(|(_, _, rows)| rows.iter().map(|(_, r)| r.hdr.clone()))
         .collect();

@@ -328,7 +328,10 @@ impl Counts {
     /// The V2 encoding (uncompressed) of these counts; any HdrHistogram library reads it.
     pub fn encode(&self) -> Vec<u8> {
         let digits = self.layout.map_or(2, |l| l.significant_digits);
-        let mut out = Vec::with_capacity(V2_HEADER + 2 * self.counts.len() + 8);
+        // Sized exactly: sealed rows keep their encodings for hours.
+        let mut payload = 0;
+        self.for_each_entry(|v| payload += varint_len(v));
+        let mut out = Vec::with_capacity(V2_HEADER + payload);
         out.extend_from_slice(&V2_COOKIE.to_be_bytes());
         out.extend_from_slice(&0u32.to_be_bytes()); // payload length, set below
         out.extend_from_slice(&0u32.to_be_bytes());
@@ -336,25 +339,34 @@ impl Counts {
         out.extend_from_slice(&1u64.to_be_bytes());
         out.extend_from_slice(&HIGHEST_NANOS.to_be_bytes());
         out.extend_from_slice(&1f64.to_bits().to_be_bytes());
-        let last = self.counts.iter().rposition(|&c| c > 0);
-        match last {
-            None => write_varint(&mut out, 0),
-            Some(last) => {
-                let mut zeros = self.offset as u64;
-                for &c in &self.counts[..=last] {
-                    if c == 0 {
-                        zeros += 1;
-                        continue;
-                    }
-                    flush_zeros(&mut out, zeros);
-                    zeros = 0;
-                    write_varint(&mut out, zig_zag(c.min(i64::MAX as u64) as i64));
-                }
-            }
-        }
+        self.for_each_entry(|v| write_varint(&mut out, v));
+        debug_assert_eq!(out.len(), V2_HEADER + payload);
         let payload = (out.len() - V2_HEADER) as u32;
         out[4..8].copy_from_slice(&payload.to_be_bytes());
         out
+    }
+
+    /// The zig-zagged entries of the V2 encoding of the counts, in order: a count, or a run of
+    /// zero counts (one 0, or the negated run length).
+    fn for_each_entry(&self, mut f: impl FnMut(u64)) {
+        let Some(last) = self.counts.iter().rposition(|&c| c > 0) else {
+            f(0);
+            return;
+        };
+        let mut zeros = self.offset as u64;
+        for &c in &self.counts[..=last] {
+            if c == 0 {
+                zeros += 1;
+                continue;
+            }
+            match zeros {
+                0 => {}
+                1 => f(0),
+                z => f(zig_zag(-(z.min(i64::MAX as u64) as i64))),
+            }
+            zeros = 0;
+            f(zig_zag(c.min(i64::MAX as u64) as i64));
+        }
     }
 
     /// The nearest-rank quantile `sorted[ceil(q·n) − 1]` in seconds, reported as the middle of
@@ -380,12 +392,10 @@ impl Counts {
     }
 }
 
-fn flush_zeros(out: &mut Vec<u8>, zeros: u64) {
-    match zeros {
-        0 => {}
-        1 => write_varint(out, 0),
-        z => write_varint(out, zig_zag(-(z.min(i64::MAX as u64) as i64))),
-    }
+/// Bytes `write_varint` takes for `v`.
+fn varint_len(v: u64) -> usize {
+    let bits = 64 - v.leading_zeros() as usize;
+    bits.div_ceil(7).clamp(1, 9)
 }
 
 fn zig_zag(n: i64) -> u64 {
@@ -510,7 +520,9 @@ mod tests {
             let mut counts = Counts::new();
             counts.add_encoded(&blob).unwrap();
             assert_eq!(counts.total(), values.len() as u64);
-            assert_eq!(counts.encode(), blob, "re-encoding is byte-identical");
+            let encoded = counts.encode();
+            assert_eq!(encoded, blob, "re-encoding is byte-identical");
+            assert_eq!(encoded.capacity(), encoded.len(), "sized exactly");
             for q in [0.0, 0.5, 0.9, 0.99, 0.999, 1.0] {
                 assert_eq!(
                     counts.quantile_seconds(q),
@@ -525,6 +537,22 @@ mod tests {
             twice.add_encoded(&run).unwrap();
             assert_eq!(twice.total(), 2 * values.len() as u64);
         }
+    }
+
+    #[test]
+    fn counts_of_every_varint_width_encode_exactly_sized() {
+        // Counts of 1 to 9 varint bytes, at indexes with short and long zero runs between.
+        let mut counts = Counts::with_precision(2).unwrap();
+        let mut h = histogram::new_histogram(2).unwrap();
+        for (i, shift) in (0..64).step_by(7).enumerate() {
+            let n = (1u64 << shift).min(i64::MAX as u64 / 16);
+            let value = 1_000 * (i as u64 * 37 + 1).pow(3);
+            counts.record_n(value, n).unwrap();
+            h.record_n(value, n).unwrap();
+        }
+        let encoded = counts.encode();
+        assert_eq!(encoded.capacity(), encoded.len());
+        assert_eq!(encoded, histogram::encode(&h).unwrap());
     }
 
     #[test]

@@ -466,6 +466,8 @@ pub struct Aggregator {
     scratch: Histogram<u64>,
     /// Merge space for sealing hours.
     merge: Counts,
+    /// Series forgotten at the cap since start-up.
+    evicted: u64,
 }
 
 impl Aggregator {
@@ -492,6 +494,7 @@ impl Aggregator {
             sealed_before: 0,
             scratch,
             merge: Counts::with_precision(config.significant_digits)?,
+            evicted: 0,
         })
     }
 
@@ -639,11 +642,24 @@ impl Aggregator {
             self.series
                 .retain(|key, series| key == overflow || !series.is_idle(keep_from));
             let evicted = before - self.series.len();
+            self.evicted += evicted as u64;
             if evicted > 0 {
                 tracing::info!(evicted, "Series cap reached: forgot series idle for 3 h.");
             }
         }
         self.sealed_before = open_minute;
+    }
+
+    /// The first minute (index since the epoch) that can still receive data at `now_nanos`:
+    /// spans ending before `now − ingest.max_span_age` are refused, so rows of earlier minutes,
+    /// and of hours that end before it, no longer change.
+    pub fn first_open_minute(&self, now_nanos: u64) -> u64 {
+        minute_of(now_nanos.saturating_sub(self.max_age_nanos))
+    }
+
+    /// Series forgotten at the cap since start-up (their rows went with them).
+    pub fn evicted(&self) -> u64 {
+        self.evicted
     }
 
     /// Cumulative counters of every series, sorted by key.

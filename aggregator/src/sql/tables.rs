@@ -4,6 +4,7 @@
 //! partition DataFusion's own hash of its key picks. The scan declares that hash partitioning, so
 //! an aggregation by series runs in one stage, without partial states or a repartition.
 
+use std::collections::HashMap;
 use std::ops::{ControlFlow, RangeInclusive};
 use std::sync::Arc;
 
@@ -163,12 +164,42 @@ impl RollupSource for Mutex<Aggregator> {
 /// A series with its rows: (first minute of the row's minute or hour, row).
 pub type PreparedSeries = (SeriesKey, Source, Vec<(u64, Row)>);
 
-/// Rows prepared up front, for benches and tests: either table reads the same rows.
+/// Rows prepared up front: the merged final hours `/metrics` keeps between scrapes, and the rows
+/// of benches and tests. Either table reads the same rows.
 #[derive(Debug, Default)]
 pub struct PreparedRows {
-    pub dimension_labels: Vec<String>,
-    pub threshold_columns: Vec<String>,
-    pub series: Vec<PreparedSeries>,
+    dimension_labels: Vec<String>,
+    threshold_columns: Vec<String>,
+    series: Vec<PreparedSeries>,
+    /// Position of each key in `series`.
+    index: HashMap<SeriesKey, usize>,
+}
+
+impl PreparedRows {
+    /// Rows of a table with these extra dimensions and threshold columns; a key given twice
+    /// keeps its last rows.
+    pub fn new(
+        dimension_labels: Vec<String>,
+        threshold_columns: Vec<String>,
+        series: Vec<PreparedSeries>,
+    ) -> Self {
+        let index = series
+            .iter()
+            .enumerate()
+            .map(|(i, (key, ..))| (key.clone(), i))
+            .collect();
+        Self {
+            dimension_labels,
+            threshold_columns,
+            series,
+            index,
+        }
+    }
+
+    /// The series and their rows.
+    pub fn series(&self) -> &[PreparedSeries] {
+        &self.series
+    }
 }
 
 impl RollupSource for PreparedRows {
@@ -181,10 +212,9 @@ impl RollupSource for PreparedRows {
     }
 
     fn series_keys(&self) -> Vec<SeriesKey> {
-        self.series.iter().map(|(key, ..)| key.clone()).collect()
+        self.index.keys().cloned().collect()
     }
 
-    /// Finds each key by a linear search: benches and tests hold a few hundred series at most.
     fn visit_rows(
         &self,
         _: Table,
@@ -198,7 +228,7 @@ impl RollupSource for PreparedRows {
             if handed >= row_budget {
                 return Ok((done, ControlFlow::Continue(())));
             }
-            let Some((_, source, rows)) = self.series.iter().find(|(k, ..)| k == key) else {
+            let Some((_, source, rows)) = self.index.get(key).map(|&i| &self.series[i]) else {
                 continue;
             };
             let mut rows = rows.iter().filter(|(at, _)| range.contains(at)).peekable();
@@ -764,11 +794,11 @@ mod tests {
                 (key, Source::Span, rows)
             })
             .collect();
-        Arc::new(PreparedRows {
-            dimension_labels: vec!["region".into()],
-            threshold_columns: vec!["requests_le_0_2".into()],
+        Arc::new(PreparedRows::new(
+            vec!["region".into()],
+            vec!["requests_le_0_2".into()],
             series,
-        })
+        ))
     }
 
     fn context(rows: &Arc<PreparedRows>, partitions: usize) -> SessionContext {
