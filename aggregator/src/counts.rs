@@ -14,6 +14,8 @@ const V2_COOKIE: u32 = 0x1c84_9303 | 0x10;
 const V2_DEFLATE_COOKIE: u32 = 0x1c84_9304 | 0x10;
 /// Bytes before the counts in a V2 encoding.
 const V2_HEADER: usize = 40;
+/// Indexes added beyond the one needed when the counts grow.
+const GROW_SLACK: usize = 32;
 
 /// Where each value lands in the counts array, for lowest discernible value 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,17 +173,25 @@ impl Counts {
         }
     }
 
+    /// Grows `counts` to cover `index`, with room to spare on the side it grew, so a histogram
+    /// filled a few values at a time is reallocated a few times, not once per new index.
     #[cold]
     fn grow_to(&mut self, index: usize) -> usize {
         if self.counts.is_empty() {
-            self.offset = index;
-            self.counts.push(0);
+            self.offset = index.saturating_sub(GROW_SLACK);
+            self.counts.resize(index - self.offset + GROW_SLACK, 0);
         } else if index >= self.offset {
-            self.counts.resize(index - self.offset + 1, 0);
+            let len = index - self.offset + 1;
+            let spare = (len / 4).max(GROW_SLACK);
+            self.counts.resize(len + spare, 0);
         } else {
-            let grow = self.offset - index;
-            self.counts.splice(0..0, std::iter::repeat_n(0, grow));
-            self.offset = index;
+            let spare = (self.counts.len() / 4).max(GROW_SLACK);
+            let offset = index.saturating_sub(spare);
+            let mut counts = Vec::with_capacity(self.offset - offset + self.counts.len());
+            counts.resize(self.offset - offset, 0);
+            counts.extend_from_slice(&self.counts);
+            self.counts = counts;
+            self.offset = offset;
         }
         index - self.offset
     }
@@ -325,13 +335,21 @@ impl Counts {
         result
     }
 
-    /// The V2 encoding (uncompressed) of these counts; any HdrHistogram library reads it.
+    /// The V2 encoding (uncompressed) of these counts; any HdrHistogram library reads it. Sized
+    /// exactly: sealed rows keep their encodings for hours.
     pub fn encode(&self) -> Vec<u8> {
-        let digits = self.layout.map_or(2, |l| l.significant_digits);
-        // Sized exactly: sealed rows keep their encodings for hours.
         let mut payload = 0;
         self.for_each_entry(|v| payload += varint_len(v));
         let mut out = Vec::with_capacity(V2_HEADER + payload);
+        self.encode_into(&mut out);
+        debug_assert_eq!(out.len(), V2_HEADER + payload);
+        out
+    }
+
+    /// Appends the V2 encoding of these counts to `out`, in one pass.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let digits = self.layout.map_or(2, |l| l.significant_digits);
+        let start = out.len();
         out.extend_from_slice(&V2_COOKIE.to_be_bytes());
         out.extend_from_slice(&0u32.to_be_bytes()); // payload length, set below
         out.extend_from_slice(&0u32.to_be_bytes());
@@ -339,11 +357,9 @@ impl Counts {
         out.extend_from_slice(&1u64.to_be_bytes());
         out.extend_from_slice(&HIGHEST_NANOS.to_be_bytes());
         out.extend_from_slice(&1f64.to_bits().to_be_bytes());
-        self.for_each_entry(|v| write_varint(&mut out, v));
-        debug_assert_eq!(out.len(), V2_HEADER + payload);
-        let payload = (out.len() - V2_HEADER) as u32;
-        out[4..8].copy_from_slice(&payload.to_be_bytes());
-        out
+        self.for_each_entry(|v| write_varint(out, v));
+        let payload = (out.len() - start - V2_HEADER) as u32;
+        out[start + 4..start + 8].copy_from_slice(&payload.to_be_bytes());
     }
 
     /// The zig-zagged entries of the V2 encoding of the counts, in order: a count, or a run of
@@ -372,23 +388,38 @@ impl Counts {
     /// The nearest-rank quantile `sorted[ceil(q·n) − 1]` in seconds, reported as the middle of
     /// its HDR bucket; `None` when nothing is counted.
     pub fn quantile_seconds(&self, q: f64) -> Option<f64> {
-        let layout = self.layout?;
-        let n = self.total;
+        self.quantiles_seconds([q])[0]
+    }
+
+    /// [`Counts::quantile_seconds`] of each of `qs`, in one pass over the counts.
+    pub fn quantiles_seconds<const N: usize>(&self, qs: [f64; N]) -> [Option<f64>; N] {
+        let mut out = [None; N];
+        let (Some(layout), n) = (self.layout, self.total) else {
+            return out;
+        };
         if n == 0 {
-            return None;
+            return out;
         }
         // The epsilon keeps q·n that is an integer in exact arithmetic (0.99 × 100) from
         // rounding up to the next rank in floating point; relative, so it holds for large n.
-        let qn = q * n as f64;
-        let rank = (qn - 1e-9f64.max(qn * 1e-12)).ceil().clamp(1.0, n as f64) as u64;
+        let rank = |q: f64| {
+            let qn = q * n as f64;
+            (qn - 1e-9f64.max(qn * 1e-12)).ceil().clamp(1.0, n as f64) as u64
+        };
+        let mut order: [(u64, usize); N] = std::array::from_fn(|i| (rank(qs[i]), i));
+        order.sort_unstable();
+        let mut next = order.iter().peekable();
         let mut seen = 0u64;
         for (i, &c) in self.counts.iter().enumerate() {
             seen = seen.saturating_add(c);
-            if seen >= rank {
-                return Some(layout.median_for(self.offset + i) as f64 / 1e9);
+            while let Some((_, slot)) = next.next_if(|(rank, _)| seen >= *rank) {
+                out[*slot] = Some(layout.median_for(self.offset + i) as f64 / 1e9);
+            }
+            if next.peek().is_none() {
+                break;
             }
         }
-        None
+        out
     }
 }
 
@@ -529,6 +560,11 @@ mod tests {
                     histogram::quantile_seconds(&h, q),
                     "q {q}"
                 );
+            }
+            // Several at once, asked in any order, in one pass.
+            let qs = [0.999, 0.5, 1.0, 0.0, 0.9, 0.5];
+            for (q, got) in qs.iter().zip(counts.quantiles_seconds(qs)) {
+                assert_eq!(got, histogram::quantile_seconds(&h, *q), "q {q}");
             }
             // Deflated, and several encodings back to back.
             let mut run = histogram::encode_deflated(&h).unwrap();

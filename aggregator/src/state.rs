@@ -398,10 +398,8 @@ impl WindowQuantiles {
         if counts.total() == 0 {
             return None;
         }
-        let mut quantiles = [(0.0, 0.0); 4];
-        for (slot, q) in quantiles.iter_mut().zip(QUANTILES) {
-            *slot = (q, counts.quantile_seconds(q).unwrap_or(0.0));
-        }
+        let values = counts.quantiles_seconds(QUANTILES);
+        let quantiles = std::array::from_fn(|i| (QUANTILES[i], values[i].unwrap_or(0.0)));
         Some(Self {
             window,
             count: counts.total(),

@@ -132,9 +132,12 @@ impl HdrMergeGroups {
     fn emit(&mut self, emit_to: EmitTo) -> ArrayRef {
         let groups = emit_to.take_needed(&mut self.groups);
         let mut out = BinaryBuilder::with_capacity(groups.len(), groups.len() * 256);
+        let mut blob = Vec::new();
         for g in groups {
             if g.seen {
-                out.append_value(g.counts.encode());
+                blob.clear();
+                g.counts.encode_into(&mut blob);
+                out.append_value(&blob);
             } else {
                 out.append_null();
             }
