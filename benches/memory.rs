@@ -4,7 +4,8 @@
 //! into the last minute of an hour (the dearest instant for the 1d window) with traffic in the
 //! open minute. Prints resident memory after each phase, then renders `/metrics` (windows 1m, 5m, 1h and 1d through
 //! the SQL engine, then the text exposition) nine times (`BENCH_RENDERS`) and prints each time,
-//! the median, and the longest wait for the state lock (what ingest feels) during the renders.
+//! the median, and the longest wait for the state lock (what ingest feels) during the renders;
+//! then one render on a fresh engine, which merges the 1d window's final hours anew (ADR 008).
 //! `BENCH_EXPLAIN=1` also prints `EXPLAIN ANALYZE` of the window query.
 //! Run: `cargo bench --bench memory`. Figures and machine in BENCHMARKS.md.
 
@@ -182,6 +183,20 @@ fn main() {
         "/metrics median of {renders}: {:.2} s",
         times[times.len() / 2]
     );
+    // What a render costs when the final hours have moved (about once an hour in service): a
+    // fresh engine over the same state merges them anew, everything else warm.
+    let fresh = QueryEngine::new(state.clone(), &sql).unwrap_or_else(|e| panic!("engine: {e}"));
+    let t = Instant::now();
+    let snapshot = runtime
+        .block_on(fresh.snapshot(&METRICS_WINDOWS))
+        .unwrap_or_else(|e| panic!("snapshot: {e}"));
+    render(snapshot, &telemetry, Format::Text004).unwrap_or_else(|e| panic!("{e:?}"));
+    println!(
+        "/metrics merging the final hours anew: {:.2} s; peak rss {:.0} MiB",
+        t.elapsed().as_secs_f64(),
+        rss_mib("VmHWM:")
+    );
+    drop(fresh);
     if std::env::var_os("BENCH_EXPLAIN").is_some() {
         explain(&runtime, &engine, clock.now_nanos());
     }
