@@ -183,7 +183,7 @@ fn main() {
         "/metrics median of {renders}: {:.2} s",
         times[times.len() / 2]
     );
-    // What a render costs when the final hours have moved (about once an hour in service): a
+    // What a render costs when the final hours have moved (twice an hour in service): a
     // fresh engine over the same state merges them anew, everything else warm.
     let fresh = QueryEngine::new(state.clone(), &sql).unwrap_or_else(|e| panic!("engine: {e}"));
     let t = Instant::now();

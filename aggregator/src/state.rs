@@ -188,6 +188,8 @@ struct SeriesState {
     /// Values for minutes other than the open one (late or slightly future data), sealed into
     /// extra rows in bulk, so stragglers never allocate dense histograms.
     late: Vec<LateValue>,
+    /// How many series were created before this one (`Aggregator::births`).
+    born: u64,
 }
 
 /// What every series needs to know to seal rows.
@@ -464,8 +466,8 @@ pub struct Aggregator {
     scratch: Histogram<u64>,
     /// Merge space for sealing hours.
     merge: Counts,
-    /// Series forgotten at the cap since start-up.
-    evicted: u64,
+    /// Series created since start-up; each series holds its number (`SeriesState::born`).
+    births: u64,
 }
 
 impl Aggregator {
@@ -492,7 +494,7 @@ impl Aggregator {
             sealed_before: 0,
             scratch,
             merge: Counts::with_precision(config.significant_digits)?,
-            evicted: 0,
+            births: 0,
         })
     }
 
@@ -548,7 +550,12 @@ impl Aggregator {
                 &self.overflow
             };
             if !self.series.contains_key(key) {
-                self.series.insert(key.clone(), SeriesState::default());
+                let state = SeriesState {
+                    born: self.births,
+                    ..SeriesState::default()
+                };
+                self.births += 1;
+                self.series.insert(key.clone(), state);
             }
             let Some(series) = self.series.get_mut(key) else {
                 continue;
@@ -640,7 +647,6 @@ impl Aggregator {
             self.series
                 .retain(|key, series| key == overflow || !series.is_idle(keep_from));
             let evicted = before - self.series.len();
-            self.evicted += evicted as u64;
             if evicted > 0 {
                 tracing::info!(evicted, "Series cap reached: forgot series idle for 3 h.");
             }
@@ -655,9 +661,19 @@ impl Aggregator {
         minute_of(now_nanos.saturating_sub(self.max_age_nanos))
     }
 
-    /// Series forgotten at the cap since start-up (their rows went with them).
-    pub fn evicted(&self) -> u64 {
-        self.evicted
+    /// Series created since start-up.
+    pub fn births(&self) -> u64 {
+        self.births
+    }
+
+    /// Keys of the series created after the first `births` ones: new series, and series
+    /// forgotten at the cap that came back (their old rows went when they were forgotten).
+    pub fn born_since(&self, births: u64) -> Vec<SeriesKey> {
+        self.series
+            .iter()
+            .filter(|(_, state)| state.born >= births)
+            .map(|(key, _)| key.clone())
+            .collect()
     }
 
     /// Cumulative counters of every series, sorted by key.

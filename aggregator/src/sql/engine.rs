@@ -2,7 +2,8 @@
 //! functions and clock. Queries run on their own Tokio runtimes (one for `/api/v1/sql`, one for
 //! recmeter's own `/metrics` queries), so a runaway query starves neither ingest nor scrapes; each has a deadline (`sql.timeout`), a memory pool without spilling
 //! (`sql.memory_limit_bytes`) and a result-size limit. `/metrics` windows go through the same
-//! tables and functions.
+//! tables and functions, in one query; each long window's final hours (which no span can reach
+//! any more) are merged once with `hdr_merge` and kept between scrapes (ADR 008).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -61,23 +62,25 @@ pub struct QueryEngine {
 /// The whole hours of each long window that can no longer change, merged per series by the
 /// same `hdr_merge` over `latency_hours`: an hour is final once it ends before the oldest span
 /// ingest still accepts (`ingest.max_span_age`). A window's merge holds the hours from its start
-/// up to `end`; it is recomputed when `end` or a window's start moves (once an hour, and at
-/// minute 1 of each hour for windows of whole days) or a series is forgotten at the cap.
+/// up to `end`. It is merged anew when `end` or a window's start moves: with whole-hour windows
+/// and the default 1 h span age, the starts move at minute 59 of each hour and `end` at minute
+/// 0. A series created since (a series forgotten at the cap that came back has lost its old
+/// rows) is left out of it (ADR 008).
 #[derive(Debug)]
 struct FinalHours {
     /// Hours starting before this minute are merged.
     end: u64,
     /// Each long window's first hour, in the order asked for.
     starts: Vec<u64>,
-    /// `Aggregator::evicted` when merged.
-    evicted: u64,
+    /// `Aggregator::births` when the rows were checked against the live series.
+    births: u64,
     /// One row per series and window, at the window's first hour.
     rows: Arc<PreparedRows>,
 }
 
 impl FinalHours {
-    fn covers(&self, starts: &[u64], end: u64, evicted: u64) -> bool {
-        self.end == end && self.starts == starts && self.evicted == evicted
+    fn covers(&self, starts: &[u64], end: u64) -> bool {
+        self.end == end && self.starts == starts
     }
 }
 
@@ -225,39 +228,62 @@ impl QueryEngine {
     /// `latency_minutes`. Every window ends with the open minute at one clock reading, so
     /// future-stamped spans (within `ingest.max_future_skew`) wait for their minute.
     pub async fn snapshot(&self, windows: &[Window]) -> Result<Snapshot> {
-        let (at, counters, dimension_labels, first_open, evicted) = {
-            let state = lock(&self.state);
-            let at = state.clock().now_nanos();
-            (
-                at,
-                state.counters(),
-                state.dimension_labels().to_vec(),
-                state.first_open_minute(at),
-                state.evicted(),
-            )
+        // Each window once: the kept final hours are told apart by their window's first hour.
+        let mut windows = windows.to_vec();
+        windows.sort_unstable();
+        windows.dedup();
+        // A series forgotten at the cap and back while the query ran would be merged with its
+        // old final hours: then the snapshot is taken again (it takes a series churning at the
+        // cap right at a scrape) and, the last time, without kept hours.
+        let mut attempts = 0;
+        let (at, counters, dimension_labels, windows, batches) = loop {
+            attempts += 1;
+            let (at, counters, dimension_labels, first_open) = {
+                let state = lock(&self.state);
+                let at = state.clock().now_nanos();
+                (
+                    at,
+                    state.counters(),
+                    state.dimension_labels().to_vec(),
+                    state.first_open_minute(at),
+                )
+            };
+            let final_hours = match attempts {
+                1 | 2 => {
+                    self.final_hours(&windows, at, first_open, &dimension_labels)
+                        .await?
+                }
+                _ => None,
+            };
+            let ctx = self.context_with(self.internal.clone(), at);
+            if let Some((rows, _)) = &final_hours {
+                let table = RollupTable::new(Table::Hours, rows.clone());
+                // Registering into a fresh session cannot collide.
+                let _ = ctx.register_table(FINAL_HOURS, Arc::new(table));
+            }
+            let end = final_hours.as_ref().map(|_| final_end(at, first_open));
+            let (plan_windows, dimensions) = (windows.clone(), dimension_labels.clone());
+            let (plan_windows, batches) = self
+                .run(
+                    self.internal_runtime.as_ref(),
+                    async move {
+                        let df = window_plan(&ctx, &plan_windows, &dimensions, at, end).await?;
+                        Ok((plan_windows, df.collect().await.map_err(classify)?))
+                    },
+                    self.config.timeout,
+                )
+                .await?;
+            let stale = final_hours.is_some_and(|(rows, births)| {
+                lock(&self.state)
+                    .born_since(births)
+                    .iter()
+                    .any(|key| rows.contains(key))
+            });
+            if !stale {
+                break (at, counters, dimension_labels, plan_windows, batches);
+            }
+            *self.final_hours.lock() = None;
         };
-        let final_hours = self
-            .final_hours(windows, at, first_open, evicted, &dimension_labels)
-            .await?;
-        let ctx = self.context_with(self.internal.clone(), at);
-        if let Some(rows) = &final_hours {
-            let table = RollupTable::new(Table::Hours, rows.clone());
-            // Registering into a fresh session cannot collide.
-            let _ = ctx.register_table(FINAL_HOURS, Arc::new(table));
-        }
-        let windows = windows.to_vec();
-        let dimensions = dimension_labels.clone();
-        let end = final_hours.as_ref().map(|_| final_end(at, first_open));
-        let (windows, batches) = self
-            .run(
-                self.internal_runtime.as_ref(),
-                async move {
-                    let df = window_plan(&ctx, &windows, &dimensions, at, end).await?;
-                    Ok((windows, df.collect().await.map_err(classify)?))
-                },
-                self.config.timeout,
-            )
-            .await?;
         let mut per_series: HashMap<SeriesKey, Vec<WindowQuantiles>> = HashMap::new();
         let mut counts = Counts::new();
         let keys = 2 + dimension_labels.len();
@@ -315,41 +341,54 @@ fn final_end(now_nanos: u64, first_open: u64) -> u64 {
 }
 
 impl QueryEngine {
-    /// The merged final hours of the long windows among `windows` at `now_nanos`: the kept ones
-    /// while they still cover them, else merged anew from `latency_hours` and kept. `None` when
-    /// no long window starts before the final hours end.
+    /// The merged final hours of the long windows among `windows` at `now_nanos`, and the
+    /// `Aggregator::births` they were checked at: the kept ones while they still cover them
+    /// (without any series created since they were merged), else merged anew from
+    /// `latency_hours` and kept. `None` when no long window starts before the final hours end.
     async fn final_hours(
         &self,
         windows: &[Window],
         now_nanos: u64,
         first_open: u64,
-        evicted: u64,
         dimensions: &[String],
-    ) -> Result<Option<Arc<PreparedRows>>> {
+    ) -> Result<Option<(Arc<PreparedRows>, u64)>> {
         let end = final_end(now_nanos, first_open);
-        let long: Vec<Window> = windows
+        let starts: Vec<u64> = windows
             .iter()
-            .copied()
-            .filter(|w| !w.is_minute_exact() && *w.minute_range(now_nanos).start() < end)
+            .filter(|w| !w.is_minute_exact())
+            .map(|w| *w.minute_range(now_nanos).start())
+            .filter(|start| *start < end)
             .collect();
-        if long.is_empty() {
+        if starts.is_empty() {
             return Ok(None);
         }
-        let starts: Vec<u64> = long
-            .iter()
-            .map(|w| *w.minute_range(now_nanos).start())
-            .collect();
-        if let Some(kept) = self.final_hours.lock().as_ref()
-            && kept.covers(&starts, end, evicted)
-        {
-            return Ok(Some(kept.rows.clone()));
+        let kept = self.final_hours.lock().clone();
+        if let Some(kept) = kept.filter(|k| k.covers(&starts, end)) {
+            let (born, births) = {
+                let state = lock(&self.state);
+                (state.born_since(kept.births), state.births())
+            };
+            let reborn: Vec<SeriesKey> =
+                born.into_iter().filter(|k| kept.rows.contains(k)).collect();
+            if reborn.is_empty() {
+                return Ok(Some((kept.rows.clone(), kept.births)));
+            }
+            let rows = Arc::new(kept.rows.without(&reborn));
+            *self.final_hours.lock() = Some(Arc::new(FinalHours {
+                end,
+                starts,
+                births,
+                rows: rows.clone(),
+            }));
+            return Ok(Some((rows, births)));
         }
         let ctx = self.context_with(self.internal.clone(), now_nanos);
         let keys = 2 + dimensions.len();
-        let (dims, threshold_columns) = (
-            dimensions.to_vec(),
-            lock(&self.state).threshold_columns().to_vec(),
-        );
+        let (births, threshold_columns) = {
+            let state = lock(&self.state);
+            (state.births(), state.threshold_columns().to_vec())
+        };
+        let dims = dimensions.to_vec();
         let plan_starts = starts.clone();
         let rows = self
             .run(
@@ -400,10 +439,10 @@ impl QueryEngine {
         *self.final_hours.lock() = Some(Arc::new(FinalHours {
             end,
             starts,
-            evicted,
+            births,
             rows: rows.clone(),
         }));
-        Ok(Some(rows))
+        Ok(Some((rows, births)))
     }
 }
 
@@ -694,13 +733,21 @@ mod tests {
         let ctx = engine.context_with(engine.internal.clone(), now);
         let dimensions = ["region".to_owned()];
         let windows = [Window::M1, Window::M5, Window::H1, Window::D1];
-        let plan = window_plan(&ctx, &windows, &dimensions, now, None)
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
-        crate::sql::testing::assert_one_stage(plan.as_ref());
+        // With and without kept final hours (a third input to the union).
+        let kept = PreparedRows::new(dimensions.to_vec(), vec!["requests_le_0_2".into()], vec![]);
+        let table = RollupTable::new(Table::Hours, Arc::new(kept));
+        ctx.register_table(FINAL_HOURS, Arc::new(table)).unwrap();
+        let end = final_end(now, now / MINUTE_NANOS - 60);
+        assert!(*Window::D1.minute_range(now).start() < end);
+        for final_end in [None, Some(end)] {
+            let plan = window_plan(&ctx, &windows, &dimensions, now, final_end)
+                .await
+                .unwrap()
+                .create_physical_plan()
+                .await
+                .unwrap();
+            crate::sql::testing::assert_one_stage(plan.as_ref());
+        }
     }
 
     /// An engine over an empty aggregator with a fake clock on an hour boundary.
@@ -746,11 +793,12 @@ mod tests {
         }
     }
 
-    /// 27 hours of traffic on two series, with spans up to 50 minutes late; scraped every few
-    /// minutes through hours 25 to 27, so the final hours are kept, reused and merged anew as
-    /// hours end. Every window's count equals the raw values in its minutes (DESIGN's rule,
-    /// worked out here from the raw minutes) and its P50 and P99 lie within 1% of their nearest
-    /// rank.
+    /// 27 hours of traffic on two series, with spans up to an hour late; scraped every few
+    /// minutes through hours 25 to 27 and at minutes 58, 59, 0 and 1 of each hour, so the final
+    /// hours are kept, reused and merged anew as windows' starts move and hours become final.
+    /// Every window's count equals the raw values in its minutes (DESIGN's rule, worked out
+    /// here from the raw minutes), its P50 and P99 lie within 1% of their nearest rank, and an
+    /// engine without kept hours gives the same snapshot.
     #[tokio::test]
     async fn long_windows_over_kept_final_hours_stay_exact() {
         use rand::rngs::StdRng;
@@ -761,17 +809,18 @@ mod tests {
         // (endpoint, minute, nanoseconds) of every request sent.
         let mut raw: Vec<(&str, u64, u64)> = Vec::new();
         let windows = [Window::M5, Window::H1, Window::D1, Window::D3];
-        let mut scrapes = 0;
-        let mut ends = std::collections::BTreeSet::new();
+        let (mut scrapes, mut reused) = (0, 0);
+        let mut last_kept: Option<Arc<FinalHours>> = None;
+        let mut covers = std::collections::BTreeSet::new();
         for minute in 0..27 * 60u64 {
             let now = clock.now_nanos();
             let mut batch = Vec::new();
             for endpoint in ["a", "b"] {
                 for _ in 0..rng.random_range(1..6) {
                     let nanos = (rng.random::<f64>().powi(3) * 2e9) as u64 + 1_000_000;
-                    // One span in eight ended up to 50 minutes ago.
+                    // One span in eight ended up to an hour ago (the oldest ingest accepts).
                     let late = if rng.random_range(0..8) == 0 {
-                        rng.random_range(0..50) * MINUTE_NANOS
+                        rng.random_range(0..=60) * MINUTE_NANOS
                     } else {
                         0
                     };
@@ -781,12 +830,26 @@ mod tests {
                 }
             }
             assert_eq!(lock(&state).apply(&batch).accepted, batch.len() as u64);
-            if minute >= 25 * 60 && minute % 7 < 2 {
+            if minute >= 25 * 60 && (minute % 7 < 2 || matches!(minute % 60, 58 | 59 | 0 | 1)) {
                 scrapes += 1;
                 let snapshot = engine.snapshot(&windows).await.unwrap();
                 let at = snapshot.at_unix_nanos;
-                let kept = engine.final_hours.lock().as_ref().map(|k| k.end);
-                ends.insert(kept.unwrap_or_else(|| panic!("none kept at minute {minute}")));
+                let kept = engine.final_hours.lock().clone();
+                let kept = kept.unwrap_or_else(|| panic!("none kept at minute {minute}"));
+                if let Some(last) = last_kept.replace(kept.clone())
+                    && last.covers(&kept.starts, kept.end)
+                {
+                    assert!(Arc::ptr_eq(&last.rows, &kept.rows), "minute {minute}");
+                    reused += 1;
+                }
+                covers.insert((kept.end, kept.starts.clone()));
+                // Merged anew by an engine without kept hours: the same snapshot.
+                let fresh = QueryEngine::new(state.clone(), &engine.config).unwrap();
+                assert_eq!(
+                    fresh.snapshot(&windows).await.unwrap(),
+                    snapshot,
+                    "minute {minute}"
+                );
                 for series in &snapshot.series {
                     assert_eq!(series.windows.len(), windows.len());
                     for w in &series.windows {
@@ -813,9 +876,13 @@ mod tests {
             }
             clock.advance(Duration::from_secs(60));
         }
-        assert!(scrapes > 30);
-        // The final hours were merged anew as hours ended.
-        assert_eq!(ends.len(), 2);
+        assert!(
+            scrapes > 30 && reused > 20,
+            "{scrapes} scrapes, {reused} reused"
+        );
+        // Merged anew as windows' starts moved (minute 59) and hours became final (minute 0):
+        // minutes 1500 to 1558, 1559, 1560 to 1618, and 1619.
+        assert_eq!(covers.len(), 4);
     }
 
     /// A series forgotten at the cap and back within the hour starts afresh in the long windows
@@ -834,10 +901,11 @@ mod tests {
         let before = engine.snapshot(&[Window::D1]).await.unwrap();
         assert_eq!(before.series[0].windows[0].count, 100);
         assert!(engine.final_hours.lock().is_some());
-        // Minute 280, same hour and same final hours: the series was forgotten at minute 279.
+        // Minute 280, same hour and same final hours: the roll into minute 280 forgets the
+        // series (idle since minute 100), and the request creates it again.
         clock.advance(Duration::from_secs(120));
         lock(&state).apply(&[request("a", clock.now_nanos(), 5_000_000)]);
-        assert_eq!(lock(&state).evicted(), 1);
+        assert_eq!(lock(&state).births(), 2);
         let after = engine.snapshot(&[Window::D1]).await.unwrap();
         assert_eq!(after.series.len(), 1);
         assert_eq!(after.series[0].totals.requests(), 1);

@@ -200,6 +200,26 @@ impl PreparedRows {
     pub fn series(&self) -> &[PreparedSeries] {
         &self.series
     }
+
+    /// Whether `key` has rows here.
+    pub fn contains(&self, key: &SeriesKey) -> bool {
+        self.index.contains_key(key)
+    }
+
+    /// The same rows without the series of `keys`.
+    pub fn without(&self, keys: &[SeriesKey]) -> Self {
+        let series = self
+            .series
+            .iter()
+            .filter(|(key, ..)| !keys.contains(key))
+            .cloned()
+            .collect();
+        Self::new(
+            self.dimension_labels.clone(),
+            self.threshold_columns.clone(),
+            series,
+        )
+    }
 }
 
 impl RollupSource for PreparedRows {
@@ -557,7 +577,11 @@ impl ScanPartition {
                     self.batch_size,
                     &mut self.builder,
                 )
-                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                .map_err(|e| {
+                    // Nothing more after an error.
+                    self.next = self.keys.len();
+                    DataFusionError::External(Box::new(e))
+                })?;
             self.next += done.max(1);
             if self.builder.error.is_some() {
                 // Nothing more after an error.
