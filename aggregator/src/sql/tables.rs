@@ -207,7 +207,7 @@ impl PreparedRows {
     }
 
     /// The same rows without the series of `keys`.
-    pub fn without(&self, keys: &[SeriesKey]) -> Self {
+    pub fn without(&self, keys: &std::collections::HashSet<SeriesKey>) -> Self {
         let series = self
             .series
             .iter()
