@@ -23,7 +23,7 @@ use futures::StreamExt;
 use tokio::runtime::Runtime;
 
 use super::functions::{self, TIME_ZONE};
-use super::tables::{PreparedRows, RollupTable};
+use super::tables::{PreparedRows, PreparedSeries, RollupTable};
 use crate::clock::MINUTE_NANOS;
 use crate::config::SqlConfig;
 use crate::counts::Counts;
@@ -407,30 +407,7 @@ impl QueryEngine {
                 async move {
                     let df = final_hours_plan(&ctx, &plan_starts, &dims, end).await?;
                     let batches = df.collect().await.map_err(classify)?;
-                    let mut series = Vec::new();
-                    for batch in &batches {
-                        for (row, key) in series_keys(batch, keys).into_iter().enumerate() {
-                            let merged = plan_starts
-                                .iter()
-                                .enumerate()
-                                .filter_map(|(i, &start)| {
-                                    let blobs = batch.column(keys + i).as_binary::<i32>();
-                                    (!blobs.is_null(row)).then(|| {
-                                        // Only the histogram is read from these rows.
-                                        let hdr = Bytes::copy_from_slice(blobs.value(row));
-                                        (
-                                            start,
-                                            Row {
-                                                counts: RowCounts::default(),
-                                                hdr,
-                                            },
-                                        )
-                                    })
-                                })
-                                .collect();
-                            series.push((key, Source::default(), merged));
-                        }
-                    }
+                    let series = kept_series(&batches, keys, &plan_starts);
                     Ok(Arc::new(PreparedRows::new(dims, threshold_columns, series)))
                 },
                 self.config.timeout,
@@ -444,6 +421,31 @@ impl QueryEngine {
         }));
         Ok(Some((rows, births)))
     }
+}
+
+/// The rows of the final hours query (keys, then one merged column per window of `starts`) as
+/// kept rows: per series, one row per window at the window's first hour. Only the histogram is
+/// read from them.
+fn kept_series(batches: &[RecordBatch], keys: usize, starts: &[u64]) -> Vec<PreparedSeries> {
+    let mut series = Vec::new();
+    for batch in batches {
+        for (row, key) in series_keys(batch, keys).into_iter().enumerate() {
+            let merged = starts
+                .iter()
+                .enumerate()
+                .filter_map(|(i, &start)| {
+                    let blobs = batch.column(keys + i).as_binary::<i32>();
+                    (!blobs.is_null(row)).then(|| {
+                        let hdr = Bytes::copy_from_slice(blobs.value(row));
+                        let counts = RowCounts::default();
+                        (start, Row { counts, hdr })
+                    })
+                })
+                .collect();
+            series.push((key, Source::default(), merged));
+        }
+    }
+    series
 }
 
 /// `SELECT keys, hdr_merge(hdr) FILTER (WHERE hour >= start) … FROM latency_hours WHERE hour <

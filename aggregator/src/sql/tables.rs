@@ -568,24 +568,20 @@ impl ScanPartition {
         // The batch handed out last is the consumer's now.
         self.builder.reservation.free();
         while self.next < self.keys.len() {
-            let (done, _) = self
-                .source
-                .visit_rows(
-                    self.table,
-                    self.range.clone(),
-                    &self.keys[self.next..],
-                    self.batch_size,
-                    &mut self.builder,
-                )
-                .map_err(|e| {
-                    // Nothing more after an error.
-                    self.next = self.keys.len();
-                    DataFusionError::External(Box::new(e))
-                })?;
-            self.next += done.max(1);
-            if self.builder.error.is_some() {
+            let read = self.source.visit_rows(
+                self.table,
+                self.range.clone(),
+                &self.keys[self.next..],
+                self.batch_size,
+                &mut self.builder,
+            );
+            match &read {
+                Ok((done, _)) if self.builder.error.is_none() => self.next += (*done).max(1),
                 // Nothing more after an error.
-                self.next = self.keys.len();
+                _ => self.next = self.keys.len(),
+            }
+            if let Err(e) = read {
+                return Err(DataFusionError::External(Box::new(e)));
             }
             if self.builder.error.is_some() || self.builder.len > 0 {
                 return self.builder.finish(&self.schema).map(Some);
