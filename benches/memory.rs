@@ -1,14 +1,20 @@
 //! Memory and `/metrics` at the series cap: 10 000 series plus the overflow series, each with 30
 //! requests a minute, through the fake clock for 3 hours (every minute of the 3 h kept in
 //! memory), then 21 more hours (a day of history: 3 h of minutes, hours before), ending 30 s
-//! into the last minute of an hour (the dearest instant for the 1d window) with traffic in the
-//! open minute. Prints resident memory after each phase, then renders `/metrics` (windows 1m,
-//! 5m, 1h and 1d through the SQL engine, then the text exposition) nine times (`BENCH_RENDERS`),
-//! with a request per series applied before each (untimed, so every open minute is encoded
-//! again, as between real scrapes), and prints each time,
-//! the median, and the longest wait for the state lock (what ingest feels) during the renders;
-//! then one render on a fresh engine, which merges the 1d window's final hours anew (ADR 008).
-//! `BENCH_EXPLAIN=1` also prints `EXPLAIN ANALYZE` of the window query.
+//! into minute 58 of an hour with traffic in the open minute. Prints resident memory after each
+//! phase, then renders `/metrics` (windows 1m, 5m, 1h and 1d through the SQL engine, then the
+//! text exposition) as a scraper would see it, with traffic in between (untimed, so every open
+//! minute is encoded again, as between real scrapes):
+//! - once at minute 58, the engine's first render, which merges the 1d window's final hours
+//!   (ADR 008);
+//! - nine times (`BENCH_RENDERS`) 30 s into minute 59, the dearest instant for the 1d window
+//!   (23 whole hours and 59 minutes); the first of them moves the kept hours on, since the
+//!   window's first hour moved;
+//! - once 30 s into minute 0, where an hour becomes final and the kept hours move on again.
+//!
+//! It prints each time, the median and the slowest after the first render, and the longest
+//! wait for the state lock (what ingest feels) during the renders. `BENCH_EXPLAIN=1` also
+//! prints `EXPLAIN ANALYZE` of the window query.
 //! Run: `cargo bench --bench memory`. Figures and machine in BENCHMARKS.md.
 
 use std::sync::Arc;
@@ -17,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use recmeter_aggregator::state::{lock, shared};
+use recmeter_aggregator::state::{SharedState, lock, shared};
 use recmeter_aggregator::{
     Aggregator, AggregatorConfig, Clock, IngestConfig, QueryEngine, RequestRecord, SeriesKey,
     SqlConfig, Telemetry, Window,
@@ -50,10 +56,56 @@ fn rss_mib(field: &str) -> f64 {
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
+/// A request per series ending within the second before now, as between two scrapes.
+fn one_request_each(state: &SharedState, clock: &Clock, keys: &[SeriesKey], rng: &mut StdRng) {
+    let mut aggregator = lock(state);
+    let now = clock.now_nanos();
+    let records: Vec<RequestRecord> = keys
+        .iter()
+        .map(|key| RequestRecord {
+            key: key.clone(),
+            end_unix_nanos: now - rng.random_range(0..1_000_000_000u64),
+            duration_nanos: rng.random_range(5_000_000..200_000_000),
+            error: false,
+            recommendations: 20,
+        })
+        .collect();
+    aggregator.apply(&records);
+}
+
+/// Renders `/metrics` (windows through the SQL engine, then the text exposition), prints what
+/// it took and returns the seconds.
+fn render_once(
+    what: &str,
+    runtime: &tokio::runtime::Runtime,
+    engine: &QueryEngine,
+    telemetry: &Telemetry,
+) -> f64 {
+    let t = Instant::now();
+    let snapshot = runtime
+        .block_on(engine.snapshot(&METRICS_WINDOWS))
+        .unwrap_or_else(|e| panic!("snapshot: {e}"));
+    let series = snapshot.series.len();
+    let windows: usize = snapshot.series.iter().map(|s| s.windows.len()).sum();
+    let merged = t.elapsed();
+    let body = render(snapshot, telemetry, Format::Text004).unwrap_or_else(|e| panic!("{e:?}"));
+    let total = t.elapsed();
+    println!(
+        "/metrics {what}: {series} series, {windows} window rows, {:.1} MB: {:.2} s ({:.2} s windows, {:.2} s text); rss {:.0} MiB, peak {:.0} MiB",
+        body.len() as f64 / 1e6,
+        total.as_secs_f64(),
+        merged.as_secs_f64(),
+        (total - merged).as_secs_f64(),
+        rss_mib("VmRSS:"),
+        rss_mib("VmHWM:")
+    );
+    total.as_secs_f64()
+}
+
 fn main() {
-    // 30 s into the last minute of an hour, the dearest instant for the 1d window (23 whole
-    // hours and 59 minutes); each request ends within the second before now, in the open minute.
-    let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + 59 * 60 + 30);
+    // The history ends 30 s into minute 58 of an hour; the renders run in minute 59 (the
+    // dearest instant for the 1d window: 23 whole hours and 59 minutes) and minute 0.
+    let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + 58 * 60 + 30);
     let clock = Arc::new(Clock::fake(start));
     let telemetry = Arc::new(Telemetry::default());
     let mut aggregator = Aggregator::new(
@@ -120,22 +172,8 @@ fn main() {
         .build()
         .unwrap_or_else(|e| panic!("runtime: {e}"));
     // Traffic in the open minute too, as at any real scrape.
-    {
-        let mut aggregator = lock(&state);
-        let now = clock.now_nanos();
-        for key in &keys {
-            batch.clear();
-            for _ in 0..per_minute {
-                batch.push(RequestRecord {
-                    key: key.clone(),
-                    end_unix_nanos: now - rng.random_range(0..1_000_000_000u64),
-                    duration_nanos: rng.random_range(5_000_000..200_000_000),
-                    error: false,
-                    recommendations: 20,
-                });
-            }
-            aggregator.apply(&batch);
-        }
+    for _ in 0..per_minute {
+        one_request_each(&state, &clock, &keys, &mut rng);
     }
     // What ingest would feel: the longest wait for the state lock while renders run.
     let stop = Arc::new(AtomicBool::new(false));
@@ -152,70 +190,42 @@ fn main() {
             longest
         })
     };
+    // The first render of an engine merges every long window's final hours (ADR 008).
+    let first = render_once("first of an engine, minute 58", &runtime, &engine, &telemetry);
+    // On to minute 59 (the 1d window's first hour moves: the kept hours move on), a minute of
+    // traffic on the way, then renders with a request per series between them, as in service:
+    // every open minute changes, so each render encodes them all again.
+    clock.advance(Duration::from_secs(60));
+    for _ in 0..per_minute {
+        one_request_each(&state, &clock, &keys, &mut rng);
+    }
     let renders = knob("BENCH_RENDERS", 9);
     let mut times = Vec::new();
-    for _ in 0..renders {
-        // A request per series between scrapes, as in service: every open minute changes, so
-        // each render encodes them all again.
-        {
-            let mut aggregator = lock(&state);
-            let now = clock.now_nanos();
-            let records: Vec<RequestRecord> = keys
-                .iter()
-                .map(|key| RequestRecord {
-                    key: key.clone(),
-                    end_unix_nanos: now - rng.random_range(0..1_000_000_000u64),
-                    duration_nanos: rng.random_range(5_000_000..200_000_000),
-                    error: false,
-                    recommendations: 20,
-                })
-                .collect();
-            aggregator.apply(&records);
+    for i in 0..renders {
+        if i > 0 {
+            one_request_each(&state, &clock, &keys, &mut rng);
         }
-        let t = Instant::now();
-        let snapshot = runtime
-            .block_on(engine.snapshot(&METRICS_WINDOWS))
-            .unwrap_or_else(|e| panic!("snapshot: {e}"));
-        let series = snapshot.series.len();
-        let windows: usize = snapshot.series.iter().map(|s| s.windows.len()).sum();
-        let merged = t.elapsed();
-        let body =
-            render(snapshot, &telemetry, Format::Text004).unwrap_or_else(|e| panic!("{e:?}"));
-        let total = t.elapsed();
-        times.push(total.as_secs_f64());
-        println!(
-            "/metrics: {series} series, {windows} window rows, {:.1} MB: {:.2} s ({:.2} s windows, {:.2} s text); rss {:.0} MiB, peak {:.0} MiB",
-            body.len() as f64 / 1e6,
-            total.as_secs_f64(),
-            merged.as_secs_f64(),
-            (total - merged).as_secs_f64(),
-            rss_mib("VmRSS:"),
-            rss_mib("VmHWM:")
-        );
+        let what = if i == 0 { "minute 59, kept hours moved on" } else { "minute 59" };
+        times.push(render_once(what, &runtime, &engine, &telemetry));
     }
+    // On to minute 0 (an hour becomes final: the kept hours move on again).
+    clock.advance(Duration::from_secs(60));
+    for _ in 0..per_minute {
+        one_request_each(&state, &clock, &keys, &mut rng);
+    }
+    times.push(render_once("minute 0, kept hours moved on", &runtime, &engine, &telemetry));
     stop.store(true, Ordering::Relaxed);
     let longest = prober
         .join()
         .unwrap_or_else(|_| panic!("lock prober panicked"));
+    let slowest = times.iter().copied().fold(0.0, f64::max);
     times.sort_by(f64::total_cmp);
     println!(
-        "/metrics median of {renders}: {:.2} s",
-        times[times.len() / 2]
-    );
-    // What a render costs when the final hours have moved (twice an hour in service): a
-    // fresh engine over the same state merges them anew, everything else warm.
-    let fresh = QueryEngine::new(state.clone(), &sql).unwrap_or_else(|e| panic!("engine: {e}"));
-    let t = Instant::now();
-    let snapshot = runtime
-        .block_on(fresh.snapshot(&METRICS_WINDOWS))
-        .unwrap_or_else(|e| panic!("snapshot: {e}"));
-    render(snapshot, &telemetry, Format::Text004).unwrap_or_else(|e| panic!("{e:?}"));
-    println!(
-        "/metrics merging the final hours anew: {:.2} s; peak rss {:.0} MiB",
-        t.elapsed().as_secs_f64(),
+        "/metrics after the first, {} renders: median {:.2} s, slowest {slowest:.2} s; first of an engine {first:.2} s; peak rss {:.0} MiB",
+        times.len(),
+        times[times.len() / 2],
         rss_mib("VmHWM:")
     );
-    drop(fresh);
     if std::env::var_os("BENCH_EXPLAIN").is_some() {
         explain(&runtime, &engine, clock.now_nanos());
     }

@@ -217,6 +217,41 @@ impl Counts {
         Ok(())
     }
 
+    /// Takes away everything counted in `other` (same precision), which must have been added
+    /// before. A count that would go below zero is an error, and leaves these counts unchanged.
+    pub fn subtract(&mut self, other: &Counts) -> Result<()> {
+        if other.total == 0 {
+            return Ok(());
+        }
+        if let (Some(a), Some(b)) = (self.layout, other.layout)
+            && a != b
+        {
+            return Err(precision_mismatch(
+                a.significant_digits,
+                b.significant_digits,
+            ));
+        }
+        let below_zero = || Error::Histogram("subtracting counts that were never added".into());
+        if self.total < other.total {
+            return Err(below_zero());
+        }
+        let slots = |i: usize| (other.offset + i).wrapping_sub(self.offset);
+        let fits = other.counts.iter().enumerate().all(|(i, &c)| {
+            c == 0 || self.counts.get(slots(i)).is_some_and(|&have| have >= c)
+        });
+        if !fits {
+            return Err(below_zero());
+        }
+        for (i, &c) in other.counts.iter().enumerate() {
+            if c > 0 {
+                let slot = slots(i);
+                self.counts[slot] -= c;
+            }
+        }
+        self.total -= other.total;
+        Ok(())
+    }
+
     /// Adds every histogram of a run of back-to-back V2 encodings, deflated or not.
     pub fn add_encoded(&mut self, mut bytes: &[u8]) -> Result<()> {
         while !bytes.is_empty() {
@@ -614,6 +649,34 @@ mod tests {
         assert!((p100 - 3_600.0).abs() / 3_600.0 < 0.0078, "{p100}");
         let p0 = c.quantile_seconds(0.0).unwrap();
         assert!((p0 - 1e-6).abs() / 1e-6 < 0.0078, "{p0}");
+    }
+
+    #[test]
+    fn subtracting_undoes_a_merge_and_refuses_what_was_never_added() {
+        let a = {
+            let mut c = Counts::with_precision(2).unwrap();
+            c.record_n(5_000_000, 3).unwrap();
+            c.record_n(40_000_000, 2).unwrap();
+            c
+        };
+        let mut b = Counts::with_precision(2).unwrap();
+        b.record_n(1_000, 1).unwrap();
+        b.record_n(5_000_000, 1).unwrap();
+        let mut sum = a.clone();
+        sum.merge(&b).unwrap();
+        sum.subtract(&b).unwrap();
+        assert_eq!(sum.total(), 5);
+        assert_eq!(sum.encode(), a.encode());
+        // More than was added, or a value never added: refused, nothing changed.
+        for extra in [(5_000_000, 4), (7_000_000, 1), (HIGHEST_NANOS, 1)] {
+            let mut c = Counts::with_precision(2).unwrap();
+            c.record_n(extra.0, extra.1).unwrap();
+            assert!(sum.subtract(&c).is_err(), "{extra:?}");
+            assert_eq!(sum.encode(), a.encode());
+        }
+        let mut other = Counts::with_precision(3).unwrap();
+        other.record_n(5_000_000, 1).unwrap();
+        assert!(sum.subtract(&other).is_err());
     }
 
     #[test]

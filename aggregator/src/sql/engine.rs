@@ -6,6 +6,7 @@
 //! any more) are merged once with `hdr_merge` and kept between scrapes (ADR 008).
 
 use std::collections::{HashMap, HashSet};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +31,8 @@ use crate::counts::Counts;
 use crate::error::{Error, Result};
 use crate::record::SeriesKey;
 use crate::state::{
-    Row, RowCounts, SeriesSnapshot, SharedState, Snapshot, Source, Table, WindowQuantiles, lock,
+    Row, RowCounts, RowVisitor, SeriesSnapshot, SharedState, Snapshot, Source, Table,
+    WindowQuantiles, lock,
 };
 use crate::window::Window;
 use bytes::Bytes;
@@ -76,11 +78,30 @@ struct FinalHours {
     births: u64,
     /// One row per series and window, at the window's first hour.
     rows: Arc<PreparedRows>,
+    /// Whether the rows were moved on from earlier kept rows, not merged anew.
+    advanced: bool,
 }
 
 impl FinalHours {
     fn covers(&self, starts: &[u64], end: u64) -> bool {
         self.end == end && self.starts == starts
+    }
+
+    /// Whether moving these rows on to `starts` and `end` reads fewer hours than merging them
+    /// anew: the same windows, each start and the end only moved forward, no start moved past
+    /// the old end, and fewer hours left behind or become final than the windows hold.
+    fn can_advance_to(&self, starts: &[u64], end: u64) -> bool {
+        let forward = starts.len() == self.starts.len()
+            && end >= self.end
+            && starts
+                .iter()
+                .zip(&self.starts)
+                .all(|(new, old)| old <= new && *new <= self.end);
+        forward && {
+            let moved: u64 = starts.iter().zip(&self.starts).map(|(n, o)| n - o).sum();
+            let held = end - starts.iter().min().copied().unwrap_or(end);
+            moved + (end - self.end) < held
+        }
     }
 }
 
@@ -369,7 +390,7 @@ impl QueryEngine {
             return Ok(None);
         }
         let kept = self.final_hours.lock().clone();
-        if let Some(kept) = kept.filter(|k| k.covers(&starts, end)) {
+        if let Some(kept) = kept.clone().filter(|k| k.covers(&starts, end)) {
             let (born, births) = {
                 let state = lock(&self.state);
                 (state.born_since(kept.births), state.births())
@@ -390,8 +411,23 @@ impl QueryEngine {
                 starts,
                 births,
                 rows: rows.clone(),
+                advanced: kept.advanced,
             }));
             return Ok(Some((rows, births)));
+        }
+        if let Some(kept) = kept.filter(|k| k.can_advance_to(&starts, end)) {
+            match self.advance(&kept, &starts, end, dimensions).await {
+                Ok(moved) => {
+                    let (rows, births) = (moved.rows.clone(), moved.births);
+                    *self.final_hours.lock() = Some(Arc::new(moved));
+                    return Ok(Some((rows, births)));
+                }
+                // Only a bug gets here; the rows merged anew are right either way.
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "Cannot move the kept final hours on; merging them anew."
+                ),
+            }
         }
         let ctx = self.context_with(self.internal.clone(), now_nanos);
         let keys = 2 + dimensions.len();
@@ -418,8 +454,151 @@ impl QueryEngine {
             starts,
             births,
             rows: rows.clone(),
+            advanced: false,
         }));
         Ok(Some((rows, births)))
+    }
+
+    /// `kept` moved on to `starts` and `end` (see [`FinalHours::can_advance_to`]): per series
+    /// and window, the kept row with the hours its window's start left behind taken away and
+    /// the hours become final added, by exact arithmetic on the counts. The hour rows are read
+    /// in one short hold of the state lock; series gone since are dropped, series created since
+    /// `kept.births` (forgotten at the cap and back: their old rows went) keep only their new
+    /// hours, and the rows are checked up to the births at that hold.
+    async fn advance(
+        &self,
+        kept: &Arc<FinalHours>,
+        starts: &[u64],
+        end: u64,
+        dimensions: &[String],
+    ) -> Result<FinalHours> {
+        let left_behind = kept.starts.iter().min().copied().unwrap_or(end)
+            ..starts.iter().max().copied().unwrap_or(end);
+        let (births, born, live, threshold_columns, removed, added) = {
+            let mut state = lock(&self.state);
+            let keys = state.series_keys();
+            let mut read = |hours: std::ops::Range<u64>| -> Result<HourRows> {
+                let mut rows = HourRows::default();
+                if !hours.is_empty() {
+                    let range = hours.start..=hours.end - 1;
+                    // Without a row budget, and `rows` never stops the visit.
+                    let _ = state.visit_rows(Table::Hours, range, &keys, usize::MAX, &mut rows)?;
+                }
+                Ok(rows)
+            };
+            let (removed, added) = (read(left_behind)?, read(kept.end..end)?);
+            (
+                state.births(),
+                state.born_since(kept.births),
+                keys,
+                state.threshold_columns().to_vec(),
+                removed,
+                added,
+            )
+        };
+        let (kept, starts, dims) = (kept.clone(), starts.to_vec(), dimensions.to_vec());
+        self.run(
+            self.internal_runtime.as_ref(),
+            async move {
+                let reborn: HashSet<SeriesKey> = born.into_iter().collect();
+                let moved = Moved {
+                    live: &live,
+                    reborn: &reborn,
+                    removed: &removed,
+                    added: &added,
+                };
+                let series = moved.series(&kept, &starts)?;
+                Ok(FinalHours {
+                    end,
+                    starts,
+                    births,
+                    rows: Arc::new(PreparedRows::new(dims, threshold_columns, series)),
+                    advanced: true,
+                })
+            },
+            self.config.timeout,
+        )
+        .await
+    }
+}
+
+/// Hour rows per series, as [`Aggregator::visit_rows`] hands them over.
+#[derive(Debug, Default)]
+struct HourRows {
+    rows: HashMap<SeriesKey, Vec<(u64, Bytes)>>,
+    current: Option<SeriesKey>,
+}
+
+impl HourRows {
+    fn of(&self, key: &SeriesKey) -> &[(u64, Bytes)] {
+        self.rows.get(key).map_or(&[], Vec::as_slice)
+    }
+}
+
+impl RowVisitor for HourRows {
+    fn series(&mut self, key: &SeriesKey, _: Source) -> ControlFlow<()> {
+        self.current = Some(key.clone());
+        ControlFlow::Continue(())
+    }
+
+    fn row(&mut self, at: u64, row: &Row) -> ControlFlow<()> {
+        if let Some(key) = &self.current {
+            let rows = self.rows.entry(key.clone()).or_default();
+            rows.push((at, row.hdr.clone()));
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// What moving kept rows on reads from the state, in one hold of its lock.
+struct Moved<'a> {
+    /// Every series held.
+    live: &'a [SeriesKey],
+    /// Series created since the kept rows were checked: their kept rows are old.
+    reborn: &'a HashSet<SeriesKey>,
+    /// The hours windows' starts left behind.
+    removed: &'a HourRows,
+    /// The hours become final.
+    added: &'a HourRows,
+}
+
+impl Moved<'_> {
+    /// The rows of `kept` moved on to `starts`: for each live series and window, the kept row
+    /// (unless the series is reborn) minus the rows `removed` between the window's old and new
+    /// start, plus the rows `added` from its new start on. A window left with nothing counted
+    /// gets no row.
+    fn series(&self, kept: &FinalHours, starts: &[u64]) -> Result<Vec<PreparedSeries>> {
+        let (mut counts, mut minus) = (Counts::new(), Counts::new());
+        let mut out = Vec::new();
+        for key in self.live {
+            let old = kept.rows.get(key).filter(|_| !self.reborn.contains(key));
+            let mut rows = Vec::new();
+            for (&start, &old_start) in starts.iter().zip(&kept.starts) {
+                counts.reset();
+                let old_row = old.into_iter().flatten().find(|(at, _)| *at == old_start);
+                if let Some((_, row)) = old_row {
+                    counts.add_encoded(&row.hdr)?;
+                    let left = self.removed.of(key).iter();
+                    for (_, hdr) in left.filter(|(h, _)| (old_start..start).contains(h)) {
+                        minus.reset();
+                        minus.add_encoded(hdr)?;
+                        counts.subtract(&minus)?;
+                    }
+                }
+                for (_, hdr) in self.added.of(key).iter().filter(|(h, _)| *h >= start) {
+                    counts.add_encoded(hdr)?;
+                }
+                if counts.total() > 0 {
+                    let hdr = Bytes::from(counts.encode());
+                    let counts = RowCounts::default();
+                    rows.push((start, Row { counts, hdr }));
+                }
+            }
+            if !rows.is_empty() {
+                out.push((key.clone(), Source::default(), rows));
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -679,6 +858,8 @@ impl Drop for AbortOnDrop {
 mod tests {
     use super::*;
 
+    use std::collections::BTreeSet;
+
     #[test]
     fn only_reading_statements_pass_the_check() {
         for ok in [
@@ -814,7 +995,7 @@ mod tests {
         let windows = [Window::M5, Window::H1, Window::D1, Window::D3];
         let (mut scrapes, mut reused) = (0, 0);
         let mut last_kept: Option<Arc<FinalHours>> = None;
-        let mut covers = std::collections::BTreeSet::new();
+        let (mut covers, mut advanced) = (BTreeSet::new(), BTreeSet::new());
         for minute in 0..27 * 60u64 {
             let now = clock.now_nanos();
             let mut batch = Vec::new();
@@ -846,6 +1027,9 @@ mod tests {
                     reused += 1;
                 }
                 covers.insert((kept.end, kept.starts.clone()));
+                if kept.advanced {
+                    advanced.insert((kept.end, kept.starts.clone()));
+                }
                 // Merged anew from the tables by a fresh engine: the same snapshot.
                 let fresh = QueryEngine::new(state.clone(), &engine.config).unwrap();
                 assert_eq!(
@@ -883,9 +1067,10 @@ mod tests {
             scrapes > 30 && reused > 20,
             "{scrapes} scrapes, {reused} reused"
         );
-        // Merged anew as windows' starts moved (minute 59) and hours became final (minute 0):
-        // minutes 1500 to 1558, 1559, 1560 to 1618, and 1619.
+        // Merged at the first scrape (minute 1500), then moved on as windows' starts moved
+        // (minutes 1559 and 1619) and an hour became final (minute 1560).
         assert_eq!(covers.len(), 4);
+        assert_eq!(advanced.len(), 3);
     }
 
     /// A series forgotten at the cap and back within the hour starts afresh in the long windows
@@ -913,6 +1098,17 @@ mod tests {
         assert_eq!(after.series.len(), 1);
         assert_eq!(after.series[0].totals.requests(), 1);
         assert_eq!(after.series[0].windows[0].count, 1);
+        // On past minute 300, where the hour before minute 240 becomes final and the kept
+        // hours move on: still only the requests since it came back.
+        for _ in 0..21 {
+            clock.advance(Duration::from_secs(60));
+            lock(&state).apply(&[request("a", clock.now_nanos(), 5_000_000)]);
+        }
+        assert_eq!(clock.now_nanos() / MINUTE_NANOS, m0 + 301);
+        let moved = engine.snapshot(&[Window::D1]).await.unwrap();
+        let kept = engine.final_hours.lock().clone().unwrap();
+        assert!(kept.advanced && kept.end == m0 + 240, "{kept:?}");
+        assert_eq!(moved.series[0].windows[0].count, 22);
     }
 
     #[test]

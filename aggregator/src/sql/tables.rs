@@ -206,6 +206,11 @@ impl PreparedRows {
         self.index.contains_key(key)
     }
 
+    /// The rows of `key`, if it has any here.
+    pub fn get(&self, key: &SeriesKey) -> Option<&[(u64, Row)]> {
+        self.index.get(key).map(|&i| self.series[i].2.as_slice())
+    }
+
     /// The same rows without the series of `keys`.
     pub fn without(&self, keys: &std::collections::HashSet<SeriesKey>) -> Self {
         let series = self
