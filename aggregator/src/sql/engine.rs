@@ -257,7 +257,7 @@ impl QueryEngine {
         // old final hours: then the snapshot is taken again (it takes a series churning at the
         // cap right at a scrape) and, the last time, without kept hours.
         let mut attempts = 0;
-        let (at, counters, dimension_labels, windows, batches) = loop {
+        let (at, counters, dimension_labels, windows, segments, batches) = loop {
             attempts += 1;
             let (at, counters, dimension_labels, first_open) = {
                 let state = lock(&self.state);
@@ -284,12 +284,17 @@ impl QueryEngine {
             }
             let end = final_hours.as_ref().map(|_| final_end(at, first_open));
             let (plan_windows, dimensions) = (windows.clone(), dimension_labels.clone());
-            let (plan_windows, batches) = self
+            let (plan_windows, segments, batches) = self
                 .run(
                     self.internal_runtime.as_ref(),
                     async move {
-                        let df = window_plan(&ctx, &plan_windows, &dimensions, at, end).await?;
-                        Ok((plan_windows, df.collect().await.map_err(classify)?))
+                        if plan_windows.is_empty() {
+                            return Ok((plan_windows, Vec::new(), Vec::new()));
+                        }
+                        let (df, segments) =
+                            window_plan(&ctx, &plan_windows, &dimensions, at, end).await?;
+                        let batches = df.collect().await.map_err(classify)?;
+                        Ok((plan_windows, segments, batches))
                     },
                     self.config.timeout,
                 )
@@ -301,22 +306,29 @@ impl QueryEngine {
                     .any(|key| rows.contains(key))
             });
             if !stale {
-                break (at, counters, dimension_labels, plan_windows, batches);
+                break (at, counters, dimension_labels, plan_windows, segments, batches);
             }
         };
         let mut per_series: HashMap<SeriesKey, Vec<WindowQuantiles>> = HashMap::new();
         let mut counts = Counts::new();
+        let mut merged = vec![Counts::new(); segments.iter().flatten().max().map_or(0, |m| m + 1)];
         let keys = 2 + dimension_labels.len();
         for batch in batches {
             for (row, key) in series_keys(&batch, keys).into_iter().enumerate() {
-                let entry = per_series.entry(key).or_default();
-                for (i, window) in windows.iter().enumerate() {
+                // Each segment decoded once, then added into every window that holds it.
+                for (i, segment) in merged.iter_mut().enumerate() {
+                    segment.reset();
                     let blobs = batch.column(keys + i).as_binary::<i32>();
-                    if blobs.is_null(row) {
-                        continue;
+                    if !blobs.is_null(row) {
+                        segment.add_encoded(blobs.value(row))?;
                     }
+                }
+                let entry = per_series.entry(key).or_default();
+                for (window, held) in windows.iter().zip(&segments) {
                     counts.reset();
-                    counts.add_encoded(blobs.value(row))?;
+                    for &i in held {
+                        counts.merge(&merged[i])?;
+                    }
                     entry.extend(WindowQuantiles::from_counts(*window, &counts));
                 }
             }
@@ -672,54 +684,119 @@ fn minute_lit(minute: u64) -> Expr {
     ))
 }
 
-/// The plan of `windows` at `now_nanos`, by DESIGN's window rule: `SELECT keys,
-/// hdr_merge(hdr) FILTER (WHERE …) AS window … GROUP BY keys` over one union of rows. Minute-exact
-/// windows merge the minutes from their start through the open minute; longer ones merge the
-/// whole hours before the current one and the current hour's minutes. With `final_end`, the
-/// session's `final_hours` table holds each long window's hours before it already merged (a row
-/// per series at the window's first hour), and only the hours from `final_end` on are read from
-/// `latency_hours`. Each row is read once, however many windows it falls in, and the
-/// aggregation by series is one stage over the hash-partitioned scans.
+/// A run of rows a window query merges once per series: the rows of one part of the union
+/// whose time lies in `from..to` (minute indexes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Segment {
+    part: i32,
+    from: u64,
+    to: u64,
+}
+
+/// What a row of a window query's union is.
+const MINUTE: i32 = 0;
+const HOUR: i32 = 1;
+const MERGED: i32 = 2;
+
+/// The segments of `windows` at `now_nanos` by DESIGN's window rule, and, per window, the
+/// segments it merges. Minute-exact windows merge the minutes from their start through the open
+/// minute; longer ones the whole hours before the current one and the current hour's minutes,
+/// and, with `final_end`, their kept final hours (a row per series at the window's first hour)
+/// before that instead of the hours. The segments split the rows at every window's boundaries,
+/// so each row lies in one segment, however many windows hold it.
+fn segments(
+    windows: &[Window],
+    now_nanos: u64,
+    final_end: Option<u64>,
+) -> (Vec<Segment>, Vec<Vec<usize>>) {
+    let open = now_nanos / MINUTE_NANOS;
+    let current_hour = open - open % 60;
+    let start = |w: &Window| *w.minute_range(now_nanos).start();
+    let merged = |w: &Window| final_end.filter(|end| start(w) < *end);
+    // Where a long window's hours start to be read from `latency_hours`.
+    let hours_from = |w: &Window| merged(w).unwrap_or_else(|| start(w));
+    let mut minutes = Vec::new();
+    let mut hours = Vec::new();
+    let mut kept = Vec::new();
+    for w in windows {
+        if w.is_minute_exact() {
+            minutes.push(start(w));
+        } else {
+            minutes.push(current_hour);
+            if hours_from(w) < current_hour {
+                hours.push(hours_from(w));
+            }
+            kept.extend(merged(w).map(|_| start(w)));
+        }
+    }
+    let mut segments = Vec::new();
+    for (part, mut from, to) in [(MINUTE, minutes, open + 1), (HOUR, hours, current_hour)] {
+        from.sort_unstable();
+        from.dedup();
+        let ends = from.iter().skip(1).copied().chain([to]).collect::<Vec<_>>();
+        segments.extend(
+            from.iter()
+                .zip(ends)
+                .map(|(&from, to)| Segment { part, from, to }),
+        );
+    }
+    kept.sort_unstable();
+    kept.dedup();
+    segments.extend(kept.into_iter().map(|from| Segment {
+        part: MERGED,
+        from,
+        to: from + 1,
+    }));
+    let held = windows
+        .iter()
+        .map(|w| {
+            let holds = |s: &Segment| match (w.is_minute_exact(), s.part) {
+                (true, MINUTE) => s.from >= start(w),
+                (true, _) => false,
+                (false, MINUTE) => s.from >= current_hour,
+                (false, HOUR) => s.from >= hours_from(w),
+                (false, _) => merged(w).is_some() && s.from == start(w),
+            };
+            (0..segments.len()).filter(|&i| holds(&segments[i])).collect()
+        })
+        .collect();
+    (segments, held)
+}
+
+/// The plan of `windows` at `now_nanos`: `SELECT keys, hdr_merge(hdr) FILTER (WHERE …) AS s0 …
+/// GROUP BY keys` over one union of rows, a column per [`segments`] segment, and the segments
+/// each window merges. With `final_end`, the session's `final_hours` table holds the long
+/// windows' kept final hours, and only the hours from `final_end` on are read from
+/// `latency_hours`. Each row is read and merged once, and the aggregation by series is one
+/// stage over the hash-partitioned scans.
 async fn window_plan(
     ctx: &SessionContext,
     windows: &[Window],
     dimensions: &[String],
     now_nanos: u64,
     final_end: Option<u64>,
-) -> Result<datafusion::dataframe::DataFrame> {
-    /// What a row of the union is.
-    const MINUTE: i32 = 0;
-    const HOUR: i32 = 1;
-    const MERGED: i32 = 2;
-    let open = now_nanos / MINUTE_NANOS;
-    let current_hour = open - open % 60;
-    let start = |w: &Window| *w.minute_range(now_nanos).start();
-    // Where a long window's hours start to be read from `latency_hours`.
-    let merged = |w: &Window| final_end.filter(|end| start(w) < *end);
-    let hours_from = |w: &Window| merged(w).unwrap_or_else(|| start(w));
-    let long = windows.iter().filter(|w| !w.is_minute_exact());
-    let first_hour = long.clone().map(hours_from).min();
-    // Long windows need the current hour's minutes; minute-exact ones their own.
-    let first_minute = windows
-        .iter()
-        .map(|w| {
-            if w.is_minute_exact() {
-                start(w)
-            } else {
-                current_hour
-            }
-        })
-        .min()
-        .unwrap_or(open);
+) -> Result<(datafusion::dataframe::DataFrame, Vec<Vec<usize>>)> {
+    let (segments, held) = segments(windows, now_nanos, final_end);
     let mut keys: Vec<Expr> = vec![col("service"), col("endpoint")];
     keys.extend(dimensions.iter().map(|d| col(d.as_str())));
-    let rows = |name: &'static str, column: &'static str, from: u64, to: u64, part: i32| {
+    let rows = |part: i32| {
+        let (name, column) = match part {
+            MINUTE => (table_name(Table::Minutes), "minute"),
+            HOUR => (table_name(Table::Hours), "hour"),
+            _ => (FINAL_HOURS, "hour"),
+        };
+        let of_part = segments.iter().filter(|s| s.part == part);
+        let from = of_part.clone().map(|s| s.from).min();
+        let to = of_part.map(|s| s.to).max();
         let ctx = ctx.clone();
         let mut columns = keys.clone();
         columns.push(col(column).alias("t"));
         columns.push(col("hdr"));
         columns.push(lit(part).alias("part"));
         async move {
+            let (Some(from), Some(to)) = (from, to) else {
+                return Ok(None);
+            };
             ctx.table(name)
                 .await?
                 .filter(
@@ -728,52 +805,41 @@ async fn window_plan(
                         .and(col(column).lt(minute_lit(to))),
                 )?
                 .select(columns)
+                .map(Some)
         }
     };
-    let mut df = rows(
-        table_name(Table::Minutes),
-        "minute",
-        first_minute,
-        open + 1,
-        MINUTE,
-    )
-    .await
-    .map_err(classify)?;
-    if let Some(first) = first_hour.filter(|h| *h < current_hour) {
-        let hours = rows(table_name(Table::Hours), "hour", first, current_hour, HOUR).await;
-        df = hours.and_then(|h| h.union(df)).map_err(classify)?;
+    let mut union: Option<datafusion::dataframe::DataFrame> = None;
+    for part in [MERGED, HOUR, MINUTE] {
+        if let Some(df) = rows(part).await.map_err(classify)? {
+            union = Some(match union {
+                Some(u) => u.union(df).map_err(classify)?,
+                None => df,
+            });
+        }
     }
-    if let Some(end) = final_end {
-        let first = long.clone().map(start).min().unwrap_or(end);
-        let kept = rows(FINAL_HOURS, "hour", first, end, MERGED).await;
-        df = kept.and_then(|k| k.union(df)).map_err(classify)?;
-    }
-    let part = |p: i32| col("part").eq(lit(p));
-    let since = |m: u64| col("t").gt_eq(minute_lit(m));
+    let Some(df) = union else {
+        return Err(Error::QueryInternal("a window query without windows".into()));
+    };
     let merge = functions::hdr_merge();
-    let aggregates = windows
+    let aggregates = segments
         .iter()
-        .map(|w| {
-            let rows = if w.is_minute_exact() {
-                part(MINUTE).and(since(start(w)))
-            } else {
-                let mut rows = part(HOUR)
-                    .and(since(hours_from(w)))
-                    .or(part(MINUTE).and(since(current_hour)));
-                if merged(w).is_some() {
-                    rows = rows.or(part(MERGED).and(col("t").eq(minute_lit(start(w)))));
-                }
-                rows
-            };
+        .enumerate()
+        .map(|(i, s)| {
+            let rows = col("part").eq(lit(s.part)).and(
+                col("t")
+                    .gt_eq(minute_lit(s.from))
+                    .and(col("t").lt(minute_lit(s.to))),
+            );
             merge
                 .call(vec![col("hdr")])
                 .filter(rows)
                 .build()
-                .map(|e| e.alias(w.label()))
+                .map(|e| e.alias(format!("s{i}")))
                 .map_err(classify)
         })
         .collect::<Result<Vec<_>>>()?;
-    df.aggregate(keys, aggregates).map_err(classify)
+    let df = df.aggregate(keys, aggregates).map_err(classify)?;
+    Ok((df, held))
 }
 
 /// The SQL name of a rollup table.
@@ -926,6 +992,7 @@ mod tests {
             let plan = window_plan(&ctx, &windows, &dimensions, now, final_end)
                 .await
                 .unwrap()
+                .0
                 .create_physical_plan()
                 .await
                 .unwrap();

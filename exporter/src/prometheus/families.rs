@@ -6,7 +6,7 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use recmeter_aggregator::histogram::ClampBound;
-use recmeter_aggregator::state::LATENCY_BUCKETS_NANOS;
+use recmeter_aggregator::state::{LATENCY_BUCKETS_NANOS, QUANTILES};
 use recmeter_aggregator::telemetry::{DropReason, RejectReason, Transport};
 use recmeter_aggregator::{Snapshot, Telemetry};
 
@@ -43,12 +43,14 @@ pub fn render(
     telemetry: &Telemetry,
     format: Format,
 ) -> Result<String, std::fmt::Error> {
+    // About 4 KB of text per series (every window and quantile): sized up front, the text is
+    // written once instead of copied as it grows.
+    let mut out = String::with_capacity(4096 * (snapshot.series.len() + 1));
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Families {
         snapshot,
         self_metrics: SelfMetrics::read(telemetry),
     }));
-    let mut out = String::new();
     match format {
         Format::Text004 => {
             prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?
@@ -114,34 +116,27 @@ struct Families {
 
 type Labels = Vec<(&'static str, String)>;
 
+/// Labels borrowed from the snapshot: tens of thousands of samples share them.
+type SeriesLabels<'a> = Vec<(&'a str, &'a str)>;
+
 impl Families {
     /// `service`, `endpoint` and the extra dimension labels of every series, in order.
-    fn series_labels(&self) -> Vec<Vec<(String, String)>> {
+    fn series_labels(&self) -> Vec<SeriesLabels<'_>> {
         self.snapshot
             .series
             .iter()
             .map(|s| {
                 let mut labels = vec![
-                    ("service".to_owned(), s.key.service.to_string()),
-                    ("endpoint".to_owned(), s.key.endpoint.to_string()),
+                    ("service", &*s.key.service),
+                    ("endpoint", &*s.key.endpoint),
                 ];
                 for (name, value) in self.snapshot.dimension_labels.iter().zip(&s.key.dimensions) {
-                    labels.push((name.clone(), value.to_string()));
+                    labels.push((name.as_str(), &**value));
                 }
                 labels
             })
             .collect()
     }
-}
-
-fn with(base: &[(String, String)], extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut labels = base.to_vec();
-    labels.extend(
-        extra
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-    );
-    labels
 }
 
 fn counter(
@@ -197,7 +192,7 @@ impl Collector for Families {
         for (s, l) in series.iter().zip(&labels) {
             for (status, value) in [("ok", s.totals.ok), ("error", s.totals.errors)] {
                 family
-                    .encode_family(&with(l, &[("status", status)]))?
+                    .encode_family(&(l.as_slice(), [("status", status)]))?
                     .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
             }
         }
@@ -220,13 +215,15 @@ impl Collector for Families {
             None,
             MetricType::Gauge,
         )?;
+        let q_labels = QUANTILES.map(|q| q.to_string());
         for (s, l) in series.iter().zip(&labels) {
             for w in &s.windows {
-                for (q, seconds) in w.quantiles {
-                    let q_label = q.to_string();
+                // `quantiles` holds QUANTILES, in order.
+                for ((_, seconds), q_label) in w.quantiles.iter().zip(&q_labels) {
+                    let extra = [("window", w.window.label()), ("q", q_label.as_str())];
                     family
-                        .encode_family(&with(l, &[("window", w.window.label()), ("q", &q_label)]))?
-                        .encode_gauge(&seconds)?;
+                        .encode_family(&(l.as_slice(), extra))?
+                        .encode_gauge(seconds)?;
                 }
             }
         }
