@@ -211,9 +211,21 @@ impl Counts {
             (None, b) => self.layout = b,
             _ => {}
         }
-        for (i, &c) in other.counts.iter().enumerate() {
-            self.add_at(other.offset + i, c);
+        let (Some(first), Some(last)) = (
+            other.counts.iter().position(|&c| c > 0),
+            other.counts.iter().rposition(|&c| c > 0),
+        ) else {
+            return Ok(());
+        };
+        // Grown once to cover both ends, then added slice to slice.
+        self.slot(other.offset + last);
+        self.slot(other.offset + first);
+        let at = other.offset + first - self.offset;
+        let theirs = &other.counts[first..=last];
+        for (mine, &c) in self.counts[at..at + theirs.len()].iter_mut().zip(theirs) {
+            *mine = mine.saturating_add(c);
         }
+        self.total = self.total.saturating_add(other.total);
         Ok(())
     }
 

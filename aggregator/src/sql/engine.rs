@@ -312,6 +312,9 @@ impl QueryEngine {
         let mut per_series: HashMap<SeriesKey, Vec<WindowQuantiles>> = HashMap::new();
         let mut counts = Counts::new();
         let mut merged = vec![Counts::new(); segments.iter().flatten().max().map_or(0, |m| m + 1)];
+        // Windows by how many segments they hold.
+        let mut order: Vec<usize> = (0..windows.len()).collect();
+        order.sort_by_key(|&w| segments[w].len());
         let keys = 2 + dimension_labels.len();
         for batch in batches {
             for (row, key) in series_keys(&batch, keys).into_iter().enumerate() {
@@ -323,13 +326,22 @@ impl QueryEngine {
                         segment.add_encoded(blobs.value(row))?;
                     }
                 }
+                // Windows nest (1m within 5m within 1h within 1d): each one starts from the
+                // one before when it holds all of its segments.
                 let entry = per_series.entry(key).or_default();
-                for (window, held) in windows.iter().zip(&segments) {
-                    counts.reset();
-                    for &i in held {
+                let mut summed: &[usize] = &[];
+                counts.reset();
+                for &w in &order {
+                    let held = &segments[w];
+                    if !summed.iter().all(|i| held.contains(i)) {
+                        counts.reset();
+                        summed = &[];
+                    }
+                    for &i in held.iter().filter(|i| !summed.contains(i)) {
                         counts.merge(&merged[i])?;
                     }
-                    entry.extend(WindowQuantiles::from_counts(*window, &counts));
+                    summed = held;
+                    entry.extend(WindowQuantiles::from_counts(windows[w], &counts));
                 }
             }
         }
