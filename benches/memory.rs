@@ -191,7 +191,12 @@ fn main() {
         })
     };
     // The first render of an engine merges every long window's final hours (ADR 008).
-    let first = render_once("first of an engine, minute 58", &runtime, &engine, &telemetry);
+    let first = render_once(
+        "first of an engine, minute 58",
+        &runtime,
+        &engine,
+        &telemetry,
+    );
     // On to minute 59 (the 1d window's first hour moves: the kept hours move on), a minute of
     // traffic on the way, then renders with a request per series between them, as in service:
     // every open minute changes, so each render encodes them all again.
@@ -205,7 +210,11 @@ fn main() {
         if i > 0 {
             one_request_each(&state, &clock, &keys, &mut rng);
         }
-        let what = if i == 0 { "minute 59, kept hours moved on" } else { "minute 59" };
+        let what = if i == 0 {
+            "minute 59, kept hours moved on"
+        } else {
+            "minute 59"
+        };
         times.push(render_once(what, &runtime, &engine, &telemetry));
     }
     // On to minute 0 (an hour becomes final: the kept hours move on again).
@@ -213,7 +222,12 @@ fn main() {
     for _ in 0..per_minute {
         one_request_each(&state, &clock, &keys, &mut rng);
     }
-    times.push(render_once("minute 0, kept hours moved on", &runtime, &engine, &telemetry));
+    times.push(render_once(
+        "minute 0, kept hours moved on",
+        &runtime,
+        &engine,
+        &telemetry,
+    ));
     stop.store(true, Ordering::Relaxed);
     let longest = prober
         .join()

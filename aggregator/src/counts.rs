@@ -248,9 +248,11 @@ impl Counts {
             return Err(below_zero());
         }
         let slots = |i: usize| (other.offset + i).wrapping_sub(self.offset);
-        let fits = other.counts.iter().enumerate().all(|(i, &c)| {
-            c == 0 || self.counts.get(slots(i)).is_some_and(|&have| have >= c)
-        });
+        let fits = other
+            .counts
+            .iter()
+            .enumerate()
+            .all(|(i, &c)| c == 0 || self.counts.get(slots(i)).is_some_and(|&have| have >= c));
         if !fits {
             return Err(below_zero());
         }

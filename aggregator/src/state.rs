@@ -624,7 +624,7 @@ impl Aggregator {
             return;
         }
         let keep_from = open_minute.saturating_sub(MINUTES_KEPT - 1);
-        let hours_from = hour_of(*Window::D30.minute_range(open_minute * MINUTE_NANOS).start());
+        let hours_from = self.first_hour_held(open_minute * MINUTE_NANOS);
         let new_hours = hour_of(self.sealed_before)..hour_of(open_minute);
         let mut seal = Sealing {
             scratch: &mut self.scratch,
@@ -659,6 +659,12 @@ impl Aggregator {
     /// and of hours that end before it, no longer change.
     pub fn first_open_minute(&self, now_nanos: u64) -> u64 {
         minute_of(now_nanos.saturating_sub(self.max_age_nanos))
+    }
+
+    /// The first hour (a minute index) whose rows are held at `now_nanos`: older ones leave
+    /// memory as the 30d window moves on.
+    pub fn first_hour_held(&self, now_nanos: u64) -> u64 {
+        hour_of(*Window::D30.minute_range(now_nanos).start())
     }
 
     /// Series created since start-up.

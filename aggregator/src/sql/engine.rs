@@ -64,10 +64,11 @@ pub struct QueryEngine {
 /// The whole hours of each long window that can no longer change, merged per series by the
 /// same `hdr_merge` over `latency_hours`: an hour is final once it ends before the oldest span
 /// ingest still accepts (`ingest.max_span_age`). A window's merge holds the hours from its start
-/// up to `end`. It is merged anew when `end` or a window's start moves: with whole-hour windows
-/// and the default 1 h span age, the starts move at minute 59 of each hour and `end` at minute
-/// 0. A series created since (a series forgotten at the cap that came back has lost its old
-/// rows) is left out of it (ADR 008).
+/// up to `end`. When `end` or a window's start moves (with whole-hour windows and the default
+/// 1 h span age, the starts move at minute 59 of each hour and `end` at minute 0), the rows are
+/// moved on: the hours left behind taken away, the hours become final added. A series created
+/// since (a series forgotten at the cap that came back has lost its old rows) keeps none of its
+/// old rows here (ADR 008).
 #[derive(Debug)]
 struct FinalHours {
     /// Hours starting before this minute are merged.
@@ -89,14 +90,15 @@ impl FinalHours {
 
     /// Whether moving these rows on to `starts` and `end` reads fewer hours than merging them
     /// anew: the same windows, each start and the end only moved forward, no start moved past
-    /// the old end, and fewer hours left behind or become final than the windows hold.
-    fn can_advance_to(&self, starts: &[u64], end: u64) -> bool {
+    /// the old end, the hours a start left behind still held in memory (from `held_from` on;
+    /// the 30d window's are dropped as it moves), and fewer hours left behind or become final
+    /// than the windows hold.
+    fn can_advance_to(&self, starts: &[u64], end: u64, held_from: u64) -> bool {
         let forward = starts.len() == self.starts.len()
             && end >= self.end
-            && starts
-                .iter()
-                .zip(&self.starts)
-                .all(|(new, old)| old <= new && *new <= self.end);
+            && starts.iter().zip(&self.starts).all(|(new, old)| {
+                old <= new && *new <= self.end && (old == new || *old >= held_from)
+            });
         forward && {
             let moved: u64 = starts.iter().zip(&self.starts).map(|(n, o)| n - o).sum();
             let held = end - starts.iter().min().copied().unwrap_or(end);
@@ -257,7 +259,7 @@ impl QueryEngine {
         // old final hours: then the snapshot is taken again (it takes a series churning at the
         // cap right at a scrape) and, the last time, without kept hours.
         let mut attempts = 0;
-        let (at, counters, dimension_labels, windows, segments, batches) = loop {
+        let (at, counters, dimension_labels, windows, held, batches) = loop {
             attempts += 1;
             let (at, counters, dimension_labels, first_open) = {
                 let state = lock(&self.state);
@@ -284,17 +286,17 @@ impl QueryEngine {
             }
             let end = final_hours.as_ref().map(|_| final_end(at, first_open));
             let (plan_windows, dimensions) = (windows.clone(), dimension_labels.clone());
-            let (plan_windows, segments, batches) = self
+            let (plan_windows, held, batches) = self
                 .run(
                     self.internal_runtime.as_ref(),
                     async move {
                         if plan_windows.is_empty() {
                             return Ok((plan_windows, Vec::new(), Vec::new()));
                         }
-                        let (df, segments) =
+                        let (df, held) =
                             window_plan(&ctx, &plan_windows, &dimensions, at, end).await?;
                         let batches = df.collect().await.map_err(classify)?;
-                        Ok((plan_windows, segments, batches))
+                        Ok((plan_windows, held, batches))
                     },
                     self.config.timeout,
                 )
@@ -306,15 +308,15 @@ impl QueryEngine {
                     .any(|key| rows.contains(key))
             });
             if !stale {
-                break (at, counters, dimension_labels, plan_windows, segments, batches);
+                break (at, counters, dimension_labels, plan_windows, held, batches);
             }
         };
         let mut per_series: HashMap<SeriesKey, Vec<WindowQuantiles>> = HashMap::new();
         let mut counts = Counts::new();
-        let mut merged = vec![Counts::new(); segments.iter().flatten().max().map_or(0, |m| m + 1)];
+        let mut merged = vec![Counts::new(); held.iter().flatten().max().map_or(0, |m| m + 1)];
         // Windows by how many segments they hold.
         let mut order: Vec<usize> = (0..windows.len()).collect();
-        order.sort_by_key(|&w| segments[w].len());
+        order.sort_by_key(|&w| held[w].len());
         let keys = 2 + dimension_labels.len();
         for batch in batches {
             for (row, key) in series_keys(&batch, keys).into_iter().enumerate() {
@@ -326,21 +328,21 @@ impl QueryEngine {
                         segment.add_encoded(blobs.value(row))?;
                     }
                 }
-                // Windows nest (1m within 5m within 1h within 1d): each one starts from the
-                // one before when it holds all of its segments.
+                // Each window starts from the one before when it holds all of that one's
+                // segments (1m within 5m within 1h), else from nothing.
                 let entry = per_series.entry(key).or_default();
                 let mut summed: &[usize] = &[];
                 counts.reset();
                 for &w in &order {
-                    let held = &segments[w];
-                    if !summed.iter().all(|i| held.contains(i)) {
+                    let segments = &held[w];
+                    if !summed.iter().all(|i| segments.contains(i)) {
                         counts.reset();
                         summed = &[];
                     }
-                    for &i in held.iter().filter(|i| !summed.contains(i)) {
+                    for &i in segments.iter().filter(|i| !summed.contains(i)) {
                         counts.merge(&merged[i])?;
                     }
-                    summed = held;
+                    summed = segments;
                     entry.extend(WindowQuantiles::from_counts(windows[w], &counts));
                 }
             }
@@ -394,8 +396,9 @@ fn final_end(now_nanos: u64, first_open: u64) -> u64 {
 impl QueryEngine {
     /// The merged final hours of the long windows among `windows` at `now_nanos`, and the
     /// `Aggregator::births` they were checked at: the kept ones while they still cover them
-    /// (without any series created since they were merged), else merged anew from
-    /// `latency_hours` and kept. `None` when no long window starts before the final hours end.
+    /// (without any series created since they were merged), else the kept ones moved on when
+    /// that reads less (see [`FinalHours::can_advance_to`]), else merged anew from
+    /// `latency_hours`; kept either way. `None` when no long window starts before the final hours end.
     async fn final_hours(
         &self,
         windows: &[Window],
@@ -439,14 +442,16 @@ impl QueryEngine {
             }));
             return Ok(Some((rows, births)));
         }
-        if let Some(kept) = kept.filter(|k| k.can_advance_to(&starts, end)) {
+        let held_from = lock(&self.state).first_hour_held(now_nanos);
+        if let Some(kept) = kept.filter(|k| k.can_advance_to(&starts, end, held_from)) {
             match self.advance(&kept, &starts, end, dimensions).await {
                 Ok(moved) => {
                     let (rows, births) = (moved.rows.clone(), moved.births);
                     *self.final_hours.lock() = Some(Arc::new(moved));
                     return Ok(Some((rows, births)));
                 }
-                // Only a bug gets here; the rows merged anew are right either way.
+                // A bug (a subtraction below zero), the state or the deadline: the rows merged
+                // anew are right either way.
                 Err(e) => tracing::warn!(
                     error = %e,
                     "Cannot move the kept final hours on; merging them anew."
@@ -496,8 +501,6 @@ impl QueryEngine {
         end: u64,
         dimensions: &[String],
     ) -> Result<FinalHours> {
-        let left_behind = kept.starts.iter().min().copied().unwrap_or(end)
-            ..starts.iter().max().copied().unwrap_or(end);
         let (births, born, live, threshold_columns, removed, added) = {
             let mut state = lock(&self.state);
             let keys = state.series_keys();
@@ -510,7 +513,11 @@ impl QueryEngine {
                 }
                 Ok(rows)
             };
-            let (removed, added) = (read(left_behind)?, read(kept.end..end)?);
+            // Per window, only the hours its start left behind.
+            let removed = (kept.starts.iter().zip(starts))
+                .map(|(&old, &new)| read(old..new))
+                .collect::<Result<Vec<_>>>()?;
+            let added = read(kept.end..end)?;
             (
                 state.births(),
                 state.born_since(kept.births),
@@ -546,7 +553,7 @@ impl QueryEngine {
     }
 }
 
-/// Hour rows per series, as [`Aggregator::visit_rows`] hands them over.
+/// Hour rows per series, as `Aggregator::visit_rows` hands them over.
 #[derive(Debug, Default)]
 struct HourRows {
     rows: HashMap<SeriesKey, Vec<(u64, Bytes)>>,
@@ -580,36 +587,45 @@ struct Moved<'a> {
     live: &'a [SeriesKey],
     /// Series created since the kept rows were checked: their kept rows are old.
     reborn: &'a HashSet<SeriesKey>,
-    /// The hours windows' starts left behind.
-    removed: &'a HourRows,
+    /// Per window, the hours its start left behind.
+    removed: &'a [HourRows],
     /// The hours become final.
     added: &'a HourRows,
 }
 
 impl Moved<'_> {
     /// The rows of `kept` moved on to `starts`: for each live series and window, the kept row
-    /// (unless the series is reborn) minus the rows `removed` between the window's old and new
-    /// start, plus the rows `added` from its new start on. A window left with nothing counted
-    /// gets no row.
+    /// (unless the series is reborn) minus the window's rows `removed`, plus the rows `added`
+    /// from its new start on; a row with nothing to take away or add is kept as it is. A window
+    /// left with nothing counted gets no row.
     fn series(&self, kept: &FinalHours, starts: &[u64]) -> Result<Vec<PreparedSeries>> {
         let (mut counts, mut minus) = (Counts::new(), Counts::new());
         let mut out = Vec::new();
         for key in self.live {
             let old = kept.rows.get(key).filter(|_| !self.reborn.contains(key));
             let mut rows = Vec::new();
-            for (&start, &old_start) in starts.iter().zip(&kept.starts) {
-                counts.reset();
+            for (i, (&start, &old_start)) in starts.iter().zip(&kept.starts).enumerate() {
                 let old_row = old.into_iter().flatten().find(|(at, _)| *at == old_start);
+                let left = self.removed[i].of(key);
+                let left = left.iter().filter(|(h, _)| (old_start..start).contains(h));
+                let new = self.added.of(key).iter().filter(|(h, _)| *h >= start);
+                if let Some((_, row)) = old_row
+                    && left.clone().next().is_none()
+                    && new.clone().next().is_none()
+                {
+                    rows.push((start, row.clone()));
+                    continue;
+                }
+                counts.reset();
                 if let Some((_, row)) = old_row {
                     counts.add_encoded(&row.hdr)?;
-                    let left = self.removed.of(key).iter();
-                    for (_, hdr) in left.filter(|(h, _)| (old_start..start).contains(h)) {
+                    for (_, hdr) in left {
                         minus.reset();
                         minus.add_encoded(hdr)?;
                         counts.subtract(&minus)?;
                     }
                 }
-                for (_, hdr) in self.added.of(key).iter().filter(|(h, _)| *h >= start) {
+                for (_, hdr) in new {
                     counts.add_encoded(hdr)?;
                 }
                 if counts.total() > 0 {
@@ -705,7 +721,8 @@ struct Segment {
     to: u64,
 }
 
-/// What a row of a window query's union is.
+// What a row of a window query's union is (its `part` column): a minute row, an hour row, or
+// a kept row of merged final hours.
 const MINUTE: i32 = 0;
 const HOUR: i32 = 1;
 const MERGED: i32 = 2;
@@ -769,13 +786,15 @@ fn segments(
                 (false, HOUR) => s.from >= hours_from(w),
                 (false, _) => merged(w).is_some() && s.from == start(w),
             };
-            (0..segments.len()).filter(|&i| holds(&segments[i])).collect()
+            (0..segments.len())
+                .filter(|&i| holds(&segments[i]))
+                .collect()
         })
         .collect();
     (segments, held)
 }
 
-/// The plan of `windows` at `now_nanos`: `SELECT keys, hdr_merge(hdr) FILTER (WHERE …) AS s0 …
+/// The plan of `windows` at `now_nanos`: `SELECT keys, hdr_merge(hdr) FILTER (WHERE …) …
 /// GROUP BY keys` over one union of rows, a column per [`segments`] segment, and the segments
 /// each window merges. With `final_end`, the session's `final_hours` table holds the long
 /// windows' kept final hours, and only the hours from `final_end` on are read from
@@ -830,7 +849,9 @@ async fn window_plan(
         }
     }
     let Some(df) = union else {
-        return Err(Error::QueryInternal("a window query without windows".into()));
+        return Err(Error::QueryInternal(
+            "a window query without windows".into(),
+        ));
     };
     let merge = functions::hdr_merge();
     let aggregates = segments
@@ -846,7 +867,7 @@ async fn window_plan(
                 .call(vec![col("hdr")])
                 .filter(rows)
                 .build()
-                .map(|e| e.alias(format!("s{i}")))
+                .map(|e| e.alias(format!("__segment_{i}")))
                 .map_err(classify)
         })
         .collect::<Result<Vec<_>>>()?;
@@ -1153,41 +1174,73 @@ mod tests {
     }
 
     /// A series forgotten at the cap and back within the hour starts afresh in the long windows
-    /// too: the kept final hours that held its old rows are merged anew.
+    /// too: the kept final hours lose its old rows, whether a scrape finds it back before they
+    /// move on (same hours) or only when they move on.
     #[tokio::test]
     async fn a_forgotten_series_leaves_no_kept_hours_behind() {
-        let (engine, state, clock) = engine(1);
-        let m0 = clock.now_nanos() / MINUTE_NANOS;
-        // One request a minute for 100 minutes, then nothing: idle for 3 h at minute 279.
-        for _ in 0..100 {
+        for scrape_before_moving_on in [true, false] {
+            let (engine, state, clock) = engine(1);
+            let m0 = clock.now_nanos() / MINUTE_NANOS;
+            // One request a minute for 100 minutes, then nothing: idle for 3 h at minute 279.
+            for _ in 0..100 {
+                lock(&state).apply(&[request("a", clock.now_nanos(), 5_000_000)]);
+                clock.advance(Duration::from_secs(60));
+            }
+            clock.advance(Duration::from_secs(60 * 178));
+            assert_eq!(clock.now_nanos() / MINUTE_NANOS, m0 + 278);
+            let before = engine.snapshot(&[Window::D1]).await.unwrap();
+            assert_eq!(before.series[0].windows[0].count, 100);
+            assert!(engine.final_hours.lock().is_some());
+            // Minute 280, same hour and same final hours: the roll into minute 280 forgets the
+            // series (idle since minute 100), and the request creates it again.
+            clock.advance(Duration::from_secs(120));
             lock(&state).apply(&[request("a", clock.now_nanos(), 5_000_000)]);
+            assert_eq!(lock(&state).births(), 2);
+            if scrape_before_moving_on {
+                let after = engine.snapshot(&[Window::D1]).await.unwrap();
+                assert_eq!(after.series.len(), 1);
+                assert_eq!(after.series[0].totals.requests(), 1);
+                assert_eq!(after.series[0].windows[0].count, 1);
+            }
+            // On past minute 300, where the hour before minute 240 becomes final and the kept
+            // hours move on: still only the requests since it came back.
+            for _ in 0..21 {
+                clock.advance(Duration::from_secs(60));
+                lock(&state).apply(&[request("a", clock.now_nanos(), 5_000_000)]);
+            }
+            assert_eq!(clock.now_nanos() / MINUTE_NANOS, m0 + 301);
+            let moved = engine.snapshot(&[Window::D1]).await.unwrap();
+            let kept = engine.final_hours.lock().clone().unwrap();
+            assert!(kept.advanced && kept.end == m0 + 240, "{kept:?}");
+            assert_eq!(moved.series[0].windows[0].count, 22);
+        }
+    }
+
+    /// The 30d window's oldest hours leave memory as it moves on, so its kept hours cannot be
+    /// moved on by taking them away: they are merged anew, and its count stays that of the
+    /// raw requests in it.
+    #[tokio::test]
+    async fn the_30d_window_moves_on_past_hours_no_longer_held() {
+        let (engine, state, clock) = engine(10);
+        let mut minutes = Vec::new();
+        // A request at minute 30 of every hour for 31 days, then on to minute 58.
+        clock.advance(Duration::from_secs(30 * 60));
+        for _ in 0..31 * 24 {
+            let now = clock.now_nanos();
+            lock(&state).apply(&[request("a", now, 5_000_000)]);
+            minutes.push(now / MINUTE_NANOS);
+            clock.advance(Duration::from_secs(3_600));
+        }
+        clock.advance(Duration::from_secs(28 * 60));
+        // Minute 58, then minute 59, where the window's first hour moves.
+        for _ in 0..2 {
+            let snapshot = engine.snapshot(&[Window::D30]).await.unwrap();
+            let range = Window::D30.minute_range(snapshot.at_unix_nanos);
+            let raw = minutes.iter().filter(|m| range.contains(m)).count() as u64;
+            assert_eq!(snapshot.series[0].windows[0].count, raw);
             clock.advance(Duration::from_secs(60));
         }
-        clock.advance(Duration::from_secs(60 * 178));
-        assert_eq!(clock.now_nanos() / MINUTE_NANOS, m0 + 278);
-        let before = engine.snapshot(&[Window::D1]).await.unwrap();
-        assert_eq!(before.series[0].windows[0].count, 100);
-        assert!(engine.final_hours.lock().is_some());
-        // Minute 280, same hour and same final hours: the roll into minute 280 forgets the
-        // series (idle since minute 100), and the request creates it again.
-        clock.advance(Duration::from_secs(120));
-        lock(&state).apply(&[request("a", clock.now_nanos(), 5_000_000)]);
-        assert_eq!(lock(&state).births(), 2);
-        let after = engine.snapshot(&[Window::D1]).await.unwrap();
-        assert_eq!(after.series.len(), 1);
-        assert_eq!(after.series[0].totals.requests(), 1);
-        assert_eq!(after.series[0].windows[0].count, 1);
-        // On past minute 300, where the hour before minute 240 becomes final and the kept
-        // hours move on: still only the requests since it came back.
-        for _ in 0..21 {
-            clock.advance(Duration::from_secs(60));
-            lock(&state).apply(&[request("a", clock.now_nanos(), 5_000_000)]);
-        }
-        assert_eq!(clock.now_nanos() / MINUTE_NANOS, m0 + 301);
-        let moved = engine.snapshot(&[Window::D1]).await.unwrap();
-        let kept = engine.final_hours.lock().clone().unwrap();
-        assert!(kept.advanced && kept.end == m0 + 240, "{kept:?}");
-        assert_eq!(moved.series[0].windows[0].count, 22);
+        assert!(!engine.final_hours.lock().clone().unwrap().advanced);
     }
 
     #[test]

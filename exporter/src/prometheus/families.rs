@@ -126,10 +126,7 @@ impl Families {
             .series
             .iter()
             .map(|s| {
-                let mut labels = vec![
-                    ("service", &*s.key.service),
-                    ("endpoint", &*s.key.endpoint),
-                ];
+                let mut labels = vec![("service", &*s.key.service), ("endpoint", &*s.key.endpoint)];
                 for (name, value) in self.snapshot.dimension_labels.iter().zip(&s.key.dimensions) {
                     labels.push((name.as_str(), &**value));
                 }
