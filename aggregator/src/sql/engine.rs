@@ -1078,7 +1078,7 @@ mod tests {
 
     /// 27 hours of traffic on two series, with spans up to an hour late; scraped every few
     /// minutes through hours 25 to 27 and at minutes 58, 59, 0 and 1 of each hour, so the final
-    /// hours are kept, reused and merged anew as windows' starts move and hours become final.
+    /// hours are kept, reused and moved on as windows' starts move and hours become final.
     /// Every window's count equals the raw values in its minutes (DESIGN's rule, worked out
     /// here from the raw minutes), its P50 and P99 lie within 1% of their nearest rank, and a
     /// fresh engine, which merges its kept hours from the tables at that instant, gives the same
