@@ -18,6 +18,7 @@ use recmeter_aggregator::SeriesKey;
 use recmeter_aggregator::counts::Counts;
 use recmeter_aggregator::histogram;
 use recmeter_aggregator::sql::functions::{self, TIME_ZONE};
+use recmeter_aggregator::sql::table_name;
 use recmeter_aggregator::sql::tables::{PreparedRows, RollupTable};
 use recmeter_aggregator::state::{Row, RowCounts, Source, Table};
 
@@ -78,10 +79,7 @@ fn context(table: Table, rows: &Arc<PreparedRows>) -> SessionContext {
     config.options_mut().execution.time_zone = Some(TIME_ZONE.to_owned());
     let ctx = SessionContext::new_with_config(config);
     functions::register(&ctx, NOW_MINUTE * 60_000_000_000);
-    let name = match table {
-        Table::Minutes => "latency_minutes",
-        Table::Hours => "latency_hours",
-    };
+    let name = table_name(table);
     let provider = RollupTable::new(table, rows.clone());
     ctx.register_table(name, Arc::new(provider))
         .unwrap_or_else(|e| panic!("{e}"));

@@ -3,9 +3,11 @@
 //! `latency_minutes` and `latency_hours` tables read. Only the open minute holds a dense
 //! histogram; the clock leaving it seals it into a row. Spans for any other minute (late, or
 //! slightly ahead) are buffered per series and sealed in bulk as extra rows of their minute;
-//! readers merge all rows. Each complete hour is sealed into an hour row as soon as it ends; late
-//! rows of a sealed hour become extra rows of that hour too. Minutes are kept for 3 h, hours for
-//! the 30-day window.
+//! readers merge all rows. Sealed minutes are also merged by aligned ten-minute block, as each
+//! seals: the open block's row is its sealed minutes so far, and late rows of a sealed block become
+//! extra rows of it. Windows read blocks instead of most of their minutes. Each complete hour is
+//! sealed into an hour row from its blocks as soon as it ends; late rows of a sealed hour become
+//! extra rows of that hour too. Minutes and blocks are kept for 3 h, hours for the 30-day window.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::{ControlFlow, RangeInclusive};
@@ -48,6 +50,9 @@ pub const MINUTES_KEPT: u64 = 180;
 
 /// Late values buffered per series before they are sealed into extra rows.
 const LATE_BUFFER: usize = 1024;
+
+/// Minutes merged into one block row (a divisor of 60, so hours are whole blocks).
+pub const BLOCK_MINUTES: u64 = 10;
 
 /// Cumulative counters of one series since start-up.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -176,6 +181,24 @@ fn hour_of(minute: u64) -> u64 {
     minute - minute % 60
 }
 
+/// The first minute of `minute`'s block.
+pub fn block_of(minute: u64) -> u64 {
+    minute - minute % BLOCK_MINUTES
+}
+
+/// The row of `a` and `b` merged.
+fn merge_rows(merge: &mut Counts, a: &Row, b: &Row) -> Result<Row> {
+    merge.clear();
+    merge.add_encoded(&a.hdr)?;
+    merge.add_encoded(&b.hdr)?;
+    let mut counts = a.counts;
+    counts.add(&b.counts);
+    Ok(Row {
+        counts,
+        hdr: Bytes::from(merge.encode()),
+    })
+}
+
 #[derive(Debug, Default)]
 struct SeriesState {
     totals: SeriesTotals,
@@ -183,6 +206,10 @@ struct SeriesState {
     open: Option<OpenMinute>,
     /// Sealed minutes of the last 3 h.
     minutes: Rows,
+    /// The same rows merged by block: one row per block, merged as its minutes seal (the open
+    /// block's row holds its sealed minutes so far), and an extra row for each row that reaches
+    /// a block already sealed. Rows of minutes ahead of the clock join their block once sealed.
+    blocks: Rows,
     /// Sealed hours of the last 30 days (and the up to 59 minutes the 30d window adds).
     hours: Rows,
     /// Values for minutes other than the open one (late or slightly future data), sealed into
@@ -199,7 +226,13 @@ struct Sealing<'a> {
     thresholds: &'a [u64],
     /// Hours starting before this minute are sealed.
     hours_sealed_before: u64,
+    /// Minutes before this one are sealed (the open minute, once a roll has sealed the rest).
+    sealed_before: u64,
+    /// Blocks starting before this minute were sealed before the current roll: rows reaching
+    /// them are extra rows.
+    blocks_open_from: u64,
 }
+
 
 impl SeriesState {
     /// Whether nothing from `keep_from` (3 h ago) on is held.
@@ -242,7 +275,7 @@ impl SeriesState {
     fn seal_open(&mut self, seal: &mut Sealing<'_>) {
         if let Some(mut open) = self.open.take() {
             match open.row() {
-                Ok(row) => self.add_minute_row(open.minute, row, seal.hours_sealed_before),
+                Ok(row) => self.add_minute_row(open.minute, row, seal),
                 Err(e) => {
                     tracing::error!(error = %e, "Cannot seal a minute; its requests are lost from quantiles.")
                 }
@@ -250,12 +283,36 @@ impl SeriesState {
         }
     }
 
-    /// Adds a sealed row to its minute, and to its hour if that hour is sealed already.
-    fn add_minute_row(&mut self, minute: u64, row: Row, hours_sealed_before: u64) {
-        if minute < hours_sealed_before {
+    /// Adds a sealed row to its minute, to its block unless the minute is still ahead of the
+    /// clock, and to its hour if that hour is sealed already.
+    fn add_minute_row(&mut self, minute: u64, row: Row, seal: &mut Sealing<'_>) {
+        if minute < seal.hours_sealed_before {
             push_row(&mut self.hours, hour_of(minute), row.clone());
         }
+        if minute < seal.sealed_before {
+            self.add_to_block(minute, &row, seal);
+        }
         push_row(&mut self.minutes, minute, row);
+    }
+
+    /// Adds the row of a sealed minute to its block: merged into the block's row while the block
+    /// is open (or sealing in this roll), else an extra row of it.
+    fn add_to_block(&mut self, minute: u64, row: &Row, seal: &mut Sealing<'_>) {
+        let block = block_of(minute);
+        if block < seal.blocks_open_from {
+            push_row(&mut self.blocks, block, row.clone());
+            return;
+        }
+        match self.blocks.get_mut(&(block, 0)) {
+            None => {
+                self.blocks.insert((block, 0), row.clone());
+            }
+            Some(so_far) => match merge_rows(seal.merge, so_far, row) {
+                Ok(merged) => *so_far = merged,
+                // Cannot happen for rows recmeter encoded itself; the minute rows keep it.
+                Err(e) => tracing::error!(error = %e, minute, "Cannot merge a minute into its block row."),
+            },
+        }
     }
 
     /// Seals buffered late values into one extra row per minute.
@@ -278,7 +335,7 @@ impl SeriesState {
                         counts,
                         hdr: Bytes::from(hdr),
                     };
-                    self.add_minute_row(group[0].minute, row, seal.hours_sealed_before);
+                    self.add_minute_row(group[0].minute, row, seal);
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "Cannot seal late data; its requests are lost from quantiles.")
@@ -290,24 +347,37 @@ impl SeriesState {
         self.late = late;
     }
 
-    /// Seals the open minute if it is before `open_minute`, seals the hours starting in
-    /// `new_hours` from their minutes, and forgets minutes before `keep_from` and hours before
-    /// `hours_from`.
+    /// Seals the minutes in `newly_sealed` (through the open minute if it is among them) into
+    /// their blocks, seals the hours starting in `new_hours` from their blocks, and forgets
+    /// minutes and blocks before `keep_from` and hours before `hours_from`.
     fn roll(
         &mut self,
-        open_minute: u64,
+        newly_sealed: std::ops::Range<u64>,
         new_hours: std::ops::Range<u64>,
         keep_from: u64,
         hours_from: u64,
         seal: &mut Sealing<'_>,
     ) {
+        // Rows of minutes that were ahead of the clock when they came join their blocks now.
+        let ahead: Vec<(u64, Row)> = self
+            .minutes
+            .range((newly_sealed.start, 0)..(newly_sealed.end, 0))
+            .map(|((m, _), row)| (*m, row.clone()))
+            .collect();
+        for (minute, row) in &ahead {
+            self.add_to_block(*minute, row, seal);
+        }
         self.flush_late(seal);
-        if self.open.as_ref().is_some_and(|o| o.minute < open_minute) {
+        if self
+            .open
+            .as_ref()
+            .is_some_and(|o| o.minute < newly_sealed.end)
+        {
             self.seal_open(seal);
         }
         if !new_hours.is_empty() {
             let mut rows = self
-                .minutes
+                .blocks
                 .range((new_hours.start, 0)..(new_hours.end, 0))
                 .peekable();
             let mut sealed = Vec::new();
@@ -324,7 +394,7 @@ impl SeriesState {
                 }
                 if let Some(e) = failed {
                     // Cannot happen for rows recmeter encoded itself; keep the rest of the hour.
-                    tracing::error!(error = %e, hour, "Cannot merge a minute into its hour row.");
+                    tracing::error!(error = %e, hour, "Cannot merge a block into its hour row.");
                 }
                 sealed.push((
                     hour,
@@ -339,6 +409,7 @@ impl SeriesState {
             }
         }
         self.minutes = self.minutes.split_off(&(keep_from, 0));
+        self.blocks = self.blocks.split_off(&(block_of(keep_from), 0));
         self.hours = self.hours.split_off(&(hours_from, 0));
     }
 
@@ -373,8 +444,13 @@ pub enum Table {
     /// included.
     Minutes,
     /// `latency_hours`: one row per series and sealed hour (more for late data), and the
-    /// current hour as the rows of its minutes.
+    /// current hour as the rows of its blocks so far, of the open minute and of minutes ahead of
+    /// the clock.
     Hours,
+    /// The ten-minute blocks `/metrics` windows read instead of most of their minutes (not a
+    /// SQL table): the rows of each block through the open minute, keyed by its first minute.
+    /// The open block is its sealed minutes so far (one row) and the open minute.
+    Blocks,
 }
 
 /// Counters of one series, as read for `/metrics`.
@@ -586,6 +662,8 @@ impl Aggregator {
                 merge: &mut self.merge,
                 thresholds: &self.thresholds,
                 hours_sealed_before: hour_of(self.sealed_before),
+                sealed_before: self.sealed_before,
+                blocks_open_from: block_of(self.sealed_before),
             };
             if minute != open_minute {
                 series.late.push(LateValue {
@@ -631,10 +709,12 @@ impl Aggregator {
             merge: &mut self.merge,
             thresholds: &self.thresholds,
             hours_sealed_before: hour_of(self.sealed_before),
+            sealed_before: open_minute,
+            blocks_open_from: block_of(self.sealed_before),
         };
         for series in self.series.values_mut() {
             series.roll(
-                open_minute,
+                self.sealed_before..open_minute,
                 new_hours.clone(),
                 keep_from,
                 hours_from,
@@ -723,6 +803,7 @@ impl Aggregator {
         let wanted = |minute: u64| match table {
             Table::Minutes => range.contains(&minute),
             Table::Hours => range.contains(&hour_of(minute)),
+            Table::Blocks => range.contains(&block_of(minute)),
         };
         let mut late = Vec::new();
         let mut rows = 0;
@@ -761,8 +842,9 @@ impl Aggregator {
                     .filter(|(m, _)| range.contains(m))
                     .try_for_each(|(m, row)| emit(m, row)),
                 // Hours not sealed yet (the current one, and any a future-stamped span reached)
-                // are the rows of their minutes; late values of a sealed hour are extra rows of
-                // it, as they will be once flushed.
+                // are the rows of their blocks, of the open minute and of minutes ahead of the
+                // clock; late values of a sealed hour are extra rows of it, as they will be once
+                // flushed.
                 Table::Hours => state
                     .hours
                     .range((*range.start(), 0)..)
@@ -770,8 +852,9 @@ impl Aggregator {
                     .map(|((h, _), row)| (*h, row))
                     .chain(
                         state
-                            .minutes
+                            .blocks
                             .range((current_hour, 0)..)
+                            .chain(state.minutes.range((open_minute, 0)..))
                             .map(|((m, _), row)| (*m, row))
                             .chain(open.iter().map(|(m, row)| (*m, row)))
                             .chain(late.iter().map(|(m, row)| (*m, row)))
@@ -779,6 +862,27 @@ impl Aggregator {
                             .filter(|(h, _)| range.contains(h)),
                     )
                     .try_for_each(|(h, row)| emit(h, row)),
+                // Minutes ahead of the clock are left out, as minute-exact windows end with the
+                // open minute; rows the open minute got while it was ahead are in.
+                Table::Blocks => state
+                    .blocks
+                    .range((*range.start(), 0)..)
+                    .take_while(|((b, _), _)| b <= range.end())
+                    .chain(
+                        state
+                            .minutes
+                            .range((open_minute, 0)..(open_minute + 1, 0)),
+                    )
+                    .map(|((m, _), row)| (*m, row))
+                    .chain(open.iter().map(|(m, row)| (*m, row)))
+                    .chain(
+                        late.iter()
+                            .filter(|(m, _)| *m <= open_minute)
+                            .map(|(m, row)| (*m, row)),
+                    )
+                    .map(|(m, row)| (block_of(m), row))
+                    .filter(|(b, _)| range.contains(b))
+                    .try_for_each(|(b, row)| emit(b, row)),
             };
             if flow.is_break() {
                 return Ok((done + 1, flow));

@@ -73,7 +73,7 @@ pub fn rollup_schema(table: Table, dimensions: &[String], thresholds: &[String])
 /// The time column's name.
 pub fn time_column(table: Table) -> &'static str {
     match table {
-        Table::Minutes => "minute",
+        Table::Minutes | Table::Blocks => "minute",
         Table::Hours => "hour",
     }
 }
