@@ -94,7 +94,9 @@ impl AggregateUDFImpl for HdrMerge {
 /// without the per-group slicing of the plain accumulator (`/metrics` groups by series).
 #[derive(Debug, Default)]
 struct HdrMergeGroups {
-    groups: Vec<HdrMergeAccumulator>,
+    groups: Vec<Merged>,
+    /// Where a group's first blob is checked.
+    check: Counts,
 }
 
 impl HdrMergeGroups {
@@ -106,8 +108,7 @@ impl HdrMergeGroups {
         total_num_groups: usize,
     ) -> Result<()> {
         if self.groups.len() < total_num_groups {
-            self.groups
-                .resize_with(total_num_groups, HdrMergeAccumulator::default);
+            self.groups.resize_with(total_num_groups, Merged::default);
         }
         let Some(array) = values.first() else {
             return exec_err!("hdr_merge takes one argument");
@@ -120,8 +121,7 @@ impl HdrMergeGroups {
             let Some(group) = group_indices.get(row).and_then(|g| self.groups.get_mut(*g)) else {
                 return exec_err!("hdr_merge: group index out of range");
             };
-            group.seen = true;
-            add_blob(&mut group.counts, blob, "hdr_merge")
+            group.add(blob, &mut self.check)
         };
         for (row, blob) in blobs(array, "hdr_merge")?.enumerate() {
             add(row, blob)?;
@@ -136,7 +136,7 @@ impl HdrMergeGroups {
         for g in groups {
             if g.seen {
                 blob.clear();
-                g.counts.encode_into(&mut blob);
+                g.encode_into(&mut blob);
                 out.append_value(&blob);
             } else {
                 out.append_null();
@@ -180,27 +180,62 @@ impl GroupsAccumulator for HdrMergeGroups {
             + self
                 .groups
                 .iter()
-                .map(|g| std::mem::size_of::<HdrMergeAccumulator>() + g.counts.heap_size())
+                .map(|g| std::mem::size_of::<Merged>() + g.heap_size())
                 .sum::<usize>()
     }
 }
 
-/// Merged counts of one group; `seen` tells an all-null group (NULL result) from an empty one.
+/// What one group has merged; `seen` tells an all-null group (NULL result) from an empty one. A
+/// group of one blob gives that blob back as it came, once it decodes: most `/metrics` segments
+/// are one row per series (a block, an hour, the open minute), and decoding, growing counts for
+/// and encoding them again would be most of their cost.
+#[derive(Debug, Default)]
+struct Merged {
+    counts: Counts,
+    /// The first blob, while it is the only one.
+    only: Option<Vec<u8>>,
+    seen: bool,
+}
+
+impl Merged {
+    /// Adds `blob`; the first is decoded into `check` (cleared first) to be checked.
+    fn add(&mut self, blob: &[u8], check: &mut Counts) -> Result<()> {
+        if !self.seen {
+            check.reset();
+            add_blob(check, blob, "hdr_merge")?;
+            self.seen = true;
+            self.only = Some(blob.to_vec());
+            return Ok(());
+        }
+        if let Some(first) = self.only.take() {
+            add_blob(&mut self.counts, &first, "hdr_merge")?;
+        }
+        add_blob(&mut self.counts, blob, "hdr_merge")
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        match &self.only {
+            Some(blob) => out.extend_from_slice(blob),
+            None => self.counts.encode_into(out),
+        }
+    }
+
+    fn heap_size(&self) -> usize {
+        self.counts.heap_size() + self.only.as_ref().map_or(0, Vec::capacity)
+    }
+}
+
+/// The plain accumulator: one group.
 #[derive(Debug, Default)]
 struct HdrMergeAccumulator {
-    counts: Counts,
-    seen: bool,
+    merged: Merged,
+    check: Counts,
 }
 
 impl HdrMergeAccumulator {
     fn add_array(&mut self, array: &ArrayRef) -> Result<()> {
-        self.add_all(blobs(array, "hdr_merge")?)
-    }
-
-    fn add_all<'a>(&mut self, blobs: impl Iterator<Item = Option<&'a [u8]>>) -> Result<()> {
-        for blob in blobs.flatten() {
-            self.seen = true;
-            add_blob(&mut self.counts, blob, "hdr_merge")?;
+        for blob in blobs(array, "hdr_merge")?.flatten() {
+            self.merged.add(blob, &mut self.check)?;
         }
         Ok(())
     }
@@ -245,11 +280,15 @@ impl Accumulator for HdrMergeAccumulator {
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
-        Ok(ScalarValue::Binary(self.seen.then(|| self.counts.encode())))
+        Ok(ScalarValue::Binary(self.merged.seen.then(|| {
+            let mut blob = Vec::new();
+            self.merged.encode_into(&mut blob);
+            blob
+        })))
     }
 
     fn size(&self) -> usize {
-        std::mem::size_of_val(self) + self.counts.heap_size()
+        std::mem::size_of_val(self) + self.merged.heap_size() + self.check.heap_size()
     }
 }
 
@@ -392,6 +431,22 @@ mod tests {
         };
         assert_eq!((total(0), total(1), total(2)), (2, 2, 1));
         assert!(out.is_null(3));
+        // A group of one blob gives it back as it came.
+        assert_eq!(out.value(2), blobs[4].as_slice());
+    }
+
+    #[test]
+    fn a_lone_blob_is_still_checked() {
+        let mut h = histogram::new_histogram(2).unwrap();
+        histogram::record(&mut h, 5_000_000);
+        let mut blob = histogram::encode(&h).unwrap();
+        blob.truncate(20);
+        let array: ArrayRef = std::sync::Arc::new(BinaryArray::from_iter_values([&blob]));
+        let mut groups = HdrMergeGroups::default();
+        let e = groups.update_batch(&[array.clone()], &[0], None, 1).unwrap_err();
+        assert!(e.to_string().contains("hdr_merge"), "{e}");
+        let mut plain = HdrMergeAccumulator::default();
+        assert!(plain.update_batch(&[array]).is_err());
     }
 
     #[test]
