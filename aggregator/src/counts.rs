@@ -509,6 +509,13 @@ fn read_varint(bytes: &[u8]) -> Result<(u64, usize)> {
     Err(corrupt("a count is cut short"))
 }
 
+/// Whether `bytes` is exactly one uncompressed V2 encoding: not deflated, nothing after it.
+pub fn is_plain_v2(bytes: &[u8]) -> bool {
+    read_u32(bytes, 0).is_ok_and(|cookie| cookie == V2_COOKIE)
+        && read_u32(bytes, 4)
+            .is_ok_and(|payload| V2_HEADER.checked_add(payload as usize) == Some(bytes.len()))
+}
+
 fn read_u32(bytes: &[u8], at: usize) -> Result<u32> {
     bytes
         .get(at..at + 4)

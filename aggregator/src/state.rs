@@ -166,7 +166,7 @@ struct LateValue {
     recommendations: u64,
 }
 
-/// Rows keyed by (first minute of the minute or hour, row number).
+/// Rows keyed by (first minute of the minute, block or hour, row number).
 type Rows = BTreeMap<(u64, u32), Row>;
 
 fn push_row(rows: &mut Rows, at: u64, row: Row) {
@@ -232,7 +232,6 @@ struct Sealing<'a> {
     /// them are extra rows.
     blocks_open_from: u64,
 }
-
 
 impl SeriesState {
     /// Whether nothing from `keep_from` (3 h ago) on is held.
@@ -310,7 +309,9 @@ impl SeriesState {
             Some(so_far) => match merge_rows(seal.merge, so_far, row) {
                 Ok(merged) => *so_far = merged,
                 // Cannot happen for rows recmeter encoded itself; the minute rows keep it.
-                Err(e) => tracing::error!(error = %e, minute, "Cannot merge a minute into its block row."),
+                Err(e) => {
+                    tracing::error!(error = %e, minute, "Cannot merge a minute into its block row.")
+                }
             },
         }
     }
@@ -437,7 +438,7 @@ impl SeriesState {
     }
 }
 
-/// The two rollup tables.
+/// The rollup tables, and the blocks `/metrics` windows read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Table {
     /// `latency_minutes`: one row per series and minute (more for late data), the open minute
@@ -449,7 +450,8 @@ pub enum Table {
     Hours,
     /// The ten-minute blocks `/metrics` windows read instead of most of their minutes (not a
     /// SQL table): the rows of each block through the open minute, keyed by its first minute.
-    /// The open block is its sealed minutes so far (one row) and the open minute.
+    /// The open block is its sealed minutes so far (one row) and the rows of the open minute,
+    /// taken only through the read range's end (the open minute of the window query).
     Blocks,
 }
 
@@ -540,7 +542,7 @@ pub struct Aggregator {
     sealed_before: u64,
     /// An empty histogram of the configured precision, the template of new dense minutes.
     scratch: Histogram<u64>,
-    /// Merge space for sealing hours.
+    /// Merge space for sealing blocks and hours.
     merge: Counts,
     /// Series created since start-up; each series holds its number (`SeriesState::born`).
     births: u64,
@@ -800,10 +802,16 @@ impl Aggregator {
         let open_minute = minute_of(self.clock.now_nanos());
         self.roll(open_minute);
         let current_hour = hour_of(open_minute);
+        // Minute rows from here on are not in blocks yet (it is the open minute unless the clock
+        // stepped back).
+        let unsealed_from = self.sealed_before;
+        // The last minute a blocks read takes rows of the open block from: the range's end, so
+        // a read started after the clock passed it does not take the next minute's rows.
+        let through = open_minute.min(*range.end());
         let wanted = |minute: u64| match table {
             Table::Minutes => range.contains(&minute),
             Table::Hours => range.contains(&hour_of(minute)),
-            Table::Blocks => range.contains(&block_of(minute)),
+            Table::Blocks => range.contains(&block_of(minute)) && minute <= through,
         };
         let mut late = Vec::new();
         let mut rows = 0;
@@ -854,7 +862,7 @@ impl Aggregator {
                         state
                             .blocks
                             .range((current_hour, 0)..)
-                            .chain(state.minutes.range((open_minute, 0)..))
+                            .chain(state.minutes.range((unsealed_from, 0)..))
                             .map(|((m, _), row)| (*m, row))
                             .chain(open.iter().map(|(m, row)| (*m, row)))
                             .chain(late.iter().map(|(m, row)| (*m, row)))
@@ -871,13 +879,13 @@ impl Aggregator {
                     .chain(
                         state
                             .minutes
-                            .range((open_minute, 0)..(open_minute + 1, 0)),
+                            .range((unsealed_from.min(through + 1), 0)..(through + 1, 0)),
                     )
                     .map(|((m, _), row)| (*m, row))
                     .chain(open.iter().map(|(m, row)| (*m, row)))
                     .chain(
                         late.iter()
-                            .filter(|(m, _)| *m <= open_minute)
+                            .filter(|(m, _)| *m <= through)
                             .map(|(m, row)| (*m, row)),
                     )
                     .map(|(m, row)| (block_of(m), row))
@@ -898,7 +906,7 @@ impl Aggregator {
 pub trait RowVisitor {
     /// The series the next rows belong to.
     fn series(&mut self, key: &SeriesKey, source: Source) -> ControlFlow<()>;
-    /// One row: the first minute of its minute or hour, its counts and its V2 encoding.
+    /// One row: the first minute of its minute, block or hour, its counts and its V2 encoding.
     fn row(&mut self, at: u64, row: &Row) -> ControlFlow<()>;
 }
 

@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 use crate::record::SeriesKey;
 use crate::state::{
     BLOCK_MINUTES, Row, RowCounts, RowVisitor, SeriesSnapshot, SharedState, Snapshot, Source,
-    Table, WindowQuantiles, block_of, lock,
+    Table, WindowQuantiles, lock,
 };
 use crate::window::Window;
 use bytes::Bytes;
@@ -256,10 +256,10 @@ impl QueryEngine {
     }
 
     /// Counters of every series, and each of `windows` merged from the rollup tables with
-    /// `hdr_merge`, by DESIGN's window rule: minute-exact windows from `latency_minutes`,
-    /// longer ones as whole hours from `latency_hours` plus the current hour's minutes from
-    /// `latency_minutes`. Every window ends with the open minute at one clock reading, so
-    /// future-stamped spans (within `ingest.max_future_skew`) wait for their minute.
+    /// `hdr_merge`, by DESIGN's window rule: minute-exact windows from `latency_minutes` and
+    /// the ten-minute blocks, longer ones as whole hours from `latency_hours` plus the current
+    /// hour's blocks (see [`window_runs`]). Every window ends with the open minute at one clock
+    /// reading, so future-stamped spans (within `ingest.max_future_skew`) wait for their minute.
     pub async fn snapshot(&self, windows: &[Window]) -> Result<Snapshot> {
         // Each window once: the kept final hours are told apart by their window's first hour.
         let mut windows = windows.to_vec();
@@ -339,7 +339,7 @@ impl QueryEngine {
                     }
                 }
                 // Each window starts from the one before when it holds all of that one's
-                // segments (1m within 5m within 1h), else from nothing.
+                // segments (1m within 5m when both read minutes), else from nothing.
                 let entry = per_series.entry(key).or_default();
                 let mut summed: &[usize] = &[];
                 counts.reset();
@@ -744,11 +744,11 @@ const BLOCK: i32 = 3;
 /// minutes as one row). A window starting in the open block merges minutes only. Longer windows
 /// merge the whole hours before the current one and the current hour's blocks, and, with
 /// `final_end`, their kept final hours (a row per series at the window's first hour) before that
-/// instead of the hours.
+/// instead of the hours. Block runs end after the open minute: a blocks read takes the open
+/// block's minutes through it only, so a read the clock's next minute overtakes stays exact.
 fn window_runs(windows: &[Window], now_nanos: u64, final_end: Option<u64>) -> Vec<Vec<Segment>> {
     let open = now_nanos / MINUTE_NANOS;
     let current_hour = open - open % 60;
-    let blocks_end = block_of(open) + BLOCK_MINUTES;
     let run = |part, from, to| Segment { part, from, to };
     windows
         .iter()
@@ -756,16 +756,16 @@ fn window_runs(windows: &[Window], now_nanos: u64, final_end: Option<u64>) -> Ve
             let start = *w.minute_range(now_nanos).start();
             if w.is_minute_exact() {
                 let first_block = start.next_multiple_of(BLOCK_MINUTES);
-                if first_block >= blocks_end {
+                if first_block > open {
                     return vec![run(MINUTE, start, open + 1)];
                 }
-                let mut runs = vec![run(BLOCK, first_block, blocks_end)];
+                let mut runs = vec![run(BLOCK, first_block, open + 1)];
                 if start < first_block {
                     runs.push(run(MINUTE, start, first_block));
                 }
                 return runs;
             }
-            let mut runs = vec![run(BLOCK, current_hour, blocks_end)];
+            let mut runs = vec![run(BLOCK, current_hour, open + 1)];
             let merged = final_end.filter(|end| start < *end);
             let hours_from = merged.unwrap_or(start);
             if hours_from < current_hour {
@@ -832,7 +832,8 @@ fn segments(
 /// GROUP BY keys` over one union of rows, a column per [`segments`] segment, and the segments
 /// each window merges. Each run of adjacent segments is one scan. With `final_end`, the
 /// session's `final_hours` table holds the long windows' kept final hours, and only the hours
-/// from `final_end` on are read from `latency_hours`. Each row is read and merged once, and the
+/// from `final_end` on are read from `latency_hours`. Each row is read and merged once (the open
+/// minute's rows twice when windows read it both as minutes and in its block), and the
 /// aggregation by series is one stage over the hash-partitioned scans.
 async fn window_plan(
     ctx: &SessionContext,
@@ -1209,8 +1210,10 @@ mod tests {
     }
 
     /// Three and a half hours of traffic on one series, applied every 20 s, with one span in six
-    /// up to an hour late and one in ten up to 290 s ahead of the clock; scraped 30 s into each
-    /// minute of the last hour, with late values still buffered. Every window reads its minutes
+    /// up to an hour late and one in ten up to 290 s ahead of the clock, bursts of late spans
+    /// that fill the late buffer (sealed while applied), and a 7-minute jump of the clock with
+    /// spans ahead of it pending; scraped 20 s into each minute of the last hour, with late values
+    /// still buffered. Every window reads its minutes
     /// through blocks (the open block's sealed minutes so far as one row), so each window's count
     /// equals the raw values in its minutes and its P99 lies within 1% of the nearest rank;
     /// spans ahead of the clock stay out of the windows but are in `latency_hours`' current hour.
@@ -1234,10 +1237,12 @@ mod tests {
         let mut scrapes = 0;
         for step in 0..210 * 3u64 {
             let now = clock.now_nanos();
-            let batch: Vec<_> = (0..rng.random_range(1..5))
-                .map(|_| {
+            let burst = if step % 61 == 5 { 1_100 } else { 0 };
+            let batch: Vec<_> = (0..rng.random_range(1..5) + burst)
+                .map(|i| {
                     let nanos = (rng.random::<f64>().powi(3) * 2e9) as u64 + 1_000_000;
                     let end = match rng.random_range(0..30) {
+                        _ if i < burst => now - rng.random_range(60..=3_600) * 1_000_000_000,
                         0..5 => now - rng.random_range(0..=3_600) * 1_000_000_000,
                         5..8 => now + rng.random_range(0..=290) * 1_000_000_000,
                         _ => now,
@@ -1253,21 +1258,28 @@ mod tests {
                 let at = snapshot.at_unix_nanos;
                 let open = at / MINUTE_NANOS;
                 let series = &snapshot.series[0];
-                assert_eq!(series.windows.len(), windows.len());
-                for w in &series.windows {
-                    let range = w.window.minute_range(at);
+                for window in windows {
+                    let range = window.minute_range(at);
                     let mut values: Vec<u64> = raw
                         .iter()
                         .filter(|(m, _)| range.contains(m))
                         .map(|(_, v)| *v)
                         .collect();
                     values.sort_unstable();
-                    let label = format!("{} at minute {}", w.window, open % 60);
+                    let label = format!("{window} at minute {}", open % 60);
+                    // A window without requests is left out.
+                    let Some(w) = series.windows.iter().find(|w| w.window == window) else {
+                        assert!(values.is_empty(), "{label}");
+                        continue;
+                    };
                     assert_eq!(w.count, values.len() as u64, "{label}");
                     let rank = ((0.99 * values.len() as f64 - 1e-9).ceil() as usize).max(1);
                     let exact = values[rank - 1] as f64 / 1e9;
                     let got = w.quantiles[2].1;
-                    assert!((got - exact).abs() / exact <= 0.01, "{label}: {got} vs {exact}");
+                    assert!(
+                        (got - exact).abs() / exact <= 0.01,
+                        "{label}: {got} vs {exact}"
+                    );
                 }
                 // The current hour in SQL holds the spans ahead of the clock too.
                 let hour = open - open % 60;
@@ -1284,9 +1296,54 @@ mod tests {
                 let want = raw.iter().filter(|(m, _)| *m >= hour).count();
                 assert_eq!(got as usize, want, "current hour at minute {}", open % 60);
             }
-            clock.advance(Duration::from_secs(20));
+            clock.advance(Duration::from_secs(if step == 300 { 7 * 60 } else { 20 }));
         }
         assert_eq!(scrapes, 60);
+    }
+
+    /// A minute boundary passing while the window query runs changes no window: the query
+    /// planned 20 s into minute 23 and run after the clock moved to minute 24, with spans in
+    /// minute 24 and spans sent for it while it was ahead, gives each window the raw values of
+    /// its minutes at minute 23 (the 5m window reads block 20 as the clock seals minute 23 into
+    /// it).
+    #[tokio::test]
+    async fn a_minute_passing_mid_query_changes_no_window() {
+        let (engine, state, clock) = engine(10);
+        let mut raw: Vec<u64> = Vec::new();
+        let send = |clock: &crate::Clock, raw: &mut Vec<u64>| {
+            let now = clock.now_nanos();
+            let batch = [now, now + 50_000_000_000].map(|end| {
+                raw.push(end / MINUTE_NANOS);
+                request("a", end, 5_000_000)
+            });
+            assert_eq!(lock(&state).apply(&batch).accepted, 2);
+        };
+        for _ in 0..23 * 3 + 1 {
+            send(&clock, &mut raw);
+            clock.advance(Duration::from_secs(20));
+        }
+        let at = clock.now_nanos();
+        assert_eq!(at / MINUTE_NANOS % 60, 23);
+        let windows = [Window::M1, Window::M5, Window::M30];
+        let ctx = engine.metrics_context(at);
+        let (df, held) = window_plan(&ctx, &windows, &[], at, None).await.unwrap();
+        clock.advance(Duration::from_secs(60));
+        send(&clock, &mut raw);
+        let batches = df.collect().await.unwrap();
+        for (w, segments) in windows.iter().zip(&held) {
+            let mut counts = Counts::new();
+            for batch in &batches {
+                for &i in segments {
+                    let blobs = batch.column(2 + i).as_binary::<i32>();
+                    for row in (0..batch.num_rows()).filter(|&r| !blobs.is_null(r)) {
+                        counts.add_encoded(blobs.value(row)).unwrap();
+                    }
+                }
+            }
+            let range = w.minute_range(at);
+            let want = raw.iter().filter(|m| range.contains(m)).count();
+            assert_eq!(counts.total(), want as u64, "{w}");
+        }
     }
 
     /// A series forgotten at the cap and back within the hour starts afresh in the long windows

@@ -1,8 +1,9 @@
-//! `latency_minutes` and `latency_hours` as DataFusion tables over the in-memory rollups. A scan
-//! streams: each partition copies the Arrow columns it needs a batch at a time, taking the state
-//! lock per batch, narrowed by any time filter DataFusion pushes down, each series whole in the
-//! partition DataFusion's own hash of its key picks. The scan declares that hash partitioning, so
-//! an aggregation by series runs in one stage, without partial states or a repartition.
+//! `latency_minutes` and `latency_hours` (and the blocks `/metrics` windows read) as DataFusion
+//! tables over the in-memory rollups. A scan streams: each partition copies the Arrow columns it
+//! needs a batch at a time, taking the state lock per batch, narrowed by any time filter
+//! DataFusion pushes down, each series whole in the partition DataFusion's own hash of its key
+//! picks. The scan declares that hash partitioning, so an aggregation by series runs in one
+//! stage, without partial states or a repartition.
 
 use std::collections::HashMap;
 use std::ops::{ControlFlow, RangeInclusive};
@@ -39,7 +40,7 @@ use crate::clock::MINUTE_NANOS;
 use crate::record::SeriesKey;
 use crate::state::{Aggregator, Row, RowVisitor, Source, Table, lock};
 
-/// The columns of both rollup tables, in order: the time column (`minute` or `hour`),
+/// The columns of the rollup tables, in order: the time column (`minute` or `hour`),
 /// `service`, `endpoint`, the extra dimensions, `source`, `requests`, `errors`,
 /// `recommendations`, the `requests_le_*` columns, and `hdr`.
 pub fn rollup_schema(table: Table, dimensions: &[String], thresholds: &[String]) -> SchemaRef {
@@ -161,7 +162,7 @@ impl RollupSource for Mutex<Aggregator> {
     }
 }
 
-/// A series with its rows: (first minute of the row's minute or hour, row).
+/// A series with its rows: (first minute of the row's minute, block or hour, row).
 pub type PreparedSeries = (SeriesKey, Source, Vec<(u64, Row)>);
 
 /// Rows prepared up front: the merged final hours `/metrics` keeps between scrapes, and the rows

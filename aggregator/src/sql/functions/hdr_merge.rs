@@ -13,7 +13,7 @@ use datafusion::logical_expr::{
     Accumulator, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature, TypeSignature, Volatility,
 };
 
-use crate::counts::Counts;
+use crate::counts::{Counts, is_plain_v2};
 
 /// The `hdr_merge` aggregate.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -177,6 +177,7 @@ impl GroupsAccumulator for HdrMergeGroups {
 
     fn size(&self) -> usize {
         std::mem::size_of_val(self)
+            + self.check.heap_size()
             + self
                 .groups
                 .iter()
@@ -186,9 +187,10 @@ impl GroupsAccumulator for HdrMergeGroups {
 }
 
 /// What one group has merged; `seen` tells an all-null group (NULL result) from an empty one. A
-/// group of one blob gives that blob back as it came, once it decodes: most `/metrics` segments
-/// are one row per series (a block, an hour, the open minute), and decoding, growing counts for
-/// and encoding them again would be most of their cost.
+/// group of one blob that is one plain V2 encoding gives it back as it came, once it decodes:
+/// most `/metrics` segments are one row per series (a block, an hour, the open minute), and
+/// growing counts for them and encoding them again would be most of their cost. A group of more
+/// blobs decodes its first one twice.
 #[derive(Debug, Default)]
 struct Merged {
     counts: Counts,
@@ -200,13 +202,14 @@ struct Merged {
 impl Merged {
     /// Adds `blob`; the first is decoded into `check` (cleared first) to be checked.
     fn add(&mut self, blob: &[u8], check: &mut Counts) -> Result<()> {
-        if !self.seen {
+        if !self.seen && is_plain_v2(blob) {
             check.reset();
             add_blob(check, blob, "hdr_merge")?;
             self.seen = true;
             self.only = Some(blob.to_vec());
             return Ok(());
         }
+        self.seen = true;
         if let Some(first) = self.only.take() {
             add_blob(&mut self.counts, &first, "hdr_merge")?;
         }
@@ -439,14 +442,21 @@ mod tests {
     fn a_lone_blob_is_still_checked() {
         let mut h = histogram::new_histogram(2).unwrap();
         histogram::record(&mut h, 5_000_000);
-        let mut blob = histogram::encode(&h).unwrap();
-        blob.truncate(20);
-        let array: ArrayRef = std::sync::Arc::new(BinaryArray::from_iter_values([&blob]));
-        let mut groups = HdrMergeGroups::default();
-        let e = groups.update_batch(&[array.clone()], &[0], None, 1).unwrap_err();
-        assert!(e.to_string().contains("hdr_merge"), "{e}");
-        let mut plain = HdrMergeAccumulator::default();
-        assert!(plain.update_batch(&[array]).is_err());
+        let good = histogram::encode(&h).unwrap();
+        // Cut short, and whole but with a lowest discernible value of 2.
+        let short = good[..20].to_vec();
+        let mut foreign = good.clone();
+        foreign[23] = 2;
+        for blob in [short, foreign] {
+            let array: ArrayRef = std::sync::Arc::new(BinaryArray::from_iter_values([&blob]));
+            let mut groups = HdrMergeGroups::default();
+            let e = groups
+                .update_batch(std::slice::from_ref(&array), &[0], None, 1)
+                .unwrap_err();
+            assert!(e.to_string().contains("hdr_merge"), "{e}");
+            let mut plain = HdrMergeAccumulator::default();
+            assert!(plain.update_batch(&[array]).is_err());
+        }
     }
 
     #[test]
