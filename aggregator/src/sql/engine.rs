@@ -731,6 +731,13 @@ struct Segment {
     to: u64,
 }
 
+impl Segment {
+    /// Whether `s` lies within this run of rows.
+    fn holds(&self, s: &Segment) -> bool {
+        self.part == s.part && self.from <= s.from && s.to <= self.to
+    }
+}
+
 // What a row of a window query's union is (its `part` column): a minute row, an hour row, a
 // kept row of merged final hours, or a block row.
 const MINUTE: i32 = 0;
@@ -788,11 +795,7 @@ fn segments(
     final_end: Option<u64>,
 ) -> (Vec<Segment>, Vec<Vec<usize>>) {
     let runs = window_runs(windows, now_nanos, final_end);
-    let covered = |s: &Segment| {
-        runs.iter()
-            .flatten()
-            .any(|r| r.part == s.part && r.from <= s.from && s.to <= r.to)
-    };
+    let covered = |s: &Segment| runs.iter().flatten().any(|r| r.holds(s));
     let mut segments = Vec::new();
     for part in [MINUTE, HOUR, MERGED, BLOCK] {
         let mut cuts: Vec<u64> = runs
@@ -817,11 +820,7 @@ fn segments(
         .iter()
         .map(|runs| {
             (0..segments.len())
-                .filter(|&i| {
-                    let s = &segments[i];
-                    runs.iter()
-                        .any(|r| r.part == s.part && r.from <= s.from && s.to <= r.to)
-                })
+                .filter(|&i| runs.iter().any(|r| r.holds(&segments[i])))
                 .collect()
         })
         .collect();
@@ -1226,14 +1225,8 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(11);
         // (minute, nanoseconds) of every request sent.
         let mut raw: Vec<(u64, u64)> = Vec::new();
-        let windows = [
-            Window::M1,
-            Window::M5,
-            Window::M30,
-            Window::H1,
-            Window::H2,
-            Window::H6,
-        ];
+        // 1m to 6h.
+        let windows = &Window::ALL[..6];
         let mut scrapes = 0;
         for step in 0..210 * 3u64 {
             let now = clock.now_nanos();
@@ -1254,11 +1247,11 @@ mod tests {
             assert_eq!(lock(&state).apply(&batch).accepted, batch.len() as u64);
             if step >= 150 * 3 && step % 3 == 1 {
                 scrapes += 1;
-                let snapshot = engine.snapshot(&windows).await.unwrap();
+                let snapshot = engine.snapshot(windows).await.unwrap();
                 let at = snapshot.at_unix_nanos;
                 let open = at / MINUTE_NANOS;
                 let series = &snapshot.series[0];
-                for window in windows {
+                for &window in windows {
                     let range = window.minute_range(at);
                     let mut values: Vec<u64> = raw
                         .iter()
