@@ -185,12 +185,13 @@ impl Counts {
             let spare = (len / 4).max(GROW_SLACK);
             self.counts.resize(len + spare, 0);
         } else {
+            // Shifted up in place, so counts reused from row to row keep their allocation.
             let spare = (self.counts.len() / 4).max(GROW_SLACK);
             let offset = index.saturating_sub(spare);
-            let mut counts = Vec::with_capacity(self.offset - offset + self.counts.len());
-            counts.resize(self.offset - offset, 0);
-            counts.extend_from_slice(&self.counts);
-            self.counts = counts;
+            let (shift, len) = (self.offset - offset, self.counts.len());
+            self.counts.resize(len + shift, 0);
+            self.counts.copy_within(..len, shift);
+            self.counts[..shift].fill(0);
             self.offset = offset;
         }
         index - self.offset
@@ -459,13 +460,29 @@ impl Counts {
         order.sort_unstable();
         let mut next = order.iter().peekable();
         let mut seen = 0u64;
-        for (i, &c) in self.counts.iter().enumerate() {
-            seen = seen.saturating_add(c);
-            while let Some((_, slot)) = next.next_if(|(rank, _)| seen >= *rank) {
-                out[*slot] = Some(layout.median_for(self.offset + i) as f64 / 1e9);
-            }
-            if next.peek().is_none() {
+        // Whole chunks short of the next rank are summed and skipped: most of a window's
+        // counts lie below its first quantile.
+        const CHUNK: usize = 64;
+        for (c, chunk) in self.counts.chunks(CHUNK).enumerate() {
+            let Some(&&(rank, _)) = next.peek() else {
                 break;
+            };
+            // Below a saturated total no sum of counts overflows, and a plain sum vectorizes.
+            let sum = if self.total < u64::MAX {
+                chunk.iter().fold(0u64, |a, &b| a.wrapping_add(b))
+            } else {
+                chunk.iter().fold(0u64, |a, &b| a.saturating_add(b))
+            };
+            if seen.saturating_add(sum) < rank {
+                seen = seen.saturating_add(sum);
+                continue;
+            }
+            for (i, &count) in chunk.iter().enumerate() {
+                seen = seen.saturating_add(count);
+                while let Some((_, slot)) = next.next_if(|(rank, _)| seen >= *rank) {
+                    let index = self.offset + c * CHUNK + i;
+                    out[*slot] = Some(layout.median_for(index) as f64 / 1e9);
+                }
             }
         }
         out
@@ -594,6 +611,27 @@ mod tests {
                 let i = layout.index_for(v);
                 assert_eq!(layout.value_for(i), h.lowest_equivalent(v), "value {v}");
                 assert_eq!(layout.median_for(i), h.median_equivalent(v), "value {v}");
+            }
+        }
+    }
+
+    #[test]
+    fn quantiles_are_the_nearest_rank_bucket_of_the_raw_values() {
+        let qs = [0.0, 0.001, 0.25, 0.5, 0.9, 0.99, 0.999, 1.0];
+        for (seed, n) in [(1, 1), (2, 7), (3, 64), (4, 1_000), (5, 30_000)] {
+            let mut values = random_values(seed, n);
+            // Counts grown down as well as up.
+            let mut counts = Counts::with_precision(3).unwrap();
+            for &v in &values {
+                counts.record_n(v, 1).unwrap();
+            }
+            values.sort_unstable();
+            let layout = Layout::new(3).unwrap();
+            for (q, got) in qs.into_iter().zip(counts.quantiles_seconds(qs)) {
+                let rank = ((q * n as f64) - 1e-9).ceil().clamp(1.0, n as f64) as usize;
+                let exact = values[rank - 1];
+                let want = layout.median_for(layout.index_for(exact)) as f64 / 1e9;
+                assert_eq!(got, Some(want), "n {n}, q {q}");
             }
         }
     }

@@ -269,7 +269,7 @@ impl QueryEngine {
         // old final hours: then the snapshot is taken again (it takes a series churning at the
         // cap right at a scrape) and, the last time, without kept hours.
         let mut attempts = 0;
-        let (at, counters, dimension_labels, windows, held, batches) = loop {
+        let (at, counters, dimension_labels, mut per_series) = loop {
             attempts += 1;
             let (at, counters, dimension_labels, first_open) = {
                 let state = lock(&self.state);
@@ -296,17 +296,39 @@ impl QueryEngine {
             }
             let end = final_hours.as_ref().map(|_| final_end(at, first_open));
             let (plan_windows, dimensions) = (windows.clone(), dimension_labels.clone());
-            let (plan_windows, held, batches) = self
+            let per_series = self
                 .run(
                     self.internal_runtime.as_ref(),
                     async move {
                         if plan_windows.is_empty() {
-                            return Ok((plan_windows, Vec::new(), Vec::new()));
+                            return Ok(HashMap::new());
                         }
                         let (df, held) =
                             window_plan(&ctx, &plan_windows, &dimensions, at, end).await?;
-                        let batches = df.collect().await.map_err(classify)?;
-                        Ok((plan_windows, held, batches))
+                        let keys = 2 + dimensions.len();
+                        let merge = Arc::new(WindowMerge::new(plan_windows, held, keys));
+                        // Each output partition's series are merged into windows on its own
+                        // task, as its batches come.
+                        let mut tasks = tokio::task::JoinSet::new();
+                        for mut stream in df.execute_stream_partitioned().await.map_err(classify)? {
+                            let merge = merge.clone();
+                            tasks.spawn(async move {
+                                let mut scratch = merge.scratch();
+                                let mut out = Vec::new();
+                                while let Some(batch) = stream.next().await {
+                                    merge.add(&batch.map_err(classify)?, &mut scratch, &mut out)?;
+                                }
+                                Ok::<_, Error>(out)
+                            });
+                        }
+                        let mut per_series = HashMap::new();
+                        while let Some(done) = tasks.join_next().await {
+                            let out = done.map_err(|e| {
+                                Error::QueryInternal(format!("window task failed: {e}"))
+                            })??;
+                            per_series.extend(out);
+                        }
+                        Ok(per_series)
                     },
                     self.config.timeout,
                 )
@@ -318,50 +340,13 @@ impl QueryEngine {
                     .any(|key| rows.contains(key))
             });
             if !stale {
-                break (at, counters, dimension_labels, plan_windows, held, batches);
+                break (at, counters, dimension_labels, per_series);
             }
         };
-        let mut per_series: HashMap<SeriesKey, Vec<WindowQuantiles>> = HashMap::new();
-        let mut counts = Counts::new();
-        let mut merged = vec![Counts::new(); held.iter().flatten().max().map_or(0, |m| m + 1)];
-        // Windows by how many segments they hold.
-        let mut order: Vec<usize> = (0..windows.len()).collect();
-        order.sort_by_key(|&w| held[w].len());
-        let keys = 2 + dimension_labels.len();
-        for batch in batches {
-            for (row, key) in series_keys(&batch, keys).into_iter().enumerate() {
-                // Each segment decoded once, then added into every window that holds it.
-                for (i, segment) in merged.iter_mut().enumerate() {
-                    segment.reset();
-                    let blobs = batch.column(keys + i).as_binary::<i32>();
-                    if !blobs.is_null(row) {
-                        segment.add_encoded(blobs.value(row))?;
-                    }
-                }
-                // Each window starts from the one before when it holds all of that one's
-                // segments (1m within 5m when both read minutes), else from nothing.
-                let entry = per_series.entry(key).or_default();
-                let mut summed: &[usize] = &[];
-                counts.reset();
-                for &w in &order {
-                    let segments = &held[w];
-                    if !summed.iter().all(|i| segments.contains(i)) {
-                        counts.reset();
-                        summed = &[];
-                    }
-                    for &i in segments.iter().filter(|i| !summed.contains(i)) {
-                        counts.merge(&merged[i])?;
-                    }
-                    summed = segments;
-                    entry.extend(WindowQuantiles::from_counts(windows[w], &counts));
-                }
-            }
-        }
         let series = counters
             .into_iter()
             .map(|c| {
-                let mut windows = per_series.remove(&c.key).unwrap_or_default();
-                windows.sort_by_key(|w| w.window);
+                let windows = per_series.remove(&c.key).unwrap_or_default();
                 SeriesSnapshot {
                     key: c.key,
                     totals: c.totals,
@@ -390,6 +375,85 @@ fn series_keys(batch: &RecordBatch, keys: usize) -> Vec<SeriesKey> {
             dimensions: strings[2..].iter().map(|s| s.value(row).into()).collect(),
         })
         .collect()
+}
+
+/// Merges a window query's segment columns into each window's quantiles, per series.
+struct WindowMerge {
+    windows: Vec<Window>,
+    /// Per window, the segments it merges.
+    held: Vec<Vec<usize>>,
+    /// Windows by how many segments they hold.
+    order: Vec<usize>,
+    /// Key columns before the segment columns.
+    keys: usize,
+}
+
+/// What a [`WindowMerge`] task reuses from row to row: each segment's counts, and a window's.
+struct MergeScratch {
+    segments: Vec<Counts>,
+    window: Counts,
+}
+
+impl WindowMerge {
+    fn new(windows: Vec<Window>, held: Vec<Vec<usize>>, keys: usize) -> Self {
+        let mut order: Vec<usize> = (0..windows.len()).collect();
+        order.sort_by_key(|&w| held[w].len());
+        Self {
+            windows,
+            held,
+            order,
+            keys,
+        }
+    }
+
+    fn scratch(&self) -> MergeScratch {
+        let segments = self.held.iter().flatten().max().map_or(0, |m| m + 1);
+        MergeScratch {
+            segments: vec![Counts::new(); segments],
+            window: Counts::new(),
+        }
+    }
+
+    /// Adds each series of `batch` (keys, then one merged column per segment) to `out` with its
+    /// windows' quantiles.
+    fn add(
+        &self,
+        batch: &RecordBatch,
+        scratch: &mut MergeScratch,
+        out: &mut Vec<(SeriesKey, Vec<WindowQuantiles>)>,
+    ) -> Result<()> {
+        let MergeScratch { segments, window } = scratch;
+        for (row, key) in series_keys(batch, self.keys).into_iter().enumerate() {
+            // Each segment decoded once, then added into every window that holds it.
+            for (i, segment) in segments.iter_mut().enumerate() {
+                segment.reset();
+                let blobs = batch.column(self.keys + i).as_binary::<i32>();
+                if !blobs.is_null(row) {
+                    segment.add_encoded(blobs.value(row))?;
+                }
+            }
+            // Each window starts from the one before when it holds all of that one's
+            // segments (1m within 5m when both read minutes), else from nothing.
+            let mut quantiles = Vec::with_capacity(self.windows.len());
+            let mut summed: &[usize] = &[];
+            window.reset();
+            for &w in &self.order {
+                let held = &self.held[w];
+                if !summed.iter().all(|i| held.contains(i)) {
+                    window.reset();
+                    summed = &[];
+                }
+                for &i in held.iter().filter(|i| !summed.contains(i)) {
+                    window.merge(&segments[i])?;
+                }
+                summed = held;
+                quantiles.extend(WindowQuantiles::from_counts(self.windows[w], window));
+            }
+            quantiles.sort_by_key(|w| w.window);
+            out.push((key, quantiles));
+        }
+        Ok(())
+    }
 }
 
 /// The internal table of merged final hours in a `/metrics` session.
