@@ -8,12 +8,13 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use recmeter_aggregator::{AggregatorHandle, Clock, Hooks, QueryEngine, Telemetry};
 use recmeter_collector::sources::otlp::{
     ServeOptions, SpanRules, TraceIngest, serve_grpc, serve_http,
 };
+use recmeter_exporter::api::METRICS_WINDOWS;
 use recmeter_exporter::{ApiState, serve_api};
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -153,6 +154,10 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
         async move { serve_api(api, state, done).await.map_err(Error::from) }
     });
 
+    // `/metrics`' long windows' final hours are merged before ready, then kept up to date
+    // ahead of scrapes (ADR 008).
+    engine.prepare(&METRICS_WINDOWS).await?;
+    let preparing = tokio::spawn(keep_prepared(engine.clone()));
     ready.store(true, Ordering::Release);
     if let Some(path) = &args.ready_file {
         write_ready_file(path, &addresses)?;
@@ -180,6 +185,7 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
     };
     ready.store(false, Ordering::Release);
     let _ = shutdown_tx.send(true);
+    preparing.abort();
     if let Some(demo) = demo {
         demo.stop().await;
     }
@@ -202,6 +208,19 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
     }
     tracing::info!("recmeter stopped.");
     outcome
+}
+
+/// Every second, merges or moves on the final hours of `/metrics`' long windows when the clock
+/// has made an hour final or moved a window's first hour, so scrapes seldom wait for it.
+async fn keep_prepared(engine: Arc<QueryEngine>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = engine.prepare(&METRICS_WINDOWS).await {
+            tracing::warn!(error = %e, "Cannot merge the final hours ahead of scrapes; scrapes will.");
+        }
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

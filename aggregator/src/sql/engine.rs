@@ -59,6 +59,9 @@ pub struct QueryEngine {
     internal: Arc<RuntimeEnv>,
     /// The long windows' final hours merged per series, kept between scrapes.
     final_hours: parking_lot::Mutex<Option<Arc<FinalHours>>>,
+    /// Held while the final hours are checked, merged or moved on, so a scrape and
+    /// [`QueryEngine::prepare`] at the same moment do the work once.
+    merging: tokio::sync::Mutex<()>,
 }
 
 /// The whole hours of each long window that can no longer change, merged per series by the
@@ -161,6 +164,7 @@ impl QueryEngine {
             limited,
             internal: internal_env,
             final_hours: parking_lot::Mutex::new(None),
+            merging: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -255,22 +259,41 @@ impl QueryEngine {
             .map_err(|e| Error::QueryInternal(format!("query task failed: {e}")))?
     }
 
+    /// Merges the final hours of the long windows among `windows` at the clock's reading, or
+    /// moves the kept ones on, ahead of the next scrape of those windows (ADR 008). The service
+    /// runs it before it reports ready and then every second, so a scrape finds them merged
+    /// unless it comes within about a second of an hour becoming final or a window's first
+    /// hour moving; then it waits for the one merge under way.
+    pub async fn prepare(&self, windows: &[Window]) -> Result<()> {
+        let windows = distinct(windows);
+        let _merging = self.merging.lock().await;
+        let (at, dimension_labels, first_open) = {
+            let state = lock(&self.state);
+            let at = state.clock().now_nanos();
+            let labels = state.dimension_labels().to_vec();
+            (at, labels, state.first_open_minute(at))
+        };
+        self.final_hours(&windows, at, first_open, &dimension_labels)
+            .await
+            .map(|_| ())
+    }
+
     /// Counters of every series, and each of `windows` merged from the rollup tables with
     /// `hdr_merge`, by DESIGN's window rule: minute-exact windows from `latency_minutes` and
     /// the ten-minute blocks, longer ones as whole hours from `latency_hours` plus the current
     /// hour's blocks (see [`window_runs`]). Every window ends with the open minute at one clock
     /// reading, so future-stamped spans (within `ingest.max_future_skew`) wait for their minute.
     pub async fn snapshot(&self, windows: &[Window]) -> Result<Snapshot> {
-        // Each window once: the kept final hours are told apart by their window's first hour.
-        let mut windows = windows.to_vec();
-        windows.sort_unstable();
-        windows.dedup();
+        let windows = distinct(windows);
         // A series forgotten at the cap and back while the query ran would be merged with its
         // old final hours: then the snapshot is taken again (it takes a series churning at the
         // cap right at a scrape) and, the last time, without kept hours.
         let mut attempts = 0;
         let (at, counters, dimension_labels, mut per_series) = loop {
             attempts += 1;
+            // The clock is read once the final hours are free, so a merge for a later minute
+            // that ran meanwhile is not undone.
+            let merging = self.merging.lock().await;
             let (at, counters, dimension_labels, first_open) = {
                 let state = lock(&self.state);
                 let at = state.clock().now_nanos();
@@ -288,6 +311,7 @@ impl QueryEngine {
                 }
                 _ => None,
             };
+            drop(merging);
             let ctx = self.metrics_context(at);
             if let Some((rows, _)) = &final_hours {
                 let table = RollupTable::new(Table::Hours, rows.clone());
@@ -456,6 +480,14 @@ impl WindowMerge {
     }
 }
 
+/// Each window once, in order: the kept final hours are told apart by their window's first hour.
+fn distinct(windows: &[Window]) -> Vec<Window> {
+    let mut windows = windows.to_vec();
+    windows.sort_unstable();
+    windows.dedup();
+    windows
+}
+
 /// The internal table of merged final hours in a `/metrics` session.
 const FINAL_HOURS: &str = "final_hours";
 
@@ -473,6 +505,7 @@ impl QueryEngine {
     /// (without any series created since they were merged), else the kept ones moved on when
     /// that reads less (see [`FinalHours::can_advance_to`]), else merged anew from
     /// `latency_hours`; kept either way. `None` when no long window starts before the final hours end.
+    /// Callers hold `merging`.
     async fn final_hours(
         &self,
         windows: &[Window],
@@ -1215,10 +1248,23 @@ mod tests {
             assert_eq!(lock(&state).apply(&batch).accepted, batch.len() as u64);
             if minute >= 25 * 60 && (minute % 7 < 2 || matches!(minute % 60, 58 | 59 | 0 | 1)) {
                 scrapes += 1;
+                // When an hour becomes final, the service's `prepare` moves the kept hours on
+                // ahead of the scrape, which then reads them as they are.
+                let prepared = if minute % 60 == 0 {
+                    engine.prepare(&windows).await.unwrap();
+                    engine.final_hours.lock().clone()
+                } else {
+                    None
+                };
                 let snapshot = engine.snapshot(&windows).await.unwrap();
                 let at = snapshot.at_unix_nanos;
                 let kept = engine.final_hours.lock().clone();
                 let kept = kept.unwrap_or_else(|| panic!("none kept at minute {minute}"));
+                if let Some(prepared) = prepared {
+                    // Merged anew at the first scrape, moved on after.
+                    assert_eq!(prepared.advanced, minute > 25 * 60, "minute {minute}");
+                    assert!(Arc::ptr_eq(&prepared.rows, &kept.rows), "minute {minute}");
+                }
                 if let Some(last) = last_kept.replace(kept.clone())
                     && last.covers(&kept.starts, kept.end)
                 {
@@ -1267,7 +1313,7 @@ mod tests {
             "{scrapes} scrapes, {reused} reused"
         );
         // Merged at the first scrape (minute 1500), then moved on as windows' starts moved
-        // (minutes 1559 and 1619) and an hour became final (minute 1560).
+        // (minutes 1559 and 1619) and an hour became final (minute 1560, by `prepare`).
         assert_eq!(covers.len(), 4);
         assert_eq!(advanced.len(), 3);
     }
