@@ -635,17 +635,35 @@ impl QueryEngine {
             )
         };
         let (kept, starts, dims) = (kept.clone(), starts.to_vec(), dimensions.to_vec());
+        let parts = self.target_partitions;
         self.run(
             self.internal_runtime.as_ref(),
             async move {
-                let reborn: HashSet<SeriesKey> = born.into_iter().collect();
-                let moved = Moved {
-                    live: &live,
-                    reborn: &reborn,
-                    removed: &removed,
-                    added: &added,
-                };
-                let series = moved.series(&kept, &starts)?;
+                let moved = Arc::new(Moved {
+                    live,
+                    reborn: born.into_iter().collect(),
+                    removed,
+                    added,
+                });
+                // The series split in one run per query thread.
+                let chunk = moved.live.len().div_ceil(parts).max(1);
+                let mut tasks = tokio::task::JoinSet::new();
+                for (part, from) in (0..moved.live.len()).step_by(chunk).enumerate() {
+                    let (moved, kept, starts) = (moved.clone(), kept.clone(), starts.clone());
+                    let to = (from + chunk).min(moved.live.len());
+                    tasks.spawn(async move {
+                        let series = moved.series(&moved.live[from..to], &kept, &starts);
+                        series.map(|s| (part, s))
+                    });
+                }
+                let mut parts = Vec::new();
+                while let Some(done) = tasks.join_next().await {
+                    parts.push(done.map_err(|e| {
+                        Error::QueryInternal(format!("moving the kept hours on failed: {e}"))
+                    })??);
+                }
+                parts.sort_unstable_by_key(|(part, _)| *part);
+                let series = parts.into_iter().flat_map(|(_, s)| s).collect();
                 Ok(FinalHours {
                     end,
                     starts,
@@ -689,26 +707,31 @@ impl RowVisitor for HourRows {
 }
 
 /// What moving kept rows on reads from the state, in one hold of its lock.
-struct Moved<'a> {
+struct Moved {
     /// Every series held.
-    live: &'a [SeriesKey],
+    live: Vec<SeriesKey>,
     /// Series created since the kept rows were checked: their kept rows are old.
-    reborn: &'a HashSet<SeriesKey>,
+    reborn: HashSet<SeriesKey>,
     /// Per window, the hours its start left behind.
-    removed: &'a [HourRows],
+    removed: Vec<HourRows>,
     /// The hours become final.
-    added: &'a HourRows,
+    added: HourRows,
 }
 
-impl Moved<'_> {
-    /// The rows of `kept` moved on to `starts`: for each live series and window, the kept row
+impl Moved {
+    /// The rows of `kept` moved on to `starts`: for each of `live` and each window, the kept row
     /// (unless the series is reborn) minus the window's rows `removed`, plus the rows `added`
     /// from its new start on; a row with nothing to take away or add is kept as it is. A window
     /// left with nothing counted gets no row.
-    fn series(&self, kept: &FinalHours, starts: &[u64]) -> Result<Vec<PreparedSeries>> {
+    fn series(
+        &self,
+        live: &[SeriesKey],
+        kept: &FinalHours,
+        starts: &[u64],
+    ) -> Result<Vec<PreparedSeries>> {
         let (mut counts, mut minus) = (Counts::new(), Counts::new());
         let mut out = Vec::new();
-        for key in self.live {
+        for key in live {
             let old = kept.rows.get(key).filter(|_| !self.reborn.contains(key));
             let mut rows = Vec::new();
             for (i, (&start, &old_start)) in starts.iter().zip(&kept.starts).enumerate() {
