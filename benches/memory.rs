@@ -3,7 +3,8 @@
 //! memory), then 21 more hours (a day of history: 3 h of minutes, hours before), ending 30 s
 //! into minute 58 of an hour with traffic in the open minute. Prints resident memory after each
 //! phase. Then, as `recmeter serve` does before it reports ready, merges the 1d window's final
-//! hours (`QueryEngine::prepare`, ADR 008), and renders `/metrics` (windows 1m, 5m, 1h and 1d
+//! hours (`QueryEngine::prepare`, ADR 008; with history in memory only, `serve` starts with
+//! none to merge, so this matters once history is restored from storage), and renders `/metrics` (windows 1m, 5m, 1h and 1d
 //! through the SQL engine, then the text exposition) as a scraper would see it, with traffic in
 //! between (untimed, so every open minute is encoded again, as between real scrapes):
 //! - once at minute 58;
@@ -179,6 +180,18 @@ fn main() {
     for _ in 0..per_minute {
         one_request_each(&state, &clock, &keys, &mut rng);
     }
+    // As `recmeter serve` does before it reports ready: the long windows' final hours merged
+    // (ADR 008).
+    let t = Instant::now();
+    runtime
+        .block_on(engine.prepare(&METRICS_WINDOWS))
+        .unwrap_or_else(|e| panic!("prepare: {e}"));
+    let prepared = t.elapsed().as_secs_f64();
+    println!(
+        "final hours merged before ready: {prepared:.2} s; rss {:.0} MiB, peak {:.0} MiB",
+        rss_mib("VmRSS:"),
+        rss_mib("VmHWM:")
+    );
     // What ingest would feel: the longest wait for the state lock while renders run.
     let stop = Arc::new(AtomicBool::new(false));
     let prober = {
@@ -194,18 +207,6 @@ fn main() {
             longest
         })
     };
-    // As `recmeter serve` does before it reports ready: the long windows' final hours merged
-    // (ADR 008).
-    let t = Instant::now();
-    runtime
-        .block_on(engine.prepare(&METRICS_WINDOWS))
-        .unwrap_or_else(|e| panic!("prepare: {e}"));
-    let prepared = t.elapsed().as_secs_f64();
-    println!(
-        "final hours merged before ready: {prepared:.2} s; rss {:.0} MiB, peak {:.0} MiB",
-        rss_mib("VmRSS:"),
-        rss_mib("VmHWM:")
-    );
     let first = render_once("first, minute 58", &runtime, &engine, &telemetry);
     // On to minute 59 (the 1d window's first hour moves: the kept hours move on), a minute of
     // traffic on the way, then renders with a request per series between them, as in service:

@@ -155,8 +155,10 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
     });
 
     // `/metrics`' long windows' final hours are merged before ready, then kept up to date
-    // ahead of scrapes (ADR 008).
-    engine.prepare(&METRICS_WINDOWS).await?;
+    // ahead of scrapes (ADR 008). Only ahead: a scrape merges them itself when they are not.
+    if let Err(e) = engine.prepare(&METRICS_WINDOWS).await {
+        tracing::warn!(error = %e, "Cannot merge the final hours before ready; scrapes will.");
+    }
     let preparing = tokio::spawn(keep_prepared(engine.clone()));
     ready.store(true, Ordering::Release);
     if let Some(path) = &args.ready_file {
@@ -215,10 +217,20 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
 async fn keep_prepared(engine: Arc<QueryEngine>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
     loop {
         tick.tick().await;
-        if let Err(e) = engine.prepare(&METRICS_WINDOWS).await {
-            tracing::warn!(error = %e, "Cannot merge the final hours ahead of scrapes; scrapes will.");
+        // Said once when it starts failing and once when it works again, not every second.
+        match engine.prepare(&METRICS_WINDOWS).await {
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "Cannot merge the final hours ahead of scrapes; scrapes will.");
+            }
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("Merging the final hours ahead of scrapes again.");
+            }
+            _ => {}
         }
     }
 }

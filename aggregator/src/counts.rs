@@ -267,6 +267,28 @@ impl Counts {
         Ok(())
     }
 
+    /// Checks that `bytes` is a run of whole back-to-back V2 encodings, deflated or not, by
+    /// their headers alone (the counts are checked when they are added).
+    pub fn check_framing(mut bytes: &[u8]) -> Result<()> {
+        while !bytes.is_empty() {
+            let (header, len) = match read_u32(bytes, 0)? {
+                V2_COOKIE => (V2_HEADER, read_u32(bytes, 4)?),
+                V2_DEFLATE_COOKIE => (8, read_u32(bytes, 4)?),
+                other => {
+                    return Err(corrupt(&format!(
+                        "not an HdrHistogram V2 encoding (cookie {other:#010x})"
+                    )));
+                }
+            };
+            let end = header
+                .checked_add(len as usize)
+                .filter(|end| *end <= bytes.len())
+                .ok_or_else(|| corrupt("the encoding runs past the end"))?;
+            bytes = &bytes[end..];
+        }
+        Ok(())
+    }
+
     /// Adds every histogram of a run of back-to-back V2 encodings, deflated or not.
     pub fn add_encoded(&mut self, mut bytes: &[u8]) -> Result<()> {
         while !bytes.is_empty() {

@@ -292,8 +292,13 @@ impl QueryEngine {
         let (at, counters, dimension_labels, mut per_series) = loop {
             attempts += 1;
             // The clock is read once the final hours are free, so a merge for a later minute
-            // that ran meanwhile is not undone.
-            let merging = self.merging.lock().await;
+            // that ran meanwhile is not undone. Only long windows have final hours, and the last
+            // attempt goes without them.
+            let long = windows.iter().any(|w| !w.is_minute_exact());
+            let merging = match (long, attempts) {
+                (true, 1 | 2) => Some(self.merging.lock().await),
+                _ => None,
+            };
             let (at, counters, dimension_labels, first_open) = {
                 let state = lock(&self.state);
                 let at = state.clock().now_nanos();
@@ -635,7 +640,7 @@ impl QueryEngine {
             )
         };
         let (kept, starts, dims) = (kept.clone(), starts.to_vec(), dimensions.to_vec());
-        let parts = self.target_partitions;
+        let threads = self.target_partitions;
         self.run(
             self.internal_runtime.as_ref(),
             async move {
@@ -646,7 +651,7 @@ impl QueryEngine {
                     added,
                 });
                 // The series split in one run per query thread.
-                let chunk = moved.live.len().div_ceil(parts).max(1);
+                let chunk = moved.live.len().div_ceil(threads).max(1);
                 let mut tasks = tokio::task::JoinSet::new();
                 for (part, from) in (0..moved.live.len()).step_by(chunk).enumerate() {
                     let (moved, kept, starts) = (moved.clone(), kept.clone(), starts.clone());
@@ -1279,7 +1284,16 @@ mod tests {
                 } else {
                     None
                 };
-                let snapshot = engine.snapshot(&windows).await.unwrap();
+                // When a window's first hour moves, a scrape races the service's `prepare`: one
+                // of them moves the kept hours on, the other reads them.
+                let snapshot = if minute % 60 == 59 {
+                    let (prepared, snapshot) =
+                        tokio::join!(engine.prepare(&windows), engine.snapshot(&windows));
+                    prepared.unwrap();
+                    snapshot.unwrap()
+                } else {
+                    engine.snapshot(&windows).await.unwrap()
+                };
                 let at = snapshot.at_unix_nanos;
                 let kept = engine.final_hours.lock().clone();
                 let kept = kept.unwrap_or_else(|| panic!("none kept at minute {minute}"));

@@ -187,31 +187,40 @@ impl GroupsAccumulator for HdrMergeGroups {
     }
 }
 
-/// Bytes of blobs a group holds before it merges them into one encoding.
+/// Bytes of blobs a group takes in before it merges them with what it holds into one
+/// encoding.
 const FOLD_BYTES: usize = 32 * 1024;
 
 /// What one group has merged: its blobs back to back (V2 encodings, plain or deflated, as
-/// `Counts::add_encoded` reads them), merged into one encoding whenever they pass
-/// [`FOLD_BYTES`]. `seen` tells an all-null group (NULL result) from an empty one. Each blob is
-/// decoded once, at a fold or at emit, which is also where a bad blob is an error. A group
-/// that ends with one plain V2 encoding gives it back as it came, once it decodes: most
-/// `/metrics` segments are one row per series (a block, an hour, the open minute).
+/// `Counts::add_encoded` reads them), merged into one encoding whenever [`FOLD_BYTES`] more
+/// have come since the last merge. `seen` tells an all-null group (NULL result) from an empty
+/// one. A blob's framing (whole encodings) is checked as it comes; its counts are decoded at a
+/// merge or at emit, which is where bad counts are an error. Each blob is decoded once, a
+/// merged encoding once per merge it takes part in. A group that ends with one plain V2
+/// encoding gives it back as it came, once it decodes: most `/metrics` segments are one row per
+/// series (a block, an hour, the open minute).
 #[derive(Debug, Default)]
 struct Merged {
     blobs: Vec<u8>,
     /// Encodings in `blobs`.
     count: usize,
+    /// Length of the merged encoding `blobs` starts with (0 before the first merge).
+    merged: usize,
     seen: bool,
 }
 
 impl Merged {
     fn add(&mut self, blob: &[u8], scratch: &mut Counts) -> Result<()> {
+        if let Err(e) = Counts::check_framing(blob) {
+            return exec_err!("hdr_merge: {e}");
+        }
         self.seen = true;
         self.blobs.extend_from_slice(blob);
         self.count += 1;
-        if self.blobs.len() > FOLD_BYTES && self.count > 1 {
+        if self.blobs.len() - self.merged > FOLD_BYTES && self.count > 1 {
             let mut folded = Vec::new();
             self.encode_into(&mut folded, scratch)?;
+            self.merged = folded.len();
             self.blobs = folded;
             self.count = 1;
         }
@@ -471,6 +480,74 @@ mod tests {
                     .and_then(|()| plain.evaluate())
                     .is_err()
             );
+        }
+    }
+
+    /// One group takes in several times `FOLD_BYTES` of blobs, in batches, between the rows of
+    /// another group: its counts and quantiles are the raw values' (nearest rank, as the middle
+    /// of its HDR bucket by the `hdrhistogram` crate).
+    #[test]
+    fn a_group_past_the_fold_keeps_every_count() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut raw = [Vec::new(), Vec::new()];
+        let mut acc = HdrMergeGroups::default();
+        for _ in 0..40 {
+            let mut blobs = Vec::new();
+            let mut groups = Vec::new();
+            for _ in 0..10 {
+                let group = usize::from(rng.random_range(0..4) == 0);
+                let values = durations(&mut rng, 200, 0.05, 2.0, 0.05, 1.0);
+                let mut h = histogram::new_histogram(3).unwrap();
+                for &v in &values {
+                    histogram::record(&mut h, v);
+                }
+                blobs.push(histogram::encode(&h).unwrap());
+                raw[group].extend(values);
+                groups.push(group);
+            }
+            let array: ArrayRef = std::sync::Arc::new(BinaryArray::from_iter_values(blobs.iter()));
+            acc.update_batch(&[array], &groups, None, 2).unwrap();
+        }
+        assert!(acc.groups[0].merged > 0, "the group never merged its blobs");
+        let out = acc.evaluate(EmitTo::All).unwrap();
+        let out = out.as_binary::<i32>();
+        let crate_h = histogram::new_histogram(3).unwrap();
+        for (group, values) in raw.iter_mut().enumerate() {
+            values.sort_unstable();
+            let mut counts = Counts::new();
+            counts.add_encoded(out.value(group)).unwrap();
+            assert_eq!(counts.total(), values.len() as u64, "group {group}");
+            for q in QUANTILES {
+                let exact = nearest_rank(values, q);
+                let want = crate_h.median_equivalent(exact) as f64 / 1e9;
+                assert_eq!(
+                    counts.quantile_seconds(q),
+                    Some(want),
+                    "group {group} q {q}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_bad_blob_among_good_ones_is_an_error() {
+        let mut h = histogram::new_histogram(2).unwrap();
+        histogram::record(&mut h, 5_000_000);
+        let good = histogram::encode(&h).unwrap();
+        let mut foreign = good.clone();
+        foreign[23] = 2;
+        // Cut short: refused as it comes, before it can run into the next blob.
+        let short = good[..good.len() - 1].to_vec();
+        for (bad, at_update) in [(short, true), (foreign, false)] {
+            let array: ArrayRef =
+                std::sync::Arc::new(BinaryArray::from_iter_values([&good, &bad, &good]));
+            let mut groups = HdrMergeGroups::default();
+            let added = groups.update_batch(&[array], &[0, 0, 0], None, 1);
+            assert_eq!(added.is_err(), at_update);
+            let e = added
+                .and_then(|()| groups.evaluate(EmitTo::All))
+                .unwrap_err();
+            assert!(e.to_string().contains("hdr_merge"), "{e}");
         }
     }
 
