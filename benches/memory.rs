@@ -4,9 +4,10 @@
 //! into minute 58 of an hour with traffic in the open minute. Prints resident memory after each
 //! phase. Then, as `recmeter serve` does before it reports ready, merges the 1d window's final
 //! hours (`QueryEngine::prepare`, ADR 008; with history in memory only, `serve` starts with
-//! none to merge, so this matters once history is restored from storage), and renders `/metrics` (windows 1m, 5m, 1h and 1d
-//! through the SQL engine, then the text exposition) as a scraper would see it, with traffic in
-//! between (untimed, so every open minute is encoded again, as between real scrapes):
+//! none to merge, so this matters once history is restored from storage), and renders
+//! `/metrics` (windows 1m, 5m, 1h and 1d through the SQL engine, then the text exposition) as a
+//! scraper would see it, with traffic in between (untimed, so every open minute is encoded
+//! again, as between real scrapes):
 //! - once at minute 58;
 //! - nine times (`BENCH_RENDERS`) 30 s into minute 59, the dearest instant for the 1d window
 //!   (23 whole hours and 59 minutes); the first of them moves the kept hours on itself, since

@@ -156,10 +156,14 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
 
     // `/metrics`' long windows' final hours are merged before ready, then kept up to date
     // ahead of scrapes (ADR 008). Only ahead: a scrape merges them itself when they are not.
-    if let Err(e) = engine.prepare(&METRICS_WINDOWS).await {
-        tracing::warn!(error = %e, "Cannot merge the final hours before ready; scrapes will.");
-    }
-    let preparing = tokio::spawn(keep_prepared(engine.clone()));
+    let failing = match engine.prepare(&METRICS_WINDOWS).await {
+        Ok(()) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot merge the final hours before ready; scrapes will.");
+            true
+        }
+    };
+    let preparing = tokio::spawn(keep_prepared(engine.clone(), failing));
     ready.store(true, Ordering::Release);
     if let Some(path) = &args.ready_file {
         write_ready_file(path, &addresses)?;
@@ -214,10 +218,12 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
 
 /// Every second, merges or moves on the final hours of `/metrics`' long windows when the clock
 /// has made an hour final or moved a window's first hour, so scrapes seldom wait for it.
-async fn keep_prepared(engine: Arc<QueryEngine>) {
+/// `failing` tells whether the last attempt failed.
+async fn keep_prepared(engine: Arc<QueryEngine>, mut failing: bool) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
+    // The first tick is immediate; the last attempt was just made.
+    tick.tick().await;
     loop {
         tick.tick().await;
         // Said once when it starts failing and once when it works again, not every second.

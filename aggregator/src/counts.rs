@@ -659,6 +659,34 @@ mod tests {
     }
 
     #[test]
+    fn framing_takes_whole_encodings_only() {
+        let mut h = histogram::new_histogram(2).unwrap();
+        histogram::record(&mut h, 5_000_000);
+        let plain = histogram::encode(&h).unwrap();
+        let deflated = histogram::encode_deflated(&h).unwrap();
+        let both = [plain.clone(), deflated.clone(), plain.clone()].concat();
+        for ok in [&[][..], &plain, &deflated, &both] {
+            assert!(Counts::check_framing(ok).is_ok());
+        }
+        let mut huge = plain.clone();
+        huge[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
+        let mut trailing = plain.clone();
+        trailing.push(0);
+        let bad = [
+            plain[..1].to_vec(),
+            plain[..7].to_vec(),
+            plain[..plain.len() - 1].to_vec(),
+            deflated[..deflated.len() - 1].to_vec(),
+            [0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 0].to_vec(),
+            huge,
+            trailing,
+        ];
+        for (i, blob) in bad.iter().enumerate() {
+            assert!(Counts::check_framing(blob).is_err(), "case {i}");
+        }
+    }
+
+    #[test]
     fn decodes_crate_encodings_and_encodes_identically() {
         for digits in [2, 3] {
             let values = random_values(7, 5_000);

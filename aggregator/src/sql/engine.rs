@@ -510,7 +510,7 @@ impl QueryEngine {
     /// (without any series created since they were merged), else the kept ones moved on when
     /// that reads less (see [`FinalHours::can_advance_to`]), else merged anew from
     /// `latency_hours`; kept either way. `None` when no long window starts before the final hours end.
-    /// Callers hold `merging`.
+    /// Callers with long windows among `windows` hold `merging`.
     async fn final_hours(
         &self,
         windows: &[Window],
@@ -1220,6 +1220,27 @@ mod tests {
             state,
             clock,
         )
+    }
+
+    /// A scrape of long windows waits while the final hours are being merged (here: the lock
+    /// held), and goes on once they are; a scrape of minute-exact windows only does not wait.
+    #[tokio::test]
+    async fn only_scrapes_of_long_windows_wait_for_a_merge_under_way() {
+        let (engine, state, clock) = engine(10);
+        let now = clock.now_nanos();
+        lock(&state).apply(&[request("a", now, 5_000_000)]);
+        let waiting = Duration::from_millis(300);
+        let merge = engine.merging.lock().await;
+        let short = tokio::time::timeout(waiting, engine.snapshot(&[Window::M1, Window::H1]));
+        assert_eq!(short.await.unwrap().unwrap().series.len(), 1);
+        let long = tokio::time::timeout(waiting, engine.snapshot(&[Window::M1, Window::D1]));
+        assert!(
+            long.await.is_err(),
+            "a long-window scrape went past a merge under way"
+        );
+        drop(merge);
+        let snapshot = engine.snapshot(&[Window::M1, Window::D1]).await.unwrap();
+        assert_eq!(snapshot.series[0].windows.len(), 2);
     }
 
     fn request(endpoint: &str, end: u64, nanos: u64) -> crate::RequestRecord {

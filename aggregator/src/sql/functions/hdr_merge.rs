@@ -509,6 +509,21 @@ mod tests {
             acc.update_batch(&[array], &groups, None, 2).unwrap();
         }
         assert!(acc.groups[0].merged > 0, "the group never merged its blobs");
+        // Merged again only after another `FOLD_BYTES` of blobs, not at the next one.
+        let merged = acc.groups[0].merged;
+        let count = acc.groups[0].count;
+        let small = {
+            let mut h = histogram::new_histogram(3).unwrap();
+            histogram::record(&mut h, 7_000_000);
+            histogram::encode(&h).unwrap()
+        };
+        raw[0].push(7_000_000);
+        let array: ArrayRef = std::sync::Arc::new(BinaryArray::from_iter_values([&small]));
+        acc.update_batch(&[array], &[0], None, 2).unwrap();
+        assert_eq!(
+            (acc.groups[0].merged, acc.groups[0].count),
+            (merged, count + 1)
+        );
         let out = acc.evaluate(EmitTo::All).unwrap();
         let out = out.as_binary::<i32>();
         let crate_h = histogram::new_histogram(3).unwrap();
