@@ -135,7 +135,7 @@ impl HdrMergeGroups {
         let mut out = BinaryBuilder::with_capacity(groups.len(), groups.len() * 256);
         let mut blob = Vec::new();
         for g in groups {
-            if g.seen {
+            if g.seen() {
                 blob.clear();
                 g.encode_into(&mut blob, &mut self.scratch)?;
                 out.append_value(&blob);
@@ -193,8 +193,8 @@ const FOLD_BYTES: usize = 32 * 1024;
 
 /// What one group has merged: its blobs back to back (V2 encodings, plain or deflated, as
 /// `Counts::add_encoded` reads them), merged into one encoding whenever [`FOLD_BYTES`] more
-/// have come since the last merge. `seen` tells an all-null group (NULL result) from an empty
-/// one. A blob's framing (whole encodings) is checked as it comes; its counts are decoded at a
+/// have come since the last merge. A group with no encoding saw only NULLs (a NULL result),
+/// unlike an empty histogram. A blob's framing (whole encodings) is checked as it comes; its counts are decoded at a
 /// merge or at emit, which is where bad counts are an error. Each blob is decoded once, a
 /// merged encoding once per merge it takes part in. A group that ends with one plain V2
 /// encoding gives it back as it came, once it decodes: most `/metrics` segments are one row per
@@ -206,15 +206,18 @@ struct Merged {
     count: usize,
     /// Length of the merged encoding `blobs` starts with (0 before the first merge).
     merged: usize,
-    seen: bool,
 }
 
 impl Merged {
+    /// Whether any blob came (not only NULLs).
+    fn seen(&self) -> bool {
+        self.count > 0
+    }
+
     fn add(&mut self, blob: &[u8], scratch: &mut Counts) -> Result<()> {
         if let Err(e) = Counts::check_framing(blob) {
             return exec_err!("hdr_merge: {e}");
         }
-        self.seen = true;
         self.blobs.extend_from_slice(blob);
         self.count += 1;
         if self.blobs.len() - self.merged > FOLD_BYTES && self.count > 1 {
@@ -299,7 +302,7 @@ impl Accumulator for HdrMergeAccumulator {
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
-        if !self.merged.seen {
+        if !self.merged.seen() {
             return Ok(ScalarValue::Binary(None));
         }
         let mut blob = Vec::new();
