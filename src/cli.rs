@@ -32,6 +32,10 @@ pub enum Command {
     /// Send realistic recommendation spans to an OTLP receiver and report throughput, status
     /// counts and (with --server-pid) the server's CPU time per span.
     Loadgen(crate::loadgen::LoadgenArgs),
+    /// Check the checkpoint in force in a store: every file its manifest names is present,
+    /// readable and holds the rows recorded; print the totals. Exit 1, naming the file, when
+    /// one does not.
+    Verify(crate::verify::VerifyArgs),
 }
 
 #[derive(Debug, Args)]

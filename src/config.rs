@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use recmeter_aggregator::durability::{StorageConfig, WalConfig};
 use recmeter_aggregator::{AggregatorConfig, BearerToken, IngestConfig, InvalidField, SqlConfig};
 use recmeter_collector::sources::otlp::OtlpConfig;
 use recmeter_exporter::ApiConfig;
@@ -50,6 +51,10 @@ pub struct Config {
     pub service: ServiceConfig,
     /// Bearer tokens for the ingest and API ports.
     pub auth: AuthConfig,
+    /// The write-ahead log.
+    pub wal: WalConfig,
+    /// Where checkpoints go.
+    pub storage: StorageConfig,
 }
 
 /// `[auth]` configuration. Each token comes from the key itself (set it through the
@@ -175,6 +180,8 @@ impl Config {
         errors.extend(self.ingest.validate());
         errors.extend(self.aggregator.validate());
         errors.extend(self.sql.validate());
+        errors.extend(self.wal.validate());
+        errors.extend(self.storage.validate());
         if let Err(e) = self.auth.tokens() {
             errors.extend(e);
         }

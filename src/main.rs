@@ -6,6 +6,7 @@ mod demo;
 mod error;
 mod loadgen;
 mod serve;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -25,5 +26,6 @@ fn main() -> ExitCode {
         Command::Demo(args) => serve::main(args, Some(demo::Workload)),
         Command::Validate { file } => cli::validate(&file),
         Command::Loadgen(args) => loadgen::main(args),
+        Command::Verify(args) => verify::main(args),
     }
 }

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use recmeter_aggregator::{AggregatorHandle, Clock, Hooks, QueryEngine, Telemetry};
+use recmeter_aggregator::durability::{self, Checkpointer, Durability, Layout};
+use recmeter_aggregator::{Aggregator, AggregatorHandle, Clock, Hooks, QueryEngine, Telemetry};
 use recmeter_collector::sources::otlp::{
     ServeOptions, SpanRules, TraceIngest, serve_grpc, serve_http,
 };
@@ -68,8 +69,10 @@ fn init_logging(log: &LogConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only on a terminal: log files and collectors get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match log.format {
         LogFormat::Text => builder.init(),
@@ -94,13 +97,10 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
     } else {
         Clock::System
     });
-    let (aggregator, worker) = AggregatorHandle::start(
-        &config.ingest,
-        &config.aggregator,
-        clock,
-        Arc::new(Telemetry::default()),
-        Arc::new(Hooks::default()),
-    )?;
+    let telemetry = Arc::new(Telemetry::default());
+    let hooks = Arc::new(Hooks::default());
+    let (aggregator, worker, checkpoints) =
+        restore(&config, clock, hooks.clone(), telemetry.clone()).await?;
     let engine = Arc::new(QueryEngine::new(aggregator.state().clone(), &config.sql)?);
 
     let grpc = bind(config.otlp.grpc_address).await?;
@@ -164,6 +164,11 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
         }
     };
     let preparing = tokio::spawn(keep_prepared(engine.clone(), failing));
+    let checkpointing = tokio::spawn(keep_checkpointing(
+        checkpoints.clone(),
+        config.storage.checkpoint_interval,
+        stopping(shutdown_rx.clone()),
+    ));
     ready.store(true, Ordering::Release);
     if let Some(path) = &args.ready_file {
         write_ready_file(path, &addresses)?;
@@ -212,8 +217,119 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
     if tokio::time::timeout_at(deadline, worker).await.is_err() {
         tracing::warn!("Shutdown deadline passed before the aggregator drained its queue.");
     }
+    let _ = checkpointing.await;
+    // The last checkpoint holds everything counted, so the next start replays nothing.
+    match tokio::time::timeout_at(deadline, checkpoints.checkpoint()).await {
+        Ok(Ok(stats)) => tracing::info!(
+            checkpoint = stats.id,
+            wal_seq = stats.wal_seq,
+            "Final checkpoint written."
+        ),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "The final checkpoint failed; the next start replays the WAL.")
+        }
+        Err(_) => tracing::warn!(
+            "Shutdown deadline passed before the final checkpoint; the next start replays the WAL."
+        ),
+    }
     tracing::info!("recmeter stopped.");
     outcome
+}
+
+/// Locks the WAL directory, restores the latest checkpoint, replays the WAL after it, and
+/// starts the aggregator over the result, logging what it found.
+async fn restore(
+    config: &Config,
+    clock: Arc<Clock>,
+    hooks: Arc<Hooks>,
+    telemetry: Arc<Telemetry>,
+) -> Result<(
+    AggregatorHandle,
+    tokio::task::JoinHandle<()>,
+    Arc<Checkpointer>,
+)> {
+    let layout = Layout {
+        significant_digits: config.aggregator.significant_digits,
+        dimensions: config.ingest.dimension_labels(),
+        thresholds: config.aggregator.threshold_columns(),
+    };
+    let empty = Aggregator::new(&config.ingest, &config.aggregator, clock, telemetry.clone())?;
+    tracing::info!(
+        storage = %config.storage.url,
+        wal = %config.wal.dir.display(),
+        "Restoring the latest checkpoint and replaying the WAL."
+    );
+    let started = std::time::Instant::now();
+    let opened = durability::open(
+        &config.wal,
+        &config.storage,
+        &layout,
+        empty,
+        &[],
+        hooks.clone(),
+        telemetry.clone(),
+    )
+    .await?;
+    tracing::info!(
+        checkpoint = opened.manifest.as_ref().map_or(0, |m| m.id),
+        series = opened.restored.series,
+        rows = opened.restored.rows,
+        wal_entries = opened.replayed.entries,
+        wal_records = opened.replayed.records,
+        torn_segments = opened.replayed.torn,
+        unreferenced_files_deleted = opened.deleted,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "Restored."
+    );
+    let logging = config.wal.durability == Durability::Wal;
+    let (aggregator, worker) = AggregatorHandle::spawn(
+        opened.aggregator,
+        config.aggregator.queue_capacity,
+        hooks.clone(),
+        logging.then(|| opened.wal.clone()),
+    );
+    let wal = opened.wal;
+    let checkpoints = Arc::new(Checkpointer::new(
+        opened.store,
+        aggregator.state().clone(),
+        layout,
+        hooks,
+        telemetry,
+        opened.manifest,
+        Box::new(move |covered| wal.truncate(covered)),
+    ));
+    Ok((aggregator, worker, checkpoints))
+}
+
+/// Takes a checkpoint every `interval` until `done`; failures are logged when they start and
+/// when they stop, and the rows go to the next attempt.
+async fn keep_checkpointing(
+    checkpoints: Arc<Checkpointer>,
+    interval: Duration,
+    done: impl std::future::Future<Output = ()>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    tokio::pin!(done);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = &mut done => return,
+            _ = tick.tick() => {}
+        }
+        match checkpoints.checkpoint().await {
+            Err(e) if !failing => {
+                failing = true;
+                tracing::error!(error = %e, "Checkpoint failed; retrying at the next interval.");
+            }
+            Ok(_) if failing => {
+                failing = false;
+                tracing::info!("Checkpoints succeed again.");
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Every second, merges or moves on the final hours of `/metrics`' long windows when the clock

@@ -30,14 +30,31 @@ pub enum Error {
     /// The query engine failed on its own account.
     #[error("query engine failure: {0}")]
     QueryInternal(String),
+    /// The write-ahead log cannot be written or read.
+    #[error("write-ahead log: {0}")]
+    Wal(String),
+    /// Another process holds the WAL directory.
+    #[error(
+        "the WAL directory {} is locked by another recmeter process; stop it or give this one its own wal.dir",
+        .0.display()
+    )]
+    WalLocked(std::path::PathBuf),
+    /// The object store holding checkpoints cannot be read or written, or holds something
+    /// unexpected (the message names the file).
+    #[error("storage: {0}")]
+    Storage(String),
 }
 
 impl Error {
     /// How a client is told about it.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Histogram(_) | Error::QueryInternal(_) => ErrorKind::Internal,
-            Error::Backpressure | Error::Stopped => ErrorKind::Unavailable,
+            Error::Histogram(_)
+            | Error::QueryInternal(_)
+            | Error::WalLocked(_)
+            | Error::Storage(_) => ErrorKind::Internal,
+            // A client may retry a request the log could not take.
+            Error::Backpressure | Error::Stopped | Error::Wal(_) => ErrorKind::Unavailable,
             Error::NotReadOnly(_) | Error::Query(_) => ErrorKind::BadRequest,
             Error::QueryTimeout(_) => ErrorKind::Timeout,
             Error::ResourcesExhausted(_) => ErrorKind::Unprocessable,

@@ -9,16 +9,27 @@ pub enum Hook {
     /// The aggregator worker stops taking batches off its queue until released, so the queue
     /// fills and senders see backpressure.
     StallAggregator,
+    /// The WAL writer holds each fsync until released, so no request is answered meanwhile.
+    BlockFsync,
+    /// Checkpoints write their data files, then fail before the manifest (a crash there, as
+    /// far as storage can tell).
+    FailCheckpointAfterFiles,
 }
 
 impl Hook {
     /// Every hook, by name.
-    pub const ALL: [Hook; 1] = [Hook::StallAggregator];
+    pub const ALL: [Hook; 3] = [
+        Hook::StallAggregator,
+        Hook::BlockFsync,
+        Hook::FailCheckpointAfterFiles,
+    ];
 
     /// The name used in `POST /-/test/hook`.
     pub const fn name(self) -> &'static str {
         match self {
             Hook::StallAggregator => "stall_aggregator",
+            Hook::BlockFsync => "block_fsync",
+            Hook::FailCheckpointAfterFiles => "fail_checkpoint_after_files",
         }
     }
 

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod counts;
+pub mod durability;
 pub mod error;
 pub mod histogram;
 pub mod hooks;

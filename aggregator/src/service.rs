@@ -1,6 +1,9 @@
 //! The aggregator as a running service: a bounded queue in front of one worker task that owns
 //! the writes. Senders get a retryable [`Error::Backpressure`] when the queue is full, never a
-//! silent drop; each batch is answered once it has been counted.
+//! silent drop; each batch is answered once it has been counted. With a write-ahead log, a
+//! batch takes its queue slot first, then is logged and fsynced, then counted: the log's
+//! writer hands batches to the queue in sequence order, so the state's WAL sequence number
+//! always covers exactly what it has counted.
 
 use std::sync::Arc;
 
@@ -9,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
 use crate::config::{AggregatorConfig, IngestConfig};
+use crate::durability::Wal;
 use crate::error::{Error, Result};
 use crate::hooks::{Hook, Hooks};
 use crate::record::{ApplyOutcome, RequestRecord};
@@ -17,7 +21,11 @@ use crate::telemetry::Telemetry;
 
 struct Job {
     records: Vec<RequestRecord>,
-    reply: oneshot::Sender<ApplyOutcome>,
+    /// The clock reading the age checks use (taken before the WAL append).
+    checked_at: u64,
+    /// The WAL frame holding the records, when logged.
+    seq: Option<u64>,
+    reply: oneshot::Sender<Result<ApplyOutcome>>,
 }
 
 /// Cloneable handle to the running aggregator.
@@ -28,6 +36,8 @@ pub struct AggregatorHandle {
     clock: Arc<Clock>,
     telemetry: Arc<Telemetry>,
     hooks: Arc<Hooks>,
+    /// Set with `durability = "wal"`: batches are logged before they are counted.
+    wal: Option<Arc<Wal>>,
 }
 
 impl std::fmt::Debug for AggregatorHandle {
@@ -46,39 +56,76 @@ impl AggregatorHandle {
         telemetry: Arc<Telemetry>,
         hooks: Arc<Hooks>,
     ) -> Result<(Self, JoinHandle<()>)> {
-        let state = crate::state::shared(Aggregator::new(
-            ingest,
-            config,
-            clock.clone(),
-            telemetry.clone(),
-        )?);
-        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let aggregator = Aggregator::new(ingest, config, clock, telemetry)?;
+        Ok(Self::spawn(aggregator, config.queue_capacity, hooks, None))
+    }
+
+    /// Starts the worker over `aggregator` (restored, perhaps) on the current Tokio runtime;
+    /// with `wal`, every batch is logged before it is counted.
+    pub fn spawn(
+        aggregator: Aggregator,
+        queue_capacity: usize,
+        hooks: Arc<Hooks>,
+        wal: Option<Arc<Wal>>,
+    ) -> (Self, JoinHandle<()>) {
+        let clock = aggregator.clock().clone();
+        let telemetry = aggregator.telemetry().clone();
+        let state = crate::state::shared(aggregator);
+        let (tx, rx) = mpsc::channel(queue_capacity);
         let worker = tokio::spawn(run(rx, state.clone(), hooks.clone()));
-        Ok((
+        (
             Self {
                 tx,
                 state,
                 clock,
                 telemetry,
                 hooks,
+                wal,
             },
             worker,
-        ))
+        )
     }
 
-    /// Counts a batch; answers once it is counted. Fails fast with [`Error::Backpressure`]
-    /// when the queue is full.
+    /// Counts a batch; answers once it is counted (and, with a WAL, logged). Fails fast with
+    /// [`Error::Backpressure`] when the queue is full, before anything is logged.
     pub async fn submit(&self, records: Vec<RequestRecord>) -> Result<ApplyOutcome> {
         if records.is_empty() {
             return Ok(ApplyOutcome::default());
         }
-        let permit = self.tx.try_reserve().map_err(|e| match e {
-            mpsc::error::TrySendError::Full(()) => Error::Backpressure,
-            mpsc::error::TrySendError::Closed(()) => Error::Stopped,
+        let permit = self.tx.clone().try_reserve_owned().map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Error::Backpressure,
+            mpsc::error::TrySendError::Closed(_) => Error::Stopped,
         })?;
+        let checked_at = self.clock.now_nanos();
         let (reply, answer) = oneshot::channel();
-        permit.send(Job { records, reply });
-        answer.await.map_err(|_| Error::Stopped)
+        match &self.wal {
+            None => {
+                permit.send(Job {
+                    records,
+                    checked_at,
+                    seq: None,
+                    reply,
+                });
+            }
+            Some(wal) => wal.append(
+                records,
+                checked_at,
+                Box::new(move |logged, records| match logged {
+                    Ok(seq) => {
+                        permit.send(Job {
+                            records,
+                            checked_at,
+                            seq: Some(seq),
+                            reply,
+                        });
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }),
+            ),
+        }
+        answer.await.map_err(|_| Error::Stopped)?
     }
 
     /// Cumulative counters of every series, sorted by key.
@@ -122,9 +169,16 @@ async fn run(mut rx: mpsc::Receiver<Job>, state: SharedState, hooks: Arc<Hooks>)
             job = rx.recv() => job,
         };
         let Some(job) = job else { break };
-        let outcome = lock(&state).apply(&job.records);
+        let outcome = {
+            let mut state = lock(&state);
+            let outcome = state.apply_checked(&job.records, job.checked_at);
+            if let Some(seq) = job.seq {
+                state.set_wal_seq(seq);
+            }
+            outcome
+        };
         // The sender may have gone away (client timeout); the records are counted regardless.
-        let _ = job.reply.send(outcome);
+        let _ = job.reply.send(Ok(outcome));
     }
     tracing::debug!("Aggregator queue drained; worker stopping.");
 }

@@ -128,6 +128,14 @@ impl Source {
             Source::Span => "span",
         }
     }
+
+    /// The source a column value names.
+    pub fn from_label(label: &str) -> Option<Self> {
+        match label {
+            "span" => Some(Source::Span),
+            _ => None,
+        }
+    }
 }
 
 /// The open minute: the only dense histogram a series holds.
@@ -217,6 +225,9 @@ struct SeriesState {
     late: Vec<LateValue>,
     /// How many series were created before this one (`Aggregator::births`).
     born: u64,
+    /// Minute and hour rows stored since the last checkpoint took them (its "newly sealed
+    /// rollups"); the rows' bytes are shared with `minutes` and `hours`.
+    unsaved: Vec<(Table, u64, Row)>,
 }
 
 /// What every series needs to know to seal rows.
@@ -231,6 +242,8 @@ struct Sealing<'a> {
     /// Blocks starting before this minute were sealed before the current roll: rows reaching
     /// them are extra rows.
     blocks_open_from: u64,
+    /// Whether stored rows are noted for checkpoints.
+    journal: bool,
 }
 
 impl SeriesState {
@@ -282,16 +295,28 @@ impl SeriesState {
         }
     }
 
+    /// Stores a minute or hour row, and notes it for the next checkpoint.
+    fn store(&mut self, table: Table, at: u64, row: Row, journal: bool) {
+        if journal {
+            self.unsaved.push((table, at, row.clone()));
+        }
+        let rows = match table {
+            Table::Hours => &mut self.hours,
+            Table::Minutes | Table::Blocks => &mut self.minutes,
+        };
+        push_row(rows, at, row);
+    }
+
     /// Adds a sealed row to its minute, to its block unless the minute is still ahead of the
     /// clock, and to its hour if that hour is sealed already.
     fn add_minute_row(&mut self, minute: u64, row: Row, seal: &mut Sealing<'_>) {
         if minute < seal.hours_sealed_before {
-            push_row(&mut self.hours, hour_of(minute), row.clone());
+            self.store(Table::Hours, hour_of(minute), row.clone(), seal.journal);
         }
         if minute < seal.sealed_before {
             self.add_to_block(minute, &row, seal);
         }
-        push_row(&mut self.minutes, minute, row);
+        self.store(Table::Minutes, minute, row, seal.journal);
     }
 
     /// Adds the row of a sealed minute to its block: merged into the block's row while the block
@@ -406,7 +431,7 @@ impl SeriesState {
                 ));
             }
             for (hour, row) in sealed {
-                push_row(&mut self.hours, hour, row);
+                self.store(Table::Hours, hour, row, seal.journal);
             }
         }
         self.minutes = self.minutes.split_off(&(keep_from, 0));
@@ -546,6 +571,45 @@ pub struct Aggregator {
     merge: Counts,
     /// Series created since start-up; each series holds its number (`SeriesState::born`).
     births: u64,
+    /// The last WAL sequence number applied: a checkpoint of this state covers it.
+    wal_seq: u64,
+    /// Rows not yet checkpointed of series forgotten at the cap.
+    evicted_unsaved: Vec<SeriesRows>,
+    /// Whether stored rows are noted for checkpoints (only when something takes them).
+    journal: bool,
+}
+
+/// Rows of one series, as a checkpoint writes them.
+#[derive(Debug, Clone)]
+pub struct SeriesRows {
+    pub key: SeriesKey,
+    pub source: Source,
+    /// `(table, first minute of the minute or hour, row)`; the table is `Minutes` or `Hours`.
+    pub rows: Vec<(Table, u64, Row)>,
+}
+
+/// One live series in a checkpoint.
+#[derive(Debug, Clone)]
+pub struct SeriesImage {
+    pub key: SeriesKey,
+    pub source: Source,
+    pub totals: SeriesTotals,
+    /// The open minute and buffered late values, as minute rows: restored as rows received
+    /// but not yet checkpointed.
+    pub open: Vec<(u64, Row)>,
+}
+
+/// What a checkpoint takes from the state under one hold of the lock.
+#[derive(Debug, Clone, Default)]
+pub struct StateImage {
+    /// The last WAL sequence number the image covers.
+    pub wal_seq: u64,
+    /// Minutes before this one are sealed.
+    pub sealed_before: u64,
+    /// Every live series.
+    pub series: Vec<SeriesImage>,
+    /// Minute and hour rows stored since the last checkpoint, of live and forgotten series.
+    pub sealed: Vec<SeriesRows>,
 }
 
 impl Aggregator {
@@ -573,12 +637,149 @@ impl Aggregator {
             scratch,
             merge: Counts::with_precision(config.significant_digits)?,
             births: 0,
+            wal_seq: 0,
+            evicted_unsaved: Vec::new(),
+            journal: false,
         })
+    }
+
+    /// Notes rows as they are stored, for [`Aggregator::checkpoint_image`] to take. Off by
+    /// default: without checkpoints the notes would keep every row alive.
+    pub fn keep_journal(&mut self) {
+        self.journal = true;
+    }
+
+    /// The last WAL sequence number applied.
+    pub fn wal_seq(&self) -> u64 {
+        self.wal_seq
+    }
+
+    /// Notes that the WAL frame `seq` has been applied.
+    pub fn set_wal_seq(&mut self, seq: u64) {
+        self.wal_seq = self.wal_seq.max(seq);
+    }
+
+    /// Seals what the clock has left behind, then takes a checkpoint's image: totals and open
+    /// accumulators of every series, and the rows stored since the last image (which this
+    /// takes; give them back with [`Aggregator::give_back`] if the checkpoint fails).
+    pub fn checkpoint_image(&mut self) -> Result<StateImage> {
+        self.roll(minute_of(self.clock.now_nanos()));
+        let mut image = StateImage {
+            wal_seq: self.wal_seq,
+            sealed_before: self.sealed_before,
+            series: Vec::with_capacity(self.series.len()),
+            sealed: std::mem::take(&mut self.evicted_unsaved),
+        };
+        for (key, state) in &mut self.series {
+            let mut open = state.late_rows(&mut self.scratch, &self.thresholds)?;
+            if let Some(o) = state.open.as_mut() {
+                open.push((o.minute, o.row()?));
+            }
+            image.series.push(SeriesImage {
+                key: key.clone(),
+                source: state.source,
+                totals: state.totals.clone(),
+                open,
+            });
+            if !state.unsaved.is_empty() {
+                image.sealed.push(SeriesRows {
+                    key: key.clone(),
+                    source: state.source,
+                    rows: std::mem::take(&mut state.unsaved),
+                });
+            }
+        }
+        Ok(image)
+    }
+
+    /// Returns rows a failed checkpoint took, so the next one writes them.
+    pub fn give_back(&mut self, sealed: Vec<SeriesRows>) {
+        for mut rows in sealed {
+            match self.series.get_mut(&rows.key) {
+                Some(state) => {
+                    rows.rows.append(&mut state.unsaved);
+                    state.unsaved = rows.rows;
+                }
+                None => self.evicted_unsaved.push(rows),
+            }
+        }
+    }
+
+    /// Starts a restore into this empty aggregator: minutes before `sealed_before` were
+    /// sealed when the checkpoint was taken, and the WAL is applied from after `wal_seq`.
+    pub fn restore_begin(&mut self, sealed_before: u64, wal_seq: u64) {
+        self.sealed_before = sealed_before;
+        self.wal_seq = wal_seq;
+    }
+
+    /// Restores one series' counters.
+    pub fn restore_series(&mut self, key: SeriesKey, source: Source, totals: SeriesTotals) {
+        let state = SeriesState {
+            born: self.births,
+            source,
+            totals,
+            ..SeriesState::default()
+        };
+        self.births += 1;
+        self.series.insert(key, state);
+    }
+
+    /// Restores a checkpointed minute or hour row of a restored series, when memory still
+    /// holds its minute or hour; the rest stays in storage only.
+    pub fn restore_row(&mut self, key: &SeriesKey, table: Table, at: u64, row: Row) {
+        let keep_from = self.sealed_before.saturating_sub(MINUTES_KEPT - 1);
+        let hours_from = self.first_hour_held(self.sealed_before * MINUTE_NANOS);
+        let Some(state) = self.series.get_mut(key) else {
+            return; // forgotten at the cap before the checkpoint
+        };
+        match table {
+            Table::Minutes if at >= keep_from => push_row(&mut state.minutes, at, row),
+            Table::Hours if at >= hours_from => push_row(&mut state.hours, at, row),
+            _ => {}
+        }
+    }
+
+    /// Rebuilds the blocks from the restored minutes (one row per block), then adds the
+    /// checkpoint's open accumulators as rows received since it, which the next checkpoint
+    /// stores.
+    pub fn restore_finish(&mut self, open: Vec<(SeriesKey, u64, Row)>) -> Result<()> {
+        for state in self.series.values_mut() {
+            let mut blocks = Rows::new();
+            for ((minute, _), row) in state.minutes.range(..(self.sealed_before, 0)) {
+                let block = block_of(*minute);
+                let merged = match blocks.get(&(block, 0)) {
+                    None => row.clone(),
+                    Some(so_far) => merge_rows(&mut self.merge, so_far, row)?,
+                };
+                blocks.insert((block, 0), merged);
+            }
+            state.blocks = blocks;
+        }
+        let mut seal = Sealing {
+            scratch: &mut self.scratch,
+            merge: &mut self.merge,
+            thresholds: &self.thresholds,
+            hours_sealed_before: hour_of(self.sealed_before),
+            sealed_before: self.sealed_before,
+            blocks_open_from: block_of(self.sealed_before),
+            journal: self.journal,
+        };
+        for (key, minute, row) in open {
+            if let Some(state) = self.series.get_mut(&key) {
+                state.add_minute_row(minute, row, &mut seal);
+            }
+        }
+        Ok(())
     }
 
     /// The process clock.
     pub fn clock(&self) -> &Arc<Clock> {
         &self.clock
+    }
+
+    /// The ingest self-telemetry counters.
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
     }
 
     /// Label and column names of the extra dimensions, in key order.
@@ -601,13 +802,18 @@ impl Aggregator {
         self.series.len() - usize::from(self.series.contains_key(&self.overflow))
     }
 
-    /// Counts a batch of requests.
+    /// Counts a batch of requests, checking their age against the clock.
     pub fn apply(&mut self, records: &[RequestRecord]) -> ApplyOutcome {
-        let now = self.clock.now_nanos();
-        let open_minute = minute_of(now);
+        self.apply_checked(records, self.clock.now_nanos())
+    }
+
+    /// Counts a batch of requests whose age and skew are checked against `checked_at` (the
+    /// clock when they were logged, so a WAL replay decides as the first apply did).
+    pub fn apply_checked(&mut self, records: &[RequestRecord], checked_at: u64) -> ApplyOutcome {
+        let open_minute = minute_of(self.clock.now_nanos());
         self.roll(open_minute);
-        let oldest = now.saturating_sub(self.max_age_nanos);
-        let newest = now.saturating_add(self.max_skew_nanos);
+        let oldest = checked_at.saturating_sub(self.max_age_nanos);
+        let newest = checked_at.saturating_add(self.max_skew_nanos);
         let mut outcome = ApplyOutcome::default();
         let mut overflowed = 0;
         for record in records {
@@ -666,6 +872,7 @@ impl Aggregator {
                 hours_sealed_before: hour_of(self.sealed_before),
                 sealed_before: self.sealed_before,
                 blocks_open_from: block_of(self.sealed_before),
+                journal: self.journal,
             };
             if minute != open_minute {
                 series.late.push(LateValue {
@@ -713,6 +920,7 @@ impl Aggregator {
             hours_sealed_before: hour_of(self.sealed_before),
             sealed_before: open_minute,
             blocks_open_from: block_of(self.sealed_before),
+            journal: self.journal,
         };
         for series in self.series.values_mut() {
             series.roll(
@@ -726,8 +934,18 @@ impl Aggregator {
         if self.regular_series() >= self.max_series {
             let before = self.series.len();
             let overflow = &self.overflow;
-            self.series
-                .retain(|key, series| key == overflow || !series.is_idle(keep_from));
+            let evicted_unsaved = &mut self.evicted_unsaved;
+            self.series.retain(|key, series| {
+                let keep = key == overflow || !series.is_idle(keep_from);
+                if !keep && !series.unsaved.is_empty() {
+                    evicted_unsaved.push(SeriesRows {
+                        key: key.clone(),
+                        source: series.source,
+                        rows: std::mem::take(&mut series.unsaved),
+                    });
+                }
+                keep
+            });
             let evicted = before - self.series.len();
             if evicted > 0 {
                 tracing::info!(evicted, "Series cap reached: forgot series idle for 3 h.");

@@ -84,6 +84,30 @@ pub struct Telemetry {
     series_overflow: AtomicU64,
     clamped: [AtomicU64; 2],
     api_unauthorized: AtomicU64,
+    wal_fsync: Histogram,
+    checkpoint_last_success_nanos: AtomicU64,
+}
+
+/// Upper bounds of `recmeter_wal_fsync_seconds`, in seconds.
+pub const WAL_FSYNC_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// A fixed-bucket histogram of seconds, cheap to observe from any thread.
+#[derive(Debug, Default)]
+struct Histogram {
+    /// Per bucket (not cumulative); the last is `+Inf`.
+    buckets: [AtomicU64; WAL_FSYNC_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+/// A histogram as read for exposition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramReading {
+    /// `(upper bound, count in that bucket alone)`, `+Inf` last (the encoder accumulates).
+    pub buckets: Vec<(f64, u64)>,
+    pub count: u64,
+    pub sum: f64,
 }
 
 impl Telemetry {
@@ -121,6 +145,46 @@ impl Telemetry {
             ClampBound::High => 1,
         };
         self.clamped[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records the duration of one WAL fsync.
+    pub fn observe_wal_fsync(&self, seconds: f64) {
+        let h = &self.wal_fsync;
+        let i = WAL_FSYNC_BUCKETS
+            .iter()
+            .position(|&le| seconds <= le)
+            .unwrap_or(WAL_FSYNC_BUCKETS.len());
+        h.buckets[i].fetch_add(1, Ordering::Relaxed);
+        h.sum_nanos
+            .fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
+    }
+
+    /// `recmeter_wal_fsync_seconds`.
+    pub fn wal_fsync(&self) -> HistogramReading {
+        let h = &self.wal_fsync;
+        let buckets: Vec<(f64, u64)> = WAL_FSYNC_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(&h.buckets)
+            .map(|(le, n)| (le, n.load(Ordering::Relaxed)))
+            .collect();
+        HistogramReading {
+            count: buckets.iter().map(|(_, n)| n).sum(),
+            buckets,
+            sum: h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        }
+    }
+
+    /// Notes a completed checkpoint taken at `unix_nanos` (recmeter's clock).
+    pub fn checkpoint_succeeded(&self, unix_nanos: u64) {
+        self.checkpoint_last_success_nanos
+            .store(unix_nanos, Ordering::Relaxed);
+    }
+
+    /// When the last checkpoint completed, Unix nanoseconds; 0 before the first.
+    pub fn checkpoint_last_success_nanos(&self) -> u64 {
+        self.checkpoint_last_success_nanos.load(Ordering::Relaxed)
     }
 
     pub fn spans_received(&self, transport: Transport) -> u64 {

@@ -31,7 +31,8 @@ pub struct Addresses {
 pub struct Recmeter {
     child: Option<Child>,
     pub addrs: Addresses,
-    _dir: tempfile::TempDir,
+    /// The working directory (storage and WAL under `data/`): owned, or the caller's.
+    _dir: Workdir,
     log: PathBuf,
     http: reqwest::blocking::Client,
 }
@@ -44,6 +45,23 @@ pub struct Start<'a> {
     pub env: Vec<(&'a str, &'a str)>,
     /// `Some` runs with `--test-hooks --fake-clock`.
     pub fake_clock: Option<&'a str>,
+    /// Run in this directory (kept after the process ends, for a restart on the same storage)
+    /// instead of a fresh temporary one.
+    pub dir: Option<&'a Path>,
+}
+
+enum Workdir {
+    Owned(tempfile::TempDir),
+    Borrowed(PathBuf),
+}
+
+impl Workdir {
+    fn path(&self) -> &Path {
+        match self {
+            Workdir::Owned(d) => d.path(),
+            Workdir::Borrowed(p) => p,
+        }
+    }
 }
 
 impl Default for Start<'_> {
@@ -53,6 +71,7 @@ impl Default for Start<'_> {
             config: "",
             env: Vec::new(),
             fake_clock: Some(FAKE_START),
+            dir: None,
         }
     }
 }
@@ -71,7 +90,12 @@ impl Recmeter {
     }
 
     pub fn start_with(start: Start<'_>) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = match start.dir {
+            Some(p) => Workdir::Borrowed(p.to_owned()),
+            None => Workdir::Owned(tempfile::tempdir().unwrap()),
+        };
+        // A restart must not read the previous run's ready file.
+        let _ = std::fs::remove_file(dir.path().join("ready.json"));
         let config_path = dir.path().join("recmeter.toml");
         std::fs::write(&config_path, start.config).unwrap();
         let ready = dir.path().join("ready.json");
@@ -89,7 +113,13 @@ impl Recmeter {
             .env("RECMETER_API__ADDRESS", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap());
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            );
         for (k, v) in &start.env {
             cmd.env(k, v);
         }
@@ -187,6 +217,18 @@ impl Recmeter {
             "{}",
             response.text().unwrap()
         );
+    }
+
+    /// `kill -9`: no shutdown, no final checkpoint.
+    pub fn kill9(mut self) {
+        let mut child = self.child.take().unwrap();
+        let ok = Command::new("kill")
+            .arg("-KILL")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        child.wait().unwrap();
     }
 
     /// The process id.

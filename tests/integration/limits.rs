@@ -1,6 +1,7 @@
 //! Size limits and backpressure: the right codes, retry hints and counters, and the service
 //! keeps serving.
 
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use tonic::codec::CompressionEncoding;
 
-use crate::harness::{Recmeter, fake_start, nanos};
+use crate::harness::{Recmeter, Start, fake_start, nanos};
 use crate::otlp::raw::RawCodec;
 use crate::spans::{Client, export, request_of, server_span};
 
@@ -116,9 +117,42 @@ fn set_hook(recmeter: &Recmeter, on: bool) {
     assert_eq!(response.status().as_u16(), 200);
 }
 
+/// `recmeter.toml` with a one-slot queue and `durability`.
+fn one_slot_queue(durability: &str) -> String {
+    format!("[aggregator]\nqueue_capacity = 1\n[wal]\ndurability = \"{durability}\"\n")
+}
+
+/// Stops `recmeter` (`kill -9` with the WAL; SIGTERM, whose final checkpoint holds everything,
+/// without) and starts it again on the same storage, so what it counts again is what the WAL
+/// and checkpoints held: a request refused for backpressure must have left nothing there.
+fn crash_and_restart(recmeter: Recmeter, durability: &str, config: &str, dir: &Path) -> Recmeter {
+    if durability == "wal" {
+        recmeter.kill9();
+    } else {
+        assert!(recmeter.terminate().0.success());
+    }
+    Recmeter::start_with(Start {
+        config,
+        dir: Some(dir),
+        ..Start::default()
+    })
+}
+
 #[test]
 fn a_full_queue_is_refused_with_retry_hints_then_drains_exactly() {
-    let recmeter = Recmeter::start("[aggregator]\nqueue_capacity = 1\n");
+    for durability in ["wal", "checkpoint"] {
+        full_queue_refusals(durability);
+    }
+}
+
+fn full_queue_refusals(durability: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = one_slot_queue(durability);
+    let recmeter = Recmeter::start_with(Start {
+        config: &config,
+        dir: Some(dir.path()),
+        ..Start::default()
+    });
     set_hook(&recmeter, true);
 
     // HTTP: three at once; one takes the only queue slot and waits, two are refused.
@@ -207,11 +241,32 @@ fn a_full_queue_is_refused_with_retry_hints_then_drains_exactly() {
             2.0
         );
     }
+    let restarted = crash_and_restart(recmeter, durability, &config, dir.path());
+    assert_eq!(
+        restarted.metrics().value(
+            "recs_requests_total",
+            &[("endpoint", "GET /limits"), ("status", "ok")]
+        ),
+        2.0,
+        "{durability}: counted again after a restart"
+    );
 }
 
 #[test]
 fn sdk_clients_retry_through_backpressure_and_every_span_counts_once() {
-    let recmeter = Recmeter::start("[aggregator]\nqueue_capacity = 1\n");
+    for durability in ["wal", "checkpoint"] {
+        sdk_retries(durability);
+    }
+}
+
+fn sdk_retries(durability: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = one_slot_queue(durability);
+    let recmeter = Recmeter::start_with(Start {
+        config: &config,
+        dir: Some(dir.path()),
+        ..Start::default()
+    });
     set_hook(&recmeter, true);
     let addrs = recmeter.addrs;
     let clients = [
@@ -276,6 +331,15 @@ fn sdk_clients_retry_through_backpressure_and_every_span_counts_once() {
     assert_eq!(
         m.value("recs_latency_seconds_count", &[("endpoint", "GET /retry")]),
         1_000.0
+    );
+    let restarted = crash_and_restart(recmeter, durability, &config, dir.path());
+    assert_eq!(
+        restarted.metrics().value(
+            "recs_requests_total",
+            &[("endpoint", "GET /retry"), ("status", "ok")]
+        ),
+        1_000.0,
+        "{durability}: counted again after a restart"
     );
 }
 

@@ -8,6 +8,7 @@
 mod auth;
 mod cli;
 mod demo;
+mod durability;
 mod exposition;
 mod harness;
 mod limits;

@@ -11,7 +11,7 @@ use crate::harness::{Recmeter, fake_start, nanos};
 use crate::spans::{Client, export, server_span, span};
 
 /// Nearest-rank quantile `sorted[ceil(q·n) − 1]` with q = num/den, in exact integer arithmetic.
-fn nearest_rank(sorted: &[u64], num: u64, den: u64) -> u64 {
+pub fn nearest_rank(sorted: &[u64], num: u64, den: u64) -> u64 {
     let n = sorted.len() as u64;
     let rank = (num * n).div_ceil(den);
     sorted[(rank.max(1) - 1) as usize]
@@ -19,7 +19,7 @@ fn nearest_rank(sorted: &[u64], num: u64, den: u64) -> u64 {
 
 /// Heavy-tailed latencies in [50 µs, 30 s]: log-normal body (median 25 ms, σ = 1.5) with a 3%
 /// Pareto tail (x_m = 200 ms, α = 1.1), values outside the range drawn again.
-fn latency_nanos(rng: &mut StdRng) -> u64 {
+pub fn latency_nanos(rng: &mut StdRng) -> u64 {
     loop {
         let seconds = if rng.random::<f64>() < 0.03 {
             0.2 / rng.random::<f64>().max(1e-12).powf(1.0 / 1.1)
@@ -34,7 +34,7 @@ fn latency_nanos(rng: &mut StdRng) -> u64 {
     }
 }
 
-fn assert_within(got: f64, exact_nanos: u64, tolerance: f64, what: &str) {
+pub fn assert_within(got: f64, exact_nanos: u64, tolerance: f64, what: &str) {
     let exact = exact_nanos as f64 / 1e9;
     let rel = (got - exact).abs() / exact;
     eprintln!("{what}: reported {got:.6} s, exact {exact:.6} s, relative error {rel:.5}");

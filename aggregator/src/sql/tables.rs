@@ -71,6 +71,26 @@ pub fn rollup_schema(table: Table, dimensions: &[String], thresholds: &[String])
     Arc::new(Schema::new(fields))
 }
 
+/// Rows of `table` (`Minutes` or `Hours`) as one batch of the whole rollup schema: what
+/// checkpoints write as Parquet.
+pub fn rollup_batch<'a>(
+    table: Table,
+    dimensions: &[String],
+    thresholds: &[String],
+    rows: impl IntoIterator<Item = (&'a SeriesKey, Source, u64, &'a Row)>,
+) -> Result<RecordBatch> {
+    use datafusion::execution::memory_pool::{MemoryPool, UnboundedMemoryPool};
+    let schema = rollup_schema(table, dimensions, thresholds);
+    let pool: Arc<dyn MemoryPool> = Arc::new(UnboundedMemoryPool::default());
+    let reservation = MemoryConsumer::new("checkpoint").register(&pool);
+    let picked = columns(dimensions.len(), thresholds.len());
+    let mut builder = BatchBuilder::new(&picked, 1024, reservation);
+    for (key, source, at, row) in rows {
+        builder.push(key, source, at, row);
+    }
+    builder.finish(&schema)
+}
+
 /// The time column's name.
 pub fn time_column(table: Table) -> &'static str {
     match table {

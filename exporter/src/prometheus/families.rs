@@ -7,7 +7,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use recmeter_aggregator::histogram::ClampBound;
 use recmeter_aggregator::state::{LATENCY_BUCKETS_NANOS, QUANTILES};
-use recmeter_aggregator::telemetry::{DropReason, RejectReason, Transport};
+use recmeter_aggregator::telemetry::{DropReason, HistogramReading, RejectReason, Transport};
 use recmeter_aggregator::{Snapshot, Telemetry};
 
 /// Exposition format.
@@ -69,6 +69,8 @@ struct SelfMetrics {
     series_overflow: u64,
     clamped: [(ClampBound, u64); 2],
     api_unauthorized: u64,
+    wal_fsync: HistogramReading,
+    checkpoint_last_success_nanos: u64,
 }
 
 impl SelfMetrics {
@@ -100,6 +102,8 @@ impl SelfMetrics {
             spans_dropped,
             series_overflow: t.series_overflow(),
             api_unauthorized: t.api_unauthorized(),
+            wal_fsync: t.wal_fsync(),
+            checkpoint_last_success_nanos: t.checkpoint_last_success_nanos(),
             clamped: [
                 (ClampBound::Low, t.clamped(ClampBound::Low)),
                 (ClampBound::High, t.clamped(ClampBound::High)),
@@ -273,6 +277,29 @@ impl Collector for Families {
                 .iter()
                 .map(|(b, n)| (vec![("bound", b.label().to_owned())], *n)),
         )?;
+        encoder
+            .encode_descriptor(
+                "recmeter_wal_fsync_seconds",
+                "Time each write-ahead log group commit took to write and fsync.",
+                None,
+                MetricType::Histogram,
+            )?
+            .encode_histogram::<NoLabelSet>(
+                m.wal_fsync.sum,
+                m.wal_fsync.count,
+                &m.wal_fsync.buckets,
+                None,
+            )?;
+        // 0 until the first checkpoint completes, so `time() - …` alerts from start-up.
+        let last = m.checkpoint_last_success_nanos as f64 / 1e9;
+        encoder
+            .encode_descriptor(
+                "recmeter_checkpoint_last_success_timestamp_seconds",
+                "When the last checkpoint to the object store completed (Unix seconds, recmeter's clock).",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&last)?;
         Ok(())
     }
 }

@@ -1,0 +1,914 @@
+//! Checkpoints to the object store, restore from them, and their verification.
+//!
+//! A checkpoint writes, in order: the minute and hour rows stored since the last one, as
+//! Parquet files partitioned by day (`minutes/day=YYYY-MM-DD/<id>.parquet`, `hours/…`; added,
+//! never rewritten), this checkpoint's state files (`state/<id>-series.parquet`: every series'
+//! counters; `state/<id>-open.parquet`: open accumulators as minute rows; one JSON file per
+//! registered [`Checkpointable`]), and last the manifest (`manifests/<id>.json`) naming all of
+//! them with their row counts and the WAL sequence number covered. A crash before the manifest
+//! leaves the previous one in force; the files it does not name are deleted at the next start.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datafusion::arrow::array::{
+    Array, ArrayRef, BinaryArray, StringArray, TimestampNanosecondArray, UInt64Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::basic::Compression;
+use datafusion::parquet::file::properties::WriterProperties;
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::clock::MINUTE_NANOS;
+use crate::error::{Error, Result};
+use crate::hooks::{Hook, Hooks};
+use crate::record::SeriesKey;
+use crate::sql::tables::rollup_batch;
+use crate::state::{
+    Aggregator, LATENCY_BUCKETS_NANOS, Row, RowCounts, SeriesTotals, SharedState, Source,
+    StateImage, Table, lock,
+};
+use crate::telemetry::Telemetry;
+
+/// Version of the manifest format.
+pub const MANIFEST_VERSION: u32 = 1;
+
+const MANIFESTS: &str = "manifests";
+
+/// State that later parts keep across restarts (metric stream state, Kafka offsets, the alert
+/// outbox): saved with every checkpoint as `state/<id>-<name>.json`, restored before the WAL
+/// replays. `save` runs right after the aggregator's image is taken.
+pub trait Checkpointable: Send + Sync {
+    /// File name part; unique, `[a-z0-9_]`.
+    fn name(&self) -> &'static str;
+    /// The state as JSON.
+    fn save(&self) -> Result<serde_json::Value>;
+    /// Puts back what `save` returned.
+    fn restore(&self, saved: serde_json::Value) -> Result<()>;
+}
+
+/// What a file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    /// Rows of `latency_minutes`.
+    Minutes,
+    /// Rows of `latency_hours`.
+    Hours,
+    /// Every series' counters (this checkpoint's only).
+    Series,
+    /// Open accumulators as minute rows (this checkpoint's only).
+    Open,
+    /// A registered [`Checkpointable`]'s JSON (this checkpoint's only).
+    Extra,
+}
+
+/// One file a manifest names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Path inside the store.
+    pub path: String,
+    pub kind: FileKind,
+    /// Rows (Parquet) or 1 (JSON).
+    pub rows: u64,
+    pub bytes: u64,
+    /// Sum of the `requests` column (rollups and open rows), or of `ok + errors` (series).
+    pub requests: u64,
+    /// First and last minute (index since the epoch) a rollup file's rows start in.
+    #[serde(default)]
+    pub first_minute: u64,
+    #[serde(default)]
+    pub last_minute: u64,
+}
+
+/// The manifest: written last, it makes a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u32,
+    pub id: u64,
+    /// recmeter's clock when the checkpoint was taken, Unix nanoseconds.
+    pub created_unix_nanos: u64,
+    /// The last WAL sequence number whose records the checkpoint holds.
+    pub wal_seq: u64,
+    /// Minutes before this one were sealed.
+    pub sealed_before_minute: u64,
+    pub significant_digits: u8,
+    /// Extra dimension columns and `requests_le_*` columns of the rollup files.
+    pub dimensions: Vec<String>,
+    pub thresholds: Vec<String>,
+    /// Every rollup file, older checkpoints' included.
+    pub files: Vec<FileEntry>,
+    /// This checkpoint's state files.
+    pub state: Vec<FileEntry>,
+}
+
+impl Manifest {
+    fn path(id: u64) -> Path {
+        Path::from(format!("{MANIFESTS}/{id:020}.json"))
+    }
+
+    /// Every file it names.
+    pub fn all_files(&self) -> impl Iterator<Item = &FileEntry> {
+        self.files.iter().chain(&self.state)
+    }
+}
+
+/// The shape of the rollups, which a store must match.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub significant_digits: u8,
+    pub dimensions: Vec<String>,
+    pub thresholds: Vec<String>,
+}
+
+/// What one checkpoint wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckpointStats {
+    pub id: u64,
+    pub wal_seq: u64,
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// Takes checkpoints of one aggregator. One at a time.
+pub struct Checkpointer {
+    store: Arc<dyn ObjectStore>,
+    /// Syncs written files where the store needs it (local disk).
+    syncer: super::store::Store,
+    state: SharedState,
+    layout: Layout,
+    hooks: Arc<Hooks>,
+    telemetry: Arc<Telemetry>,
+    extras: Vec<Arc<dyn Checkpointable>>,
+    /// The manifest in force (`None` before the first checkpoint of an empty store); held
+    /// while a checkpoint runs, so checkpoints never overlap.
+    last: tokio::sync::Mutex<Option<Manifest>>,
+    /// Called with the WAL sequence number each checkpoint covers.
+    on_success: Box<dyn Fn(u64) + Send + Sync>,
+}
+
+impl std::fmt::Debug for Checkpointer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpointer").finish_non_exhaustive()
+    }
+}
+
+fn storage(path: &impl std::fmt::Display, e: impl std::fmt::Display) -> Error {
+    Error::Storage(format!("{path}: {e}"))
+}
+
+/// The manifest in force in `store`: the highest-numbered one. `None` for an empty store.
+pub async fn latest_manifest(store: &dyn ObjectStore) -> Result<Option<Manifest>> {
+    let mut ids = Vec::new();
+    let mut listing = store.list(Some(&Path::from(MANIFESTS)));
+    while let Some(meta) = listing.next().await {
+        let meta = meta.map_err(|e| storage(&MANIFESTS, e))?;
+        if let Some(id) = meta
+            .location
+            .filename()
+            .and_then(|n| n.strip_suffix(".json"))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            ids.push(id);
+        }
+    }
+    let Some(&id) = ids.iter().max() else {
+        return Ok(None);
+    };
+    let path = Manifest::path(id);
+    let bytes = get(store, &path).await?;
+    let manifest: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| storage(&path, format!("not a manifest: {e}")))?;
+    if manifest.version != MANIFEST_VERSION {
+        return Err(storage(
+            &path,
+            format!(
+                "manifest version {} (this recmeter reads {MANIFEST_VERSION})",
+                manifest.version
+            ),
+        ));
+    }
+    Ok(Some(manifest))
+}
+
+async fn get(store: &dyn ObjectStore, path: &Path) -> Result<Bytes> {
+    let result = store.get(path).await.map_err(|e| storage(path, e))?;
+    result.bytes().await.map_err(|e| storage(path, e))
+}
+
+/// Days since the epoch as `YYYY-MM-DD` (proleptic Gregorian, H. Hinnant's algorithm).
+fn civil_date(days: i64) -> String {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+fn parquet(batch: &RecordBatch) -> Result<Bytes> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
+    let mut out = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), Some(props))
+        .map_err(|e| Error::Storage(format!("cannot encode Parquet: {e}")))?;
+    writer
+        .write(batch)
+        .and_then(|()| writer.close().map(drop))
+        .map_err(|e| Error::Storage(format!("cannot encode Parquet: {e}")))?;
+    Ok(Bytes::from(out))
+}
+
+/// Reads every batch of a Parquet file; the error says what is wrong with it.
+pub fn read_parquet(bytes: Bytes) -> std::result::Result<Vec<RecordBatch>, String> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.build())
+        .map_err(|e| e.to_string())?;
+    reader
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())
+}
+
+/// A file about to be written.
+struct Pending {
+    entry: FileEntry,
+    bytes: Bytes,
+}
+
+fn rollup_file(
+    id: u64,
+    table: Table,
+    layout: &Layout,
+    rows: &[(&SeriesKey, Source, u64, &Row)],
+    day: Option<i64>,
+) -> Result<Pending> {
+    let batch = rollup_batch(
+        table,
+        &layout.dimensions,
+        &layout.thresholds,
+        rows.iter().copied(),
+    )
+    .map_err(|e| Error::Storage(format!("cannot build rollup rows: {e}")))?;
+    let bytes = parquet(&batch)?;
+    let (kind, path) = match (table, day) {
+        (Table::Hours, Some(day)) => (
+            FileKind::Hours,
+            format!("hours/day={}/{id:020}.parquet", civil_date(day)),
+        ),
+        (_, Some(day)) => (
+            FileKind::Minutes,
+            format!("minutes/day={}/{id:020}.parquet", civil_date(day)),
+        ),
+        (_, None) => (FileKind::Open, format!("state/{id:020}-open.parquet")),
+    };
+    Ok(Pending {
+        entry: FileEntry {
+            path,
+            kind,
+            rows: rows.len() as u64,
+            bytes: bytes.len() as u64,
+            requests: rows.iter().map(|(_, _, _, r)| r.counts.requests).sum(),
+            first_minute: rows.iter().map(|(_, _, at, _)| *at).min().unwrap_or(0),
+            last_minute: rows.iter().map(|(_, _, at, _)| *at).max().unwrap_or(0),
+        },
+        bytes,
+    })
+}
+
+const BUCKET_COLUMNS: usize = LATENCY_BUCKETS_NANOS.len() + 1;
+
+fn series_schema(dimensions: &[String]) -> Arc<Schema> {
+    let mut fields = vec![
+        Field::new("service", DataType::Utf8, false),
+        Field::new("endpoint", DataType::Utf8, false),
+    ];
+    fields.extend(
+        dimensions
+            .iter()
+            .map(|d| Field::new(d, DataType::Utf8, false)),
+    );
+    fields.push(Field::new("source", DataType::Utf8, false));
+    for name in [
+        "ok",
+        "errors",
+        "recommendations",
+        "sum_nanos_high",
+        "sum_nanos_low",
+    ] {
+        fields.push(Field::new(name, DataType::UInt64, false));
+    }
+    fields.extend(
+        (0..BUCKET_COLUMNS).map(|i| Field::new(format!("bucket_{i}"), DataType::UInt64, false)),
+    );
+    Arc::new(Schema::new(fields))
+}
+
+fn series_file(id: u64, layout: &Layout, image: &StateImage) -> Result<Pending> {
+    let series = &image.series;
+    let text = |f: &dyn Fn(&crate::state::SeriesImage) -> &str| -> ArrayRef {
+        Arc::new(series.iter().map(|s| Some(f(s))).collect::<StringArray>())
+    };
+    let number = |f: &dyn Fn(&SeriesTotals) -> u64| -> ArrayRef {
+        Arc::new(series.iter().map(|s| f(&s.totals)).collect::<UInt64Array>())
+    };
+    let mut columns = vec![text(&|s| &s.key.service), text(&|s| &s.key.endpoint)];
+    for i in 0..layout.dimensions.len() {
+        columns.push(text(&|s| s.key.dimensions.get(i).map_or("", |d| d)));
+    }
+    columns.push(text(&|s| s.source.label()));
+    columns.push(number(&|t| t.ok));
+    columns.push(number(&|t| t.errors));
+    columns.push(number(&|t| t.recommendations));
+    columns.push(number(&|t| (t.sum_nanos >> 64) as u64));
+    columns.push(number(&|t| t.sum_nanos as u64));
+    for i in 0..BUCKET_COLUMNS {
+        columns.push(number(&|t| t.bucket_counts[i]));
+    }
+    let batch = RecordBatch::try_new(series_schema(&layout.dimensions), columns)
+        .map_err(|e| Error::Storage(format!("cannot build the series file: {e}")))?;
+    let bytes = parquet(&batch)?;
+    Ok(Pending {
+        entry: FileEntry {
+            path: format!("state/{id:020}-series.parquet"),
+            kind: FileKind::Series,
+            rows: series.len() as u64,
+            bytes: bytes.len() as u64,
+            requests: series.iter().map(|s| s.totals.requests()).sum(),
+            first_minute: 0,
+            last_minute: 0,
+        },
+        bytes,
+    })
+}
+
+/// Encodes everything a checkpoint writes, manifest aside.
+fn encode(
+    id: u64,
+    layout: &Layout,
+    image: &StateImage,
+    extras: Vec<(&'static str, serde_json::Value)>,
+) -> Result<Vec<Pending>> {
+    let mut files = Vec::new();
+    for table in [Table::Minutes, Table::Hours] {
+        let mut rows: Vec<(&SeriesKey, Source, u64, &Row)> = image
+            .sealed
+            .iter()
+            .flat_map(|s| {
+                s.rows
+                    .iter()
+                    .filter(move |(t, _, _)| *t == table)
+                    .map(move |(_, at, row)| (&s.key, s.source, *at, row))
+            })
+            .collect();
+        rows.sort_by_key(|(_, _, at, _)| *at);
+        for day_rows in rows.chunk_by(|a, b| a.2 / 1440 == b.2 / 1440) {
+            let day = (day_rows[0].2 / 1440) as i64;
+            files.push(rollup_file(id, table, layout, day_rows, Some(day))?);
+        }
+    }
+    files.push(series_file(id, layout, image)?);
+    let open: Vec<(&SeriesKey, Source, u64, &Row)> = image
+        .series
+        .iter()
+        .flat_map(|s| {
+            s.open
+                .iter()
+                .map(move |(m, row)| (&s.key, s.source, *m, row))
+        })
+        .collect();
+    files.push(rollup_file(id, Table::Minutes, layout, &open, None)?);
+    for (name, value) in extras {
+        let bytes = Bytes::from(
+            serde_json::to_vec(&value)
+                .map_err(|e| Error::Storage(format!("cannot encode {name} state: {e}")))?,
+        );
+        files.push(Pending {
+            entry: FileEntry {
+                path: format!("state/{id:020}-{name}.json"),
+                kind: FileKind::Extra,
+                rows: 1,
+                bytes: bytes.len() as u64,
+                requests: 0,
+                first_minute: 0,
+                last_minute: 0,
+            },
+            bytes,
+        });
+    }
+    Ok(files)
+}
+
+impl Checkpointer {
+    /// A checkpointer over `store`, continuing from `last` (the manifest restored, if any).
+    /// `on_success` gets the WAL sequence number each checkpoint covers (to truncate the WAL).
+    pub fn new(
+        store: super::store::Store,
+        state: SharedState,
+        layout: Layout,
+        hooks: Arc<Hooks>,
+        telemetry: Arc<Telemetry>,
+        last: Option<Manifest>,
+        on_success: Box<dyn Fn(u64) + Send + Sync>,
+    ) -> Self {
+        lock(&state).keep_journal();
+        Self {
+            store: store.objects.clone(),
+            syncer: store,
+            state,
+            layout,
+            hooks,
+            telemetry,
+            extras: Vec::new(),
+            last: tokio::sync::Mutex::new(last),
+            on_success,
+        }
+    }
+
+    /// Saves `extras` with every checkpoint (the same ones [`super::open`] restored).
+    pub fn with_extras(mut self, extras: Vec<Arc<dyn Checkpointable>>) -> Self {
+        self.extras = extras;
+        self
+    }
+
+    /// Takes a checkpoint. On failure the rows it took go back to the state for the next one,
+    /// and the files it wrote are deleted (what a crash leaves is deleted at the next start).
+    pub async fn checkpoint(&self) -> Result<CheckpointStats> {
+        let mut last = self.last.lock().await;
+        let image = lock(&self.state).checkpoint_image()?;
+        let created = lock(&self.state).clock().now_nanos();
+        let result = self.write(&last, &image, created).await;
+        match result {
+            Ok((manifest, stats)) => {
+                let superseded = last.replace(manifest);
+                (self.on_success)(stats.wal_seq);
+                self.telemetry.checkpoint_succeeded(created);
+                if let Some(old) = superseded {
+                    self.delete_superseded(&old).await;
+                }
+                Ok(stats)
+            }
+            Err((e, written)) => {
+                lock(&self.state).give_back(image.sealed);
+                for path in written {
+                    if let Err(e) = self.store.delete(&path).await {
+                        tracing::warn!(error = %e, file = %path, "Cannot delete a file of a failed checkpoint; the next start will.");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn write(
+        &self,
+        last: &Option<Manifest>,
+        image: &StateImage,
+        created: u64,
+    ) -> std::result::Result<(Manifest, CheckpointStats), (Error, Vec<Path>)> {
+        let id = last.as_ref().map_or(1, |m| m.id + 1);
+        let mut extras = Vec::with_capacity(self.extras.len());
+        for e in &self.extras {
+            extras.push((e.name(), e.save().map_err(|e| (e, Vec::new()))?));
+        }
+        let pending = encode(id, &self.layout, image, extras).map_err(|e| (e, Vec::new()))?;
+        let mut written = Vec::new();
+        let mut files = last.as_ref().map(|m| m.files.clone()).unwrap_or_default();
+        let mut state = Vec::new();
+        let mut stats = CheckpointStats {
+            id,
+            wal_seq: image.wal_seq,
+            ..CheckpointStats::default()
+        };
+        for p in pending {
+            let path = Path::from(p.entry.path.as_str());
+            if let Err(e) = self.store.put(&path, PutPayload::from(p.bytes)).await {
+                return Err((storage(&path, e), written));
+            }
+            written.push(path);
+            stats.files += 1;
+            stats.bytes += p.entry.bytes;
+            match p.entry.kind {
+                FileKind::Minutes | FileKind::Hours => files.push(p.entry),
+                FileKind::Series | FileKind::Open | FileKind::Extra => state.push(p.entry),
+            }
+        }
+        // The files are durable before the manifest that names them.
+        let paths = written.iter().map(|p| p.to_string()).collect();
+        if let Err(e) = self.syncer.sync(paths).await {
+            return Err((e, written));
+        }
+        if self.hooks.is_on(Hook::FailCheckpointAfterFiles) {
+            tracing::warn!("Test hook fail_checkpoint_after_files: failing before the manifest.");
+            // As a crash would: the files stay, no manifest names them.
+            return Err((
+                Error::Storage("test hook fail_checkpoint_after_files".into()),
+                Vec::new(),
+            ));
+        }
+        let manifest = Manifest {
+            version: MANIFEST_VERSION,
+            id,
+            created_unix_nanos: created,
+            wal_seq: image.wal_seq,
+            sealed_before_minute: image.sealed_before,
+            significant_digits: self.layout.significant_digits,
+            dimensions: self.layout.dimensions.clone(),
+            thresholds: self.layout.thresholds.clone(),
+            files,
+            state,
+        };
+        let path = Manifest::path(id);
+        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| {
+            (
+                Error::Storage(format!("cannot encode the manifest: {e}")),
+                Vec::new(),
+            )
+        })?;
+        if let Err(e) = self.store.put(&path, PutPayload::from(json)).await {
+            return Err((storage(&path, e), written));
+        }
+        // And the manifest before the WAL behind it goes.
+        if let Err(e) = self.syncer.sync(vec![path.to_string()]).await {
+            written.push(path);
+            return Err((e, written));
+        }
+        Ok((manifest, stats))
+    }
+
+    /// Deletes the manifest a new one replaced and its state files.
+    async fn delete_superseded(&self, old: &Manifest) {
+        let paths = old
+            .state
+            .iter()
+            .map(|f| Path::from(f.path.as_str()))
+            .chain([Manifest::path(old.id)]);
+        for path in paths {
+            if let Err(e) = self.store.delete(&path).await {
+                tracing::warn!(error = %e, file = %path, "Cannot delete a superseded checkpoint file; the next start will.");
+            }
+        }
+    }
+}
+
+/// Deletes what the manifest in force does not name: files of a checkpoint that crashed
+/// before its manifest, and superseded ones left by a crash. Returns how many went.
+pub async fn delete_unreferenced(
+    store: &dyn ObjectStore,
+    manifest: Option<&Manifest>,
+) -> Result<usize> {
+    let named: HashSet<&str> = manifest
+        .map(|m| m.all_files().map(|f| f.path.as_str()).collect())
+        .unwrap_or_default();
+    let keep_manifest = manifest.map(|m| Manifest::path(m.id));
+    let mut doomed = Vec::new();
+    for prefix in ["minutes", "hours", "state", MANIFESTS] {
+        let mut listing = store.list(Some(&Path::from(prefix)));
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(|e| storage(&prefix, e))?;
+            let loc = meta.location;
+            if !named.contains(loc.as_ref()) && Some(&loc) != keep_manifest.as_ref() {
+                doomed.push(loc);
+            }
+        }
+    }
+    for path in &doomed {
+        store.delete(path).await.map_err(|e| storage(path, e))?;
+    }
+    Ok(doomed.len())
+}
+
+fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str, file: &str) -> Result<&'a T> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| {
+            Error::Storage(format!(
+                "{file}: column `{name}` is missing or of the wrong type"
+            ))
+        })
+}
+
+/// Rows of a rollup (or open) file.
+fn rollup_rows(
+    batches: &[RecordBatch],
+    layout: &Layout,
+    file: &str,
+    time: &str,
+) -> Result<Vec<(SeriesKey, u64, Row)>> {
+    let mut out = Vec::new();
+    for b in batches {
+        let at = column::<TimestampNanosecondArray>(b, time, file)?;
+        let service = column::<StringArray>(b, "service", file)?;
+        let endpoint = column::<StringArray>(b, "endpoint", file)?;
+        let dims = layout
+            .dimensions
+            .iter()
+            .map(|d| column::<StringArray>(b, d, file))
+            .collect::<Result<Vec<_>>>()?;
+        let requests = column::<UInt64Array>(b, "requests", file)?;
+        let errors = column::<UInt64Array>(b, "errors", file)?;
+        let recs = column::<UInt64Array>(b, "recommendations", file)?;
+        let le = layout
+            .thresholds
+            .iter()
+            .map(|t| column::<UInt64Array>(b, t, file))
+            .collect::<Result<Vec<_>>>()?;
+        let hdr = column::<BinaryArray>(b, "hdr", file)?;
+        for i in 0..b.num_rows() {
+            let mut counts = RowCounts {
+                requests: requests.value(i),
+                errors: errors.value(i),
+                recommendations: recs.value(i),
+                ..RowCounts::default()
+            };
+            for (slot, col) in counts.le.iter_mut().zip(&le) {
+                *slot = col.value(i);
+            }
+            let key = SeriesKey {
+                service: Arc::from(service.value(i)),
+                endpoint: Arc::from(endpoint.value(i)),
+                dimensions: dims.iter().map(|d| Arc::from(d.value(i))).collect(),
+            };
+            let nanos = u64::try_from(at.value(i))
+                .map_err(|_| Error::Storage(format!("{file}: a row starts before 1970")))?;
+            out.push((
+                key,
+                nanos / MINUTE_NANOS,
+                Row {
+                    counts,
+                    hdr: Bytes::copy_from_slice(hdr.value(i)),
+                },
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn series_rows(
+    batches: &[RecordBatch],
+    layout: &Layout,
+    file: &str,
+) -> Result<Vec<(SeriesKey, Source, SeriesTotals)>> {
+    let mut out = Vec::new();
+    for b in batches {
+        let service = column::<StringArray>(b, "service", file)?;
+        let endpoint = column::<StringArray>(b, "endpoint", file)?;
+        let dims = layout
+            .dimensions
+            .iter()
+            .map(|d| column::<StringArray>(b, d, file))
+            .collect::<Result<Vec<_>>>()?;
+        let source = column::<StringArray>(b, "source", file)?;
+        let n = |name: &str| column::<UInt64Array>(b, name, file);
+        let (ok, errors, recs, hi, lo) = (
+            n("ok")?,
+            n("errors")?,
+            n("recommendations")?,
+            n("sum_nanos_high")?,
+            n("sum_nanos_low")?,
+        );
+        let buckets = (0..BUCKET_COLUMNS)
+            .map(|i| n(&format!("bucket_{i}")))
+            .collect::<Result<Vec<_>>>()?;
+        for i in 0..b.num_rows() {
+            let key = SeriesKey {
+                service: Arc::from(service.value(i)),
+                endpoint: Arc::from(endpoint.value(i)),
+                dimensions: dims.iter().map(|d| Arc::from(d.value(i))).collect(),
+            };
+            let source = Source::from_label(source.value(i)).ok_or_else(|| {
+                Error::Storage(format!("{file}: unknown source `{}`", source.value(i)))
+            })?;
+            let totals = SeriesTotals {
+                ok: ok.value(i),
+                errors: errors.value(i),
+                recommendations: recs.value(i),
+                bucket_counts: std::array::from_fn(|j| buckets[j].value(i)),
+                sum_nanos: (u128::from(hi.value(i)) << 64) | u128::from(lo.value(i)),
+            };
+            out.push((key, source, totals));
+        }
+    }
+    Ok(out)
+}
+
+async fn read_entry(store: &dyn ObjectStore, entry: &FileEntry) -> Result<Vec<RecordBatch>> {
+    let bytes = get(store, &Path::from(entry.path.as_str())).await?;
+    read_parquet(bytes).map_err(|e| storage(&entry.path, e))
+}
+
+/// What a restore read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestoreStats {
+    pub series: usize,
+    pub rows: usize,
+    pub files: usize,
+}
+
+/// Restores `manifest` into the empty `aggregator`: counters, the rows memory holds (minutes
+/// of the last 3 h, hours of the 30-day window), blocks, open accumulators, registered state.
+pub async fn restore(
+    store: &dyn ObjectStore,
+    manifest: &Manifest,
+    layout: &Layout,
+    aggregator: &mut Aggregator,
+    extras: &[Arc<dyn Checkpointable>],
+) -> Result<RestoreStats> {
+    let path = Manifest::path(manifest.id);
+    if manifest.dimensions != layout.dimensions
+        || manifest.thresholds != layout.thresholds
+        || manifest.significant_digits != layout.significant_digits
+    {
+        return Err(storage(
+            &path,
+            format!(
+                "the checkpoint was written with dimensions {:?}, latency thresholds {:?} and {} \
+                 significant digits; the configuration has {:?}, {:?} and {}. Restore that \
+                 configuration or point storage.url and wal.dir at new locations",
+                manifest.dimensions,
+                manifest.thresholds,
+                manifest.significant_digits,
+                layout.dimensions,
+                layout.thresholds,
+                layout.significant_digits
+            ),
+        ));
+    }
+    aggregator.restore_begin(manifest.sealed_before_minute, manifest.wal_seq);
+    let mut stats = RestoreStats::default();
+    let state_file = |kind: FileKind| manifest.state.iter().find(|f| f.kind == kind);
+    if let Some(entry) = state_file(FileKind::Series) {
+        let batches = read_entry(store, entry).await?;
+        for (key, source, totals) in series_rows(&batches, layout, &entry.path)? {
+            aggregator.restore_series(key, source, totals);
+            stats.series += 1;
+        }
+        stats.files += 1;
+    }
+    let keep_from = manifest
+        .sealed_before_minute
+        .saturating_sub(crate::state::MINUTES_KEPT);
+    let hours_from = aggregator.first_hour_held(manifest.sealed_before_minute * MINUTE_NANOS);
+    for entry in &manifest.files {
+        let (table, time, from) = match entry.kind {
+            FileKind::Minutes => (Table::Minutes, "minute", keep_from),
+            FileKind::Hours => (Table::Hours, "hour", hours_from),
+            _ => continue,
+        };
+        if entry.last_minute < from {
+            continue;
+        }
+        let batches = read_entry(store, entry).await?;
+        for (key, at, row) in rollup_rows(&batches, layout, &entry.path, time)? {
+            aggregator.restore_row(&key, table, at, row);
+            stats.rows += 1;
+        }
+        stats.files += 1;
+    }
+    let mut open = Vec::new();
+    if let Some(entry) = state_file(FileKind::Open) {
+        let batches = read_entry(store, entry).await?;
+        open = rollup_rows(&batches, layout, &entry.path, "minute")?;
+        stats.files += 1;
+    }
+    aggregator.restore_finish(open)?;
+    for extra in extras {
+        let Some(entry) = manifest.state.iter().find(|f| {
+            f.kind == FileKind::Extra && f.path.ends_with(&format!("-{}.json", extra.name()))
+        }) else {
+            continue;
+        };
+        let bytes = get(store, &Path::from(entry.path.as_str())).await?;
+        let value = serde_json::from_slice(&bytes).map_err(|e| storage(&entry.path, e))?;
+        extra.restore(value)?;
+        stats.files += 1;
+    }
+    Ok(stats)
+}
+
+/// What `recmeter verify` found in a good store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub manifest: String,
+    pub checkpoint_id: u64,
+    pub created_unix_nanos: u64,
+    pub wal_seq: u64,
+    pub files: usize,
+    pub bytes: u64,
+    pub minute_rows: u64,
+    pub minute_requests: u64,
+    pub hour_rows: u64,
+    pub hour_requests: u64,
+    pub series: u64,
+    /// Requests counted since the store began (the series counters).
+    pub series_requests: u64,
+    pub open_requests: u64,
+}
+
+/// Checks every file the manifest in force names: present, of the recorded size, readable,
+/// with the recorded rows and requests. The error names the first file that is not.
+pub async fn verify(store: &dyn ObjectStore) -> Result<VerifyReport> {
+    let manifest = latest_manifest(store)
+        .await?
+        .ok_or_else(|| Error::Storage("no checkpoint manifest found".into()))?;
+    let layout = Layout {
+        significant_digits: manifest.significant_digits,
+        dimensions: manifest.dimensions.clone(),
+        thresholds: manifest.thresholds.clone(),
+    };
+    let mut report = VerifyReport {
+        manifest: Manifest::path(manifest.id).to_string(),
+        checkpoint_id: manifest.id,
+        created_unix_nanos: manifest.created_unix_nanos,
+        wal_seq: manifest.wal_seq,
+        ..VerifyReport::default()
+    };
+    for entry in manifest.all_files() {
+        let bytes = get(store, &Path::from(entry.path.as_str())).await?;
+        let wrong = |what: String| Error::Storage(format!("{}: {what}", entry.path));
+        if bytes.len() as u64 != entry.bytes {
+            return Err(wrong(format!(
+                "{} bytes, the manifest recorded {}",
+                bytes.len(),
+                entry.bytes
+            )));
+        }
+        report.files += 1;
+        report.bytes += entry.bytes;
+        if entry.kind == FileKind::Extra {
+            serde_json::from_slice::<serde_json::Value>(&bytes)
+                .map_err(|e| wrong(format!("not JSON: {e}")))?;
+            continue;
+        }
+        let batches = read_parquet(bytes).map_err(|e| wrong(format!("unreadable Parquet: {e}")))?;
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        if rows != entry.rows {
+            return Err(wrong(format!(
+                "{rows} rows, the manifest recorded {}",
+                entry.rows
+            )));
+        }
+        let requests: u64 = match entry.kind {
+            FileKind::Series => series_rows(&batches, &layout, &entry.path)?
+                .iter()
+                .map(|(_, _, t)| t.requests())
+                .sum(),
+            FileKind::Hours => rollup_rows(&batches, &layout, &entry.path, "hour")?
+                .iter()
+                .map(|(_, _, r)| r.counts.requests)
+                .sum(),
+            _ => rollup_rows(&batches, &layout, &entry.path, "minute")?
+                .iter()
+                .map(|(_, _, r)| r.counts.requests)
+                .sum(),
+        };
+        if requests != entry.requests {
+            return Err(wrong(format!(
+                "{requests} requests, the manifest recorded {}",
+                entry.requests
+            )));
+        }
+        match entry.kind {
+            FileKind::Minutes => {
+                report.minute_rows += rows;
+                report.minute_requests += requests;
+            }
+            FileKind::Hours => {
+                report.hour_rows += rows;
+                report.hour_requests += requests;
+            }
+            FileKind::Series => {
+                report.series += rows;
+                report.series_requests += requests;
+            }
+            FileKind::Open => report.open_requests += requests,
+            FileKind::Extra => {}
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_date(0), "1970-01-01");
+        assert_eq!(civil_date(20_514), "2026-03-02");
+        assert_eq!(civil_date(11_016), "2000-02-29");
+        assert_eq!(civil_date(-1), "1969-12-31");
+    }
+}

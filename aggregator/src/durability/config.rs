@@ -1,0 +1,100 @@
+//! `[wal]` and `[storage]` configuration.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::InvalidField;
+
+/// When an OTLP request is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// After its records are in the write-ahead log and fsynced: a 200 survives `kill -9` and
+    /// power loss.
+    Wal,
+    /// Without the log: a crash loses what was accepted since the last checkpoint (at most
+    /// `storage.checkpoint_interval`), for lower latency and less disk I/O.
+    Checkpoint,
+}
+
+/// `[wal]` configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WalConfig {
+    /// Directory of the write-ahead log, locked by one recmeter process. Relative paths are
+    /// resolved against the working directory. Default: `"./data/wal"`.
+    pub dir: PathBuf,
+    /// `"wal"` or `"checkpoint"` (see [`Durability`]). Default: `"wal"`.
+    pub durability: Durability,
+    /// Longest wait for a group commit: appends arriving within it share one fsync.
+    /// Default: `"10ms"`.
+    #[serde(with = "humantime_serde")]
+    pub fsync_interval: Duration,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("./data/wal"),
+            durability: Durability::Wal,
+            fsync_interval: Duration::from_millis(10),
+        }
+    }
+}
+
+impl WalConfig {
+    /// Cross-field checks.
+    pub fn validate(&self) -> Vec<InvalidField> {
+        let mut errors = Vec::new();
+        if self.dir.as_os_str().is_empty() {
+            errors.push(InvalidField::new("wal.dir", "must not be empty"));
+        }
+        if self.fsync_interval > Duration::from_secs(1) {
+            errors.push(InvalidField::new(
+                "wal.fsync_interval",
+                "must be at most 1s: every acknowledgement waits for it",
+            ));
+        }
+        errors
+    }
+}
+
+/// `[storage]` configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Where checkpoints go: a plain path (resolved against the working directory) or a
+    /// `file://` URL. Default: `"./data"`.
+    pub url: String,
+    /// Time between checkpoints; one is also taken at shutdown. Default: `"10s"`.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            url: "./data".to_owned(),
+            checkpoint_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl StorageConfig {
+    /// Cross-field checks.
+    pub fn validate(&self) -> Vec<InvalidField> {
+        let mut errors = Vec::new();
+        if let Err(e) = super::store::parse_url(&self.url) {
+            errors.push(InvalidField::new("storage.url", e.to_string()));
+        }
+        if self.checkpoint_interval < Duration::from_secs(1) {
+            errors.push(InvalidField::new(
+                "storage.checkpoint_interval",
+                "must be at least 1s",
+            ));
+        }
+        errors
+    }
+}

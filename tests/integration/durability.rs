@@ -1,0 +1,475 @@
+//! Durability: an acknowledged request survives `kill -9`, and nothing is counted twice.
+//! Every check compares against the raw values sent (exact counts, nearest-rank quantiles) or
+//! against a second recmeter fed the same requests that never crashed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, status};
+use prost::Message;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::harness::{Exposition, Recmeter, Start, binary, fake_start, nanos};
+use crate::otlp::{assert_within, latency_nanos, nearest_rank};
+
+const SERVICE: &str = "durable";
+/// The windows `/metrics` exports.
+const WINDOWS: [&str; 4] = ["1m", "5m", "1h", "1d"];
+
+/// One span as sent: which endpoint, how many minutes before the fake start it ended, its
+/// duration and whether it failed.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    endpoint: usize,
+    minutes_ago: u64,
+    duration: u64,
+    error: bool,
+}
+
+fn endpoint(i: usize) -> String {
+    format!("GET /durable/{i}")
+}
+
+/// `requests` requests of `per_request` spans: heavy-tailed latencies, 1% errors, four
+/// endpoints, each request's spans ending in one of the last 50 minutes (late data included).
+fn workload(seed: u64, requests: usize, per_request: usize) -> (Vec<Vec<u8>>, Vec<Sent>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let start = nanos(fake_start());
+    let mut bodies = Vec::with_capacity(requests);
+    let mut sent = Vec::with_capacity(requests * per_request);
+    for r in 0..requests {
+        let minutes_ago = rng.random_range(0..50u64);
+        let end = start - minutes_ago * 60_000_000_000 - 1_000_000_000;
+        let spans = (0..per_request)
+            .map(|i| {
+                let s = Sent {
+                    endpoint: rng.random_range(0..4),
+                    minutes_ago,
+                    duration: latency_nanos(&mut rng),
+                    error: rng.random::<f64>() < 0.01,
+                };
+                sent.push(s);
+                let id = (r * per_request + i) as u64 + 1;
+                Span {
+                    trace_id: id.to_be_bytes().repeat(2),
+                    span_id: id.to_be_bytes().to_vec(),
+                    name: endpoint(s.endpoint),
+                    kind: 2,
+                    start_time_unix_nano: end - s.duration,
+                    end_time_unix_nano: end,
+                    status: Some(Status {
+                        code: if s.error {
+                            status::StatusCode::Error as i32
+                        } else {
+                            status::StatusCode::Ok as i32
+                        },
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![KeyValue {
+                        key: "service.name".into(),
+                        value: Some(AnyValue {
+                            value: Some(any_value::Value::StringValue(SERVICE.into())),
+                        }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        bodies.push(request.encode_to_vec());
+    }
+    (bodies, sent)
+}
+
+/// Posts every body over OTLP/HTTP from four threads; panics unless each gets a 200.
+fn send_all(recmeter: &Recmeter, bodies: &Arc<Vec<Vec<u8>>>) {
+    let url = format!("http://{}/v1/traces", recmeter.addrs.otlp_http);
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let (url, bodies) = (url.clone(), bodies.clone());
+            std::thread::spawn(move || {
+                let http = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(60))
+                    .build()
+                    .unwrap();
+                for body in bodies.iter().skip(t).step_by(4) {
+                    let response = http
+                        .post(&url)
+                        .header("Content-Type", "application/x-protobuf")
+                        .body(body.clone())
+                        .send()
+                        .unwrap();
+                    assert_eq!(response.status().as_u16(), 200);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+/// What the raw data says at the fake start plus `advanced_minutes`: per endpoint, ok and error
+/// counts, and the sorted durations each window holds.
+struct Expected {
+    ok: [u64; 4],
+    errors: [u64; 4],
+    by_window: BTreeMap<&'static str, [Vec<u64>; 4]>,
+}
+
+fn expected(sent: &[Sent], advanced_minutes: u64) -> Expected {
+    let mut e = Expected {
+        ok: [0; 4],
+        errors: [0; 4],
+        by_window: BTreeMap::new(),
+    };
+    for s in sent {
+        if s.error {
+            e.errors[s.endpoint] += 1;
+        } else {
+            e.ok[s.endpoint] += 1;
+        }
+    }
+    // 1d takes whole hours: every span sent (all within 2 h of the start) is in it.
+    for (w, minutes) in [("1m", 1), ("5m", 5), ("1h", 60), ("1d", 1440)] {
+        let mut v: [Vec<u64>; 4] = Default::default();
+        for s in sent {
+            // Minute-exact: the window holds the minutes after `now − W`.
+            if s.minutes_ago + advanced_minutes < minutes {
+                v[s.endpoint].push(s.duration);
+            }
+        }
+        for x in &mut v {
+            x.sort_unstable();
+        }
+        e.by_window.insert(w, v);
+    }
+    e
+}
+
+/// Counts and every window's quantiles of the four endpoints, as exported.
+fn exported(m: &Exposition) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    for i in 0..4 {
+        let e = endpoint(i);
+        for status in ["ok", "error"] {
+            let v = m.value(
+                "recs_requests_total",
+                &[("endpoint", &e), ("status", status)],
+            );
+            out.push((format!("{e} {status}"), v));
+        }
+        for w in WINDOWS {
+            for q in ["0.5", "0.9", "0.99", "0.999"] {
+                let v = m.value(
+                    "recmeter_latency_quantile_seconds",
+                    &[("endpoint", &e), ("window", w), ("q", q)],
+                );
+                out.push((format!("{e} {w} q={q}"), v));
+            }
+        }
+    }
+    out
+}
+
+fn check_against_raw(m: &Exposition, e: &Expected, what: &str) {
+    for i in 0..4 {
+        let name = endpoint(i);
+        let ok = m.value(
+            "recs_requests_total",
+            &[("endpoint", &name), ("status", "ok")],
+        );
+        let errors = m.value(
+            "recs_requests_total",
+            &[("endpoint", &name), ("status", "error")],
+        );
+        assert_eq!(ok, e.ok[i] as f64, "{what}: {name} ok");
+        assert_eq!(errors, e.errors[i] as f64, "{what}: {name} errors");
+        for (w, values) in &e.by_window {
+            let raw = &values[i];
+            let got = m.find(
+                "recmeter_latency_quantile_seconds",
+                &[("endpoint", &name), ("window", w), ("q", "0.99")],
+            );
+            match got {
+                None => assert!(raw.is_empty(), "{what}: {name} {w} missing"),
+                Some(got) => assert_within(
+                    got,
+                    nearest_rank(raw, 99, 100),
+                    0.01,
+                    &format!("{what}: {name} {w} q=0.99"),
+                ),
+            }
+        }
+    }
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn set_hook(recmeter: &Recmeter, name: &str, on: bool) {
+    let response = reqwest::blocking::Client::new()
+        .post(recmeter.api_url("/-/test/hook"))
+        .header("Content-Type", "application/json")
+        .body(serde_json::json!({"name": name, "on": on}).to_string())
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+}
+
+fn verify(store: &Path) -> (bool, String, String) {
+    let out = Command::new(binary())
+        .arg("verify")
+        .arg("--storage")
+        .arg(store)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_million_spans_survive_kill_9_and_count_once() {
+    const REQUESTS: usize = 1_000;
+    const PER_REQUEST: usize = 1_000;
+    let (bodies, sent) = workload(7, REQUESTS, PER_REQUEST);
+    let bodies = Arc::new(bodies);
+    // Checkpoints every second, so the crash falls between checkpoints with the WAL truncated
+    // behind several of them.
+    let config = "[storage]\ncheckpoint_interval = \"1s\"\n";
+
+    let reference = Recmeter::start(config);
+    send_all(&reference, &bodies);
+
+    let dir = tempfile::tempdir().unwrap();
+    let crashing = Recmeter::start_with(Start {
+        config,
+        dir: Some(dir.path()),
+        ..Start::default()
+    });
+    send_all(&crashing, &bodies);
+    crashing.kill9();
+
+    let restarted = Recmeter::start_with(Start {
+        config,
+        dir: Some(dir.path()),
+        ..Start::default()
+    });
+    let log = restarted.log();
+    let restored = log.lines().rev().find(|l| l.contains("Restored.")).unwrap();
+    eprintln!("{restored}");
+
+    for (advance, minutes) in [(None, 0), (Some("2m"), 2), (Some("70m"), 72)] {
+        if let Some(by) = advance {
+            reference.advance(by);
+            restarted.advance(by);
+        }
+        let (a, b) = (reference.metrics(), restarted.metrics());
+        assert_eq!(
+            exported(&a),
+            exported(&b),
+            "after {minutes} minutes: the restarted recmeter differs from the reference"
+        );
+        let total: f64 = a.sum("recs_requests_total");
+        assert_eq!(total, (REQUESTS * PER_REQUEST) as f64);
+        let e = expected(&sent, minutes);
+        check_against_raw(&a, &e, &format!("reference +{minutes}m"));
+        check_against_raw(&b, &e, &format!("restarted +{minutes}m"));
+    }
+}
+
+#[test]
+fn no_request_is_answered_while_the_fsync_is_held() {
+    let recmeter = Recmeter::start("");
+    let (bodies, sent) = workload(11, 8, 100);
+    set_hook(&recmeter, "block_fsync", true);
+    let answered = Arc::new(AtomicUsize::new(0));
+    let url = format!("http://{}/v1/traces", recmeter.addrs.otlp_http);
+    let threads: Vec<_> = bodies
+        .into_iter()
+        .map(|body| {
+            let (url, answered) = (url.clone(), answered.clone());
+            std::thread::spawn(move || {
+                let response = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(30))
+                    .build()
+                    .unwrap()
+                    .post(&url)
+                    .header("Content-Type", "application/x-protobuf")
+                    .body(body)
+                    .send()
+                    .unwrap();
+                answered.fetch_add(1, Ordering::SeqCst);
+                response.status().as_u16()
+            })
+        })
+        .collect();
+    // Held for well under the clients' 30 s timeout.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        answered.load(Ordering::SeqCst),
+        0,
+        "answered before the fsync"
+    );
+    assert_eq!(recmeter.metrics().sum("recs_requests_total"), 0.0);
+    set_hook(&recmeter, "block_fsync", false);
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 200);
+    }
+    let m = recmeter.metrics();
+    check_against_raw(&m, &expected(&sent, 0), "after the fsync");
+    assert!(m.value("recmeter_wal_fsync_seconds_count", &[]) >= 1.0);
+}
+
+#[test]
+fn a_crash_in_the_middle_of_a_checkpoint_loses_and_doubles_nothing() {
+    let config = "[storage]\ncheckpoint_interval = \"1s\"\n";
+    let dir = tempfile::tempdir().unwrap();
+    let (first, mut sent) = workload(21, 20, 200);
+    let (second, more) = workload(22, 20, 200);
+    sent.extend(more);
+    let recmeter = Recmeter::start_with(Start {
+        config,
+        dir: Some(dir.path()),
+        ..Start::default()
+    });
+    send_all(&recmeter, &Arc::new(first));
+    wait_for("a checkpoint", || {
+        recmeter
+            .metrics()
+            .value("recmeter_checkpoint_last_success_timestamp_seconds", &[])
+            > 0.0
+    });
+    set_hook(&recmeter, "fail_checkpoint_after_files", true);
+    send_all(&recmeter, &Arc::new(second));
+    // Minutes seal, so the failing checkpoints have rollup files to write.
+    recmeter.advance("1m");
+    wait_for("two checkpoints that fail after their files", || {
+        recmeter
+            .log()
+            .matches("failing before the manifest")
+            .count()
+            >= 2
+    });
+    recmeter.kill9();
+
+    let restarted = Recmeter::start_with(Start {
+        config,
+        dir: Some(dir.path()),
+        fake_clock: Some("2026-03-02T10:01:30Z"),
+        ..Start::default()
+    });
+    let log = restarted.log();
+    let restored = log.lines().rev().find(|l| l.contains("Restored.")).unwrap();
+    assert!(
+        !restored.contains("unreferenced_files_deleted=0"),
+        "the failed checkpoints' files are deleted: {restored}"
+    );
+    check_against_raw(&restarted.metrics(), &expected(&sent, 1), "restarted");
+    let (ok, out, err) = verify(&dir.path().join("data"));
+    assert!(ok, "{out}{err}");
+}
+
+#[test]
+fn verify_passes_on_a_good_store_and_names_a_truncated_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bodies, sent) = workload(31, 10, 100);
+    let recmeter = Recmeter::start_with(Start {
+        dir: Some(dir.path()),
+        ..Start::default()
+    });
+    send_all(&recmeter, &Arc::new(bodies));
+    recmeter.advance("2m");
+    // A second process on the same WAL directory is refused, naming it.
+    let second = Command::new(binary())
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("RECMETER_OTLP__GRPC_ADDRESS", "127.0.0.1:0")
+        .env("RECMETER_OTLP__HTTP_ADDRESS", "127.0.0.1:0")
+        .env("RECMETER_API__ADDRESS", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("data/wal") && stderr.contains("locked by another recmeter process"),
+        "{stderr}"
+    );
+    let (status, _) = recmeter.terminate();
+    assert!(status.success());
+
+    let store = dir.path().join("data");
+    let (ok, out, err) = verify(&store);
+    assert!(ok, "{out}{err}");
+    let total = sent.len();
+    assert!(
+        out.contains(&format!("requests counted since the store began: {total}")),
+        "{out}"
+    );
+    // The minute files hold every request: the final checkpoint sealed them all.
+    assert!(
+        out.contains(&format!("({total} requests); hour rows")),
+        "{out}"
+    );
+
+    let minute_file = walk(&store.join("minutes"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .unwrap();
+    let len = std::fs::metadata(&minute_file).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&minute_file)
+        .unwrap();
+    f.set_len(len / 2).unwrap();
+    let (ok, out, err) = verify(&store);
+    assert!(!ok, "{out}");
+    let name = minute_file
+        .strip_prefix(&store)
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(err.contains(&name), "names {name}: {err}");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
