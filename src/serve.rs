@@ -217,7 +217,12 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
     if tokio::time::timeout_at(deadline, worker).await.is_err() {
         tracing::warn!("Shutdown deadline passed before the aggregator drained its queue.");
     }
-    let _ = checkpointing.await;
+    if tokio::time::timeout_at(deadline, checkpointing)
+        .await
+        .is_err()
+    {
+        tracing::warn!("Shutdown deadline passed during a checkpoint.");
+    }
     // The last checkpoint holds everything counted, so the next start replays nothing.
     match tokio::time::timeout_at(deadline, checkpoints.checkpoint()).await {
         Ok(Ok(stats)) => tracing::info!(

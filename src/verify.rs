@@ -76,7 +76,7 @@ fn print_report(url: &str, r: &VerifyReport) {
         r.files, r.bytes
     );
     println!(
-        "  series: {}; requests counted since the store began: {}",
+        "  series held: {}; requests they have counted: {}",
         r.series, r.series_requests
     );
     println!(

@@ -670,6 +670,15 @@ impl Aggregator {
             series: Vec::with_capacity(self.series.len()),
             sealed: std::mem::take(&mut self.evicted_unsaved),
         };
+        if let Err(e) = self.fill_image(&mut image) {
+            // Cannot happen for histograms recmeter encoded itself; keep the rows for the next.
+            self.give_back(image.sealed);
+            return Err(e);
+        }
+        Ok(image)
+    }
+
+    fn fill_image(&mut self, image: &mut StateImage) -> Result<()> {
         for (key, state) in &mut self.series {
             let mut open = state.late_rows(&mut self.scratch, &self.thresholds)?;
             if let Some(o) = state.open.as_mut() {
@@ -689,7 +698,7 @@ impl Aggregator {
                 });
             }
         }
-        Ok(image)
+        Ok(())
     }
 
     /// Returns rows a failed checkpoint took, so the next one writes them.

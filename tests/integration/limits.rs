@@ -119,7 +119,11 @@ fn set_hook(recmeter: &Recmeter, on: bool) {
 
 /// `recmeter.toml` with a one-slot queue and `durability`.
 fn one_slot_queue(durability: &str) -> String {
-    format!("[aggregator]\nqueue_capacity = 1\n[wal]\ndurability = \"{durability}\"\n")
+    // No checkpoint before the crash: the restart counts only what the WAL holds.
+    format!(
+        "[aggregator]\nqueue_capacity = 1\n[wal]\ndurability = \"{durability}\"\n\
+         [storage]\ncheckpoint_interval = \"1h\"\n"
+    )
 }
 
 /// Stops `recmeter` (`kill -9` with the WAL; SIGTERM, whose final checkpoint holds everything,

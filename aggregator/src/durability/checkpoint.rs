@@ -233,12 +233,16 @@ fn parquet(batch: &RecordBatch) -> Result<Bytes> {
 
 /// Reads every batch of a Parquet file; the error says what is wrong with it.
 pub fn read_parquet(bytes: Bytes) -> std::result::Result<Vec<RecordBatch>, String> {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .and_then(|b| b.build())
-        .map_err(|e| e.to_string())?;
-    reader
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())
+    // A damaged file must come back as an error naming it, even if the reader panics on it.
+    let read = std::panic::catch_unwind(move || {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .and_then(|b| b.build())
+            .map_err(|e| e.to_string())?;
+        reader
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())
+    });
+    read.unwrap_or_else(|_| Err("the Parquet reader failed on this file".into()))
 }
 
 /// A file about to be written.
@@ -541,7 +545,8 @@ impl Checkpointer {
         }
         // And the manifest before the WAL behind it goes.
         if let Err(e) = self.syncer.sync(vec![path.to_string()]).await {
-            written.push(path);
+            // The manifest goes first, so no manifest is left naming deleted files.
+            written.insert(0, path);
             return Err((e, written));
         }
         Ok((manifest, stats))
@@ -579,6 +584,20 @@ pub async fn delete_unreferenced(
             let meta = meta.map_err(|e| storage(&prefix, e))?;
             let loc = meta.location;
             if !named.contains(loc.as_ref()) && Some(&loc) != keep_manifest.as_ref() {
+                // Without a manifest, only the first checkpoint's files can be a checkpoint
+                // cut short; later ones mean the manifests went missing, and deleting the
+                // history they hold is not recmeter's call.
+                let id = loc
+                    .filename()
+                    .and_then(|n| n.get(..20))
+                    .and_then(|n| n.parse::<u64>().ok());
+                if manifest.is_none() && id != Some(1) {
+                    return Err(storage(
+                        &loc,
+                        "checkpoint files but no manifest in manifests/; restore the manifests \
+                         or point storage.url at an empty location",
+                    ));
+                }
                 doomed.push(loc);
             }
         }
@@ -812,7 +831,8 @@ pub struct VerifyReport {
     pub hour_rows: u64,
     pub hour_requests: u64,
     pub series: u64,
-    /// Requests counted since the store began (the series counters).
+    /// Requests the series held have counted (their counters; series forgotten at the cap
+    /// are not among them).
     pub series_requests: u64,
     pub open_requests: u64,
 }

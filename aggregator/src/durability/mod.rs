@@ -4,74 +4,14 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod restore;
 pub mod store;
 pub mod wal;
-
-use std::sync::Arc;
 
 pub use checkpoint::{
     CheckpointStats, Checkpointable, Checkpointer, Layout, Manifest, RestoreStats, VerifyReport,
     verify,
 };
 pub use config::{Durability, StorageConfig, WalConfig};
+pub use restore::{Opened, open};
 pub use wal::{ReplayStats, Wal, WalDir};
-
-use crate::error::Result;
-use crate::hooks::Hooks;
-use crate::state::Aggregator;
-use crate::telemetry::Telemetry;
-
-/// An aggregator brought back to where it stood, and what keeps it durable from here on.
-#[derive(Debug)]
-pub struct Opened {
-    /// Restored from the latest checkpoint, with the WAL after it applied.
-    pub aggregator: Aggregator,
-    /// The log's writer: appended to with `durability = "wal"`, truncated behind checkpoints
-    /// either way.
-    pub wal: Arc<Wal>,
-    pub store: store::Store,
-    /// The manifest in force, if the store had one.
-    pub manifest: Option<Manifest>,
-    pub restored: RestoreStats,
-    pub replayed: ReplayStats,
-    /// Files no manifest named (a checkpoint cut short), deleted.
-    pub deleted: usize,
-}
-
-/// Locks `wal.dir`, opens `storage.url`, restores the latest checkpoint into `aggregator` (which
-/// must be empty), replays the WAL after it, and starts the WAL writer.
-pub async fn open(
-    wal_config: &WalConfig,
-    storage_config: &StorageConfig,
-    layout: &Layout,
-    mut aggregator: Aggregator,
-    extras: &[Arc<dyn Checkpointable>],
-    hooks: Arc<Hooks>,
-    telemetry: Arc<Telemetry>,
-) -> Result<Opened> {
-    let dir = WalDir::lock(&wal_config.dir)?;
-    let store = store::open(&storage_config.url, true)?;
-    let objects = store.objects.as_ref();
-    let manifest = checkpoint::latest_manifest(objects).await?;
-    let deleted = checkpoint::delete_unreferenced(objects, manifest.as_ref()).await?;
-    let restored = match &manifest {
-        Some(m) => checkpoint::restore(objects, m, layout, &mut aggregator, extras).await?,
-        None => RestoreStats::default(),
-    };
-    let after = manifest.as_ref().map_or(0, |m| m.wal_seq);
-    let replayed = dir.replay(after, |entry| {
-        aggregator.apply_checked(&entry.records, entry.checked_at);
-        aggregator.set_wal_seq(entry.seq);
-    })?;
-    let next_seq = replayed.last_seq.max(after) + 1;
-    let wal = Arc::new(dir.start(next_seq, wal_config.fsync_interval, hooks, telemetry)?);
-    Ok(Opened {
-        aggregator,
-        wal,
-        store,
-        manifest,
-        restored,
-        replayed,
-        deleted,
-    })
-}

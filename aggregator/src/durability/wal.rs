@@ -107,22 +107,39 @@ impl WalDir {
         &self.dir
     }
 
-    /// Hands `apply` every entry after sequence number `after`, in order.
+    /// Hands `apply` every entry after sequence number `after`, in order. A torn tail of the
+    /// last segment (a crash during a write; nothing there was acknowledged) is cut off; a bad
+    /// frame anywhere else is corruption, and an error naming the segment.
     pub fn replay(&self, after: u64, mut apply: impl FnMut(Entry)) -> Result<ReplayStats> {
         let mut stats = ReplayStats::default();
-        for (_, path) in &self.segments {
-            let file = File::open(path)
-                .map_err(|e| Error::Wal(format!("cannot read {}: {e}", path.display())))?;
+        let last = self.segments.len().saturating_sub(1);
+        for (i, (_, path)) in self.segments.iter().enumerate() {
+            let io = |e: std::io::Error| Error::Wal(format!("{}: {e}", path.display()));
+            let file = File::open(path).map_err(io)?;
+            let size = file.metadata().map_err(io)?.len();
             let mut reader = BufReader::with_capacity(1 << 20, file);
+            let mut offset = 0u64;
             loop {
-                match read_frame(&mut reader) {
+                match read_frame(&mut reader, size - offset) {
                     Frame::End => break,
-                    Frame::Torn => {
+                    Frame::Torn if i == last => {
                         stats.torn += 1;
-                        tracing::warn!(segment = %path.display(), "The WAL segment ends in a torn write; the unacknowledged tail is skipped.");
+                        tracing::warn!(segment = %path.display(), offset, "The WAL ends in a torn write (a crash while writing); the unacknowledged tail is cut off.");
+                        let cut = OpenOptions::new().write(true).open(path).map_err(io)?;
+                        cut.set_len(offset).map_err(io)?;
+                        cut.sync_all().map_err(io)?;
                         break;
                     }
-                    Frame::Entry(entry) => {
+                    Frame::Torn => {
+                        return Err(Error::Wal(format!(
+                            "{} is corrupt at byte {offset}, before later segments; move the WAL \
+                             directory aside to start without it (acknowledged requests after \
+                             the last checkpoint would be lost)",
+                            path.display()
+                        )));
+                    }
+                    Frame::Entry(entry, len) => {
+                        offset += len;
                         stats.last_seq = stats.last_seq.max(entry.seq);
                         if entry.seq > after {
                             stats.entries += 1;
@@ -145,8 +162,20 @@ impl WalDir {
         hooks: Arc<Hooks>,
         telemetry: Arc<Telemetry>,
     ) -> Result<Wal> {
+        // Segments named at or past `next_seq` hold no valid frame (the replay found none that
+        // far): they go, so segment names stay the first sequence number they hold, in order.
+        let mut segments = Vec::with_capacity(self.segments.len());
+        for (first, path) in self.segments {
+            if first >= next_seq {
+                std::fs::remove_file(&path)
+                    .map_err(|e| Error::Wal(format!("{}: {e}", path.display())))?;
+            } else {
+                segments.push((first, path));
+            }
+        }
         let mut writer = Writer {
-            segments: self.segments,
+            segments,
+            committed: 0,
             dir: self.dir,
             _lock: self.lock,
             file: None,
@@ -238,6 +267,8 @@ struct Writer {
     _lock: File,
     segments: Vec<(u64, PathBuf)>,
     file: Option<File>,
+    /// Bytes of the current segment known durable: a failed write is cut back to this.
+    committed: u64,
     next_seq: u64,
     current_has_entries: bool,
     hooks: Arc<Hooks>,
@@ -310,11 +341,19 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, "Cannot write the WAL; the requests are refused for a retry.");
-                // A partial frame may end the segment: later frames go to a new one.
-                if let Err(e) = self.open_segment() {
-                    tracing::error!(error = %e, "Cannot open a new WAL segment.");
+                // None of these frames may replay (the clients retry them): cut the segment
+                // back to what was durable. If even that fails, stop taking requests.
+                let cut = self
+                    .file
+                    .as_ref()
+                    .map(|f| f.set_len(self.committed).and_then(|()| f.sync_all()));
+                if !matches!(cut, Some(Ok(()))) {
+                    tracing::error!(
+                        "Cannot cut the WAL back after a failed write; refusing requests until restarted."
+                    );
                     self.file = None;
                 }
+                // The sequence numbers are not reused: a gap is harmless.
                 for (_, records, then) in pending.drain(..) {
                     then(Err(Error::Wal(e.to_string())), records);
                 }
@@ -334,7 +373,9 @@ impl Writer {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
-        file.sync_data()
+        file.sync_data()?;
+        self.committed += self.buf.len() as u64;
+        Ok(())
     }
 
     /// Starts a new segment at the next sequence number.
@@ -349,14 +390,16 @@ impl Writer {
             .write(true)
             .truncate(true)
             .open(&path)?;
-        // The new name must survive a crash as well as the frames in it.
-        File::open(&self.dir)?.sync_all()?;
+        // Known before anything can fail, so truncation never judges a segment by a neighbour
+        // it does not know about.
         if self.segments.last().is_none_or(|(_, p)| *p != path) {
             self.segments.push((self.next_seq, path));
         }
         self.file = Some(file);
+        self.committed = 0;
         self.current_has_entries = false;
-        Ok(())
+        // The new name must survive a crash as well as the frames in it.
+        File::open(&self.dir)?.sync_all()
     }
 
     /// Deletes the segments whose frames are all at or before `covered`; the current one is
@@ -433,7 +476,8 @@ pub fn encode_frame(out: &mut Vec<u8>, seq: u64, checked_at: u64, records: &[Req
         let delta = r.end_unix_nanos.wrapping_sub(checked_at) as i64;
         put_varint(out, ((delta << 1) ^ (delta >> 63)) as u64);
         put_varint(out, r.duration_nanos);
-        put_varint(out, (r.recommendations << 1) | u64::from(r.error));
+        put_varint(out, r.recommendations);
+        out.push(u8::from(r.error));
     }
     let payload = &out[start + 8..];
     let len = payload.len() as u32;
@@ -443,14 +487,16 @@ pub fn encode_frame(out: &mut Vec<u8>, seq: u64, checked_at: u64, records: &[Req
 }
 
 enum Frame {
-    Entry(Entry),
+    /// An entry, and the bytes its frame took.
+    Entry(Entry, u64),
     /// A clean end of the segment.
     End,
     /// A frame cut short, failing its CRC, or not decodable.
     Torn,
 }
 
-fn read_frame(reader: &mut impl Read) -> Frame {
+/// Reads one frame from `reader`, which has `remaining` bytes left.
+fn read_frame(reader: &mut impl Read, remaining: u64) -> Frame {
     let mut header = [0u8; 8];
     let mut got = 0;
     while got < header.len() {
@@ -463,14 +509,15 @@ fn read_frame(reader: &mut impl Read) -> Frame {
     }
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
     let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    if !(16..=MAX_FRAME).contains(&len) {
+    // A garbage length past the end of the file allocates nothing.
+    if !(16..=MAX_FRAME).contains(&len) || len as u64 > remaining.saturating_sub(8) {
         return Frame::Torn;
     }
     let mut payload = vec![0u8; len];
     if reader.read_exact(&mut payload).is_err() || crc32fast::hash(&payload) != crc {
         return Frame::Torn;
     }
-    decode_payload(&payload).map_or(Frame::Torn, Frame::Entry)
+    decode_payload(&payload).map_or(Frame::Torn, |e| Frame::Entry(e, 8 + len as u64))
 }
 
 struct Cursor<'a> {
@@ -537,13 +584,18 @@ fn decode_payload(payload: &[u8]) -> Option<Entry> {
         let zz = c.varint()?;
         let delta = ((zz >> 1) as i64) ^ -((zz & 1) as i64);
         let duration_nanos = c.varint()?;
-        let packed = c.varint()?;
+        let recommendations = c.varint()?;
+        let (&error, rest) = c.bytes.split_first()?;
+        c.bytes = rest;
+        if error > 1 {
+            return None;
+        }
         records.push(RequestRecord {
             key,
             end_unix_nanos: checked_at.wrapping_add(delta as u64),
             duration_nanos,
-            error: packed & 1 == 1,
-            recommendations: packed >> 1,
+            error: error == 1,
+            recommendations,
         });
     }
     c.bytes.is_empty().then_some(Entry {
@@ -581,7 +633,7 @@ mod tests {
                 true,
                 0,
             ),
-            record("a", u64::MAX, u64::MAX, true, u64::MAX >> 1),
+            record("a", u64::MAX, u64::MAX, true, u64::MAX),
             record("b", 0, 0, false, 7),
         ]
     }
@@ -634,15 +686,20 @@ mod tests {
         // Every cut of the second frame, and every flipped byte in it, reads as torn.
         for cut in one..frames.len() {
             let mut r = &frames[..cut];
-            assert!(matches!(read_frame(&mut r), Frame::Entry(_)));
-            assert!(matches!(read_frame(&mut r), Frame::End | Frame::Torn));
+            let rest = (cut - one) as u64;
+            assert!(matches!(read_frame(&mut r, cut as u64), Frame::Entry(..)));
+            assert!(matches!(read_frame(&mut r, rest), Frame::End | Frame::Torn));
         }
         for i in one..frames.len() {
             let mut bad = frames.clone();
             bad[i] ^= 0x5a;
             let mut r = &bad[..];
-            assert!(matches!(read_frame(&mut r), Frame::Entry(_)));
-            assert!(matches!(read_frame(&mut r), Frame::Torn));
+            let rest = (bad.len() - one) as u64;
+            assert!(matches!(
+                read_frame(&mut r, bad.len() as u64),
+                Frame::Entry(..)
+            ));
+            assert!(matches!(read_frame(&mut r, rest), Frame::Torn));
         }
         // Hostile payloads with a valid CRC: counts far beyond the bytes, bad key indexes.
         for payload in [
@@ -658,6 +715,67 @@ mod tests {
         ] {
             assert!(decode_payload(&payload).is_none());
         }
+    }
+
+    fn append_one(wal: &Wal) -> u64 {
+        let (tx, rx) = mpsc::channel();
+        wal.append(
+            records(),
+            0,
+            Box::new(move |seq, _| tx.send(seq.unwrap()).unwrap()),
+        );
+        rx.recv().unwrap()
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_corruption_before_it_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = |next| {
+            WalDir::lock(dir.path())
+                .unwrap()
+                .start(next, Duration::ZERO, Arc::default(), Arc::default())
+                .unwrap()
+        };
+        let wal = start(1);
+        append_one(&wal);
+        append_one(&wal);
+        drop(wal);
+        let segment = dir.path().join(format!("{:020}{SEGMENT_SUFFIX}", 1));
+        let good = std::fs::metadata(&segment).unwrap().len();
+        // A crash in the middle of the third frame.
+        let mut torn = Vec::new();
+        encode_frame(&mut torn, 3, 0, &records());
+        let mut f = OpenOptions::new().append(true).open(&segment).unwrap();
+        f.write_all(&torn[..torn.len() / 2]).unwrap();
+        drop(f);
+        let wal = WalDir::lock(dir.path()).unwrap();
+        let stats = wal.replay(0, |_| {}).unwrap();
+        assert_eq!((stats.entries, stats.torn, stats.last_seq), (2, 1, 2));
+        assert_eq!(std::fs::metadata(&segment).unwrap().len(), good);
+        drop(wal);
+        // Frames after the cut go to a new segment; the first one is whole again.
+        let wal = start(3);
+        assert_eq!(append_one(&wal), 3);
+        drop(wal);
+        let mut seqs = Vec::new();
+        WalDir::lock(dir.path())
+            .unwrap()
+            .replay(0, |e| seqs.push(e.seq))
+            .unwrap();
+        assert_eq!(seqs, [1, 2, 3]);
+        // A flipped byte in a segment that is not the last one is corruption.
+        let mut bytes = std::fs::read(&segment).unwrap();
+        bytes[20] ^= 0xff;
+        std::fs::write(&segment, bytes).unwrap();
+        let e = WalDir::lock(dir.path())
+            .unwrap()
+            .replay(0, |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("corrupt") && e.contains(&format!("{:020}", 1)),
+            "{e}"
+        );
     }
 
     #[test]
