@@ -317,6 +317,26 @@ fn a_million_spans_survive_kill_9_and_count_once() {
             exported(&b),
             "after {minutes} minutes: the restarted recmeter differs from the reference"
         );
+        // Every window SQL can ask for, from the minutes and hours each restored.
+        for query in [
+            "SELECT endpoint, sum(requests) AS n, sum(errors) AS e, \
+             hdr_quantile(hdr_merge(hdr), 0.99) AS p99 FROM latency_minutes \
+             WHERE minute > now() - INTERVAL '30 minutes' GROUP BY endpoint ORDER BY endpoint",
+            "SELECT endpoint, sum(requests) AS n, hdr_quantile(hdr_merge(hdr), 0.5) AS p50, \
+             hdr_quantile(hdr_merge(hdr), 0.999) AS p999 FROM latency_minutes \
+             WHERE minute > now() - INTERVAL '2 hours' GROUP BY endpoint ORDER BY endpoint",
+            "SELECT endpoint, sum(requests) AS n, hdr_quantile(hdr_merge(hdr), 0.99) AS p99 \
+             FROM latency_hours WHERE hour >= now() - INTERVAL '30 days' \
+             GROUP BY endpoint ORDER BY endpoint",
+            "SELECT date_trunc('hour', minute) AS h, count(*) > 0 AS rows, sum(requests) AS n \
+             FROM latency_minutes GROUP BY 1 ORDER BY 1",
+        ] {
+            assert_eq!(
+                reference.sql_rows(query),
+                restarted.sql_rows(query),
+                "after {minutes} minutes: {query}"
+            );
+        }
         let total: f64 = a.sum("recs_requests_total");
         assert_eq!(total, (REQUESTS * PER_REQUEST) as f64);
         let e = expected(&sent, minutes);

@@ -135,6 +135,11 @@ fn crash_and_restart(recmeter: Recmeter, durability: &str, config: &str, dir: &P
     } else {
         assert!(recmeter.terminate().0.success());
     }
+    start_in(dir, config)
+}
+
+/// `recmeter serve` with `config`, working (and storing) in `dir`.
+fn start_in(dir: &Path, config: &str) -> Recmeter {
     Recmeter::start_with(Start {
         config,
         dir: Some(dir),
@@ -152,11 +157,7 @@ fn a_full_queue_is_refused_with_retry_hints_then_drains_exactly() {
 fn full_queue_refusals(durability: &str) {
     let dir = tempfile::tempdir().unwrap();
     let config = one_slot_queue(durability);
-    let recmeter = Recmeter::start_with(Start {
-        config: &config,
-        dir: Some(dir.path()),
-        ..Start::default()
-    });
+    let recmeter = start_in(dir.path(), &config);
     set_hook(&recmeter, true);
 
     // HTTP: three at once; one takes the only queue slot and waits, two are refused.
@@ -266,11 +267,7 @@ fn sdk_clients_retry_through_backpressure_and_every_span_counts_once() {
 fn sdk_retries(durability: &str) {
     let dir = tempfile::tempdir().unwrap();
     let config = one_slot_queue(durability);
-    let recmeter = Recmeter::start_with(Start {
-        config: &config,
-        dir: Some(dir.path()),
-        ..Start::default()
-    });
+    let recmeter = start_in(dir.path(), &config);
     set_hook(&recmeter, true);
     let addrs = recmeter.addrs;
     let clients = [

@@ -619,6 +619,24 @@ fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str, file: &str) -> Res
         })
 }
 
+/// The series key of each row of `b` (its `service`, `endpoint` and dimension columns).
+fn keys(b: &RecordBatch, layout: &Layout, file: &str) -> Result<Vec<SeriesKey>> {
+    let service = column::<StringArray>(b, "service", file)?;
+    let endpoint = column::<StringArray>(b, "endpoint", file)?;
+    let dims = layout
+        .dimensions
+        .iter()
+        .map(|d| column::<StringArray>(b, d, file))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((0..b.num_rows())
+        .map(|i| SeriesKey {
+            service: Arc::from(service.value(i)),
+            endpoint: Arc::from(endpoint.value(i)),
+            dimensions: dims.iter().map(|d| Arc::from(d.value(i))).collect(),
+        })
+        .collect())
+}
+
 /// Rows of a rollup (or open) file.
 fn rollup_rows(
     batches: &[RecordBatch],
@@ -629,13 +647,7 @@ fn rollup_rows(
     let mut out = Vec::new();
     for b in batches {
         let at = column::<TimestampNanosecondArray>(b, time, file)?;
-        let service = column::<StringArray>(b, "service", file)?;
-        let endpoint = column::<StringArray>(b, "endpoint", file)?;
-        let dims = layout
-            .dimensions
-            .iter()
-            .map(|d| column::<StringArray>(b, d, file))
-            .collect::<Result<Vec<_>>>()?;
+        let keys = keys(b, layout, file)?;
         let requests = column::<UInt64Array>(b, "requests", file)?;
         let errors = column::<UInt64Array>(b, "errors", file)?;
         let recs = column::<UInt64Array>(b, "recommendations", file)?;
@@ -645,7 +657,7 @@ fn rollup_rows(
             .map(|t| column::<UInt64Array>(b, t, file))
             .collect::<Result<Vec<_>>>()?;
         let hdr = column::<BinaryArray>(b, "hdr", file)?;
-        for i in 0..b.num_rows() {
+        for (i, key) in keys.into_iter().enumerate() {
             let mut counts = RowCounts {
                 requests: requests.value(i),
                 errors: errors.value(i),
@@ -655,11 +667,6 @@ fn rollup_rows(
             for (slot, col) in counts.le.iter_mut().zip(&le) {
                 *slot = col.value(i);
             }
-            let key = SeriesKey {
-                service: Arc::from(service.value(i)),
-                endpoint: Arc::from(endpoint.value(i)),
-                dimensions: dims.iter().map(|d| Arc::from(d.value(i))).collect(),
-            };
             let nanos = u64::try_from(at.value(i))
                 .map_err(|_| Error::Storage(format!("{file}: a row starts before 1970")))?;
             out.push((
@@ -682,13 +689,7 @@ fn series_rows(
 ) -> Result<Vec<(SeriesKey, Source, SeriesTotals)>> {
     let mut out = Vec::new();
     for b in batches {
-        let service = column::<StringArray>(b, "service", file)?;
-        let endpoint = column::<StringArray>(b, "endpoint", file)?;
-        let dims = layout
-            .dimensions
-            .iter()
-            .map(|d| column::<StringArray>(b, d, file))
-            .collect::<Result<Vec<_>>>()?;
+        let keys = keys(b, layout, file)?;
         let source = column::<StringArray>(b, "source", file)?;
         let n = |name: &str| column::<UInt64Array>(b, name, file);
         let (ok, errors, recs, hi, lo) = (
@@ -701,12 +702,7 @@ fn series_rows(
         let buckets = (0..BUCKET_COLUMNS)
             .map(|i| n(&format!("bucket_{i}")))
             .collect::<Result<Vec<_>>>()?;
-        for i in 0..b.num_rows() {
-            let key = SeriesKey {
-                service: Arc::from(service.value(i)),
-                endpoint: Arc::from(endpoint.value(i)),
-                dimensions: dims.iter().map(|d| Arc::from(d.value(i))).collect(),
-            };
+        for (i, key) in keys.into_iter().enumerate() {
             let source = Source::from_label(source.value(i)).ok_or_else(|| {
                 Error::Storage(format!("{file}: unknown source `{}`", source.value(i)))
             })?;
@@ -922,7 +918,164 @@ pub async fn verify(store: &dyn ObjectStore) -> Result<VerifyReport> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+    use std::ops::ControlFlow;
+    use std::time::{Duration, UNIX_EPOCH};
+
     use super::*;
+    use crate::clock::Clock;
+    use crate::config::{AggregatorConfig, IngestConfig};
+    use crate::counts::Counts;
+    use crate::record::RequestRecord;
+    use crate::state::{RowVisitor, shared};
+
+    /// 30 s into an hour (and a minute).
+    const START_SECS: u64 = 1_800_000_030;
+
+    fn layout() -> Layout {
+        Layout {
+            significant_digits: 2,
+            dimensions: Vec::new(),
+            thresholds: AggregatorConfig::default().threshold_columns(),
+        }
+    }
+
+    fn aggregator(clock: &Arc<Clock>) -> Aggregator {
+        Aggregator::new(
+            &IngestConfig::default(),
+            &AggregatorConfig::default(),
+            clock.clone(),
+            Arc::default(),
+        )
+        .unwrap()
+    }
+
+    struct Collect {
+        current: Option<SeriesKey>,
+        rows: BTreeMap<(SeriesKey, u64), (u64, Counts)>,
+    }
+
+    impl RowVisitor for Collect {
+        fn series(&mut self, key: &SeriesKey, _: Source) -> ControlFlow<()> {
+            self.current = Some(key.clone());
+            ControlFlow::Continue(())
+        }
+
+        fn row(&mut self, at: u64, row: &Row) -> ControlFlow<()> {
+            let key = self.current.clone().unwrap();
+            let entry = self
+                .rows
+                .entry((key, at))
+                .or_insert_with(|| (0, Counts::with_precision(2).unwrap()));
+            entry.0 += row.counts.requests;
+            entry.1.add_encoded(&row.hdr).unwrap();
+            ControlFlow::Continue(())
+        }
+    }
+
+    /// Per series and minute (or hour): requests, histogram count and P99, rows merged.
+    fn rows(a: &mut Aggregator, table: Table) -> Vec<(SeriesKey, u64, u64, u64, Option<f64>)> {
+        let keys = a.series_keys();
+        let mut c = Collect {
+            current: None,
+            rows: BTreeMap::new(),
+        };
+        a.visit_rows(table, 0..=u64::MAX / 2, &keys, usize::MAX, &mut c)
+            .unwrap();
+        c.rows
+            .into_iter()
+            .map(|((k, at), (n, counts))| (k, at, n, counts.total(), counts.quantile_seconds(0.99)))
+            .collect()
+    }
+
+    fn record(service: &str, end_nanos: u64, millis: u64) -> RequestRecord {
+        RequestRecord {
+            key: SeriesKey {
+                service: Arc::from(service),
+                endpoint: Arc::from("GET /r"),
+                dimensions: Vec::new(),
+            },
+            end_unix_nanos: end_nanos,
+            duration_nanos: millis * 1_000_000,
+            error: millis % 7 == 0,
+            recommendations: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_restored_checkpoint_holds_the_same_rows_and_counters() {
+        let clock = Arc::new(Clock::fake(UNIX_EPOCH + Duration::from_secs(START_SECS)));
+        let state = shared(aggregator(&clock));
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::super::store::open(dir.path().to_str().unwrap(), true).unwrap();
+        let checkpoints = Checkpointer::new(
+            store.clone(),
+            state.clone(),
+            layout(),
+            Arc::default(),
+            Arc::default(),
+            None,
+            Box::new(|_| {}),
+        );
+        let mut sent = 0u64;
+        // The open minute, minutes of this hour, and minutes of the hour before (sealed at the
+        // first roll, so they become extra hour rows); a checkpoint half way.
+        for (i, minutes_ago) in [0u64, 0, 3, 7, 12, 45, 50, 59].into_iter().enumerate() {
+            let now = clock.now_nanos();
+            let batch: Vec<_> = (0..50)
+                .map(|j| {
+                    let service = if j % 3 == 0 { "a" } else { "b" };
+                    record(
+                        service,
+                        now - minutes_ago * 60_000_000_000,
+                        1 + (i as u64 * 50 + j) * 3,
+                    )
+                })
+                .collect();
+            sent += lock(&state).apply(&batch).accepted;
+            clock.advance(Duration::from_secs(20));
+            if i == 3 {
+                checkpoints.checkpoint().await.unwrap();
+            }
+        }
+        assert_eq!(sent, 400);
+        checkpoints.checkpoint().await.unwrap();
+        let manifest = latest_manifest(store.objects.as_ref())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut restored = aggregator(&clock);
+        restore(
+            store.objects.as_ref(),
+            &manifest,
+            &layout(),
+            &mut restored,
+            &[],
+        )
+        .await
+        .unwrap();
+        let mut original = lock(&state);
+        assert_eq!(restored.counters(), original.counters());
+        let total: u64 = restored
+            .counters()
+            .iter()
+            .map(|c| c.totals.requests())
+            .sum();
+        assert_eq!(total, sent);
+        for table in [Table::Minutes, Table::Hours] {
+            assert_eq!(
+                rows(&mut restored, table),
+                rows(&mut original, table),
+                "{table:?}"
+            );
+        }
+        // Across the next hour boundary both seal the same hour rows from their blocks.
+        clock.advance(Duration::from_secs(3600));
+        assert_eq!(
+            rows(&mut restored, Table::Hours),
+            rows(&mut original, Table::Hours)
+        );
+    }
 
     #[test]
     fn civil_dates() {
