@@ -980,8 +980,10 @@ mod tests {
             current: None,
             rows: BTreeMap::new(),
         };
-        a.visit_rows(table, 0..=u64::MAX / 2, &keys, usize::MAX, &mut c)
+        let (_, flow) = a
+            .visit_rows(table, 0..=u64::MAX / 2, &keys, usize::MAX, &mut c)
             .unwrap();
+        assert!(flow.is_continue());
         c.rows
             .into_iter()
             .map(|((k, at), (n, counts))| (k, at, n, counts.total(), counts.quantile_seconds(0.99)))
