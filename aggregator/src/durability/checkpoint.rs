@@ -999,7 +999,7 @@ mod tests {
             },
             end_unix_nanos: end_nanos,
             duration_nanos: millis * 1_000_000,
-            error: millis % 7 == 0,
+            error: millis.is_multiple_of(7),
             recommendations: 1,
         }
     }
