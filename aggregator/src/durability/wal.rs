@@ -102,11 +102,6 @@ impl WalDir {
         })
     }
 
-    /// The directory.
-    pub fn path(&self) -> &Path {
-        &self.dir
-    }
-
     /// Hands `apply` every entry after sequence number `after`, in order. A torn tail of the
     /// last segment (a crash during a write; nothing there was acknowledged) is cut off; a bad
     /// frame anywhere else is corruption, and an error naming the segment.
