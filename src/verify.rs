@@ -13,8 +13,9 @@ use crate::error::Error;
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// The store to check: a local path or file:// URL. Default: storage.url of --config, or
-    /// of the embedded defaults (./data).
+    /// The store to check: a local path, file://, s3://BUCKET/PREFIX or gs://BUCKET/PREFIX
+    /// (credentials from the standard AWS_* and GOOGLE_* variables). Default: storage.url of
+    /// --config, or of the embedded defaults (./data).
     #[arg(long, value_name = "URL")]
     pub storage: Option<String>,
     /// Configuration file whose storage.url to check when --storage is not given.

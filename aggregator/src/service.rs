@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
 use crate::config::{AggregatorConfig, IngestConfig};
-use crate::durability::Wal;
+use crate::durability::{Arriving, Wal};
 use crate::error::{Error, Result};
 use crate::hooks::{Hook, Hooks};
 use crate::record::{ApplyOutcome, RequestRecord};
@@ -84,6 +84,12 @@ impl AggregatorHandle {
             },
             worker,
         )
+    }
+
+    /// Marks a request on its way to [`AggregatorHandle::submit`], so the WAL's group commit
+    /// waits for it; drop it just before submitting. See [`Arriving`].
+    pub fn arriving(&self) -> Arriving {
+        self.wal.as_ref().map(|w| w.arriving()).unwrap_or_default()
     }
 
     /// Counts a batch; answers once it is counted (and, with a WAL, logged). Fails fast with

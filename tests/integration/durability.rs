@@ -18,6 +18,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::harness::{Exposition, Recmeter, Start, binary, fake_start, nanos};
+use crate::object_double::{Auth, ObjectDouble};
 use crate::otlp::{assert_within, latency_nanos, nearest_rank};
 
 const SERVICE: &str = "durable";
@@ -243,10 +244,16 @@ fn set_hook(recmeter: &Recmeter, name: &str, on: bool) {
 }
 
 fn verify(store: &Path) -> (bool, String, String) {
+    verify_at(store.to_str().unwrap(), &[])
+}
+
+/// `recmeter verify --storage URL` with `env` added.
+fn verify_at(url: &str, env: &[(&str, &str)]) -> (bool, String, String) {
     let out = Command::new(binary())
         .arg("verify")
         .arg("--storage")
-        .arg(store)
+        .arg(url)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     (
@@ -511,4 +518,183 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out.sort();
     out
+}
+
+/// `storage.url` in a cloud bucket (`double` stands in for the service): checkpoints land under
+/// the URL's prefix with every request authenticated, a restart after `kill -9` restores from
+/// them, `recmeter verify` reads them back and names a truncated file, and a wrong key stops
+/// start-up with an error naming the store.
+fn cloud_store_round_trip(
+    double: &ObjectDouble,
+    url: &str,
+    prefix: &str,
+    env: &[(&str, &str)],
+    wrong_env: &[(&str, &str)],
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("[storage]\nurl = \"{url}\"\ncheckpoint_interval = \"1s\"\n");
+    let start = |fake_clock| {
+        Recmeter::start_with(Start {
+            config: &config,
+            env: env.to_vec(),
+            dir: Some(dir.path()),
+            fake_clock: Some(fake_clock),
+            ..Start::default()
+        })
+    };
+    let (bodies, sent) = workload(41, 40, 50);
+    let recmeter = start(crate::harness::FAKE_START);
+    send_all(&recmeter, &Arc::new(bodies));
+    recmeter.advance("2m");
+    // A checkpoint after the advance holds the sealed minutes; the WAL holds the rest.
+    let minutes = format!("{prefix}/minutes/");
+    wait_for("minute files in the bucket", || {
+        double
+            .objects()
+            .iter()
+            .any(|(k, _)| k.starts_with(&minutes))
+    });
+    recmeter.kill9();
+
+    let restarted = start("2026-03-02T10:02:30Z");
+    let log = restarted.log();
+    let restored = log.lines().rev().find(|l| l.contains("Restored.")).unwrap();
+    assert!(log.contains(url), "{log}");
+    assert!(!restored.contains("checkpoint=0 "), "{restored}");
+    check_against_raw(&restarted.metrics(), &expected(&sent, 2), "restarted");
+    let (status, _) = restarted.terminate();
+    assert!(status.success());
+
+    let (ok, out, err) = verify_at(url, env);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains(&format!("requests they have counted: {}", sent.len())),
+        "{out}"
+    );
+    let objects = double.objects();
+    assert!(
+        objects
+            .iter()
+            .all(|(k, _)| k.starts_with(&format!("{prefix}/"))),
+        "every object under {prefix}/: {objects:?}"
+    );
+    assert!(
+        objects
+            .iter()
+            .any(|(k, _)| k.starts_with(&format!("{prefix}/manifests/")))
+    );
+    let refused = double.refused();
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    let log = double.log();
+    for method in ["PUT", "GET", "DELETE"] {
+        assert!(
+            log.iter().any(|l| l.method == method),
+            "no {method} in {log:?}"
+        );
+    }
+    for l in &log {
+        assert!(l.key.starts_with(prefix), "outside {prefix}: {l:?}");
+        assert!(l.status < 500, "{l:?}");
+    }
+
+    let (key, _) = objects
+        .iter()
+        .find(|(k, _)| k.starts_with(&minutes) && k.ends_with(".parquet"))
+        .unwrap();
+    double.truncate(key);
+    let (ok, out, err) = verify_at(url, env);
+    assert!(!ok, "{out}");
+    let name = key.strip_prefix(&format!("{prefix}/")).unwrap();
+    assert!(err.contains(name), "names {name}: {err}");
+
+    // Wrong credentials: start-up stops, naming the store and the service's refusal.
+    let puts = double.puts();
+    let refused_before = double.refused().len();
+    let wrong = Command::new(binary())
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("RECMETER_STORAGE__URL", url)
+        .env("RECMETER_WAL__DIR", dir.path().join("other-wal"))
+        .env("RECMETER_OTLP__GRPC_ADDRESS", "127.0.0.1:0")
+        .env("RECMETER_OTLP__HTTP_ADDRESS", "127.0.0.1:0")
+        .env("RECMETER_API__ADDRESS", "127.0.0.1:0")
+        .envs(wrong_env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(stderr.contains(url), "{stderr}");
+    assert!(double.refused().len() > refused_before);
+    assert_eq!(double.puts(), puts, "nothing written with the wrong key");
+}
+
+#[test]
+fn checkpoints_in_s3_restore_and_verify() {
+    const BUCKET: &str = "recmeter-checkpoints";
+    let double = ObjectDouble::start(
+        BUCKET,
+        Auth::S3 {
+            access_key: "AKIARECMETERTEST".into(),
+            secret_key: "recmeter-test-secret".into(),
+            region: "eu-west-1".into(),
+        },
+    );
+    let env = |secret| {
+        vec![
+            ("AWS_ACCESS_KEY_ID", "AKIARECMETERTEST"),
+            ("AWS_SECRET_ACCESS_KEY", secret),
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_ENDPOINT_URL", double.url.as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+        ]
+    };
+    cloud_store_round_trip(
+        &double,
+        &format!("s3://{BUCKET}/team-a/recmeter"),
+        "team-a/recmeter",
+        &env("recmeter-test-secret"),
+        &env("not-the-secret"),
+    );
+}
+
+#[test]
+fn checkpoints_in_cloud_storage_restore_and_verify() {
+    const BUCKET: &str = "recmeter-checkpoints";
+    let key = include_str!("../data/gcs-test-service-account.json");
+    let double = ObjectDouble::start(BUCKET, Auth::gcs(key));
+    let keys = tempfile::tempdir().unwrap();
+    let right = keys.path().join("right.json");
+    std::fs::write(&right, key).unwrap();
+
+    // The same account, signing with a key Cloud Storage does not know.
+    let mut other: serde_json::Value = serde_json::from_str(key).unwrap();
+    let generated = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .output()
+        .unwrap();
+    assert!(generated.status.success());
+    other["private_key"] = String::from_utf8(generated.stdout).unwrap().into();
+    let wrong = keys.path().join("wrong.json");
+    std::fs::write(&wrong, other.to_string()).unwrap();
+
+    fn env<'a>(key_file: &'a Path, url: &'a str) -> Vec<(&'static str, &'a str)> {
+        vec![
+            ("GOOGLE_SERVICE_ACCOUNT", key_file.to_str().unwrap()),
+            ("GOOGLE_BASE_URL", url),
+            ("GOOGLE_ALLOW_HTTP", "true"),
+        ]
+    }
+    cloud_store_round_trip(
+        &double,
+        &format!("gs://{BUCKET}/team-a/recmeter"),
+        "team-a/recmeter",
+        &env(&right, &double.url),
+        &env(&wrong, &double.url),
+    );
 }

@@ -14,4 +14,4 @@ pub use checkpoint::{
 };
 pub use config::{Durability, StorageConfig, WalConfig};
 pub use restore::{Opened, open};
-pub use wal::{ReplayStats, Wal, WalDir};
+pub use wal::{Arriving, ReplayStats, Wal, WalDir};

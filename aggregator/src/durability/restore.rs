@@ -7,7 +7,7 @@ use super::checkpoint::{self, Checkpointable, Layout, Manifest, RestoreStats};
 use super::config::{StorageConfig, WalConfig};
 use super::store;
 use super::wal::{ReplayStats, Wal, WalDir};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::hooks::Hooks;
 use crate::state::Aggregator;
 use crate::telemetry::Telemetry;
@@ -46,10 +46,19 @@ pub async fn open(
     aggregator.keep_journal();
     let store = store::open(&storage_config.url, true)?;
     let objects = store.objects.as_ref();
-    let manifest = checkpoint::latest_manifest(objects).await?;
-    let deleted = checkpoint::delete_unreferenced(objects, manifest.as_ref()).await?;
+    // Storage errors name the store as configured (they name the file within it already).
+    let at_url = |e: Error| match e {
+        Error::Storage(m) => Error::Storage(format!("storage.url `{}`: {m}", storage_config.url)),
+        other => other,
+    };
+    let manifest = checkpoint::latest_manifest(objects).await.map_err(at_url)?;
+    let deleted = checkpoint::delete_unreferenced(objects, manifest.as_ref())
+        .await
+        .map_err(at_url)?;
     let restored = match &manifest {
-        Some(m) => checkpoint::restore(objects, m, layout, &mut aggregator, extras).await?,
+        Some(m) => checkpoint::restore(objects, m, layout, &mut aggregator, extras)
+            .await
+            .map_err(at_url)?,
         None => RestoreStats::default(),
     };
     let after = manifest.as_ref().map_or(0, |m| m.wal_seq);

@@ -4,7 +4,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
+use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
+use object_store::prefix::PrefixStore;
 
 use crate::error::{Error, Result};
 
@@ -13,9 +16,14 @@ use crate::error::{Error, Result};
 pub enum Location {
     /// A directory on local disk.
     Local(PathBuf),
+    /// An Amazon S3 (or S3-compatible) bucket, and a key prefix inside it (may be empty).
+    S3 { bucket: String, prefix: String },
+    /// A Google Cloud Storage bucket, and a key prefix inside it (may be empty).
+    Gcs { bucket: String, prefix: String },
 }
 
-/// Parses `storage.url`: a plain path or a `file://` URL. Cloud schemes are named in the error.
+/// Parses `storage.url`: a plain path, a `file://` URL, `s3://bucket[/prefix]` or
+/// `gs://bucket[/prefix]`.
 pub fn parse_url(url: &str) -> Result<Location> {
     if url.trim().is_empty() {
         return Err(Error::Storage("storage.url is empty".into()));
@@ -23,13 +31,24 @@ pub fn parse_url(url: &str) -> Result<Location> {
     if let Some(path) = url.strip_prefix("file://") {
         return Ok(Location::Local(PathBuf::from(path)));
     }
-    if let Some((scheme, _)) = url.split_once("://") {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Ok(Location::Local(PathBuf::from(url)));
+    };
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let prefix = prefix.trim_matches('/').to_owned();
+    if bucket.is_empty() {
         return Err(Error::Storage(format!(
-            "`{scheme}://` storage is not available in this build of recmeter; use a local path \
-             or a file:// URL"
+            "storage.url `{url}` names no bucket; expected {scheme}://BUCKET[/PREFIX]"
         )));
     }
-    Ok(Location::Local(PathBuf::from(url)))
+    let bucket = bucket.to_owned();
+    match scheme {
+        "s3" => Ok(Location::S3 { bucket, prefix }),
+        "gs" => Ok(Location::Gcs { bucket, prefix }),
+        _ => Err(Error::Storage(format!(
+            "`{scheme}://` storage is not supported; use a local path, file://, s3:// or gs://"
+        ))),
+    }
 }
 
 /// An opened store.
@@ -81,9 +100,37 @@ impl Store {
 }
 
 /// Opens the store at `url`; with `create`, a missing local directory is created. Relative
-/// paths are resolved against the working directory.
+/// paths are resolved against the working directory. Cloud stores take their credentials,
+/// region and endpoint from the standard variables (`AWS_*`, `GOOGLE_*`) and are reached only
+/// when first used.
 pub fn open(url: &str, create: bool) -> Result<Store> {
+    let cloud = |built: object_store::Result<Arc<dyn ObjectStore>>, prefix: String| {
+        let objects = built.map_err(|e| Error::Storage(format!("storage.url `{url}`: {e}")))?;
+        let objects: Arc<dyn ObjectStore> = if prefix.is_empty() {
+            objects
+        } else {
+            Arc::new(PrefixStore::new(objects, prefix))
+        };
+        Ok(Store {
+            objects,
+            local_root: None,
+        })
+    };
     match parse_url(url)? {
+        Location::S3 { bucket, prefix } => cloud(
+            AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .map(|s| Arc::new(s) as _),
+            prefix,
+        ),
+        Location::Gcs { bucket, prefix } => cloud(
+            GoogleCloudStorageBuilder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .map(|s| Arc::new(s) as _),
+            prefix,
+        ),
         Location::Local(path) => {
             let io = |e: std::io::Error| Error::Storage(format!("{}: {e}", path.display()));
             if create {
@@ -114,8 +161,24 @@ mod tests {
             parse_url("file:///var/lib/recmeter").unwrap(),
             Location::Local(PathBuf::from("/var/lib/recmeter"))
         );
-        let e = parse_url("s3://bucket/prefix").unwrap_err().to_string();
-        assert!(e.contains("s3://"), "{e}");
+        assert_eq!(
+            parse_url("s3://bucket/team/recmeter/").unwrap(),
+            Location::S3 {
+                bucket: "bucket".into(),
+                prefix: "team/recmeter".into()
+            }
+        );
+        assert_eq!(
+            parse_url("gs://bucket").unwrap(),
+            Location::Gcs {
+                bucket: "bucket".into(),
+                prefix: String::new()
+            }
+        );
+        let e = parse_url("az://container/prefix").unwrap_err().to_string();
+        assert!(e.contains("az://") && e.contains("s3://"), "{e}");
+        let e = parse_url("s3:///prefix").unwrap_err().to_string();
+        assert!(e.contains("no bucket"), "{e}");
         assert!(parse_url(" ").is_err());
     }
 }

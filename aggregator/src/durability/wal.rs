@@ -14,6 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -180,6 +181,7 @@ impl WalDir {
             telemetry,
             buf: Vec::with_capacity(1 << 20),
         };
+        let arrivals = Arc::new(AtomicUsize::new(0));
         writer.open_segment().map_err(|e| {
             Error::Wal(format!(
                 "cannot start a segment in {}: {e}",
@@ -189,11 +191,15 @@ impl WalDir {
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("recmeter-wal".into())
-            .spawn(move || writer.run(rx, fsync_interval))
+            .spawn({
+                let arrivals = arrivals.clone();
+                move || writer.run(rx, fsync_interval, &arrivals)
+            })
             .map_err(|e| Error::Wal(format!("cannot start the WAL writer: {e}")))?;
         Ok(Wal {
             tx: Some(tx),
             thread: Some(thread),
+            arrivals,
         })
     }
 }
@@ -216,6 +222,29 @@ enum Command {
 pub struct Wal {
     tx: Option<mpsc::Sender<Command>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Requests on their way to [`Wal::append`]: see [`Arriving`].
+    arrivals: Arc<AtomicUsize>,
+}
+
+/// A request on its way to the log: its body is being received or decoded. While any exist
+/// the group commit holds a waiting frame back for them (never longer than
+/// `wal.fsync_interval` after the last fsync), so they share its fsync; once none is on its
+/// way it syncs at once instead of idling out the interval. Take one when a request starts
+/// and drop it just before the request is submitted (or refused). Clones share one place in
+/// the count, which ends when the last clone is dropped. Without a log it does nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Arriving {
+    /// Held only to be dropped.
+    _place: Option<Arc<ArrivingPlace>>,
+}
+
+#[derive(Debug)]
+struct ArrivingPlace(Arc<AtomicUsize>);
+
+impl Drop for ArrivingPlace {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl std::fmt::Debug for Wal {
@@ -225,6 +254,14 @@ impl std::fmt::Debug for Wal {
 }
 
 impl Wal {
+    /// Counts a request on its way to [`Wal::append`] until the result is dropped.
+    pub fn arriving(&self) -> Arriving {
+        self.arrivals.fetch_add(1, Ordering::SeqCst);
+        Arriving {
+            _place: Some(Arc::new(ArrivingPlace(self.arrivals.clone()))),
+        }
+    }
+
     /// Logs `records`; `then` runs on the writer thread once the frame is fsynced, frames in
     /// sequence order.
     pub fn append(&self, records: Vec<RequestRecord>, checked_at: u64, then: Then) {
@@ -272,26 +309,30 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Command>, interval: Duration) {
+    fn run(mut self, rx: mpsc::Receiver<Command>, interval: Duration, arrivals: &AtomicUsize) {
         let mut last_sync: Option<Instant> = None;
         let mut pending: Vec<(u64, Vec<RequestRecord>, Then)> = Vec::new();
         while let Ok(first) = rx.recv() {
             let mut batch = vec![first];
-            // Group commit: whatever arrives until `interval` after the last fsync shares the
-            // next one.
+            batch.extend(rx.try_iter());
+            // Group commit: while other requests are on their way, wait for them to share the
+            // next fsync, until `interval` after the last one. A request drops its place in
+            // `arrivals` before it is sent here, so the last of a group is not waited for.
             if let Some(until) = last_sync.map(|t| t + interval) {
-                loop {
+                while arrivals.load(Ordering::SeqCst) > 0 {
                     let now = Instant::now();
                     if now >= until {
                         break;
                     }
                     match rx.recv_timeout(until - now) {
-                        Ok(c) => batch.push(c),
+                        Ok(c) => {
+                            batch.push(c);
+                            batch.extend(rx.try_iter());
+                        }
                         Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                     }
                 }
             }
-            batch.extend(rx.try_iter());
             for command in batch {
                 match command {
                     Command::Append {
@@ -720,6 +761,54 @@ mod tests {
             Box::new(move |seq, _| tx.send(seq.unwrap()).unwrap()),
         );
         rx.recv().unwrap()
+    }
+
+    #[test]
+    fn group_commit_waits_only_while_requests_are_on_their_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let window = Duration::from_secs(2);
+        let wal = WalDir::lock(dir.path())
+            .unwrap()
+            .start(1, window, Arc::default(), Arc::default())
+            .unwrap();
+        append_one(&wal);
+        // Nothing else on its way: synced at once, not at the end of the window.
+        let started = Instant::now();
+        append_one(&wal);
+        assert!(started.elapsed() < window / 2, "{:?}", started.elapsed());
+        // Another request on its way: the frame waits for it...
+        let arriving = wal.arriving();
+        let started = Instant::now();
+        let (tx, rx) = mpsc::channel();
+        wal.append(
+            records(),
+            0,
+            Box::new(move |seq, _| tx.send(seq.unwrap()).unwrap()),
+        );
+        assert!(rx.recv_timeout(window / 4).is_err(), "synced without it");
+        // ...and is synced with it once it arrives (its place, shared by its clones, is let go
+        // as it is appended).
+        let (tx2, rx2) = mpsc::channel();
+        drop(arriving.clone());
+        assert!(
+            rx.recv_timeout(window / 8).is_err(),
+            "a clone let go of the place"
+        );
+        drop(arriving);
+        wal.append(
+            records(),
+            0,
+            Box::new(move |seq, _| tx2.send(seq.unwrap()).unwrap()),
+        );
+        let (a, b) = (rx.recv().unwrap(), rx2.recv().unwrap());
+        assert_eq!((a, b), (3, 4));
+        assert!(started.elapsed() < window, "{:?}", started.elapsed());
+        // One that never arrives holds a frame back for the window at most.
+        let lost = wal.arriving();
+        let started = Instant::now();
+        append_one(&wal);
+        assert!(started.elapsed() <= window + window / 2);
+        drop(lost);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use recmeter_aggregator::durability::Arriving;
 use recmeter_aggregator::telemetry::{RejectReason, Transport};
 use recmeter_aggregator::{BearerToken, ErrorKind, Telemetry};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Status};
+use tower::util::MapRequestLayer;
 use tower::{Layer, Service};
 
 use super::config::ServeOptions;
@@ -38,10 +40,18 @@ struct GrpcTraces {
 impl TraceService for GrpcTraces {
     async fn export(
         &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
+        mut request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, Status> {
         let telemetry = self.ingest.aggregator().telemetry();
-        match self.ingest.export(request.get_ref(), Transport::Grpc).await {
+        let arriving = request
+            .extensions_mut()
+            .remove::<Arriving>()
+            .unwrap_or_default();
+        match self
+            .ingest
+            .export(request.get_ref(), Transport::Grpc, arriving)
+            .await
+        {
             Ok(response) => Ok(tonic::Response::new(response)),
             Err(IngestError::Backpressure) => {
                 telemetry.add_request_rejected(Transport::Grpc, RejectReason::Backpressure);
@@ -89,6 +99,7 @@ pub async fn serve_grpc(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let telemetry = ingest.aggregator().telemetry().clone();
+    let aggregator = ingest.aggregator().clone();
     let traces = TraceServiceServer::new(GrpcTraces { ingest })
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
@@ -101,6 +112,14 @@ pub async fn serve_grpc(
     });
     tonic::transport::Server::builder()
         .layer(StatusRewriteLayer { telemetry })
+        // A call is on its way to the WAL from its headers on, while tonic reads and decodes
+        // the message (see `Arriving`); the handler lets go of it.
+        .layer(MapRequestLayer::new(
+            move |mut request: Request<tonic::body::Body>| {
+                request.extensions_mut().insert(aggregator.arriving());
+                request
+            },
+        ))
         .add_service(traces)
         // Without TCP_NODELAY small HTTP/2 frames (window updates, answers) wait on Nagle and
         // delayed ACKs, which caps a client at a few hundred requests per second.

@@ -181,6 +181,8 @@ async fn handle(
     body: Body,
     encoding: Encoding,
 ) -> Result<Response, Refusal> {
+    // On its way from here: the WAL's group commit waits for it (see `Arriving`).
+    let arriving = state.ingest.aggregator().arriving();
     let limit = state.options.max_body_bytes;
     let too_large = || {
         Refusal::new(
@@ -221,7 +223,11 @@ async fn handle(
     let request = decode(&body, encoding).map_err(|message| {
         Refusal::new(ErrorKind::BadRequest, Some(RejectReason::Decode), message)
     })?;
-    match state.ingest.export(&request, Transport::Http).await {
+    match state
+        .ingest
+        .export(&request, Transport::Http, arriving)
+        .await
+    {
         Ok(response) => Ok(encode(encoding, &response, serde_json::to_vec)),
         Err(IngestError::Backpressure) => Err(Refusal::new(
             ErrorKind::Unavailable,

@@ -10,6 +10,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+use recmeter_aggregator::durability::Arriving;
 use recmeter_aggregator::telemetry::{DropReason, Transport};
 use recmeter_aggregator::{AggregatorHandle, IngestConfig, RequestRecord, SeriesKey};
 
@@ -212,14 +213,18 @@ impl TraceIngest {
         &self.aggregator
     }
 
-    /// Counts the spans of one request and says which were dropped.
+    /// Counts the spans of one request and says which were dropped. `arriving` is the
+    /// request's place among those on their way (taken when it started, see
+    /// [`AggregatorHandle::arriving`]); it is let go just before the spans are submitted.
     pub async fn export(
         &self,
         request: &ExportTraceServiceRequest,
         transport: Transport,
+        arriving: Arriving,
     ) -> Result<ExportTraceServiceResponse, IngestError> {
         let telemetry = self.aggregator.telemetry();
         let converted = convert(request, &self.rules);
+        drop(arriving);
         let outcome = match self.aggregator.submit(converted.records).await {
             Ok(outcome) => outcome,
             Err(recmeter_aggregator::Error::Backpressure) => return Err(IngestError::Backpressure),
