@@ -87,14 +87,21 @@ impl AggregatorHandle {
     }
 
     /// Marks a request on its way to [`AggregatorHandle::submit`], so the WAL's group commit
-    /// waits for it; drop it just before submitting. See [`Arriving`].
+    /// waits for it; hand it to `submit`. See [`Arriving`].
     pub fn arriving(&self) -> Arriving {
         self.wal.as_ref().map(|w| w.arriving()).unwrap_or_default()
     }
 
     /// Counts a batch; answers once it is counted (and, with a WAL, logged). Fails fast with
     /// [`Error::Backpressure`] when the queue is full, before anything is logged.
-    pub async fn submit(&self, records: Vec<RequestRecord>) -> Result<ApplyOutcome> {
+    /// `arriving` is the request's place among those on their way to the WAL (from
+    /// [`AggregatorHandle::arriving`], or `Arriving::default()`); it is let go once the batch
+    /// is logged or refused.
+    pub async fn submit(
+        &self,
+        records: Vec<RequestRecord>,
+        arriving: Arriving,
+    ) -> Result<ApplyOutcome> {
         if records.is_empty() {
             return Ok(ApplyOutcome::default());
         }
@@ -116,6 +123,7 @@ impl AggregatorHandle {
             Some(wal) => wal.append(
                 records,
                 checked_at,
+                arriving,
                 Box::new(move |logged, records| match logged {
                     Ok(seq) => {
                         permit.send(Job {

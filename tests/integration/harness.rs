@@ -76,6 +76,18 @@ impl Default for Start<'_> {
     }
 }
 
+/// Removes the cloud credential and endpoint variables of the environment the tests run in
+/// from `cmd`: no test reaches a real bucket, and the storage tests set their own.
+pub fn without_cloud_variables(cmd: &mut Command) -> &mut Command {
+    for (key, _) in std::env::vars_os() {
+        let name = key.to_string_lossy();
+        if name.starts_with("AWS_") || name.starts_with("GOOGLE_") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd
+}
+
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_recmeter")
 }
@@ -120,6 +132,7 @@ impl Recmeter {
                     .open(&log)
                     .unwrap(),
             );
+        without_cloud_variables(&mut cmd);
         for (k, v) in &start.env {
             cmd.env(k, v);
         }

@@ -98,7 +98,7 @@ pub struct ObjectDouble {
 }
 
 /// Listing page size: small, so listings take several pages (S3's own is 1 000).
-const PAGE: usize = 25;
+const PAGE: usize = 2;
 
 impl ObjectDouble {
     pub fn start(bucket: &str, auth: Auth) -> Self {
@@ -248,7 +248,40 @@ fn answer(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Response {
-    if key.is_empty() {
+    // Anything this double does not implement (multipart parts, copies, conditional
+    // requests, delimited listings) is refused loudly rather than half-served.
+    let not_implemented = |what: &str| {
+        error(
+            StatusCode::NOT_IMPLEMENTED,
+            "NotImplemented",
+            &format!("the double does not implement {what}"),
+        )
+    };
+    const LIST_PARAMETERS: [&str; 5] = [
+        "list-type",
+        "prefix",
+        "continuation-token",
+        "start-after",
+        "encoding-type",
+    ];
+    let listing = key.is_empty();
+    if let Some(p) = query
+        .keys()
+        .find(|p| !listing || !LIST_PARAMETERS.contains(&p.as_str()))
+    {
+        return not_implemented(&format!("the query parameter `{p}`"));
+    }
+    for h in [
+        "x-amz-copy-source",
+        "if-match",
+        "if-none-match",
+        "x-goog-if-generation-match",
+    ] {
+        if headers.contains_key(h) {
+            return not_implemented(&format!("the header `{h}`"));
+        }
+    }
+    if listing {
         return if *method == Method::GET && query.get("list-type").map(String::as_str) == Some("2")
         {
             list(inner, query)
@@ -530,9 +563,19 @@ fn check_sigv4(
         let value = get(name).ok_or_else(|| denied(format!("signed header `{name}` is absent")))?;
         canonical_headers.push_str(&format!("{name}:{}\n", value.trim()));
     }
+    // S3 encodes each path segment itself: what the client signed must be that encoding.
+    let canonical_uri = uri
+        .path()
+        .split('/')
+        .map(|segment| {
+            utf8_percent_encode(&percent_decode_str(segment).decode_utf8_lossy(), UNRESERVED)
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("/");
     let canonical_request = [
         method.as_str(),
-        uri.path(),
+        &canonical_uri,
         &canonical_query(uri.query().unwrap_or("")),
         &canonical_headers,
         signed_headers,
@@ -682,6 +725,9 @@ fn parse_amz_date(s: &str) -> Option<u64> {
 
 fn parse_range(range: &str, len: usize) -> Option<std::ops::Range<usize>> {
     let spec = range.strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
     let (start, end) = spec.split_once('-')?;
     let range = match (start.parse::<usize>().ok(), end.parse::<usize>().ok()) {
         (Some(s), Some(e)) => s..(e + 1).min(len),

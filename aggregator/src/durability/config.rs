@@ -28,8 +28,9 @@ pub struct WalConfig {
     pub dir: PathBuf,
     /// `"wal"` or `"checkpoint"` (see [`Durability`]). Default: `"wal"`.
     pub durability: Durability,
-    /// Longest wait for a group commit: appends arriving within it share one fsync.
-    /// Default: `"10ms"`.
+    /// Longest wait for a group commit: a logged request waits for the requests still being
+    /// received or decoded (see [`super::wal::Arriving`]), never longer than this after the
+    /// last fsync, and shares their fsync. Default: `"10ms"`.
     #[serde(with = "humantime_serde")]
     pub fsync_interval: Duration,
 }
@@ -65,8 +66,9 @@ impl WalConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
-    /// Where checkpoints go: a plain path (resolved against the working directory) or a
-    /// `file://` URL. Default: `"./data"`.
+    /// Where checkpoints go: a plain path (resolved against the working directory), a
+    /// `file://` URL, `s3://BUCKET[/PREFIX]` or `gs://BUCKET[/PREFIX]` (credentials from the
+    /// standard `AWS_*` and `GOOGLE_*` variables). Default: `"./data"`.
     pub url: String,
     /// Time between checkpoints; one is also taken at shutdown. Default: `"10s"`.
     #[serde(with = "humantime_serde")]

@@ -34,6 +34,21 @@ pub fn parse_url(url: &str) -> Result<Location> {
     let Some((scheme, rest)) = url.split_once("://") else {
         return Ok(Location::Local(PathBuf::from(url)));
     };
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "s3" && scheme != "gs" {
+        return Err(Error::Storage(format!(
+            "storage.url `{url}`: `{scheme}://` is not supported; use a local path, file://, \
+             s3://BUCKET[/PREFIX] or gs://BUCKET[/PREFIX]"
+        )));
+    }
+    // Credentials, regions and options come from the environment, never from the URL (which is
+    // logged): anything URL-like beyond bucket and prefix is refused rather than taken as a key.
+    if let Some(c) = rest.chars().find(|c| matches!(c, '?' | '#' | '@' | '%')) {
+        return Err(Error::Storage(format!(
+            "storage.url `{url}`: `{c}` is not allowed; give {scheme}://BUCKET[/PREFIX] and set \
+             credentials and options in the environment"
+        )));
+    }
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     let prefix = prefix.trim_matches('/').to_owned();
     if bucket.is_empty() {
@@ -42,13 +57,11 @@ pub fn parse_url(url: &str) -> Result<Location> {
         )));
     }
     let bucket = bucket.to_owned();
-    match scheme {
-        "s3" => Ok(Location::S3 { bucket, prefix }),
-        "gs" => Ok(Location::Gcs { bucket, prefix }),
-        _ => Err(Error::Storage(format!(
-            "`{scheme}://` storage is not supported; use a local path, file://, s3:// or gs://"
-        ))),
-    }
+    Ok(if scheme == "s3" {
+        Location::S3 { bucket, prefix }
+    } else {
+        Location::Gcs { bucket, prefix }
+    })
 }
 
 /// An opened store.
@@ -179,6 +192,15 @@ mod tests {
         assert!(e.contains("az://") && e.contains("s3://"), "{e}");
         let e = parse_url("s3:///prefix").unwrap_err().to_string();
         assert!(e.contains("no bucket"), "{e}");
+        assert!(matches!(parse_url("S3://b/p"), Ok(Location::S3 { .. })));
+        for bad in [
+            "s3://key:secret@bucket/p",
+            "s3://bucket/p?region=x",
+            "gs://b/p#x",
+        ] {
+            let e = parse_url(bad).unwrap_err().to_string();
+            assert!(e.contains("is not allowed") && e.contains(bad), "{e}");
+        }
         assert!(parse_url(" ").is_err());
     }
 }

@@ -181,7 +181,10 @@ impl WalDir {
             telemetry,
             buf: Vec::with_capacity(1 << 20),
         };
-        let arrivals = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(Shared {
+            arrivals: AtomicUsize::new(0),
+            wake: parking_lot::Mutex::new(None),
+        });
         writer.open_segment().map_err(|e| {
             Error::Wal(format!(
                 "cannot start a segment in {}: {e}",
@@ -189,17 +192,18 @@ impl WalDir {
             ))
         })?;
         let (tx, rx) = mpsc::channel();
+        *shared.wake.lock() = Some(tx.clone());
         let thread = std::thread::Builder::new()
             .name("recmeter-wal".into())
             .spawn({
-                let arrivals = arrivals.clone();
-                move || writer.run(rx, fsync_interval, &arrivals)
+                let shared = shared.clone();
+                move || writer.run(rx, fsync_interval, &shared.arrivals)
             })
             .map_err(|e| Error::Wal(format!("cannot start the WAL writer: {e}")))?;
         Ok(Wal {
             tx: Some(tx),
             thread: Some(thread),
-            arrivals,
+            shared,
         })
     }
 }
@@ -212,8 +216,13 @@ enum Command {
     Append {
         records: Vec<RequestRecord>,
         checked_at: u64,
+        /// The request's place among those on their way: let go once the writer holds the
+        /// frame.
+        arriving: Arriving,
         then: Then,
     },
+    /// The last request on its way gave up without an append: stop waiting for it.
+    Wake,
     /// Everything at or before this sequence number is in a checkpoint.
     Truncate(u64),
 }
@@ -222,28 +231,47 @@ enum Command {
 pub struct Wal {
     tx: Option<mpsc::Sender<Command>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+/// What the writer and the requests on their way share.
+struct Shared {
     /// Requests on their way to [`Wal::append`]: see [`Arriving`].
-    arrivals: Arc<AtomicUsize>,
+    arrivals: AtomicUsize,
+    /// Wakes the writer when the last place is let go. Taken when the log stops, so a place
+    /// held somewhere never keeps the writer's channel open.
+    wake: parking_lot::Mutex<Option<mpsc::Sender<Command>>>,
 }
 
 /// A request on its way to the log: its body is being received or decoded. While any exist
 /// the group commit holds a waiting frame back for them (never longer than
 /// `wal.fsync_interval` after the last fsync), so they share its fsync; once none is on its
 /// way it syncs at once instead of idling out the interval. Take one when a request starts
-/// and drop it just before the request is submitted (or refused). Clones share one place in
-/// the count, which ends when the last clone is dropped. Without a log it does nothing.
+/// and hand it to [`Wal::append`] (through `AggregatorHandle::submit`), which lets go of it
+/// once the writer holds the frame. Dropped anywhere else (the request was refused or had
+/// nothing to log), it wakes the writer if it was the last. Clones share one place, which
+/// ends when the last clone is dropped. Without a log it does nothing.
 #[derive(Debug, Clone, Default)]
 pub struct Arriving {
     /// Held only to be dropped.
     _place: Option<Arc<ArrivingPlace>>,
 }
 
-#[derive(Debug)]
-struct ArrivingPlace(Arc<AtomicUsize>);
+struct ArrivingPlace(Arc<Shared>);
+
+impl std::fmt::Debug for ArrivingPlace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArrivingPlace").finish_non_exhaustive()
+    }
+}
 
 impl Drop for ArrivingPlace {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        if self.0.arrivals.fetch_sub(1, Ordering::SeqCst) == 1
+            && let Some(tx) = self.0.wake.lock().as_ref()
+        {
+            let _ = tx.send(Command::Wake);
+        }
     }
 }
 
@@ -254,20 +282,28 @@ impl std::fmt::Debug for Wal {
 }
 
 impl Wal {
-    /// Counts a request on its way to [`Wal::append`] until the result is dropped.
+    /// Counts a request on its way to [`Wal::append`] until the result is let go.
     pub fn arriving(&self) -> Arriving {
-        self.arrivals.fetch_add(1, Ordering::SeqCst);
+        self.shared.arrivals.fetch_add(1, Ordering::SeqCst);
         Arriving {
-            _place: Some(Arc::new(ArrivingPlace(self.arrivals.clone()))),
+            _place: Some(Arc::new(ArrivingPlace(self.shared.clone()))),
         }
     }
 
     /// Logs `records`; `then` runs on the writer thread once the frame is fsynced, frames in
-    /// sequence order.
-    pub fn append(&self, records: Vec<RequestRecord>, checked_at: u64, then: Then) {
+    /// sequence order. `arriving` (the request's place, if it took one) is let go once the
+    /// writer holds the frame.
+    pub fn append(
+        &self,
+        records: Vec<RequestRecord>,
+        checked_at: u64,
+        arriving: Arriving,
+        then: Then,
+    ) {
         let command = Command::Append {
             records,
             checked_at,
+            arriving,
             then,
         };
         if let Some(Err(mpsc::SendError(Command::Append { records, then, .. }))) =
@@ -287,6 +323,7 @@ impl Wal {
 
 impl Drop for Wal {
     fn drop(&mut self) {
+        self.shared.wake.lock().take();
         self.tx.take();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -308,16 +345,28 @@ struct Writer {
     buf: Vec<u8>,
 }
 
+/// Adds `command` to the writer's batch; an append's place among the requests on their way is
+/// let go now that the writer holds its frame.
+fn take(batch: &mut Vec<Command>, mut command: Command) {
+    if let Command::Append { arriving, .. } = &mut command {
+        *arriving = Arriving::default();
+    }
+    batch.push(command);
+}
+
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Command>, interval: Duration, arrivals: &AtomicUsize) {
         let mut last_sync: Option<Instant> = None;
         let mut pending: Vec<(u64, Vec<RequestRecord>, Then)> = Vec::new();
         while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
-            batch.extend(rx.try_iter());
+            let mut batch = Vec::new();
+            take(&mut batch, first);
+            for c in rx.try_iter() {
+                take(&mut batch, c);
+            }
             // Group commit: while other requests are on their way, wait for them to share the
-            // next fsync, until `interval` after the last one. A request drops its place in
-            // `arrivals` before it is sent here, so the last of a group is not waited for.
+            // next fsync, until `interval` after the last one. A request's place is let go as
+            // its frame is taken here (`take`), so the last of a group is not waited for.
             if let Some(until) = last_sync.map(|t| t + interval) {
                 while arrivals.load(Ordering::SeqCst) > 0 {
                     let now = Instant::now();
@@ -326,8 +375,10 @@ impl Writer {
                     }
                     match rx.recv_timeout(until - now) {
                         Ok(c) => {
-                            batch.push(c);
-                            batch.extend(rx.try_iter());
+                            take(&mut batch, c);
+                            for c in rx.try_iter() {
+                                take(&mut batch, c);
+                            }
                         }
                         Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                     }
@@ -335,10 +386,12 @@ impl Writer {
             }
             for command in batch {
                 match command {
+                    Command::Wake => {}
                     Command::Append {
                         records,
                         checked_at,
                         then,
+                        ..
                     } => {
                         let seq = self.next_seq;
                         self.next_seq += 1;
@@ -484,7 +537,9 @@ pub fn encode_frame(out: &mut Vec<u8>, seq: u64, checked_at: u64, records: &[Req
     out.extend_from_slice(&[0; 8]);
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&checked_at.to_le_bytes());
-    let mut keys: HashMap<&SeriesKey, u64> = HashMap::new();
+    // foldhash rather than SipHash: the keys are hashed once per record on the writer thread,
+    // and its per-map random seed keeps crafted collisions out of reach.
+    let mut keys: HashMap<&SeriesKey, u64, foldhash::fast::RandomState> = HashMap::default();
     let mut order = Vec::new();
     let index: Vec<u64> = records
         .iter()
@@ -687,6 +742,7 @@ mod tests {
             wal.append(
                 records(),
                 1_800_000_000_000_000_000 + i,
+                Arriving::default(),
                 Box::new(move |seq, records| tx.send((seq.unwrap(), records)).unwrap()),
             );
         }
@@ -758,6 +814,7 @@ mod tests {
         wal.append(
             records(),
             0,
+            Arriving::default(),
             Box::new(move |seq, _| tx.send(seq.unwrap()).unwrap()),
         );
         rx.recv().unwrap()
@@ -766,49 +823,46 @@ mod tests {
     #[test]
     fn group_commit_waits_only_while_requests_are_on_their_way() {
         let dir = tempfile::tempdir().unwrap();
-        let window = Duration::from_secs(2);
+        let telemetry = Arc::new(Telemetry::default());
+        // A window far longer than any wait below: a frame held back for it would hang the test.
         let wal = WalDir::lock(dir.path())
             .unwrap()
-            .start(1, window, Arc::default(), Arc::default())
+            .start(
+                1,
+                Duration::from_secs(600),
+                Arc::default(),
+                telemetry.clone(),
+            )
             .unwrap();
-        append_one(&wal);
+        let fsyncs = || telemetry.wal_fsync().count;
+        let append = |arriving: Arriving| {
+            let (tx, rx) = mpsc::channel();
+            wal.append(
+                records(),
+                0,
+                arriving,
+                Box::new(move |seq, _| tx.send(seq.unwrap()).unwrap()),
+            );
+            rx
+        };
+        assert_eq!(append(Arriving::default()).recv().unwrap(), 1);
         // Nothing else on its way: synced at once, not at the end of the window.
-        let started = Instant::now();
-        append_one(&wal);
-        assert!(started.elapsed() < window / 2, "{:?}", started.elapsed());
-        // Another request on its way: the frame waits for it...
-        let arriving = wal.arriving();
-        let started = Instant::now();
-        let (tx, rx) = mpsc::channel();
-        wal.append(
-            records(),
-            0,
-            Box::new(move |seq, _| tx.send(seq.unwrap()).unwrap()),
-        );
-        assert!(rx.recv_timeout(window / 4).is_err(), "synced without it");
-        // ...and is synced with it once it arrives (its place, shared by its clones, is let go
-        // as it is appended).
-        let (tx2, rx2) = mpsc::channel();
-        drop(arriving.clone());
-        assert!(
-            rx.recv_timeout(window / 8).is_err(),
-            "a clone let go of the place"
-        );
-        drop(arriving);
-        wal.append(
-            records(),
-            0,
-            Box::new(move |seq, _| tx2.send(seq.unwrap()).unwrap()),
-        );
-        let (a, b) = (rx.recv().unwrap(), rx2.recv().unwrap());
-        assert_eq!((a, b), (3, 4));
-        assert!(started.elapsed() < window, "{:?}", started.elapsed());
-        // One that never arrives holds a frame back for the window at most.
-        let lost = wal.arriving();
-        let started = Instant::now();
-        append_one(&wal);
-        assert!(started.elapsed() <= window + window / 2);
-        drop(lost);
+        assert_eq!(append(Arriving::default()).recv().unwrap(), 2);
+        assert_eq!(fsyncs(), 2);
+        // Another request on its way: the frame waits for it, and they share one fsync.
+        let on_its_way = wal.arriving();
+        let first = append(Arriving::default());
+        let second = append(on_its_way);
+        assert_eq!((first.recv().unwrap(), second.recv().unwrap()), (3, 4));
+        assert_eq!(fsyncs(), 3);
+        // One that gives up on its way (a refused request) wakes the writer for the frame
+        // waiting on it; clones hold the one place until the last goes.
+        let gives_up = wal.arriving();
+        let waiting = append(Arriving::default());
+        drop(gives_up.clone());
+        drop(gives_up);
+        assert_eq!(waiting.recv_timeout(Duration::from_secs(300)), Ok(5));
+        assert_eq!(fsyncs(), 4);
     }
 
     #[test]
@@ -875,6 +929,7 @@ mod tests {
                 wal.append(
                     records(),
                     0,
+                    Arriving::default(),
                     Box::new(move |seq, _| tx.send(seq.unwrap()).unwrap()),
                 );
                 rx.recv().unwrap();

@@ -215,7 +215,7 @@ impl TraceIngest {
 
     /// Counts the spans of one request and says which were dropped. `arriving` is the
     /// request's place among those on their way (taken when it started, see
-    /// [`AggregatorHandle::arriving`]); it is let go just before the spans are submitted.
+    /// [`AggregatorHandle::arriving`]); it goes with the spans to the log.
     pub async fn export(
         &self,
         request: &ExportTraceServiceRequest,
@@ -224,8 +224,7 @@ impl TraceIngest {
     ) -> Result<ExportTraceServiceResponse, IngestError> {
         let telemetry = self.aggregator.telemetry();
         let converted = convert(request, &self.rules);
-        drop(arriving);
-        let outcome = match self.aggregator.submit(converted.records).await {
+        let outcome = match self.aggregator.submit(converted.records, arriving).await {
             Ok(outcome) => outcome,
             Err(recmeter_aggregator::Error::Backpressure) => return Err(IngestError::Backpressure),
             Err(_) => return Err(IngestError::Unavailable),
