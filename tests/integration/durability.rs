@@ -337,6 +337,15 @@ fn a_million_spans_survive_kill_9_and_count_once() {
             "SELECT endpoint, sum(requests) AS n, hdr_quantile(hdr_merge(hdr), 0.99) AS p99 \
              FROM latency_hours WHERE hour >= now() - INTERVAL '30 days' \
              GROUP BY endpoint ORDER BY endpoint",
+            "SELECT endpoint, sum(requests) AS n, hdr_quantile(hdr_merge(hdr), 0.99) AS p99 \
+             FROM latency_minutes WHERE minute > now() - INTERVAL '6 hours' \
+             GROUP BY endpoint ORDER BY endpoint",
+            "SELECT endpoint, sum(requests) AS n, hdr_quantile(hdr_merge(hdr), 0.9) AS p90 \
+             FROM latency_hours WHERE hour >= now() - INTERVAL '3 days' \
+             GROUP BY endpoint ORDER BY endpoint",
+            "SELECT endpoint, sum(requests) AS n, hdr_quantile(hdr_merge(hdr), 0.5) AS p50 \
+             FROM latency_hours WHERE hour >= now() - INTERVAL '7 days' \
+             GROUP BY endpoint ORDER BY endpoint",
             "SELECT date_trunc('hour', minute) AS h, count(*) > 0 AS rows, sum(requests) AS n \
              FROM latency_minutes GROUP BY 1 ORDER BY 1",
         ] {
