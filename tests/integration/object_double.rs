@@ -738,18 +738,25 @@ fn parse_range(range: &str, len: usize) -> Option<std::ops::Range<usize>> {
     (range.start < range.end).then_some(range)
 }
 
+/// XML's predefined entities, `&` first.
+const ENTITIES: [(&str, &str); 5] = [
+    ("&", "&amp;"),
+    ("<", "&lt;"),
+    (">", "&gt;"),
+    ("\"", "&quot;"),
+    ("'", "&apos;"),
+];
+
 fn xml_unescape(s: &str) -> String {
-    s.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&apos;", "'")
-        .replace("&amp;", "&")
+    // `&amp;` last, so `&amp;lt;` stays `&lt;`.
+    ENTITIES
+        .iter()
+        .rev()
+        .fold(s.to_owned(), |s, (c, e)| s.replace(e, c))
 }
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&apos;")
+    ENTITIES
+        .iter()
+        .fold(s.to_owned(), |s, (c, e)| s.replace(c, e))
 }
