@@ -113,7 +113,7 @@ pub async fn serve_grpc(
     tonic::transport::Server::builder()
         .layer(StatusRewriteLayer { telemetry })
         // A call is on its way to the WAL from its headers on, while tonic reads and decodes
-        // the message (see `Arriving`); the handler lets go of it.
+        // the message (see `Arriving`); the handler hands its place on with the spans.
         .layer(MapRequestLayer::new(
             move |mut request: Request<tonic::body::Body>| {
                 request.extensions_mut().insert(aggregator.arriving());
