@@ -49,7 +49,7 @@ impl TraceService for GrpcTraces {
             .unwrap_or_default();
         match self
             .ingest
-            .export(request.get_ref(), Transport::Grpc, arriving)
+            .export(request.into_inner(), Transport::Grpc, arriving)
             .await
         {
             Ok(response) => Ok(tonic::Response::new(response)),

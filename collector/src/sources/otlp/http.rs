@@ -204,14 +204,18 @@ async fn handle(
     };
     let body = match content_encoding(headers) {
         ContentEncoding::Identity => raw,
-        ContentEncoding::Gzip => gunzip(&raw, limit).map_err(|e| match e {
-            GunzipError::TooLarge => too_large(),
-            GunzipError::Corrupt(e) => Refusal::new(
-                ErrorKind::BadRequest,
-                Some(RejectReason::Decode),
-                format!("invalid gzip body: {e}"),
-            ),
-        })?,
+        ContentEncoding::Gzip => {
+            let unzipped = gunzip(&raw, limit);
+            drop(raw);
+            unzipped.map_err(|e| match e {
+                GunzipError::TooLarge => too_large(),
+                GunzipError::Corrupt(e) => Refusal::new(
+                    ErrorKind::BadRequest,
+                    Some(RejectReason::Decode),
+                    format!("invalid gzip body: {e}"),
+                ),
+            })?
+        }
         ContentEncoding::Other(name) => {
             return Err(Refusal::new(
                 ErrorKind::UnsupportedMediaType,
@@ -223,9 +227,11 @@ async fn handle(
     let request = decode(&body, encoding).map_err(|message| {
         Refusal::new(ErrorKind::BadRequest, Some(RejectReason::Decode), message)
     })?;
+    // The body's buffers are not held while the request waits to be counted.
+    drop(body);
     match state
         .ingest
-        .export(&request, Transport::Http, arriving)
+        .export(request, Transport::Http, arriving)
         .await
     {
         Ok(response) => Ok(encode(encoding, &response, serde_json::to_vec)),

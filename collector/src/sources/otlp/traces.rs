@@ -218,12 +218,15 @@ impl TraceIngest {
     /// [`AggregatorHandle::arriving`]); it goes with the spans to the log.
     pub async fn export(
         &self,
-        request: &ExportTraceServiceRequest,
+        request: ExportTraceServiceRequest,
         transport: Transport,
         arriving: Arriving,
     ) -> Result<ExportTraceServiceResponse, IngestError> {
         let telemetry = self.aggregator.telemetry();
-        let converted = convert(request, &self.rules);
+        let converted = convert(&request, &self.rules);
+        // The decoded spans are freed before waiting for the aggregator (and the WAL's fsync):
+        // while requests wait, the next ones decode into memory still warm in the cache.
+        drop(request);
         let outcome = match self.aggregator.submit(converted.records, arriving).await {
             Ok(outcome) => outcome,
             Err(recmeter_aggregator::Error::Backpressure) => return Err(IngestError::Backpressure),
