@@ -215,7 +215,8 @@ impl TraceIngest {
 
     /// Counts the spans of one request and says which were dropped. `arriving` is the
     /// request's place among those on their way (taken when it started, see
-    /// [`AggregatorHandle::arriving`]); it goes with the spans to the log.
+    /// [`AggregatorHandle::arriving`]); it goes with the spans to the log. The request is taken
+    /// by value so its decoded spans are freed before the wait to be counted.
     pub async fn export(
         &self,
         request: ExportTraceServiceRequest,
