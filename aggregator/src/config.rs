@@ -171,6 +171,126 @@ impl IngestConfig {
     }
 }
 
+/// Units a latency metric may carry, and the nanoseconds in one of each.
+pub const LATENCY_UNITS: [(&str, f64); 4] = [("s", 1e9), ("ms", 1e6), ("us", 1e3), ("ns", 1.0)];
+
+/// The nanoseconds in one `unit` of a latency metric, if it is one.
+pub fn nanos_per_unit(unit: &str) -> Option<f64> {
+    LATENCY_UNITS
+        .iter()
+        .find(|(u, _)| *u == unit)
+        .map(|(_, n)| *n)
+}
+
+/// One `[[metrics.latency]]` entry: a histogram metric that carries request latency.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyMetric {
+    /// The metric name, exactly as sent.
+    pub name: String,
+    /// Unit of the values (`s`, `ms`, `us` or `ns`), overriding the metric's own. Default:
+    /// unset, the metric's unit is used.
+    pub unit: Option<String>,
+}
+
+/// `[metrics]`: which OTLP metrics count requests and recommendations, for services that send no
+/// request spans.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Histogram metrics (explicit or exponential buckets) that carry request latency. Without
+    /// a `unit` the metric's unit must be `s`, `ms`, `us` or `ns`, or empty on a name ending
+    /// `_seconds`. Default: `recs.latency` and `recs_latency_seconds`.
+    pub latency: Vec<LatencyMetric>,
+    /// Point attributes naming the endpoint, the first present wins; else the metric name.
+    /// Default: `["http.route", "rpc.method"]`.
+    pub endpoint_attributes: Vec<String>,
+    /// Monotonic sums that count recommendations served. Default: `["recs.count"]`.
+    pub recommendation_metrics: Vec<String>,
+    /// Most cumulative streams held; points of further new streams are ignored
+    /// (`reason="stream_limit"`). Default: `100000`.
+    pub max_streams: usize,
+    /// A cumulative stream without a point for this long is forgotten. Default: `"1h"`.
+    #[serde(with = "humantime_serde")]
+    pub stream_staleness: Duration,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            latency: ["recs.latency", "recs_latency_seconds"]
+                .into_iter()
+                .map(|name| LatencyMetric {
+                    name: name.to_owned(),
+                    unit: None,
+                })
+                .collect(),
+            endpoint_attributes: vec!["http.route".to_owned(), "rpc.method".to_owned()],
+            recommendation_metrics: vec!["recs.count".to_owned()],
+            max_streams: 100_000,
+            stream_staleness: Duration::from_secs(3_600),
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// Cross-field checks.
+    pub fn validate(&self) -> Vec<InvalidField> {
+        let mut errors = Vec::new();
+        for (i, m) in self.latency.iter().enumerate() {
+            if m.name.is_empty() {
+                errors.push(InvalidField::new("metrics.latency", "contains an empty name"));
+            } else if self.latency[..i].iter().any(|o| o.name == m.name) {
+                errors.push(InvalidField::new(
+                    "metrics.latency",
+                    format!("names `{}` twice", m.name),
+                ));
+            } else if self.recommendation_metrics.contains(&m.name) {
+                errors.push(InvalidField::new(
+                    "metrics.latency",
+                    format!("`{}` is also in metrics.recommendation_metrics", m.name),
+                ));
+            }
+            if let Some(unit) = &m.unit
+                && nanos_per_unit(unit).is_none()
+            {
+                errors.push(InvalidField::new(
+                    "metrics.latency",
+                    format!(
+                        "`{}` has unit `{unit}`; use one of s, ms, us, ns",
+                        m.name
+                    ),
+                ));
+            }
+        }
+        if self.endpoint_attributes.iter().any(String::is_empty) {
+            errors.push(InvalidField::new(
+                "metrics.endpoint_attributes",
+                "contains an empty name",
+            ));
+        }
+        if self.recommendation_metrics.iter().any(String::is_empty) {
+            errors.push(InvalidField::new(
+                "metrics.recommendation_metrics",
+                "contains an empty name",
+            ));
+        }
+        if self.max_streams == 0 {
+            errors.push(InvalidField::new(
+                "metrics.max_streams",
+                "must be at least 1",
+            ));
+        }
+        if self.stream_staleness.is_zero() {
+            errors.push(InvalidField::new(
+                "metrics.stream_staleness",
+                "must be longer than 0s",
+            ));
+        }
+        errors
+    }
+}
+
 /// `[aggregator]`: limits and precision of the in-memory rollups.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

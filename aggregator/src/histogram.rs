@@ -48,9 +48,16 @@ pub fn new_histogram(significant_digits: u8) -> Result<Histogram<u64>> {
 
 /// Records one already-clamped value.
 pub fn record(h: &mut Histogram<u64>, nanos: u64) {
+    record_n(h, nanos, 1);
+}
+
+/// Records an already-clamped value `n` times (a histogram point's bucket).
+pub fn record_n(h: &mut Histogram<u64>, nanos: u64, n: u64) {
     // The value is within the bounds the histogram was created with, so this cannot fail;
     // saturating keeps it total if it ever did.
-    h.saturating_record(nanos);
+    if n > 0 {
+        h.saturating_record_n(nanos, n);
+    }
 }
 
 /// V2-encodes a histogram (the compact, sparse form sealed minutes are kept in).

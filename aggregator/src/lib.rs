@@ -11,6 +11,7 @@ pub mod durability;
 pub mod error;
 pub mod histogram;
 pub mod hooks;
+pub mod metrics;
 pub mod record;
 pub mod service;
 pub mod sql;
@@ -21,9 +22,12 @@ pub mod window;
 
 pub use auth::BearerToken;
 pub use clock::Clock;
-pub use config::{AggregatorConfig, IngestConfig, InvalidField, SqlConfig};
+pub use config::{
+    AggregatorConfig, IngestConfig, InvalidField, LatencyMetric, MetricsConfig, SqlConfig,
+};
 pub use error::{Error, Result};
 pub use hooks::{Hook, Hooks};
+pub use metrics::{Dense, MetricPoint, PointValue};
 pub use record::{ApplyOutcome, RequestRecord, SeriesKey};
 pub use service::AggregatorHandle;
 pub use sql::{QueryEngine, QueryOutput};

@@ -40,13 +40,19 @@ pub struct RequestRecord {
     pub recommendations: u64,
 }
 
-/// What happened to a batch of records.
+/// What happened to a batch of records or metric points.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ApplyOutcome {
-    /// Records counted.
+    /// Records or points counted (a point may count nothing: a stream's first, the baseline).
     pub accepted: u64,
-    /// Records that ended longer ago than `ingest.max_span_age`.
+    /// Records or points that ended longer ago than `ingest.max_span_age`.
     pub too_old: u64,
-    /// Records that end further ahead than `ingest.max_future_skew`.
+    /// Records or points that end further ahead than `ingest.max_future_skew`.
     pub future: u64,
+    /// Points of services that send request spans (`reason="covered_by_spans"`).
+    pub covered_by_spans: u64,
+    /// Points of new cumulative streams past `metrics.max_streams` (`reason="stream_limit"`).
+    pub stream_limit: u64,
+    /// Requests the points' buckets stood for.
+    pub requests: u64,
 }

@@ -18,10 +18,11 @@ use hdrhistogram::Histogram;
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::clock::{Clock, MINUTE_NANOS, minute_of};
-use crate::config::{AggregatorConfig, IngestConfig, MAX_THRESHOLDS};
+use crate::config::{AggregatorConfig, IngestConfig, MAX_THRESHOLDS, MetricsConfig};
 use crate::counts::Counts;
 use crate::error::Result;
 use crate::histogram;
+use crate::metrics::{Ignored, MetricPoint, MetricState, MetricStateImage};
 use crate::record::{ApplyOutcome, RequestRecord, SeriesKey};
 use crate::telemetry::Telemetry;
 use crate::window::Window;
@@ -86,12 +87,17 @@ pub struct RowCounts {
 }
 
 impl RowCounts {
-    fn count(&mut self, value: u64, error: bool, recommendations: u64, thresholds: &[u64]) {
-        self.requests += 1;
-        self.errors += u64::from(error);
+    /// Counts `n` requests of `value` nanoseconds.
+    fn count(&mut self, value: u64, n: u64, error: bool, recommendations: u64, thresholds: &[u64]) {
+        self.requests += n;
+        if error {
+            self.errors += n;
+        }
         self.recommendations = self.recommendations.saturating_add(recommendations);
         for (le, &t) in self.le.iter_mut().zip(thresholds) {
-            *le += u64::from(value <= t);
+            if value <= t {
+                *le += n;
+            }
         }
     }
 
@@ -119,6 +125,8 @@ pub enum Source {
     /// Request spans: quantiles within 1% of the raw values.
     #[default]
     Span,
+    /// OTLP histogram points: quantiles bounded by the sender's buckets (README).
+    Histogram,
 }
 
 impl Source {
@@ -126,6 +134,7 @@ impl Source {
     pub const fn label(self) -> &'static str {
         match self {
             Source::Span => "span",
+            Source::Histogram => "histogram",
         }
     }
 
@@ -133,6 +142,7 @@ impl Source {
     pub fn from_label(label: &str) -> Option<Self> {
         match label {
             "span" => Some(Source::Span),
+            "histogram" => Some(Source::Histogram),
             _ => None,
         }
     }
@@ -165,11 +175,26 @@ impl OpenMinute {
     }
 }
 
+/// One value to count: a span's request, a histogram bucket's requests, or (with no requests)
+/// a sum's recommendations.
+struct Sample<'a> {
+    key: &'a SeriesKey,
+    end_unix_nanos: u64,
+    duration_nanos: u64,
+    /// Requests of this duration.
+    count: u64,
+    error: bool,
+    recommendations: u64,
+    source: Source,
+}
+
 /// A value buffered for a minute other than the open one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct LateValue {
     minute: u64,
     value: u64,
+    /// Requests of this value (1 for a span).
+    count: u64,
     error: bool,
     recommendations: u64,
 }
@@ -259,6 +284,7 @@ impl SeriesState {
         &mut self,
         minute: u64,
         value: u64,
+        count: u64,
         error: bool,
         recommendations: u64,
         seal: &mut Sealing<'_>,
@@ -277,9 +303,9 @@ impl SeriesState {
                 encoded: None,
             }
         });
-        histogram::record(&mut open.histogram, value);
+        histogram::record_n(&mut open.histogram, value, count);
         open.counts
-            .count(value, error, recommendations, seal.thresholds);
+            .count(value, count, error, recommendations, seal.thresholds);
         open.encoded = None;
     }
 
@@ -352,8 +378,8 @@ impl SeriesState {
             seal.scratch.reset();
             let mut counts = RowCounts::default();
             for v in group {
-                histogram::record(seal.scratch, v.value);
-                counts.count(v.value, v.error, v.recommendations, seal.thresholds);
+                histogram::record_n(seal.scratch, v.value, v.count);
+                counts.count(v.value, v.count, v.error, v.recommendations, seal.thresholds);
             }
             match histogram::encode(seal.scratch) {
                 Ok(hdr) => {
@@ -453,8 +479,8 @@ impl SeriesState {
             scratch.reset();
             let mut counts = RowCounts::default();
             for v in group {
-                histogram::record(scratch, v.value);
-                counts.count(v.value, v.error, v.recommendations, thresholds);
+                histogram::record_n(scratch, v.value, v.count);
+                counts.count(v.value, v.count, v.error, v.recommendations, thresholds);
             }
             let hdr = Bytes::from(histogram::encode(scratch)?);
             out.push((group[0].minute, Row { counts, hdr }));
@@ -577,6 +603,8 @@ pub struct Aggregator {
     evicted_unsaved: Vec<SeriesRows>,
     /// Whether stored rows are noted for checkpoints (only when something takes them).
     journal: bool,
+    /// Cumulative metric streams and the services that send spans.
+    metrics: MetricState,
 }
 
 /// Rows of one series, as a checkpoint writes them.
@@ -610,6 +638,8 @@ pub struct StateImage {
     pub series: Vec<SeriesImage>,
     /// Minute and hour rows stored since the last checkpoint, of live and forgotten series.
     pub sealed: Vec<SeriesRows>,
+    /// Cumulative metric streams and span-fed services, as of `wal_seq` like the rest.
+    pub metrics: MetricStateImage,
 }
 
 impl Aggregator {
@@ -640,7 +670,20 @@ impl Aggregator {
             wal_seq: 0,
             evicted_unsaved: Vec::new(),
             journal: false,
+            metrics: MetricState::from_config(&MetricsConfig::default()),
         })
+    }
+
+    /// Sets the metric stream limits (`[metrics]`; defaults otherwise).
+    #[must_use]
+    pub fn with_metrics(mut self, config: &MetricsConfig) -> Self {
+        self.metrics = MetricState::from_config(config);
+        self
+    }
+
+    /// Cumulative metric streams held (`recmeter_metric_streams_active`).
+    pub fn metric_streams_active(&self) -> usize {
+        self.metrics.streams_active()
     }
 
     /// Notes rows as they are stored, for [`Aggregator::checkpoint_image`] to take. Off by
@@ -664,6 +707,7 @@ impl Aggregator {
             sealed_before: self.sealed_before,
             series: Vec::with_capacity(self.series.len()),
             sealed: std::mem::take(&mut self.evicted_unsaved),
+            metrics: self.metrics.image(),
         };
         if let Err(e) = self.fill_image(&mut image) {
             // Cannot happen for histograms recmeter encoded itself; keep the rows for the next.
@@ -714,6 +758,11 @@ impl Aggregator {
     pub fn restore_begin(&mut self, sealed_before: u64, wal_seq: u64) {
         self.sealed_before = sealed_before;
         self.wal_seq = wal_seq;
+    }
+
+    /// Restores the metric streams and span-fed services a checkpoint saved.
+    pub fn restore_metrics(&mut self, image: MetricStateImage) {
+        self.metrics.restore(image);
     }
 
     /// Restores one series' counters.
@@ -829,79 +878,177 @@ impl Aggregator {
                 outcome.future += 1;
                 continue;
             }
-            let key = if self.series.contains_key(&record.key)
-                || self.regular_series() < self.max_series
-            {
-                &record.key
-            } else {
-                overflowed += 1;
-                &self.overflow
-            };
-            if !self.series.contains_key(key) {
-                let state = SeriesState {
-                    born: self.births,
-                    ..SeriesState::default()
-                };
-                self.births += 1;
-                self.series.insert(key.clone(), state);
-            }
-            let Some(series) = self.series.get_mut(key) else {
-                continue;
-            };
-            let (clamped, bound) = histogram::clamp(record.duration_nanos);
-            if let Some(bound) = bound {
-                self.telemetry.add_clamped(bound);
-            }
-            let totals = &mut series.totals;
-            if record.error {
-                totals.errors += 1;
-            } else {
-                totals.ok += 1;
-            }
-            totals.recommendations = totals
-                .recommendations
-                .saturating_add(record.recommendations);
-            let bucket = LATENCY_BUCKETS_NANOS
-                .iter()
-                .position(|&le| record.duration_nanos <= le)
-                .unwrap_or(LATENCY_BUCKETS_NANOS.len());
-            totals.bucket_counts[bucket] += 1;
-            totals.sum_nanos += u128::from(record.duration_nanos);
             outcome.accepted += 1;
-            let minute = minute_of(record.end_unix_nanos);
-            let mut seal = Sealing {
-                scratch: &mut self.scratch,
-                merge: &mut self.merge,
-                thresholds: &self.thresholds,
-                hours_sealed_before: hour_of(self.sealed_before),
-                sealed_before: self.sealed_before,
-                blocks_open_from: block_of(self.sealed_before),
-                journal: self.journal,
-            };
-            if minute != open_minute {
-                series.late.push(LateValue {
-                    minute,
-                    value: clamped,
+            overflowed += self.count_sample(
+                &Sample {
+                    key: &record.key,
+                    end_unix_nanos: record.end_unix_nanos,
+                    duration_nanos: record.duration_nanos,
+                    count: 1,
                     error: record.error,
                     recommendations: record.recommendations,
-                });
-                if series.late.len() >= LATE_BUFFER {
-                    series.flush_late(&mut seal);
-                }
-                continue;
-            }
-            series.record_open(
-                minute,
-                clamped,
-                record.error,
-                record.recommendations,
-                &mut seal,
+                    source: Source::Span,
+                },
+                open_minute,
             );
         }
         if overflowed > 0 {
             self.telemetry.add_series_overflow(overflowed);
         }
         outcome
+    }
+
+    /// Counts a batch of metric points (checked against `checked_at` as
+    /// [`Aggregator::apply_checked`] checks spans): cumulative points become deltas against
+    /// their stream, and a delta's buckets become requests with `source = "histogram"`.
+    pub fn apply_points(&mut self, points: &[MetricPoint], checked_at: u64) -> ApplyOutcome {
+        let now = self.clock.now_nanos();
+        let open_minute = minute_of(now);
+        self.roll(open_minute);
+        let oldest = checked_at.saturating_sub(self.max_age_nanos);
+        let newest = checked_at.saturating_add(self.max_skew_nanos);
+        let mut outcome = ApplyOutcome::default();
+        let mut overflowed = 0;
+        for point in points {
+            if point.time_unix_nanos < oldest {
+                outcome.too_old += 1;
+                continue;
+            }
+            if point.time_unix_nanos > newest {
+                outcome.future += 1;
+                continue;
+            }
+            let delta = match self.metrics.delta(point, now) {
+                Ok(Some(delta)) => delta,
+                Ok(None) => {
+                    outcome.accepted += 1;
+                    continue;
+                }
+                Err(Ignored::CoveredBySpans) => {
+                    outcome.covered_by_spans += 1;
+                    continue;
+                }
+                Err(Ignored::StreamLimit) => {
+                    outcome.stream_limit += 1;
+                    continue;
+                }
+            };
+            outcome.accepted += 1;
+            let mut sample = Sample {
+                key: &point.key,
+                end_unix_nanos: point.time_unix_nanos,
+                duration_nanos: 0,
+                count: 0,
+                error: point.error,
+                recommendations: delta.recommendations(),
+                source: Source::Histogram,
+            };
+            if sample.recommendations > 0 {
+                overflowed += self.count_sample(&sample, open_minute);
+            }
+            sample.recommendations = 0;
+            for (duration_nanos, count) in delta.requests(point.nanos_per_unit) {
+                sample.duration_nanos = duration_nanos;
+                sample.count = count;
+                outcome.requests += count;
+                overflowed += self.count_sample(&sample, open_minute);
+            }
+        }
+        if overflowed > 0 {
+            self.telemetry.add_series_overflow(overflowed);
+        }
+        outcome
+    }
+
+    /// Counts one sample into its series (or the overflow series at the cap); returns the
+    /// requests folded into the overflow series.
+    fn count_sample(&mut self, sample: &Sample<'_>, open_minute: u64) -> u64 {
+        let spans = sample.source == Source::Span;
+        let mut overflowed = 0;
+        let key = if self.series.contains_key(sample.key)
+            || self.regular_series() < self.max_series
+        {
+            sample.key
+        } else {
+            overflowed = sample.count;
+            if spans {
+                self.metrics.span_service(&sample.key.service);
+            }
+            &self.overflow
+        };
+        if !self.series.contains_key(key) {
+            // A service is marked as span-fed when one of its series is born of a span or
+            // turns to spans, so the hot path does not look the service up per span.
+            if spans {
+                self.metrics.span_service(&key.service);
+            }
+            let state = SeriesState {
+                born: self.births,
+                source: sample.source,
+                ..SeriesState::default()
+            };
+            self.births += 1;
+            self.series.insert(key.clone(), state);
+        }
+        let Some(series) = self.series.get_mut(key) else {
+            return overflowed;
+        };
+        if spans && series.source != Source::Span {
+            // A series first fed by histogram points is fed by spans from the first span on.
+            series.source = Source::Span;
+            self.metrics.span_service(&key.service);
+        }
+        let (clamped, bound) = histogram::clamp(sample.duration_nanos);
+        if let Some(bound) = bound.filter(|_| sample.count > 0) {
+            self.telemetry.add_clamped_n(bound, sample.count);
+        }
+        let totals = &mut series.totals;
+        if sample.error {
+            totals.errors += sample.count;
+        } else {
+            totals.ok += sample.count;
+        }
+        totals.recommendations = totals
+            .recommendations
+            .saturating_add(sample.recommendations);
+        let bucket = LATENCY_BUCKETS_NANOS
+            .iter()
+            .position(|&le| sample.duration_nanos <= le)
+            .unwrap_or(LATENCY_BUCKETS_NANOS.len());
+        totals.bucket_counts[bucket] += sample.count;
+        totals.sum_nanos += u128::from(sample.duration_nanos) * u128::from(sample.count);
+        let minute = minute_of(sample.end_unix_nanos);
+        let mut seal = Sealing {
+            scratch: &mut self.scratch,
+            merge: &mut self.merge,
+            thresholds: &self.thresholds,
+            hours_sealed_before: hour_of(self.sealed_before),
+            sealed_before: self.sealed_before,
+            blocks_open_from: block_of(self.sealed_before),
+            journal: self.journal,
+        };
+        if minute != open_minute {
+            series.late.push(LateValue {
+                minute,
+                value: clamped,
+                count: sample.count,
+                error: sample.error,
+                recommendations: sample.recommendations,
+            });
+            if series.late.len() >= LATE_BUFFER {
+                series.flush_late(&mut seal);
+            }
+            return overflowed;
+        }
+        series.record_open(
+            minute,
+            clamped,
+            sample.count,
+            sample.error,
+            sample.recommendations,
+            &mut seal,
+        );
+        overflowed
     }
 
     /// Once per minute: seals the minutes before `open_minute` and every hour that ended,
@@ -955,6 +1102,7 @@ impl Aggregator {
                 tracing::info!(evicted, "Series cap reached: forgot series idle for 3 h.");
             }
         }
+        self.metrics.evict(open_minute * MINUTE_NANOS);
         self.sealed_before = open_minute;
     }
 
@@ -1484,7 +1632,8 @@ mod tests {
             ApplyOutcome {
                 accepted: 2,
                 too_old: 1,
-                future: 1
+                future: 1,
+                ..ApplyOutcome::default()
             }
         );
     }

@@ -139,12 +139,12 @@ impl Telemetry {
         self.series_overflow.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub(crate) fn add_clamped(&self, bound: ClampBound) {
+    pub(crate) fn add_clamped_n(&self, bound: ClampBound, n: u64) {
         let i = match bound {
             ClampBound::Low => 0,
             ClampBound::High => 1,
         };
-        self.clamped[i].fetch_add(1, Ordering::Relaxed);
+        self.clamped[i].fetch_add(n, Ordering::Relaxed);
     }
 
     /// Records the duration of one WAL fsync.

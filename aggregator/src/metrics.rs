@@ -1,0 +1,516 @@
+//! OTLP metric points as the aggregator takes them: latency histograms (explicit or exponential
+//! buckets) and recommendation sums, cumulative or delta. Cumulative streams become deltas here,
+//! in the order the WAL logged the points, so a replay after a crash gives the same deltas as the
+//! first apply did (ADR 011).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::SeriesKey;
+
+/// Contiguous bucket counts of one side of an exponential histogram: bucket `offset + i` holds
+/// `counts[i]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dense {
+    pub offset: i32,
+    pub counts: Vec<u64>,
+}
+
+/// What a point holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PointValue {
+    /// Explicit bounds, ascending, in the metric's unit; `counts` has one more entry than
+    /// `bounds` (the last bucket is above the last bound).
+    Explicit { bounds: Vec<f64>, counts: Vec<u64> },
+    /// Base-2 exponential buckets: bucket `i` is `(base^i, base^(i+1)]` with
+    /// `base = 2^(2^-scale)`.
+    Exponential {
+        scale: i32,
+        zero_count: u64,
+        positive: Dense,
+        negative: Dense,
+    },
+    /// A monotonic sum: recommendations served.
+    Sum { value: f64 },
+}
+
+/// One metric point, decoded and checked by the collector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricPoint {
+    /// Stream identity: resource, scope, metric name and point attributes.
+    pub stream: Arc<str>,
+    pub key: SeriesKey,
+    /// Whether the point's requests failed (`error.type`, or an HTTP status of 500 or more).
+    pub error: bool,
+    pub start_unix_nanos: u64,
+    pub time_unix_nanos: u64,
+    /// Cumulative (else delta) temporality.
+    pub cumulative: bool,
+    /// For a cumulative point of a stream recmeter holds nothing of: count its whole value
+    /// rather than take it as the baseline (the `auto` rule: the stream started after
+    /// recmeter did). Decided when the point arrived, so a replay decides the same.
+    pub whole_if_new: bool,
+    /// Nanoseconds in one unit of the histogram's values (1e9 for seconds); 0 for sums.
+    pub nanos_per_unit: f64,
+    pub value: PointValue,
+}
+
+/// Why a point counted nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ignored {
+    /// Its service sends request spans.
+    CoveredBySpans,
+    /// `metrics.max_streams` cumulative streams are held already.
+    StreamLimit,
+}
+
+impl PointValue {
+    /// The part of `self` not already in `previous`, or `None` when `self` is a reset (another
+    /// layout or bounds, a higher scale, or a count that went down).
+    pub fn subtract(&self, previous: &PointValue) -> Option<PointValue> {
+        match (self, previous) {
+            (
+                PointValue::Explicit { bounds, counts },
+                PointValue::Explicit {
+                    bounds: old_bounds,
+                    counts: old_counts,
+                },
+            ) => {
+                let same_bounds = bounds.len() == old_bounds.len()
+                    && bounds
+                        .iter()
+                        .zip(old_bounds)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                if !same_bounds || counts.len() != old_counts.len() {
+                    return None;
+                }
+                let counts = counts
+                    .iter()
+                    .zip(old_counts)
+                    .map(|(c, o)| c.checked_sub(*o))
+                    .collect::<Option<Vec<_>>>()?;
+                Some(PointValue::Explicit {
+                    bounds: bounds.clone(),
+                    counts,
+                })
+            }
+            (
+                PointValue::Exponential {
+                    scale,
+                    zero_count,
+                    positive,
+                    negative,
+                },
+                PointValue::Exponential {
+                    scale: old_scale,
+                    zero_count: old_zero,
+                    positive: old_positive,
+                    negative: old_negative,
+                },
+            ) => {
+                // A lower scale is the sender merging buckets, not a reset.
+                let by = u32::try_from(old_scale.checked_sub(*scale)?).ok()?;
+                Some(PointValue::Exponential {
+                    scale: *scale,
+                    zero_count: zero_count.checked_sub(*old_zero)?,
+                    positive: positive.subtract(&old_positive.downscale(by))?,
+                    negative: negative.subtract(&old_negative.downscale(by))?,
+                })
+            }
+            (PointValue::Sum { value }, PointValue::Sum { value: old }) => {
+                (value >= old).then(|| PointValue::Sum { value: value - old })
+            }
+            _ => None,
+        }
+    }
+
+    /// Requests this (delta) value stands for, as `(duration in nanoseconds, count)`: an
+    /// explicit bucket's count at its midpoint (the first bucket's at half its bound, the last
+    /// one's at its lower bound), an exponential bucket's at its geometric midpoint, the zero
+    /// bucket's at 0 (which the aggregator clamps to 1 µs). Sums stand for none.
+    pub fn requests(&self, nanos_per_unit: f64) -> Vec<(u64, u64)> {
+        // `as` saturates: a value past u64 is clamped to 1 h by the aggregator like any other.
+        let nanos = |v: f64| (v.max(0.0) * nanos_per_unit).round() as u64;
+        let mut out = Vec::new();
+        match self {
+            PointValue::Explicit { bounds, counts } => {
+                for (i, &count) in counts.iter().enumerate().filter(|(_, c)| **c > 0) {
+                    let value = match (i.checked_sub(1).map(|j| bounds[j]), bounds.get(i)) {
+                        (None, Some(&upper)) => upper / 2.0,
+                        (Some(lower), Some(&upper)) => (lower.max(0.0) + upper) / 2.0,
+                        (Some(lower), None) => lower,
+                        (None, None) => 0.0,
+                    };
+                    out.push((nanos(value), count));
+                }
+            }
+            PointValue::Exponential {
+                scale,
+                zero_count,
+                positive,
+                ..
+            } => {
+                if *zero_count > 0 {
+                    out.push((0, *zero_count));
+                }
+                let exponent_per_index = (-f64::from(*scale)).exp2();
+                for (i, &count) in positive.counts.iter().enumerate() {
+                    if count > 0 {
+                        let index = f64::from(positive.offset) + i as f64;
+                        let value = ((index + 0.5) * exponent_per_index).exp2();
+                        out.push((nanos(value), count));
+                    }
+                }
+            }
+            PointValue::Sum { .. } => {}
+        }
+        out
+    }
+
+    /// Recommendations this (delta) value adds: a sum's value, rounded.
+    pub fn recommendations(&self) -> u64 {
+        match self {
+            PointValue::Sum { value } => value.max(0.0).round() as u64,
+            _ => 0,
+        }
+    }
+}
+
+impl Dense {
+    /// The same counts at a scale `by` lower: every `2^by` neighbouring buckets become one.
+    pub fn downscale(&self, by: u32) -> Dense {
+        if by == 0 || self.counts.is_empty() {
+            return self.clone();
+        }
+        let by = by.min(31);
+        let offset = self.offset >> by;
+        let mut counts: Vec<u64> = Vec::new();
+        for (i, &c) in self.counts.iter().enumerate() {
+            let index = (i64::from(self.offset) + i as i64) >> by;
+            let slot = (index - i64::from(offset)) as usize;
+            if counts.len() <= slot {
+                counts.resize(slot + 1, 0);
+            }
+            counts[slot] = counts[slot].saturating_add(c);
+        }
+        Dense { offset, counts }
+    }
+
+    /// `self - previous` bucket by bucket, or `None` if any bucket went down.
+    fn subtract(&self, previous: &Dense) -> Option<Dense> {
+        let mut counts = self.counts.clone();
+        for (i, &p) in previous.counts.iter().enumerate() {
+            if p == 0 {
+                continue;
+            }
+            let index = i64::from(previous.offset) + i as i64 - i64::from(self.offset);
+            let slot = usize::try_from(index).ok()?;
+            let c = counts.get_mut(slot)?;
+            *c = c.checked_sub(p)?;
+        }
+        Some(Dense {
+            offset: self.offset,
+            counts,
+        })
+    }
+}
+
+/// What recmeter holds of one cumulative stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Stream {
+    start: u64,
+    time: u64,
+    /// The aggregator clock when the stream last had a point (for eviction).
+    seen: u64,
+    value: PointValue,
+}
+
+/// The cumulative streams and which services send request spans: metric state that the WAL
+/// replays and checkpoints save.
+#[derive(Debug, Default)]
+pub struct MetricState {
+    streams: HashMap<Arc<str>, Stream>,
+    /// Services that sent an accepted request span: their points are ignored.
+    span_services: std::collections::HashSet<Arc<str>>,
+    max_streams: usize,
+    staleness_nanos: u64,
+}
+
+/// [`MetricState`] as a checkpoint saves it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetricStateImage {
+    streams: Vec<(String, Stream)>,
+    span_services: Vec<String>,
+}
+
+impl MetricState {
+    /// Empty, with the limits of `[metrics]`.
+    pub fn from_config(config: &crate::config::MetricsConfig) -> Self {
+        Self::new(
+            config.max_streams,
+            u64::try_from(config.stream_staleness.as_nanos()).unwrap_or(u64::MAX),
+        )
+    }
+
+    /// Empty, holding at most `max_streams` streams for `staleness_nanos` each.
+    pub fn new(max_streams: usize, staleness_nanos: u64) -> Self {
+        Self {
+            max_streams,
+            staleness_nanos,
+            ..Self::default()
+        }
+    }
+
+    /// Cumulative streams held.
+    pub fn streams_active(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Notes that `service` sends request spans.
+    pub fn span_service(&mut self, service: &Arc<str>) {
+        if !self.span_services.contains(service) {
+            self.span_services.insert(service.clone());
+        }
+    }
+
+    /// Whether `service` sends request spans.
+    pub fn covered_by_spans(&self, service: &str) -> bool {
+        self.span_services.contains(service)
+    }
+
+    /// The delta `point` adds, `Ok(None)` when it adds nothing (the first point of a stream,
+    /// taken as its baseline; a repeated or older point of a stream), or why it is ignored.
+    /// `now` is the aggregator clock.
+    pub fn delta(&mut self, point: &MetricPoint, now: u64) -> Result<Option<PointValue>, Ignored> {
+        if self.covered_by_spans(&point.key.service) {
+            return Err(Ignored::CoveredBySpans);
+        }
+        if !point.cumulative {
+            return Ok(Some(point.value.clone()));
+        }
+        let Some(stream) = self.streams.get_mut(&point.stream) else {
+            if self.streams.len() >= self.max_streams {
+                return Err(Ignored::StreamLimit);
+            }
+            self.streams.insert(
+                point.stream.clone(),
+                Stream {
+                    start: point.start_unix_nanos,
+                    time: point.time_unix_nanos,
+                    seen: now,
+                    value: point.value.clone(),
+                },
+            );
+            return Ok(point.whole_if_new.then(|| point.value.clone()));
+        };
+        stream.seen = now;
+        let restarted = point.start_unix_nanos != stream.start;
+        if !restarted && point.time_unix_nanos <= stream.time {
+            // A retry of a point already counted, or one overtaken by a later one.
+            return Ok(None);
+        }
+        let delta = if restarted {
+            None
+        } else {
+            point.value.subtract(&stream.value)
+        };
+        stream.start = point.start_unix_nanos;
+        stream.time = point.time_unix_nanos;
+        stream.value = point.value.clone();
+        // After a reset the whole value is new.
+        Ok(Some(delta.unwrap_or_else(|| point.value.clone())))
+    }
+
+    /// Forgets streams without a point for `metrics.stream_staleness`.
+    pub fn evict(&mut self, now: u64) {
+        let staleness = self.staleness_nanos;
+        self.streams
+            .retain(|_, s| s.seen.saturating_add(staleness) >= now);
+    }
+
+    /// The state as a checkpoint saves it.
+    pub fn image(&self) -> MetricStateImage {
+        let mut streams: Vec<_> = self
+            .streams
+            .iter()
+            .map(|(k, s)| (k.to_string(), s.clone()))
+            .collect();
+        streams.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut span_services: Vec<_> = self.span_services.iter().map(|s| s.to_string()).collect();
+        span_services.sort();
+        MetricStateImage {
+            streams,
+            span_services,
+        }
+    }
+
+    /// Puts back what [`MetricState::image`] saved.
+    pub fn restore(&mut self, image: MetricStateImage) {
+        self.streams = image
+            .streams
+            .into_iter()
+            .map(|(k, s)| (Arc::from(k), s))
+            .collect();
+        self.span_services = image.span_services.into_iter().map(Arc::from).collect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn explicit(bounds: &[f64], counts: &[u64]) -> PointValue {
+        PointValue::Explicit {
+            bounds: bounds.to_vec(),
+            counts: counts.to_vec(),
+        }
+    }
+
+    fn expo(scale: i32, zero_count: u64, offset: i32, counts: &[u64]) -> PointValue {
+        PointValue::Exponential {
+            scale,
+            zero_count,
+            positive: Dense {
+                offset,
+                counts: counts.to_vec(),
+            },
+            negative: Dense::default(),
+        }
+    }
+
+    fn point(stream: &str, start: u64, time: u64, value: PointValue) -> MetricPoint {
+        MetricPoint {
+            stream: Arc::from(stream),
+            key: SeriesKey {
+                service: Arc::from("svc"),
+                endpoint: Arc::from("recs.latency"),
+                dimensions: Vec::new(),
+            },
+            error: false,
+            start_unix_nanos: start,
+            time_unix_nanos: time,
+            cumulative: true,
+            whole_if_new: false,
+            nanos_per_unit: 1e9,
+            value,
+        }
+    }
+
+    #[test]
+    fn downscaling_merges_neighbouring_buckets() {
+        let d = Dense {
+            offset: -3,
+            counts: vec![1, 2, 3, 4, 5, 6],
+        };
+        // Indexes -3..=2 at one scale lower: -3 → -2, -2 and -1 → -1, 0 and 1 → 0, 2 → 1.
+        assert_eq!(
+            d.downscale(1),
+            Dense {
+                offset: -2,
+                counts: vec![1, 5, 9, 6],
+            }
+        );
+        assert_eq!(d.downscale(0), d);
+    }
+
+    #[test]
+    fn a_count_reset_a_start_change_and_a_downscale() {
+        let mut state = MetricState::new(10, u64::MAX);
+        let b = [0.1, 0.2];
+        // The first point is the baseline.
+        assert_eq!(
+            state.delta(&point("s", 100, 1_000, explicit(&b, &[1, 2, 3])), 0),
+            Ok(None)
+        );
+        assert_eq!(
+            state.delta(&point("s", 100, 2_000, explicit(&b, &[2, 2, 5])), 0),
+            Ok(Some(explicit(&b, &[1, 0, 2])))
+        );
+        // A repeated point adds nothing.
+        assert_eq!(
+            state.delta(&point("s", 100, 2_000, explicit(&b, &[2, 2, 5])), 0),
+            Ok(None)
+        );
+        // A bucket went down: the sender restarted, the whole value is new.
+        assert_eq!(
+            state.delta(&point("s", 100, 3_000, explicit(&b, &[0, 1, 1])), 0),
+            Ok(Some(explicit(&b, &[0, 1, 1])))
+        );
+        // A new start time is a reset even when every count went up.
+        assert_eq!(
+            state.delta(&point("s", 2_500, 4_000, explicit(&b, &[5, 5, 5])), 0),
+            Ok(Some(explicit(&b, &[5, 5, 5])))
+        );
+        // Exponential: a lower scale is merged, not a reset.
+        assert_eq!(
+            state.delta(&point("e", 0, 1_000, expo(2, 1, 0, &[1, 2, 3, 4, 5])), 0),
+            Ok(None)
+        );
+        assert_eq!(
+            state.delta(&point("e", 0, 2_000, expo(1, 2, 0, &[4, 8, 6])), 0),
+            Ok(Some(expo(1, 1, 0, &[1, 1, 1])))
+        );
+        // A higher scale is a reset.
+        assert_eq!(
+            state.delta(&point("e", 0, 3_000, expo(3, 2, 0, &[9])), 0),
+            Ok(Some(expo(3, 2, 0, &[9])))
+        );
+    }
+
+    #[test]
+    fn the_auto_rule_counts_a_new_streams_first_point_whole() {
+        let mut state = MetricState::new(1, u64::MAX);
+        let mut p = point("s", 500, 1_000, explicit(&[1.0], &[3, 4]));
+        p.whole_if_new = true;
+        assert_eq!(state.delta(&p, 0), Ok(Some(explicit(&[1.0], &[3, 4]))));
+        // Past the stream cap a new stream is ignored; a held one goes on.
+        assert_eq!(
+            state.delta(&point("t", 0, 1_000, explicit(&[1.0], &[1, 1])), 0),
+            Err(Ignored::StreamLimit)
+        );
+        // Delta points need no stream.
+        let mut d = point("t", 0, 1_000, explicit(&[1.0], &[1, 1]));
+        d.cumulative = false;
+        assert_eq!(state.delta(&d, 0), Ok(Some(explicit(&[1.0], &[1, 1]))));
+        state.span_service(&Arc::from("svc"));
+        assert_eq!(state.delta(&d, 0), Err(Ignored::CoveredBySpans));
+    }
+
+    #[test]
+    fn streams_go_stale_and_survive_a_checkpoint() {
+        let mut state = MetricState::new(10, 100);
+        state
+            .delta(&point("old", 0, 1, explicit(&[1.0], &[1, 1])), 0)
+            .unwrap();
+        state
+            .delta(&point("new", 0, 1, explicit(&[1.0], &[1, 1])), 50)
+            .unwrap();
+        state.evict(120);
+        assert_eq!(state.streams_active(), 1);
+        let mut restored = MetricState::new(10, 100);
+        restored.restore(state.image());
+        assert_eq!(
+            restored.delta(&point("new", 0, 2, explicit(&[1.0], &[3, 1])), 130),
+            Ok(Some(explicit(&[1.0], &[2, 0])))
+        );
+    }
+
+    #[test]
+    fn representative_values() {
+        // Seconds: (-inf, 0.1] at 0.05, (0.1, 0.3] at 0.2, (0.3, inf) at 0.3.
+        let v = explicit(&[0.1, 0.3], &[1, 2, 3]);
+        assert_eq!(
+            v.requests(1e9),
+            vec![(50_000_000, 1), (200_000_000, 2), (300_000_000, 3)]
+        );
+        // Scale 0: bucket 2 is (4, 8], its geometric midpoint 2^2.5 ≈ 5.66; the zero bucket
+        // at 0. Bucket 1 is (2, 4], at 2^1.5 s.
+        let e = expo(0, 1, 1, &[0, 2]);
+        assert_eq!(e.requests(1.0), vec![(0, 1), (6, 2)]);
+        let e = expo(0, 0, 1, &[2]);
+        assert_eq!(e.requests(1e9), vec![(2_828_427_125, 2)]);
+    }
+}
