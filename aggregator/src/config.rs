@@ -239,7 +239,10 @@ impl MetricsConfig {
         let mut errors = Vec::new();
         for (i, m) in self.latency.iter().enumerate() {
             if m.name.is_empty() {
-                errors.push(InvalidField::new("metrics.latency", "contains an empty name"));
+                errors.push(InvalidField::new(
+                    "metrics.latency",
+                    "contains an empty name",
+                ));
             } else if self.latency[..i].iter().any(|o| o.name == m.name) {
                 errors.push(InvalidField::new(
                     "metrics.latency",
@@ -256,10 +259,7 @@ impl MetricsConfig {
             {
                 errors.push(InvalidField::new(
                     "metrics.latency",
-                    format!(
-                        "`{}` has unit `{unit}`; use one of s, ms, us, ns",
-                        m.name
-                    ),
+                    format!("`{}` has unit `{unit}`; use one of s, ms, us, ns", m.name),
                 ));
             }
         }

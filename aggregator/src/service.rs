@@ -15,12 +15,12 @@ use crate::config::{AggregatorConfig, IngestConfig};
 use crate::durability::{Arriving, Wal};
 use crate::error::{Error, Result};
 use crate::hooks::{Hook, Hooks};
-use crate::record::{ApplyOutcome, RequestRecord};
+use crate::record::{ApplyOutcome, Batch, RequestRecord};
 use crate::state::{Aggregator, SharedState, lock};
 use crate::telemetry::Telemetry;
 
 struct Job {
-    records: Vec<RequestRecord>,
+    batch: Batch,
     /// The clock reading the age checks use (taken before the WAL append).
     checked_at: u64,
     /// The WAL frame holding the records, when logged.
@@ -102,7 +102,12 @@ impl AggregatorHandle {
         records: Vec<RequestRecord>,
         arriving: Arriving,
     ) -> Result<ApplyOutcome> {
-        if records.is_empty() {
+        self.submit_batch(records.into(), arriving).await
+    }
+
+    /// [`AggregatorHandle::submit`] for request records and metric points together.
+    pub async fn submit_batch(&self, batch: Batch, arriving: Arriving) -> Result<ApplyOutcome> {
+        if batch.is_empty() {
             return Ok(ApplyOutcome::default());
         }
         let permit = self.tx.clone().try_reserve_owned().map_err(|e| match e {
@@ -114,20 +119,20 @@ impl AggregatorHandle {
         match &self.wal {
             None => {
                 permit.send(Job {
-                    records,
+                    batch,
                     checked_at,
                     seq: None,
                     reply,
                 });
             }
             Some(wal) => wal.append(
-                records,
+                batch,
                 checked_at,
                 arriving,
-                Box::new(move |logged, records| match logged {
+                Box::new(move |logged, batch| match logged {
                     Ok(seq) => {
                         permit.send(Job {
-                            records,
+                            batch,
                             checked_at,
                             seq: Some(seq),
                             reply,
@@ -185,7 +190,7 @@ async fn run(mut rx: mpsc::Receiver<Job>, state: SharedState, hooks: Arc<Hooks>)
         let Some(job) = job else { break };
         let outcome = {
             let mut state = lock(&state);
-            let outcome = state.apply_checked(&job.records, job.checked_at);
+            let outcome = state.apply_batch(&job.batch, job.checked_at);
             if let Some(seq) = job.seq {
                 state.set_wal_seq(seq);
             }

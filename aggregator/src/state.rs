@@ -23,7 +23,7 @@ use crate::counts::Counts;
 use crate::error::Result;
 use crate::histogram;
 use crate::metrics::{Ignored, MetricPoint, MetricState, MetricStateImage};
-use crate::record::{ApplyOutcome, RequestRecord, SeriesKey};
+use crate::record::{ApplyOutcome, Batch, RequestRecord, SeriesKey};
 use crate::telemetry::Telemetry;
 use crate::window::Window;
 
@@ -379,7 +379,13 @@ impl SeriesState {
             let mut counts = RowCounts::default();
             for v in group {
                 histogram::record_n(seal.scratch, v.value, v.count);
-                counts.count(v.value, v.count, v.error, v.recommendations, seal.thresholds);
+                counts.count(
+                    v.value,
+                    v.count,
+                    v.error,
+                    v.recommendations,
+                    seal.thresholds,
+                );
             }
             match histogram::encode(seal.scratch) {
                 Ok(hdr) => {
@@ -898,6 +904,22 @@ impl Aggregator {
         outcome
     }
 
+    /// Counts a request's records and metric points ([`Aggregator::apply_checked`],
+    /// [`Aggregator::apply_points`]).
+    pub fn apply_batch(&mut self, batch: &Batch, checked_at: u64) -> ApplyOutcome {
+        let mut outcome = self.apply_checked(&batch.records, checked_at);
+        if !batch.points.is_empty() {
+            let points = self.apply_points(&batch.points, checked_at);
+            outcome.accepted += points.accepted;
+            outcome.too_old += points.too_old;
+            outcome.future += points.future;
+            outcome.covered_by_spans += points.covered_by_spans;
+            outcome.stream_limit += points.stream_limit;
+            outcome.requests += points.requests;
+        }
+        outcome
+    }
+
     /// Counts a batch of metric points (checked against `checked_at` as
     /// [`Aggregator::apply_checked`] checks spans): cumulative points become deltas against
     /// their stream, and a delta's buckets become requests with `source = "histogram"`.
@@ -965,8 +987,7 @@ impl Aggregator {
     fn count_sample(&mut self, sample: &Sample<'_>, open_minute: u64) -> u64 {
         let spans = sample.source == Source::Span;
         let mut overflowed = 0;
-        let key = if self.series.contains_key(sample.key)
-            || self.regular_series() < self.max_series
+        let key = if self.series.contains_key(sample.key) || self.regular_series() < self.max_series
         {
             sample.key
         } else {

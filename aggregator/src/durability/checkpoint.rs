@@ -54,6 +54,9 @@ pub trait Checkpointable: Send + Sync {
     fn restore(&self, saved: serde_json::Value) -> Result<()>;
 }
 
+/// The state file name of the aggregator's metric streams; no [`Checkpointable`] may take it.
+const METRIC_STREAMS: &str = "metric_streams";
+
 /// What a file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -482,7 +485,16 @@ impl Checkpointer {
         created: u64,
     ) -> std::result::Result<(Manifest, CheckpointStats), (Error, Vec<Path>)> {
         let id = last.as_ref().map_or(1, |m| m.id + 1);
-        let mut extras = Vec::with_capacity(self.extras.len());
+        let mut extras = Vec::with_capacity(self.extras.len() + 1);
+        // The metric streams are part of the aggregator's image (taken under the same hold of
+        // the lock, so they match `wal_seq`), saved like a registered state.
+        let metrics = serde_json::to_value(&image.metrics).map_err(|e| {
+            (
+                Error::Storage(format!("cannot save the metric streams: {e}")),
+                Vec::new(),
+            )
+        })?;
+        extras.push((METRIC_STREAMS, metrics));
         for e in &self.extras {
             extras.push((e.name(), e.save().map_err(|e| (e, Vec::new()))?));
         }
@@ -799,6 +811,16 @@ pub async fn restore(
         stats.files += 1;
     }
     aggregator.restore_finish(open)?;
+    if let Some(entry) = manifest
+        .state
+        .iter()
+        .find(|f| f.kind == FileKind::Extra && f.path.ends_with(&format!("-{METRIC_STREAMS}.json")))
+    {
+        let bytes = get(store, &Path::from(entry.path.as_str())).await?;
+        let image = serde_json::from_slice(&bytes).map_err(|e| storage(&entry.path, e))?;
+        aggregator.restore_metrics(image);
+        stats.files += 1;
+    }
     for extra in extras {
         let Some(entry) = manifest.state.iter().find(|f| {
             f.kind == FileKind::Extra && f.path.ends_with(&format!("-{}.json", extra.name()))

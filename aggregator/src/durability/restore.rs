@@ -64,6 +64,9 @@ pub async fn open(
     let after = manifest.as_ref().map_or(0, |m| m.wal_seq);
     let replayed = dir.replay(after, |entry| {
         aggregator.apply_checked(&entry.records, entry.checked_at);
+        if !entry.points.is_empty() {
+            aggregator.apply_points(&entry.points, entry.checked_at);
+        }
         aggregator.set_wal_seq(entry.seq);
     })?;
     let next_seq = replayed.last_seq.max(after) + 1;

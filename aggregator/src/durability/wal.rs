@@ -5,7 +5,8 @@
 //!
 //! Frame: `len: u32 LE`, `crc32(payload): u32 LE`, payload = `seq: u64 LE`,
 //! `checked_at: u64 LE` (the clock reading the age checks use, so replay decides the same),
-//! then the records with their series keys interned once per frame (LEB128 varints).
+//! then the records with their series keys interned once per frame (LEB128 varints), then,
+//! when the request carried metric points, the points.
 //! A frame cut short or failing its CRC ends its segment: only the tail of the last segment
 //! can be torn, and nothing there was acknowledged.
 
@@ -20,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::hooks::{Hook, Hooks};
-use crate::record::{RequestRecord, SeriesKey};
+use crate::metrics::{Dense, MetricPoint, PointValue};
+use crate::record::{Batch, RequestRecord, SeriesKey};
 use crate::telemetry::Telemetry;
 
 /// Largest frame payload read back; anything larger is a torn or foreign file.
@@ -33,12 +35,13 @@ const LOCK_FILE: &str = "LOCK";
 const SEGMENT_SUFFIX: &str = ".wal";
 
 /// One logged request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
     pub seq: u64,
     /// Clock reading (Unix nanoseconds) the age and skew checks use.
     pub checked_at: u64,
     pub records: Vec<RequestRecord>,
+    pub points: Vec<MetricPoint>,
 }
 
 /// What a replay read.
@@ -48,6 +51,8 @@ pub struct ReplayStats {
     pub entries: u64,
     /// Records in them.
     pub records: u64,
+    /// Metric points in them.
+    pub points: u64,
     /// The highest sequence number found, handed over or not.
     pub last_seq: u64,
     /// Segments whose tail was torn (a crash during a write).
@@ -140,6 +145,7 @@ impl WalDir {
                         if entry.seq > after {
                             stats.entries += 1;
                             stats.records += entry.records.len() as u64;
+                            stats.points += entry.points.len() as u64;
                             apply(entry);
                         }
                     }
@@ -208,13 +214,13 @@ impl WalDir {
     }
 }
 
-/// What happens once a frame is durable (`Ok(seq)`) or cannot be (`Err`): the records come
+/// What happens once a frame is durable (`Ok(seq)`) or cannot be (`Err`): the batch comes
 /// back to be applied.
-pub type Then = Box<dyn FnOnce(Result<u64>, Vec<RequestRecord>) + Send>;
+pub type Then = Box<dyn FnOnce(Result<u64>, Batch) + Send>;
 
 enum Command {
     Append {
-        records: Vec<RequestRecord>,
+        batch: Batch,
         checked_at: u64,
         /// The request's place among those on their way: let go once the writer holds the
         /// frame.
@@ -290,26 +296,20 @@ impl Wal {
         }
     }
 
-    /// Logs `records`; `then` runs on the writer thread once the frame is fsynced, frames in
+    /// Logs `batch`; `then` runs on the writer thread once the frame is fsynced, frames in
     /// sequence order. `arriving` (the request's place, if it took one) is let go once the
     /// writer holds the frame.
-    pub fn append(
-        &self,
-        records: Vec<RequestRecord>,
-        checked_at: u64,
-        arriving: Arriving,
-        then: Then,
-    ) {
+    pub fn append(&self, batch: Batch, checked_at: u64, arriving: Arriving, then: Then) {
         let command = Command::Append {
-            records,
+            batch,
             checked_at,
             arriving,
             then,
         };
-        if let Some(Err(mpsc::SendError(Command::Append { records, then, .. }))) =
+        if let Some(Err(mpsc::SendError(Command::Append { batch, then, .. }))) =
             self.tx.as_ref().map(|tx| tx.send(command))
         {
-            then(Err(Error::Stopped), records);
+            then(Err(Error::Stopped), batch);
         }
     }
 
@@ -357,7 +357,7 @@ fn take(batch: &mut Vec<Command>, mut command: Command) {
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Command>, interval: Duration, arrivals: &AtomicUsize) {
         let mut last_sync: Option<Instant> = None;
-        let mut pending: Vec<(u64, Vec<RequestRecord>, Then)> = Vec::new();
+        let mut pending: Vec<(u64, Batch, Then)> = Vec::new();
         while let Ok(first) = rx.recv() {
             let mut batch = Vec::new();
             take(&mut batch, first);
@@ -388,15 +388,21 @@ impl Writer {
                 match command {
                     Command::Wake => {}
                     Command::Append {
-                        records,
+                        batch,
                         checked_at,
                         then,
                         ..
                     } => {
                         let seq = self.next_seq;
                         self.next_seq += 1;
-                        encode_frame(&mut self.buf, seq, checked_at, &records);
-                        pending.push((seq, records, then));
+                        encode_frame(
+                            &mut self.buf,
+                            seq,
+                            checked_at,
+                            &batch.records,
+                            &batch.points,
+                        );
+                        pending.push((seq, batch, then));
                     }
                     Command::Truncate(covered) => {
                         if !pending.is_empty() {
@@ -415,7 +421,7 @@ impl Writer {
 
     /// Writes and fsyncs the buffered frames, then hands each on; returns when the fsync
     /// started.
-    fn commit(&mut self, pending: &mut Vec<(u64, Vec<RequestRecord>, Then)>) -> Instant {
+    fn commit(&mut self, pending: &mut Vec<(u64, Batch, Then)>) -> Instant {
         let started = Instant::now();
         let result = self.write_and_sync();
         self.buf.clear();
@@ -424,8 +430,8 @@ impl Writer {
                 self.current_has_entries = true;
                 self.telemetry
                     .observe_wal_fsync(started.elapsed().as_secs_f64());
-                for (seq, records, then) in pending.drain(..) {
-                    then(Ok(seq), records);
+                for (seq, batch, then) in pending.drain(..) {
+                    then(Ok(seq), batch);
                 }
             }
             Err(e) => {
@@ -443,8 +449,8 @@ impl Writer {
                     self.file = None;
                 }
                 // The sequence numbers are not reused: a gap is harmless.
-                for (_, records, then) in pending.drain(..) {
-                    then(Err(Error::Wal(e.to_string())), records);
+                for (_, batch, then) in pending.drain(..) {
+                    then(Err(Error::Wal(e.to_string())), batch);
                 }
             }
         }
@@ -531,8 +537,89 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
+fn put_f64(out: &mut Vec<u8>, v: f64) {
+    out.extend_from_slice(&v.to_bits().to_le_bytes());
+}
+
+fn put_zigzag(out: &mut Vec<u8>, v: i64) {
+    put_varint(out, ((v << 1) ^ (v >> 63)) as u64);
+}
+
+fn put_key(out: &mut Vec<u8>, key: &SeriesKey) {
+    put_str(out, &key.service);
+    put_str(out, &key.endpoint);
+    put_varint(out, key.dimensions.len() as u64);
+    for d in &key.dimensions {
+        put_str(out, d);
+    }
+}
+
+fn put_dense(out: &mut Vec<u8>, d: &Dense) {
+    put_zigzag(out, i64::from(d.offset));
+    put_varint(out, d.counts.len() as u64);
+    for &c in &d.counts {
+        put_varint(out, c);
+    }
+}
+
+const POINT_ERROR: u8 = 1;
+const POINT_CUMULATIVE: u8 = 2;
+const POINT_WHOLE_IF_NEW: u8 = 4;
+
+fn put_point(out: &mut Vec<u8>, p: &MetricPoint) {
+    put_str(out, &p.stream);
+    put_key(out, &p.key);
+    out.push(
+        (if p.error { POINT_ERROR } else { 0 })
+            | (if p.cumulative { POINT_CUMULATIVE } else { 0 })
+            | (if p.whole_if_new {
+                POINT_WHOLE_IF_NEW
+            } else {
+                0
+            }),
+    );
+    put_varint(out, p.start_unix_nanos);
+    put_varint(out, p.time_unix_nanos);
+    put_f64(out, p.nanos_per_unit);
+    match &p.value {
+        PointValue::Explicit { bounds, counts } => {
+            out.push(0);
+            put_varint(out, bounds.len() as u64);
+            for &b in bounds {
+                put_f64(out, b);
+            }
+            put_varint(out, counts.len() as u64);
+            for &c in counts {
+                put_varint(out, c);
+            }
+        }
+        PointValue::Exponential {
+            scale,
+            zero_count,
+            positive,
+            negative,
+        } => {
+            out.push(1);
+            put_zigzag(out, i64::from(*scale));
+            put_varint(out, *zero_count);
+            put_dense(out, positive);
+            put_dense(out, negative);
+        }
+        PointValue::Sum { value } => {
+            out.push(2);
+            put_f64(out, *value);
+        }
+    }
+}
+
 /// Appends one frame to `out`.
-pub fn encode_frame(out: &mut Vec<u8>, seq: u64, checked_at: u64, records: &[RequestRecord]) {
+pub fn encode_frame(
+    out: &mut Vec<u8>,
+    seq: u64,
+    checked_at: u64,
+    records: &[RequestRecord],
+    points: &[MetricPoint],
+) {
     let start = out.len();
     out.extend_from_slice(&[0; 8]);
     out.extend_from_slice(&seq.to_le_bytes());
@@ -553,12 +640,7 @@ pub fn encode_frame(out: &mut Vec<u8>, seq: u64, checked_at: u64, records: &[Req
         .collect();
     put_varint(out, order.len() as u64);
     for key in order {
-        put_str(out, &key.service);
-        put_str(out, &key.endpoint);
-        put_varint(out, key.dimensions.len() as u64);
-        for d in &key.dimensions {
-            put_str(out, d);
-        }
+        put_key(out, key);
     }
     put_varint(out, records.len() as u64);
     for (r, k) in records.iter().zip(index) {
@@ -569,6 +651,13 @@ pub fn encode_frame(out: &mut Vec<u8>, seq: u64, checked_at: u64, records: &[Req
         put_varint(out, r.duration_nanos);
         put_varint(out, r.recommendations);
         out.push(u8::from(r.error));
+    }
+    // Frames of span requests end here, as before points existed.
+    if !points.is_empty() {
+        put_varint(out, points.len() as u64);
+        for p in points {
+            put_point(out, p);
+        }
     }
     let payload = &out[start + 8..];
     let len = payload.len() as u32;
@@ -644,6 +733,90 @@ impl<'a> Cursor<'a> {
         self.bytes = rest;
         std::str::from_utf8(s).ok().map(Arc::from)
     }
+
+    fn f64(&mut self) -> Option<f64> {
+        self.u64_le().map(f64::from_bits)
+    }
+
+    fn zigzag(&mut self) -> Option<i64> {
+        let zz = self.varint()?;
+        Some(((zz >> 1) as i64) ^ -((zz & 1) as i64))
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        let (&b, rest) = self.bytes.split_first()?;
+        self.bytes = rest;
+        Some(b)
+    }
+
+    /// A count of items each taking at least `min_bytes`: a hostile count cannot make a huge
+    /// allocation.
+    fn count(&mut self, min_bytes: usize) -> Option<usize> {
+        let n = usize::try_from(self.varint()?).ok()?;
+        (n <= self.bytes.len() / min_bytes).then_some(n)
+    }
+
+    fn key(&mut self) -> Option<SeriesKey> {
+        let service = self.str()?;
+        let endpoint = self.str()?;
+        let ndims = self.count(1)?;
+        let mut dimensions = Vec::with_capacity(ndims);
+        for _ in 0..ndims {
+            dimensions.push(self.str()?);
+        }
+        Some(SeriesKey {
+            service,
+            endpoint,
+            dimensions,
+        })
+    }
+
+    fn dense(&mut self) -> Option<Dense> {
+        let offset = i32::try_from(self.zigzag()?).ok()?;
+        let n = self.count(1)?;
+        let counts = (0..n).map(|_| self.varint()).collect::<Option<Vec<_>>>()?;
+        Some(Dense { offset, counts })
+    }
+
+    fn point(&mut self) -> Option<MetricPoint> {
+        let stream = self.str()?;
+        let key = self.key()?;
+        let flags = self.byte()?;
+        if flags & !(POINT_ERROR | POINT_CUMULATIVE | POINT_WHOLE_IF_NEW) != 0 {
+            return None;
+        }
+        let start_unix_nanos = self.varint()?;
+        let time_unix_nanos = self.varint()?;
+        let nanos_per_unit = self.f64()?;
+        let value = match self.byte()? {
+            0 => {
+                let n = self.count(8)?;
+                let bounds = (0..n).map(|_| self.f64()).collect::<Option<Vec<_>>>()?;
+                let n = self.count(1)?;
+                let counts = (0..n).map(|_| self.varint()).collect::<Option<Vec<_>>>()?;
+                PointValue::Explicit { bounds, counts }
+            }
+            1 => PointValue::Exponential {
+                scale: i32::try_from(self.zigzag()?).ok()?,
+                zero_count: self.varint()?,
+                positive: self.dense()?,
+                negative: self.dense()?,
+            },
+            2 => PointValue::Sum { value: self.f64()? },
+            _ => return None,
+        };
+        Some(MetricPoint {
+            stream,
+            key,
+            error: flags & POINT_ERROR != 0,
+            start_unix_nanos,
+            time_unix_nanos,
+            cumulative: flags & POINT_CUMULATIVE != 0,
+            whole_if_new: flags & POINT_WHOLE_IF_NEW != 0,
+            nanos_per_unit,
+            value,
+        })
+    }
 }
 
 /// Decodes a frame's payload; `None` when it does not hold together.
@@ -655,18 +828,7 @@ fn decode_payload(payload: &[u8]) -> Option<Entry> {
     // Every key takes at least 3 bytes: a hostile count cannot make a huge allocation.
     let mut keys = Vec::with_capacity(nkeys.min(c.bytes.len() / 3));
     for _ in 0..nkeys {
-        let service = c.str()?;
-        let endpoint = c.str()?;
-        let ndims = usize::try_from(c.varint()?).ok()?;
-        let mut dimensions = Vec::with_capacity(ndims.min(c.bytes.len()));
-        for _ in 0..ndims {
-            dimensions.push(c.str()?);
-        }
-        keys.push(SeriesKey {
-            service,
-            endpoint,
-            dimensions,
-        });
+        keys.push(c.key()?);
     }
     let nrecords = usize::try_from(c.varint()?).ok()?;
     let mut records = Vec::with_capacity(nrecords.min(c.bytes.len() / 4));
@@ -689,10 +851,20 @@ fn decode_payload(payload: &[u8]) -> Option<Entry> {
             recommendations,
         });
     }
+    let mut points = Vec::new();
+    if !c.bytes.is_empty() {
+        // A point takes well over 16 bytes.
+        let n = c.count(16)?;
+        points.reserve(n);
+        for _ in 0..n {
+            points.push(c.point()?);
+        }
+    }
     c.bytes.is_empty().then_some(Entry {
         seq,
         checked_at,
         records,
+        points,
     })
 }
 
@@ -740,7 +912,7 @@ mod tests {
         for i in 0..3u64 {
             let tx = tx.clone();
             wal.append(
-                records(),
+                records().into(),
                 1_800_000_000_000_000_000 + i,
                 Arriving::default(),
                 Box::new(move |seq, records| tx.send((seq.unwrap(), records)).unwrap()),
@@ -772,9 +944,9 @@ mod tests {
     #[test]
     fn a_torn_or_corrupt_tail_ends_the_segment_and_never_panics() {
         let mut frames = Vec::new();
-        encode_frame(&mut frames, 1, 5, &records());
+        encode_frame(&mut frames, 1, 5, &records(), &[]);
         let one = frames.len();
-        encode_frame(&mut frames, 2, 5, &records());
+        encode_frame(&mut frames, 2, 5, &records(), &[]);
         // Every cut of the second frame, and every flipped byte in it, reads as torn.
         for cut in one..frames.len() {
             let mut r = &frames[..cut];
@@ -809,10 +981,99 @@ mod tests {
         }
     }
 
+    fn points() -> Vec<MetricPoint> {
+        let key = |s: &str| SeriesKey {
+            service: Arc::from(s),
+            endpoint: Arc::from("recs.latency"),
+            dimensions: vec![Arc::from("eu")],
+        };
+        vec![
+            MetricPoint {
+                stream: Arc::from("svc|recs.latency|route=/a"),
+                key: key("svc"),
+                error: true,
+                start_unix_nanos: 7,
+                time_unix_nanos: 1_800_000_000_000_000_000,
+                cumulative: true,
+                whole_if_new: true,
+                nanos_per_unit: 1e6,
+                value: PointValue::Explicit {
+                    bounds: vec![5.0, 10.0, f64::MAX],
+                    counts: vec![1, 0, 3, u64::MAX],
+                },
+            },
+            MetricPoint {
+                stream: Arc::from("other"),
+                key: key("other"),
+                error: false,
+                start_unix_nanos: 0,
+                time_unix_nanos: 3,
+                cumulative: false,
+                whole_if_new: false,
+                nanos_per_unit: 1e9,
+                value: PointValue::Exponential {
+                    scale: -3,
+                    zero_count: 2,
+                    positive: Dense {
+                        offset: -40,
+                        counts: vec![1, 2],
+                    },
+                    negative: Dense::default(),
+                },
+            },
+            MetricPoint {
+                stream: Arc::from("sum"),
+                key: key("other"),
+                error: false,
+                start_unix_nanos: 1,
+                time_unix_nanos: 2,
+                cumulative: true,
+                whole_if_new: false,
+                nanos_per_unit: 0.0,
+                value: PointValue::Sum { value: 12.5 },
+            },
+        ]
+    }
+
+    #[test]
+    fn frames_with_metric_points_round_trip_and_hostile_ones_fail() {
+        let mut frame = Vec::new();
+        encode_frame(&mut frame, 9, 5, &records(), &points());
+        let mut r = &frame[..];
+        let Frame::Entry(entry, len) = read_frame(&mut r, frame.len() as u64) else {
+            panic!("the frame does not read back");
+        };
+        assert_eq!(len, frame.len() as u64);
+        assert_eq!(entry.records, records());
+        assert_eq!(entry.points, points());
+        let mut frame = Vec::new();
+        encode_frame(&mut frame, 10, 5, &[], &points()[2..]);
+        let entry = decode_payload(&frame[8..]).unwrap();
+        assert!(entry.records.is_empty());
+        assert_eq!(entry.points, points()[2..]);
+        // Every cut of the points section fails rather than reading fewer points.
+        let mut whole = Vec::new();
+        encode_frame(&mut whole, 1, 5, &records(), &points());
+        let mut plain = Vec::new();
+        encode_frame(&mut plain, 1, 5, &records(), &[]);
+        for cut in plain.len() + 1..whole.len() {
+            assert!(decode_payload(&whole[8..cut]).is_none(), "cut at {cut}");
+        }
+        // A hostile point count, an unknown flag, an unknown value kind.
+        let base = plain[8..].to_vec();
+        for tail in [
+            vec![0xff, 0xff, 0xff, 0xff, 0x0f],
+            [&[1u8, 1, b'x', 1, b's', 1, b'e', 0, 0x80][..], &[0; 18]].concat(),
+            [&[1u8, 1, b'x', 1, b's', 1, b'e', 0, 0][..], &[0; 10], &[7]].concat(),
+        ] {
+            assert!(decode_payload(&[&base[..], &tail[..]].concat()).is_none());
+        }
+    }
+
     fn append_one(wal: &Wal) -> u64 {
         let (tx, rx) = mpsc::channel();
         wal.append(
-            records(),
+            records().into(),
             0,
             Arriving::default(),
             Box::new(move |seq, _| tx.send(seq.unwrap()).unwrap()),
@@ -838,7 +1099,7 @@ mod tests {
         let append = |arriving: Arriving| {
             let (tx, rx) = mpsc::channel();
             wal.append(
-                records(),
+                records().into(),
                 0,
                 arriving,
                 Box::new(move |seq, _| tx.send(seq.unwrap()).unwrap()),
@@ -882,7 +1143,7 @@ mod tests {
         let good = std::fs::metadata(&segment).unwrap().len();
         // A crash in the middle of the third frame.
         let mut torn = Vec::new();
-        encode_frame(&mut torn, 3, 0, &records());
+        encode_frame(&mut torn, 3, 0, &records(), &[]);
         let mut f = OpenOptions::new().append(true).open(&segment).unwrap();
         f.write_all(&torn[..torn.len() / 2]).unwrap();
         drop(f);
@@ -927,7 +1188,7 @@ mod tests {
             for _ in 0..n {
                 let (tx, rx) = mpsc::channel();
                 wal.append(
-                    records(),
+                    records().into(),
                     0,
                     Arriving::default(),
                     Box::new(move |seq, _| tx.send(seq.unwrap()).unwrap()),
