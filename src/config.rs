@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use recmeter_aggregator::durability::{StorageConfig, WalConfig};
-use recmeter_aggregator::{AggregatorConfig, BearerToken, IngestConfig, InvalidField, SqlConfig};
+use recmeter_aggregator::{
+    AggregatorConfig, BearerToken, IngestConfig, InvalidField, MetricsConfig, SqlConfig,
+};
 use recmeter_collector::sources::otlp::OtlpConfig;
 use recmeter_exporter::ApiConfig;
 use serde::{Deserialize, Serialize};
@@ -41,6 +43,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// Which spans are requests and how they are keyed.
     pub ingest: IngestConfig,
+    /// Which OTLP metrics count requests and recommendations.
+    pub metrics: MetricsConfig,
     /// In-memory rollup limits and precision.
     pub aggregator: AggregatorConfig,
     /// The SQL engine behind `/api/v1/sql`.
@@ -178,6 +182,7 @@ impl Config {
         errors.extend(self.otlp.validate());
         errors.extend(self.api.validate());
         errors.extend(self.ingest.validate());
+        errors.extend(self.metrics.validate());
         errors.extend(self.aggregator.validate());
         errors.extend(self.sql.validate());
         errors.extend(self.wal.validate());

@@ -12,9 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use recmeter_aggregator::durability::{self, Checkpointer, Durability, Layout};
 use recmeter_aggregator::{Aggregator, AggregatorHandle, Clock, Hooks, QueryEngine, Telemetry};
-use recmeter_collector::sources::otlp::{
-    ServeOptions, SpanRules, TraceIngest, serve_grpc, serve_http,
-};
+use recmeter_collector::sources::otlp::{Ingest, ServeOptions, serve_grpc, serve_http};
 use recmeter_exporter::api::METRICS_WINDOWS;
 use recmeter_exporter::{ApiState, serve_api};
 use serde::Serialize;
@@ -117,7 +115,7 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
     let stopping = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let ingest = TraceIngest::new(aggregator.clone(), SpanRules::new(&config.ingest));
+    let ingest = Ingest::new(aggregator.clone(), &config.ingest, &config.metrics);
     let ready = Arc::new(AtomicBool::new(false));
     let tokens = config.auth.tokens().map_err(Error::Config)?;
     let options = ServeOptions {
@@ -258,7 +256,8 @@ async fn restore(
         dimensions: config.ingest.dimension_labels(),
         thresholds: config.aggregator.threshold_columns(),
     };
-    let empty = Aggregator::new(&config.ingest, &config.aggregator, clock, telemetry.clone())?;
+    let empty = Aggregator::new(&config.ingest, &config.aggregator, clock, telemetry.clone())?
+        .with_metrics(&config.metrics);
     tracing::info!(
         storage = %config.storage.url,
         wal = %config.wal.dir.display(),

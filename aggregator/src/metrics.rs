@@ -498,6 +498,111 @@ mod tests {
         );
     }
 
+    /// The `-- in --` or `-- out --` part of a collector-contrib txtar vector, as YAML.
+    fn section(vector: &str, name: &str) -> yaml_serde::Value {
+        let start = vector.find(&format!("-- {name} --")).unwrap();
+        let body = &vector[start..];
+        let body = &body[body.find('\n').unwrap() + 1..];
+        let end = body.find("\n-- ").unwrap_or(body.len());
+        yaml_serde::from_str(&body[..end]).unwrap()
+    }
+
+    fn field<'a>(v: &'a yaml_serde::Value, names: &[&str]) -> Option<&'a yaml_serde::Value> {
+        names.iter().find_map(|n| v.get(n))
+    }
+
+    fn u64s(v: Option<&yaml_serde::Value>) -> Vec<u64> {
+        v.and_then(|v| v.as_sequence())
+            .map(|s| s.iter().map(|c| c.as_u64().unwrap()).collect())
+            .unwrap_or_default()
+    }
+
+    fn dense(v: Option<&yaml_serde::Value>) -> Dense {
+        Dense {
+            offset: v
+                .and_then(|v| v.get("offset"))
+                .and_then(|o| o.as_i64())
+                .unwrap_or(0) as i32,
+            counts: u64s(v.and_then(|v| field(v, &["bucketCounts", "bucket_counts"]))),
+        }
+    }
+
+    /// `(metric name, time, value)` of every point of a section.
+    fn points_of(section: &yaml_serde::Value) -> Vec<(String, u64, PointValue)> {
+        let mut out = Vec::new();
+        let metrics = &section["resourceMetrics"][0]["scopeMetrics"][0]["metrics"];
+        for m in metrics.as_sequence().unwrap() {
+            let name = m["name"].as_str().unwrap().to_owned();
+            let (exponential, data) = match field(m, &["histogram"]) {
+                Some(h) => (false, h),
+                None => (
+                    true,
+                    field(m, &["exponential_histogram", "exponentialHistogram"]).unwrap(),
+                ),
+            };
+            for p in field(data, &["dataPoints", "data_points"])
+                .unwrap()
+                .as_sequence()
+                .unwrap()
+            {
+                let time = field(p, &["timeUnixNano"]).unwrap().as_u64().unwrap();
+                let value = if exponential {
+                    PointValue::Exponential {
+                        scale: p["scale"].as_i64().unwrap() as i32,
+                        zero_count: field(p, &["zeroCount"])
+                            .and_then(|z| z.as_u64())
+                            .unwrap_or(0),
+                        positive: dense(p.get("positive")),
+                        negative: dense(p.get("negative")),
+                    }
+                } else {
+                    PointValue::Explicit {
+                        bounds: field(p, &["explicitBounds"])
+                            .unwrap()
+                            .as_sequence()
+                            .unwrap()
+                            .iter()
+                            .map(|b| b.as_f64().unwrap())
+                            .collect(),
+                        counts: u64s(field(p, &["bucketCounts"])),
+                    }
+                };
+                out.push((name.clone(), time, value));
+            }
+        }
+        out
+    }
+
+    /// The deltatocumulative processor's vectors, backwards: its cumulative output fed as
+    /// cumulative points gives its delta input back, from each stream's second point on.
+    #[test]
+    fn collector_contrib_vectors_run_backwards() {
+        for vector in [
+            include_str!("../../tests/data/deltatocumulative-histograms-1.test"),
+            include_str!("../../tests/data/deltatocumulative-exponential-1.test"),
+        ] {
+            let cumulative = points_of(&section(vector, "out"));
+            let deltas = points_of(&section(vector, "in"));
+            assert_eq!(cumulative.len(), deltas.len());
+            let mut state = MetricState::new(10, u64::MAX);
+            let mut seen = std::collections::HashSet::new();
+            for ((name, time, value), (in_name, in_time, want)) in
+                cumulative.into_iter().zip(deltas)
+            {
+                assert_eq!((&name, time), (&in_name, in_time));
+                let got = state.delta(&point(&name, 0, time, value), 0).unwrap();
+                if seen.insert(name.clone()) {
+                    assert_eq!(
+                        got, None,
+                        "{name} at {time}: the first point is the baseline"
+                    );
+                } else {
+                    assert_eq!(got, Some(want), "{name} at {time}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn representative_values() {
         // Seconds: (-inf, 0.1] at 0.05, (0.1, 0.3] at 0.2, (0.3, inf) at 0.3.

@@ -769,6 +769,8 @@ impl Aggregator {
     /// Restores the metric streams and span-fed services a checkpoint saved.
     pub fn restore_metrics(&mut self, image: MetricStateImage) {
         self.metrics.restore(image);
+        self.telemetry
+            .set_metric_streams_active(self.metrics.streams_active());
     }
 
     /// Restores one series' counters.
@@ -979,6 +981,8 @@ impl Aggregator {
         if overflowed > 0 {
             self.telemetry.add_series_overflow(overflowed);
         }
+        self.telemetry
+            .set_metric_streams_active(self.metrics.streams_active());
         outcome
     }
 
@@ -1124,6 +1128,8 @@ impl Aggregator {
             }
         }
         self.metrics.evict(open_minute * MINUTE_NANOS);
+        self.telemetry
+            .set_metric_streams_active(self.metrics.streams_active());
         self.sealed_before = open_minute;
     }
 

@@ -75,12 +75,52 @@ impl DropReason {
     }
 }
 
+/// Why a metric point was accepted but counted nothing
+/// (`recmeter_metric_points_ignored_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IgnoreReason {
+    /// A gauge, summary, non-monotonic sum, or a latency metric that is not a histogram.
+    Type,
+    /// A histogram or sum that `[metrics]` does not name.
+    Name,
+    /// A latency histogram whose unit is not one of s, ms, us, ns.
+    Unit,
+    /// A point of a service that sends request spans.
+    CoveredBySpans,
+    /// A new cumulative stream past `metrics.max_streams`.
+    StreamLimit,
+}
+
+impl IgnoreReason {
+    pub const ALL: [IgnoreReason; 5] = [
+        IgnoreReason::Type,
+        IgnoreReason::Name,
+        IgnoreReason::Unit,
+        IgnoreReason::CoveredBySpans,
+        IgnoreReason::StreamLimit,
+    ];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            IgnoreReason::Type => "type",
+            IgnoreReason::Name => "name",
+            IgnoreReason::Unit => "unit",
+            IgnoreReason::CoveredBySpans => "covered_by_spans",
+            IgnoreReason::StreamLimit => "stream_limit",
+        }
+    }
+}
+
 /// The counters. Cheap to bump from any thread.
 #[derive(Debug, Default)]
 pub struct Telemetry {
     spans_received: [AtomicU64; 3],
     requests_rejected: [[AtomicU64; 5]; 3],
     spans_dropped: [[AtomicU64; 3]; 3],
+    metric_points_received: [AtomicU64; 3],
+    metric_points_ignored: [[AtomicU64; 5]; 3],
+    metric_points_dropped: [[AtomicU64; 3]; 3],
+    metric_streams_active: AtomicU64,
     series_overflow: AtomicU64,
     clamped: [AtomicU64; 2],
     api_unauthorized: AtomicU64,
@@ -123,6 +163,48 @@ impl Telemetry {
         if n > 0 {
             self.spans_dropped[transport as usize][reason as usize].fetch_add(n, Ordering::Relaxed);
         }
+    }
+
+    pub fn add_metric_points_received(&self, transport: Transport, n: u64) {
+        self.metric_points_received[transport as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn add_metric_points_ignored(&self, transport: Transport, reason: IgnoreReason, n: u64) {
+        if n > 0 {
+            self.metric_points_ignored[transport as usize][reason as usize]
+                .fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Points dropped inside an accepted request (invalid, too old, in the future).
+    pub fn add_metric_points_dropped(&self, transport: Transport, reason: DropReason, n: u64) {
+        if n > 0 {
+            self.metric_points_dropped[transport as usize][reason as usize]
+                .fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Notes how many cumulative metric streams the aggregator holds.
+    pub(crate) fn set_metric_streams_active(&self, n: usize) {
+        self.metric_streams_active
+            .store(n as u64, Ordering::Relaxed);
+    }
+
+    /// `recmeter_metric_streams_active`.
+    pub fn metric_streams_active(&self) -> u64 {
+        self.metric_streams_active.load(Ordering::Relaxed)
+    }
+
+    pub fn metric_points_received(&self, transport: Transport) -> u64 {
+        self.metric_points_received[transport as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn metric_points_ignored(&self, transport: Transport, reason: IgnoreReason) -> u64 {
+        self.metric_points_ignored[transport as usize][reason as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn metric_points_dropped(&self, transport: Transport, reason: DropReason) -> u64 {
+        self.metric_points_dropped[transport as usize][reason as usize].load(Ordering::Relaxed)
     }
 
     /// Counts a request to the API port refused for a missing or wrong token.

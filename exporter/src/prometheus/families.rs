@@ -7,7 +7,9 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use recmeter_aggregator::histogram::ClampBound;
 use recmeter_aggregator::state::{LATENCY_BUCKETS_NANOS, QUANTILES};
-use recmeter_aggregator::telemetry::{DropReason, HistogramReading, RejectReason, Transport};
+use recmeter_aggregator::telemetry::{
+    DropReason, HistogramReading, IgnoreReason, RejectReason, Transport,
+};
 use recmeter_aggregator::{Snapshot, Telemetry};
 
 /// Exposition format.
@@ -66,6 +68,10 @@ struct SelfMetrics {
     spans_received: Vec<(Labels, u64)>,
     requests_rejected: Vec<(Labels, u64)>,
     spans_dropped: Vec<(Labels, u64)>,
+    metric_points_received: Vec<(Labels, u64)>,
+    metric_points_ignored: Vec<(Labels, u64)>,
+    metric_points_dropped: Vec<(Labels, u64)>,
+    metric_streams_active: u64,
     series_overflow: u64,
     clamped: [(ClampBound, u64); 2],
     api_unauthorized: u64,
@@ -84,11 +90,24 @@ impl SelfMetrics {
         let mut spans_received = Vec::new();
         let mut requests_rejected = Vec::new();
         let mut spans_dropped = Vec::new();
+        let mut metric_points_received = Vec::new();
+        let mut metric_points_ignored = Vec::new();
+        let mut metric_points_dropped = Vec::new();
         for tr in Transport::ALL {
             spans_received.push((
                 vec![("transport", tr.label().to_owned())],
                 t.spans_received(tr),
             ));
+            metric_points_received.push((
+                vec![("transport", tr.label().to_owned())],
+                t.metric_points_received(tr),
+            ));
+            for r in IgnoreReason::ALL {
+                metric_points_ignored.push((labels(tr, r.label()), t.metric_points_ignored(tr, r)));
+            }
+            for r in DropReason::ALL {
+                metric_points_dropped.push((labels(tr, r.label()), t.metric_points_dropped(tr, r)));
+            }
             for r in RejectReason::ALL {
                 requests_rejected.push((labels(tr, r.label()), t.requests_rejected(tr, r)));
             }
@@ -100,6 +119,10 @@ impl SelfMetrics {
             spans_received,
             requests_rejected,
             spans_dropped,
+            metric_points_received,
+            metric_points_ignored,
+            metric_points_dropped,
+            metric_streams_active: t.metric_streams_active(),
             series_overflow: t.series_overflow(),
             api_unauthorized: t.api_unauthorized(),
             wal_fsync: t.wal_fsync(),
@@ -248,6 +271,33 @@ impl Collector for Families {
             "Spans dropped inside accepted requests, by reason.",
             m.spans_dropped.iter().cloned(),
         )?;
+        counter(
+            &mut encoder,
+            "recmeter_metric_points_received",
+            "OTLP metric data points received in accepted requests.",
+            m.metric_points_received.iter().cloned(),
+        )?;
+        counter(
+            &mut encoder,
+            "recmeter_metric_points_ignored",
+            "Metric points accepted but not counted, by reason.",
+            m.metric_points_ignored.iter().cloned(),
+        )?;
+        counter(
+            &mut encoder,
+            "recmeter_metric_points_dropped",
+            "Metric points dropped inside accepted requests, by reason.",
+            m.metric_points_dropped.iter().cloned(),
+        )?;
+        let streams = m.metric_streams_active as i64;
+        encoder
+            .encode_descriptor(
+                "recmeter_metric_streams_active",
+                "Cumulative metric streams held to turn their points into deltas.",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&streams)?;
         let active = series.len() as i64;
         encoder
             .encode_descriptor(

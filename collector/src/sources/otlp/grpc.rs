@@ -1,4 +1,5 @@
-//! OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export`, gzip accepted.
+//! OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export` and
+//! `opentelemetry.proto.collector.metrics.v1.MetricsService/Export`, gzip accepted.
 //! tonic decodes the message before our handler runs and answers bad ones itself: INTERNAL for
 //! undecodable bytes, OUT_OF_RANGE for a message over the size limit, RESOURCE_EXHAUSTED for
 //! one that inflates past it. A layer around the service turns those into the codes OTLP
@@ -10,6 +11,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use http::{HeaderValue, Request, Response};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -28,7 +35,9 @@ use tonic::{Code, Status};
 use tower::util::MapRequestLayer;
 use tower::{Layer, Service};
 
+use super::Ingest;
 use super::config::ServeOptions;
+use super::metrics::MetricIngest;
 use super::traces::{IngestError, TraceIngest};
 use crate::error::{Error, Result};
 
@@ -47,18 +56,49 @@ impl TraceService for GrpcTraces {
             .extensions_mut()
             .remove::<Arriving>()
             .unwrap_or_default();
-        match self
+        let result = self
             .ingest
             .export(request.into_inner(), Transport::Grpc, arriving)
-            .await
-        {
-            Ok(response) => Ok(tonic::Response::new(response)),
-            Err(IngestError::Backpressure) => {
-                telemetry.add_request_rejected(Transport::Grpc, RejectReason::Backpressure);
-                Err(unavailable("recmeter is busy; retry later"))
-            }
-            Err(IngestError::Unavailable) => Err(unavailable("recmeter is shutting down")),
+            .await;
+        answer(result, telemetry)
+    }
+}
+
+struct GrpcMetrics {
+    ingest: MetricIngest,
+    telemetry: Arc<Telemetry>,
+}
+
+#[tonic::async_trait]
+impl MetricsService for GrpcMetrics {
+    async fn export(
+        &self,
+        mut request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, Status> {
+        let arriving = request
+            .extensions_mut()
+            .remove::<Arriving>()
+            .unwrap_or_default();
+        let result = self
+            .ingest
+            .export(request.into_inner(), Transport::Grpc, arriving)
+            .await;
+        answer(result, &self.telemetry)
+    }
+}
+
+/// The gRPC answer to an export: OK, or UNAVAILABLE (counted when it is backpressure).
+fn answer<T>(
+    result: Result<T, IngestError>,
+    telemetry: &Telemetry,
+) -> Result<tonic::Response<T>, Status> {
+    match result {
+        Ok(response) => Ok(tonic::Response::new(response)),
+        Err(IngestError::Backpressure) => {
+            telemetry.add_request_rejected(Transport::Grpc, RejectReason::Backpressure);
+            Err(unavailable("recmeter is busy; retry later"))
         }
+        Err(IngestError::Unavailable) => Err(unavailable("recmeter is shutting down")),
     }
 }
 
@@ -94,22 +134,33 @@ fn unavailable(message: &str) -> Status {
 /// Serves OTLP/gRPC on `listener` until `shutdown` completes, then drains in-flight calls.
 pub async fn serve_grpc(
     listener: TcpListener,
-    ingest: TraceIngest,
+    ingest: Ingest,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let telemetry = ingest.aggregator().telemetry().clone();
-    let aggregator = ingest.aggregator().clone();
-    let traces = TraceServiceServer::new(GrpcTraces { ingest })
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(options.max_body_bytes);
+    let telemetry = ingest.traces.aggregator().telemetry().clone();
+    let aggregator = ingest.traces.aggregator().clone();
+    let traces = TraceServiceServer::new(GrpcTraces {
+        ingest: ingest.traces,
+    })
+    .accept_compressed(CompressionEncoding::Gzip)
+    .send_compressed(CompressionEncoding::Gzip)
+    .max_decoding_message_size(options.max_body_bytes);
+    let metrics = MetricsServiceServer::new(GrpcMetrics {
+        ingest: ingest.metrics,
+        telemetry: telemetry.clone(),
+    })
+    .accept_compressed(CompressionEncoding::Gzip)
+    .send_compressed(CompressionEncoding::Gzip)
+    .max_decoding_message_size(options.max_body_bytes);
     // The token is checked on the headers, before the message is read or decoded.
-    let traces = InterceptedService::new(traces, {
+    let check = {
         let telemetry = telemetry.clone();
         let token = options.token;
         move |request: tonic::Request<()>| check_token(token.as_ref(), &telemetry, request)
-    });
+    };
+    let traces = InterceptedService::new(traces, check.clone());
+    let metrics = InterceptedService::new(metrics, check);
     tonic::transport::Server::builder()
         .layer(StatusRewriteLayer { telemetry })
         // A call is on its way to the WAL from its headers on, while tonic reads and decodes
@@ -121,6 +172,7 @@ pub async fn serve_grpc(
             },
         ))
         .add_service(traces)
+        .add_service(metrics)
         // Without TCP_NODELAY small HTTP/2 frames (window updates, answers) wait on Nagle and
         // delayed ACKs, which caps a client at a few hundred requests per second.
         .serve_with_incoming_shutdown(

@@ -1,5 +1,5 @@
-//! OTLP/HTTP: `POST /v1/traces` with `application/x-protobuf` or `application/json` bodies,
-//! optionally gzip-compressed. Answers in the request's encoding; errors carry a
+//! OTLP/HTTP: `POST /v1/traces` and `POST /v1/metrics` with `application/x-protobuf` or
+//! `application/json` bodies, optionally gzip-compressed. Answers in the request's encoding; errors carry a
 //! `google.rpc.Status` as the OTLP specification asks.
 
 use std::future::Future;
@@ -14,14 +14,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use recmeter_aggregator::ErrorKind;
+use recmeter_aggregator::durability::Arriving;
 use recmeter_aggregator::telemetry::{RejectReason, Transport};
 use tokio::net::TcpListener;
 
+use super::Ingest;
 use super::config::ServeOptions;
-use super::traces::{IngestError, TraceIngest};
+use super::traces::IngestError;
 use crate::error::{Error, Result};
 
 const PROTOBUF: &str = "application/x-protobuf";
@@ -44,15 +47,53 @@ enum Encoding {
 
 #[derive(Clone)]
 struct HttpState {
-    ingest: TraceIngest,
+    ingest: Ingest,
     options: ServeOptions,
 }
 
+/// An OTLP export request that the HTTP routes take: decoded from protobuf or JSON, counted
+/// by its ingest path.
+trait Export: Message + Default + serde::de::DeserializeOwned + Send + 'static {
+    type Response: Message + serde::Serialize + Send;
+
+    fn export(
+        self,
+        ingest: &Ingest,
+        arriving: Arriving,
+    ) -> impl Future<Output = std::result::Result<Self::Response, IngestError>> + Send;
+}
+
+impl Export for ExportTraceServiceRequest {
+    type Response = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+
+    fn export(
+        self,
+        ingest: &Ingest,
+        arriving: Arriving,
+    ) -> impl Future<Output = std::result::Result<Self::Response, IngestError>> + Send {
+        ingest.traces.export(self, Transport::Http, arriving)
+    }
+}
+
+impl Export for ExportMetricsServiceRequest {
+    type Response =
+        opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
+
+    fn export(
+        self,
+        ingest: &Ingest,
+        arriving: Arriving,
+    ) -> impl Future<Output = std::result::Result<Self::Response, IngestError>> + Send {
+        ingest.metrics.export(self, Transport::Http, arriving)
+    }
+}
+
 /// The OTLP/HTTP routes, for serving or for `oneshot` tests.
-pub fn http_router(ingest: TraceIngest, options: ServeOptions) -> Router {
+pub fn http_router(ingest: Ingest, options: ServeOptions) -> Router {
     let state = HttpState { ingest, options };
     Router::new()
-        .route("/v1/traces", post(traces))
+        .route("/v1/traces", post(export::<ExportTraceServiceRequest>))
+        .route("/v1/metrics", post(export::<ExportMetricsServiceRequest>))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         // The limit is enforced below, after decompression too, so it can be counted.
         .layer(DefaultBodyLimit::disable())
@@ -67,7 +108,7 @@ async fn require_token(State(state): State<HttpState>, request: Request, next: N
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         if !presented.is_some_and(|v| token.matches_header(v)) {
-            let telemetry = state.ingest.aggregator().telemetry();
+            let telemetry = state.ingest.traces.aggregator().telemetry();
             telemetry.add_request_rejected(Transport::Http, RejectReason::Auth);
             let encoding = content_type(request.headers()).unwrap_or(Encoding::Json);
             return Refusal::new(
@@ -84,7 +125,7 @@ async fn require_token(State(state): State<HttpState>, request: Request, next: N
 /// Serves OTLP/HTTP on `listener` until `shutdown` completes, then drains in-flight requests.
 pub async fn serve_http(
     listener: TcpListener,
-    ingest: TraceIngest,
+    ingest: Ingest,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
@@ -155,8 +196,12 @@ fn encode<T: Message>(
     }
 }
 
-async fn traces(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
-    let telemetry = state.ingest.aggregator().telemetry().clone();
+async fn export<R: Export>(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let telemetry = state.ingest.traces.aggregator().telemetry().clone();
     let Some(encoding) = content_type(&headers) else {
         telemetry.add_request_rejected(Transport::Http, RejectReason::UnsupportedMediaType);
         let message = format!("unsupported content type; send {PROTOBUF} or {JSON}");
@@ -164,7 +209,7 @@ async fn traces(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
         return Refusal::new(ErrorKind::UnsupportedMediaType, None, message)
             .into_response(Encoding::Json);
     };
-    match handle(&state, &headers, body, encoding).await {
+    match handle::<R>(&state, &headers, body, encoding).await {
         Ok(response) => response,
         Err(refusal) => {
             if let Some(reason) = refusal.reason {
@@ -175,14 +220,14 @@ async fn traces(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
     }
 }
 
-async fn handle(
+async fn handle<R: Export>(
     state: &HttpState,
     headers: &HeaderMap,
     body: Body,
     encoding: Encoding,
 ) -> Result<Response, Refusal> {
     // On its way from here: the WAL's group commit waits for it (see `Arriving`).
-    let arriving = state.ingest.aggregator().arriving();
+    let arriving = state.ingest.traces.aggregator().arriving();
     let limit = state.options.max_body_bytes;
     let too_large = || {
         Refusal::new(
@@ -224,16 +269,12 @@ async fn handle(
             ));
         }
     };
-    let request = decode(&body, encoding).map_err(|message| {
+    let request = decode::<R>(&body, encoding).map_err(|message| {
         Refusal::new(ErrorKind::BadRequest, Some(RejectReason::Decode), message)
     })?;
     // The body's buffers are not held while the request waits to be counted.
     drop(body);
-    match state
-        .ingest
-        .export(request, Transport::Http, arriving)
-        .await
-    {
+    match request.export(&state.ingest, arriving).await {
         Ok(response) => Ok(encode(encoding, &response, serde_json::to_vec)),
         Err(IngestError::Backpressure) => Err(Refusal::new(
             ErrorKind::Unavailable,
@@ -297,10 +338,9 @@ fn gunzip(body: &[u8], limit: usize) -> Result<Bytes, GunzipError> {
     Ok(Bytes::from(out))
 }
 
-fn decode(body: &[u8], encoding: Encoding) -> Result<ExportTraceServiceRequest, String> {
+fn decode<R: Export>(body: &[u8], encoding: Encoding) -> Result<R, String> {
     match encoding {
-        Encoding::Protobuf => ExportTraceServiceRequest::decode(body)
-            .map_err(|e| format!("invalid OTLP protobuf: {e}")),
+        Encoding::Protobuf => R::decode(body).map_err(|e| format!("invalid OTLP protobuf: {e}")),
         Encoding::Json => {
             serde_json::from_slice(body).map_err(|e| format!("invalid OTLP JSON: {e}"))
         }
@@ -318,7 +358,7 @@ mod tests {
     use tower::ServiceExt;
 
     /// An ingest path over a fresh aggregator, and the handle to read it back.
-    fn ingest() -> (TraceIngest, AggregatorHandle) {
+    fn ingest() -> (Ingest, AggregatorHandle) {
         let (handle, _worker) = AggregatorHandle::start(
             &IngestConfig::default(),
             &AggregatorConfig::default(),
@@ -327,8 +367,12 @@ mod tests {
             Arc::new(Hooks::default()),
         )
         .unwrap();
-        let rules = super::super::SpanRules::new(&IngestConfig::default());
-        (TraceIngest::new(handle.clone(), rules), handle)
+        let ingest = Ingest::new(
+            handle.clone(),
+            &IngestConfig::default(),
+            &recmeter_aggregator::MetricsConfig::default(),
+        );
+        (ingest, handle)
     }
 
     fn small_limit() -> ServeOptions {

@@ -15,13 +15,13 @@ use recmeter_aggregator::telemetry::{DropReason, Transport};
 use recmeter_aggregator::{AggregatorHandle, IngestConfig, RequestRecord, SeriesKey};
 
 /// `service.name` when a resource has none (OpenTelemetry's own default).
-const UNKNOWN_SERVICE: &str = "unknown_service";
+pub(super) const UNKNOWN_SERVICE: &str = "unknown_service";
 
 /// Longest service, endpoint or dimension value kept, in bytes; longer ones are cut (at a
 /// character boundary), so a hostile sender cannot make series keys arbitrarily large.
 pub const MAX_LABEL_BYTES: usize = 256;
 
-fn bounded(value: &str) -> &str {
+pub(super) fn bounded(value: &str) -> &str {
     if value.len() <= MAX_LABEL_BYTES {
         return value;
     }
@@ -153,7 +153,7 @@ fn is_valid(span: &opentelemetry_proto::tonic::trace::v1::Span) -> bool {
         && id_ok(&span.span_id, 8)
 }
 
-fn find<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {
+pub(super) fn find<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {
     attributes
         .iter()
         .find(|kv| kv.key == key)
@@ -161,7 +161,7 @@ fn find<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {
 }
 
 /// An attribute value as a label value.
-fn render(value: &AnyValue) -> String {
+pub(super) fn render(value: &AnyValue) -> String {
     match &value.value {
         Some(any_value::Value::StringValue(s)) => s.clone(),
         Some(any_value::Value::BoolValue(b)) => b.to_string(),

@@ -1,0 +1,544 @@
+//! From an OTLP `ExportMetricsServiceRequest` to metric points: the latency histograms and
+//! recommendation sums `[metrics]` names become points for the aggregator (which turns
+//! cumulative streams into deltas, in log order); everything else is accepted and counted as
+//! ignored, never rejected. Points that cannot be right are rejected in `partial_success`.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::exponential_histogram_data_point::Buckets;
+use opentelemetry_proto::tonic::metrics::v1::{
+    ExponentialHistogramDataPoint, HistogramDataPoint, NumberDataPoint, metric, number_data_point,
+};
+use recmeter_aggregator::config::nanos_per_unit;
+use recmeter_aggregator::durability::Arriving;
+use recmeter_aggregator::metrics::{Dense, MetricPoint, PointValue};
+use recmeter_aggregator::record::Batch;
+use recmeter_aggregator::telemetry::{DropReason, IgnoreReason, Transport};
+use recmeter_aggregator::{AggregatorHandle, IngestConfig, MetricsConfig, SeriesKey};
+
+use super::traces::{IngestError, UNKNOWN_SERVICE, bounded, find, render};
+
+/// OTLP `AggregationTemporality`.
+const DELTA: i32 = 1;
+const CUMULATIVE: i32 = 2;
+
+/// OTLP `DataPointFlags.NO_RECORDED_VALUE`: the point stands for a gap, not a value.
+const NO_RECORDED_VALUE: u32 = 1;
+
+/// Exponential histogram scales OTLP allows.
+const SCALES: std::ops::RangeInclusive<i32> = -10..=20;
+
+/// How metric points become requests and recommendations (from `[metrics]` and `[ingest]`).
+#[derive(Debug, Clone)]
+pub struct MetricRules {
+    /// Latency metric names, with the unit override's nanoseconds per unit.
+    latency: HashMap<String, Option<f64>>,
+    recommendation_metrics: HashSet<String>,
+    endpoint_attributes: Vec<String>,
+    dimensions: Vec<String>,
+    /// recmeter's start (its clock): a cumulative stream that started later counts whole
+    /// from its first point.
+    started_at: u64,
+}
+
+impl MetricRules {
+    /// Rules from the `[metrics]` and `[ingest]` sections; `started_at` is when recmeter
+    /// started, on its clock.
+    pub fn new(ingest: &IngestConfig, metrics: &MetricsConfig, started_at: u64) -> Self {
+        Self {
+            latency: metrics
+                .latency
+                .iter()
+                .map(|m| (m.name.clone(), m.unit.as_deref().and_then(nanos_per_unit)))
+                .collect(),
+            recommendation_metrics: metrics.recommendation_metrics.iter().cloned().collect(),
+            endpoint_attributes: metrics.endpoint_attributes.clone(),
+            dimensions: ingest.dimensions.clone(),
+            started_at,
+        }
+    }
+}
+
+/// The points of one request, sorted into what happens to them.
+#[derive(Debug, Default)]
+pub struct ConvertedMetrics {
+    pub points: Vec<MetricPoint>,
+    /// Every data point in the request.
+    pub received: u64,
+    /// Points ignored here, by reason (`type`, `name`, `unit`).
+    pub ignored: Vec<(IgnoreReason, u64)>,
+    /// Points rejected as invalid.
+    pub invalid: u64,
+    /// What was wrong with the first invalid point.
+    pub problem: Option<String>,
+}
+
+impl ConvertedMetrics {
+    fn ignore(&mut self, reason: IgnoreReason, n: usize) {
+        if n == 0 {
+            return;
+        }
+        match self.ignored.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, count)) => *count += n as u64,
+            None => self.ignored.push((reason, n as u64)),
+        }
+    }
+
+    fn reject(&mut self, metric: &str, problem: &str) {
+        self.invalid += 1;
+        if self.problem.is_none() {
+            self.problem = Some(format!("`{metric}`: {problem}"));
+        }
+    }
+}
+
+/// What one metric is to recmeter.
+enum Use {
+    /// Latency, in this many nanoseconds per unit.
+    Latency(f64),
+    Recommendations,
+}
+
+/// Turns the points of a request into metric points.
+pub fn convert_metrics(
+    request: &ExportMetricsServiceRequest,
+    rules: &MetricRules,
+) -> ConvertedMetrics {
+    let mut out = ConvertedMetrics::default();
+    for resource_metrics in &request.resource_metrics {
+        let resource = resource_metrics
+            .resource
+            .as_ref()
+            .map(|r| r.attributes.as_slice())
+            .unwrap_or_default();
+        let service: Arc<str> = match find(resource, "service.name") {
+            Some(v) => Arc::from(bounded(&render(v))),
+            None => Arc::from(UNKNOWN_SERVICE),
+        };
+        for scope_metrics in &resource_metrics.scope_metrics {
+            let stream_prefix = stream_prefix(resource, scope_metrics.scope.as_ref());
+            for m in &scope_metrics.metrics {
+                let points = match &m.data {
+                    Some(metric::Data::Gauge(g)) => g.data_points.len(),
+                    Some(metric::Data::Sum(s)) => s.data_points.len(),
+                    Some(metric::Data::Histogram(h)) => h.data_points.len(),
+                    Some(metric::Data::ExponentialHistogram(h)) => h.data_points.len(),
+                    Some(metric::Data::Summary(s)) => s.data_points.len(),
+                    None => 0,
+                };
+                out.received += points as u64;
+                let is_histogram = matches!(
+                    m.data,
+                    Some(metric::Data::Histogram(_) | metric::Data::ExponentialHistogram(_))
+                );
+                let usable = match (&m.data, rules.latency.get(&m.name)) {
+                    (_, Some(unit)) if is_histogram => {
+                        match unit.or_else(|| latency_unit(&m.name, &m.unit)) {
+                            Some(nanos) => Use::Latency(nanos),
+                            None => {
+                                out.ignore(IgnoreReason::Unit, points);
+                                continue;
+                            }
+                        }
+                    }
+                    (Some(metric::Data::Sum(s)), None)
+                        if s.is_monotonic && rules.recommendation_metrics.contains(&m.name) =>
+                    {
+                        Use::Recommendations
+                    }
+                    (
+                        Some(metric::Data::Histogram(_) | metric::Data::ExponentialHistogram(_)),
+                        None,
+                    )
+                    | (Some(metric::Data::Sum(_)), None)
+                        if !rules.recommendation_metrics.contains(&m.name) =>
+                    {
+                        out.ignore(IgnoreReason::Name, points);
+                        continue;
+                    }
+                    _ => {
+                        out.ignore(IgnoreReason::Type, points);
+                        continue;
+                    }
+                };
+                let context = Context {
+                    rules,
+                    service: &service,
+                    resource,
+                    stream_prefix: &stream_prefix,
+                    metric: &m.name,
+                };
+                match (&m.data, usable) {
+                    (Some(metric::Data::Histogram(h)), Use::Latency(nanos)) => {
+                        for p in &h.data_points {
+                            let point = explicit(p).and_then(|v| match v {
+                                Some(v) => context.point(
+                                    &p.attributes,
+                                    times(p.start_time_unix_nano, p.time_unix_nano, p.flags),
+                                    h.aggregation_temporality,
+                                    nanos,
+                                    v,
+                                ),
+                                None => Ok(Taken::Nothing),
+                            });
+                            context.take(point, &mut out);
+                        }
+                    }
+                    (Some(metric::Data::ExponentialHistogram(h)), Use::Latency(nanos)) => {
+                        for p in &h.data_points {
+                            let point = exponential(p).and_then(|v| {
+                                context.point(
+                                    &p.attributes,
+                                    times(p.start_time_unix_nano, p.time_unix_nano, p.flags),
+                                    h.aggregation_temporality,
+                                    nanos,
+                                    v,
+                                )
+                            });
+                            context.take(point, &mut out);
+                        }
+                    }
+                    (Some(metric::Data::Sum(s)), Use::Recommendations) => {
+                        for p in &s.data_points {
+                            let point = sum(p).and_then(|v| {
+                                context.point(
+                                    &p.attributes,
+                                    times(p.start_time_unix_nano, p.time_unix_nano, p.flags),
+                                    s.aggregation_temporality,
+                                    0.0,
+                                    v,
+                                )
+                            });
+                            context.take(point, &mut out);
+                        }
+                    }
+                    _ => out.ignore(IgnoreReason::Type, points),
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The nanoseconds in one unit of a latency metric that names no unit override: `s`, `ms`,
+/// `us` or `ns`, or seconds when the unit is empty and the name ends `_seconds`.
+fn latency_unit(name: &str, unit: &str) -> Option<f64> {
+    if unit.is_empty() && name.ends_with("_seconds") {
+        return Some(1e9);
+    }
+    nanos_per_unit(unit)
+}
+
+/// A point's start and end, or `None` for a point with no recorded value.
+type Times = Option<(u64, u64)>;
+
+fn times(start: u64, time: u64, flags: u32) -> Times {
+    (flags & NO_RECORDED_VALUE == 0).then_some((start, time))
+}
+
+/// What a point's outcome is.
+enum Taken {
+    Point(MetricPoint),
+    /// A point with no recorded value: nothing to count.
+    Nothing,
+}
+
+/// Where a metric's points come from.
+struct Context<'a> {
+    rules: &'a MetricRules,
+    service: &'a Arc<str>,
+    resource: &'a [KeyValue],
+    stream_prefix: &'a str,
+    metric: &'a str,
+}
+
+impl Context<'_> {
+    fn point(
+        &self,
+        attributes: &[KeyValue],
+        times: Times,
+        temporality: i32,
+        nanos_per_unit: f64,
+        value: PointValue,
+    ) -> Result<Taken, &'static str> {
+        let Some((start, time)) = times else {
+            return Ok(Taken::Nothing);
+        };
+        if time == 0 {
+            return Err("time_unix_nano is 0");
+        }
+        let cumulative = match temporality {
+            DELTA => false,
+            CUMULATIVE => true,
+            _ => return Err("the aggregation temporality is unspecified"),
+        };
+        let endpoint = self
+            .rules
+            .endpoint_attributes
+            .iter()
+            .find_map(|a| find(attributes, a))
+            .map_or_else(
+                || bounded(self.metric).to_owned(),
+                |v| bounded(&render(v)).to_owned(),
+            );
+        let dimensions = self
+            .rules
+            .dimensions
+            .iter()
+            .map(|d| {
+                let value = find(attributes, d)
+                    .or_else(|| find(self.resource, d))
+                    .map(render)
+                    .unwrap_or_default();
+                Arc::from(bounded(&value))
+            })
+            .collect();
+        let status = find(attributes, "http.response.status_code").and_then(status_code);
+        let error = find(attributes, "error.type").is_some() || status.is_some_and(|s| s >= 500);
+        let mut stream = String::with_capacity(self.stream_prefix.len() + 64);
+        stream.push_str(self.stream_prefix);
+        stream.push_str("|metric:");
+        stream.push_str(self.metric);
+        stream.push_str("|point:");
+        push_attributes(&mut stream, attributes);
+        Ok(Taken::Point(MetricPoint {
+            stream: Arc::from(stream),
+            key: SeriesKey {
+                service: self.service.clone(),
+                endpoint: Arc::from(endpoint),
+                dimensions,
+            },
+            error,
+            start_unix_nanos: start,
+            time_unix_nanos: time,
+            cumulative,
+            whole_if_new: cumulative
+                && start != 0
+                && start > self.rules.started_at
+                && start != time,
+            nanos_per_unit,
+            value,
+        }))
+    }
+
+    fn take(&self, point: Result<Taken, &'static str>, out: &mut ConvertedMetrics) {
+        match point {
+            Ok(Taken::Point(p)) => out.points.push(p),
+            Ok(Taken::Nothing) => {}
+            Err(problem) => out.reject(self.metric, problem),
+        }
+    }
+}
+
+/// `http.response.status_code` as an integer (some SDKs send it as a string).
+fn status_code(value: &AnyValue) -> Option<i64> {
+    match &value.value {
+        Some(any_value::Value::IntValue(i)) => Some(*i),
+        Some(any_value::Value::StringValue(s)) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// The resource and scope part of a stream's identity.
+fn stream_prefix(resource: &[KeyValue], scope: Option<&InstrumentationScope>) -> String {
+    let mut out = String::from("resource:");
+    push_attributes(&mut out, resource);
+    out.push_str("|scope:");
+    if let Some(scope) = scope {
+        let _ = write!(out, "{:?}/{:?}:", scope.name, scope.version);
+        push_attributes(&mut out, &scope.attributes);
+    }
+    out
+}
+
+/// Attributes in key order, so their order on the wire does not make another stream.
+fn push_attributes(out: &mut String, attributes: &[KeyValue]) {
+    let mut sorted: Vec<&KeyValue> = attributes.iter().collect();
+    sorted.sort_by(|a, b| a.key.cmp(&b.key));
+    for kv in sorted {
+        let _ = write!(
+            out,
+            "{:?}={:?};",
+            kv.key,
+            kv.value.as_ref().map(|v| &v.value)
+        );
+    }
+}
+
+/// An explicit-bucket point's value; `None` for one with neither buckets nor a count (OTLP
+/// allows it; it holds nothing).
+fn explicit(p: &HistogramDataPoint) -> Result<Option<PointValue>, &'static str> {
+    if p.bucket_counts.is_empty() {
+        return if p.count == 0 {
+            Ok(None)
+        } else {
+            Err("a histogram point with a count but no buckets says nothing of latency")
+        };
+    }
+    if p.bucket_counts.len() != p.explicit_bounds.len() + 1 {
+        return Err("bucket_counts must have one more entry than explicit_bounds");
+    }
+    if p.explicit_bounds.iter().any(|b| !b.is_finite())
+        || p.explicit_bounds.windows(2).any(|w| w[0] >= w[1])
+    {
+        return Err("explicit_bounds must be finite and strictly increasing");
+    }
+    check_count(p.count, 0, &p.bucket_counts)?;
+    Ok(Some(PointValue::Explicit {
+        bounds: p.explicit_bounds.clone(),
+        counts: p.bucket_counts.clone(),
+    }))
+}
+
+fn exponential(p: &ExponentialHistogramDataPoint) -> Result<PointValue, &'static str> {
+    if !SCALES.contains(&p.scale) {
+        return Err("scale must be between -10 and 20");
+    }
+    let negative = p
+        .negative
+        .as_ref()
+        .map(dense)
+        .transpose()?
+        .unwrap_or_default();
+    if negative.counts.iter().any(|&c| c > 0) {
+        return Err("negative buckets hold values below zero, which no latency has");
+    }
+    let positive = p
+        .positive
+        .as_ref()
+        .map(dense)
+        .transpose()?
+        .unwrap_or_default();
+    check_count(p.count, p.zero_count, &positive.counts)?;
+    Ok(PointValue::Exponential {
+        scale: p.scale,
+        zero_count: p.zero_count,
+        positive,
+        negative: Dense::default(),
+    })
+}
+
+fn dense(b: &Buckets) -> Result<Dense, &'static str> {
+    let len = i32::try_from(b.bucket_counts.len()).map_err(|_| "too many buckets")?;
+    b.offset
+        .checked_add(len)
+        .ok_or("a bucket index beyond the 32-bit range")?;
+    Ok(Dense {
+        offset: b.offset,
+        counts: b.bucket_counts.clone(),
+    })
+}
+
+/// The point's `count` must be what its buckets hold.
+fn check_count(count: u64, zero: u64, buckets: &[u64]) -> Result<(), &'static str> {
+    let total = buckets
+        .iter()
+        .try_fold(zero, |acc, &c| acc.checked_add(c))
+        .ok_or("bucket counts overflow")?;
+    if total == count {
+        Ok(())
+    } else {
+        Err("count is not the sum of the bucket counts")
+    }
+}
+
+fn sum(p: &NumberDataPoint) -> Result<PointValue, &'static str> {
+    let value = match p.value {
+        Some(number_data_point::Value::AsInt(i)) if i >= 0 => i as f64,
+        Some(number_data_point::Value::AsDouble(d)) if d.is_finite() && d >= 0.0 => d,
+        Some(_) => return Err("a recommendations count must be finite and not negative"),
+        None => return Err("the point has no value"),
+    };
+    Ok(PointValue::Sum { value })
+}
+
+/// The metrics ingest path shared by the gRPC and HTTP servers.
+#[derive(Debug, Clone)]
+pub struct MetricIngest {
+    aggregator: AggregatorHandle,
+    rules: Arc<MetricRules>,
+}
+
+impl MetricIngest {
+    pub fn new(aggregator: AggregatorHandle, rules: MetricRules) -> Self {
+        Self {
+            aggregator,
+            rules: Arc::new(rules),
+        }
+    }
+
+    /// Counts the points of one request and says which were rejected. `arriving` is the
+    /// request's place among those on their way to the log (see
+    /// [`AggregatorHandle::arriving`]). The request is taken by value so it is freed before
+    /// the wait to be counted.
+    pub async fn export(
+        &self,
+        request: ExportMetricsServiceRequest,
+        transport: Transport,
+        arriving: Arriving,
+    ) -> Result<ExportMetricsServiceResponse, IngestError> {
+        let telemetry = self.aggregator.telemetry();
+        let converted = convert_metrics(&request, &self.rules);
+        drop(request);
+        let batch = Batch {
+            records: Vec::new(),
+            points: converted.points,
+        };
+        let outcome = match self.aggregator.submit_batch(batch, arriving).await {
+            Ok(outcome) => outcome,
+            Err(recmeter_aggregator::Error::Backpressure) => return Err(IngestError::Backpressure),
+            Err(_) => return Err(IngestError::Unavailable),
+        };
+        telemetry.add_metric_points_received(transport, converted.received);
+        for (reason, n) in converted.ignored {
+            telemetry.add_metric_points_ignored(transport, reason, n);
+        }
+        telemetry.add_metric_points_ignored(
+            transport,
+            IgnoreReason::CoveredBySpans,
+            outcome.covered_by_spans,
+        );
+        telemetry.add_metric_points_ignored(
+            transport,
+            IgnoreReason::StreamLimit,
+            outcome.stream_limit,
+        );
+        telemetry.add_metric_points_dropped(transport, DropReason::Invalid, converted.invalid);
+        telemetry.add_metric_points_dropped(transport, DropReason::TooOld, outcome.too_old);
+        telemetry.add_metric_points_dropped(transport, DropReason::Future, outcome.future);
+        let rejected = converted.invalid + outcome.too_old + outcome.future;
+        let partial_success = (rejected > 0).then(|| {
+            let mut parts = Vec::new();
+            if converted.invalid > 0 {
+                parts.push(format!(
+                    "{} invalid (the first: {})",
+                    converted.invalid,
+                    converted.problem.as_deref().unwrap_or("unknown")
+                ));
+            }
+            if outcome.too_old > 0 {
+                parts.push(format!(
+                    "{} too old (ended before now minus ingest.max_span_age)",
+                    outcome.too_old
+                ));
+            }
+            if outcome.future > 0 {
+                parts.push(format!(
+                    "{} in the future (end beyond now plus ingest.max_future_skew)",
+                    outcome.future
+                ));
+            }
+            ExportMetricsPartialSuccess {
+                rejected_data_points: i64::try_from(rejected).unwrap_or(i64::MAX),
+                error_message: format!("{rejected} data points rejected: {}", parts.join("; ")),
+            }
+        });
+        Ok(ExportMetricsServiceResponse { partial_success })
+    }
+}
