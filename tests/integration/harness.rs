@@ -193,11 +193,16 @@ impl Recmeter {
         (status, content_type, response.text().unwrap())
     }
 
-    /// POST to the OTLP/HTTP port: status and body bytes.
+    /// POST spans to the OTLP/HTTP port: status and body bytes.
     pub fn post_otlp(&self, content_type: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
+        self.post_otlp_to("/v1/traces", content_type, body)
+    }
+
+    /// POST to `path` on the OTLP/HTTP port: status and body bytes.
+    pub fn post_otlp_to(&self, path: &str, content_type: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
         let response = self
             .http
-            .post(format!("http://{}/v1/traces", self.addrs.otlp_http))
+            .post(format!("http://{}{path}", self.addrs.otlp_http))
             .header("Content-Type", content_type)
             .body(body)
             .send()

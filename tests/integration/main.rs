@@ -14,6 +14,7 @@ mod harness;
 mod limits;
 mod loadgen;
 mod memory;
+mod metrics;
 mod object_double;
 mod otlp;
 mod spans;
