@@ -430,3 +430,148 @@ fn cumulative_streams_survive_kill9() {
     send(&restarted, &cumulative(t, [20, 9, 2], 171));
     assert_eq!(requests(&restarted.metrics(), "svc", "/recs"), 15.0);
 }
+
+/// A request mixing good points with points that cannot be right: the bad ones are rejected in
+/// `partial_success`, naming the first problem, and counted; the good one is counted; a
+/// latency metric in an unknown unit is ignored, not rejected.
+#[test]
+fn bad_points_are_rejected_and_good_ones_alongside_are_counted() {
+    use opentelemetry_proto::tonic::metrics::v1::exponential_histogram_data_point::Buckets;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        ExponentialHistogram, ExponentialHistogramDataPoint,
+    };
+    let recmeter = Recmeter::start("");
+    let t = nanos(fake_start());
+    let mut request = points(
+        "good",
+        AggregationTemporality::Delta,
+        t - 1,
+        t,
+        [1, 2, 3],
+        4,
+    );
+    let explicit = |bounds: Vec<f64>, counts: Vec<u64>, count: u64, temporality: i32| Metric {
+        name: "recs.latency".into(),
+        unit: "s".into(),
+        data: Some(metric::Data::Histogram(Histogram {
+            aggregation_temporality: temporality,
+            data_points: vec![HistogramDataPoint {
+                time_unix_nano: t,
+                count,
+                bucket_counts: counts,
+                explicit_bounds: bounds,
+                ..Default::default()
+            }],
+        })),
+        ..Default::default()
+    };
+    let exponential = |scale: i32, offset: i32, negative: Vec<u64>| Metric {
+        name: "recs.latency".into(),
+        unit: "s".into(),
+        data: Some(metric::Data::ExponentialHistogram(ExponentialHistogram {
+            aggregation_temporality: AggregationTemporality::Delta as i32,
+            data_points: vec![ExponentialHistogramDataPoint {
+                time_unix_nano: t,
+                scale,
+                count: 2 + negative.iter().sum::<u64>(),
+                positive: Some(Buckets {
+                    offset,
+                    bucket_counts: vec![1, 1],
+                }),
+                negative: Some(Buckets {
+                    offset: 0,
+                    bucket_counts: negative,
+                }),
+                ..Default::default()
+            }],
+        })),
+        ..Default::default()
+    };
+    let delta = AggregationTemporality::Delta as i32;
+    let bad = vec![
+        explicit(vec![0.2, 0.1], vec![1, 1, 1], 3, delta),
+        explicit(vec![0.1], vec![1, 1], 5, delta),
+        explicit(vec![0.1, 0.2], vec![1, 1], 2, delta),
+        explicit(vec![f64::NAN], vec![1, 1], 2, delta),
+        explicit(vec![0.1], vec![1, 1], 2, 0),
+        exponential(3, 0, vec![0, 4]),
+        exponential(21, 0, vec![]),
+        exponential(0, i32::MAX, vec![]),
+    ];
+    let rejected = bad.len() as i64;
+    let mut bad_service = request.resource_metrics[0].clone();
+    bad_service.resource = Some(Resource {
+        attributes: vec![attribute("service.name", "bad")],
+        ..Default::default()
+    });
+    bad_service.scope_metrics[0].metrics = bad;
+    // A latency metric in furlongs is ignored (`reason="unit"`), not rejected.
+    bad_service.scope_metrics[0].metrics.push(Metric {
+        unit: "furlong".into(),
+        ..explicit(vec![0.1], vec![1, 1], 2, delta)
+    });
+    request.resource_metrics.push(bad_service);
+    let answer = send(&recmeter, &request);
+    let partial = answer.partial_success.expect("partial success");
+    assert_eq!(partial.rejected_data_points, rejected);
+    assert!(
+        partial
+            .error_message
+            .contains("explicit_bounds must be finite and strictly increasing"),
+        "{}",
+        partial.error_message
+    );
+    let m = recmeter.metrics();
+    assert_eq!(requests(&m, "good", "/recs"), 6.0);
+    assert_eq!(requests(&m, "bad", "recs.latency"), 0.0);
+    assert_eq!(
+        m.value(
+            "recmeter_metric_points_dropped_total",
+            &[("transport", "http"), ("reason", "invalid")]
+        ),
+        rejected as f64
+    );
+    assert_eq!(ignored(&m, "unit"), 1.0);
+    // Bytes that are no OTLP at all refuse the whole request, naming the problem.
+    let (status, body) = recmeter.post_otlp_to("/v1/metrics", PROTOBUF, vec![0x0a, 0xff, 0x01]);
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("invalid OTLP protobuf"));
+}
+
+/// `MetricsService/Export` over gRPC, with the client opentelemetry-proto generates and gzip.
+#[test]
+fn grpc_metrics_are_counted() {
+    use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+    let recmeter = Recmeter::start("");
+    let t = nanos(fake_start());
+    let request = points(
+        "grpc-svc",
+        AggregationTemporality::Delta,
+        t - 1,
+        t,
+        [2, 2, 2],
+        3,
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let answer = runtime.block_on(async {
+        let mut client =
+            MetricsServiceClient::connect(format!("http://{}", recmeter.addrs.otlp_grpc))
+                .await
+                .unwrap()
+                .send_compressed(tonic::codec::CompressionEncoding::Gzip);
+        client.export(request).await.unwrap().into_inner()
+    });
+    assert_eq!(answer.partial_success, None);
+    let m = recmeter.metrics();
+    assert_eq!(requests(&m, "grpc-svc", "/recs"), 6.0);
+    assert_eq!(
+        m.value(
+            "recmeter_metric_points_received_total",
+            &[("transport", "grpc")]
+        ),
+        2.0
+    );
+}
