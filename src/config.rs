@@ -453,6 +453,39 @@ mod tests {
     }
 
     #[test]
+    fn metrics_rules_are_checked() {
+        let errors = load(
+            r#"
+            [metrics]
+            max_streams = 0
+            recommendation_metrics = ["recs.count"]
+            [[metrics.latency]]
+            name = "latency"
+            unit = "furlong"
+            [[metrics.latency]]
+            name = "latency"
+            [[metrics.latency]]
+            name = "recs.count"
+            "#,
+            &[],
+        )
+        .unwrap_err();
+        let messages: Vec<_> = errors.iter().map(ToString::to_string).collect();
+        let has = |text: &str| messages.iter().any(|m| m.contains(text));
+        assert!(
+            has("metrics.max_streams: must be at least 1"),
+            "{messages:?}"
+        );
+        assert!(has("`latency` has unit `furlong`"), "{messages:?}");
+        assert!(has("names `latency` twice"), "{messages:?}");
+        assert!(
+            has("`recs.count` is also in metrics.recommendation_metrics"),
+            "{messages:?}"
+        );
+        assert_eq!(errors.len(), 4, "{messages:?}");
+    }
+
+    #[test]
     fn environment_overrides_scalars_only() {
         let config = load(
             "",

@@ -38,6 +38,20 @@ fn tokens_guard_ingest_and_api_and_never_reach_the_log() {
     assert_eq!(post(None), (401, true));
     assert_eq!(post(Some("Bearer wrong")), (401, true));
     assert_eq!(post(Some(&format!("Bearer {INGEST_TOKEN}"))).0, 200);
+    // Metrics take the same token.
+    let metrics = format!("http://{}/v1/metrics", recmeter.addrs.otlp_http);
+    let post_metrics = |auth: Option<String>| {
+        let mut r = http
+            .post(&metrics)
+            .header("Content-Type", "application/json")
+            .body("{}");
+        if let Some(a) = auth {
+            r = r.header("Authorization", a);
+        }
+        r.send().unwrap().status().as_u16()
+    };
+    assert_eq!(post_metrics(None), 401);
+    assert_eq!(post_metrics(Some(format!("Bearer {INGEST_TOKEN}"))), 200);
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let addr = recmeter.addrs.otlp_grpc;
@@ -54,6 +68,18 @@ fn tokens_guard_ingest_and_api_and_never_reach_the_log() {
         Some(format!("Bearer {INGEST_TOKEN}")),
     ))
     .unwrap();
+    let status = rt
+        .block_on(async {
+            use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+            let mut client = MetricsServiceClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
+            client
+                .export(opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest::default())
+                .await
+        })
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
 
     let get = |path: &str, auth: Option<&str>| {
         let mut r = http.get(recmeter.api_url(path));
@@ -81,8 +107,8 @@ fn tokens_guard_ingest_and_api_and_never_reach_the_log() {
             &[("transport", transport), ("reason", "auth")],
         )
     };
-    assert_eq!(rejected("http"), 2.0);
-    assert_eq!(rejected("grpc"), 2.0);
+    assert_eq!(rejected("http"), 3.0);
+    assert_eq!(rejected("grpc"), 3.0);
     assert_eq!(
         m.value(
             "recmeter_api_requests_rejected_total",
