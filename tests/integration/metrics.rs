@@ -99,6 +99,19 @@ fn the_corpus_example_lands_in_its_series() {
     );
     assert!((p99 / 2f64.powf(2.5) - 1.0).abs() < 0.01, "{p99}");
 
+    // The rollup tables say where the requests came from.
+    let rows = recmeter.sql_rows(
+        "SELECT endpoint, source, sum(requests) AS requests FROM latency_minutes \
+         WHERE service = 'my.service' GROUP BY endpoint, source ORDER BY endpoint",
+    );
+    assert_eq!(
+        rows,
+        vec![
+            serde_json::json!({"endpoint": "my.exponential.histogram", "source": "histogram", "requests": 3}),
+            serde_json::json!({"endpoint": "my.histogram", "source": "histogram", "requests": 2}),
+        ]
+    );
+
     // The same request once more: delta points count again (they are deltas).
     let body = include_str!("../data/metrics.json").replace("1544712660300000000", &now);
     let (status, _) = recmeter.post_otlp_to("/v1/metrics", "application/json", body.into_bytes());
