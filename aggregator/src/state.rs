@@ -873,17 +873,10 @@ impl Aggregator {
     pub fn apply_checked(&mut self, records: &[RequestRecord], checked_at: u64) -> ApplyOutcome {
         let open_minute = minute_of(self.clock.now_nanos());
         self.roll(open_minute);
-        let oldest = checked_at.saturating_sub(self.max_age_nanos);
-        let newest = checked_at.saturating_add(self.max_skew_nanos);
         let mut outcome = ApplyOutcome::default();
         let mut overflowed = 0;
         for record in records {
-            if record.end_unix_nanos < oldest {
-                outcome.too_old += 1;
-                continue;
-            }
-            if record.end_unix_nanos > newest {
-                outcome.future += 1;
+            if !self.in_time(record.end_unix_nanos, checked_at, &mut outcome) {
                 continue;
             }
             outcome.accepted += 1;
@@ -929,17 +922,10 @@ impl Aggregator {
         let now = self.clock.now_nanos();
         let open_minute = minute_of(now);
         self.roll(open_minute);
-        let oldest = checked_at.saturating_sub(self.max_age_nanos);
-        let newest = checked_at.saturating_add(self.max_skew_nanos);
         let mut outcome = ApplyOutcome::default();
         let mut overflowed = 0;
         for point in points {
-            if point.time_unix_nanos < oldest {
-                outcome.too_old += 1;
-                continue;
-            }
-            if point.time_unix_nanos > newest {
-                outcome.future += 1;
+            if !self.in_time(point.time_unix_nanos, checked_at, &mut outcome) {
                 continue;
             }
             let delta = match self.metrics.delta(point, now) {
@@ -984,6 +970,20 @@ impl Aggregator {
         self.telemetry
             .set_metric_streams_active(self.metrics.streams_active());
         outcome
+    }
+
+    /// Whether something ending at `end` is within `ingest.max_span_age` before and
+    /// `ingest.max_future_skew` after `checked_at`; counted in `outcome` if not.
+    fn in_time(&self, end: u64, checked_at: u64, outcome: &mut ApplyOutcome) -> bool {
+        if end < checked_at.saturating_sub(self.max_age_nanos) {
+            outcome.too_old += 1;
+            false
+        } else if end > checked_at.saturating_add(self.max_skew_nanos) {
+            outcome.future += 1;
+            false
+        } else {
+            true
+        }
     }
 
     /// Counts one sample into its series (or the overflow series at the cap); returns the

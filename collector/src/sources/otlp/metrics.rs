@@ -22,7 +22,7 @@ use recmeter_aggregator::record::Batch;
 use recmeter_aggregator::telemetry::{DropReason, IgnoreReason, Transport};
 use recmeter_aggregator::{AggregatorHandle, IngestConfig, MetricsConfig, SeriesKey};
 
-use super::traces::{IngestError, UNKNOWN_SERVICE, bounded, find, render};
+use super::traces::{IngestError, UNKNOWN_SERVICE, bounded, find, rejection, render};
 
 /// OTLP `AggregationTemporality`.
 const DELTA: i32 = 1;
@@ -177,45 +177,44 @@ pub fn convert_metrics(
                 match (&m.data, usable) {
                     (Some(metric::Data::Histogram(h)), Use::Latency(nanos)) => {
                         for p in &h.data_points {
-                            let point = explicit(p).and_then(|v| match v {
-                                Some(v) => context.point(
-                                    &p.attributes,
-                                    times(p.start_time_unix_nano, p.time_unix_nano, p.flags),
-                                    h.aggregation_temporality,
-                                    nanos,
-                                    v,
-                                ),
-                                None => Ok(Taken::Nothing),
-                            });
-                            context.take(point, &mut out);
+                            let at = times(p.start_time_unix_nano, p.time_unix_nano, p.flags);
+                            let value = explicit(p);
+                            context.add(
+                                &mut out,
+                                &p.attributes,
+                                at,
+                                h.aggregation_temporality,
+                                nanos,
+                                value,
+                            );
                         }
                     }
                     (Some(metric::Data::ExponentialHistogram(h)), Use::Latency(nanos)) => {
                         for p in &h.data_points {
-                            let point = exponential(p).and_then(|v| {
-                                context.point(
-                                    &p.attributes,
-                                    times(p.start_time_unix_nano, p.time_unix_nano, p.flags),
-                                    h.aggregation_temporality,
-                                    nanos,
-                                    v,
-                                )
-                            });
-                            context.take(point, &mut out);
+                            let at = times(p.start_time_unix_nano, p.time_unix_nano, p.flags);
+                            let value = exponential(p).map(Some);
+                            context.add(
+                                &mut out,
+                                &p.attributes,
+                                at,
+                                h.aggregation_temporality,
+                                nanos,
+                                value,
+                            );
                         }
                     }
                     (Some(metric::Data::Sum(s)), Use::Recommendations) => {
                         for p in &s.data_points {
-                            let point = sum(p).and_then(|v| {
-                                context.point(
-                                    &p.attributes,
-                                    times(p.start_time_unix_nano, p.time_unix_nano, p.flags),
-                                    s.aggregation_temporality,
-                                    0.0,
-                                    v,
-                                )
-                            });
-                            context.take(point, &mut out);
+                            let at = times(p.start_time_unix_nano, p.time_unix_nano, p.flags);
+                            let value = sum(p).map(Some);
+                            context.add(
+                                &mut out,
+                                &p.attributes,
+                                at,
+                                s.aggregation_temporality,
+                                0.0,
+                                value,
+                            );
                         }
                     }
                     _ => out.ignore(IgnoreReason::Type, points),
@@ -242,13 +241,6 @@ fn times(start: u64, time: u64, flags: u32) -> Times {
     (flags & NO_RECORDED_VALUE == 0).then_some((start, time))
 }
 
-/// What a point's outcome is.
-enum Taken {
-    Point(MetricPoint),
-    /// A point with no recorded value: nothing to count.
-    Nothing,
-}
-
 /// Where a metric's points come from.
 struct Context<'a> {
     rules: &'a MetricRules,
@@ -259,16 +251,34 @@ struct Context<'a> {
 }
 
 impl Context<'_> {
+    /// Adds a point to `out`, or counts it as rejected. `value` is `Ok(None)` for a point that
+    /// holds nothing.
+    fn add(
+        &self,
+        out: &mut ConvertedMetrics,
+        attributes: &[KeyValue],
+        times: Times,
+        temporality: i32,
+        nanos_per_unit: f64,
+        value: Result<Option<PointValue>, &'static str>,
+    ) {
+        match value.and_then(|v| self.point(attributes, times, temporality, nanos_per_unit, v)) {
+            Ok(Some(p)) => out.points.push(p),
+            Ok(None) => {}
+            Err(problem) => out.reject(self.metric, problem),
+        }
+    }
+
     fn point(
         &self,
         attributes: &[KeyValue],
         times: Times,
         temporality: i32,
         nanos_per_unit: f64,
-        value: PointValue,
-    ) -> Result<Taken, &'static str> {
-        let Some((start, time)) = times else {
-            return Ok(Taken::Nothing);
+        value: Option<PointValue>,
+    ) -> Result<Option<MetricPoint>, &'static str> {
+        let (Some((start, time)), Some(value)) = (times, value) else {
+            return Ok(None);
         };
         if time == 0 {
             return Err("time_unix_nano is 0");
@@ -307,7 +317,7 @@ impl Context<'_> {
         stream.push_str(self.metric);
         stream.push_str("|point:");
         push_attributes(&mut stream, attributes);
-        Ok(Taken::Point(MetricPoint {
+        Ok(Some(MetricPoint {
             stream: Arc::from(stream),
             key: SeriesKey {
                 service: self.service.clone(),
@@ -325,14 +335,6 @@ impl Context<'_> {
             nanos_per_unit,
             value,
         }))
-    }
-
-    fn take(&self, point: Result<Taken, &'static str>, out: &mut ConvertedMetrics) {
-        match point {
-            Ok(Taken::Point(p)) => out.points.push(p),
-            Ok(Taken::Nothing) => {}
-            Err(problem) => out.reject(self.metric, problem),
-        }
     }
 }
 
@@ -490,11 +492,7 @@ impl MetricIngest {
             records: Vec::new(),
             points: converted.points,
         };
-        let outcome = match self.aggregator.submit_batch(batch, arriving).await {
-            Ok(outcome) => outcome,
-            Err(recmeter_aggregator::Error::Backpressure) => return Err(IngestError::Backpressure),
-            Err(_) => return Err(IngestError::Unavailable),
-        };
+        let outcome = self.aggregator.submit_batch(batch, arriving).await?;
         telemetry.add_metric_points_received(transport, converted.received);
         for (reason, n) in converted.ignored {
             telemetry.add_metric_points_ignored(transport, reason, n);
@@ -512,33 +510,16 @@ impl MetricIngest {
         telemetry.add_metric_points_dropped(transport, DropReason::Invalid, converted.invalid);
         telemetry.add_metric_points_dropped(transport, DropReason::TooOld, outcome.too_old);
         telemetry.add_metric_points_dropped(transport, DropReason::Future, outcome.future);
-        let rejected = converted.invalid + outcome.too_old + outcome.future;
-        let partial_success = (rejected > 0).then(|| {
-            let mut parts = Vec::new();
-            if converted.invalid > 0 {
-                parts.push(format!(
-                    "{} invalid (the first: {})",
-                    converted.invalid,
-                    converted.problem.as_deref().unwrap_or("unknown")
-                ));
-            }
-            if outcome.too_old > 0 {
-                parts.push(format!(
-                    "{} too old (ended before now minus ingest.max_span_age)",
-                    outcome.too_old
-                ));
-            }
-            if outcome.future > 0 {
-                parts.push(format!(
-                    "{} in the future (end beyond now plus ingest.max_future_skew)",
-                    outcome.future
-                ));
-            }
-            ExportMetricsPartialSuccess {
-                rejected_data_points: i64::try_from(rejected).unwrap_or(i64::MAX),
-                error_message: format!("{rejected} data points rejected: {}", parts.join("; ")),
-            }
-        });
+        let first = format!(
+            "the first: {}",
+            converted.problem.as_deref().unwrap_or("unknown")
+        );
+        let partial_success = rejection(converted.invalid, &first, &outcome, "data points").map(
+            |(rejected, message)| ExportMetricsPartialSuccess {
+                rejected_data_points: rejected,
+                error_message: message,
+            },
+        );
         Ok(ExportMetricsServiceResponse { partial_success })
     }
 }

@@ -192,6 +192,50 @@ pub enum IngestError {
     Unavailable,
 }
 
+impl From<recmeter_aggregator::Error> for IngestError {
+    fn from(e: recmeter_aggregator::Error) -> Self {
+        match e {
+            recmeter_aggregator::Error::Backpressure => IngestError::Backpressure,
+            _ => IngestError::Unavailable,
+        }
+    }
+}
+
+/// What `partial_success` says when anything was rejected: how many `items`, and why.
+/// `invalid` were rejected by the collector, for `why`; `outcome` counts those too old or in
+/// the future.
+pub(super) fn rejection(
+    invalid: u64,
+    why: &str,
+    outcome: &recmeter_aggregator::ApplyOutcome,
+    items: &str,
+) -> Option<(i64, String)> {
+    let rejected = invalid + outcome.too_old + outcome.future;
+    if rejected == 0 {
+        return None;
+    }
+    let mut parts = Vec::new();
+    if invalid > 0 {
+        parts.push(format!("{invalid} invalid ({why})"));
+    }
+    if outcome.too_old > 0 {
+        parts.push(format!(
+            "{} too old (ended before now minus ingest.max_span_age)",
+            outcome.too_old
+        ));
+    }
+    if outcome.future > 0 {
+        parts.push(format!(
+            "{} in the future (end beyond now plus ingest.max_future_skew)",
+            outcome.future
+        ));
+    }
+    Some((
+        i64::try_from(rejected).unwrap_or(i64::MAX),
+        format!("{rejected} {items} rejected: {}", parts.join("; ")),
+    ))
+}
+
 /// The trace ingest path shared by the gRPC and HTTP servers.
 #[derive(Debug, Clone)]
 pub struct TraceIngest {
@@ -228,40 +272,20 @@ impl TraceIngest {
         // The decoded spans are freed before waiting for the aggregator (and the WAL's fsync):
         // while requests wait, the next ones decode into memory still warm in the cache.
         drop(request);
-        let outcome = match self.aggregator.submit(converted.records, arriving).await {
-            Ok(outcome) => outcome,
-            Err(recmeter_aggregator::Error::Backpressure) => return Err(IngestError::Backpressure),
-            Err(_) => return Err(IngestError::Unavailable),
-        };
+        let outcome = self.aggregator.submit(converted.records, arriving).await?;
         telemetry.add_spans_received(transport, converted.spans);
         telemetry.add_spans_dropped(transport, DropReason::Invalid, converted.invalid);
         telemetry.add_spans_dropped(transport, DropReason::TooOld, outcome.too_old);
         telemetry.add_spans_dropped(transport, DropReason::Future, outcome.future);
-        let rejected = converted.invalid + outcome.too_old + outcome.future;
-        let partial_success = (rejected > 0).then(|| {
-            let mut parts = Vec::new();
-            if converted.invalid > 0 {
-                parts.push(format!(
-                    "{} invalid (zero start time, end before start, or a malformed trace or span id)",
-                    converted.invalid
-                ));
-            }
-            if outcome.too_old > 0 {
-                parts.push(format!(
-                    "{} too old (ended before now minus ingest.max_span_age)",
-                    outcome.too_old
-                ));
-            }
-            if outcome.future > 0 {
-                parts.push(format!(
-                    "{} in the future (end beyond now plus ingest.max_future_skew)",
-                    outcome.future
-                ));
-            }
-            ExportTracePartialSuccess {
-                rejected_spans: i64::try_from(rejected).unwrap_or(i64::MAX),
-                error_message: format!("{rejected} spans rejected: {}", parts.join("; ")),
-            }
+        let partial_success = rejection(
+            converted.invalid,
+            "zero start time, end before start, or a malformed trace or span id",
+            &outcome,
+            "spans",
+        )
+        .map(|(rejected, message)| ExportTracePartialSuccess {
+            rejected_spans: rejected,
+            error_message: message,
         });
         Ok(ExportTraceServiceResponse { partial_success })
     }
