@@ -3,7 +3,7 @@
 //! in the order the WAL logged the points, so a replay after a crash gives the same deltas as the
 //! first apply did (ADR 011).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -18,13 +18,54 @@ pub struct Dense {
     pub counts: Vec<u64>,
 }
 
+/// Most services marked as sending request spans; past it new ones are not marked (and a
+/// warning says so), so hostile `service.name` values cannot grow the set without bound.
+pub const MAX_SPAN_SERVICES: usize = 100_000;
+
+/// A stream identity: a 128-bit SipHash-1-3 of the resource, scope, metric name and point
+/// attributes (see the collector), so its size does not depend on what the sender puts there.
+pub type StreamId = u128;
+
+/// f64 values stored by their bits, so a checkpoint gives back exactly what was saved (JSON
+/// text can come back one unit in the last place off, which would read as other bounds).
+mod f64_bits {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        v.to_bits().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        u64::deserialize(d).map(f64::from_bits)
+    }
+
+    pub mod vec {
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+        pub fn serialize<S: Serializer>(v: &[f64], s: S) -> Result<S::Ok, S::Error> {
+            v.iter()
+                .map(|f| f.to_bits())
+                .collect::<Vec<_>>()
+                .serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+            Vec::<u64>::deserialize(d).map(|v| v.into_iter().map(f64::from_bits).collect())
+        }
+    }
+}
+
 /// What a point holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum PointValue {
     /// Explicit bounds, ascending, in the metric's unit; `counts` has one more entry than
     /// `bounds` (the last bucket is above the last bound).
-    Explicit { bounds: Vec<f64>, counts: Vec<u64> },
+    Explicit {
+        #[serde(with = "f64_bits::vec")]
+        bounds: Vec<f64>,
+        counts: Vec<u64>,
+    },
     /// Base-2 exponential buckets: bucket `i` is `(base^i, base^(i+1)]` with
     /// `base = 2^(2^-scale)`.
     Exponential {
@@ -34,14 +75,17 @@ pub enum PointValue {
         negative: Dense,
     },
     /// A monotonic sum: recommendations served.
-    Sum { value: f64 },
+    Sum {
+        #[serde(with = "f64_bits")]
+        value: f64,
+    },
 }
 
 /// One metric point, decoded and checked by the collector.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricPoint {
     /// Stream identity: resource, scope, metric name and point attributes.
-    pub stream: Arc<str>,
+    pub stream: StreamId,
     pub key: SeriesKey,
     /// Whether the point's requests failed (`error.type`, or an HTTP status of 500 or more).
     pub error: bool,
@@ -138,7 +182,8 @@ impl PointValue {
         match self {
             PointValue::Explicit { bounds, counts } => {
                 for (i, &count) in counts.iter().enumerate().filter(|(_, c)| **c > 0) {
-                    let value = match (i.checked_sub(1).map(|j| bounds[j]), bounds.get(i)) {
+                    let lower = i.checked_sub(1).and_then(|j| bounds.get(j)).copied();
+                    let value = match (lower, bounds.get(i)) {
                         (None, Some(&upper)) => upper / 2.0,
                         (Some(lower), Some(&upper)) => (lower.max(0.0) + upper) / 2.0,
                         (Some(lower), None) => lower,
@@ -223,27 +268,32 @@ impl Dense {
 struct Stream {
     start: u64,
     time: u64,
-    /// The aggregator clock when the stream last had a point (for eviction).
+    /// The log clock (`checked_at` of the frame) when the stream last had a point.
     seen: u64,
     value: PointValue,
 }
 
 /// The cumulative streams and which services send request spans: metric state that the WAL
-/// replays and checkpoints save.
+/// replays and checkpoints save. It moves only with what was logged (a point's `checked_at`),
+/// never with the wall clock, so a replay after any downtime decides as the first apply did.
 #[derive(Debug, Default)]
 pub struct MetricState {
-    streams: HashMap<Arc<str>, Stream>,
+    streams: HashMap<StreamId, Stream>,
     /// Services that sent an accepted request span: their points are ignored.
-    span_services: std::collections::HashSet<Arc<str>>,
+    span_services: HashSet<Arc<str>>,
     max_streams: usize,
     staleness_nanos: u64,
+    /// The latest `checked_at` applied; streams are evicted against it once a minute.
+    clock: u64,
 }
 
 /// [`MetricState`] as a checkpoint saves it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MetricStateImage {
+    /// Stream identities in hex.
     streams: Vec<(String, Stream)>,
     span_services: Vec<String>,
+    clock: u64,
 }
 
 impl MetricState {
@@ -271,9 +321,17 @@ impl MetricState {
 
     /// Notes that `service` sends request spans.
     pub fn span_service(&mut self, service: &Arc<str>) {
-        if !self.span_services.contains(service) {
-            self.span_services.insert(service.clone());
+        if self.span_services.contains(service) {
+            return;
         }
+        if self.span_services.len() >= MAX_SPAN_SERVICES {
+            tracing::warn!(
+                limit = MAX_SPAN_SERVICES,
+                "Too many services send spans to remember them all; points of further ones are counted."
+            );
+            return;
+        }
+        self.span_services.insert(service.clone());
     }
 
     /// Whether `service` sends request spans.
@@ -282,9 +340,15 @@ impl MetricState {
     }
 
     /// The delta `point` adds, `Ok(None)` when it adds nothing (the first point of a stream,
-    /// taken as its baseline; a repeated or older point of a stream), or why it is ignored.
-    /// `now` is the aggregator clock.
-    pub fn delta(&mut self, point: &MetricPoint, now: u64) -> Result<Option<PointValue>, Ignored> {
+    /// taken as its baseline; a repeated, older or overtaken point of a stream), or why it is
+    /// ignored. `checked_at` is the clock reading logged with the point.
+    pub fn delta(
+        &mut self,
+        point: &MetricPoint,
+        checked_at: u64,
+    ) -> Result<Option<PointValue>, Ignored> {
+        self.advance(checked_at);
+        let now = self.clock;
         if self.covered_by_spans(&point.key.service) {
             return Err(Ignored::CoveredBySpans);
         }
@@ -296,7 +360,7 @@ impl MetricState {
                 return Err(Ignored::StreamLimit);
             }
             self.streams.insert(
-                point.stream.clone(),
+                point.stream,
                 Stream {
                     start: point.start_unix_nanos,
                     time: point.time_unix_nanos,
@@ -306,12 +370,13 @@ impl MetricState {
             );
             return Ok(point.whole_if_new.then(|| point.value.clone()));
         };
-        stream.seen = now;
-        let restarted = point.start_unix_nanos != stream.start;
-        if !restarted && point.time_unix_nanos <= stream.time {
-            // A retry of a point already counted, or one overtaken by a later one.
+        if point.time_unix_nanos <= stream.time || point.start_unix_nanos < stream.start {
+            // A retry of a point already counted, one overtaken by a later one, or one from
+            // before the sender's last restart.
             return Ok(None);
         }
+        stream.seen = now;
+        let restarted = point.start_unix_nanos != stream.start;
         let delta = if restarted {
             None
         } else {
@@ -324,11 +389,20 @@ impl MetricState {
         Ok(Some(delta.unwrap_or_else(|| point.value.clone())))
     }
 
-    /// Forgets streams without a point for `metrics.stream_staleness`.
-    pub fn evict(&mut self, now: u64) {
-        let staleness = self.staleness_nanos;
-        self.streams
-            .retain(|_, s| s.seen.saturating_add(staleness) >= now);
+    /// Moves the log clock to `checked_at`; once a minute, forgets streams without a point
+    /// for `metrics.stream_staleness`.
+    fn advance(&mut self, checked_at: u64) {
+        const MINUTE: u64 = 60_000_000_000;
+        if checked_at <= self.clock {
+            return;
+        }
+        let minute_passed = checked_at / MINUTE != self.clock / MINUTE;
+        self.clock = checked_at;
+        if minute_passed {
+            let staleness = self.staleness_nanos;
+            self.streams
+                .retain(|_, s| s.seen.saturating_add(staleness) >= checked_at);
+        }
     }
 
     /// The state as a checkpoint saves it.
@@ -336,7 +410,7 @@ impl MetricState {
         let mut streams: Vec<_> = self
             .streams
             .iter()
-            .map(|(k, s)| (k.to_string(), s.clone()))
+            .map(|(k, s)| (format!("{k:032x}"), s.clone()))
             .collect();
         streams.sort_by(|a, b| a.0.cmp(&b.0));
         let mut span_services: Vec<_> = self.span_services.iter().map(|s| s.to_string()).collect();
@@ -344,17 +418,23 @@ impl MetricState {
         MetricStateImage {
             streams,
             span_services,
+            clock: self.clock,
         }
     }
 
-    /// Puts back what [`MetricState::image`] saved.
+    /// Puts back what [`MetricState::image`] saved; span-fed services are added to those
+    /// already marked (by restored series). A stream identity that is not 32 hex digits is
+    /// skipped.
     pub fn restore(&mut self, image: MetricStateImage) {
         self.streams = image
             .streams
             .into_iter()
-            .map(|(k, s)| (Arc::from(k), s))
+            .filter_map(|(k, s)| Some((u128::from_str_radix(&k, 16).ok()?, s)))
             .collect();
-        self.span_services = image.span_services.into_iter().map(Arc::from).collect();
+        for service in image.span_services {
+            self.span_service(&Arc::from(service));
+        }
+        self.clock = self.clock.max(image.clock);
     }
 }
 
@@ -381,9 +461,16 @@ mod tests {
         }
     }
 
+    /// A test stream id from a name.
+    fn id(stream: &str) -> StreamId {
+        stream.bytes().fold(0u128, |h, b| {
+            h.wrapping_mul(131).wrapping_add(u128::from(b))
+        })
+    }
+
     fn point(stream: &str, start: u64, time: u64, value: PointValue) -> MetricPoint {
         MetricPoint {
-            stream: Arc::from(stream),
+            stream: id(stream),
             key: SeriesKey {
                 service: Arc::from("svc"),
                 endpoint: Arc::from("recs.latency"),
@@ -480,21 +567,47 @@ mod tests {
     }
 
     #[test]
-    fn streams_go_stale_and_survive_a_checkpoint() {
-        let mut state = MetricState::new(10, 100);
-        state
-            .delta(&point("old", 0, 1, explicit(&[1.0], &[1, 1])), 0)
-            .unwrap();
-        state
-            .delta(&point("new", 0, 1, explicit(&[1.0], &[1, 1])), 50)
-            .unwrap();
-        state.evict(120);
-        assert_eq!(state.streams_active(), 1);
-        let mut restored = MetricState::new(10, 100);
-        restored.restore(state.image());
+    fn streams_go_stale_by_the_log_clock_and_survive_a_checkpoint() {
+        const S: u64 = 1_000_000_000;
+        let mut state = MetricState::new(10, 60 * S);
+        // Bounds whose shortest decimal text does not read back to the same f64 everywhere.
+        let b = [0.1 + 0.2, 1.0 / 3.0];
+        let v = |c: u64| explicit(&b, &[c, 1, 1]);
+        state.delta(&point("old", 0, 1, v(1)), 0).unwrap();
+        state.delta(&point("new", 0, 1, v(1)), 50 * S).unwrap();
+        // The log clock enters minute 1: "old" (last seen at 0 s) is past 60 s, "new" is not.
+        state.delta(&point("third", 0, 1, v(1)), 61 * S).unwrap();
+        assert_eq!(state.streams_active(), 2);
+        let json = serde_json::to_string(&state.image()).unwrap();
+        let mut restored = MetricState::new(10, 60 * S);
+        restored.restore(serde_json::from_str(&json).unwrap());
+        assert_eq!(restored.image(), state.image());
         assert_eq!(
-            restored.delta(&point("new", 0, 2, explicit(&[1.0], &[3, 1])), 130),
-            Ok(Some(explicit(&[1.0], &[2, 0])))
+            restored.delta(&point("new", 0, 2, v(3)), 100 * S),
+            Ok(Some(explicit(&b, &[2, 0, 0])))
+        );
+    }
+
+    #[test]
+    fn points_from_before_the_senders_restart_add_nothing() {
+        let mut state = MetricState::new(10, u64::MAX);
+        let b = [1.0];
+        state
+            .delta(&point("s", 100, 1_000, explicit(&b, &[5, 5])), 0)
+            .unwrap();
+        // The sender restarted at 1 500: its first point after that counts whole.
+        assert_eq!(
+            state.delta(&point("s", 1_500, 2_000, explicit(&b, &[1, 0])), 0),
+            Ok(Some(explicit(&b, &[1, 0])))
+        );
+        // A late retry from before the restart, with a later time, adds nothing.
+        assert_eq!(
+            state.delta(&point("s", 100, 2_500, explicit(&b, &[6, 5])), 0),
+            Ok(None)
+        );
+        assert_eq!(
+            state.delta(&point("s", 1_500, 3_000, explicit(&b, &[2, 1])), 0),
+            Ok(Some(explicit(&b, &[1, 1])))
         );
     }
 

@@ -55,8 +55,6 @@ pub struct ApplyOutcome {
     pub covered_by_spans: u64,
     /// Points of new cumulative streams past `metrics.max_streams` (`reason="stream_limit"`).
     pub stream_limit: u64,
-    /// Requests the points' buckets stood for.
-    pub requests: u64,
 }
 
 /// What one request hands the aggregator: request records (from spans) and metric points.

@@ -89,14 +89,14 @@ pub struct RowCounts {
 impl RowCounts {
     /// Counts `n` requests of `value` nanoseconds.
     fn count(&mut self, value: u64, n: u64, error: bool, recommendations: u64, thresholds: &[u64]) {
-        self.requests += n;
+        self.requests = self.requests.saturating_add(n);
         if error {
-            self.errors += n;
+            self.errors = self.errors.saturating_add(n);
         }
         self.recommendations = self.recommendations.saturating_add(recommendations);
         for (le, &t) in self.le.iter_mut().zip(thresholds) {
             if value <= t {
-                *le += n;
+                *le = le.saturating_add(n);
             }
         }
     }
@@ -775,6 +775,9 @@ impl Aggregator {
 
     /// Restores one series' counters.
     pub fn restore_series(&mut self, key: SeriesKey, source: Source, totals: SeriesTotals) {
+        if source == Source::Span {
+            self.metrics.span_service(&key.service);
+        }
         let state = SeriesState {
             born: self.births,
             source,
@@ -910,7 +913,6 @@ impl Aggregator {
             outcome.future += points.future;
             outcome.covered_by_spans += points.covered_by_spans;
             outcome.stream_limit += points.stream_limit;
-            outcome.requests += points.requests;
         }
         outcome
     }
@@ -928,7 +930,7 @@ impl Aggregator {
             if !self.in_time(point.time_unix_nanos, checked_at, &mut outcome) {
                 continue;
             }
-            let delta = match self.metrics.delta(point, now) {
+            let delta = match self.metrics.delta(point, checked_at) {
                 Ok(Some(delta)) => delta,
                 Ok(None) => {
                     outcome.accepted += 1;
@@ -960,7 +962,6 @@ impl Aggregator {
             for (duration_nanos, count) in delta.requests(point.nanos_per_unit) {
                 sample.duration_nanos = duration_nanos;
                 sample.count = count;
-                outcome.requests += count;
                 overflowed += self.count_sample(&sample, open_minute);
             }
         }
@@ -1027,11 +1028,12 @@ impl Aggregator {
         if let Some(bound) = bound.filter(|_| sample.count > 0) {
             self.telemetry.add_clamped_n(bound, sample.count);
         }
+        // Saturating: a histogram point may claim any count.
         let totals = &mut series.totals;
         if sample.error {
-            totals.errors += sample.count;
+            totals.errors = totals.errors.saturating_add(sample.count);
         } else {
-            totals.ok += sample.count;
+            totals.ok = totals.ok.saturating_add(sample.count);
         }
         totals.recommendations = totals
             .recommendations
@@ -1040,8 +1042,10 @@ impl Aggregator {
             .iter()
             .position(|&le| sample.duration_nanos <= le)
             .unwrap_or(LATENCY_BUCKETS_NANOS.len());
-        totals.bucket_counts[bucket] += sample.count;
-        totals.sum_nanos += u128::from(sample.duration_nanos) * u128::from(sample.count);
+        totals.bucket_counts[bucket] = totals.bucket_counts[bucket].saturating_add(sample.count);
+        totals.sum_nanos = totals
+            .sum_nanos
+            .saturating_add(u128::from(sample.duration_nanos) * u128::from(sample.count));
         let minute = minute_of(sample.end_unix_nanos);
         let mut seal = Sealing {
             scratch: &mut self.scratch,
@@ -1127,9 +1131,6 @@ impl Aggregator {
                 tracing::info!(evicted, "Series cap reached: forgot series idle for 3 h.");
             }
         }
-        self.metrics.evict(open_minute * MINUTE_NANOS);
-        self.telemetry
-            .set_metric_streams_active(self.metrics.streams_active());
         self.sealed_before = open_minute;
     }
 

@@ -394,13 +394,41 @@ fn spans_and_points_of_one_service_never_count_twice() {
     assert!((p50 / 0.025 - 1.0).abs() < 0.01, "{p50}");
 }
 
+/// Waits until a checkpoint in `dir`'s store covers WAL frame `seq`.
+fn wait_for_checkpoint(dir: &std::path::Path, seq: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let covered = std::fs::read_dir(dir.join("data/manifests"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .filter_map(|m| m["wal_seq"].as_u64())
+            .max()
+            .unwrap_or(0);
+        if covered >= seq {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint covers frame {seq}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Cumulative points before and after a `kill -9` give exact deltas: the stream state of the
-/// points acknowledged before the crash comes back from the WAL, so the next point adds only
-/// what is new.
-#[test]
-fn cumulative_streams_survive_kill9() {
+/// points acknowledged before the crash comes back, from the WAL or from a checkpoint, so the
+/// next point adds only what is new; the services that send spans stay marked.
+fn cumulative_streams_survive_kill9(through_checkpoint: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let start = |config| Start {
+    let config = if through_checkpoint {
+        "[storage]\ncheckpoint_interval = \"1s\"\n"
+    } else {
+        ""
+    };
+    let start = || Start {
         config,
         dir: Some(dir.path()),
         ..Start::default()
@@ -408,9 +436,9 @@ fn cumulative_streams_survive_kill9() {
     let t = nanos(fake_start());
     // The sender started an hour before recmeter: its first point is the baseline.
     let began = t - 3_600_000_000_000;
-    let cumulative = |time: u64, counts: [u64; 3], recs: i64| {
+    let cumulative = |service: &str, time: u64, counts: [u64; 3], recs: i64| {
         points(
-            "svc",
+            service,
             AggregationTemporality::Cumulative,
             began,
             time,
@@ -418,16 +446,41 @@ fn cumulative_streams_survive_kill9() {
             recs,
         )
     };
-    let recmeter = Recmeter::start_with(start(""));
-    send(&recmeter, &cumulative(t - 20_000_000_000, [10, 5, 1], 100));
-    send(&recmeter, &cumulative(t - 10_000_000_000, [14, 6, 1], 130));
+    let recmeter = Recmeter::start_with(start());
+    let span = spans::server_span("/recs", fake_start(), 20_000_000, false, 1);
+    spans::export(
+        Client::HttpProto,
+        &recmeter.addrs,
+        "spanned",
+        vec![vec![span]],
+    );
+    send(
+        &recmeter,
+        &cumulative("svc", t - 20_000_000_000, [10, 5, 1], 100),
+    );
+    send(
+        &recmeter,
+        &cumulative("svc", t - 10_000_000_000, [14, 6, 1], 130),
+    );
     let m = recmeter.metrics();
     assert_eq!(requests(&m, "svc", "/recs"), 5.0);
     assert_eq!(m.value("recmeter_metric_streams_active", &[]), 2.0);
+    if through_checkpoint {
+        // Three frames: the spans and two metric requests.
+        wait_for_checkpoint(dir.path(), 3);
+    }
     recmeter.kill9();
 
-    let restarted = Recmeter::start_with(start(""));
-    send(&restarted, &cumulative(t, [20, 9, 2], 171));
+    let restarted = Recmeter::start_with(start());
+    assert_eq!(
+        restarted
+            .metrics()
+            .value("recmeter_metric_streams_active", &[]),
+        2.0
+    );
+    send(&restarted, &cumulative("svc", t, [20, 9, 2], 171));
+    // The span-fed service is still known as such.
+    send(&restarted, &cumulative("spanned", t, [1, 1, 1], 1));
     let m = restarted.metrics();
     // 36 - 16 requests since the baseline; nothing counted again, nothing lost.
     assert_eq!(requests(&m, "svc", "/recs"), 15.0);
@@ -439,9 +492,21 @@ fn cumulative_streams_survive_kill9() {
         .map(|s| s.value)
         .sum();
     assert_eq!(recs, 71.0);
+    assert_eq!(ignored(&m, "covered_by_spans"), 2.0);
+    assert_eq!(requests(&m, "spanned", "/recs"), 1.0, "its one span");
     // A retry of the last point adds nothing.
-    send(&restarted, &cumulative(t, [20, 9, 2], 171));
+    send(&restarted, &cumulative("svc", t, [20, 9, 2], 171));
     assert_eq!(requests(&restarted.metrics(), "svc", "/recs"), 15.0);
+}
+
+#[test]
+fn cumulative_streams_survive_kill9_through_the_wal() {
+    cumulative_streams_survive_kill9(false);
+}
+
+#[test]
+fn cumulative_streams_survive_kill9_through_a_checkpoint() {
+    cumulative_streams_survive_kill9(true);
 }
 
 /// A request mixing good points with points that cannot be right: the bad ones are rejected in

@@ -566,9 +566,9 @@ const POINT_ERROR: u8 = 1;
 const POINT_CUMULATIVE: u8 = 2;
 const POINT_WHOLE_IF_NEW: u8 = 4;
 
-fn put_point(out: &mut Vec<u8>, p: &MetricPoint) {
-    put_str(out, &p.stream);
-    put_key(out, &p.key);
+fn put_point(out: &mut Vec<u8>, p: &MetricPoint, key: u64) {
+    out.extend_from_slice(&p.stream.to_le_bytes());
+    put_varint(out, key);
     out.push(
         (if p.error { POINT_ERROR } else { 0 })
             | (if p.cumulative { POINT_CUMULATIVE } else { 0 })
@@ -628,16 +628,16 @@ pub fn encode_frame(
     // and its per-map random seed keeps crafted collisions out of reach.
     let mut keys: HashMap<&SeriesKey, u64, foldhash::fast::RandomState> = HashMap::default();
     let mut order = Vec::new();
-    let index: Vec<u64> = records
-        .iter()
-        .map(|r| {
-            let next = keys.len() as u64;
-            *keys.entry(&r.key).or_insert_with(|| {
-                order.push(&r.key);
-                next
-            })
+    let mut intern = |key| {
+        let next = keys.len() as u64;
+        *keys.entry(key).or_insert_with(|| {
+            order.push(key);
+            next
         })
-        .collect();
+    };
+    let index: Vec<u64> = records.iter().map(|r| intern(&r.key)).collect();
+    // Points share the frame's key table: a request's many points of one series cost one key.
+    let point_index: Vec<u64> = points.iter().map(|p| intern(&p.key)).collect();
     put_varint(out, order.len() as u64);
     for key in order {
         put_key(out, key);
@@ -655,8 +655,8 @@ pub fn encode_frame(
     // Frames of span requests end here, as before points existed.
     if !points.is_empty() {
         put_varint(out, points.len() as u64);
-        for p in points {
-            put_point(out, p);
+        for (p, k) in points.iter().zip(point_index) {
+            put_point(out, p, k);
         }
     }
     let payload = &out[start + 8..];
@@ -778,9 +778,11 @@ impl<'a> Cursor<'a> {
         Some(Dense { offset, counts })
     }
 
-    fn point(&mut self) -> Option<MetricPoint> {
-        let stream = self.str()?;
-        let key = self.key()?;
+    fn point(&mut self, keys: &[SeriesKey]) -> Option<MetricPoint> {
+        let (stream, rest) = self.bytes.split_first_chunk::<16>()?;
+        let stream = u128::from_le_bytes(*stream);
+        self.bytes = rest;
+        let key = keys.get(usize::try_from(self.varint()?).ok()?)?.clone();
         let flags = self.byte()?;
         if flags & !(POINT_ERROR | POINT_CUMULATIVE | POINT_WHOLE_IF_NEW) != 0 {
             return None;
@@ -794,6 +796,9 @@ impl<'a> Cursor<'a> {
                 let bounds = (0..n).map(|_| self.f64()).collect::<Option<Vec<_>>>()?;
                 let n = self.count(1)?;
                 let counts = (0..n).map(|_| self.varint()).collect::<Option<Vec<_>>>()?;
+                if counts.len() != bounds.len() + 1 {
+                    return None;
+                }
                 PointValue::Explicit { bounds, counts }
             }
             1 => PointValue::Exponential {
@@ -857,7 +862,7 @@ fn decode_payload(payload: &[u8]) -> Option<Entry> {
         let n = c.count(16)?;
         points.reserve(n);
         for _ in 0..n {
-            points.push(c.point()?);
+            points.push(c.point(&keys)?);
         }
     }
     c.bytes.is_empty().then_some(Entry {
@@ -989,7 +994,7 @@ mod tests {
         };
         vec![
             MetricPoint {
-                stream: Arc::from("svc|recs.latency|route=/a"),
+                stream: 0x0123_4567_89ab_cdef_0123_4567_89ab_cdef,
                 key: key("svc"),
                 error: true,
                 start_unix_nanos: 7,
@@ -1003,7 +1008,7 @@ mod tests {
                 },
             },
             MetricPoint {
-                stream: Arc::from("other"),
+                stream: 2,
                 key: key("other"),
                 error: false,
                 start_unix_nanos: 0,
@@ -1022,7 +1027,7 @@ mod tests {
                 },
             },
             MetricPoint {
-                stream: Arc::from("sum"),
+                stream: u128::MAX,
                 key: key("other"),
                 error: false,
                 start_unix_nanos: 1,
@@ -1051,20 +1056,39 @@ mod tests {
         let entry = decode_payload(&frame[8..]).unwrap();
         assert!(entry.records.is_empty());
         assert_eq!(entry.points, points()[2..]);
-        // Every cut of the points section fails rather than reading fewer points.
+        // No cut of a payload reads back some of its points: only the cut just before the
+        // points section reads (as a frame without points; the frame's length and CRC catch
+        // that cut on disk).
         let mut whole = Vec::new();
         encode_frame(&mut whole, 1, 5, &records(), &points());
+        let decoded: Vec<Entry> = (9..whole.len())
+            .filter_map(|cut| decode_payload(&whole[8..cut]))
+            .collect();
+        assert!(decoded.len() <= 1);
+        assert!(decoded.iter().all(|e| e.points.is_empty()));
+        let plain = decode_payload(&whole[8..]).unwrap();
+        assert_eq!(plain.points.len(), 3);
         let mut plain = Vec::new();
         encode_frame(&mut plain, 1, 5, &records(), &[]);
-        for cut in plain.len() + 1..whole.len() {
-            assert!(decode_payload(&whole[8..cut]).is_none(), "cut at {cut}");
-        }
-        // A hostile point count, an unknown flag, an unknown value kind.
+        // A hostile point count, an unknown flag, an unknown value kind, a key index past the
+        // frame's keys, explicit counts that do not fit the bounds.
         let base = plain[8..].to_vec();
+        let stream = [0u8; 16];
         for tail in [
             vec![0xff, 0xff, 0xff, 0xff, 0x0f],
-            [&[1u8, 1, b'x', 1, b's', 1, b'e', 0, 0x80][..], &[0; 18]].concat(),
-            [&[1u8, 1, b'x', 1, b's', 1, b'e', 0, 0][..], &[0; 10], &[7]].concat(),
+            [&[1u8][..], &stream, &[0, 0x80], &[0; 18]].concat(),
+            [&[1u8][..], &stream, &[0, 0, 0, 0], &[0; 8], &[7]].concat(),
+            [&[1u8][..], &stream, &[99], &[0; 20]].concat(),
+            [
+                &[1u8][..],
+                &stream,
+                &[0, 0, 0, 0],
+                &[0; 8],
+                &[0, 1],
+                &[0; 8],
+                &[1, 5],
+            ]
+            .concat(),
         ] {
             assert!(decode_payload(&[&base[..], &tail[..]].concat()).is_none());
         }

@@ -399,6 +399,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn metrics_take_the_same_route_rules() {
+        use flate2::{Compression, write::GzEncoder};
+        use std::io::Write;
+        let send = |encoding: Option<&'static str>, body: Vec<u8>| async move {
+            let mut request = Request::post("/v1/metrics").header(header::CONTENT_TYPE, JSON);
+            if let Some(e) = encoding {
+                request = request.header(header::CONTENT_ENCODING, e);
+            }
+            router()
+                .oneshot(request.body(Body::from(body)).unwrap())
+                .await
+                .unwrap()
+                .status()
+        };
+        assert_eq!(send(None, b"{}".to_vec()).await, StatusCode::OK);
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(br#"{"resourceMetrics": []}"#).unwrap();
+        assert_eq!(
+            send(Some("gzip"), gz.finish().unwrap()).await,
+            StatusCode::OK
+        );
+        assert_eq!(send(None, b"{".to_vec()).await, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            send(None, vec![b' '; 5000]).await,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+    }
+
+    #[tokio::test]
     async fn answers_by_content_type_and_encoding() {
         assert_eq!(post(JSON, None, b"{}".to_vec()).await, StatusCode::OK);
         assert_eq!(post(PROTOBUF, None, Vec::new()).await, StatusCode::OK);

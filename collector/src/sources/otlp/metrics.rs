@@ -4,7 +4,7 @@
 //! ignored, never rejected. Points that cannot be right are rejected in `partial_success`.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt::Write as _;
+use std::hash::Hasher as _;
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::{
@@ -15,12 +15,14 @@ use opentelemetry_proto::tonic::metrics::v1::exponential_histogram_data_point::B
 use opentelemetry_proto::tonic::metrics::v1::{
     ExponentialHistogramDataPoint, HistogramDataPoint, NumberDataPoint, metric, number_data_point,
 };
+use prost::Message;
 use recmeter_aggregator::config::nanos_per_unit;
 use recmeter_aggregator::durability::Arriving;
 use recmeter_aggregator::metrics::{Dense, MetricPoint, PointValue};
 use recmeter_aggregator::record::Batch;
 use recmeter_aggregator::telemetry::{DropReason, IgnoreReason, Transport};
 use recmeter_aggregator::{AggregatorHandle, IngestConfig, MetricsConfig, SeriesKey};
+use siphasher::sip128::{Hasher128 as _, SipHasher13};
 
 use super::traces::{IngestError, UNKNOWN_SERVICE, bounded, find, rejection, render};
 
@@ -246,7 +248,8 @@ struct Context<'a> {
     rules: &'a MetricRules,
     service: &'a Arc<str>,
     resource: &'a [KeyValue],
-    stream_prefix: &'a str,
+    /// The stream identity's hash of the resource and scope, to go on with.
+    stream_prefix: &'a SipHasher13,
     metric: &'a str,
 }
 
@@ -311,14 +314,11 @@ impl Context<'_> {
             .collect();
         let status = find(attributes, "http.response.status_code").and_then(status_code);
         let error = find(attributes, "error.type").is_some() || status.is_some_and(|s| s >= 500);
-        let mut stream = String::with_capacity(self.stream_prefix.len() + 64);
-        stream.push_str(self.stream_prefix);
-        stream.push_str("|metric:");
-        stream.push_str(self.metric);
-        stream.push_str("|point:");
-        push_attributes(&mut stream, attributes);
+        let mut stream = *self.stream_prefix;
+        write_field(&mut stream, self.metric.as_bytes());
+        write_attributes(&mut stream, attributes);
         Ok(Some(MetricPoint {
-            stream: Arc::from(stream),
+            stream: stream.finish128().as_u128(),
             key: SeriesKey {
                 service: self.service.clone(),
                 endpoint: Arc::from(endpoint),
@@ -347,34 +347,48 @@ fn status_code(value: &AnyValue) -> Option<i64> {
     }
 }
 
-/// The resource and scope part of a stream's identity.
-fn stream_prefix(resource: &[KeyValue], scope: Option<&InstrumentationScope>) -> String {
-    let mut out = String::from("resource:");
-    push_attributes(&mut out, resource);
-    out.push_str("|scope:");
+/// The resource and scope part of a stream's identity: a SipHash-1-3 (128 bits, fixed keys,
+/// so the same stream hashes the same across restarts) over a canonical encoding. Its size
+/// does not grow with what the sender puts in attributes.
+fn stream_prefix(resource: &[KeyValue], scope: Option<&InstrumentationScope>) -> SipHasher13 {
+    let mut h = SipHasher13::new();
+    write_attributes(&mut h, resource);
     if let Some(scope) = scope {
-        let _ = write!(out, "{:?}/{:?}:", scope.name, scope.version);
-        push_attributes(&mut out, &scope.attributes);
+        write_field(&mut h, scope.name.as_bytes());
+        write_field(&mut h, scope.version.as_bytes());
+        write_attributes(&mut h, &scope.attributes);
+    } else {
+        write_field(&mut h, b"");
+        write_field(&mut h, b"");
+        write_attributes(&mut h, &[]);
     }
-    out
+    h
 }
 
-/// Attributes in key order, so their order on the wire does not make another stream.
-fn push_attributes(out: &mut String, attributes: &[KeyValue]) {
+/// A length-prefixed field, so fields cannot run into each other.
+fn write_field(h: &mut SipHasher13, bytes: &[u8]) {
+    h.write_u64(bytes.len() as u64);
+    h.write(bytes);
+}
+
+/// Attributes in key order (their order on the wire does not make another stream), each value
+/// as its protobuf encoding.
+fn write_attributes(h: &mut SipHasher13, attributes: &[KeyValue]) {
     let mut sorted: Vec<&KeyValue> = attributes.iter().collect();
     sorted.sort_by(|a, b| a.key.cmp(&b.key));
+    h.write_u64(sorted.len() as u64);
     for kv in sorted {
-        let _ = write!(
-            out,
-            "{:?}={:?};",
-            kv.key,
-            kv.value.as_ref().map(|v| &v.value)
+        write_field(h, kv.key.as_bytes());
+        write_field(
+            h,
+            &kv.value
+                .as_ref()
+                .map(Message::encode_to_vec)
+                .unwrap_or_default(),
         );
     }
 }
 
-/// An explicit-bucket point's value; `None` for one with neither buckets nor a count (OTLP
-/// allows it; it holds nothing).
 fn explicit(p: &HistogramDataPoint) -> Result<Option<PointValue>, &'static str> {
     if p.bucket_counts.is_empty() {
         return if p.count == 0 {
@@ -385,6 +399,9 @@ fn explicit(p: &HistogramDataPoint) -> Result<Option<PointValue>, &'static str> 
     }
     if p.bucket_counts.len() != p.explicit_bounds.len() + 1 {
         return Err("bucket_counts must have one more entry than explicit_bounds");
+    }
+    if p.explicit_bounds.is_empty() {
+        return Err("a histogram with a single bucket says nothing of latency");
     }
     if p.explicit_bounds.iter().any(|b| !b.is_finite())
         || p.explicit_bounds.windows(2).any(|w| w[0] >= w[1])
@@ -521,5 +538,164 @@ impl MetricIngest {
             },
         );
         Ok(ExportMetricsServiceResponse { partial_success })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        Histogram, Metric, ResourceMetrics, ScopeMetrics,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+
+    fn kv(key: &str, value: any_value::Value) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue { value: Some(value) }),
+            ..Default::default()
+        }
+    }
+
+    fn text(key: &str, value: &str) -> KeyValue {
+        kv(key, any_value::Value::StringValue(value.into()))
+    }
+
+    /// One `name` histogram point in `unit` with `attributes`, cumulative from `start`.
+    fn request(
+        name: &str,
+        unit: &str,
+        attributes: Vec<KeyValue>,
+        start: u64,
+        temporality: i32,
+    ) -> ExportMetricsServiceRequest {
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(Resource {
+                    attributes: vec![text("service.name", "svc"), text("region", "eu")],
+                    ..Default::default()
+                }),
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![Metric {
+                        name: name.into(),
+                        unit: unit.into(),
+                        data: Some(metric::Data::Histogram(Histogram {
+                            aggregation_temporality: temporality,
+                            data_points: vec![HistogramDataPoint {
+                                attributes,
+                                start_time_unix_nano: start,
+                                time_unix_nano: 5_000,
+                                count: 2,
+                                bucket_counts: vec![1, 1],
+                                explicit_bounds: vec![1.0],
+                                ..Default::default()
+                            }],
+                        })),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn rules() -> MetricRules {
+        let ingest = IngestConfig {
+            dimensions: vec!["region".into()],
+            ..IngestConfig::default()
+        };
+        MetricRules::new(&ingest, &MetricsConfig::default(), 1_000)
+    }
+
+    fn one(request: &ExportMetricsServiceRequest) -> MetricPoint {
+        let mut out = convert_metrics(request, &rules());
+        assert_eq!(out.points.len(), 1, "{out:?}");
+        out.points.remove(0)
+    }
+
+    #[test]
+    fn endpoint_status_dimensions_and_units() {
+        let p = one(&request(
+            "recs.latency",
+            "ms",
+            vec![text("http.route", "/a")],
+            0,
+            CUMULATIVE,
+        ));
+        assert_eq!(&*p.key.service, "svc");
+        assert_eq!(&*p.key.endpoint, "/a");
+        assert_eq!(&*p.key.dimensions[0], "eu", "from the resource");
+        assert_eq!(p.nanos_per_unit, 1e6);
+        assert!(!p.error);
+        let p = one(&request(
+            "recs.latency",
+            "s",
+            vec![
+                text("rpc.method", "Get"),
+                text("region", "us"),
+                text("error.type", "timeout"),
+            ],
+            0,
+            CUMULATIVE,
+        ));
+        assert_eq!(
+            &*p.key.endpoint, "Get",
+            "rpc.method when there is no http.route"
+        );
+        assert_eq!(&*p.key.dimensions[0], "us", "the point's attribute wins");
+        assert!(p.error);
+        let p = one(&request("recs_latency_seconds", "", vec![], 0, CUMULATIVE));
+        assert_eq!(&*p.key.endpoint, "recs_latency_seconds", "the metric name");
+        assert_eq!(p.nanos_per_unit, 1e9, "an empty unit on a _seconds name");
+        for (code, error) in [
+            (
+                kv("http.response.status_code", any_value::Value::IntValue(503)),
+                true,
+            ),
+            (
+                kv("http.response.status_code", any_value::Value::IntValue(404)),
+                false,
+            ),
+            (text("http.response.status_code", "500"), true),
+        ] {
+            let p = one(&request("recs.latency", "s", vec![code], 0, CUMULATIVE));
+            assert_eq!(p.error, error);
+        }
+        let out = convert_metrics(
+            &request("recs.latency", "furlong", vec![], 0, CUMULATIVE),
+            &rules(),
+        );
+        assert!(out.points.is_empty());
+        assert_eq!(out.ignored, vec![(IgnoreReason::Unit, 1)]);
+    }
+
+    #[test]
+    fn the_auto_rule_and_stream_identity() {
+        let whole = |start: u64, temporality: i32| {
+            one(&request("recs.latency", "s", vec![], start, temporality)).whole_if_new
+        };
+        assert!(whole(2_000, CUMULATIVE), "started after recmeter");
+        assert!(!whole(500, CUMULATIVE), "started before recmeter");
+        assert!(!whole(5_000, CUMULATIVE), "start equal to the time");
+        assert!(!whole(0, CUMULATIVE), "no start time");
+        assert!(!whole(2_000, DELTA), "delta points need no stream");
+        // Attribute order does not make another stream; another value does.
+        let id = |attributes| one(&request("recs.latency", "s", attributes, 0, CUMULATIVE)).stream;
+        let a = id(vec![text("http.route", "/a"), text("x", "1")]);
+        assert_eq!(a, id(vec![text("x", "1"), text("http.route", "/a")]));
+        assert_ne!(a, id(vec![text("http.route", "/a"), text("x", "2")]));
+        assert_ne!(
+            a,
+            one(&request(
+                "recs_latency_seconds",
+                "s",
+                vec![text("http.route", "/a"), text("x", "1")],
+                0,
+                CUMULATIVE
+            ))
+            .stream,
+            "another metric"
+        );
     }
 }
