@@ -285,6 +285,8 @@ pub struct MetricState {
     staleness_nanos: u64,
     /// The latest `checked_at` applied; streams are evicted against it once a minute.
     clock: u64,
+    /// Whether the span-service cap has been reported.
+    warned: bool,
 }
 
 /// [`MetricState`] as a checkpoint saves it.
@@ -293,6 +295,7 @@ pub struct MetricStateImage {
     /// Stream identities in hex.
     streams: Vec<(String, Stream)>,
     span_services: Vec<String>,
+    #[serde(default)]
     clock: u64,
 }
 
@@ -325,10 +328,13 @@ impl MetricState {
             return;
         }
         if self.span_services.len() >= MAX_SPAN_SERVICES {
-            tracing::warn!(
-                limit = MAX_SPAN_SERVICES,
-                "Too many services send spans to remember them all; points of further ones are counted."
-            );
+            if !self.warned {
+                self.warned = true;
+                tracing::warn!(
+                    limit = MAX_SPAN_SERVICES,
+                    "Too many services send spans to remember them all; points of further ones are counted."
+                );
+            }
             return;
         }
         self.span_services.insert(service.clone());
@@ -368,7 +374,11 @@ impl MetricState {
                     value: point.value.clone(),
                 },
             );
-            return Ok(point.whole_if_new.then(|| point.value.clone()));
+            // The `auto` rule, but only for a stream that started within the staleness window:
+            // one that started earlier may have been held and evicted, and counting its whole
+            // value again would count its requests twice.
+            let recent = point.start_unix_nanos.saturating_add(self.staleness_nanos) > now;
+            return Ok((point.whole_if_new && recent).then(|| point.value.clone()));
         };
         if point.time_unix_nanos <= stream.time || point.start_unix_nanos < stream.start {
             // A retry of a point already counted, one overtaken by a later one, or one from

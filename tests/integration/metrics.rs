@@ -482,7 +482,7 @@ fn cumulative_streams_survive_kill9(through_checkpoint: bool) {
     // The span-fed service is still known as such.
     send(&restarted, &cumulative("spanned", t, [1, 1, 1], 1));
     let m = restarted.metrics();
-    // 36 - 16 requests since the baseline; nothing counted again, nothing lost.
+    // 31 - 16 requests since the baseline; nothing counted again, nothing lost.
     assert_eq!(requests(&m, "svc", "/recs"), 15.0);
     let recs: f64 = m
         .samples
@@ -575,6 +575,7 @@ fn bad_points_are_rejected_and_good_ones_alongside_are_counted() {
         exponential(3, 0, vec![0, 4]),
         exponential(21, 0, vec![]),
         exponential(0, i32::MAX, vec![]),
+        explicit(vec![], vec![2], 2, delta),
     ];
     let rejected = bad.len() as i64;
     let mut bad_service = request.resource_metrics[0].clone();

@@ -776,6 +776,17 @@ pub async fn restore(
     aggregator.restore_begin(manifest.sealed_before_minute, manifest.wal_seq);
     let mut stats = RestoreStats::default();
     let state_file = |kind: FileKind| manifest.state.iter().find(|f| f.kind == kind);
+    // Before the series, which mark span-fed services too: at the cap the saved set wins.
+    if let Some(entry) = manifest
+        .state
+        .iter()
+        .find(|f| f.kind == FileKind::Extra && f.path.ends_with(&format!("-{METRIC_STREAMS}.json")))
+    {
+        let bytes = get(store, &Path::from(entry.path.as_str())).await?;
+        let image = serde_json::from_slice(&bytes).map_err(|e| storage(&entry.path, e))?;
+        aggregator.restore_metrics(image);
+        stats.files += 1;
+    }
     if let Some(entry) = state_file(FileKind::Series) {
         let batches = read_entry(store, entry).await?;
         for (key, source, totals) in series_rows(&batches, layout, &entry.path)? {
@@ -811,16 +822,6 @@ pub async fn restore(
         stats.files += 1;
     }
     aggregator.restore_finish(open)?;
-    if let Some(entry) = manifest
-        .state
-        .iter()
-        .find(|f| f.kind == FileKind::Extra && f.path.ends_with(&format!("-{METRIC_STREAMS}.json")))
-    {
-        let bytes = get(store, &Path::from(entry.path.as_str())).await?;
-        let image = serde_json::from_slice(&bytes).map_err(|e| storage(&entry.path, e))?;
-        aggregator.restore_metrics(image);
-        stats.files += 1;
-    }
     for extra in extras {
         let Some(entry) = manifest.state.iter().find(|f| {
             f.kind == FileKind::Extra && f.path.ends_with(&format!("-{}.json", extra.name()))

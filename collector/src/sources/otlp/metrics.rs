@@ -367,7 +367,7 @@ fn stream_prefix(resource: &[KeyValue], scope: Option<&InstrumentationScope>) ->
 
 /// A length-prefixed field, so fields cannot run into each other.
 fn write_field(h: &mut SipHasher13, bytes: &[u8]) {
-    h.write_u64(bytes.len() as u64);
+    h.write(&(bytes.len() as u64).to_le_bytes());
     h.write(bytes);
 }
 
@@ -376,7 +376,7 @@ fn write_field(h: &mut SipHasher13, bytes: &[u8]) {
 fn write_attributes(h: &mut SipHasher13, attributes: &[KeyValue]) {
     let mut sorted: Vec<&KeyValue> = attributes.iter().collect();
     sorted.sort_by(|a, b| a.key.cmp(&b.key));
-    h.write_u64(sorted.len() as u64);
+    h.write(&(sorted.len() as u64).to_le_bytes());
     for kv in sorted {
         write_field(h, kv.key.as_bytes());
         write_field(
