@@ -52,10 +52,7 @@ impl TraceService for GrpcTraces {
         mut request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, Status> {
         let telemetry = self.ingest.aggregator().telemetry();
-        let arriving = request
-            .extensions_mut()
-            .remove::<Arriving>()
-            .unwrap_or_default();
+        let arriving = arriving(&mut request);
         let result = self
             .ingest
             .export(request.into_inner(), Transport::Grpc, arriving)
@@ -75,16 +72,22 @@ impl MetricsService for GrpcMetrics {
         &self,
         mut request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, Status> {
-        let arriving = request
-            .extensions_mut()
-            .remove::<Arriving>()
-            .unwrap_or_default();
+        let arriving = arriving(&mut request);
         let result = self
             .ingest
             .export(request.into_inner(), Transport::Grpc, arriving)
             .await;
         answer(result, &self.telemetry)
     }
+}
+
+/// The call's place among those on their way to the WAL, which the layer put in its
+/// extensions; it goes on with the decoded message.
+fn arriving<T>(request: &mut tonic::Request<T>) -> Arriving {
+    request
+        .extensions_mut()
+        .remove::<Arriving>()
+        .unwrap_or_default()
 }
 
 /// The gRPC answer to an export: OK, or UNAVAILABLE (counted when it is backpressure).
