@@ -687,11 +687,6 @@ impl Aggregator {
         self
     }
 
-    /// Cumulative metric streams held (`recmeter_metric_streams_active`).
-    pub fn metric_streams_active(&self) -> usize {
-        self.metrics.streams_active()
-    }
-
     /// Notes rows as they are stored, for [`Aggregator::checkpoint_image`] to take. Off by
     /// default: without checkpoints the notes would keep every row alive.
     pub fn keep_journal(&mut self) {

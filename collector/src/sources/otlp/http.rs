@@ -387,7 +387,16 @@ mod tests {
     }
 
     async fn post(content_type: &str, encoding: Option<&str>, body: Vec<u8>) -> StatusCode {
-        let mut request = Request::post("/v1/traces").header(header::CONTENT_TYPE, content_type);
+        post_to("/v1/traces", content_type, encoding, body).await
+    }
+
+    async fn post_to(
+        path: &str,
+        content_type: &str,
+        encoding: Option<&str>,
+        body: Vec<u8>,
+    ) -> StatusCode {
+        let mut request = Request::post(path).header(header::CONTENT_TYPE, content_type);
         if let Some(e) = encoding {
             request = request.header(header::CONTENT_ENCODING, e);
         }
@@ -402,16 +411,8 @@ mod tests {
     async fn metrics_take_the_same_route_rules() {
         use flate2::{Compression, write::GzEncoder};
         use std::io::Write;
-        let send = |encoding: Option<&'static str>, body: Vec<u8>| async move {
-            let mut request = Request::post("/v1/metrics").header(header::CONTENT_TYPE, JSON);
-            if let Some(e) = encoding {
-                request = request.header(header::CONTENT_ENCODING, e);
-            }
-            router()
-                .oneshot(request.body(Body::from(body)).unwrap())
-                .await
-                .unwrap()
-                .status()
+        let send = |encoding: Option<&'static str>, body: Vec<u8>| {
+            post_to("/v1/metrics", JSON, encoding, body)
         };
         assert_eq!(send(None, b"{}".to_vec()).await, StatusCode::OK);
         let mut gz = GzEncoder::new(Vec::new(), Compression::default());
