@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use recmeter_aggregator::durability::{StorageConfig, WalConfig};
+use recmeter_aggregator::durability::{RetentionConfig, StorageConfig, WalConfig};
 use recmeter_aggregator::{
     AggregatorConfig, BearerToken, IngestConfig, InvalidField, MetricsConfig, SqlConfig,
 };
@@ -59,6 +59,8 @@ pub struct Config {
     pub wal: WalConfig,
     /// Where checkpoints go.
     pub storage: StorageConfig,
+    /// How long the store keeps history, and how its files are compacted.
+    pub retention: RetentionConfig,
 }
 
 /// `[auth]` configuration. Each token comes from the key itself (set it through the
@@ -187,6 +189,7 @@ impl Config {
         errors.extend(self.sql.validate());
         errors.extend(self.wal.validate());
         errors.extend(self.storage.validate());
+        errors.extend(self.retention.validate());
         if let Err(e) = self.auth.tokens() {
             errors.extend(e);
         }

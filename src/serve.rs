@@ -301,7 +301,8 @@ async fn restore(
         telemetry,
         opened.manifest,
         Box::new(move |covered| wal.truncate(covered)),
-    ));
+    )
+    .with_retention(config.retention.clone()));
     Ok((aggregator, worker, checkpoints))
 }
 
@@ -317,6 +318,7 @@ async fn keep_checkpointing(
     tick.tick().await;
     tokio::pin!(done);
     let mut failing = false;
+    let mut compaction_failing = false;
     loop {
         tokio::select! {
             () = &mut done => return,
@@ -330,6 +332,18 @@ async fn keep_checkpointing(
             Ok(_) if failing => {
                 failing = false;
                 tracing::info!("Checkpoints succeed again.");
+            }
+            _ => {}
+        }
+        // Retention and compaction go by the manifest in force, after each checkpoint.
+        match checkpoints.compact().await {
+            Err(e) if !compaction_failing => {
+                compaction_failing = true;
+                tracing::error!(error = %e, "Compaction failed; the files in force are unchanged; retrying after the next checkpoint.");
+            }
+            Ok(_) if compaction_failing => {
+                compaction_failing = false;
+                tracing::info!("Compactions succeed again.");
             }
             _ => {}
         }

@@ -14,14 +14,18 @@ pub enum Hook {
     /// Checkpoints write their data files, then fail before the manifest (a crash there, as
     /// far as storage can tell).
     FailCheckpointAfterFiles,
+    /// Compactions write their merged files, then fail before the manifest that would replace
+    /// the old ones (a crash there, as far as storage can tell).
+    FailCompactionAfterFiles,
 }
 
 impl Hook {
     /// Every hook, by name.
-    pub const ALL: [Hook; 3] = [
+    pub const ALL: [Hook; 4] = [
         Hook::StallAggregator,
         Hook::BlockFsync,
         Hook::FailCheckpointAfterFiles,
+        Hook::FailCompactionAfterFiles,
     ];
 
     /// The name used in `POST /-/test/hook`.
@@ -30,6 +34,7 @@ impl Hook {
             Hook::StallAggregator => "stall_aggregator",
             Hook::BlockFsync => "block_fsync",
             Hook::FailCheckpointAfterFiles => "fail_checkpoint_after_files",
+            Hook::FailCompactionAfterFiles => "fail_compaction_after_files",
         }
     }
 

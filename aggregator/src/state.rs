@@ -101,7 +101,7 @@ impl RowCounts {
         }
     }
 
-    fn add(&mut self, other: &RowCounts) {
+    pub(crate) fn add(&mut self, other: &RowCounts) {
         self.requests += other.requests;
         self.errors += other.errors;
         self.recommendations = self.recommendations.saturating_add(other.recommendations);

@@ -126,6 +126,8 @@ pub struct Telemetry {
     api_unauthorized: AtomicU64,
     wal_fsync: Histogram,
     checkpoint_last_success_nanos: AtomicU64,
+    /// Compactions that replaced files, and compactions that failed.
+    compactions: [AtomicU64; 2],
 }
 
 /// Upper bounds of `recmeter_wal_fsync_seconds`, in seconds.
@@ -262,6 +264,21 @@ impl Telemetry {
     pub fn checkpoint_succeeded(&self, unix_nanos: u64) {
         self.checkpoint_last_success_nanos
             .store(unix_nanos, Ordering::Relaxed);
+    }
+
+    /// Notes a compaction that replaced files.
+    pub fn compaction_succeeded(&self) {
+        self.compactions[0].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Notes a compaction that failed (the files in force are unchanged).
+    pub fn compaction_failed(&self) {
+        self.compactions[1].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Compactions that replaced files, and compactions that failed.
+    pub fn compactions(&self) -> [u64; 2] {
+        self.compactions.each_ref().map(|n| n.load(Ordering::Relaxed))
     }
 
     /// When the last checkpoint completed, Unix nanoseconds; 0 before the first.

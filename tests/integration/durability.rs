@@ -698,3 +698,102 @@ fn checkpoints_in_cloud_storage_restore_and_verify() {
         &env(&wrong, &double.url),
     );
 }
+
+/// The Parquet files under `dir` (store paths, `/`-separated) and the ones the manifest in
+/// force names, when they are the same set: no checkpoint or compaction is half done.
+fn settled_store(store: &Path) -> Option<(u64, Vec<String>)> {
+    let manifests = walk(&store.join("manifests"));
+    let latest = manifests.iter().max()?;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(latest).ok()?).ok()?;
+    let mut named: Vec<String> = manifest["files"]
+        .as_array()?
+        .iter()
+        .filter(|f| f["kind"] == "minutes")
+        .map(|f| f["path"].as_str().unwrap().to_owned())
+        .collect();
+    named.sort();
+    let on_disk: Vec<String> = walk(&store.join("minutes"))
+        .iter()
+        .map(|p| p.strip_prefix(store).unwrap().to_string_lossy().replace('\\', "/"))
+        .collect();
+    (manifests.len() == 1 && on_disk == named).then(|| (manifest["id"].as_u64().unwrap(), named))
+}
+
+/// DuckDB (an independent reader) sums the minute files' `requests` to what `/metrics` counts
+/// at the same fake time, once the clock has passed a minute boundary and a checkpoint has run.
+#[test]
+fn duckdb_sums_the_minute_files_to_the_scraped_requests() {
+    let config = "[storage]\ncheckpoint_interval = \"1s\"\n";
+    let dir = tempfile::tempdir().unwrap();
+    let (first, sent) = workload(41, 20, 100);
+    let (second, more) = workload(42, 20, 100);
+    let recmeter = Recmeter::start_with(Start {
+        config,
+        dir: Some(dir.path()),
+        ..Start::default()
+    });
+    send_all(&recmeter, &Arc::new(first));
+    recmeter.advance("1m");
+    send_all(&recmeter, &Arc::new(second));
+    recmeter.advance("1m");
+    let now = nanos(fake_start()) as f64 / 1e9 + 120.0;
+    wait_for("a checkpoint after the minute boundary", || {
+        recmeter
+            .metrics()
+            .value("recmeter_checkpoint_last_success_timestamp_seconds", &[])
+            >= now
+    });
+    let scraped = recmeter.metrics();
+    let total = scraped.sum("recs_requests_total");
+    assert_eq!(total, (sent.len() + more.len()) as f64);
+
+    let store = dir.path().join("data");
+    let script = "import sys, duckdb\n\
+        rows = duckdb.sql(\"SELECT endpoint, sum(requests)::BIGINT FROM read_parquet('\" + sys.argv[1] + \"/minutes/*/*.parquet', hive_partitioning = true) GROUP BY endpoint ORDER BY endpoint\").fetchall()\n\
+        print('\\n'.join(f'{e}\\t{n}' for e, n in rows))\n";
+    // Read while no checkpoint or compaction is half done: the same settled files before and
+    // after the read.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let out = loop {
+        assert!(Instant::now() < deadline, "the store never settled");
+        let Some(before) = settled_store(&store) else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        let out = Command::new(crate::harness::python())
+            .args(["-c", script, store.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        if settled_store(&store).as_ref() == Some(&before) {
+            break String::from_utf8(out.stdout).unwrap();
+        }
+    };
+    let by_endpoint: BTreeMap<String, f64> = out
+        .lines()
+        .map(|l| {
+            let (e, n) = l.split_once('\t').unwrap();
+            (e.to_owned(), n.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(by_endpoint.values().sum::<f64>(), total, "{out}");
+    for i in 0..4 {
+        let scraped_endpoint: f64 = ["ok", "error"]
+            .iter()
+            .map(|status| {
+                scraped
+                    .find(
+                        "recs_requests_total",
+                        &[
+                            ("service", SERVICE),
+                            ("endpoint", &endpoint(i)),
+                            ("status", status),
+                        ],
+                    )
+                    .unwrap_or(0.0)
+            })
+            .sum();
+        assert_eq!(by_endpoint[&endpoint(i)], scraped_endpoint, "{out}");
+    }
+}

@@ -113,7 +113,7 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    fn path(id: u64) -> Path {
+    pub(super) fn path(id: u64) -> Path {
         Path::from(format!("{MANIFESTS}/{id:020}.json"))
     }
 
@@ -140,19 +140,23 @@ pub struct CheckpointStats {
     pub bytes: u64,
 }
 
-/// Takes checkpoints of one aggregator. One at a time.
+/// Takes checkpoints of one aggregator, and compacts the store (`compaction.rs`). One at a
+/// time.
 pub struct Checkpointer {
-    store: Arc<dyn ObjectStore>,
+    pub(super) store: Arc<dyn ObjectStore>,
     /// Syncs written files where the store needs it (local disk).
-    syncer: super::store::Store,
-    state: SharedState,
-    layout: Layout,
-    hooks: Arc<Hooks>,
-    telemetry: Arc<Telemetry>,
+    pub(super) syncer: super::store::Store,
+    pub(super) state: SharedState,
+    pub(super) layout: Layout,
+    pub(super) hooks: Arc<Hooks>,
+    pub(super) telemetry: Arc<Telemetry>,
     extras: Vec<Arc<dyn Checkpointable>>,
     /// The manifest in force (`None` before the first checkpoint of an empty store); held
-    /// while a checkpoint runs, so checkpoints never overlap.
-    last: tokio::sync::Mutex<Option<Manifest>>,
+    /// while a checkpoint or a compaction runs, so they never overlap.
+    pub(super) last: tokio::sync::Mutex<Option<Manifest>>,
+    pub(super) retention: super::config::RetentionConfig,
+    /// Files compaction replaced, with when: deleted once `retention.delete_delay` has passed.
+    pub(super) replaced: std::sync::Mutex<Vec<(std::time::Instant, Vec<Path>)>>,
     /// Called with the WAL sequence number each checkpoint covers.
     on_success: Box<dyn Fn(u64) + Send + Sync>,
 }
@@ -163,7 +167,7 @@ impl std::fmt::Debug for Checkpointer {
     }
 }
 
-fn storage(path: &impl std::fmt::Display, e: impl std::fmt::Display) -> Error {
+pub(super) fn storage(path: &impl std::fmt::Display, e: impl std::fmt::Display) -> Error {
     Error::Storage(format!("{path}: {e}"))
 }
 
@@ -201,13 +205,13 @@ pub async fn latest_manifest(store: &dyn ObjectStore) -> Result<Option<Manifest>
     Ok(Some(manifest))
 }
 
-async fn get(store: &dyn ObjectStore, path: &Path) -> Result<Bytes> {
+pub(super) async fn get(store: &dyn ObjectStore, path: &Path) -> Result<Bytes> {
     let result = store.get(path).await.map_err(|e| storage(path, e))?;
     result.bytes().await.map_err(|e| storage(path, e))
 }
 
 /// Days since the epoch as `YYYY-MM-DD` (proleptic Gregorian, H. Hinnant's algorithm).
-fn civil_date(days: i64) -> String {
+pub(super) fn civil_date(days: i64) -> String {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -220,7 +224,7 @@ fn civil_date(days: i64) -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
-fn parquet(batch: &RecordBatch) -> Result<Bytes> {
+pub(super) fn parquet(batch: &RecordBatch) -> Result<Bytes> {
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .build();
@@ -439,8 +443,16 @@ impl Checkpointer {
             telemetry,
             extras: Vec::new(),
             last: tokio::sync::Mutex::new(last),
+            retention: super::config::RetentionConfig::default(),
+            replaced: std::sync::Mutex::default(),
             on_success,
         }
+    }
+
+    /// Keeps history and compacts files as `retention` says (the default otherwise).
+    pub fn with_retention(mut self, retention: super::config::RetentionConfig) -> Self {
+        self.retention = retention;
+        self
     }
 
     /// Saves `extras` with every checkpoint (the same ones [`super::open`] restored).
@@ -649,17 +661,18 @@ fn keys(b: &RecordBatch, layout: &Layout, file: &str) -> Result<Vec<SeriesKey>> 
         .collect())
 }
 
-/// Rows of a rollup (or open) file.
-fn rollup_rows(
+/// Rows of a rollup (or open) file, with each row's source.
+pub(super) fn rollup_rows(
     batches: &[RecordBatch],
     layout: &Layout,
     file: &str,
     time: &str,
-) -> Result<Vec<(SeriesKey, u64, Row)>> {
+) -> Result<Vec<(SeriesKey, Source, u64, Row)>> {
     let mut out = Vec::new();
     for b in batches {
         let at = column::<TimestampNanosecondArray>(b, time, file)?;
         let keys = keys(b, layout, file)?;
+        let source = column::<StringArray>(b, "source", file)?;
         let requests = column::<UInt64Array>(b, "requests", file)?;
         let errors = column::<UInt64Array>(b, "errors", file)?;
         let recs = column::<UInt64Array>(b, "recommendations", file)?;
@@ -681,8 +694,12 @@ fn rollup_rows(
             }
             let nanos = u64::try_from(at.value(i))
                 .map_err(|_| Error::Storage(format!("{file}: a row starts before 1970")))?;
+            let source = Source::from_label(source.value(i)).ok_or_else(|| {
+                Error::Storage(format!("{file}: unknown source `{}`", source.value(i)))
+            })?;
             out.push((
                 key,
+                source,
                 nanos / MINUTE_NANOS,
                 Row {
                     counts,
@@ -731,7 +748,7 @@ fn series_rows(
     Ok(out)
 }
 
-async fn read_entry(store: &dyn ObjectStore, entry: &FileEntry) -> Result<Vec<RecordBatch>> {
+pub(super) async fn read_entry(store: &dyn ObjectStore, entry: &FileEntry) -> Result<Vec<RecordBatch>> {
     let bytes = get(store, &Path::from(entry.path.as_str())).await?;
     read_parquet(bytes).map_err(|e| storage(&entry.path, e))
 }
@@ -809,7 +826,7 @@ pub async fn restore(
             continue;
         }
         let batches = read_entry(store, entry).await?;
-        for (key, at, row) in rollup_rows(&batches, layout, &entry.path, time)? {
+        for (key, _, at, row) in rollup_rows(&batches, layout, &entry.path, time)? {
             aggregator.restore_row(&key, table, at, row);
             stats.rows += 1;
         }
@@ -818,7 +835,10 @@ pub async fn restore(
     let mut open = Vec::new();
     if let Some(entry) = state_file(FileKind::Open) {
         let batches = read_entry(store, entry).await?;
-        open = rollup_rows(&batches, layout, &entry.path, "minute")?;
+        open = rollup_rows(&batches, layout, &entry.path, "minute")?
+            .into_iter()
+            .map(|(key, _, at, row)| (key, at, row))
+            .collect();
         stats.files += 1;
     }
     aggregator.restore_finish(open)?;
@@ -906,11 +926,11 @@ pub async fn verify(store: &dyn ObjectStore) -> Result<VerifyReport> {
                 .sum(),
             FileKind::Hours => rollup_rows(&batches, &layout, &entry.path, "hour")?
                 .iter()
-                .map(|(_, _, r)| r.counts.requests)
+                .map(|(_, _, _, r)| r.counts.requests)
                 .sum(),
             _ => rollup_rows(&batches, &layout, &entry.path, "minute")?
                 .iter()
-                .map(|(_, _, r)| r.counts.requests)
+                .map(|(_, _, _, r)| r.counts.requests)
                 .sum(),
         };
         if requests != entry.requests {

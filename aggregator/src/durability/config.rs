@@ -100,3 +100,72 @@ impl StorageConfig {
         errors
     }
 }
+
+/// `[retention]` configuration: how long the store keeps history, and how its files are
+/// compacted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Minute rows older than this leave the store; the hour rows, sealed from the same
+    /// minutes, keep their counts and histograms. Default: `"3d"`.
+    #[serde(with = "humantime_serde")]
+    pub minutes: Duration,
+    /// Hour rows older than this leave the store. Default: `"400d"`.
+    #[serde(with = "humantime_serde")]
+    pub hours: Duration,
+    /// Rollup files smaller than this are merged with their neighbours of the same day once
+    /// the hour they end in is over. Default: 32 MiB.
+    pub compact_target_bytes: u64,
+    /// Files that compaction replaced are deleted this long after the manifest that replaced
+    /// them. Meanwhile a reader that globs the directories instead of reading the manifest sees
+    /// both; a longer delay lets long queries planned over the old files finish. Default:
+    /// `"0s"`.
+    #[serde(with = "humantime_serde")]
+    pub delete_delay: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            minutes: Duration::from_secs(3 * 86_400),
+            hours: Duration::from_secs(400 * 86_400),
+            compact_target_bytes: 32 << 20,
+            delete_delay: Duration::ZERO,
+        }
+    }
+}
+
+impl RetentionConfig {
+    /// Cross-field checks.
+    pub fn validate(&self) -> Vec<InvalidField> {
+        let mut errors = Vec::new();
+        // Memory holds minutes for 3 h and hours for 30 days; a restart reads them back from
+        // the store, so the store must hold at least as much.
+        if self.minutes < Duration::from_secs(3 * 3600) {
+            errors.push(InvalidField::new(
+                "retention.minutes",
+                "must be at least 3h: memory holds the last 3 h of minutes and a restart reads \
+                 them back from the store",
+            ));
+        }
+        if self.hours < Duration::from_secs(30 * 86_400) {
+            errors.push(InvalidField::new(
+                "retention.hours",
+                "must be at least 30d: the 30d windows and error budgets read 30 days of hours",
+            ));
+        }
+        if self.hours < self.minutes {
+            errors.push(InvalidField::new(
+                "retention.hours",
+                "must be at least retention.minutes: hours outlive the minutes they hold",
+            ));
+        }
+        if self.compact_target_bytes < 1 << 20 {
+            errors.push(InvalidField::new(
+                "retention.compact_target_bytes",
+                "must be at least 1048576 (1 MiB)",
+            ));
+        }
+        errors
+    }
+}

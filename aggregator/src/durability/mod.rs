@@ -3,6 +3,7 @@
 //! counts; a restart restores the latest checkpoint and replays the log after it (ADR 010).
 
 pub mod checkpoint;
+pub mod compaction;
 pub mod config;
 pub mod restore;
 pub mod store;
@@ -12,6 +13,7 @@ pub use checkpoint::{
     CheckpointStats, Checkpointable, Checkpointer, Layout, Manifest, RestoreStats, VerifyReport,
     verify,
 };
-pub use config::{Durability, StorageConfig, WalConfig};
+pub use compaction::CompactionStats;
+pub use config::{Durability, RetentionConfig, StorageConfig, WalConfig};
 pub use restore::{Opened, open};
 pub use wal::{Arriving, ReplayStats, Wal, WalDir};

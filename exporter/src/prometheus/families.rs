@@ -77,6 +77,7 @@ struct SelfMetrics {
     api_unauthorized: u64,
     wal_fsync: HistogramReading,
     checkpoint_last_success_nanos: u64,
+    compactions: [u64; 2],
 }
 
 impl SelfMetrics {
@@ -127,6 +128,7 @@ impl SelfMetrics {
             api_unauthorized: t.api_unauthorized(),
             wal_fsync: t.wal_fsync(),
             checkpoint_last_success_nanos: t.checkpoint_last_success_nanos(),
+            compactions: t.compactions(),
             clamped: [
                 (ClampBound::Low, t.clamped(ClampBound::Low)),
                 (ClampBound::High, t.clamped(ClampBound::High)),
@@ -350,6 +352,15 @@ impl Collector for Families {
                 MetricType::Gauge,
             )?
             .encode_gauge(&last)?;
+        counter(
+            &mut encoder,
+            "recmeter_compactions",
+            "Compactions of the object store (retention, small files merged), by outcome.",
+            ["ok", "error"]
+                .into_iter()
+                .zip(m.compactions)
+                .map(|(outcome, n)| (vec![("outcome", outcome.to_owned())], n)),
+        )?;
         Ok(())
     }
 }
