@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use recmeter_aggregator::durability::{self, Checkpointer, Durability, Layout};
+use recmeter_aggregator::sql::history::History;
 use recmeter_aggregator::{Aggregator, AggregatorHandle, Clock, Hooks, QueryEngine, Telemetry};
 use recmeter_collector::sources::otlp::{Ingest, ServeOptions, serve_grpc, serve_http};
 use recmeter_exporter::api::METRICS_WINDOWS;
@@ -97,9 +98,10 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
     });
     let telemetry = Arc::new(Telemetry::default());
     let hooks = Arc::new(Hooks::default());
-    let (aggregator, worker, checkpoints) =
+    let (aggregator, worker, checkpoints, history) =
         restore(&config, clock, hooks.clone(), telemetry.clone()).await?;
-    let engine = Arc::new(QueryEngine::new(aggregator.state().clone(), &config.sql)?);
+    let engine =
+        Arc::new(QueryEngine::new(aggregator.state().clone(), &config.sql)?.with_history(history));
 
     let grpc = bind(config.otlp.grpc_address).await?;
     let http = bind(config.otlp.http_address).await?;
@@ -250,6 +252,7 @@ async fn restore(
     AggregatorHandle,
     tokio::task::JoinHandle<()>,
     Arc<Checkpointer>,
+    Arc<History>,
 )> {
     let layout = Layout {
         significant_digits: config.aggregator.significant_digits,
@@ -293,17 +296,21 @@ async fn restore(
         logging.then(|| opened.wal.clone()),
     );
     let wal = opened.wal;
-    let checkpoints = Arc::new(Checkpointer::new(
-        opened.store,
-        aggregator.state().clone(),
-        layout,
-        hooks,
-        telemetry,
-        opened.manifest,
-        Box::new(move |covered| wal.truncate(covered)),
-    )
-    .with_retention(config.retention.clone()));
-    Ok((aggregator, worker, checkpoints))
+    let history = Arc::new(History::new(opened.store.objects.clone()));
+    let checkpoints = Arc::new(
+        Checkpointer::new(
+            opened.store,
+            aggregator.state().clone(),
+            layout,
+            hooks,
+            telemetry,
+            opened.manifest,
+            Box::new(move |covered| wal.truncate(covered)),
+        )
+        .with_retention(config.retention.clone())
+        .with_history(history.clone()),
+    );
+    Ok((aggregator, worker, checkpoints, history))
 }
 
 /// Takes a checkpoint every `interval` until `done`; failures are logged when they start and

@@ -278,7 +278,9 @@ impl Telemetry {
 
     /// Compactions that replaced files, and compactions that failed.
     pub fn compactions(&self) -> [u64; 2] {
-        self.compactions.each_ref().map(|n| n.load(Ordering::Relaxed))
+        self.compactions
+            .each_ref()
+            .map(|n| n.load(Ordering::Relaxed))
     }
 
     /// When the last checkpoint completed, Unix nanoseconds; 0 before the first.

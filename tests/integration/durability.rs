@@ -704,8 +704,7 @@ fn checkpoints_in_cloud_storage_restore_and_verify() {
 fn settled_store(store: &Path) -> Option<(u64, Vec<String>)> {
     let manifests = walk(&store.join("manifests"));
     let latest = manifests.iter().max()?;
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(latest).ok()?).ok()?;
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(latest).ok()?).ok()?;
     let mut named: Vec<String> = manifest["files"]
         .as_array()?
         .iter()
@@ -715,7 +714,12 @@ fn settled_store(store: &Path) -> Option<(u64, Vec<String>)> {
     named.sort();
     let on_disk: Vec<String> = walk(&store.join("minutes"))
         .iter()
-        .map(|p| p.strip_prefix(store).unwrap().to_string_lossy().replace('\\', "/"))
+        .map(|p| {
+            p.strip_prefix(store)
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/")
+        })
         .collect();
     (manifests.len() == 1 && on_disk == named).then(|| (manifest["id"].as_u64().unwrap(), named))
 }
@@ -765,7 +769,11 @@ fn duckdb_sums_the_minute_files_to_the_scraped_requests() {
             .args(["-c", script, store.to_str().unwrap()])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         if settled_store(&store).as_ref() == Some(&before) {
             break String::from_utf8(out.stdout).unwrap();
         }

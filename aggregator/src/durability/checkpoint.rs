@@ -157,6 +157,8 @@ pub struct Checkpointer {
     pub(super) retention: super::config::RetentionConfig,
     /// Files compaction replaced, with when: deleted once `retention.delete_delay` has passed.
     pub(super) replaced: std::sync::Mutex<Vec<(std::time::Instant, Vec<Path>)>>,
+    /// Where SQL finds the files of the manifest in force.
+    pub(super) history: Option<Arc<crate::sql::history::History>>,
     /// Called with the WAL sequence number each checkpoint covers.
     on_success: Box<dyn Fn(u64) + Send + Sync>,
 }
@@ -445,7 +447,25 @@ impl Checkpointer {
             last: tokio::sync::Mutex::new(last),
             retention: super::config::RetentionConfig::default(),
             replaced: std::sync::Mutex::default(),
+            history: None,
             on_success,
+        }
+    }
+
+    /// Publishes the rollup files of each manifest in force to `history`, from the one
+    /// restored on, before anything it no longer names is deleted.
+    pub fn with_history(mut self, history: Arc<crate::sql::history::History>) -> Self {
+        if let Some(m) = self.last.get_mut() {
+            history.publish(&m.files);
+        }
+        self.history = Some(history);
+        self
+    }
+
+    /// Makes `manifest` the one in force for SQL over history.
+    pub(super) fn publish(&self, manifest: &Manifest) {
+        if let Some(h) = &self.history {
+            h.publish(&manifest.files);
         }
     }
 
@@ -470,6 +490,7 @@ impl Checkpointer {
         let result = self.write(&last, &image, created).await;
         match result {
             Ok((manifest, stats)) => {
+                self.publish(&manifest);
                 let superseded = last.replace(manifest);
                 (self.on_success)(stats.wal_seq);
                 self.telemetry.checkpoint_succeeded(created);
@@ -748,7 +769,10 @@ fn series_rows(
     Ok(out)
 }
 
-pub(super) async fn read_entry(store: &dyn ObjectStore, entry: &FileEntry) -> Result<Vec<RecordBatch>> {
+pub(super) async fn read_entry(
+    store: &dyn ObjectStore,
+    entry: &FileEntry,
+) -> Result<Vec<RecordBatch>> {
     let bytes = get(store, &Path::from(entry.path.as_str())).await?;
     read_parquet(bytes).map_err(|e| storage(&entry.path, e))
 }

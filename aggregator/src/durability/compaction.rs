@@ -171,6 +171,7 @@ impl Checkpointer {
             );
             if !plan.dropped.is_empty() || !plan.groups.is_empty() {
                 let next = self.apply(manifest, plan, &mut stats).await?;
+                self.publish(&next);
                 *last = Some(next);
             }
         }
@@ -204,7 +205,9 @@ impl Checkpointer {
                 .sync(written.iter().map(|p| p.to_string()).collect())
                 .await?;
             if self.hooks.is_on(Hook::FailCompactionAfterFiles) {
-                tracing::warn!("Test hook fail_compaction_after_files: failing before the manifest.");
+                tracing::warn!(
+                    "Test hook fail_compaction_after_files: failing before the manifest."
+                );
                 return Err(Error::Storage(
                     "test hook fail_compaction_after_files".into(),
                 ));
@@ -324,7 +327,8 @@ impl Checkpointer {
             table,
             &self.layout.dimensions,
             &self.layout.thresholds,
-            rows.iter().map(|((at, key), (source, row))| (key, *source, *at, row)),
+            rows.iter()
+                .map(|((at, key), (source, row))| (key, *source, *at, row)),
         )
         .map_err(|e| Error::Storage(format!("cannot build rollup rows: {e}")))?;
         let bytes = parquet(&batch)?;
@@ -388,13 +392,18 @@ mod tests {
 
     use super::*;
     use crate::clock::Clock;
+    use crate::config::SqlConfig;
     use crate::config::{AggregatorConfig, IngestConfig};
     use crate::durability::checkpoint::{self, Layout, delete_unreferenced, latest_manifest};
     use crate::durability::config::RetentionConfig;
     use crate::durability::store;
     use crate::hooks::Hooks;
     use crate::record::RequestRecord;
+    use crate::sql::QueryEngine;
+    use crate::sql::history::History;
     use crate::state::{Aggregator, SharedState, shared};
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::{Float64Type, UInt64Type};
 
     /// Midnight UTC, 30 s in: day 20 600 since the epoch.
     const START_SECS: u64 = 20_600 * 86_400 + 30;
@@ -469,7 +478,11 @@ mod tests {
         kind: FileKind,
     ) -> BTreeMap<(u64, String), (u64, Counts)> {
         let manifest = latest_manifest(objects).await.unwrap().unwrap();
-        let time = if kind == FileKind::Hours { "hour" } else { "minute" };
+        let time = if kind == FileKind::Hours {
+            "hour"
+        } else {
+            "minute"
+        };
         let mut out: BTreeMap<(u64, String), (u64, Counts)> = BTreeMap::new();
         for entry in manifest.files.iter().filter(|f| f.kind == kind) {
             let batches = read_entry(objects, entry).await.unwrap();
@@ -566,7 +579,10 @@ mod tests {
                 crashed[1] = true;
                 assert!(stats.replaced + stats.dropped > 0, "{stats:?}");
                 let (s, c, deleted) = restart(&clock, &store, &hooks).await;
-                assert!(deleted >= stats.replaced + stats.dropped, "{deleted} {stats:?}");
+                assert!(
+                    deleted >= stats.replaced + stats.dropped,
+                    "{deleted} {stats:?}"
+                );
                 (state, checkpoints) = (s, c);
                 continue;
             }
@@ -585,7 +601,11 @@ mod tests {
         let total: usize = sent.values().map(Vec::len).sum();
         assert_eq!(total, steps as usize * 24);
         // Counted once, across both restarts.
-        let counted: u64 = lock(&state).counters().iter().map(|c| c.totals.requests()).sum();
+        let counted: u64 = lock(&state)
+            .counters()
+            .iter()
+            .map(|c| c.totals.requests())
+            .sum();
         assert_eq!(counted, total as u64);
 
         // Minutes: exactly the raw requests of the minutes from the cutoff on; none before.
@@ -620,7 +640,10 @@ mod tests {
         named.sort();
         assert_eq!(listed(objects, "hours").await, named);
         assert!(
-            manifest.files.iter().all(|f| f.kind != FileKind::Minutes || f.first_minute >= cutoff)
+            manifest
+                .files
+                .iter()
+                .all(|f| f.kind != FileKind::Minutes || f.first_minute >= cutoff)
         );
         // Far fewer files than the 96 checkpoints wrote.
         assert!(manifest.files.len() < 40, "{}", manifest.files.len());
@@ -652,6 +675,67 @@ mod tests {
                 );
             }
         }
+
+        // SQL over history. Memory holds the last 3 h of minutes; the rest come from the files.
+        let history = Arc::new(History::new(store.objects.clone()));
+        history.publish(&manifest.files);
+        let minutes_kept: u64 = sent
+            .range((cutoff, String::new())..)
+            .map(|(_, v)| v.len() as u64)
+            .sum();
+        let live = QueryEngine::new(state.clone(), &SqlConfig::default())
+            .unwrap()
+            .with_history(history.clone());
+        assert_eq!(
+            sum(&live, "SELECT sum(requests) FROM latency_minutes").await,
+            minutes_kept
+        );
+        // 40 days on, with nothing in memory: hours and minutes all come from the files.
+        let later = Arc::new(Clock::fake(
+            UNIX_EPOCH + Duration::from_nanos(clock.now_nanos()) + Duration::from_secs(40 * 86_400),
+        ));
+        let empty = QueryEngine::new(shared(aggregator(&later)), &SqlConfig::default())
+            .unwrap()
+            .with_history(history);
+        assert_eq!(
+            sum(&empty, "SELECT sum(requests) FROM latency_hours").await,
+            total as u64
+        );
+        assert_eq!(
+            sum(&empty, "SELECT sum(requests) FROM latency_minutes").await,
+            minutes_kept
+        );
+        let first = (per_hour.keys().next().unwrap().0 * MINUTE_NANOS) as i64;
+        let out = empty
+            .query(&format!(
+                "SELECT service, sum(requests), hdr_quantile(hdr_merge(hdr), 0.99) \
+                 FROM latency_hours WHERE hour = to_timestamp_nanos({first}) \
+                 GROUP BY service ORDER BY service"
+            ))
+            .await
+            .unwrap();
+        let batch = &out.batches[0];
+        assert_eq!(batch.num_rows(), 3);
+        for i in 0..3 {
+            let service = batch.column(0).as_string::<i32>().value(i);
+            let values = &per_hour[&(first as u64 / MINUTE_NANOS, service.to_owned())];
+            let n = batch.column(1).as_primitive::<UInt64Type>().value(i);
+            assert_eq!(n, values.len() as u64);
+            let p99 = batch.column(2).as_primitive::<Float64Type>().value(i);
+            let exact = nearest_rank(values, 0.99);
+            assert!(
+                (p99 - exact).abs() <= 0.01 * exact,
+                "{service}: {p99} vs {exact}"
+            );
+        }
+    }
+
+    async fn sum(engine: &QueryEngine, sql: &str) -> u64 {
+        let out = engine.query(sql).await.unwrap();
+        out.batches[0]
+            .column(0)
+            .as_primitive::<UInt64Type>()
+            .value(0)
     }
 
     fn file(kind: FileKind, path: &str, first: u64, last: u64, bytes: u64) -> FileEntry {
@@ -673,11 +757,23 @@ mod tests {
             // Wholly before the minute cutoff (day 10, hour 6): dropped.
             file(FileKind::Minutes, "m/a", 10 * day, 10 * day + 300, 100),
             // Straddling it: rewritten alone.
-            file(FileKind::Minutes, "m/b", 10 * day + 300, 10 * day + 420, 100),
+            file(
+                FileKind::Minutes,
+                "m/b",
+                10 * day + 300,
+                10 * day + 420,
+                100,
+            ),
             // Small and settled, same day: merged; the big one is left.
             file(FileKind::Minutes, "m/c", 11 * day, 11 * day + 10, 100),
             file(FileKind::Minutes, "m/d", 11 * day + 11, 11 * day + 20, 100),
-            file(FileKind::Minutes, "m/big", 11 * day + 21, 11 * day + 30, 1000),
+            file(
+                FileKind::Minutes,
+                "m/big",
+                11 * day + 21,
+                11 * day + 30,
+                1000,
+            ),
             // In the current hour: not yet.
             file(FileKind::Minutes, "m/e", 12 * day + 65, 12 * day + 66, 100),
             file(FileKind::Minutes, "m/f", 12 * day + 66, 12 * day + 67, 100),
@@ -686,10 +782,7 @@ mod tests {
         ];
         let plan = plan(
             &files,
-            [
-                (FileKind::Minutes, 10 * day + 360),
-                (FileKind::Hours, 0),
-            ],
+            [(FileKind::Minutes, 10 * day + 360), (FileKind::Hours, 0)],
             12 * day + 60,
             500,
         );

@@ -24,6 +24,7 @@ use futures::StreamExt;
 use tokio::runtime::Runtime;
 
 use super::functions::{self, TIME_ZONE};
+use super::history::History;
 use super::tables::{PreparedRows, PreparedSeries, RollupTable};
 use crate::clock::MINUTE_NANOS;
 use crate::config::SqlConfig;
@@ -62,6 +63,9 @@ pub struct QueryEngine {
     /// Held while the final hours are checked, merged or moved on, so a scrape and
     /// [`QueryEngine::prepare`] at the same moment do the work once.
     merging: tokio::sync::Mutex<()>,
+    /// The store's rollup files, for SQL over history beyond memory (`/api/v1/sql` only:
+    /// the `/metrics` windows lie within memory).
+    history: Option<Arc<History>>,
 }
 
 /// The whole hours of each long window that can no longer change, merged per series by the
@@ -165,16 +169,29 @@ impl QueryEngine {
             internal: internal_env,
             final_hours: parking_lot::Mutex::new(None),
             merging: tokio::sync::Mutex::new(()),
+            history: None,
         })
+    }
+
+    /// Lets `latency_minutes` and `latency_hours` read what memory no longer holds from the
+    /// store's files.
+    pub fn with_history(mut self, history: Arc<History>) -> Self {
+        self.history = Some(history);
+        self
     }
 
     /// A session with the rollup tables, recmeter's functions and `now()` at the clock's now.
     pub fn context(&self) -> SessionContext {
         let now = lock(&self.state).clock().now_nanos();
-        self.context_with(self.limited.clone(), now)
+        self.context_with(self.limited.clone(), now, self.history.clone())
     }
 
-    fn context_with(&self, env: Arc<RuntimeEnv>, now: u64) -> SessionContext {
+    fn context_with(
+        &self,
+        env: Arc<RuntimeEnv>,
+        now: u64,
+        history: Option<Arc<History>>,
+    ) -> SessionContext {
         let mut config = SessionConfig::new()
             .with_target_partitions(self.target_partitions)
             .with_information_schema(true);
@@ -182,7 +199,8 @@ impl QueryEngine {
         let ctx = SessionContext::new_with_config_rt(config, env);
         functions::register(&ctx, now);
         for table in [Table::Minutes, Table::Hours] {
-            let provider = RollupTable::new(table, self.state.clone());
+            let provider =
+                RollupTable::new(table, self.state.clone()).with_history(history.clone());
             // Registering into a fresh session cannot collide.
             let _ = ctx.register_table(table_name(table), Arc::new(provider));
         }
@@ -192,7 +210,7 @@ impl QueryEngine {
     /// A session for `/metrics` windows: the rollup tables and the blocks, on the internal
     /// runtime.
     fn metrics_context(&self, now: u64) -> SessionContext {
-        let ctx = self.context_with(self.internal.clone(), now);
+        let ctx = self.context_with(self.internal.clone(), now, None);
         let blocks = RollupTable::new(Table::Blocks, self.state.clone());
         // Registering into a fresh session cannot collide.
         let _ = ctx.register_table(table_name(Table::Blocks), Arc::new(blocks));
@@ -570,7 +588,7 @@ impl QueryEngine {
                 ),
             }
         }
-        let ctx = self.context_with(self.internal.clone(), now_nanos);
+        let ctx = self.context_with(self.internal.clone(), now_nanos, None);
         let keys = 2 + dimensions.len();
         let (births, threshold_columns) = {
             let state = lock(&self.state);

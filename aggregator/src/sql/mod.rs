@@ -4,6 +4,7 @@
 
 mod engine;
 pub mod functions;
+pub mod history;
 pub mod tables;
 
 pub use engine::{QueryEngine, QueryOutput, check_read_only, table_name};

@@ -30,12 +30,14 @@ use datafusion::physical_expr::expressions::Column as PhysicalColumn;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::repartition::REPARTITION_RANDOM_STATE;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PhysicalExpr, PlanProperties,
     SendableRecordBatchStream,
 };
 
 use super::functions::TIME_ZONE;
+use super::history::History;
 use crate::clock::MINUTE_NANOS;
 use crate::record::SeriesKey;
 use crate::state::{Aggregator, Row, RowVisitor, Source, Table, lock};
@@ -147,6 +149,12 @@ pub trait RollupSource: std::fmt::Debug + Send + Sync {
         row_budget: usize,
         visitor: &mut dyn RowVisitor,
     ) -> crate::error::Result<(usize, ControlFlow<()>)>;
+    /// The first minute (for hours, an hour's first minute) from which this source holds
+    /// every row of `table`; older rows are history, read from the store. `None`: the source
+    /// holds all there is.
+    fn held_from(&self, _table: Table) -> Option<u64> {
+        None
+    }
 }
 
 impl RollupSource for Mutex<Aggregator> {
@@ -179,6 +187,19 @@ impl RollupSource for Mutex<Aggregator> {
         // A waiting writer gets the lock before the next chunk.
         MutexGuard::unlock_fair(guard);
         read
+    }
+
+    /// What memory holds once the clock's current minute has rolled: minutes of the last 3 h,
+    /// hours of the 30-day window.
+    fn held_from(&self, table: Table) -> Option<u64> {
+        let a = lock(self);
+        let now = a.clock().now_nanos();
+        Some(match table {
+            Table::Hours => a.first_hour_held(now),
+            Table::Minutes | Table::Blocks => {
+                crate::clock::minute_of(now).saturating_sub(crate::state::MINUTES_KEPT - 1)
+            }
+        })
     }
 }
 
@@ -624,6 +645,8 @@ pub struct RollupTable {
     schema: SchemaRef,
     dimensions: usize,
     thresholds: usize,
+    /// Rows older than the source holds, from the store.
+    history: Option<Arc<History>>,
 }
 
 impl RollupTable {
@@ -635,7 +658,16 @@ impl RollupTable {
             dimensions: dimensions.len(),
             thresholds: thresholds.len(),
             source,
+            history: None,
         }
+    }
+
+    /// Reads the rows older than the source holds from `history` (minutes and hours only).
+    pub fn with_history(mut self, history: Option<Arc<History>>) -> Self {
+        if self.table != Table::Blocks {
+            self.history = history;
+        }
+        self
     }
 }
 
@@ -674,12 +706,22 @@ impl TableProvider for RollupTable {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let range = time_range(filters, time_column(self.table));
+        let mut range = time_range(filters, time_column(self.table));
         let all = columns(self.dimensions, self.thresholds);
         let projection: Vec<usize> = match projection {
             Some(p) => p.clone(),
             None => (0..all.len()).collect(),
         };
+        // Rows before what memory holds come from the store; memory gives the rest.
+        let mut stored = None;
+        if let Some(history) = &self.history
+            && let Some(from) = self.source.held_from(self.table)
+            && *range.start() < from
+        {
+            let older = *range.start()..=(*range.end()).min(from - 1);
+            stored = history.scan(state, self.table, &self.schema, &projection, older)?;
+            range = from..=*range.end();
+        }
         let schema = Arc::new(self.schema.project(&projection)?);
         let picked: Vec<Column> = projection.iter().map(|&i| all[i]).collect();
         let options = state.config_options();
@@ -710,7 +752,7 @@ impl TableProvider for RollupTable {
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
-        Ok(Arc::new(RollupScanExec {
+        let memory: Arc<dyn ExecutionPlan> = Arc::new(RollupScanExec {
             table: self.table,
             source: self.source.clone(),
             range,
@@ -719,7 +761,11 @@ impl TableProvider for RollupTable {
             partitions: partitions.into_iter().map(Arc::from).collect(),
             batch_size: options.execution.batch_size.max(1),
             properties: Arc::new(properties),
-        }))
+        });
+        match stored {
+            Some(stored) => UnionExec::try_new(vec![memory, stored]),
+            None => Ok(memory),
+        }
     }
 }
 
