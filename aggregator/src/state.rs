@@ -102,11 +102,12 @@ impl RowCounts {
     }
 
     pub(crate) fn add(&mut self, other: &RowCounts) {
-        self.requests += other.requests;
-        self.errors += other.errors;
+        // Saturating: rows read back from the store may hold anything.
+        self.requests = self.requests.saturating_add(other.requests);
+        self.errors = self.errors.saturating_add(other.errors);
         self.recommendations = self.recommendations.saturating_add(other.recommendations);
         for (a, b) in self.le.iter_mut().zip(other.le) {
-            *a += b;
+            *a = a.saturating_add(b);
         }
     }
 }

@@ -341,7 +341,9 @@ impl Checkpointer {
             kind: group.kind,
             rows: rows.len() as u64,
             bytes: bytes.len() as u64,
-            requests: rows.values().map(|(_, r)| r.counts.requests).sum(),
+            requests: rows
+                .values()
+                .fold(0u64, |n, (_, r)| n.saturating_add(r.counts.requests)),
             first_minute: rows.keys().next().map_or(0, |(at, _)| *at),
             last_minute: rows.keys().next_back().map_or(0, |(at, _)| *at),
         };
@@ -689,6 +691,18 @@ mod tests {
         assert_eq!(
             sum(&live, "SELECT sum(requests) FROM latency_minutes").await,
             minutes_kept
+        );
+        // 28 days on, the 30-day window memory holds starts inside the 4 days: their first
+        // hours come from the files, the rest from memory, each once.
+        clock.advance(Duration::from_secs(28 * 86_400));
+        let split = lock(&state).first_hour_held(clock.now_nanos());
+        assert!(
+            split > per_hour.keys().next().unwrap().0 && split < now,
+            "{split}"
+        );
+        assert_eq!(
+            sum(&live, "SELECT sum(requests) FROM latency_hours").await,
+            total as u64
         );
         // 40 days on, with nothing in memory: hours and minutes all come from the files.
         let later = Arc::new(Clock::fake(
