@@ -196,36 +196,32 @@ impl Checkpointer {
         let result = async {
             for (n, group) in plan.groups.iter().enumerate() {
                 if let Some(entry) = self.merge(id, n, group, stats).await? {
-                    let path = Path::from(entry.path.as_str());
-                    written.push(path);
+                    written.push(Path::from(entry.path.as_str()));
                     added.push(entry);
                 }
             }
             self.syncer
                 .sync(written.iter().map(|p| p.to_string()).collect())
-                .await?;
-            if self.hooks.is_on(Hook::FailCompactionAfterFiles) {
-                tracing::warn!(
-                    "Test hook fail_compaction_after_files: failing before the manifest."
-                );
-                return Err(Error::Storage(
-                    "test hook fail_compaction_after_files".into(),
-                ));
-            }
-            Ok(())
+                .await
         }
         .await;
         if let Err(e) = result {
-            // As after a crash: the old manifest stays in force; its files are untouched.
-            if !self.hooks.is_on(Hook::FailCompactionAfterFiles) {
-                for path in &written {
-                    if let Err(e) = self.store.delete(path).await {
-                        tracing::warn!(error = %e, file = %path, "Cannot delete a file of a failed compaction; the next start will.");
-                    }
+            // The old manifest stays in force and its files are untouched; the new ones go.
+            for path in &written {
+                if let Err(e) = self.store.delete(path).await {
+                    tracing::warn!(error = %e, file = %path, "Cannot delete a file of a failed compaction; the next start will.");
                 }
             }
             self.telemetry.compaction_failed();
             return Err(e);
+        }
+        if self.hooks.is_on(Hook::FailCompactionAfterFiles) {
+            // As a crash would: the files stay, no manifest names them.
+            tracing::warn!("Test hook fail_compaction_after_files: failing before the manifest.");
+            self.telemetry.compaction_failed();
+            return Err(Error::Storage(
+                "test hook fail_compaction_after_files".into(),
+            ));
         }
         let gone: HashSet<&str> = plan
             .dropped
@@ -607,22 +603,16 @@ mod tests {
         );
         // The minute files on disk are the ones the manifest names, after the cutoff.
         let manifest = latest_manifest(objects).await.unwrap().unwrap();
-        let mut named: Vec<String> = manifest
-            .files
-            .iter()
-            .filter(|f| f.kind == FileKind::Minutes)
-            .map(|f| f.path.clone())
-            .collect();
-        named.sort();
-        assert_eq!(listed(objects, "minutes").await, named);
-        let mut named: Vec<String> = manifest
-            .files
-            .iter()
-            .filter(|f| f.kind == FileKind::Hours)
-            .map(|f| f.path.clone())
-            .collect();
-        named.sort();
-        assert_eq!(listed(objects, "hours").await, named);
+        for (kind, prefix) in [(FileKind::Minutes, "minutes"), (FileKind::Hours, "hours")] {
+            let mut named: Vec<String> = manifest
+                .files
+                .iter()
+                .filter(|f| f.kind == kind)
+                .map(|f| f.path.clone())
+                .collect();
+            named.sort();
+            assert_eq!(listed(objects, prefix).await, named);
+        }
         assert!(
             manifest
                 .files
