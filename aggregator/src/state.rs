@@ -7,7 +7,8 @@
 //! seals: the open block's row is its sealed minutes so far, and late rows of a sealed block become
 //! extra rows of it. Windows read blocks instead of most of their minutes. Each complete hour is
 //! sealed into an hour row from its blocks as soon as it ends; late rows of a sealed hour become
-//! extra rows of that hour too. Minutes and blocks are kept for 3 h, hours for the 30-day window.
+//! extra rows of that hour too. Minutes and blocks are kept for 3 h; hours for the 1d window and an
+//! hour more when checkpoints store the older ones (ADR 012), else for the 30d window.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::{ControlFlow, RangeInclusive};
@@ -244,7 +245,7 @@ struct SeriesState {
     /// block's row holds its sealed minutes so far), and an extra row for each row that reaches
     /// a block already sealed. Rows of minutes ahead of the clock join their block once sealed.
     blocks: Rows,
-    /// Sealed hours of the last 30 days (and the up to 59 minutes the 30d window adds).
+    /// Sealed hours from [`Aggregator::first_hour_held`] on.
     hours: Rows,
     /// Values for minutes other than the open one (late or slightly future data), sealed into
     /// extra rows in bulk, so stragglers never allocate dense histograms.
@@ -1077,7 +1078,7 @@ impl Aggregator {
     }
 
     /// Once per minute: seals the minutes before `open_minute` and every hour that ended,
-    /// forgets minutes older than 3 h and hours older than the 30-day window. At the series
+    /// forgets minutes older than 3 h and hours before the first one held. At the series
     /// cap, series with nothing from the last 3 h are forgotten too, so new series can take
     /// their place instead of folding into the overflow series for good. Below the cap idle
     /// series are kept: dropping a counter that returns later would hide its first increments
@@ -1137,10 +1138,18 @@ impl Aggregator {
         minute_of(now_nanos.saturating_sub(self.max_age_nanos))
     }
 
-    /// The first hour (a minute index) whose rows are held at `now_nanos`: older ones leave
-    /// memory as the 30d window moves on.
+    /// The first hour (a minute index) whose rows are held at `now_nanos`. With checkpoints
+    /// (the journal kept), the hour before the 1d window's first: the 1d window is answered
+    /// from memory, and its kept final hours can be moved on by the hour its start leaves
+    /// behind (ADR 008); older rows are in the store by then (or in the journal until a
+    /// checkpoint takes them), where longer windows and SQL read them (ADR 012). Without a
+    /// store, the 30d window's first hour: every window is answered from memory.
     pub fn first_hour_held(&self, now_nanos: u64) -> u64 {
-        hour_of(*Window::D30.minute_range(now_nanos).start())
+        if self.journal {
+            hour_of(*Window::D1.minute_range(now_nanos).start()).saturating_sub(60)
+        } else {
+            hour_of(*Window::D30.minute_range(now_nanos).start())
+        }
     }
 
     /// Series created since start-up.

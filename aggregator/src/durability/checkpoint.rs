@@ -786,7 +786,7 @@ pub struct RestoreStats {
 }
 
 /// Restores `manifest` into the empty `aggregator`: counters, the rows memory holds (minutes
-/// of the last 3 h, hours of the 30-day window), blocks, open accumulators, registered state.
+/// of the last 3 h, hours from `Aggregator::first_hour_held`), blocks, open accumulators, registered state.
 pub async fn restore(
     store: &dyn ObjectStore,
     manifest: &Manifest,

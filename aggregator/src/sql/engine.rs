@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::arrow::array::{Array, AsArray};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{SchemaRef, TimestampNanosecondType};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::{DataFusionError, ScalarValue};
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
@@ -63,8 +63,8 @@ pub struct QueryEngine {
     /// Held while the final hours are checked, merged or moved on, so a scrape and
     /// [`QueryEngine::prepare`] at the same moment do the work once.
     merging: tokio::sync::Mutex<()>,
-    /// The store's rollup files, for SQL over history beyond memory (`/api/v1/sql` only:
-    /// the `/metrics` windows lie within memory).
+    /// The store's rollup files, for what memory no longer holds: SQL over history, and the
+    /// hours of windows longer than memory's (ADR 012).
     history: Option<Arc<History>>,
 }
 
@@ -97,9 +97,9 @@ impl FinalHours {
 
     /// Whether moving these rows on to `starts` and `end` reads fewer hours than merging them
     /// anew: the same windows, each start and the end only moved forward, no start moved past
-    /// the old end, the hours a start left behind still held in memory (from `held_from` on;
-    /// the 30d window's are dropped as it moves), and fewer hours left behind or become final
-    /// than the windows hold.
+    /// the old end, the hours a start left behind still readable (from `held_from` on: in
+    /// memory, or anywhere with the store), and fewer hours left behind or become final than
+    /// the windows hold.
     fn can_advance_to(&self, starts: &[u64], end: u64, held_from: u64) -> bool {
         let forward = starts.len() == self.starts.len()
             && end >= self.end
@@ -180,6 +180,12 @@ impl QueryEngine {
         self
     }
 
+    /// Whether the kept final hours were moved on rather than merged anew (`None`: none kept).
+    #[cfg(test)]
+    pub(crate) fn kept_hours_moved_on(&self) -> Option<bool> {
+        self.final_hours.lock().as_ref().map(|k| k.advanced)
+    }
+
     /// A session with the rollup tables, recmeter's functions and `now()` at the clock's now.
     pub fn context(&self) -> SessionContext {
         let now = lock(&self.state).clock().now_nanos();
@@ -207,10 +213,10 @@ impl QueryEngine {
         ctx
     }
 
-    /// A session for `/metrics` windows: the rollup tables and the blocks, on the internal
-    /// runtime.
+    /// A session for `/metrics` windows: the rollup tables (over the store too) and the
+    /// blocks, on the internal runtime.
     fn metrics_context(&self, now: u64) -> SessionContext {
-        let ctx = self.context_with(self.internal.clone(), now, None);
+        let ctx = self.context_with(self.internal.clone(), now, self.history.clone());
         let blocks = RollupTable::new(Table::Blocks, self.state.clone());
         // Registering into a fresh session cannot collide.
         let _ = ctx.register_table(table_name(Table::Blocks), Arc::new(blocks));
@@ -573,8 +579,13 @@ impl QueryEngine {
             return Ok(Some((rows, births)));
         }
         let held_from = lock(&self.state).first_hour_held(now_nanos);
-        if let Some(kept) = kept.filter(|k| k.can_advance_to(&starts, end, held_from)) {
-            match self.advance(&kept, &starts, end, dimensions).await {
+        // With the store, hours memory no longer holds are read from it.
+        let readable_from = if self.history.is_some() { 0 } else { held_from };
+        if let Some(kept) = kept.filter(|k| k.can_advance_to(&starts, end, readable_from)) {
+            match self
+                .advance(&kept, &starts, end, held_from, dimensions)
+                .await
+            {
                 Ok(moved) => {
                     let (rows, births) = (moved.rows.clone(), moved.births);
                     *self.final_hours.lock() = Some(Arc::new(moved));
@@ -588,7 +599,7 @@ impl QueryEngine {
                 ),
             }
         }
-        let ctx = self.context_with(self.internal.clone(), now_nanos, None);
+        let ctx = self.context_with(self.internal.clone(), now_nanos, self.history.clone());
         let keys = 2 + dimensions.len();
         let (births, threshold_columns) = {
             let state = lock(&self.state);
@@ -620,17 +631,30 @@ impl QueryEngine {
 
     /// `kept` moved on to `starts` and `end` (see [`FinalHours::can_advance_to`]): per series
     /// and window, the kept row with the hours its window's start left behind taken away and
-    /// the hours become final added, by exact arithmetic on the counts. The hour rows are read
-    /// in one short hold of the state lock; series gone since are dropped, series created since
-    /// `kept.births` (forgotten at the cap and back: their old rows went) keep only their new
-    /// hours, and the rows are checked up to the births at that hold.
+    /// the hours become final added, by exact arithmetic on the counts. The hour rows memory
+    /// holds (from `held_from` on) are read in one short hold of the state lock, older ones
+    /// left behind from the store before it (they no longer change); series gone since are
+    /// dropped, series created since `kept.births` (forgotten at the cap and back: their old
+    /// rows went) keep only their new hours, and the rows are checked up to the births at that
+    /// hold.
     async fn advance(
         &self,
         kept: &Arc<FinalHours>,
         starts: &[u64],
         end: u64,
+        held_from: u64,
         dimensions: &[String],
     ) -> Result<FinalHours> {
+        let mut stored = Vec::with_capacity(starts.len());
+        for (&old, &new) in kept.starts.iter().zip(starts) {
+            let hours = old..new.min(held_from);
+            stored.push(match &self.history {
+                Some(history) if !hours.is_empty() => {
+                    self.stored_hour_rows(history, hours, dimensions).await?
+                }
+                _ => HourRows::default(),
+            });
+        }
         let (births, born, live, threshold_columns, removed, added) = {
             let mut state = lock(&self.state);
             let keys = state.series_keys();
@@ -644,8 +668,11 @@ impl QueryEngine {
                 Ok(rows)
             };
             // Per window, only the hours its start left behind.
-            let removed = (kept.starts.iter().zip(starts))
-                .map(|(&old, &new)| read(old..new))
+            let removed = (kept.starts.iter().zip(starts).zip(stored))
+                .map(|((&old, &new), mut rows)| {
+                    rows.extend(read(old.max(held_from)..new)?);
+                    Ok(rows)
+                })
                 .collect::<Result<Vec<_>>>()?;
             let added = read(kept.end..end)?;
             (
@@ -699,9 +726,44 @@ impl QueryEngine {
         )
         .await
     }
+
+    /// The rows of `hours` (before what memory holds) per series, from the store's hour files.
+    async fn stored_hour_rows(
+        &self,
+        history: &Arc<History>,
+        hours: std::ops::Range<u64>,
+        dimensions: &[String],
+    ) -> Result<HourRows> {
+        let now = lock(&self.state).clock().now_nanos();
+        let ctx = self.context_with(self.internal.clone(), now, Some(history.clone()));
+        let mut columns: Vec<Expr> = vec![col("service"), col("endpoint")];
+        columns.extend(dimensions.iter().map(|d| col(d.as_str())));
+        columns.extend([col("hour"), col("hdr")]);
+        let keys = 2 + dimensions.len();
+        self.run(
+            self.internal_runtime.as_ref(),
+            async move {
+                let range = col("hour")
+                    .gt_eq(minute_lit(hours.start))
+                    .and(col("hour").lt(minute_lit(hours.end)));
+                let batches = ctx
+                    .table(table_name(Table::Hours))
+                    .await
+                    .and_then(|df| df.filter(range))
+                    .and_then(|df| df.select(columns))
+                    .map_err(classify)?
+                    .collect()
+                    .await
+                    .map_err(classify)?;
+                HourRows::from_batches(&batches, keys)
+            },
+            self.config.timeout,
+        )
+        .await
+    }
 }
 
-/// Hour rows per series, as `Aggregator::visit_rows` hands them over.
+/// Hour rows per series, as `Aggregator::visit_rows` hands them over, or as read from the store.
 #[derive(Debug, Default)]
 struct HourRows {
     rows: HashMap<SeriesKey, Vec<(u64, Bytes)>>,
@@ -711,6 +773,30 @@ struct HourRows {
 impl HourRows {
     fn of(&self, key: &SeriesKey) -> &[(u64, Bytes)] {
         self.rows.get(key).map_or(&[], Vec::as_slice)
+    }
+
+    fn extend(&mut self, other: HourRows) {
+        for (key, rows) in other.rows {
+            self.rows.entry(key).or_default().extend(rows);
+        }
+    }
+
+    /// The rows of `SELECT keys, hour, hdr` batches (`keys` key columns first).
+    fn from_batches(batches: &[RecordBatch], keys: usize) -> Result<Self> {
+        let mut out = Self::default();
+        for batch in batches {
+            let hours = batch
+                .column(keys)
+                .as_primitive_opt::<TimestampNanosecondType>()
+                .ok_or_else(|| Error::QueryInternal("the hour column is not a timestamp".into()))?;
+            let blobs = batch.column(keys + 1).as_binary::<i32>();
+            for (i, key) in series_keys(batch, keys).into_iter().enumerate() {
+                let hour = u64::try_from(hours.value(i)).unwrap_or(0) / MINUTE_NANOS;
+                let hdr = Bytes::copy_from_slice(blobs.value(i));
+                out.rows.entry(key).or_default().push((hour, hdr));
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -190,7 +190,7 @@ impl RollupSource for Mutex<Aggregator> {
     }
 
     /// What memory holds once the clock's current minute has rolled: minutes of the last 3 h,
-    /// hours of the 30-day window.
+    /// hours from `Aggregator::first_hour_held`.
     fn held_from(&self, table: Table) -> Option<u64> {
         let a = lock(self);
         let now = a.clock().now_nanos();
