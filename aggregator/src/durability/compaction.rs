@@ -292,6 +292,8 @@ impl Checkpointer {
             _ => (Table::Minutes, "minute", "minutes"),
         };
         let mut rows: BTreeMap<(u64, SeriesKey), (Source, Row)> = BTreeMap::new();
+        // One dense array for every merge of duplicate rows.
+        let mut counts = Counts::with_precision(self.layout.significant_digits)?;
         for entry in &group.files {
             let batches = read_entry(self.store.as_ref(), entry).await?;
             for (key, source, at, row) in rollup_rows(&batches, &self.layout, &entry.path, time)? {
@@ -305,7 +307,7 @@ impl Checkpointer {
                     }
                     std::collections::btree_map::Entry::Occupied(mut o) => {
                         let (kept_source, kept) = o.get_mut();
-                        let mut counts = Counts::with_precision(self.layout.significant_digits)?;
+                        counts.reset();
                         counts.add_encoded(&kept.hdr)?;
                         counts.add_encoded(&row.hdr)?;
                         kept.hdr = counts.encode().into();
