@@ -245,7 +245,7 @@ struct SeriesState {
     /// block's row holds its sealed minutes so far), and an extra row for each row that reaches
     /// a block already sealed. Rows of minutes ahead of the clock join their block once sealed.
     blocks: Rows,
-    /// Sealed hours from [`Aggregator::first_hour_held`] on.
+    /// Sealed hours from [`Aggregator::hours_kept_from`] on.
     hours: Rows,
     /// Values for minutes other than the open one (late or slightly future data), sealed into
     /// extra rows in bulk, so stragglers never allocate dense histograms.
@@ -611,6 +611,9 @@ pub struct Aggregator {
     evicted_unsaved: Vec<SeriesRows>,
     /// Whether stored rows are noted for checkpoints (only when something takes them).
     journal: bool,
+    /// Rows sealed before this minute are in the store (the last checkpoint's
+    /// `sealed_before_minute`).
+    stored_before: u64,
     /// Cumulative metric streams and the services that send spans.
     metrics: MetricState,
 }
@@ -678,6 +681,7 @@ impl Aggregator {
             wal_seq: 0,
             evicted_unsaved: Vec::new(),
             journal: false,
+            stored_before: 0,
             metrics: MetricState::from_config(&MetricsConfig::default()),
         })
     }
@@ -760,6 +764,7 @@ impl Aggregator {
     /// sealed when the checkpoint was taken, and the WAL is applied from after `wal_seq`.
     pub fn restore_begin(&mut self, sealed_before: u64, wal_seq: u64) {
         self.sealed_before = sealed_before;
+        self.stored_before = sealed_before;
         self.wal_seq = wal_seq;
     }
 
@@ -789,7 +794,7 @@ impl Aggregator {
     /// holds its minute or hour; the rest stays in storage only.
     pub fn restore_row(&mut self, key: &SeriesKey, table: Table, at: u64, row: Row) {
         let keep_from = self.sealed_before.saturating_sub(MINUTES_KEPT - 1);
-        let hours_from = self.first_hour_held(self.sealed_before * MINUTE_NANOS);
+        let hours_from = self.hours_kept_from(self.sealed_before * MINUTE_NANOS);
         let Some(state) = self.series.get_mut(key) else {
             return; // forgotten at the cap before the checkpoint
         };
@@ -1088,7 +1093,7 @@ impl Aggregator {
             return;
         }
         let keep_from = open_minute.saturating_sub(MINUTES_KEPT - 1);
-        let hours_from = self.first_hour_held(open_minute * MINUTE_NANOS);
+        let hours_from = self.hours_kept_from(open_minute * MINUTE_NANOS);
         let new_hours = hour_of(self.sealed_before)..hour_of(open_minute);
         let mut seal = Sealing {
             scratch: &mut self.scratch,
@@ -1138,18 +1143,34 @@ impl Aggregator {
         minute_of(now_nanos.saturating_sub(self.max_age_nanos))
     }
 
-    /// The first hour (a minute index) whose rows are held at `now_nanos`. With checkpoints
-    /// (the journal kept), the hour before the 1d window's first: the 1d window is answered
-    /// from memory, and its kept final hours can be moved on by the hour its start leaves
-    /// behind (ADR 008); older rows are in the store by then (or in the journal until a
-    /// checkpoint takes them), where longer windows and SQL read them (ADR 012). Without a
-    /// store, the 30d window's first hour: every window is answered from memory.
+    /// Notes that a checkpoint stored every row sealed before `minute`.
+    pub fn set_stored_before(&mut self, minute: u64) {
+        self.stored_before = self.stored_before.max(minute);
+    }
+
+    /// The first hour (a minute index) of the hour rows read from memory at `now_nanos`; older
+    /// ones are history, read from the store. With checkpoints (the journal kept), the hour
+    /// before the 1d window's first: the 1d window is answered from memory, and its kept final
+    /// hours can be moved on by the hour its start leaves behind (ADR 008); longer windows and
+    /// SQL read older hours from the store (ADR 012). An hour whose rows a checkpoint may not
+    /// have stored yet (checkpoints failing, or none yet) stays in memory until one has.
+    /// Without a store, the 30d window's first hour: every window is answered from memory.
     pub fn first_hour_held(&self, now_nanos: u64) -> u64 {
         if self.journal {
-            hour_of(*Window::D1.minute_range(now_nanos).start()).saturating_sub(60)
+            let day = hour_of(*Window::D1.minute_range(now_nanos).start()).saturating_sub(60);
+            // Hours that can still get rows at the last checkpoint's minute are not all stored.
+            let stored = hour_of(self.first_open_minute(self.stored_before * MINUTE_NANOS));
+            day.min(stored)
         } else {
             hour_of(*Window::D30.minute_range(now_nanos).start())
         }
+    }
+
+    /// The first hour memory keeps at `now_nanos`: an hour before [`Self::first_hour_held`],
+    /// so a query planned before the clock moved that on still finds every hour it reads
+    /// from memory.
+    pub fn hours_kept_from(&self, now_nanos: u64) -> u64 {
+        self.first_hour_held(now_nanos).saturating_sub(60)
     }
 
     /// Series created since start-up.

@@ -139,8 +139,8 @@ impl RetentionConfig {
     /// Cross-field checks.
     pub fn validate(&self) -> Vec<InvalidField> {
         let mut errors = Vec::new();
-        // Memory holds minutes for 3 h and hours for 30 days; a restart reads them back from
-        // the store, so the store must hold at least as much.
+        // A restart reads memory's 3 h of minutes back from the store, and the 30d window reads
+        // its hours from it, so the store must hold at least as much.
         if self.minutes < Duration::from_secs(3 * 3600) {
             errors.push(InvalidField::new(
                 "retention.minutes",

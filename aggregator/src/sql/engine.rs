@@ -657,6 +657,14 @@ impl QueryEngine {
         }
         let (births, born, live, threshold_columns, removed, added) = {
             let mut state = lock(&self.state);
+            // Memory keeps an hour more than it serves, so only a move that waited an hour
+            // could find hours left behind gone: then the rows are merged anew.
+            let now = state.clock().now_nanos();
+            if state.hours_kept_from(now) > held_from {
+                return Err(Error::QueryInternal(
+                    "memory let hours go while the kept hours were moved on".into(),
+                ));
+            }
             let keys = state.series_keys();
             let mut read = |hours: std::ops::Range<u64>| -> Result<HourRows> {
                 let mut rows = HourRows::default();
@@ -789,9 +797,14 @@ impl HourRows {
                 .column(keys)
                 .as_primitive_opt::<TimestampNanosecondType>()
                 .ok_or_else(|| Error::QueryInternal("the hour column is not a timestamp".into()))?;
-            let blobs = batch.column(keys + 1).as_binary::<i32>();
+            let blobs = batch
+                .column(keys + 1)
+                .as_binary_opt::<i32>()
+                .ok_or_else(|| Error::QueryInternal("the hdr column is not binary".into()))?;
             for (i, key) in series_keys(batch, keys).into_iter().enumerate() {
-                let hour = u64::try_from(hours.value(i)).unwrap_or(0) / MINUTE_NANOS;
+                let hour = u64::try_from(hours.value(i)).map_err(|_| {
+                    Error::QueryInternal("a stored hour row starts before 1970".into())
+                })? / MINUTE_NANOS;
                 let hdr = Bytes::copy_from_slice(blobs.value(i));
                 out.rows.entry(key).or_default().push((hour, hdr));
             }

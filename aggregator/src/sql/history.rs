@@ -1,6 +1,6 @@
 //! History beyond memory: the rollup files of the manifest in force, read as Parquet from the
 //! object store by DataFusion. `latency_minutes` and `latency_hours` take from here the rows
-//! older than what memory holds (minutes of the last 3 h, hours of the 30-day window), so SQL
+//! older than what memory holds (minutes of the last 3 h, hours of about a day), so SQL
 //! reaches back as far as retention keeps files: 3 days of minutes, 400 days of hours.
 //!
 //! The files come from the manifest, never from listing the store, so a scan reads exactly one
