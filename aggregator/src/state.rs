@@ -245,7 +245,7 @@ struct SeriesState {
     /// block's row holds its sealed minutes so far), and an extra row for each row that reaches
     /// a block already sealed. Rows of minutes ahead of the clock join their block once sealed.
     blocks: Rows,
-    /// Sealed hours from [`Aggregator::hours_kept_from`] on.
+    /// Sealed hours from [`Aggregator::hours_released_before`] on.
     hours: Rows,
     /// Values for minutes other than the open one (late or slightly future data), sealed into
     /// extra rows in bulk, so stragglers never allocate dense histograms.
@@ -614,6 +614,10 @@ pub struct Aggregator {
     /// Rows sealed before this minute are in the store (the last checkpoint's
     /// `sealed_before_minute`).
     stored_before: u64,
+    /// [`Aggregator::first_hour_held`] at the last roll: the next roll lets hours before it go.
+    hours_served_from: u64,
+    /// Hours before this one have left memory.
+    hours_released_before: u64,
     /// Cumulative metric streams and the services that send spans.
     metrics: MetricState,
 }
@@ -682,6 +686,8 @@ impl Aggregator {
             evicted_unsaved: Vec::new(),
             journal: false,
             stored_before: 0,
+            hours_served_from: 0,
+            hours_released_before: 0,
             metrics: MetricState::from_config(&MetricsConfig::default()),
         })
     }
@@ -794,7 +800,7 @@ impl Aggregator {
     /// holds its minute or hour; the rest stays in storage only.
     pub fn restore_row(&mut self, key: &SeriesKey, table: Table, at: u64, row: Row) {
         let keep_from = self.sealed_before.saturating_sub(MINUTES_KEPT - 1);
-        let hours_from = self.hours_kept_from(self.sealed_before * MINUTE_NANOS);
+        let hours_from = self.first_hour_held(self.sealed_before * MINUTE_NANOS);
         let Some(state) = self.series.get_mut(key) else {
             return; // forgotten at the cap before the checkpoint
         };
@@ -1093,7 +1099,12 @@ impl Aggregator {
             return;
         }
         let keep_from = open_minute.saturating_sub(MINUTES_KEPT - 1);
-        let hours_from = self.hours_kept_from(open_minute * MINUTE_NANOS);
+        // Hours go only below where readers split before this roll, so a query planned since
+        // the last roll (within `sql.timeout`, under a minute) finds every hour it reads from
+        // memory, however far the split moves now (the clock, or a checkpoint after an outage).
+        let hours_from = self.hours_served_from;
+        self.hours_served_from = self.first_hour_held(open_minute * MINUTE_NANOS);
+        self.hours_released_before = self.hours_released_before.max(hours_from);
         let new_hours = hour_of(self.sealed_before)..hour_of(open_minute);
         let mut seal = Sealing {
             scratch: &mut self.scratch,
@@ -1159,18 +1170,18 @@ impl Aggregator {
         if self.journal {
             let day = hour_of(*Window::D1.minute_range(now_nanos).start()).saturating_sub(60);
             // Hours that can still get rows at the last checkpoint's minute are not all stored.
-            let stored = hour_of(self.first_open_minute(self.stored_before * MINUTE_NANOS));
+            // (A minute earlier: a batch checked just before a checkpoint's image can land after.)
+            let first_open = self.first_open_minute(self.stored_before * MINUTE_NANOS);
+            let stored = hour_of(first_open.saturating_sub(1));
             day.min(stored)
         } else {
             hour_of(*Window::D30.minute_range(now_nanos).start())
         }
     }
 
-    /// The first hour memory keeps at `now_nanos`: an hour before [`Self::first_hour_held`],
-    /// so a query planned before the clock moved that on still finds every hour it reads
-    /// from memory.
-    pub fn hours_kept_from(&self, now_nanos: u64) -> u64 {
-        self.first_hour_held(now_nanos).saturating_sub(60)
+    /// Hours before this one have left memory: readers that split before it would miss them.
+    pub fn hours_released_before(&self) -> u64 {
+        self.hours_released_before
     }
 
     /// Series created since start-up.
@@ -1409,6 +1420,45 @@ mod tests {
                 })
                 .collect()
         }
+    }
+
+    /// With checkpoints, an hour leaves memory only once a checkpoint has stored every row it
+    /// can get, and only below where readers split before the roll: 30 hours without a
+    /// checkpoint keep all 30; once one has stored them, the next roll moves the split and the
+    /// roll after it lets the older hours go.
+    #[test]
+    fn hours_leave_memory_once_stored_and_a_roll_after_the_split() {
+        let f = fixture(10);
+        lock(&f.state).keep_journal();
+        let k = key("svc", "get");
+        let t0 = f.clock.now_nanos();
+        for _ in 0..30 * 60 {
+            f.apply(&[request(k.clone(), f.clock.now_nanos(), 5)]);
+            f.clock.advance(Duration::from_secs(60));
+        }
+        f.apply(&[]);
+        let hours = |state: &SharedState| {
+            let state = lock(state);
+            let series = state.series.values().next().unwrap();
+            series.hours.keys().map(|(h, _)| *h).collect::<Vec<_>>()
+        };
+        let first = minute_of(t0) - minute_of(t0) % 60;
+        assert_eq!(hours(&f.state).len(), 30, "nothing stored: every hour kept");
+        assert_eq!(lock(&f.state).first_hour_held(f.clock.now_nanos()), 0);
+        // A checkpoint stores everything sealed so far; the split moves at the next roll, the
+        // hours go at the one after.
+        let now = f.clock.now_nanos();
+        lock(&f.state).set_stored_before(minute_of(now));
+        let split = lock(&f.state).first_hour_held(now);
+        assert_eq!(split, hour_of(*Window::D1.minute_range(now).start()) - 60);
+        assert!(split > first);
+        f.clock.advance(Duration::from_secs(60));
+        f.apply(&[]);
+        assert_eq!(hours(&f.state)[0], first, "the first roll keeps them");
+        f.clock.advance(Duration::from_secs(60));
+        f.apply(&[]);
+        assert_eq!(hours(&f.state)[0], split);
+        assert_eq!(lock(&f.state).hours_released_before(), split);
     }
 
     fn key(service: &str, endpoint: &str) -> SeriesKey {

@@ -787,7 +787,7 @@ pub struct RestoreStats {
 }
 
 /// Restores `manifest` into the empty `aggregator`: counters, the rows memory holds (minutes
-/// of the last 3 h, hours from `Aggregator::hours_kept_from`), blocks, open accumulators,
+/// of the last 3 h, hours from `Aggregator::first_hour_held`), blocks, open accumulators,
 /// registered state.
 pub async fn restore(
     store: &dyn ObjectStore,
@@ -841,7 +841,7 @@ pub async fn restore(
     let keep_from = manifest
         .sealed_before_minute
         .saturating_sub(crate::state::MINUTES_KEPT);
-    let hours_from = aggregator.hours_kept_from(manifest.sealed_before_minute * MINUTE_NANOS);
+    let hours_from = aggregator.first_hour_held(manifest.sealed_before_minute * MINUTE_NANOS);
     for entry in &manifest.files {
         let (table, time, from) = match entry.kind {
             FileKind::Minutes => (Table::Minutes, "minute", keep_from),

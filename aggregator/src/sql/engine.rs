@@ -657,14 +657,6 @@ impl QueryEngine {
         }
         let (births, born, live, threshold_columns, removed, added) = {
             let mut state = lock(&self.state);
-            // Memory keeps an hour more than it serves, so only a move that waited an hour
-            // could find hours left behind gone: then the rows are merged anew.
-            let now = state.clock().now_nanos();
-            if state.hours_kept_from(now) > held_from {
-                return Err(Error::QueryInternal(
-                    "memory let hours go while the kept hours were moved on".into(),
-                ));
-            }
             let keys = state.series_keys();
             let mut read = |hours: std::ops::Range<u64>| -> Result<HourRows> {
                 let mut rows = HourRows::default();
@@ -683,6 +675,13 @@ impl QueryEngine {
                 })
                 .collect::<Result<Vec<_>>>()?;
             let added = read(kept.end..end)?;
+            // Memory lets hours go only below an earlier split, so this takes a move that
+            // waited over a minute since `held_from` was read: then the rows are merged anew.
+            if state.hours_released_before() > held_from {
+                return Err(Error::QueryInternal(
+                    "memory let hours go while the kept hours were moved on".into(),
+                ));
+            }
             (
                 state.births(),
                 state.born_since(kept.births),
