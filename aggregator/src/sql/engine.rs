@@ -743,8 +743,7 @@ impl QueryEngine {
     ) -> Result<HourRows> {
         let now = lock(&self.state).clock().now_nanos();
         let ctx = self.context_with(self.internal.clone(), now, Some(history.clone()));
-        let mut columns: Vec<Expr> = vec![col("service"), col("endpoint")];
-        columns.extend(dimensions.iter().map(|d| col(d.as_str())));
+        let mut columns = key_columns(dimensions);
         columns.extend([col("hour"), col("hdr")]);
         let keys = 2 + dimensions.len();
         self.run(
@@ -926,8 +925,7 @@ async fn final_hours_plan(
     dimensions: &[String],
     end: u64,
 ) -> Result<datafusion::dataframe::DataFrame> {
-    let mut keys: Vec<Expr> = vec![col("service"), col("endpoint")];
-    keys.extend(dimensions.iter().map(|d| col(d.as_str())));
+    let keys = key_columns(dimensions);
     let first = starts.iter().copied().min().unwrap_or(end);
     let merge = functions::hdr_merge();
     let aggregates = starts
@@ -953,6 +951,13 @@ async fn final_hours_plan(
         })
         .and_then(|df| df.aggregate(keys, aggregates))
         .map_err(classify)
+}
+
+/// The series key columns: service, endpoint and the extra dimensions.
+fn key_columns(dimensions: &[String]) -> Vec<Expr> {
+    let mut keys = vec![col("service"), col("endpoint")];
+    keys.extend(dimensions.iter().map(|d| col(d.as_str())));
+    keys
 }
 
 /// The first nanosecond of `minute` as a timestamp literal in recmeter's time zone.
@@ -1083,8 +1088,7 @@ async fn window_plan(
     final_end: Option<u64>,
 ) -> Result<(datafusion::dataframe::DataFrame, Vec<Vec<usize>>)> {
     let (segments, held) = segments(windows, now_nanos, final_end);
-    let mut keys: Vec<Expr> = vec![col("service"), col("endpoint")];
-    keys.extend(dimensions.iter().map(|d| col(d.as_str())));
+    let keys = key_columns(dimensions);
     // Adjacent segments of a part are read together.
     let mut reads: Vec<Segment> = Vec::new();
     for s in &segments {
