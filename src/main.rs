@@ -1,5 +1,6 @@
 //! `recmeter`: meters a recommendation platform's latency, reliability and cost.
 
+mod allocator;
 mod cli;
 mod config;
 mod demo;
@@ -13,11 +14,6 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::cli::{Cli, Command};
-
-// The ingest path allocates many small objects per span (owned OTLP structs); mimalloc's
-// thread-local free lists serve them faster than glibc's malloc (BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing_subscriber::EnvFilter;
 
+use crate::allocator::ReturnFreedPages;
 use crate::cli::RunArgs;
 use crate::config::{Config, LogConfig, LogFormat};
 use crate::demo::Workload;
@@ -45,6 +46,9 @@ pub fn main(args: RunArgs, workload: Option<Workload>) -> ExitCode {
         }
     };
     init_logging(&config.log);
+    if let Err(e) = crate::allocator::disable_transparent_huge_pages() {
+        tracing::warn!(error = %e, "Cannot turn off transparent huge pages for recmeter; its RSS may grow with them.");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -331,6 +335,9 @@ async fn keep_checkpointing(
             () = &mut done => return,
             _ = tick.tick() => {}
         }
+        // Both free at once what they decoded and encoded; those pages go back to the system
+        // rather than staying resident among new allocations (ADR 013).
+        let returning = ReturnFreedPages::hold();
         match checkpoints.checkpoint().await {
             Err(e) if !failing => {
                 failing = true;
@@ -354,6 +361,7 @@ async fn keep_checkpointing(
             }
             _ => {}
         }
+        drop(returning);
     }
 }
 

@@ -1,0 +1,132 @@
+//! The process's allocator, mimalloc, set up so that RSS follows the memory in use while
+//! history grows (ADR 013, BENCHMARKS.md "Memory while history grows").
+//!
+//! Two things otherwise let RSS drift up for weeks although the heap in use stays flat:
+//! - Transparent huge pages. The kernel folds 4 KiB pages into 2 MiB ones; one live object
+//!   then keeps a whole 2 MiB page resident. [`disable_transparent_huge_pages`] turns them off
+//!   for this process, and mimalloc is built without asking for them (`no_thp`).
+//! - Pages freed by checkpoints and compactions. Those decode and re-encode hours or days of
+//!   rows at once and free them again; mimalloc keeps freed pages resident for a while
+//!   (`purge_delay`, 1 s) so that the next allocations find them, and new allocations land
+//!   among them. [`ReturnFreedPages`] returns pages to the system as soon as they are free,
+//!   for as long as it is held.
+//!
+//! This is the only module with `unsafe` code: two calls into mimalloc's documented C API and
+//! one `prctl`.
+#![allow(unsafe_code)]
+
+use std::ffi::c_long;
+use std::sync::{Mutex, PoisonError};
+
+use libmimalloc_sys::{mi_collect, mi_option_get, mi_option_set, mi_option_t};
+
+// The ingest path allocates many small objects per span (owned OTLP structs); mimalloc's
+// thread-local free lists serve them faster than glibc's malloc (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `mi_option_purge_delay` in mimalloc 3's `mi_option_t` (`mimalloc.h`): how long, in
+/// milliseconds, a freed page stays resident before it goes back to the system. The Rust
+/// bindings have no constant for it; a test checks that this index reads its default.
+const PURGE_DELAY: mi_option_t = 15;
+
+/// Holders of [`ReturnFreedPages`], and the purge delay to restore when the last one goes.
+static HOLDERS: Mutex<(usize, c_long)> = Mutex::new((0, 0));
+
+/// Asks the kernel not to back this process's memory with transparent huge pages
+/// (`PR_SET_THP_DISABLE`). Linux only; elsewhere it does nothing.
+pub fn disable_transparent_huge_pages() -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: `prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)` takes no pointers; it sets a flag
+        // on the calling process and returns 0 or -1 with `errno`.
+        let status = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+        if status != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// While held, pages freed anywhere in the process go back to the system at once. Dropping
+/// the last one restores the purge delay (1 s by default, or `MIMALLOC_PURGE_DELAY`) and
+/// returns what is still free. Holders may overlap.
+///
+/// Held across work that frees a lot at once (a checkpoint and the compaction after it).
+/// Ingest running meanwhile pays for it: with pages returned at once, HTTP ingest needed
+/// about 1.8 times the CPU per span (BENCHMARKS.md), so it is not held all the time.
+#[must_use = "pages are returned at once only while this is held"]
+pub struct ReturnFreedPages(());
+
+impl ReturnFreedPages {
+    pub fn hold() -> Self {
+        let mut holders = HOLDERS.lock().unwrap_or_else(PoisonError::into_inner);
+        if holders.0 == 0 {
+            // SAFETY: mimalloc's options are plain integers read and written atomically;
+            // `PURGE_DELAY` is a valid option index (checked by a test).
+            holders.1 = unsafe {
+                let delay = mi_option_get(PURGE_DELAY);
+                mi_option_set(PURGE_DELAY, 0);
+                delay
+            };
+        }
+        holders.0 += 1;
+        Self(())
+    }
+}
+
+impl Drop for ReturnFreedPages {
+    fn drop(&mut self) {
+        let mut holders = HOLDERS.lock().unwrap_or_else(PoisonError::into_inner);
+        holders.0 -= 1;
+        if holders.0 == 0 {
+            // SAFETY: as in `hold`; `mi_collect` takes no pointers and may run on any thread.
+            unsafe {
+                mi_option_set(PURGE_DELAY, holders.1);
+                mi_collect(true);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn purge_delay() -> c_long {
+        // SAFETY: as in `ReturnFreedPages::hold`.
+        unsafe { mi_option_get(PURGE_DELAY) }
+    }
+
+    #[test]
+    fn holding_returns_freed_pages_at_once_then_restores_the_delay() {
+        // mimalloc 3's default purge delay: the index is the one the C header names.
+        let before = purge_delay();
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            assert_eq!(
+                before, 1000,
+                "option {PURGE_DELAY} is not mimalloc's purge delay"
+            );
+        }
+        let outer = ReturnFreedPages::hold();
+        assert_eq!(purge_delay(), 0);
+        let inner = ReturnFreedPages::hold();
+        drop(outer);
+        assert_eq!(purge_delay(), 0, "restored while still held");
+        let freed = vec![1u8; 8 << 20];
+        drop(freed);
+        drop(inner);
+        assert_eq!(purge_delay(), before);
+    }
+
+    #[test]
+    fn transparent_huge_pages_can_be_turned_off() {
+        disable_transparent_huge_pages().unwrap();
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: as in `disable_transparent_huge_pages`.
+            let disabled = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
+            assert_eq!(disabled, 1);
+        }
+    }
+}
