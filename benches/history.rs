@@ -9,6 +9,8 @@
 //! aggregator whose clock stands 31 days later, so every row comes from the files.
 //! Run: `cargo bench --bench history`. Figures and machine in BENCHMARKS.md.
 
+#![forbid(unsafe_code)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 

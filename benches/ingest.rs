@@ -2,6 +2,8 @@
 //! to request records, and counting them into the rollups; and the three together.
 //! Run: `cargo bench --bench ingest`. Figures and machine in BENCHMARKS.md.
 
+#![forbid(unsafe_code)]
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

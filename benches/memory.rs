@@ -23,6 +23,8 @@
 //! of the window query.
 //! Run: `cargo bench --bench memory`. Figures and machine in BENCHMARKS.md.
 
+#![forbid(unsafe_code)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};

@@ -6,6 +6,8 @@
 //! 144 000 minute blobs.
 //! Run: `cargo bench --bench sql`. Figures and machine in BENCHMARKS.md.
 
+#![forbid(unsafe_code)]
+
 use std::hint::black_box;
 use std::sync::Arc;
 

@@ -11,8 +11,8 @@
 //!   among them. [`ReturnFreedPages`] returns pages to the system as soon as they are free,
 //!   for as long as it is held.
 //!
-//! This is the only module with `unsafe` code: two calls into mimalloc's documented C API and
-//! one `prctl`.
+//! This is the only module with `unsafe` code: three functions of mimalloc's documented C API
+//! (`mi_option_get`, `mi_option_set`, `mi_collect`) and `prctl`.
 #![allow(unsafe_code)]
 
 use std::ffi::c_long;
@@ -30,8 +30,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// bindings have no constant for it; a test checks that this index reads its default.
 const PURGE_DELAY: mi_option_t = 15;
 
-/// Holders of [`ReturnFreedPages`], and the purge delay to restore when the last one goes.
-static HOLDERS: Mutex<(usize, c_long)> = Mutex::new((0, 0));
+/// Holders of [`ReturnFreedPages`], and the purge delay to restore when the last one goes
+/// (`None`: left as it was, see [`ReturnFreedPages::hold`]).
+static HOLDERS: Mutex<(usize, Option<c_long>)> = Mutex::new((0, None));
 
 /// Asks the kernel not to back this process's memory with transparent huge pages
 /// (`PR_SET_THP_DISABLE`). Linux only; elsewhere it does nothing.
@@ -48,13 +49,15 @@ pub fn disable_transparent_huge_pages() -> std::io::Result<()> {
     Ok(())
 }
 
-/// While held, pages freed anywhere in the process go back to the system at once. Dropping
-/// the last one restores the purge delay (1 s by default, or `MIMALLOC_PURGE_DELAY`) and
-/// returns what is still free. Holders may overlap.
+/// While held, pages that mimalloc gives back to its arenas (every block in them freed, on any
+/// thread) go back to the system at once instead of after the purge delay. Dropping the last
+/// holder restores the delay and runs `mi_collect(true)`: the calling thread's free pages and
+/// every arena page whose return was still pending go back too. Holders may overlap.
 ///
 /// Held across work that frees a lot at once (a checkpoint and the compaction after it).
 /// Ingest running meanwhile pays for it: with pages returned at once, HTTP ingest needed
-/// about 1.8 times the CPU per span (BENCHMARKS.md), so it is not held all the time.
+/// about 1.75 times the CPU per span (BENCHMARKS.md), so it is not held all the time. An
+/// operator's `MIMALLOC_PURGE_DELAY` of 0 (always at once) or below 0 (never) is left alone.
 #[must_use = "pages are returned at once only while this is held"]
 pub struct ReturnFreedPages(());
 
@@ -62,12 +65,17 @@ impl ReturnFreedPages {
     pub fn hold() -> Self {
         let mut holders = HOLDERS.lock().unwrap_or_else(PoisonError::into_inner);
         if holders.0 == 0 {
-            // SAFETY: mimalloc's options are plain integers read and written atomically;
-            // `PURGE_DELAY` is a valid option index (checked by a test).
+            // SAFETY: `PURGE_DELAY` is a valid option index (checked by a test). An option is
+            // a plain C `long` that mimalloc reads without synchronisation, so setting it while
+            // other threads allocate is a benign race: an aligned `long` is written in one
+            // store on every target recmeter builds for, and a reader sees the old or the new
+            // delay, either of which is valid.
             holders.1 = unsafe {
                 let delay = mi_option_get(PURGE_DELAY);
-                mi_option_set(PURGE_DELAY, 0);
-                delay
+                (delay > 0).then(|| {
+                    mi_option_set(PURGE_DELAY, 0);
+                    delay
+                })
             };
         }
         holders.0 += 1;
@@ -79,10 +87,14 @@ impl Drop for ReturnFreedPages {
     fn drop(&mut self) {
         let mut holders = HOLDERS.lock().unwrap_or_else(PoisonError::into_inner);
         holders.0 -= 1;
-        if holders.0 == 0 {
+        if holders.0 == 0
+            && let Some(delay) = holders.1.take()
+        {
             // SAFETY: as in `hold`; `mi_collect` takes no pointers and may run on any thread.
+            // The delay is restored first: with a delay of 0 mimalloc has nothing scheduled,
+            // and `mi_collect` would skip the arenas' pending returns.
             unsafe {
-                mi_option_set(PURGE_DELAY, holders.1);
+                mi_option_set(PURGE_DELAY, delay);
                 mi_collect(true);
             }
         }
@@ -99,7 +111,7 @@ mod tests {
     }
 
     #[test]
-    fn holding_returns_freed_pages_at_once_then_restores_the_delay() {
+    fn holding_sets_the_purge_delay_to_0_and_the_last_drop_restores_it() {
         // mimalloc 3's default purge delay: the index is the one the C header names.
         let before = purge_delay();
         if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
@@ -108,13 +120,13 @@ mod tests {
                 "option {PURGE_DELAY} is not mimalloc's purge delay"
             );
         }
+        // An operator's 0 or negative delay stays as it is.
+        let held = if before > 0 { 0 } else { before };
         let outer = ReturnFreedPages::hold();
-        assert_eq!(purge_delay(), 0);
+        assert_eq!(purge_delay(), held);
         let inner = ReturnFreedPages::hold();
         drop(outer);
-        assert_eq!(purge_delay(), 0, "restored while still held");
-        let freed = vec![1u8; 8 << 20];
-        drop(freed);
+        assert_eq!(purge_delay(), held, "restored while still held");
         drop(inner);
         assert_eq!(purge_delay(), before);
     }

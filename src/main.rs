@@ -1,12 +1,20 @@
 //! `recmeter`: meters a recommendation platform's latency, reliability and cost.
 
+// Only the allocator module may use `unsafe` (ADR 013); the rest forbid it.
 mod allocator;
+#[forbid(unsafe_code)]
 mod cli;
+#[forbid(unsafe_code)]
 mod config;
+#[forbid(unsafe_code)]
 mod demo;
+#[forbid(unsafe_code)]
 mod error;
+#[forbid(unsafe_code)]
 mod loadgen;
+#[forbid(unsafe_code)]
 mod serve;
+#[forbid(unsafe_code)]
 mod verify;
 
 use std::process::ExitCode;

@@ -2,6 +2,7 @@
 //! into per-series rollup rows of minutes and hours (counts and HDR histograms), which the SQL
 //! engine ([`QueryEngine`]) reads as Arrow tables for `/api/v1/sql` and the `/metrics` windows.
 //! Knows nothing of wire formats.
+
 // Only the binary's allocator module may use `unsafe` (ADR 013).
 #![forbid(unsafe_code)]
 

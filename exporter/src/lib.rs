@@ -1,6 +1,7 @@
 //! recmeter's exporter: the read side. Serves Prometheus exposition on `/metrics`, SQL over the
 //! rollups on `/api/v1/sql`, health and readiness, and (with `--test-hooks`) the `/-/test/*` routes that drive the fake clock and
 //! named faults.
+
 // Only the binary's allocator module may use `unsafe` (ADR 013).
 #![forbid(unsafe_code)]
 

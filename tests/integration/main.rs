@@ -2,6 +2,7 @@
 //! storage, driven by real clients (the OpenTelemetry SDK's OTLP exporters, reqwest, promtool,
 //! the Python prometheus-client parser). One binary, so the suite links once.
 
+#![forbid(unsafe_code)]
 // Tests fail loudly; unwrap is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
