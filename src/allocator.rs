@@ -8,8 +8,8 @@
 //! - Pages freed by checkpoints and compactions. Those decode and re-encode hours or days of
 //!   rows at once and free them again; mimalloc keeps freed pages resident for a while
 //!   (`purge_delay`, 1 s) so that the next allocations find them, and new allocations land
-//!   among them. [`ReturnFreedPages`] returns pages to the system as soon as they are free,
-//!   for as long as it is held.
+//!   among them. [`ReturnFreedPages`] makes mimalloc return the pages given back to its
+//!   arenas at once, for as long as it is held.
 //!
 //! This is the only module with `unsafe` code: three functions of mimalloc's documented C API
 //! (`mi_option_get`, `mi_option_set`, `mi_collect`) and `prctl`.
@@ -52,7 +52,8 @@ pub fn disable_transparent_huge_pages() -> std::io::Result<()> {
 /// While held, pages that mimalloc gives back to its arenas (every block in them freed, on any
 /// thread) go back to the system at once instead of after the purge delay. Dropping the last
 /// holder restores the delay and runs `mi_collect(true)`: the calling thread's free pages and
-/// every arena page whose return was still pending go back too. Holders may overlap.
+/// every arena page whose return was still pending go back too (unless the delay was left
+/// alone, below). Holders may overlap.
 ///
 /// Held across work that frees a lot at once (a checkpoint and the compaction after it).
 /// Ingest running meanwhile pays for it: with pages returned at once, HTTP ingest needed
