@@ -66,9 +66,8 @@ fn rss_stays_under_2_gib_at_the_series_cap_for_61_minutes() {
 /// days fill what memory holds by design (3 h of minutes, a day of hours) and bring the store
 /// to its steady state (minute files expire after 3 days). Over the next 30, RSS is read at the
 /// end of each day, 1.5 s after a checkpoint has covered it (the compaction after it has
-/// finished by then), and
-/// stays within ±10% of those 30 days' mean. The server runs with its allocator as shipped
-/// (ADR 013).
+/// finished by then), and stays within ±10% of those 30 days' mean. The server runs with its
+/// allocator as shipped (ADR 013).
 #[test]
 fn rss_stays_flat_over_30_days_of_history_with_checkpoints_and_compaction() {
     const WARM_UP: u64 = 4;
