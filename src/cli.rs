@@ -48,6 +48,12 @@ pub struct RunArgs {
     /// ({"otlp_grpc": "...", "otlp_http": "...", "api": "..."}).
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
+    /// Start even when the write-ahead log is corrupt (not merely torn at its end): cut it at
+    /// the corruption, drop the acknowledged records after it, log at ERROR how many, and count
+    /// them in recmeter_wal_records_dropped_total. Without it such a log stops start-up,
+    /// naming the segment and offset.
+    #[arg(long)]
+    pub wal_truncate_at_corruption: bool,
     /// Enable the /-/test/* routes (fake clock, named faults). For tests only.
     #[arg(long, hide = true)]
     pub test_hooks: bool,

@@ -11,6 +11,8 @@ mod demo;
 #[forbid(unsafe_code)]
 mod error;
 #[forbid(unsafe_code)]
+mod listen;
+#[forbid(unsafe_code)]
 mod loadgen;
 #[forbid(unsafe_code)]
 mod serve;

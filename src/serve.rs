@@ -12,10 +12,11 @@ use std::time::{Duration, SystemTime};
 
 use recmeter_aggregator::durability::{self, Checkpointer, Durability, Layout};
 use recmeter_aggregator::sql::history::History;
+use recmeter_aggregator::telemetry::Listener;
 use recmeter_aggregator::{Aggregator, AggregatorHandle, Clock, Hooks, QueryEngine, Telemetry};
-use recmeter_collector::sources::otlp::{Ingest, ServeOptions, serve_grpc, serve_http};
+use recmeter_collector::sources::otlp::{Ingest, ServeOptions, http_router, serve_grpc};
 use recmeter_exporter::api::METRICS_WINDOWS;
-use recmeter_exporter::{ApiState, serve_api};
+use recmeter_exporter::{ApiState, api_router};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -27,6 +28,7 @@ use crate::cli::RunArgs;
 use crate::config::{Config, LogConfig, LogFormat};
 use crate::demo::Workload;
 use crate::error::{Error, Result};
+use crate::listen::{self, Limits};
 
 /// Bound addresses, as written to `--ready-file`.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -102,8 +104,14 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
     });
     let telemetry = Arc::new(Telemetry::default());
     let hooks = Arc::new(Hooks::default());
-    let (aggregator, worker, checkpoints, history) =
-        restore(&config, clock, hooks.clone(), telemetry.clone()).await?;
+    let (aggregator, worker, checkpoints, history) = restore(
+        &config,
+        clock,
+        hooks.clone(),
+        telemetry.clone(),
+        args.wal_truncate_at_corruption,
+    )
+    .await?;
     let engine =
         Arc::new(QueryEngine::new(aggregator.state().clone(), &config.sql)?.with_history(history));
 
@@ -127,36 +135,63 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
     let options = ServeOptions {
         max_body_bytes: config.otlp.max_body_bytes,
         token: tokens.ingest.clone(),
+        max_spans_per_request: config.otlp.max_spans_per_request,
+        max_points_per_request: config.otlp.max_points_per_request,
+    };
+    let otlp_limits = |share| Limits {
+        header_read_timeout: config.otlp.header_read_timeout,
+        idle_timeout: config.otlp.idle_timeout,
+        max_connections: match config.otlp.max_connections {
+            0 => listen::default_max_connections(share),
+            n => n,
+        },
+    };
+    let api_limits = Limits {
+        header_read_timeout: config.api.header_read_timeout,
+        idle_timeout: config.api.idle_timeout,
+        max_connections: match config.api.max_connections {
+            0 => listen::default_max_connections(1.0 / 8.0),
+            n => n,
+        },
     };
     let mut servers = JoinSet::new();
     servers.spawn({
         let done = stopping(shutdown_rx.clone());
         let (ingest, options) = (ingest.clone(), options.clone());
+        let incoming = listen::incoming(
+            grpc,
+            Listener::OtlpGrpc,
+            otlp_limits(3.0 / 8.0),
+            telemetry.clone(),
+        );
         async move {
-            serve_grpc(grpc, ingest, options, done)
+            serve_grpc(incoming, ingest, options, done)
                 .await
                 .map_err(Error::from)
         }
     });
-    servers.spawn({
-        let done = stopping(shutdown_rx.clone());
-        async move {
-            serve_http(http, ingest, options, done)
-                .await
-                .map_err(Error::from)
-        }
-    });
-    servers.spawn({
-        let done = stopping(shutdown_rx.clone());
-        let state = ApiState {
+    servers.spawn(listen::serve_http1(
+        http,
+        Listener::OtlpHttp,
+        otlp_limits(3.0 / 8.0),
+        telemetry.clone(),
+        http_router(ingest, options),
+        stopping(shutdown_rx.clone()),
+    ));
+    servers.spawn(listen::serve_http1(
+        api,
+        Listener::Api,
+        api_limits,
+        telemetry.clone(),
+        api_router(ApiState {
             aggregator: aggregator.clone(),
             engine: engine.clone(),
             ready: ready.clone(),
             test_hooks: args.test_hooks,
             token: tokens.api.clone(),
-        };
-        async move { serve_api(api, state, done).await.map_err(Error::from) }
-    });
+        }),
+        stopping(shutdown_rx.clone()),
+    ));
 
     // `/metrics`' long windows' final hours are merged before ready, then kept up to date
     // ahead of scrapes (ADR 008). Only ahead: a scrape merges them itself when they are not.
@@ -252,6 +287,7 @@ async fn restore(
     clock: Arc<Clock>,
     hooks: Arc<Hooks>,
     telemetry: Arc<Telemetry>,
+    truncate_at_corruption: bool,
 ) -> Result<(
     AggregatorHandle,
     tokio::task::JoinHandle<()>,
@@ -279,6 +315,9 @@ async fn restore(
         &[],
         hooks.clone(),
         telemetry.clone(),
+        durability::OpenOptions {
+            truncate_at_corruption,
+        },
     )
     .await?;
     tracing::info!(
@@ -288,6 +327,7 @@ async fn restore(
         wal_entries = opened.replayed.entries,
         wal_records = opened.replayed.records,
         torn_segments = opened.replayed.torn,
+        wal_records_dropped = opened.replayed.dropped_records,
         unreferenced_files_deleted = opened.deleted,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "Restored."

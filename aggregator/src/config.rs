@@ -409,6 +409,14 @@ pub struct SqlConfig {
     /// two query runtimes (`/api/v1/sql`, and recmeter's own `/metrics` queries); 0 means one
     /// per CPU core, at most 64. Default: `0`.
     pub target_partitions: usize,
+    /// How deeply a query may nest or chain operators, keywords and brackets, counted on its
+    /// text before it is parsed (HTTP 400 beyond); the query threads' stacks are sized for it.
+    /// At most 10000. Default: `1000`.
+    pub max_expression_depth: usize,
+    /// Most bytes a string function (`repeat`, `lpad`, `rpad`, `replace`, `regexp_replace`)
+    /// may build in one call over a batch of rows, and so in one value (HTTP 422 beyond).
+    /// Default: `67108864` (64 MiB).
+    pub max_value_bytes: usize,
 }
 
 impl Default for SqlConfig {
@@ -418,6 +426,8 @@ impl Default for SqlConfig {
             memory_limit_bytes: 512 << 20,
             max_result_bytes: 256 << 20,
             target_partitions: 0,
+            max_expression_depth: 1_000,
+            max_value_bytes: 64 << 20,
         }
     }
 }
@@ -445,6 +455,18 @@ impl SqlConfig {
             errors.push(InvalidField::new(
                 "sql.max_result_bytes",
                 "must be at least 1",
+            ));
+        }
+        if !(10..=10_000).contains(&self.max_expression_depth) {
+            errors.push(InvalidField::new(
+                "sql.max_expression_depth",
+                format!("{} is not between 10 and 10000", self.max_expression_depth),
+            ));
+        }
+        if self.max_value_bytes < 1024 {
+            errors.push(InvalidField::new(
+                "sql.max_value_bytes",
+                "must be at least 1024",
             ));
         }
         errors

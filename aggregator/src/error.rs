@@ -39,6 +39,17 @@ pub enum Error {
         .0.display()
     )]
     WalLocked(std::path::PathBuf),
+    /// A WAL segment is corrupt before its end, or before valid frames: acknowledged requests
+    /// after that point cannot be read.
+    #[error(
+        "the WAL segment {} is corrupt at byte {offset}, with {frames_after} acknowledged frames after it that would be lost; restore the WAL directory from a copy, or start with --wal-truncate-at-corruption to drop them and go on",
+        .segment.display()
+    )]
+    WalCorrupt {
+        segment: std::path::PathBuf,
+        offset: u64,
+        frames_after: u64,
+    },
     /// The object store holding checkpoints cannot be read or written, or holds something
     /// unexpected (the message names the file).
     #[error("storage: {0}")]
@@ -52,6 +63,7 @@ impl Error {
             Error::Histogram(_)
             | Error::QueryInternal(_)
             | Error::WalLocked(_)
+            | Error::WalCorrupt { .. }
             | Error::Storage(_) => ErrorKind::Internal,
             // A client may retry a request the log could not take.
             Error::Backpressure | Error::Stopped | Error::Wal(_) => ErrorKind::Unavailable,

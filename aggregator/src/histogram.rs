@@ -51,8 +51,20 @@ pub fn record(h: &mut Histogram<u64>, nanos: u64) {
     record_n(h, nanos, 1);
 }
 
-/// Records an already-clamped value `n` times (a histogram point's bucket).
+/// Most a bucket may count: the V2 encoding holds counts as signed 64-bit integers, so a
+/// bucket past this could never be encoded again (and with it the minute, the checkpoint and
+/// every query over it).
+pub const MAX_BUCKET_COUNT: u64 = i64::MAX as u64;
+
+/// Records an already-clamped value `n` times (a histogram point's bucket), saturating the
+/// bucket at [`MAX_BUCKET_COUNT`].
 pub fn record_n(h: &mut Histogram<u64>, nanos: u64, n: u64) {
+    // A bucket holds at most the total: while the total stays below the cap, so does it.
+    let n = if h.len().saturating_add(n) > MAX_BUCKET_COUNT {
+        n.min(MAX_BUCKET_COUNT.saturating_sub(h.count_at(nanos)))
+    } else {
+        n
+    };
     // The value is within the bounds the histogram was created with, so this cannot fail;
     // saturating keeps it total if it ever did.
     if n > 0 {
@@ -104,8 +116,15 @@ pub fn decode(bytes: &[u8]) -> Result<Histogram<u64>> {
         .map_err(|e| Error::Histogram(format!("cannot decode histogram: {e:?}")))
 }
 
-/// Adds `other` into `acc`.
+/// Adds `other` into `acc`, each bucket saturating at [`MAX_BUCKET_COUNT`].
 pub fn merge(acc: &mut Histogram<u64>, other: &Histogram<u64>) -> Result<()> {
+    // A bucket holds at most its histogram's total: below half the cap each, no sum can pass it.
+    if acc.len() > MAX_BUCKET_COUNT / 2 || other.len() > MAX_BUCKET_COUNT / 2 {
+        for v in other.iter_recorded() {
+            record_n(acc, v.value_iterated_to(), v.count_at_value());
+        }
+        return Ok(());
+    }
     acc.add(other)
         .map_err(|e| Error::Histogram(format!("cannot merge histograms: {e:?}")))
 }

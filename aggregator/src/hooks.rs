@@ -11,6 +11,8 @@ pub enum Hook {
     StallAggregator,
     /// The WAL writer holds each fsync until released, so no request is answered meanwhile.
     BlockFsync,
+    /// Every WAL write fails as on a full disk, until released.
+    FailWalWrites,
     /// Checkpoints write their data files, then fail before the manifest (a crash there, as
     /// far as storage can tell).
     FailCheckpointAfterFiles,
@@ -21,9 +23,10 @@ pub enum Hook {
 
 impl Hook {
     /// Every hook, by name.
-    pub const ALL: [Hook; 4] = [
+    pub const ALL: [Hook; 5] = [
         Hook::StallAggregator,
         Hook::BlockFsync,
+        Hook::FailWalWrites,
         Hook::FailCheckpointAfterFiles,
         Hook::FailCompactionAfterFiles,
     ];
@@ -33,6 +36,7 @@ impl Hook {
         match self {
             Hook::StallAggregator => "stall_aggregator",
             Hook::BlockFsync => "block_fsync",
+            Hook::FailWalWrites => "fail_wal_writes",
             Hook::FailCheckpointAfterFiles => "fail_checkpoint_after_files",
             Hook::FailCompactionAfterFiles => "fail_compaction_after_files",
         }

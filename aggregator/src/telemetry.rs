@@ -33,15 +33,18 @@ pub enum RejectReason {
     TooLarge,
     Auth,
     Backpressure,
+    /// The write-ahead log could not be written (a full or failing disk).
+    Storage,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 5] = [
+    pub const ALL: [RejectReason; 6] = [
         RejectReason::Decode,
         RejectReason::UnsupportedMediaType,
         RejectReason::TooLarge,
         RejectReason::Auth,
         RejectReason::Backpressure,
+        RejectReason::Storage,
     ];
 
     pub const fn label(self) -> &'static str {
@@ -51,6 +54,7 @@ impl RejectReason {
             RejectReason::TooLarge => "too_large",
             RejectReason::Auth => "auth",
             RejectReason::Backpressure => "backpressure",
+            RejectReason::Storage => "storage",
         }
     }
 }
@@ -111,11 +115,38 @@ impl IgnoreReason {
     }
 }
 
+/// A listening port (`listener` label of the connection metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    OtlpGrpc,
+    OtlpHttp,
+    Api,
+}
+
+impl Listener {
+    pub const ALL: [Listener; 3] = [Listener::OtlpGrpc, Listener::OtlpHttp, Listener::Api];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Listener::OtlpGrpc => "otlp_grpc",
+            Listener::OtlpHttp => "otlp_http",
+            Listener::Api => "api",
+        }
+    }
+}
+
 /// The counters. Cheap to bump from any thread.
 #[derive(Debug, Default)]
 pub struct Telemetry {
     spans_received: [AtomicU64; 3],
-    requests_rejected: [[AtomicU64; 5]; 3],
+    requests_rejected: [[AtomicU64; 6]; 3],
+    /// Connections open and refused at the connection limit, per listener.
+    connections_open: [AtomicU64; 3],
+    connections_refused: [AtomicU64; 3],
+    /// Records of acknowledged requests dropped at start-up by `--wal-truncate-at-corruption`.
+    wal_records_dropped: AtomicU64,
+    /// Set while the WAL cannot be written; cleared by the next write or probe that succeeds.
+    wal_failing: std::sync::atomic::AtomicBool,
     spans_dropped: [[AtomicU64; 3]; 3],
     metric_points_received: [AtomicU64; 3],
     metric_points_ignored: [[AtomicU64; 5]; 3],
@@ -286,6 +317,47 @@ impl Telemetry {
     /// When the last checkpoint completed, Unix nanoseconds; 0 before the first.
     pub fn checkpoint_last_success_nanos(&self) -> u64 {
         self.checkpoint_last_success_nanos.load(Ordering::Relaxed)
+    }
+
+    /// Notes a connection accepted on `listener`; [`Telemetry::connection_closed`] when it ends.
+    pub fn connection_opened(&self, listener: Listener) {
+        self.connections_open[listener as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self, listener: Listener) {
+        self.connections_open[listener as usize].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Notes a connection refused because `listener` had its most open.
+    pub fn connection_refused(&self, listener: Listener) {
+        self.connections_refused[listener as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connections_open(&self, listener: Listener) -> u64 {
+        self.connections_open[listener as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn connections_refused(&self, listener: Listener) -> u64 {
+        self.connections_refused[listener as usize].load(Ordering::Relaxed)
+    }
+
+    /// Counts records dropped from a corrupt WAL at start-up.
+    pub fn add_wal_records_dropped(&self, n: u64) {
+        self.wal_records_dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn wal_records_dropped(&self) -> u64 {
+        self.wal_records_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Notes whether the last WAL write (or probe) failed.
+    pub fn set_wal_failing(&self, failing: bool) {
+        self.wal_failing.store(failing, Ordering::Release);
+    }
+
+    /// Whether the WAL cannot be written now: `/readyz` is not ready meanwhile.
+    pub fn wal_failing(&self) -> bool {
+        self.wal_failing.load(Ordering::Acquire)
     }
 
     pub fn spans_received(&self, transport: Transport) -> u64 {

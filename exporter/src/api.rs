@@ -1,12 +1,11 @@
 //! The HTTP API on :9464: `/metrics`, `/api/v1/sql`, `/healthz`, `/readyz`, and the `/-/test/*` routes that
 //! exist only when the binary runs with `--test-hooks`.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::UNIX_EPOCH;
 
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -14,9 +13,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use recmeter_aggregator::{AggregatorHandle, BearerToken, Hook, QueryEngine, Window};
 use serde::Deserialize;
-use tokio::net::TcpListener;
 
-use crate::error::{ApiError, Error, Result};
+use crate::error::{ApiError, Result};
 use crate::prometheus::{Format, render};
 
 /// Windows exposed on `/metrics` (the rest are for SQL and SLO work).
@@ -40,36 +38,29 @@ pub struct ApiState {
 pub fn api_router(state: ApiState) -> Router {
     // Everything but health, readiness and the test routes sits behind the API token,
     // unknown paths (the fallback) included, so a route added later starts out guarded.
-    let guarded = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/api/v1/sql", post(crate::sql::sql))
-        .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), require_token));
-    let mut router = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz));
+    // The test routes (only with --test-hooks) are guarded too: they move the clock and arm
+    // faults.
+    let mut guarded = Router::new().route("/metrics", get(metrics)).route(
+        "/api/v1/sql",
+        post(crate::sql::sql).layer(DefaultBodyLimit::max(crate::sql::MAX_SQL_BYTES)),
+    );
     if state.test_hooks {
-        router = router
+        guarded = guarded
             .route("/-/test/clock", post(test_clock))
             .route("/-/test/hook", post(test_hook));
     }
-    router.merge(guarded).with_state(state)
+    let guarded = guarded
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .merge(guarded)
+        .with_state(state)
 }
 
 async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint")
-}
-
-/// Serves the API on `listener` until `shutdown` completes.
-pub async fn serve_api(
-    listener: TcpListener,
-    state: ApiState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<()> {
-    axum::serve(listener, api_router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| Error::Serve(e.to_string()))
 }
 
 async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
@@ -107,11 +98,19 @@ async fn require_token(
     Ok(next.run(request).await)
 }
 
+/// Ready once started, and while the WAL can be written: a load balancer then sends OTLP
+/// traffic elsewhere rather than into 503s.
 async fn readyz(State(state): State<ApiState>) -> Response {
-    if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
+    if !state.ready.load(Ordering::Acquire) {
         (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+    } else if state.aggregator.telemetry().wal_failing() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the write-ahead log cannot be written (see the log); ingest answers 503\n",
+        )
+            .into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
     }
 }
 

@@ -45,6 +45,13 @@ impl ApiError {
         }
     }
 
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::PayloadTooLarge,
+            message: message.into(),
+        }
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self {
             kind: ErrorKind::Internal,
@@ -62,13 +69,26 @@ impl From<recmeter_aggregator::Error> for ApiError {
     }
 }
 
+/// `text` cut to at most `max` bytes, on a character boundary, marked when cut.
+pub fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len()).into()
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.kind.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let error_type = self.kind.error_type();
         let message = if self.kind == ErrorKind::Internal {
-            tracing::error!(error = %self.message, "API request failed.");
+            // A message can quote the query (a pattern, a literal): at most 1 KiB of it is logged.
+            tracing::error!(error = %clip(&self.message, 1024), "API request failed.");
             "internal error; see the recmeter log".to_owned()
         } else {
             self.message

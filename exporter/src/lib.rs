@@ -11,6 +11,6 @@ pub mod error;
 pub mod prometheus;
 pub mod sql;
 
-pub use api::{ApiState, api_router, serve_api};
+pub use api::{ApiState, api_router};
 pub use config::ApiConfig;
 pub use error::{ApiError, Error, Result};

@@ -3,8 +3,9 @@
 //! stream (`?format=arrow`, exact types, `hdr` blobs intact).
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use datafusion::arrow::csv::WriterBuilder as CsvWriterBuilder;
 use datafusion::arrow::ipc::writer::StreamWriter;
@@ -14,6 +15,9 @@ use serde::Deserialize;
 
 use crate::api::ApiState;
 use crate::error::ApiError;
+
+/// Largest SQL text accepted (HTTP 413 beyond).
+pub const MAX_SQL_BYTES: usize = 1 << 20;
 
 /// Result encodings.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -47,10 +51,16 @@ pub struct SqlParams {
 pub async fn sql(
     State(state): State<ApiState>,
     params: Result<Query<SqlParams>, axum::extract::rejection::QueryRejection>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let Query(params) = params.map_err(|e| {
         ApiError::bad_request(format!("{}; `format` is json, csv or arrow", e.body_text()))
+    })?;
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::too_large(format!("the SQL text is larger than {MAX_SQL_BYTES} bytes"))
+        }
+        _ => ApiError::bad_request(format!("cannot read the SQL text: {}", e.body_text())),
     })?;
     let sql = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_request("the SQL text is not UTF-8"))?

@@ -48,6 +48,8 @@ pub struct Start<'a> {
     /// Run in this directory (kept after the process ends, for a restart on the same storage)
     /// instead of a fresh temporary one.
     pub dir: Option<&'a Path>,
+    /// Run with this open-files limit (`ulimit -n`).
+    pub open_files: Option<u64>,
 }
 
 enum Workdir {
@@ -72,6 +74,7 @@ impl Default for Start<'_> {
             env: Vec::new(),
             fake_clock: Some(FAKE_START),
             dir: None,
+            open_files: None,
         }
     }
 }
@@ -112,7 +115,17 @@ impl Recmeter {
         std::fs::write(&config_path, start.config).unwrap();
         let ready = dir.path().join("ready.json");
         let log = dir.path().join("recmeter.log");
-        let mut cmd = Command::new(binary());
+        let mut cmd = match start.open_files {
+            None => Command::new(binary()),
+            // The shell lowers its limit and becomes recmeter (same process id).
+            Some(n) => {
+                let mut cmd = Command::new("sh");
+                cmd.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(binary());
+                cmd
+            }
+        };
         cmd.arg(start.command)
             .arg("--config")
             .arg(&config_path)

@@ -12,6 +12,7 @@ mod demo;
 mod durability;
 mod exposition;
 mod harness;
+mod hostile;
 mod limits;
 mod loadgen;
 mod memory;

@@ -15,5 +15,5 @@ pub use checkpoint::{
 };
 pub use compaction::CompactionStats;
 pub use config::{Durability, RetentionConfig, StorageConfig, WalConfig};
-pub use restore::{Opened, open};
+pub use restore::{OpenOptions, Opened, open};
 pub use wal::{Arriving, ReplayStats, Wal, WalDir};

@@ -29,8 +29,17 @@ pub struct Opened {
     pub deleted: usize,
 }
 
+/// How start-up treats the WAL.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenOptions {
+    /// `--wal-truncate-at-corruption`: cut a corrupt WAL at the corruption, dropping (and
+    /// counting) the acknowledged records after it, instead of refusing to start.
+    pub truncate_at_corruption: bool,
+}
+
 /// Locks `wal.dir`, opens `storage.url`, restores the latest checkpoint into `aggregator` (which
 /// must be empty), replays the WAL after it, and starts the WAL writer.
+#[allow(clippy::too_many_arguments)]
 pub async fn open(
     wal_config: &WalConfig,
     storage_config: &StorageConfig,
@@ -39,6 +48,7 @@ pub async fn open(
     extras: &[Arc<dyn Checkpointable>],
     hooks: Arc<Hooks>,
     telemetry: Arc<Telemetry>,
+    options: OpenOptions,
 ) -> Result<Opened> {
     let dir = WalDir::lock(&wal_config.dir)?;
     // Rows the restore and the replay store (open minutes, replayed records) are new to
@@ -62,13 +72,14 @@ pub async fn open(
         None => RestoreStats::default(),
     };
     let after = manifest.as_ref().map_or(0, |m| m.wal_seq);
-    let replayed = dir.replay(after, |entry| {
+    let replayed = dir.replay(after, options.truncate_at_corruption, |entry| {
         aggregator.apply_checked(&entry.records, entry.checked_at);
         if !entry.points.is_empty() {
             aggregator.apply_points(&entry.points, entry.checked_at);
         }
         aggregator.set_wal_seq(entry.seq);
     })?;
+    telemetry.add_wal_records_dropped(replayed.dropped_records);
     let next_seq = replayed.last_seq.max(after) + 1;
     let wal = Arc::new(dir.start(next_seq, wal_config.fsync_interval, hooks, telemetry)?);
     Ok(Opened {

@@ -31,6 +31,20 @@ const MAX_FRAME: usize = 1 << 30;
 /// Name of the lock file inside the WAL directory.
 const LOCK_FILE: &str = "LOCK";
 
+/// Written, synced and removed to find out whether a failing disk takes writes again.
+const PROBE_FILE: &str = "probe";
+
+/// How often that is tried while writes fail.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the `fail_wal_writes` test hook makes every WAL write return.
+fn full_disk_hook() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::StorageFull,
+        "No space left on device (test hook fail_wal_writes)",
+    )
+}
+
 /// Segment file suffix; the stem is the first sequence number, zero-padded.
 const SEGMENT_SUFFIX: &str = ".wal";
 
@@ -57,6 +71,73 @@ pub struct ReplayStats {
     pub last_seq: u64,
     /// Segments whose tail was torn (a crash during a write).
     pub torn: u64,
+    /// Frames after a corruption, dropped by `--wal-truncate-at-corruption` (those a
+    /// checkpoint already covers not counted).
+    pub dropped_frames: u64,
+    /// Records and metric points in them.
+    pub dropped_records: u64,
+}
+
+/// Valid frames found after a bad one.
+#[derive(Debug, Default, Clone, Copy)]
+struct Dropped {
+    /// Every valid frame found.
+    found: u64,
+    /// Those after the checkpoint's sequence number, and their records and points.
+    frames: u64,
+    records: u64,
+}
+
+impl Dropped {
+    fn add(&mut self, other: Dropped) {
+        self.found += other.found;
+        self.frames += other.frames;
+        self.records += other.records;
+    }
+}
+
+/// Cuts the segment at `path` back to `offset` bytes, durably.
+fn cut(path: &Path, offset: u64) -> Result<()> {
+    let io = |e: std::io::Error| Error::Wal(format!("{}: {e}", path.display()));
+    let file = OpenOptions::new().write(true).open(path).map_err(io)?;
+    file.set_len(offset).map_err(io)?;
+    file.sync_all().map_err(io)
+}
+
+/// The valid frames of the segment at `path` after a bad frame at `bad` (0 and `previous` 0:
+/// the whole segment), with sequence numbers above `after` counted. A valid frame is found
+/// again by its sequence number: the first frame after a bad one, at any byte, whose sequence
+/// number follows `previous` (the last good one) closely and whose CRC holds.
+fn valid_frames_after(path: &Path, bad: u64, previous: u64, after: u64) -> Result<Dropped> {
+    let bytes = std::fs::read(path).map_err(|e| Error::Wal(format!("{}: {e}", path.display())))?;
+    let start = usize::try_from(bad).unwrap_or(usize::MAX);
+    let resync = if bad == 0 && previous == 0 {
+        Some(0)
+    } else {
+        (start + 1..bytes.len().saturating_sub(24)).find(|&at| {
+            let seq = u64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap_or_default());
+            seq > previous
+                && seq <= previous.saturating_add(1 << 20)
+                && matches!(
+                    read_frame(&mut &bytes[at..], (bytes.len() - at) as u64),
+                    Frame::Entry(..)
+                )
+        })
+    };
+    let mut dropped = Dropped::default();
+    if let Some(mut at) = resync {
+        while let Frame::Entry(entry, len) =
+            read_frame(&mut &bytes[at..], (bytes.len() - at) as u64)
+        {
+            at += len as usize;
+            dropped.found += 1;
+            if entry.seq > after {
+                dropped.frames += 1;
+                dropped.records += (entry.records.len() + entry.points.len()) as u64;
+            }
+        }
+    }
+    Ok(dropped)
 }
 
 /// The locked WAL directory, before its writer starts.
@@ -108,39 +189,66 @@ impl WalDir {
         })
     }
 
-    /// Hands `apply` every entry after sequence number `after`, in order. A torn tail of the
-    /// last segment (a crash during a write; nothing there was acknowledged) is cut off; a bad
-    /// frame anywhere else is corruption, and an error naming the segment.
-    pub fn replay(&self, after: u64, mut apply: impl FnMut(Entry)) -> Result<ReplayStats> {
+    /// Hands `apply` every entry after sequence number `after`, in order.
+    ///
+    /// A bad frame with nothing valid after it in the last segment is a torn tail (a crash
+    /// during a write; nothing there was acknowledged): it is cut off with a warning. A bad
+    /// frame anywhere else, or followed by valid frames, is corruption of acknowledged data:
+    /// an error naming the segment and offset, unless `truncate_at_corruption`, which cuts the
+    /// log there, drops the frames after it (counted in [`ReplayStats::dropped_records`]) and
+    /// goes on.
+    pub fn replay(
+        &self,
+        after: u64,
+        truncate_at_corruption: bool,
+        mut apply: impl FnMut(Entry),
+    ) -> Result<ReplayStats> {
         let mut stats = ReplayStats::default();
         let last = self.segments.len().saturating_sub(1);
-        for (i, (_, path)) in self.segments.iter().enumerate() {
+        for (i, (first, path)) in self.segments.iter().enumerate() {
             let io = |e: std::io::Error| Error::Wal(format!("{}: {e}", path.display()));
             let file = File::open(path).map_err(io)?;
             let size = file.metadata().map_err(io)?.len();
             let mut reader = BufReader::with_capacity(1 << 20, file);
             let mut offset = 0u64;
+            let mut previous = first.saturating_sub(1);
             loop {
                 match read_frame(&mut reader, size - offset) {
                     Frame::End => break,
-                    Frame::Torn if i == last => {
-                        stats.torn += 1;
-                        tracing::warn!(segment = %path.display(), offset, "The WAL ends in a torn write (a crash while writing); the unacknowledged tail is cut off.");
-                        let cut = OpenOptions::new().write(true).open(path).map_err(io)?;
-                        cut.set_len(offset).map_err(io)?;
-                        cut.sync_all().map_err(io)?;
-                        break;
-                    }
                     Frame::Torn => {
-                        return Err(Error::Wal(format!(
-                            "{} is corrupt at byte {offset}, before later segments; move the WAL \
-                             directory aside to start without it (acknowledged requests after \
-                             the last checkpoint would be lost)",
-                            path.display()
-                        )));
+                        let mut dropped = valid_frames_after(path, offset, previous, after)?;
+                        if i == last && dropped.found == 0 {
+                            stats.torn += 1;
+                            tracing::warn!(segment = %path.display(), offset, "The WAL ends in a torn write (a crash while writing); the unacknowledged tail is cut off.");
+                            cut(path, offset)?;
+                            break;
+                        }
+                        for (_, later) in &self.segments[i + 1..] {
+                            dropped.add(valid_frames_after(later, 0, 0, after)?);
+                        }
+                        if !truncate_at_corruption {
+                            return Err(Error::WalCorrupt {
+                                segment: path.clone(),
+                                offset,
+                                frames_after: dropped.frames,
+                            });
+                        }
+                        tracing::error!(
+                            segment = %path.display(),
+                            offset,
+                            frames = dropped.frames,
+                            records = dropped.records,
+                            "The WAL is corrupt; --wal-truncate-at-corruption cuts it here and drops the acknowledged records after it."
+                        );
+                        cut(path, offset)?;
+                        // The later segments hold no frame replayed; `start` deletes them.
+                        stats.dropped_frames = dropped.frames;
+                        stats.dropped_records = dropped.records;
+                        return Ok(stats);
                     }
                     Frame::Entry(entry, len) => {
                         offset += len;
+                        previous = entry.seq;
                         stats.last_seq = stats.last_seq.max(entry.seq);
                         if entry.seq > after {
                             stats.entries += 1;
@@ -358,7 +466,24 @@ impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Command>, interval: Duration, arrivals: &AtomicUsize) {
         let mut last_sync: Option<Instant> = None;
         let mut pending: Vec<(u64, Batch, Then)> = Vec::new();
-        while let Ok(first) = rx.recv() {
+        loop {
+            // While writes fail, a probe every second finds out when the disk takes writes
+            // again, so `/readyz` recovers without waiting for traffic it turns away.
+            let first = if self.telemetry.wal_failing() {
+                match rx.recv_timeout(PROBE_INTERVAL) {
+                    Ok(c) => c,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.probe();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(c) => c,
+                    Err(_) => break,
+                }
+            };
             let mut batch = Vec::new();
             take(&mut batch, first);
             for c in rx.try_iter() {
@@ -425,6 +550,7 @@ impl Writer {
         let started = Instant::now();
         let result = self.write_and_sync();
         self.buf.clear();
+        self.telemetry.set_wal_failing(result.is_err());
         match result {
             Ok(()) => {
                 self.current_has_entries = true;
@@ -458,9 +584,17 @@ impl Writer {
     }
 
     fn write_and_sync(&mut self) -> std::io::Result<()> {
+        if self.file.is_none() && self.telemetry.wal_failing() {
+            // A failed write could not be cut back: start afresh once the disk takes writes.
+            self.probe_write()?;
+            self.open_segment()?;
+        }
         let Some(file) = self.file.as_mut() else {
             return Err(std::io::Error::other("no WAL segment is open"));
         };
+        if self.hooks.is_on(Hook::FailWalWrites) {
+            return Err(full_disk_hook());
+        }
         file.write_all(&self.buf)?;
         if self.hooks.is_on(Hook::BlockFsync) {
             tracing::warn!("Test hook block_fsync: holding the WAL fsync.");
@@ -471,6 +605,27 @@ impl Writer {
         file.sync_data()?;
         self.committed += self.buf.len() as u64;
         Ok(())
+    }
+
+    /// Whether the WAL's disk takes a write and an fsync again; clears the failing state if so.
+    fn probe(&mut self) {
+        if self.probe_write().is_ok() {
+            tracing::info!(dir = %self.dir.display(), "The WAL can be written again.");
+            self.telemetry.set_wal_failing(false);
+        }
+    }
+
+    fn probe_write(&self) -> std::io::Result<()> {
+        if self.hooks.is_on(Hook::FailWalWrites) {
+            return Err(full_disk_hook());
+        }
+        let path = self.dir.join(PROBE_FILE);
+        let result = File::create(&path).and_then(|mut f| {
+            f.write_all(&[0u8; 4096])?;
+            f.sync_data()
+        });
+        let _ = std::fs::remove_file(&path);
+        result
     }
 
     /// Starts a new segment at the next sequence number.
@@ -928,7 +1083,7 @@ mod tests {
         drop(wal);
         let wal = WalDir::lock(dir.path()).unwrap();
         let mut got = Vec::new();
-        let stats = wal.replay(1, |e| got.push(e)).unwrap();
+        let stats = wal.replay(1, false, |e| got.push(e)).unwrap();
         assert_eq!(stats.last_seq, 3);
         assert_eq!(stats.entries, 2);
         assert_eq!(got[0].seq, 2);
@@ -1172,7 +1327,7 @@ mod tests {
         f.write_all(&torn[..torn.len() / 2]).unwrap();
         drop(f);
         let wal = WalDir::lock(dir.path()).unwrap();
-        let stats = wal.replay(0, |_| {}).unwrap();
+        let stats = wal.replay(0, false, |_| {}).unwrap();
         assert_eq!((stats.entries, stats.torn, stats.last_seq), (2, 1, 2));
         assert_eq!(std::fs::metadata(&segment).unwrap().len(), good);
         drop(wal);
@@ -1183,7 +1338,7 @@ mod tests {
         let mut seqs = Vec::new();
         WalDir::lock(dir.path())
             .unwrap()
-            .replay(0, |e| seqs.push(e.seq))
+            .replay(0, false, |e| seqs.push(e.seq))
             .unwrap();
         assert_eq!(seqs, [1, 2, 3]);
         // A flipped byte in a segment that is not the last one is corruption.
@@ -1192,13 +1347,62 @@ mod tests {
         std::fs::write(&segment, bytes).unwrap();
         let e = WalDir::lock(dir.path())
             .unwrap()
-            .replay(0, |_| {})
+            .replay(0, false, |_| {})
             .unwrap_err()
             .to_string();
         assert!(
             e.contains("corrupt") && e.contains(&format!("{:020}", 1)),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_flip_before_acknowledged_frames_is_corruption_not_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = WalDir::lock(dir.path())
+            .unwrap()
+            .start(1, Duration::ZERO, Arc::default(), Arc::default())
+            .unwrap();
+        for _ in 0..6 {
+            append_one(&wal);
+        }
+        drop(wal);
+        let segment = dir.path().join(format!("{:020}{SEGMENT_SUFFIX}", 1));
+        let bytes = std::fs::read(&segment).unwrap();
+        let frame = bytes.len() / 6;
+        // Four bytes flipped in the third frame's payload, and then in its length.
+        for at in [2 * frame + 20, 2 * frame] {
+            let mut flipped = bytes.clone();
+            for b in &mut flipped[at..at + 4] {
+                *b ^= 0x5a;
+            }
+            std::fs::write(&segment, &flipped).unwrap();
+            let e = WalDir::lock(dir.path())
+                .unwrap()
+                .replay(0, false, |_| {})
+                .unwrap_err();
+            let message = e.to_string();
+            assert!(
+                matches!(e, Error::WalCorrupt { offset, frames_after: 3, .. } if offset == 2 * frame as u64),
+                "{message}"
+            );
+            assert!(message.contains(&format!("{:020}", 1)), "{message}");
+            // Nothing was cut: the operator can still copy the directory away.
+            assert_eq!(std::fs::read(&segment).unwrap(), flipped);
+            // A checkpoint covering the frames after it leaves nothing to lose but the flip.
+            let mut seqs = Vec::new();
+            let stats = WalDir::lock(dir.path())
+                .unwrap()
+                .replay(0, true, |e| seqs.push(e.seq))
+                .unwrap();
+            assert_eq!(seqs, [1, 2]);
+            assert_eq!(
+                (stats.dropped_frames, stats.dropped_records),
+                (3, 3 * records().len() as u64)
+            );
+            assert_eq!(std::fs::metadata(&segment).unwrap().len(), 2 * frame as u64);
+            std::fs::write(&segment, &bytes).unwrap();
+        }
     }
 
     #[test]
@@ -1228,7 +1432,7 @@ mod tests {
         drop(wal);
         let wal = WalDir::lock(dir.path()).unwrap();
         let mut seqs = Vec::new();
-        wal.replay(0, |e| seqs.push(e.seq)).unwrap();
+        wal.replay(0, false, |e| seqs.push(e.seq)).unwrap();
         assert_eq!(seqs, [4, 5, 6]);
     }
 }

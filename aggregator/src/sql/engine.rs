@@ -16,6 +16,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::{DataFusionError, ScalarValue};
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::ExprFunctionExt;
 use datafusion::prelude::{Expr, SessionConfig, SessionContext, col, lit};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
@@ -24,6 +25,7 @@ use futures::StreamExt;
 use tokio::runtime::Runtime;
 
 use super::functions::{self, TIME_ZONE};
+use super::guard::{self, Cancel, CancelOnDrop};
 use super::history::History;
 use super::tables::{PreparedRows, PreparedSeries, RollupTable};
 use crate::clock::MINUTE_NANOS;
@@ -141,10 +143,13 @@ impl QueryEngine {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
-        let runtime = |name: &str| {
+        // The client runtime's threads plan and run queries as deep as the nesting limit
+        // allows; recmeter's own queries are shallow.
+        let runtime = |name: &str, stack: usize| {
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(target_partitions)
                 .thread_name(name)
+                .thread_stack_size(stack)
                 .enable_all()
                 .build()
                 .map_err(|e| Error::QueryInternal(format!("cannot start the query runtime: {e}")))
@@ -163,8 +168,11 @@ impl QueryEngine {
             state,
             config: config.clone(),
             target_partitions,
-            runtime: Some(runtime("recmeter-sql")?),
-            internal_runtime: Some(runtime("recmeter-metrics")?),
+            runtime: Some(runtime(
+                "recmeter-sql",
+                guard::stack_bytes(config.max_expression_depth),
+            )?),
+            internal_runtime: Some(runtime("recmeter-metrics", 8 << 20)?),
             limited,
             internal: internal_env,
             final_hours: parking_lot::Mutex::new(None),
@@ -186,10 +194,17 @@ impl QueryEngine {
         self.final_hours.lock().as_ref().map(|k| k.advanced)
     }
 
-    /// A session with the rollup tables, recmeter's functions and `now()` at the clock's now.
-    pub fn context(&self) -> SessionContext {
+    /// A session for a client's query: the rollup tables, recmeter's functions, `now()` at the
+    /// clock's now, the value-size bound on string functions, and `cancel` checked above every
+    /// operator.
+    pub fn context(&self, cancel: &Cancel) -> SessionContext {
         let now = lock(&self.state).clock().now_nanos();
-        self.context_with(self.limited.clone(), now, self.history.clone())
+        self.context_with(
+            self.limited.clone(),
+            now,
+            self.history.clone(),
+            Some(cancel),
+        )
     }
 
     fn context_with(
@@ -197,13 +212,24 @@ impl QueryEngine {
         env: Arc<RuntimeEnv>,
         now: u64,
         history: Option<Arc<History>>,
+        cancel: Option<&Cancel>,
     ) -> SessionContext {
         let mut config = SessionConfig::new()
             .with_target_partitions(self.target_partitions)
             .with_information_schema(true);
         config.options_mut().execution.time_zone = Some(TIME_ZONE.to_owned());
-        let ctx = SessionContext::new_with_config_rt(config, env);
+        let mut builder = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(env)
+            .with_default_features();
+        if let Some(cancel) = cancel {
+            builder = builder.with_physical_optimizer_rule(cancel.rule());
+        }
+        let ctx = SessionContext::new_with_state(builder.build());
         functions::register(&ctx, now);
+        if cancel.is_some() {
+            functions::bound_values(&ctx, self.config.max_value_bytes);
+        }
         for table in [Table::Minutes, Table::Hours] {
             let provider =
                 RollupTable::new(table, self.state.clone()).with_history(history.clone());
@@ -216,7 +242,7 @@ impl QueryEngine {
     /// A session for `/metrics` windows: the rollup tables (over the store too) and the
     /// blocks, on the internal runtime.
     fn metrics_context(&self, now: u64) -> SessionContext {
-        let ctx = self.context_with(self.internal.clone(), now, self.history.clone());
+        let ctx = self.context_with(self.internal.clone(), now, self.history.clone(), None);
         let blocks = RollupTable::new(Table::Blocks, self.state.clone());
         // Registering into a fresh session cannot collide.
         let _ = ctx.register_table(table_name(Table::Blocks), Arc::new(blocks));
@@ -224,9 +250,15 @@ impl QueryEngine {
     }
 
     /// Runs one read-only statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN) to completion.
+    ///
+    /// The nesting limit is checked on the text first, so nothing recursive ever sees a query
+    /// deeper than the query threads' stacks allow. Errors while planning are the query's
+    /// (400); cancelling (the deadline, or a client gone) stops its operators within a batch.
     pub async fn query(&self, sql: &str) -> Result<QueryOutput> {
+        guard::check_depth(sql, self.config.max_expression_depth)?;
         check_read_only(sql)?;
-        let ctx = self.context();
+        let cancel = Cancel::default();
+        let ctx = self.context(&cancel);
         let sql = sql.to_owned();
         let max_bytes = self.config.max_result_bytes;
         let timeout = self.config.timeout;
@@ -240,7 +272,7 @@ impl QueryEngine {
                 let df = ctx
                     .sql_with_options(&sql, options)
                     .await
-                    .map_err(classify)?;
+                    .map_err(classify_planning)?;
                 let schema = Arc::new(df.schema().as_arrow().clone());
                 let mut stream = df.execute_stream().await.map_err(classify)?;
                 let mut batches = Vec::new();
@@ -259,26 +291,31 @@ impl QueryEngine {
                 Ok(QueryOutput { schema, batches })
             },
             timeout,
+            cancel,
         )
         .await
     }
 
     /// Runs `work` on the query runtime under a deadline; dropping the returned future (a
-    /// client that went away) cancels the query.
+    /// client that went away) cancels the query. Either way `cancel` is set, which stops the
+    /// operators of a plan built with it even where they never wait.
     async fn run<T: Send + 'static>(
         &self,
         runtime: Option<&Runtime>,
         work: impl Future<Output = Result<T>> + Send + 'static,
         timeout: Duration,
+        cancel: Cancel,
     ) -> Result<T> {
         let runtime =
             runtime.ok_or_else(|| Error::QueryInternal("the query runtime has stopped".into()))?;
+        let _stop = CancelOnDrop(cancel.clone());
         let task = runtime.spawn(async move {
+            let _stop = CancelOnDrop(cancel);
             tokio::time::timeout(timeout, work)
                 .await
                 .unwrap_or(Err(Error::QueryTimeout(timeout)))
         });
-        let _cancel = AbortOnDrop(task.abort_handle());
+        let _abort = AbortOnDrop(task.abort_handle());
         task.await
             .map_err(|e| Error::QueryInternal(format!("query task failed: {e}")))?
     }
@@ -384,6 +421,7 @@ impl QueryEngine {
                         Ok(per_series)
                     },
                     self.config.timeout,
+                    Cancel::default(),
                 )
                 .await?;
             let stale = final_hours.is_some_and(|(rows, births)| {
@@ -599,7 +637,7 @@ impl QueryEngine {
                 ),
             }
         }
-        let ctx = self.context_with(self.internal.clone(), now_nanos, self.history.clone());
+        let ctx = self.context_with(self.internal.clone(), now_nanos, self.history.clone(), None);
         let keys = 2 + dimensions.len();
         let (births, threshold_columns) = {
             let state = lock(&self.state);
@@ -617,6 +655,7 @@ impl QueryEngine {
                     Ok(Arc::new(PreparedRows::new(dims, threshold_columns, series)))
                 },
                 self.config.timeout,
+                Cancel::default(),
             )
             .await?;
         *self.final_hours.lock() = Some(Arc::new(FinalHours {
@@ -730,6 +769,7 @@ impl QueryEngine {
                 })
             },
             self.config.timeout,
+            Cancel::default(),
         )
         .await
     }
@@ -742,7 +782,7 @@ impl QueryEngine {
         dimensions: &[String],
     ) -> Result<HourRows> {
         let now = lock(&self.state).clock().now_nanos();
-        let ctx = self.context_with(self.internal.clone(), now, Some(history.clone()));
+        let ctx = self.context_with(self.internal.clone(), now, Some(history.clone()), None);
         let mut columns = key_columns(dimensions);
         columns.extend([col("hour"), col("hdr")]);
         let keys = 2 + dimensions.len();
@@ -764,6 +804,7 @@ impl QueryEngine {
                 HourRows::from_batches(&batches, keys)
             },
             self.config.timeout,
+            Cancel::default(),
         )
         .await
     }
@@ -1206,6 +1247,16 @@ fn is_read_only(statement: &DfStatement) -> bool {
 }
 
 /// Sorts DataFusion's errors into what the client did and what recmeter did.
+/// An error while parsing or planning a client's query: the query's own fault (a bad regular
+/// expression, an unknown column, a function's value bound), whatever DataFusion calls it,
+/// unless it ran out of memory.
+fn classify_planning(e: DataFusionError) -> Error {
+    match classify(e) {
+        Error::QueryInternal(m) => Error::Query(m),
+        other => other,
+    }
+}
+
 fn classify(e: DataFusionError) -> Error {
     match e.find_root() {
         DataFusionError::ResourcesExhausted(m) => Error::ResourcesExhausted(format!(

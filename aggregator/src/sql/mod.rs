@@ -4,6 +4,7 @@
 
 mod engine;
 pub mod functions;
+pub mod guard;
 pub mod history;
 pub mod tables;
 

@@ -8,7 +8,7 @@ use prometheus_client::registry::Registry;
 use recmeter_aggregator::histogram::ClampBound;
 use recmeter_aggregator::state::{LATENCY_BUCKETS_NANOS, QUANTILES};
 use recmeter_aggregator::telemetry::{
-    DropReason, HistogramReading, IgnoreReason, RejectReason, Transport,
+    DropReason, HistogramReading, IgnoreReason, Listener, RejectReason, Transport,
 };
 use recmeter_aggregator::{Snapshot, Telemetry};
 
@@ -78,6 +78,10 @@ struct SelfMetrics {
     wal_fsync: HistogramReading,
     checkpoint_last_success_nanos: u64,
     compactions: [u64; 2],
+    connections_open: Vec<(Labels, u64)>,
+    connections_refused: Vec<(Labels, u64)>,
+    wal_records_dropped: u64,
+    wal_writable: bool,
 }
 
 impl SelfMetrics {
@@ -129,6 +133,26 @@ impl SelfMetrics {
             wal_fsync: t.wal_fsync(),
             checkpoint_last_success_nanos: t.checkpoint_last_success_nanos(),
             compactions: t.compactions(),
+            connections_open: Listener::ALL
+                .iter()
+                .map(|&l| {
+                    (
+                        vec![("listener", l.label().to_owned())],
+                        t.connections_open(l),
+                    )
+                })
+                .collect(),
+            connections_refused: Listener::ALL
+                .iter()
+                .map(|&l| {
+                    (
+                        vec![("listener", l.label().to_owned())],
+                        t.connections_refused(l),
+                    )
+                })
+                .collect(),
+            wal_records_dropped: t.wal_records_dropped(),
+            wal_writable: !t.wal_failing(),
             clamped: [
                 (ClampBound::Low, t.clamped(ClampBound::Low)),
                 (ClampBound::High, t.clamped(ClampBound::High)),
@@ -360,6 +384,36 @@ impl Collector for Families {
                 .into_iter()
                 .zip(m.compactions)
                 .map(|(outcome, n)| (vec![("outcome", outcome.to_owned())], n)),
+        )?;
+        let writable = i64::from(m.wal_writable);
+        encoder
+            .encode_descriptor(
+                "recmeter_wal_writable",
+                "1 while the write-ahead log can be written; 0 while writes fail (a full or failing disk), when ingest answers 503 and /readyz is not ready.",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&writable)?;
+        counter(
+            &mut encoder,
+            "recmeter_wal_records_dropped",
+            "Records of acknowledged requests dropped at start-up from a corrupt write-ahead log (--wal-truncate-at-corruption).",
+            [(Vec::new(), m.wal_records_dropped)],
+        )?;
+        let mut family = encoder.encode_descriptor(
+            "recmeter_connections_open",
+            "Connections open, per listener.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, n) in &m.connections_open {
+            family.encode_family(labels)?.encode_gauge(&(*n as i64))?;
+        }
+        counter(
+            &mut encoder,
+            "recmeter_connections_refused",
+            "Connections closed at once because the listener had its most open (max_connections).",
+            m.connections_refused.iter().cloned(),
         )?;
         Ok(())
     }

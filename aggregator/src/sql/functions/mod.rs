@@ -1,6 +1,8 @@
 //! recmeter's SQL functions, registered through one explicit list: `hdr_merge` (aggregate),
-//! `hdr_quantile` (scalar) and `now()` on recmeter's clock.
+//! `hdr_quantile` (scalar) and `now()` on recmeter's clock; and, for clients' queries,
+//! DataFusion's growing string functions bounded by `sql.max_value_bytes`.
 
+mod bounded;
 mod hdr_merge;
 mod hdr_quantile;
 mod now;
@@ -10,6 +12,7 @@ use std::sync::Arc;
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 use datafusion::prelude::SessionContext;
 
+pub use bounded::bound_values;
 pub use hdr_merge::HdrMerge;
 pub use hdr_quantile::HdrQuantile;
 pub use now::Now;

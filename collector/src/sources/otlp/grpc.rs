@@ -27,16 +27,15 @@ use recmeter_aggregator::durability::Arriving;
 use recmeter_aggregator::telemetry::{RejectReason, Transport};
 use recmeter_aggregator::{BearerToken, ErrorKind, Telemetry};
 use std::sync::Arc;
-use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Status};
 use tower::util::MapRequestLayer;
 use tower::{Layer, Service};
 
 use super::Ingest;
 use super::config::ServeOptions;
+use super::grpc_prescan::PrescanLayer;
 use super::metrics::MetricIngest;
 use super::traces::{IngestError, TraceIngest};
 use crate::error::{Error, Result};
@@ -101,7 +100,11 @@ fn answer<T>(
             telemetry.add_request_rejected(Transport::Grpc, RejectReason::Backpressure);
             Err(unavailable("recmeter is busy; retry later"))
         }
-        Err(IngestError::Unavailable) => Err(unavailable("recmeter is shutting down")),
+        Err(e @ IngestError::Storage(_)) => {
+            telemetry.add_request_rejected(Transport::Grpc, RejectReason::Storage);
+            Err(unavailable(&e.to_string()))
+        }
+        Err(e @ IngestError::Unavailable) => Err(unavailable(&e.to_string())),
     }
 }
 
@@ -134,13 +137,23 @@ fn unavailable(message: &str) -> Status {
     Status::with_error_details(Code::Unavailable, message, details)
 }
 
-/// Serves OTLP/gRPC on `listener` until `shutdown` completes, then drains in-flight calls.
-pub async fn serve_grpc(
-    listener: TcpListener,
+/// Serves OTLP/gRPC on the connections of `incoming` until `shutdown` completes, then drains
+/// in-flight calls.
+pub async fn serve_grpc<I, IO>(
+    incoming: I,
     ingest: Ingest,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<()> {
+) -> Result<()>
+where
+    I: futures::Stream<Item = std::io::Result<IO>> + Send + 'static,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+{
     let telemetry = ingest.traces.aggregator().telemetry().clone();
     let aggregator = ingest.traces.aggregator().clone();
     let traces = TraceServiceServer::new(GrpcTraces {
@@ -156,6 +169,9 @@ pub async fn serve_grpc(
     .accept_compressed(CompressionEncoding::Gzip)
     .send_compressed(CompressionEncoding::Gzip)
     .max_decoding_message_size(options.max_body_bytes);
+    let prescan = PrescanLayer {
+        options: options.clone(),
+    };
     // The token is checked on the headers, before the message is read or decoded.
     let check = {
         let telemetry = telemetry.clone();
@@ -174,14 +190,14 @@ pub async fn serve_grpc(
                 request
             },
         ))
+        // Inside the rewrite layer, which counts its refusals as too_large.
+        .layer(prescan)
         .add_service(traces)
         .add_service(metrics)
-        // Without TCP_NODELAY small HTTP/2 frames (window updates, answers) wait on Nagle and
-        // delayed ACKs, which caps a client at a few hundred requests per second.
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
+        // The connections come with TCP_NODELAY set: without it small HTTP/2 frames (window
+        // updates, answers) wait on Nagle and delayed ACKs, which caps a client at a few
+        // hundred requests per second.
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| Error::Serve {
             server: "OTLP/gRPC",

@@ -3,7 +3,6 @@
 //! `google.rpc.Status` as the OTLP specification asks.
 
 use std::future::Future;
-use std::io::Read;
 
 use axum::Router;
 use axum::body::Body;
@@ -12,7 +11,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -20,12 +18,13 @@ use prost::Message;
 use recmeter_aggregator::ErrorKind;
 use recmeter_aggregator::durability::Arriving;
 use recmeter_aggregator::telemetry::{RejectReason, Transport};
-use tokio::net::TcpListener;
 
 use super::Ingest;
+use super::body::{GunzipError, gunzip};
 use super::config::ServeOptions;
+use super::prescan;
 use super::traces::IngestError;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
@@ -56,6 +55,9 @@ struct HttpState {
 trait Export: Message + Default + serde::de::DeserializeOwned + Send + 'static {
     type Response: Message + serde::Serialize + Send;
 
+    /// The pre-scan of this request's protobuf body against `options`' limits.
+    fn prescan(body: &[u8], options: &ServeOptions) -> Result<prescan::Scan, prescan::Refused>;
+
     fn export(
         self,
         ingest: &Ingest,
@@ -65,6 +67,10 @@ trait Export: Message + Default + serde::de::DeserializeOwned + Send + 'static {
 
 impl Export for ExportTraceServiceRequest {
     type Response = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+
+    fn prescan(body: &[u8], options: &ServeOptions) -> Result<prescan::Scan, prescan::Refused> {
+        prescan::traces(body, options.max_spans_per_request)
+    }
 
     fn export(
         self,
@@ -78,6 +84,10 @@ impl Export for ExportTraceServiceRequest {
 impl Export for ExportMetricsServiceRequest {
     type Response =
         opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
+
+    fn prescan(body: &[u8], options: &ServeOptions) -> Result<prescan::Scan, prescan::Refused> {
+        prescan::metrics(body, options.max_points_per_request)
+    }
 
     fn export(
         self,
@@ -120,22 +130,6 @@ async fn require_token(State(state): State<HttpState>, request: Request, next: N
         }
     }
     next.run(request).await
-}
-
-/// Serves OTLP/HTTP on `listener` until `shutdown` completes, then drains in-flight requests.
-pub async fn serve_http(
-    listener: TcpListener,
-    ingest: Ingest,
-    options: ServeOptions,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<()> {
-    axum::serve(listener, http_router(ingest, options))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| Error::Serve {
-            server: "OTLP/HTTP",
-            message: e.to_string(),
-        })
 }
 
 /// A refused request: its kind (HTTP status and google.rpc.Code, through [`ErrorKind`]), the
@@ -269,6 +263,24 @@ async fn handle<R: Export>(
             ));
         }
     };
+    // A body that would decode into far more than it weighs is refused before it is decoded.
+    if encoding == Encoding::Protobuf {
+        R::prescan(&body, &state.options).map_err(|e| {
+            if e.is_too_large() {
+                Refusal::new(
+                    ErrorKind::PayloadTooLarge,
+                    Some(RejectReason::TooLarge),
+                    e.to_string(),
+                )
+            } else {
+                Refusal::new(
+                    ErrorKind::BadRequest,
+                    Some(RejectReason::Decode),
+                    e.to_string(),
+                )
+            }
+        })?;
+    }
     let request = decode::<R>(&body, encoding).map_err(|message| {
         Refusal::new(ErrorKind::BadRequest, Some(RejectReason::Decode), message)
     })?;
@@ -281,11 +293,14 @@ async fn handle<R: Export>(
             Some(RejectReason::Backpressure),
             "recmeter is busy; retry later",
         )),
-        Err(IngestError::Unavailable) => Err(Refusal::new(
+        Err(e @ IngestError::Storage(_)) => Err(Refusal::new(
             ErrorKind::Unavailable,
-            None,
-            "recmeter is shutting down",
+            Some(RejectReason::Storage),
+            e.to_string(),
         )),
+        Err(e @ IngestError::Unavailable) => {
+            Err(Refusal::new(ErrorKind::Unavailable, None, e.to_string()))
+        }
     }
 }
 
@@ -317,25 +332,6 @@ fn content_encoding(headers: &HeaderMap) -> ContentEncoding {
         Some(v) if v == "gzip" || v == "x-gzip" => ContentEncoding::Gzip,
         Some(v) => ContentEncoding::Other(v),
     }
-}
-
-enum GunzipError {
-    TooLarge,
-    Corrupt(std::io::Error),
-}
-
-/// Inflates a gzip body, refusing to produce more than `limit` bytes (no decompression bombs).
-fn gunzip(body: &[u8], limit: usize) -> Result<Bytes, GunzipError> {
-    let mut out = Vec::new();
-    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
-    flate2::read::MultiGzDecoder::new(body)
-        .take(cap)
-        .read_to_end(&mut out)
-        .map_err(GunzipError::Corrupt)?;
-    if out.len() > limit {
-        return Err(GunzipError::TooLarge);
-    }
-    Ok(Bytes::from(out))
 }
 
 fn decode<R: Export>(body: &[u8], encoding: Encoding) -> Result<R, String> {
@@ -379,6 +375,8 @@ mod tests {
         ServeOptions {
             max_body_bytes: 4096,
             token: None,
+            max_spans_per_request: 65_536,
+            max_points_per_request: 65_536,
         }
     }
 

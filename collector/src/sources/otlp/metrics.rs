@@ -454,8 +454,17 @@ fn dense(b: &Buckets) -> Result<Dense, &'static str> {
     })
 }
 
-/// The point's `count` must be what its buckets hold.
+/// Most requests one histogram point may count: 2^53, the largest count a Prometheus counter
+/// (a float) still holds exactly. Far above any real sender, and far enough below 2^63 (what
+/// a histogram's bucket can be encoded with) that sums of accepted points saturate there
+/// instead of overflowing.
+pub const MAX_POINT_COUNT: u64 = 1 << 53;
+
+/// The point's `count` must be what its buckets hold, and at most [`MAX_POINT_COUNT`].
 fn check_count(count: u64, zero: u64, buckets: &[u64]) -> Result<(), &'static str> {
+    if count > MAX_POINT_COUNT {
+        return Err("count is above 2^53, more requests than any sender counts");
+    }
     let total = buckets
         .iter()
         .try_fold(zero, |acc, &c| acc.checked_add(c))

@@ -1,17 +1,20 @@
 //! OTLP source: `TraceService/Export` and `MetricsService/Export` over gRPC, `POST /v1/traces`
 //! and `POST /v1/metrics` over HTTP.
 
+mod body;
 mod config;
 mod grpc;
+mod grpc_prescan;
 mod http;
 mod ingest;
 mod metrics;
+pub mod prescan;
 pub mod synthetic;
 mod traces;
 
 pub use config::{OtlpConfig, ServeOptions};
 pub use grpc::serve_grpc;
-pub use http::{http_router, serve_http};
+pub use http::http_router;
 pub use ingest::Ingest;
 pub use metrics::{ConvertedMetrics, MetricIngest, MetricRules, convert_metrics};
 pub use traces::{Converted, SpanRules, TraceIngest, convert};

@@ -187,6 +187,9 @@ pub enum IngestError {
     /// The aggregator queue is full; retry later.
     #[error("recmeter is busy; retry later")]
     Backpressure,
+    /// The write-ahead log cannot be written (a full or failing disk); retry later.
+    #[error("recmeter cannot write its write-ahead log ({0}); retry later")]
+    Storage(String),
     /// The service is shutting down.
     #[error("recmeter is shutting down")]
     Unavailable,
@@ -196,6 +199,7 @@ impl From<recmeter_aggregator::Error> for IngestError {
     fn from(e: recmeter_aggregator::Error) -> Self {
         match e {
             recmeter_aggregator::Error::Backpressure => IngestError::Backpressure,
+            recmeter_aggregator::Error::Wal(m) => IngestError::Storage(m),
             _ => IngestError::Unavailable,
         }
     }
