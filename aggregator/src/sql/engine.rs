@@ -1265,8 +1265,12 @@ fn classify(e: DataFusionError) -> Error {
         DataFusionError::Internal(_) | DataFusionError::IoError(_) => {
             Error::QueryInternal(e.to_string())
         }
-        // Raised by the table scans: recmeter's own state, not the query.
-        DataFusionError::External(_) => Error::QueryInternal(e.to_string()),
+        // Raised by the table scans: recmeter's own state, not the query. Other external
+        // errors come from what the query asked for (a regular expression that does not
+        // compile).
+        DataFusionError::External(inner) if inner.is::<Error>() => {
+            Error::QueryInternal(e.to_string())
+        }
         _ => Error::Query(e.to_string()),
     }
 }
@@ -1758,5 +1762,8 @@ mod tests {
             "x".into(),
         ))));
         assert_eq!(scan.kind(), crate::ErrorKind::Internal);
+        // Another crate's error, such as a regular expression that does not compile.
+        let pattern = classify(DataFusionError::External(Box::new(std::fmt::Error)));
+        assert_eq!(pattern.kind(), crate::ErrorKind::BadRequest);
     }
 }

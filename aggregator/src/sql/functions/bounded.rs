@@ -6,13 +6,16 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type};
 use datafusion::common::{DataFusionError, Result, ScalarValue};
 use datafusion::execution::FunctionRegistry;
+use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
+use datafusion::logical_expr::utils::AggregateOrderSensitivity;
 use datafusion::logical_expr::{
-    ColumnarValue, Expr, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, Expr, ReturnFieldArgs,
+    ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 use datafusion::prelude::SessionContext;
 
@@ -56,12 +59,21 @@ impl Growth {
     }
 }
 
-/// Replaces the growing string functions of `ctx` with bounded ones.
+/// Replaces the growing string functions of `ctx` with bounded ones, `string_agg` included.
 pub fn bound_values(ctx: &SessionContext, max_bytes: usize) {
+    if let Ok(inner) = ctx.udaf("string_agg") {
+        ctx.register_udaf(AggregateUDF::new_from_impl(BoundedAggregate {
+            inner,
+            max_bytes,
+        }));
+    }
     for (name, growth) in Growth::ALL {
         if let Ok(inner) = ctx.udf(name) {
+            let mut signature = inner.signature().clone();
+            signature.volatility = Volatility::Volatile;
             ctx.register_udf(ScalarUDF::new_from_impl(Bounded {
                 inner,
+                signature,
                 growth,
                 max_bytes,
             }));
@@ -72,17 +84,18 @@ pub fn bound_values(ctx: &SessionContext, max_bytes: usize) {
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct Bounded {
     inner: Arc<ScalarUDF>,
+    /// The inner function's, but volatile: a call with constant arguments is not folded into
+    /// a literal while planning, where it would be checked for one row and then copied to
+    /// every row of every batch unchecked.
+    signature: Signature,
     growth: Growth,
     max_bytes: usize,
 }
 
 impl Bounded {
     fn check(&self, args: &ScalarFunctionArgs) -> Result<()> {
-        let all_scalar = args
-            .args
-            .iter()
-            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
-        let rows = if all_scalar { 1 } else { args.number_rows };
+        // Constant arguments give one value, which the batch then holds on every row.
+        let rows = args.number_rows.max(1);
         let limit = self.max_bytes as u128;
         let mut total = 0u128;
         for row in 0..rows {
@@ -114,7 +127,7 @@ impl ScalarUDFImpl for Bounded {
     }
 
     fn signature(&self) -> &Signature {
-        self.inner.signature()
+        &self.signature
     }
 
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
@@ -142,6 +155,129 @@ impl ScalarUDFImpl for Bounded {
 
     fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
         self.inner.documentation()
+    }
+}
+
+/// An aggregate building one value per group (`string_agg`), refusing to hold more than
+/// `max_bytes` in a group: the memory pool alone sees its string only after it has grown (and
+/// its capacity doubled).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct BoundedAggregate {
+    inner: Arc<AggregateUDF>,
+    max_bytes: usize,
+}
+
+impl AggregateUDFImpl for BoundedAggregate {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn aliases(&self) -> &[String] {
+        self.inner.aliases()
+    }
+
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        self.inner.return_type(arg_types)
+    }
+
+    fn return_field(&self, arg_fields: &[FieldRef]) -> Result<FieldRef> {
+        self.inner.return_field(arg_fields)
+    }
+
+    fn is_nullable(&self) -> bool {
+        self.inner.is_nullable()
+    }
+
+    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        self.inner.state_fields(args)
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        self.inner.coerce_types(arg_types)
+    }
+
+    fn order_sensitivity(&self) -> AggregateOrderSensitivity {
+        self.inner.inner().order_sensitivity()
+    }
+
+    fn supports_null_handling_clause(&self) -> bool {
+        self.inner.inner().supports_null_handling_clause()
+    }
+
+    fn supports_within_group_clause(&self) -> bool {
+        self.inner.inner().supports_within_group_clause()
+    }
+
+    fn default_value(&self, data_type: &DataType) -> Result<ScalarValue> {
+        self.inner.default_value(data_type)
+    }
+
+    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
+        self.inner.documentation()
+    }
+
+    // Groups run on one accumulator each (no groups accumulator), each bounded.
+    fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        Ok(Box::new(BoundedAccumulator {
+            inner: self.inner.accumulator(args)?,
+            name: self.inner.name().to_owned(),
+            max_bytes: self.max_bytes,
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct BoundedAccumulator {
+    inner: Box<dyn Accumulator>,
+    name: String,
+    max_bytes: usize,
+}
+
+impl BoundedAccumulator {
+    fn check(&self) -> Result<()> {
+        if self.inner.size() > self.max_bytes {
+            return Err(DataFusionError::ResourcesExhausted(format!(
+                "{}() would build a value of more than {} bytes (sql.max_value_bytes)",
+                self.name, self.max_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Accumulator for BoundedAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        self.inner.update_batch(values)?;
+        self.check()
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        self.inner.evaluate()
+    }
+
+    fn size(&self) -> usize {
+        self.inner.size()
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        self.inner.state()
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        self.inner.merge_batch(states)?;
+        self.check()
+    }
+
+    fn retract_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        self.inner.retract_batch(values)
+    }
+
+    fn supports_retract_batch(&self) -> bool {
+        self.inner.supports_retract_batch()
     }
 }
 
@@ -229,6 +365,10 @@ mod tests {
             "SELECT length(replace(repeat('a', 100000), 'a', repeat('b', 100)))",
             "SELECT length(regexp_replace(repeat('a', 100000), '', repeat('b', 100), 'g'))",
             "SELECT length(repeat('ab', v)) FROM (VALUES (400000), (400000)) AS t(v)",
+            // A constant value the batch repeats on each of its rows.
+            "SELECT length(repeat('x', 100000)) FROM generate_series(1, 20)",
+            // Each batch within the bound, the aggregate's value past it.
+            "SELECT length(string_agg(repeat('x', 1000), ',')) FROM generate_series(1, 3000)",
         ] {
             let e = run(&ctx, sql).await.unwrap_err();
             assert!(e.to_string().contains("sql.max_value_bytes"), "{sql}: {e}");
