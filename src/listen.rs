@@ -9,7 +9,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use futures::task::AtomicWaker;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use recmeter_aggregator::Telemetry;
+use recmeter_aggregator::connection::InFlight;
 use recmeter_aggregator::telemetry::Listener;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -50,8 +51,8 @@ struct Conn {
     last_io: AtomicU64,
     /// Whether any byte came in yet.
     spoke: AtomicBool,
-    /// Requests being answered (HTTP/1.1): not idle, whatever the socket does meanwhile.
-    busy: AtomicUsize,
+    /// Requests being answered: not idle, whatever the socket does meanwhile.
+    busy: InFlight,
     /// Set to close it; its task is woken to see it.
     closing: AtomicBool,
     waker: AtomicWaker,
@@ -70,9 +71,7 @@ impl Table {
             let idle_for = |c: &Conn| now.saturating_sub(c.last_io.load(Ordering::Relaxed));
             let victim = open
                 .iter()
-                .filter(|c| {
-                    c.busy.load(Ordering::Relaxed) == 0 && !c.closing.load(Ordering::Relaxed)
-                })
+                .filter(|c| c.busy.count() == 0 && !c.closing.load(Ordering::Relaxed))
                 .max_by_key(|c| idle_for(c))
                 .filter(|c| idle_for(c) >= EVICTABLE_AFTER.as_millis() as u64);
             match victim {
@@ -90,7 +89,7 @@ impl Table {
         let conn = Arc::new(Conn {
             last_io: AtomicU64::new(now),
             spoke: AtomicBool::new(false),
-            busy: AtomicUsize::new(0),
+            busy: InFlight::default(),
             closing: AtomicBool::new(false),
             waker: AtomicWaker::new(),
         });
@@ -148,7 +147,7 @@ impl Guarded {
         };
         let deadline = self.table.epoch + last + allowed;
         if Instant::now() >= deadline {
-            if self.conn.busy.load(Ordering::Relaxed) == 0 {
+            if self.conn.busy.count() == 0 {
                 return true;
             }
             // A request being answered holds the connection open.
@@ -216,11 +215,12 @@ impl AsyncWrite for Guarded {
     }
 }
 
+/// The gRPC server counts each call in flight on its connection through this.
 impl tonic::transport::server::Connected for Guarded {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    type ConnectInfo = InFlight;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
+        self.conn.busy.clone()
     }
 }
 
@@ -278,11 +278,11 @@ pub async fn serve_http1(
             Some(Ok(guarded)) = incoming.next() => guarded,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
-        let conn = guarded.conn.clone();
+        let in_flight = guarded.conn.busy.clone();
         let service = tower::ServiceExt::<http::Request<hyper::body::Incoming>>::map_future(
             router.clone(),
             move |future| {
-                let busy = Busy::new(conn.clone());
+                let busy = in_flight.enter();
                 async move {
                     let response = future.await;
                     drop(busy);
@@ -313,25 +313,9 @@ pub async fn serve_http1(
     Ok(())
 }
 
-/// A request being answered on a connection.
-struct Busy(Arc<Conn>);
-
-impl Busy {
-    fn new(conn: Arc<Conn>) -> Self {
-        conn.busy.fetch_add(1, Ordering::Relaxed);
-        Self(conn)
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.0.busy.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// The default `max_connections` of a listener: its `share` of the open-files limit, less 256
-/// kept for the WAL, the store and everything else (read from `/proc/self/limits`; 1024 where
-/// that cannot be read).
+/// The default `max_connections` of a listener: its `share` of the open-files limit after 256
+/// are kept for the WAL, the store and everything else (the soft limit, read from
+/// `/proc/self/limits`; 1024 where that cannot be read), at least 16.
 pub fn default_max_connections(share: f64) -> usize {
     let limit = std::fs::read_to_string("/proc/self/limits")
         .ok()

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod connection;
 pub mod counts;
 pub mod durability;
 pub mod error;

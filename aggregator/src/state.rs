@@ -1772,4 +1772,84 @@ mod tests {
             [2]
         );
     }
+
+    /// Counts at the ends of the range, in explicit and exponential points, delta and
+    /// cumulative, applied in any order: the state stays encodable (every minute and the
+    /// checkpoint image), whatever reached the aggregator.
+    mod extreme_counts {
+        use super::*;
+        use crate::metrics::{Dense, PointValue};
+        use proptest::prelude::*;
+
+        fn count() -> impl Strategy<Value = u64> {
+            prop_oneof![
+                Just(u64::MAX),
+                Just(1 << 63),
+                Just(1 << 62),
+                Just((1 << 62) + 1),
+                Just(i64::MAX as u64),
+                0..1_000u64,
+                any::<u64>(),
+            ]
+        }
+
+        fn value() -> impl Strategy<Value = PointValue> {
+            prop_oneof![
+                (
+                    prop::collection::vec(count(), 3),
+                    prop::sample::select(vec![1e-9, 0.05, 1e6])
+                )
+                    .prop_map(|(counts, b)| PointValue::Explicit {
+                        bounds: vec![b, b * 4.0],
+                        counts,
+                    }),
+                (
+                    count(),
+                    prop::collection::vec(count(), 1..4),
+                    -10..20i32,
+                    -200..200i32
+                )
+                    .prop_map(|(zero_count, counts, scale, offset)| {
+                        PointValue::Exponential {
+                            scale,
+                            zero_count,
+                            positive: Dense { offset, counts },
+                            negative: Dense::default(),
+                        }
+                    }),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+            #[test]
+            fn the_state_stays_encodable(
+                points in prop::collection::vec((value(), any::<bool>(), 0..3u64), 1..12)
+            ) {
+                let f = fixture(100);
+                let now = START_SECS * 1_000_000_000;
+                let mut agg = lock(&f.state);
+                for (i, (value, cumulative, stream)) in points.into_iter().enumerate() {
+                    let point = MetricPoint {
+                        stream: u128::from(stream),
+                        key: SeriesKey {
+                            service: Arc::from("svc"),
+                            endpoint: Arc::from("/recs"),
+                            dimensions: Vec::new(),
+                        },
+                        error: i % 2 == 0,
+                        start_unix_nanos: now - 120_000_000_000,
+                        time_unix_nanos: now - 60_000_000_000 + i as u64,
+                        cumulative,
+                        whole_if_new: true,
+                        nanos_per_unit: 1e9,
+                        value,
+                    };
+                    agg.apply_points(&[point], now);
+                }
+                f.clock.advance(Duration::from_secs(120));
+                prop_assert!(agg.checkpoint_image().is_ok());
+            }
+        }
+    }
 }

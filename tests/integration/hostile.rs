@@ -497,7 +497,15 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn a_failing_disk_is_a_counted_503_and_not_ready_until_it_recovers() {
-    let recmeter = Recmeter::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let start = || {
+        Recmeter::start_with(Start {
+            config: "[storage]\ncheckpoint_interval = \"1h\"\n",
+            dir: Some(dir.path()),
+            ..Start::default()
+        })
+    };
+    let recmeter = start();
     let (status, _) = recmeter.post_otlp(PROTOBUF, one_span_request(1));
     assert_eq!(status, 200);
     set_hook(&recmeter, "fail_wal_writes", true);
@@ -546,6 +554,14 @@ fn a_failing_disk_is_a_counted_503_and_not_ready_until_it_recovers() {
     let m = recmeter.metrics();
     assert_eq!(m.sum("recs_requests_total"), 2.0);
     assert_eq!(m.value("recmeter_wal_writable", &[]), 1.0);
+    // The half-written frames of the refused requests were cut back: after a crash the log
+    // replays cleanly, with the two acknowledged requests and nothing else.
+    let (status, _) = recmeter.post_otlp(PROTOBUF, one_span_request(3));
+    assert_eq!(status, 200);
+    recmeter.kill9();
+    let restarted = start();
+    assert_eq!(restarted.metrics().sum("recs_requests_total"), 3.0);
+    assert!(!restarted.log().contains("corrupt"), "{}", restarted.log());
 }
 
 /// A 16 MB trace request of empty spans, two bytes each.
@@ -712,7 +728,9 @@ fn idle_connections_neither_exhaust_descriptors_nor_lock_anyone_out() {
             idle.push(stream);
         }
     }
-    // Scrapes, ingest and checkpoints go on.
+    // Once they have been idle a second, each new connection makes room by closing one of
+    // them: scrapes, ingest and checkpoints go on.
+    std::thread::sleep(Duration::from_millis(1_500));
     let (status, _) = recmeter.post_otlp(PROTOBUF, one_span_request(1));
     assert_eq!(status, 200);
     let m = recmeter.metrics();

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -104,25 +104,35 @@ fn cut(path: &Path, offset: u64) -> Result<()> {
     file.sync_all().map_err(io)
 }
 
-/// The valid frames of the segment at `path` after a bad frame at `bad` (0 and `previous` 0:
-/// the whole segment), with sequence numbers above `after` counted. A valid frame is found
-/// again by its sequence number: the first frame after a bad one, at any byte, whose sequence
-/// number follows `previous` (the last good one) closely and whose CRC holds.
-fn valid_frames_after(path: &Path, bad: u64, previous: u64, after: u64) -> Result<Dropped> {
+/// Where to look for valid frames in a segment.
+#[derive(Debug, Clone, Copy)]
+enum From {
+    /// Every frame of a segment after the one with a bad frame.
+    Start,
+    /// After a bad frame at this byte, the last good sequence number before it being this.
+    Bad { offset: u64, previous: u64 },
+}
+
+/// The valid frames of the segment at `path` from `from`, with sequence numbers above `after`
+/// counted. A valid frame is found again by its sequence number: the first frame after a bad
+/// one, at any byte, whose sequence number follows the last good one closely and whose CRC
+/// holds.
+fn valid_frames_after(path: &Path, from: From, after: u64) -> Result<Dropped> {
     let bytes = std::fs::read(path).map_err(|e| Error::Wal(format!("{}: {e}", path.display())))?;
-    let start = usize::try_from(bad).unwrap_or(usize::MAX);
-    let resync = if bad == 0 && previous == 0 {
-        Some(0)
-    } else {
-        (start + 1..bytes.len().saturating_sub(24)).find(|&at| {
-            let seq = u64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap_or_default());
-            seq > previous
-                && seq <= previous.saturating_add(1 << 20)
-                && matches!(
-                    read_frame(&mut &bytes[at..], (bytes.len() - at) as u64),
-                    Frame::Entry(..)
-                )
-        })
+    let resync = match from {
+        From::Start => Some(0),
+        From::Bad { offset, previous } => {
+            let start = usize::try_from(offset).unwrap_or(usize::MAX);
+            (start.saturating_add(1)..=bytes.len().saturating_sub(24)).find(|&at| {
+                let seq = u64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap_or_default());
+                seq > previous
+                    && seq <= previous.saturating_add(1 << 20)
+                    && matches!(
+                        read_frame(&mut &bytes[at..], (bytes.len() - at) as u64),
+                        Frame::Entry(..)
+                    )
+            })
+        }
     };
     let mut dropped = Dropped::default();
     if let Some(mut at) = resync {
@@ -216,15 +226,24 @@ impl WalDir {
                 match read_frame(&mut reader, size - offset) {
                     Frame::End => break,
                     Frame::Torn => {
-                        let mut dropped = valid_frames_after(path, offset, previous, after)?;
+                        let mut dropped =
+                            valid_frames_after(path, From::Bad { offset, previous }, after)?;
+                        for (_, later) in &self.segments[i + 1..] {
+                            dropped.add(valid_frames_after(later, From::Start, after)?);
+                        }
+                        // Nothing valid after it: a torn tail.
                         if i == last && dropped.found == 0 {
                             stats.torn += 1;
                             tracing::warn!(segment = %path.display(), offset, "The WAL ends in a torn write (a crash while writing); the unacknowledged tail is cut off.");
                             cut(path, offset)?;
                             break;
                         }
-                        for (_, later) in &self.segments[i + 1..] {
-                            dropped.add(valid_frames_after(later, 0, 0, after)?);
+                        // Nothing after it that no checkpoint holds (so the bad frame is older
+                        // still): nothing is lost.
+                        if dropped.frames == 0 {
+                            tracing::warn!(segment = %path.display(), offset, "The WAL is corrupt where a checkpoint already holds everything; cut off.");
+                            cut(path, offset)?;
+                            break;
                         }
                         if !truncate_at_corruption {
                             return Err(Error::WalCorrupt {
@@ -286,6 +305,7 @@ impl WalDir {
         let mut writer = Writer {
             segments,
             committed: 0,
+            cut_pending: false,
             dir: self.dir,
             _lock: self.lock,
             file: None,
@@ -446,6 +466,8 @@ struct Writer {
     file: Option<File>,
     /// Bytes of the current segment known durable: a failed write is cut back to this.
     committed: u64,
+    /// A failed write could not be cut back yet: no frame is written after it until it is.
+    cut_pending: bool,
     next_seq: u64,
     current_has_entries: bool,
     hooks: Arc<Hooks>,
@@ -564,15 +586,11 @@ impl Writer {
                 tracing::error!(error = %e, "Cannot write the WAL; the requests are refused for a retry.");
                 // None of these frames may replay (the clients retry them): cut the segment
                 // back to what was durable. If even that fails, stop taking requests.
-                let cut = self
-                    .file
-                    .as_ref()
-                    .map(|f| f.set_len(self.committed).and_then(|()| f.sync_all()));
-                if !matches!(cut, Some(Ok(()))) {
+                if self.cut_back().is_err() {
                     tracing::error!(
-                        "Cannot cut the WAL back after a failed write; refusing requests until restarted."
+                        "Cannot cut the WAL back after a failed write; refusing requests until it can."
                     );
-                    self.file = None;
+                    self.cut_pending = true;
                 }
                 // The sequence numbers are not reused: a gap is harmless.
                 for (_, batch, then) in pending.drain(..) {
@@ -584,15 +602,17 @@ impl Writer {
     }
 
     fn write_and_sync(&mut self) -> std::io::Result<()> {
-        if self.file.is_none() && self.telemetry.wal_failing() {
-            // A failed write could not be cut back: start afresh once the disk takes writes.
-            self.probe_write()?;
-            self.open_segment()?;
+        if self.cut_pending {
+            // A failed write could not be cut back: nothing goes after its bytes until it is.
+            self.cut_back()?;
+            self.cut_pending = false;
         }
         let Some(file) = self.file.as_mut() else {
             return Err(std::io::Error::other("no WAL segment is open"));
         };
         if self.hooks.is_on(Hook::FailWalWrites) {
+            // As a full disk does: part of the frames written, then the failure.
+            file.write_all(&self.buf[..self.buf.len() / 2])?;
             return Err(full_disk_hook());
         }
         file.write_all(&self.buf)?;
@@ -615,7 +635,26 @@ impl Writer {
         }
     }
 
+    /// Cuts the current segment back to what was durable.
+    fn cut_back(&self) -> std::io::Result<()> {
+        if self.hooks.is_on(Hook::FailWalWrites) {
+            return Err(full_disk_hook());
+        }
+        match &self.file {
+            // The write position goes back too: left past the cut, the next frame would follow
+            // a hole of zeros, which a replay reads as a bad frame.
+            Some(f) => f
+                .set_len(self.committed)
+                .and_then(|()| (&*f).seek(std::io::SeekFrom::Start(self.committed)))
+                .and_then(|_| f.sync_all()),
+            None => Err(std::io::Error::other("no WAL segment is open")),
+        }
+    }
+
     fn probe_write(&self) -> std::io::Result<()> {
+        if self.cut_pending {
+            self.cut_back()?;
+        }
         if self.hooks.is_on(Hook::FailWalWrites) {
             return Err(full_disk_hook());
         }
@@ -1370,8 +1409,10 @@ mod tests {
         let segment = dir.path().join(format!("{:020}{SEGMENT_SUFFIX}", 1));
         let bytes = std::fs::read(&segment).unwrap();
         let frame = bytes.len() / 6;
-        // Four bytes flipped in the third frame's payload, and then in its length.
-        for at in [2 * frame + 20, 2 * frame] {
+        // Four bytes flipped in the third frame's payload, then in its length, then in the
+        // first frame of the log.
+        for at in [2 * frame + 20, 2 * frame, 20] {
+            let bad = at / frame;
             let mut flipped = bytes.clone();
             for b in &mut flipped[at..at + 4] {
                 *b ^= 0x5a;
@@ -1383,24 +1424,40 @@ mod tests {
                 .unwrap_err();
             let message = e.to_string();
             assert!(
-                matches!(e, Error::WalCorrupt { offset, frames_after: 3, .. } if offset == 2 * frame as u64),
+                matches!(e, Error::WalCorrupt { offset, frames_after, .. }
+                    if offset == (bad * frame) as u64 && frames_after == 5 - bad as u64),
                 "{message}"
             );
             assert!(message.contains(&format!("{:020}", 1)), "{message}");
             // Nothing was cut: the operator can still copy the directory away.
             assert_eq!(std::fs::read(&segment).unwrap(), flipped);
-            // A checkpoint covering the frames after it leaves nothing to lose but the flip.
+            // Told to, replay cuts it there and counts what it drops.
             let mut seqs = Vec::new();
             let stats = WalDir::lock(dir.path())
                 .unwrap()
                 .replay(0, true, |e| seqs.push(e.seq))
                 .unwrap();
-            assert_eq!(seqs, [1, 2]);
+            assert_eq!(seqs, (1..=bad as u64).collect::<Vec<_>>());
+            let after = 5 - bad as u64;
             assert_eq!(
                 (stats.dropped_frames, stats.dropped_records),
-                (3, 3 * records().len() as u64)
+                (after, after * records().len() as u64)
             );
-            assert_eq!(std::fs::metadata(&segment).unwrap().len(), 2 * frame as u64);
+            assert_eq!(
+                std::fs::metadata(&segment).unwrap().len(),
+                (bad * frame) as u64
+            );
+            std::fs::write(&segment, &flipped).unwrap();
+            // With a checkpoint holding every frame after the flip, nothing is lost: cut.
+            let stats = WalDir::lock(dir.path())
+                .unwrap()
+                .replay(6, false, |_| {})
+                .unwrap();
+            assert_eq!(stats.dropped_frames, 0);
+            assert_eq!(
+                std::fs::metadata(&segment).unwrap().len(),
+                (bad * frame) as u64
+            );
             std::fs::write(&segment, &bytes).unwrap();
         }
     }

@@ -252,11 +252,10 @@ impl QueryEngine {
     /// Runs one read-only statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN) to completion.
     ///
     /// The nesting limit is checked on the text first, so nothing recursive ever sees a query
-    /// deeper than the query threads' stacks allow. Errors while planning are the query's
-    /// (400); cancelling (the deadline, or a client gone) stops its operators within a batch.
+    /// deeper than the query threads' stacks allow; parsing and planning then run on those
+    /// threads. Cancelling (the deadline, or a client gone) stops its operators within a batch.
     pub async fn query(&self, sql: &str) -> Result<QueryOutput> {
         guard::check_depth(sql, self.config.max_expression_depth)?;
-        check_read_only(sql)?;
         let cancel = Cancel::default();
         let ctx = self.context(&cancel);
         let sql = sql.to_owned();
@@ -265,6 +264,8 @@ impl QueryEngine {
         self.run(
             self.runtime.as_ref(),
             async move {
+                // Parsed here, on a thread whose stack the nesting limit was sized for.
+                check_read_only(&sql)?;
                 let options = datafusion::execution::context::SQLOptions::new()
                     .with_allow_ddl(false)
                     .with_allow_dml(false)
@@ -272,7 +273,7 @@ impl QueryEngine {
                 let df = ctx
                     .sql_with_options(&sql, options)
                     .await
-                    .map_err(classify_planning)?;
+                    .map_err(classify)?;
                 let schema = Arc::new(df.schema().as_arrow().clone());
                 let mut stream = df.execute_stream().await.map_err(classify)?;
                 let mut batches = Vec::new();
@@ -1247,16 +1248,6 @@ fn is_read_only(statement: &DfStatement) -> bool {
 }
 
 /// Sorts DataFusion's errors into what the client did and what recmeter did.
-/// An error while parsing or planning a client's query: the query's own fault (a bad regular
-/// expression, an unknown column, a function's value bound), whatever DataFusion calls it,
-/// unless it ran out of memory.
-fn classify_planning(e: DataFusionError) -> Error {
-    match classify(e) {
-        Error::QueryInternal(m) => Error::Query(m),
-        other => other,
-    }
-}
-
 fn classify(e: DataFusionError) -> Error {
     match e.find_root() {
         DataFusionError::ResourcesExhausted(m) => Error::ResourcesExhausted(format!(

@@ -75,8 +75,8 @@ pub fn check_depth(sql: &str, max_depth: usize) -> Result<()> {
         if depth > max_depth {
             return Err(Error::Query(format!(
                 "the query nests or chains more than {max_depth} operators, keywords and \
-                 brackets (sql.max_expression_depth); split it, or use IN (…) for long lists \
-                 of alternatives"
+                 brackets (sql.max_expression_depth); split it into smaller queries, or raise \
+                 the limit"
             )));
         }
     }

@@ -23,6 +23,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use recmeter_aggregator::connection::InFlight;
 use recmeter_aggregator::durability::Arriving;
 use recmeter_aggregator::telemetry::{RejectReason, Transport};
 use recmeter_aggregator::{BearerToken, ErrorKind, Telemetry};
@@ -149,7 +150,7 @@ where
     I: futures::Stream<Item = std::io::Result<IO>> + Send + 'static,
     IO: tokio::io::AsyncRead
         + tokio::io::AsyncWrite
-        + tonic::transport::server::Connected
+        + tonic::transport::server::Connected<ConnectInfo = InFlight>
         + Unpin
         + Send
         + 'static,
@@ -243,9 +244,13 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let telemetry = self.telemetry.clone();
+        // The call is in flight on its connection until answered: the listener closes no
+        // connection with a call in flight.
+        let in_flight = request.extensions().get::<InFlight>().map(InFlight::enter);
         let future = self.inner.call(request);
         Box::pin(async move {
             let mut response = future.await?;
+            drop(in_flight);
             let headers = response.headers_mut();
             let code = headers
                 .get("grpc-status")

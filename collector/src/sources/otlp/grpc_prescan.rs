@@ -112,8 +112,18 @@ async fn checked(
     let Some((&[flag, a, b, c, d], message)) = bytes.split_first_chunk::<5>() else {
         return Ok(rebuild(parts, bytes));
     };
-    if message.len() != u32::from_be_bytes([a, b, c, d]) as usize {
+    let declared = u32::from_be_bytes([a, b, c, d]) as usize;
+    if message.len() < declared {
+        // Cut short: tonic refuses it without decoding anything.
         return Ok(rebuild(parts, bytes));
+    }
+    if message.len() > declared {
+        // A second message (or bytes after the first) would be decoded by tonic unscanned. A
+        // unary call carries one; INTERNAL is what tonic answers for bytes it cannot decode,
+        // and the rewrite layer turns it into INVALID_ARGUMENT and counts it.
+        return Err(Status::internal(
+            "an Export call carries exactly one message",
+        ));
     }
     let gzip = parts
         .headers

@@ -54,7 +54,7 @@ pub enum Refused {
     )]
     TooBig(u64),
     /// Not a well-formed protobuf message.
-    #[error("invalid protobuf: {0}")]
+    #[error("invalid OTLP protobuf: {0}")]
     Malformed(&'static str),
 }
 
