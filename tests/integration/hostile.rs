@@ -609,6 +609,13 @@ fn bodies_that_decode_into_gigabytes_are_refused_before_decoding() {
         let text = String::from_utf8_lossy(&response.bytes().unwrap()).into_owned();
         assert!(text.contains("otlp.max_spans_per_request"), "{text}");
     }
+    // OTLP/JSON: 5 million empty spans.
+    let json = format!(
+        r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{}]}}]}}]}}"#,
+        vec!["{}"; 5_000_000].join(",")
+    );
+    let (status, body) = recmeter.post_otlp("application/json", json.into_bytes());
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
     let rt = tokio::runtime::Runtime::new().unwrap();
     for gzip in [false, true] {
         let e = rt
@@ -629,7 +636,7 @@ fn bodies_that_decode_into_gigabytes_are_refused_before_decoding() {
             "recmeter_requests_rejected_total",
             &[("transport", "http"), ("reason", "too_large")]
         ),
-        2.0
+        3.0
     );
     assert_eq!(
         m.value(

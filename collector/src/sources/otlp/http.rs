@@ -55,8 +55,12 @@ struct HttpState {
 trait Export: Message + Default + serde::de::DeserializeOwned + Send + 'static {
     type Response: Message + serde::Serialize + Send;
 
-    /// The pre-scan of this request's protobuf body against `options`' limits.
-    fn prescan(body: &[u8], options: &ServeOptions) -> Result<prescan::Scan, prescan::Refused>;
+    /// The pre-scan of this request's body against `options`' limits.
+    fn prescan(
+        body: &[u8],
+        encoding: Encoding,
+        options: &ServeOptions,
+    ) -> Result<prescan::Scan, prescan::Refused>;
 
     fn export(
         self,
@@ -68,8 +72,15 @@ trait Export: Message + Default + serde::de::DeserializeOwned + Send + 'static {
 impl Export for ExportTraceServiceRequest {
     type Response = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 
-    fn prescan(body: &[u8], options: &ServeOptions) -> Result<prescan::Scan, prescan::Refused> {
-        prescan::traces(body, options.max_spans_per_request)
+    fn prescan(
+        body: &[u8],
+        encoding: Encoding,
+        options: &ServeOptions,
+    ) -> Result<prescan::Scan, prescan::Refused> {
+        match encoding {
+            Encoding::Protobuf => prescan::traces(body, options.max_spans_per_request),
+            Encoding::Json => prescan::traces_json(body, options.max_spans_per_request),
+        }
     }
 
     fn export(
@@ -85,8 +96,15 @@ impl Export for ExportMetricsServiceRequest {
     type Response =
         opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
 
-    fn prescan(body: &[u8], options: &ServeOptions) -> Result<prescan::Scan, prescan::Refused> {
-        prescan::metrics(body, options.max_points_per_request)
+    fn prescan(
+        body: &[u8],
+        encoding: Encoding,
+        options: &ServeOptions,
+    ) -> Result<prescan::Scan, prescan::Refused> {
+        match encoding {
+            Encoding::Protobuf => prescan::metrics(body, options.max_points_per_request),
+            Encoding::Json => prescan::metrics_json(body, options.max_points_per_request),
+        }
     }
 
     fn export(
@@ -264,8 +282,8 @@ async fn handle<R: Export>(
         }
     };
     // A body that would decode into far more than it weighs is refused before it is decoded.
-    if encoding == Encoding::Protobuf {
-        R::prescan(&body, &state.options).map_err(|e| {
+    {
+        R::prescan(&body, encoding, &state.options).map_err(|e| {
             if e.is_too_large() {
                 Refusal::new(
                     ErrorKind::PayloadTooLarge,
