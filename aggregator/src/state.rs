@@ -1849,6 +1849,16 @@ mod tests {
                 }
                 f.clock.advance(Duration::from_secs(120));
                 prop_assert!(agg.checkpoint_image().is_ok());
+                drop(agg);
+                // What scrapes and queries encode and decode works too.
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let windows = [Window::M1, Window::M5, Window::H1];
+                prop_assert!(rt.block_on(f.engine.snapshot(&windows)).is_ok());
+                let quantile = "SELECT hdr_quantile(hdr_merge(hdr), 0.99) FROM latency_minutes";
+                prop_assert!(rt.block_on(f.engine.query(quantile)).is_ok());
             }
         }
     }

@@ -22,8 +22,8 @@ pub struct ApiConfig {
     pub idle_timeout: std::time::Duration,
     /// Most connections open at once; at the limit the one idle longest is closed to make
     /// room, and a new one is refused (`recmeter_connections_refused_total`) only when none
-    /// has been idle a second. 0: an eighth of the process's open-files limit less 256.
-    /// Default: `0`.
+    /// has been idle a second with no request in flight. 0: an eighth of what the process's
+    /// open-files limit leaves after 256 (at least 16). Default: `0`.
     pub max_connections: usize,
 }
 

@@ -108,3 +108,20 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::clip;
+
+    #[test]
+    fn clipped_on_a_character_boundary_and_marked() {
+        assert_eq!(clip("short", 10), "short");
+        let long = "é".repeat(1000);
+        let clipped = clip(&long, 1023);
+        assert!(
+            clipped.len() < 1100 && clipped.ends_with("(2000 bytes)"),
+            "{clipped}"
+        );
+        assert!(clipped.starts_with(&"é".repeat(511)));
+    }
+}

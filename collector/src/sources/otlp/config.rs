@@ -31,10 +31,10 @@ pub struct OtlpConfig {
     /// closed. Default: `"2m"`.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: std::time::Duration,
-    /// Most connections open at once on each OTLP listener; at the limit the one idle longest is closed to make
-    /// room, and a new one is refused (`recmeter_connections_refused_total`) only when none
-    /// has been idle a second. 0: three eighths of the process's open-files limit less 256.
-    /// Default: `0`.
+    /// Most connections open at once on each OTLP listener; at the limit the one idle longest
+    /// is closed to make room, and a new one is refused (`recmeter_connections_refused_total`)
+    /// only when none has been idle a second with no request in flight. 0: three eighths of
+    /// what the process's open-files limit leaves after 256 (at least 16). Default: `0`.
     pub max_connections: usize,
 }
 
