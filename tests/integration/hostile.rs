@@ -621,7 +621,7 @@ fn a_real_full_disk_is_a_counted_503_and_recovers_without_loss() {
     let mut acknowledged = 0.0;
     let mut refused = None;
     for i in 0..2_000u32 {
-        let (status, body) = recmeter.post_otlp(PROTOBUF, one_span_request((i % 250) as u8));
+        let (status, body) = recmeter.post_otlp(PROTOBUF, one_span_request((i % 250) as u8 + 1));
         match status {
             200 => acknowledged += 1.0,
             503 => {
