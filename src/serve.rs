@@ -137,6 +137,7 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
         token: tokens.ingest.clone(),
         max_spans_per_request: config.otlp.max_spans_per_request,
         max_points_per_request: config.otlp.max_points_per_request,
+        body_timeout: config.otlp.idle_timeout,
     };
     let otlp_limits = |share| Limits {
         header_read_timeout: config.otlp.header_read_timeout,

@@ -413,9 +413,9 @@ pub struct SqlConfig {
     /// text before it is parsed (HTTP 400 beyond); the query threads' stacks are sized for it.
     /// At most 10000. Default: `1000`.
     pub max_expression_depth: usize,
-    /// Most bytes a string function (`repeat`, `lpad`, `rpad`, `replace`, `regexp_replace`)
-    /// may build in one call over a batch of rows, and so in one value (HTTP 422 beyond).
-    /// Default: `67108864` (64 MiB).
+    /// Most bytes a string function (`repeat`, `lpad`, `rpad`, `replace`, `regexp_replace`,
+    /// `concat`, `concat_ws`) may build in one call over a batch of rows, and `string_agg` or
+    /// `array_agg` in one group (HTTP 422 beyond). Default: `67108864` (64 MiB).
     pub max_value_bytes: usize,
 }
 

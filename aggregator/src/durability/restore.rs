@@ -50,7 +50,7 @@ pub async fn open(
     telemetry: Arc<Telemetry>,
     options: OpenOptions,
 ) -> Result<Opened> {
-    let dir = WalDir::lock(&wal_config.dir)?;
+    let mut dir = WalDir::lock(&wal_config.dir)?;
     // Rows the restore and the replay store (open minutes, replayed records) are new to
     // storage: the next checkpoint must write them.
     aggregator.keep_journal();

@@ -208,7 +208,7 @@ impl WalDir {
     /// log there, drops the frames after it (counted in [`ReplayStats::dropped_records`]) and
     /// goes on.
     pub fn replay(
-        &self,
+        &mut self,
         after: u64,
         truncate_at_corruption: bool,
         mut apply: impl FnMut(Entry),
@@ -260,7 +260,12 @@ impl WalDir {
                             "The WAL is corrupt; --wal-truncate-at-corruption cuts it here and drops the acknowledged records after it."
                         );
                         cut(path, offset)?;
-                        // The later segments hold no frame replayed; `start` deletes them.
+                        // The later segments go: a log is read in order, and what follows the
+                        // cut is what the operator chose to drop.
+                        for (_, later) in self.segments.drain(i + 1..) {
+                            std::fs::remove_file(&later)
+                                .map_err(|e| Error::Wal(format!("{}: {e}", later.display())))?;
+                        }
                         stats.dropped_frames = dropped.frames;
                         stats.dropped_records = dropped.records;
                         return Ok(stats);
@@ -694,6 +699,14 @@ impl Writer {
     /// Deletes the segments whose frames are all at or before `covered`; the current one is
     /// closed first when it has frames, so the next truncation can take it.
     fn truncate(&mut self, covered: u64) {
+        // A segment is left behind only once it ends in whole frames: a failed write not yet
+        // cut back would be a bad frame before later segments, which a replay calls corruption.
+        if self.cut_pending {
+            if self.cut_back().is_err() {
+                return;
+            }
+            self.cut_pending = false;
+        }
         if self.current_has_entries
             && let Err(e) = self.open_segment()
         {
@@ -1120,7 +1133,7 @@ mod tests {
         let seqs: Vec<u64> = (0..3).map(|_| rx.recv().unwrap().0).collect();
         assert_eq!(seqs, [1, 2, 3]);
         drop(wal);
-        let wal = WalDir::lock(dir.path()).unwrap();
+        let mut wal = WalDir::lock(dir.path()).unwrap();
         let mut got = Vec::new();
         let stats = wal.replay(1, false, |e| got.push(e)).unwrap();
         assert_eq!(stats.last_seq, 3);
@@ -1365,7 +1378,7 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&segment).unwrap();
         f.write_all(&torn[..torn.len() / 2]).unwrap();
         drop(f);
-        let wal = WalDir::lock(dir.path()).unwrap();
+        let mut wal = WalDir::lock(dir.path()).unwrap();
         let stats = wal.replay(0, false, |_| {}).unwrap();
         assert_eq!((stats.entries, stats.torn, stats.last_seq), (2, 1, 2));
         assert_eq!(std::fs::metadata(&segment).unwrap().len(), good);
@@ -1487,7 +1500,7 @@ mod tests {
         wal.truncate(3); // segment 1 goes
         append(1);
         drop(wal);
-        let wal = WalDir::lock(dir.path()).unwrap();
+        let mut wal = WalDir::lock(dir.path()).unwrap();
         let mut seqs = Vec::new();
         wal.replay(0, false, |e| seqs.push(e.seq)).unwrap();
         assert_eq!(seqs, [4, 5, 6]);

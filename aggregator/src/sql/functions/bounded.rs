@@ -1,5 +1,6 @@
 //! DataFusion's string functions that can build a value far larger than their arguments
-//! (`repeat`, `lpad`, `rpad`, `replace`, `regexp_replace`), wrapped so that a call refuses,
+//! (`repeat`, `lpad`, `rpad`, `replace`, `regexp_replace`, and `concat` and `concat_ws` over
+//! arguments each within the bound), wrapped so that a call refuses,
 //! before it allocates, to build more than `sql.max_value_bytes` over its batch of rows. The
 //! memory pool cannot do this: a function's output is not reserved from it, and one call of
 //! `repeat('a', 1e12)` would take the machine down before any reservation was checked.
@@ -31,15 +32,21 @@ enum Growth {
     /// `regexp_replace(s, pattern, replacement [, flags])`: every position of `s` may take the
     /// replacement, each `$group` in it expanded to as much as all of `s`.
     RegexpReplace,
+    /// `concat(a, b, …)`: every argument, a non-string one as at most 40 characters.
+    Concat,
+    /// `concat_ws(sep, a, b, …)`: every argument, and the separator between each two.
+    ConcatWs,
 }
 
 impl Growth {
-    const ALL: [(&'static str, Growth); 5] = [
+    const ALL: [(&'static str, Growth); 7] = [
         ("repeat", Growth::Repeat),
         ("lpad", Growth::Pad),
         ("rpad", Growth::Pad),
         ("replace", Growth::Replace),
         ("regexp_replace", Growth::RegexpReplace),
+        ("concat", Growth::Concat),
+        ("concat_ws", Growth::ConcatWs),
     ];
 
     /// The most bytes one row's value can take.
@@ -54,6 +61,13 @@ impl Growth {
                 let groups = replacement.as_deref().map_or(0, |r| r.matches('$').count());
                 let fixed = replacement.map_or(0, |r| r.len()) as u128;
                 s + (s + 1) * (fixed + groups as u128 * s)
+            }
+            Growth::Concat => args.iter().map(|a| text_len(a, row)).sum(),
+            Growth::ConcatWs => {
+                let parts = args.len().saturating_sub(1) as u128;
+                let separator = str_len(args.first(), row);
+                args.iter().skip(1).map(|a| text_len(a, row)).sum::<u128>()
+                    + parts.saturating_sub(1) * separator
             }
         }
     }
@@ -158,7 +172,7 @@ impl ScalarUDFImpl for Bounded {
     }
 }
 
-/// An aggregate building one value per group (`string_agg`), refusing to hold more than
+/// An aggregate building one value per group (`string_agg`, `array_agg`), refusing to hold more than
 /// `max_bytes` in a group: the memory pool alone sees its string only after it has grown (and
 /// its capacity doubled).
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -202,6 +216,19 @@ impl AggregateUDFImpl for BoundedAggregate {
 
     fn order_sensitivity(&self) -> AggregateOrderSensitivity {
         self.inner.inner().order_sensitivity()
+    }
+
+    fn with_beneficial_ordering(
+        self: Arc<Self>,
+        beneficial_ordering: bool,
+    ) -> Result<Option<Arc<dyn AggregateUDFImpl>>> {
+        let inner = Arc::clone(self.inner.inner()).with_beneficial_ordering(beneficial_ordering)?;
+        Ok(inner.map(|inner| {
+            Arc::new(BoundedAggregate {
+                inner: Arc::new(AggregateUDF::new_from_shared_impl(inner)),
+                max_bytes: self.max_bytes,
+            }) as Arc<dyn AggregateUDFImpl>
+        }))
     }
 
     fn supports_null_handling_clause(&self) -> bool {
@@ -292,6 +319,20 @@ fn str_at(arg: Option<&ColumnarValue>, row: usize) -> Option<String> {
     }
 }
 
+/// The byte length of an argument at `row` as text: a string's own, at most 40 for anything
+/// else (a number, a date).
+fn text_len(arg: &ColumnarValue, row: usize) -> u128 {
+    let is_string = matches!(
+        arg.data_type(),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    );
+    if is_string {
+        str_len(Some(arg), row)
+    } else {
+        40
+    }
+}
+
 /// The byte length of the string argument at `row` (0 for null or not a string).
 fn str_len(arg: Option<&ColumnarValue>, row: usize) -> u128 {
     match arg {
@@ -369,6 +410,9 @@ mod tests {
             "SELECT length(repeat('x', 100000)) FROM generate_series(1, 20)",
             // Each batch within the bound, the aggregate's value past it.
             "SELECT length(string_agg(repeat('x', 1000), ',')) FROM generate_series(1, 3000)",
+            "SELECT a IS NULL FROM (SELECT array_agg(repeat('x', 1000)) AS a FROM generate_series(1, 3000))",
+            "SELECT length(concat(repeat('a', 600000), repeat('b', 600000)))",
+            "SELECT length(concat_ws(repeat(',', 300000), 'a', 'b', 'c', 'd', 'e'))",
         ] {
             let e = run(&ctx, sql).await.unwrap_err();
             assert!(e.to_string().contains("sql.max_value_bytes"), "{sql}: {e}");
@@ -377,6 +421,8 @@ mod tests {
             "SELECT repeat('a', 1000), lpad('x', 10), rpad('x', 10, 'ab')",
             "SELECT replace('checkout', 'out', 'in'), regexp_replace('a1b2', '[0-9]', '#', 'g')",
             "SELECT repeat(s, 3) FROM (VALUES ('a'), (NULL)) AS t(s)",
+            "SELECT concat('a', 1, NULL, now()), concat_ws('-', 'a', 'b')",
+            "SELECT array_agg(v ORDER BY v DESC) FROM (VALUES (1), (2)) AS t(v)",
         ] {
             run(&ctx, sql).await.unwrap();
         }

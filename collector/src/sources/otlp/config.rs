@@ -64,6 +64,9 @@ pub struct ServeOptions {
     pub max_spans_per_request: u64,
     /// `otlp.max_points_per_request`.
     pub max_points_per_request: u64,
+    /// Longest a request's body may take to arrive once its headers have (`otlp.idle_timeout`):
+    /// a stalled body would hold its connection, which is answering a request, forever.
+    pub body_timeout: std::time::Duration,
 }
 
 impl OtlpConfig {

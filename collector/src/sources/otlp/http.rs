@@ -248,7 +248,21 @@ async fn handle<R: Export>(
             format!("request body is larger than otlp.max_body_bytes ({limit} bytes)"),
         )
     };
-    let raw = match Limited::new(body, limit).collect().await {
+    let read = tokio::time::timeout(
+        state.options.body_timeout,
+        Limited::new(body, limit).collect(),
+    );
+    let Ok(read) = read.await else {
+        return Err(Refusal::new(
+            ErrorKind::BadRequest,
+            Some(RejectReason::Decode),
+            format!(
+                "the request body did not arrive within {:?} (otlp.idle_timeout)",
+                state.options.body_timeout
+            ),
+        ));
+    };
+    let raw = match read {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
         Err(e) => {
@@ -395,6 +409,7 @@ mod tests {
             token: None,
             max_spans_per_request: 65_536,
             max_points_per_request: 65_536,
+            body_timeout: std::time::Duration::from_secs(10),
         }
     }
 

@@ -18,10 +18,11 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span};
 
-/// Most bytes a request may decode into: the structs of its spans or points, attributes,
-/// events and values, and their strings. A realistic 16 MiB request of spans decodes into
-/// well under half of it (ADR 014).
-pub const MAX_DECODED_BYTES: u64 = 128 << 20;
+/// Most bytes a request may decode into, as counted here: the structs of its spans or points,
+/// attributes, events and values, and their strings. A `Vec`'s first allocation holds four
+/// elements, so a request of single-element lists takes up to four times what is counted;
+/// the budget is a quarter of the 512 MiB a request may take at worst, less the body (ADR 014).
+pub const MAX_DECODED_BYTES: u64 = 96 << 20;
 
 /// As `prost`'s recursion limit.
 const MAX_DEPTH: usize = 100;
@@ -48,7 +49,7 @@ pub enum Refused {
     },
     /// It would decode into more than [`MAX_DECODED_BYTES`].
     #[error(
-        "the request would take more than {} MiB to decode ({} MiB: many tiny attributes, events or values); send fewer items per request",
+        "the request would take more than {} MiB to decode ({} MiB counted: many tiny attributes, events or values); send fewer items per request",
         MAX_DECODED_BYTES >> 20,
         .0 >> 20
     )]
@@ -527,6 +528,7 @@ mod json {
             scan: &mut scan,
             item_keys,
             items: false,
+            copies: 1,
         }
         .deserialize(&mut de)
         .and_then(|()| de.end())
@@ -539,6 +541,19 @@ mod json {
         item_keys: &'static [&'static str],
         /// This value is an array whose elements are the counted items.
         items: bool,
+        /// How many times serde holds this value: `AnyValue` is decoded through a flattened
+        /// enum, which buffers its content, so each enclosing `arrayValue` or `kvlistValue`
+        /// holds one more copy of what is inside it while it is decoded.
+        copies: u64,
+    }
+
+    impl Walk<'_> {
+        fn charge(&mut self, bytes: u64) {
+            self.scan.decoded_bytes = self
+                .scan
+                .decoded_bytes
+                .saturating_add(bytes.saturating_mul(self.copies));
+        }
     }
 
     impl<'de> DeserializeSeed<'de> for Walk<'_> {
@@ -556,25 +571,27 @@ mod json {
             f.write_str("an OTLP JSON value")
         }
 
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            self.scan.decoded_bytes += NODE_BYTES;
-            while let Some(is_items) = map.next_key_seed(Key(self.item_keys))? {
+        fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+            self.charge(NODE_BYTES);
+            while let Some(key) = map.next_key_seed(Key(self.item_keys))? {
                 map.next_value_seed(Walk {
                     scan: &mut *self.scan,
                     item_keys: self.item_keys,
-                    items: is_items,
+                    items: key == KeyKind::Items,
+                    copies: self.copies + u64::from(key == KeyKind::Nested),
                 })?;
             }
             Ok(())
         }
 
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            self.scan.decoded_bytes += NODE_BYTES;
+        fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+            self.charge(NODE_BYTES);
             while seq
                 .next_element_seed(Walk {
                     scan: &mut *self.scan,
                     item_keys: self.item_keys,
                     items: false,
+                    copies: self.copies,
                 })?
                 .is_some()
             {
@@ -585,57 +602,75 @@ mod json {
             Ok(())
         }
 
-        fn visit_str<E>(self, v: &str) -> Result<(), E> {
-            self.scan.decoded_bytes += NODE_BYTES + v.len() as u64;
+        fn visit_str<E>(mut self, v: &str) -> Result<(), E> {
+            self.charge(NODE_BYTES + v.len() as u64);
             Ok(())
         }
 
-        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-            self.scan.decoded_bytes += NODE_BYTES;
+        fn visit_bool<E>(mut self, _: bool) -> Result<(), E> {
+            self.charge(NODE_BYTES);
             Ok(())
         }
 
-        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-            self.scan.decoded_bytes += NODE_BYTES;
+        fn visit_i64<E>(mut self, _: i64) -> Result<(), E> {
+            self.charge(NODE_BYTES);
             Ok(())
         }
 
-        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-            self.scan.decoded_bytes += NODE_BYTES;
+        fn visit_u64<E>(mut self, _: u64) -> Result<(), E> {
+            self.charge(NODE_BYTES);
             Ok(())
         }
 
-        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-            self.scan.decoded_bytes += NODE_BYTES;
+        fn visit_f64<E>(mut self, _: f64) -> Result<(), E> {
+            self.charge(NODE_BYTES);
             Ok(())
         }
 
-        fn visit_unit<E>(self) -> Result<(), E> {
-            self.scan.decoded_bytes += NODE_BYTES;
+        fn visit_unit<E>(mut self) -> Result<(), E> {
+            self.charge(NODE_BYTES);
             Ok(())
         }
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum KeyKind {
+        /// The array of counted items.
+        Items,
+        /// A nested `AnyValue` container.
+        Nested,
+        Other,
     }
 
     /// A map key: whether it names the counted items' array.
     struct Key(&'static [&'static str]);
 
     impl<'de> DeserializeSeed<'de> for Key {
-        type Value = bool;
+        type Value = KeyKind;
 
-        fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<bool, D::Error> {
+        fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<KeyKind, D::Error> {
             de.deserialize_str(self)
         }
     }
 
     impl<'de> Visitor<'de> for Key {
-        type Value = bool;
+        type Value = KeyKind;
 
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("a field name")
         }
 
-        fn visit_str<E>(self, v: &str) -> Result<bool, E> {
-            Ok(self.0.contains(&v))
+        fn visit_str<E>(self, v: &str) -> Result<KeyKind, E> {
+            Ok(if self.0.contains(&v) {
+                KeyKind::Items
+            } else if matches!(
+                v,
+                "arrayValue" | "array_value" | "kvlistValue" | "kvlist_value"
+            ) {
+                KeyKind::Nested
+            } else {
+                KeyKind::Other
+            })
         }
     }
 }
