@@ -227,7 +227,7 @@ fn check_against_raw(m: &Exposition, e: &Expected, what: &str) {
     }
 }
 
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -235,7 +235,7 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn set_hook(recmeter: &Recmeter, name: &str, on: bool) {
+pub fn set_hook(recmeter: &Recmeter, name: &str, on: bool) {
     let response = reqwest::blocking::Client::new()
         .post(recmeter.api_url("/-/test/hook"))
         .header("Content-Type", "application/json")

@@ -21,6 +21,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 
+use crate::durability::{set_hook, wait_for};
 use crate::harness::{Recmeter, Start, fake_start, nanos};
 use crate::limits::{grpc_call_with, one_span_request};
 
@@ -492,24 +493,6 @@ fn a_flipped_byte_in_the_wal_stops_start_up_unless_told_to_truncate() {
     );
 }
 
-fn set_hook(recmeter: &Recmeter, name: &str, on: bool) {
-    let response = reqwest::blocking::Client::new()
-        .post(recmeter.api_url("/-/test/hook"))
-        .header("Content-Type", "application/json")
-        .body(serde_json::json!({ "name": name, "on": on }).to_string())
-        .send()
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_failing_disk_is_a_counted_503_and_not_ready_until_it_recovers() {
     let dir = tempfile::tempdir().unwrap();
@@ -563,7 +546,7 @@ fn a_failing_disk_is_a_counted_503_and_not_ready_until_it_recovers() {
     assert_eq!(m.value("recmeter_wal_writable", &[]), 0.0);
     // The disk takes writes again: ready without any request, and ingest works.
     set_hook(&recmeter, "fail_wal_writes", false);
-    wait_until("ready again", || recmeter.get("/readyz", None).0 == 200);
+    wait_for("ready again", || recmeter.get("/readyz", None).0 == 200);
     let (status, _) = recmeter.post_otlp(PROTOBUF, one_span_request(2));
     assert_eq!(status, 200);
     let m = recmeter.metrics();
@@ -643,7 +626,7 @@ fn a_real_full_disk_is_a_counted_503_and_recovers_without_loss() {
     );
     // Room again: ready without a request, then ingest works.
     std::fs::remove_file(&filler).unwrap();
-    wait_until("ready again", || recmeter.get("/readyz", None).0 == 200);
+    wait_for("ready again", || recmeter.get("/readyz", None).0 == 200);
     let (status, _) = recmeter.post_otlp(PROTOBUF, one_span_request(1));
     assert_eq!(status, 200);
     acknowledged += 1.0;
@@ -833,7 +816,7 @@ fn idle_connections_neither_exhaust_descriptors_nor_lock_anyone_out() {
     assert_eq!(m.sum("recs_requests_total"), 1.0);
     let before = m.value("recmeter_checkpoint_last_success_timestamp_seconds", &[]);
     recmeter.advance("2s");
-    wait_until("a checkpoint", || {
+    wait_for("a checkpoint", || {
         recmeter
             .metrics()
             .value("recmeter_checkpoint_last_success_timestamp_seconds", &[])
