@@ -295,9 +295,14 @@ impl MetricsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AggregatorConfig {
-    /// Most distinct series kept; requests of further series fold into the
-    /// `__overflow__` series. Default: `10000`.
+    /// Most distinct series kept, the memory bound; requests of further series fold into the
+    /// `__overflow__` series. The last `max_series / max_series_per_service` of them (at least
+    /// 1, at most half) are kept for services that have no series yet (README, ADR 015).
+    /// Default: `10000`.
     pub max_series: usize,
+    /// Most series of one service (its own overflow series aside); requests of its further
+    /// endpoints fold into `service="<service>", endpoint="__overflow__"`. Default: `1000`.
+    pub max_series_per_service: usize,
     /// HDR significant digits: 2 (≤ 0.78% bucket error) or 3 (≤ 0.1%, more memory).
     /// Default: `2`.
     pub significant_digits: u8,
@@ -317,6 +322,7 @@ impl Default for AggregatorConfig {
     fn default() -> Self {
         Self {
             max_series: 10_000,
+            max_series_per_service: 1_000,
             significant_digits: 2,
             queue_capacity: 256,
             latency_thresholds: vec![0.2],
@@ -331,6 +337,12 @@ impl AggregatorConfig {
         if self.max_series == 0 {
             errors.push(InvalidField::new(
                 "aggregator.max_series",
+                "must be at least 1",
+            ));
+        }
+        if self.max_series_per_service == 0 {
+            errors.push(InvalidField::new(
+                "aggregator.max_series_per_service",
                 "must be at least 1",
             ));
         }
@@ -371,6 +383,14 @@ impl AggregatorConfig {
             ));
         }
         errors
+    }
+
+    /// Series slots kept for the first series of services that have none yet:
+    /// `max_series / max_series_per_service`, at least 1 and at most half of `max_series`.
+    pub fn series_reserve(&self) -> usize {
+        (self.max_series / self.max_series_per_service.max(1))
+            .max(1)
+            .min(self.max_series / 2)
     }
 
     /// The latency thresholds in nanoseconds, in configuration order.

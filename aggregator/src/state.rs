@@ -24,7 +24,7 @@ use crate::counts::Counts;
 use crate::error::Result;
 use crate::histogram;
 use crate::metrics::{Ignored, MetricPoint, MetricState, MetricStateImage};
-use crate::record::{ApplyOutcome, Batch, RequestRecord, SeriesKey};
+use crate::record::{ApplyOutcome, Batch, OVERFLOW, RequestRecord, SeriesKey};
 use crate::telemetry::Telemetry;
 use crate::window::Window;
 
@@ -590,6 +590,12 @@ pub struct Aggregator {
     max_age_nanos: u64,
     max_skew_nanos: u64,
     max_series: usize,
+    /// Most endpoint series of one service (its own overflow series aside).
+    max_series_per_service: usize,
+    /// Series slots past `max_series - reserve` go only to services with no series yet.
+    reserve: usize,
+    /// Series held per service, the global overflow series aside.
+    services: HashMap<Arc<str>, ServiceSeries>,
     dimension_labels: Vec<String>,
     /// Latency thresholds of the `requests_le_*` columns, nanoseconds.
     thresholds: Vec<u64>,
@@ -667,12 +673,16 @@ impl Aggregator {
     ) -> Result<Self> {
         let scratch = histogram::new_histogram(config.significant_digits)?;
         let dimension_labels = ingest.dimension_labels();
+        telemetry.set_series_limits(config.max_series, config.max_series_per_service);
         Ok(Self {
             clock,
             telemetry,
             max_age_nanos: duration_nanos(ingest.max_span_age),
             max_skew_nanos: duration_nanos(ingest.max_future_skew),
             max_series: config.max_series,
+            max_series_per_service: config.max_series_per_service,
+            reserve: config.series_reserve(),
+            services: HashMap::new(),
             overflow: SeriesKey::overflow(dimension_labels.len()),
             dimension_labels,
             thresholds: config.threshold_nanos(),
@@ -793,6 +803,7 @@ impl Aggregator {
             ..SeriesState::default()
         };
         self.births += 1;
+        note_series(&mut self.services, &self.overflow, &key, true);
         self.series.insert(key, state);
     }
 
@@ -874,6 +885,38 @@ impl Aggregator {
         self.series.len() - usize::from(self.series.contains_key(&self.overflow))
     }
 
+    /// The overflow series of `service`.
+    fn service_overflow(&self, service: &Arc<str>) -> SeriesKey {
+        SeriesKey {
+            service: service.clone(),
+            ..self.overflow.clone()
+        }
+    }
+
+    /// Where the requests of `key`, a series not held, are counted (README "Series limits",
+    /// ADR 015). Series past `max_series - reserve` are only the first series of services that
+    /// have none, and that series is the service's overflow series, which takes all its
+    /// endpoints; no series at all past `max_series`.
+    fn place(&self, key: &SeriesKey) -> Place {
+        let held = self.regular_series();
+        let open = held < self.max_series - self.reserve;
+        match self.services.get(&key.service) {
+            None if open => Place::Own,
+            None if held < self.max_series => Place::ServiceOverflow { at_limit: false },
+            None => Place::Global { at_limit: false },
+            Some(s) => {
+                let at_limit = s.endpoints >= self.max_series_per_service;
+                if !at_limit && open {
+                    Place::Own
+                } else if s.overflow || open {
+                    Place::ServiceOverflow { at_limit }
+                } else {
+                    Place::Global { at_limit }
+                }
+            }
+        }
+    }
+
     /// Counts a batch of requests, checking their age against the clock.
     pub fn apply(&mut self, records: &[RequestRecord]) -> ApplyOutcome {
         self.apply_checked(records, self.clock.now_nanos())
@@ -885,13 +928,12 @@ impl Aggregator {
         let open_minute = minute_of(self.clock.now_nanos());
         self.roll(open_minute);
         let mut outcome = ApplyOutcome::default();
-        let mut overflowed = 0;
         for record in records {
             if !self.in_time(record.end_unix_nanos, checked_at, &mut outcome) {
                 continue;
             }
             outcome.accepted += 1;
-            overflowed += self.count_sample(
+            self.count_sample(
                 &Sample {
                     key: &record.key,
                     end_unix_nanos: record.end_unix_nanos,
@@ -903,9 +945,6 @@ impl Aggregator {
                 },
                 open_minute,
             );
-        }
-        if overflowed > 0 {
-            self.telemetry.add_series_overflow(overflowed);
         }
         outcome
     }
@@ -933,7 +972,6 @@ impl Aggregator {
         let open_minute = minute_of(now);
         self.roll(open_minute);
         let mut outcome = ApplyOutcome::default();
-        let mut overflowed = 0;
         for point in points {
             if !self.in_time(point.time_unix_nanos, checked_at, &mut outcome) {
                 continue;
@@ -964,17 +1002,14 @@ impl Aggregator {
                 source: Source::Histogram,
             };
             if sample.recommendations > 0 {
-                overflowed += self.count_sample(&sample, open_minute);
+                self.count_sample(&sample, open_minute);
             }
             sample.recommendations = 0;
             for (duration_nanos, count) in delta.requests(point.nanos_per_unit) {
                 sample.duration_nanos = duration_nanos;
                 sample.count = count;
-                overflowed += self.count_sample(&sample, open_minute);
+                self.count_sample(&sample, open_minute);
             }
-        }
-        if overflowed > 0 {
-            self.telemetry.add_series_overflow(overflowed);
         }
         self.telemetry
             .set_metric_streams_active(self.metrics.streams_active());
@@ -995,20 +1030,33 @@ impl Aggregator {
         }
     }
 
-    /// Counts one sample into its series (or the overflow series at the cap); returns the
-    /// requests folded into the overflow series.
-    fn count_sample(&mut self, sample: &Sample<'_>, open_minute: u64) -> u64 {
+    /// Counts one sample into its series, or the overflow series [`Aggregator::place`] picks
+    /// for a new series past a limit (counted in `recmeter_series_overflow_total`).
+    fn count_sample(&mut self, sample: &Sample<'_>, open_minute: u64) {
         let spans = sample.source == Source::Span;
-        let mut overflowed = 0;
-        let key = if self.series.contains_key(sample.key) || self.regular_series() < self.max_series
-        {
+        let folded_key;
+        let key = if self.series.contains_key(sample.key) {
             sample.key
         } else {
-            overflowed = sample.count;
-            if spans {
-                self.metrics.span_service(&sample.key.service);
+            let place = self.place(sample.key);
+            let (key, at_limit) = match place {
+                Place::Own => (sample.key, false),
+                Place::ServiceOverflow { at_limit } => {
+                    folded_key = self.service_overflow(&sample.key.service);
+                    (&folded_key, at_limit)
+                }
+                Place::Global { at_limit } => {
+                    if spans {
+                        self.metrics.span_service(&sample.key.service);
+                    }
+                    (&self.overflow, at_limit)
+                }
+            };
+            if place != Place::Own && sample.count > 0 {
+                let service = at_limit.then_some(&sample.key.service);
+                self.telemetry.add_series_overflow(service, sample.count);
             }
-            &self.overflow
+            key
         };
         if !self.series.contains_key(key) {
             // A service is marked as span-fed when one of its series is born of a span or
@@ -1022,10 +1070,11 @@ impl Aggregator {
                 ..SeriesState::default()
             };
             self.births += 1;
+            note_series(&mut self.services, &self.overflow, key, true);
             self.series.insert(key.clone(), state);
         }
         let Some(series) = self.series.get_mut(key) else {
-            return overflowed;
+            return;
         };
         if spans && series.source != Source::Span {
             // A series first fed by histogram points is fed by spans from the first span on.
@@ -1075,7 +1124,7 @@ impl Aggregator {
             if series.late.len() >= LATE_BUFFER {
                 series.flush_late(&mut seal);
             }
-            return overflowed;
+            return;
         }
         series.record_open(
             minute,
@@ -1085,7 +1134,6 @@ impl Aggregator {
             sample.recommendations,
             &mut seal,
         );
-        overflowed
     }
 
     /// Once per minute: seals the minutes before `open_minute` and every hour that ended,
@@ -1124,24 +1172,41 @@ impl Aggregator {
                 &mut seal,
             );
         }
-        if self.regular_series() >= self.max_series {
-            let before = self.series.len();
+        // Where new series are refused (globally, or for a service at its limit), series idle
+        // for 3 h are forgotten to make room: a service's endpoints that went out of use (an
+        // old route template) do not keep its new ones folded for good.
+        let global = self.regular_series() >= self.max_series - self.reserve;
+        let limit = self.max_series_per_service;
+        if global || self.services.values().any(|s| s.endpoints >= limit) {
             let overflow = &self.overflow;
+            let services = &self.services;
             let evicted_unsaved = &mut self.evicted_unsaved;
+            let mut evicted = Vec::new();
             self.series.retain(|key, series| {
-                let keep = key == overflow || !series.is_idle(keep_from);
-                if !keep && !series.unsaved.is_empty() {
-                    evicted_unsaved.push(SeriesRows {
-                        key: key.clone(),
-                        source: series.source,
-                        rows: std::mem::take(&mut series.unsaved),
-                    });
+                let crowded = global
+                    || (!is_service_overflow(key, overflow)
+                        && services.get(&key.service).is_some_and(|s| s.endpoints >= limit));
+                let keep = key == overflow || !crowded || !series.is_idle(keep_from);
+                if !keep {
+                    if !series.unsaved.is_empty() {
+                        evicted_unsaved.push(SeriesRows {
+                            key: key.clone(),
+                            source: series.source,
+                            rows: std::mem::take(&mut series.unsaved),
+                        });
+                    }
+                    evicted.push(key.clone());
                 }
                 keep
             });
-            let evicted = before - self.series.len();
-            if evicted > 0 {
-                tracing::info!(evicted, "Series cap reached: forgot series idle for 3 h.");
+            for key in &evicted {
+                note_series(&mut self.services, &self.overflow, key, false);
+            }
+            if !evicted.is_empty() {
+                tracing::info!(
+                    evicted = evicted.len(),
+                    "Series limit reached: forgot series idle for 3 h."
+                );
             }
         }
         self.sealed_before = open_minute;
@@ -1345,6 +1410,55 @@ pub trait RowVisitor {
     fn row(&mut self, at: u64, row: &Row) -> ControlFlow<()>;
 }
 
+/// Series of one service.
+#[derive(Debug, Default)]
+struct ServiceSeries {
+    /// Series of its endpoints (every series but its overflow series).
+    endpoints: usize,
+    /// Whether it has its overflow series.
+    overflow: bool,
+}
+
+/// Where a new series' requests are counted ([`Aggregator::place`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// In a series of its own.
+    Own,
+    /// In its service's overflow series (held, or created now).
+    ServiceOverflow { at_limit: bool },
+    /// In the global overflow series.
+    Global { at_limit: bool },
+}
+
+/// Whether `key` is its service's overflow series (`overflow` is the global one).
+fn is_service_overflow(key: &SeriesKey, overflow: &SeriesKey) -> bool {
+    &*key.endpoint == OVERFLOW && key.dimensions == overflow.dimensions
+}
+
+/// Notes in `services` that the series `key` was added to (`added`) or removed from the held
+/// series; the global overflow series `overflow` belongs to no service.
+fn note_series(
+    services: &mut HashMap<Arc<str>, ServiceSeries>,
+    overflow: &SeriesKey,
+    key: &SeriesKey,
+    added: bool,
+) {
+    if key == overflow {
+        return;
+    }
+    let own_overflow = is_service_overflow(key, overflow);
+    let of_service = services.entry(key.service.clone()).or_default();
+    match (added, own_overflow) {
+        (true, true) => of_service.overflow = true,
+        (true, false) => of_service.endpoints += 1,
+        (false, true) => of_service.overflow = false,
+        (false, false) => of_service.endpoints = of_service.endpoints.saturating_sub(1),
+    }
+    if of_service.endpoints == 0 && !of_service.overflow {
+        services.remove(&key.service);
+    }
+}
+
 fn duration_nanos(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -1376,10 +1490,15 @@ mod tests {
     }
 
     fn fixture(max_series: usize) -> Fixture {
+        fixture_with(max_series, max_series)
+    }
+
+    fn fixture_with(max_series: usize, max_series_per_service: usize) -> Fixture {
         let clock = Arc::new(Clock::fake(UNIX_EPOCH + Duration::from_secs(START_SECS)));
         let telemetry = Arc::new(Telemetry::default());
         let config = AggregatorConfig {
             max_series,
+            max_series_per_service,
             latency_thresholds: vec![0.2, 1.0],
             ..AggregatorConfig::default()
         };
@@ -1483,9 +1602,19 @@ mod tests {
         s.windows.iter().find(|x| x.window == w)
     }
 
+    /// Requests of `service` per endpoint in `snap`, the overflow series as `__overflow__`.
+    fn requests_of(snap: &Snapshot, service: &str) -> BTreeMap<String, u64> {
+        snap.series
+            .iter()
+            .filter(|s| &*s.key.service == service)
+            .map(|s| (s.key.endpoint.to_string(), s.totals.requests()))
+            .collect()
+    }
+
     #[tokio::test]
     async fn overflow_series_absorbs_requests_past_the_cap() {
-        let f = fixture(2);
+        // Three slots, one of them kept for new services: two endpoint series.
+        let f = fixture(3);
         let now = f.clock.now_nanos();
         let batch: Vec<_> = (0..5)
             .map(|i| request(key("svc", &format!("e{i}")), now, 10))
@@ -1497,7 +1626,12 @@ mod tests {
             3,
             "two series plus the overflow series"
         );
-        assert_eq!(f.telemetry.series_overflow(), 3);
+        assert_eq!(f.telemetry.series_overflow_total(), 3);
+        assert_eq!(
+            f.telemetry.series_overflow(),
+            [("__other__".to_owned(), 3)],
+            "svc is not at its own limit"
+        );
         // A series seen before the cap keeps counting as itself.
         f.apply(&[request(key("svc", "e0"), now, 10)]);
         let snap = f.snapshot(&[Window::M1]).await;
@@ -1516,6 +1650,124 @@ mod tests {
         assert_eq!(&*overflow.key.endpoint, OVERFLOW);
         assert_eq!(overflow.totals.ok, 3);
         assert_eq!(window(overflow, Window::M1).unwrap().count, 3);
+    }
+
+    /// Past its own limit a service's new endpoints fold into its overflow series, with exact
+    /// totals and quantiles over them; other services are untouched.
+    #[tokio::test]
+    async fn a_service_past_its_limit_folds_into_its_own_overflow_series() {
+        let f = fixture_with(100, 3);
+        let now = f.clock.now_nanos();
+        let a: Vec<_> = (0..10u64)
+            .map(|i| request(key("a", &format!("e{i}")), now, 10 + i))
+            .collect();
+        f.apply(&a);
+        f.apply(&[
+            request(key("b", "x"), now, 5),
+            request(key("b", "y"), now, 5),
+        ]);
+        let snap = f.snapshot(&[Window::M1]).await;
+        let expected: BTreeMap<String, u64> = [("e0", 1), ("e1", 1), ("e2", 1), (OVERFLOW, 7)]
+            .into_iter()
+            .map(|(e, n)| (e.to_owned(), n))
+            .collect();
+        assert_eq!(requests_of(&snap, "a"), expected);
+        assert_eq!(requests_of(&snap, "b").len(), 2);
+        let folded = snap
+            .series
+            .iter()
+            .find(|s| &*s.key.service == "a" && &*s.key.endpoint == OVERFLOW)
+            .unwrap();
+        // e3..e9 lasted 13..19 ms: the median of seven is 16 ms.
+        let p50 = window(folded, Window::M1).unwrap().quantiles[0].1;
+        assert!((p50 - 0.016).abs() / 0.016 < 0.01, "p50 {p50}");
+        assert_eq!(
+            f.telemetry.series_overflow(),
+            [("a".to_owned(), 7), ("__other__".to_owned(), 0)]
+        );
+        assert_eq!(lock(&f.state).series_active(), 6);
+    }
+
+    /// Near the global cap, the slots kept in reserve go to services with no series yet, one
+    /// each (their overflow series); past the cap, to the global overflow series.
+    #[tokio::test]
+    async fn the_reserve_gives_new_services_a_series_of_their_own() {
+        // max 10, 5 per service: 2 slots kept, 8 for endpoints.
+        let f = fixture_with(10, 5);
+        let now = f.clock.now_nanos();
+        let many = |service: &str, n: u64| -> Vec<RequestRecord> {
+            (0..n)
+                .map(|i| request(key(service, &format!("e{i}")), now, 10))
+                .collect()
+        };
+        f.apply(&many("a", 5));
+        f.apply(&many("b", 5)); // 3 series, then the cap's open part is full
+        f.apply(&many("c", 4)); // no series yet: its overflow series, with all four
+        f.apply(&many("d", 2)); // the last reserved slot
+        f.apply(&many("e", 3)); // nothing left: the global overflow series
+        let snap = f.snapshot(&[Window::M1]).await;
+        assert_eq!(requests_of(&snap, "a").len(), 5);
+        assert_eq!(requests_of(&snap, "b").len(), 3);
+        let only_overflow = |n: u64| -> BTreeMap<String, u64> { [(OVERFLOW.to_owned(), n)].into() };
+        assert_eq!(requests_of(&snap, "c"), only_overflow(4));
+        assert_eq!(requests_of(&snap, "d"), only_overflow(2));
+        assert_eq!(requests_of(&snap, "e"), BTreeMap::new());
+        assert_eq!(requests_of(&snap, OVERFLOW), only_overflow(2 + 3));
+        assert_eq!(lock(&f.state).series_active(), 11);
+        // c keeps its series, and new endpoints of c keep folding into it.
+        f.apply(&many("c", 6));
+        let snap = f.snapshot(&[Window::M1]).await;
+        assert_eq!(requests_of(&snap, "c"), only_overflow(10));
+        assert_eq!(f.telemetry.series_overflow_total(), 2 + 4 + 2 + 3 + 6);
+    }
+
+    /// A restored state folds the endpoints it folded before: the services' counts come back
+    /// with their series.
+    #[tokio::test]
+    async fn folding_survives_a_restore() {
+        let f = fixture_with(100, 2);
+        let now = f.clock.now_nanos();
+        let a: Vec<_> = (0..4)
+            .map(|i| request(key("a", &format!("e{i}")), now, 10))
+            .collect();
+        f.apply(&a);
+        let image = lock(&f.state).checkpoint_image().unwrap();
+        let g = fixture_with(100, 2);
+        {
+            let mut state = lock(&g.state);
+            state.restore_begin(image.sealed_before, image.wal_seq);
+            for s in image.series {
+                state.restore_series(s.key, s.source, s.totals);
+            }
+            state.restore_finish(Vec::new()).unwrap();
+        }
+        g.apply(&[request(key("a", "e3"), now, 10), request(key("a", "e9"), now, 10)]);
+        let snap = g.snapshot(&[Window::M1]).await;
+        let expected: BTreeMap<String, u64> = [("e0", 1), ("e1", 1), (OVERFLOW, 4)]
+            .into_iter()
+            .map(|(e, n)| (e.to_owned(), n))
+            .collect();
+        assert_eq!(requests_of(&snap, "a"), expected);
+    }
+
+    /// A service at its limit forgets endpoints idle for 3 h, so new ones get series again.
+    #[tokio::test]
+    async fn a_service_at_its_limit_forgets_idle_endpoints() {
+        let f = fixture_with(100, 2);
+        f.apply(&[
+            request(key("a", "old"), f.clock.now_nanos(), 10),
+            request(key("a", "busy"), f.clock.now_nanos(), 10),
+            request(key("b", "quiet"), f.clock.now_nanos(), 10),
+        ]);
+        for _ in 0..180 {
+            f.clock.advance(Duration::from_secs(60));
+            f.apply(&[request(key("a", "busy"), f.clock.now_nanos(), 10)]);
+        }
+        f.apply(&[request(key("a", "new"), f.clock.now_nanos(), 10)]);
+        let snap = f.snapshot(&[Window::M1]).await;
+        let endpoints: Vec<_> = requests_of(&snap, "a").into_keys().collect();
+        assert_eq!(endpoints, ["busy", "new"]);
+        assert_eq!(requests_of(&snap, "b").len(), 1, "b is under its limit");
     }
 
     #[tokio::test]

@@ -152,13 +152,32 @@ pub struct Telemetry {
     metric_points_ignored: [[AtomicU64; 5]; 3],
     metric_points_dropped: [[AtomicU64; 3]; 3],
     metric_streams_active: AtomicU64,
-    series_overflow: AtomicU64,
+    /// Requests folded into an overflow series, by service (see [`SeriesOverflow`]).
+    series_overflow: parking_lot::Mutex<SeriesOverflow>,
+    /// `aggregator.max_series` and `aggregator.max_series_per_service`.
+    series_limits: [AtomicU64; 2],
     clamped: [AtomicU64; 2],
     api_unauthorized: AtomicU64,
     wal_fsync: Histogram,
     checkpoint_last_success_nanos: AtomicU64,
     /// Compactions that replaced files, and compactions that failed.
     compactions: [AtomicU64; 2],
+}
+
+/// Most services named in `recmeter_series_overflow_total`; requests of further services are
+/// counted as `service="__other__"`.
+pub const MAX_OVERFLOW_SERVICES: usize = 100;
+
+/// The `service` label of requests folded by services not named.
+pub const OTHER_SERVICES: &str = "__other__";
+
+/// `recmeter_series_overflow_total`: requests folded into an overflow series, by the service
+/// they came from when it was at `aggregator.max_series_per_service` (the offenders, at most
+/// [`MAX_OVERFLOW_SERVICES`] of them), the rest together.
+#[derive(Debug, Default)]
+struct SeriesOverflow {
+    by_service: std::collections::BTreeMap<std::sync::Arc<str>, u64>,
+    other: u64,
 }
 
 /// Upper bounds of `recmeter_wal_fsync_seconds`, in seconds.
@@ -250,8 +269,37 @@ impl Telemetry {
         self.api_unauthorized.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn add_series_overflow(&self, n: u64) {
-        self.series_overflow.fetch_add(n, Ordering::Relaxed);
+    /// Counts `n` requests folded into an overflow series: under `service` when one is given
+    /// (a service at its own series limit) and fewer than [`MAX_OVERFLOW_SERVICES`] are named,
+    /// else under `__other__`.
+    pub(crate) fn add_series_overflow(&self, service: Option<&std::sync::Arc<str>>, n: u64) {
+        // A service named like the catch-all label is counted in it (one series per label set).
+        let service = service.filter(|s| s.as_ref() != OTHER_SERVICES);
+        let mut counts = self.series_overflow.lock();
+        let counts = &mut *counts;
+        let slot = match service {
+            Some(s) if counts.by_service.contains_key(s) => counts.by_service.get_mut(s),
+            Some(s) if counts.by_service.len() < MAX_OVERFLOW_SERVICES => {
+                Some(counts.by_service.entry(s.clone()).or_default())
+            }
+            _ => None,
+        };
+        let slot = slot.unwrap_or(&mut counts.other);
+        *slot = slot.saturating_add(n);
+    }
+
+    /// Notes `aggregator.max_series` and `aggregator.max_series_per_service`.
+    pub(crate) fn set_series_limits(&self, global: usize, per_service: usize) {
+        self.series_limits[0].store(global as u64, Ordering::Relaxed);
+        self.series_limits[1].store(per_service as u64, Ordering::Relaxed);
+    }
+
+    /// `recmeter_series_limit{scope="global"|"service"}`.
+    pub fn series_limits(&self) -> [(&'static str, u64); 2] {
+        [
+            ("global", self.series_limits[0].load(Ordering::Relaxed)),
+            ("service", self.series_limits[1].load(Ordering::Relaxed)),
+        ]
     }
 
     pub(crate) fn add_clamped_n(&self, bound: ClampBound, n: u64) {
@@ -372,8 +420,22 @@ impl Telemetry {
         self.spans_dropped[transport as usize][reason as usize].load(Ordering::Relaxed)
     }
 
-    pub fn series_overflow(&self) -> u64 {
-        self.series_overflow.load(Ordering::Relaxed)
+    /// `recmeter_series_overflow_total` by `service` label: the named services in order, then
+    /// `__other__` (always present).
+    pub fn series_overflow(&self) -> Vec<(String, u64)> {
+        let counts = self.series_overflow.lock();
+        counts
+            .by_service
+            .iter()
+            .map(|(s, n)| (s.to_string(), *n))
+            .chain([(OTHER_SERVICES.to_owned(), counts.other)])
+            .collect()
+    }
+
+    /// Requests folded into overflow series, every service together.
+    pub fn series_overflow_total(&self) -> u64 {
+        let counts = self.series_overflow.lock();
+        counts.by_service.values().sum::<u64>() + counts.other
     }
 
     pub fn clamped(&self, bound: ClampBound) -> u64 {

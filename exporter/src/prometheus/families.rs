@@ -72,7 +72,8 @@ struct SelfMetrics {
     metric_points_ignored: Vec<(Labels, u64)>,
     metric_points_dropped: Vec<(Labels, u64)>,
     metric_streams_active: u64,
-    series_overflow: u64,
+    series_overflow: Vec<(Labels, u64)>,
+    series_limits: [(&'static str, u64); 2],
     clamped: [(ClampBound, u64); 2],
     api_unauthorized: u64,
     wal_fsync: HistogramReading,
@@ -128,7 +129,12 @@ impl SelfMetrics {
             metric_points_ignored,
             metric_points_dropped,
             metric_streams_active: t.metric_streams_active(),
-            series_overflow: t.series_overflow(),
+            series_overflow: t
+                .series_overflow()
+                .into_iter()
+                .map(|(service, n)| (vec![("service", service)], n))
+                .collect(),
+            series_limits: t.series_limits(),
             api_unauthorized: t.api_unauthorized(),
             wal_fsync: t.wal_fsync(),
             checkpoint_last_success_nanos: t.checkpoint_last_success_nanos(),
@@ -336,9 +342,20 @@ impl Collector for Families {
         counter(
             &mut encoder,
             "recmeter_series_overflow",
-            "Requests folded into the __overflow__ series because the series cap was reached.",
-            [(Vec::new(), m.series_overflow)],
+            "Requests folded into an overflow series at a series limit, by service: named when at aggregator.max_series_per_service, else __other__.",
+            m.series_overflow.iter().cloned(),
         )?;
+        let mut family = encoder.encode_descriptor(
+            "recmeter_series_limit",
+            "Series limits: global is aggregator.max_series, service is aggregator.max_series_per_service.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (scope, n) in m.series_limits {
+            family
+                .encode_family(&vec![("scope", scope.to_owned())])?
+                .encode_gauge(&(n as i64))?;
+        }
         counter(
             &mut encoder,
             "recmeter_api_requests_rejected",
