@@ -439,7 +439,9 @@ fn hostile_http_input_is_refused_or_dropped_and_the_service_keeps_serving() {
 
 #[test]
 fn a_hundred_thousand_span_names_stay_within_the_series_cap() {
-    let recmeter = Recmeter::start("");
+    // One service, with no limit of its own: the global cap bounds it, and keeps the slot
+    // reserved for a new service free (`series_limits` covers the per-service limit).
+    let recmeter = Recmeter::start("[aggregator]\nmax_series_per_service = 100000\n");
     let end = nanos(fake_start());
     for chunk in 0..20u32 {
         let spans = (0..5_000u32)
@@ -462,8 +464,11 @@ fn a_hundred_thousand_span_names_stay_within_the_series_cap() {
         assert_eq!(post_raw(&recmeter, request.encode_to_vec(), false).0, 200);
     }
     let m = recmeter.metrics();
-    assert_eq!(m.value("recmeter_series_active", &[]), 10_001.0);
-    assert_eq!(m.value("recmeter_series_overflow_total", &[]), 90_000.0);
+    assert_eq!(m.value("recmeter_series_active", &[]), 10_000.0);
+    assert_eq!(
+        m.value("recmeter_series_overflow_total", &[("service", "__other__")]),
+        90_001.0
+    );
     assert_eq!(
         m.value(
             "recs_requests_total",
@@ -473,7 +478,7 @@ fn a_hundred_thousand_span_names_stay_within_the_series_cap() {
                 ("status", "ok")
             ]
         ),
-        90_000.0
+        90_001.0
     );
     assert_eq!(m.sum("recs_requests_total"), 100_000.0);
     // Still serving.

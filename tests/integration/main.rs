@@ -19,5 +19,6 @@ mod memory;
 mod metrics;
 mod object_double;
 mod otlp;
+mod series_limits;
 mod spans;
 mod sql;

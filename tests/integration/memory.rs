@@ -1,12 +1,12 @@
 //! Memory bounds on a real server under the fake clock: at the series cap, 61 minutes of
-//! traffic touching all 10 001 series (10 000 plus the overflow series) every minute; and flat
+//! traffic touching all 10 001 series (10 000 plus the global overflow series) every minute; and flat
 //! while history grows in the store for 30 days.
 
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 
 use crate::harness::{Recmeter, Start, fake_start, nanos};
-use crate::spans::request_of;
+use crate::spans::{request_for_services, request_of};
 
 fn rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -26,22 +26,31 @@ fn rss_stays_under_2_gib_at_the_series_cap_for_61_minutes() {
     let url = format!("http://{}/v1/traces", recmeter.addrs.otlp_http);
     let mut end = nanos(fake_start());
     for minute in 0..61u64 {
-        // 10 001 distinct endpoints: the 10 001st goes to the overflow series.
-        let spans = (0..10_001u64)
-            .map(|i| {
-                let id = minute * 20_000 + i + 1;
-                Span {
-                    trace_id: u128::from(id).to_be_bytes().to_vec(),
-                    span_id: id.to_be_bytes().to_vec(),
-                    name: format!("GET /v1/recommendations/{i}"),
-                    kind: 2,
-                    start_time_unix_nano: end - 1_000_000 * (1 + (i * 7 + minute) % 400),
-                    end_time_unix_nano: end,
-                    ..Default::default()
-                }
+        // 10 001 series: ten services of 999 endpoints each fill the 9 990 slots open to
+        // endpoints; eleven services that start sending then take the ten slots kept for new
+        // services (their overflow series) and, the eleventh, the global overflow series.
+        let services = (0..21u64)
+            .map(|s| {
+                let endpoints = if s < 10 { 999 } else { 1 };
+                let spans = (0..endpoints)
+                    .map(|e| {
+                        let i = s * 1_000 + e;
+                        let id = minute * 30_000 + i + 1;
+                        Span {
+                            trace_id: u128::from(id).to_be_bytes().to_vec(),
+                            span_id: id.to_be_bytes().to_vec(),
+                            name: format!("GET /v1/recommendations/{e}"),
+                            kind: 2,
+                            start_time_unix_nano: end - 1_000_000 * (1 + (i * 7 + minute) % 400),
+                            end_time_unix_nano: end,
+                            ..Default::default()
+                        }
+                    })
+                    .collect();
+                (format!("recs-{s}"), spans)
             })
             .collect();
-        let body = request_of(spans).encode_to_vec();
+        let body = request_for_services(services).encode_to_vec();
         let response = client
             .post(&url)
             .header("Content-Type", "application/x-protobuf")
@@ -54,7 +63,10 @@ fn rss_stays_under_2_gib_at_the_series_cap_for_61_minutes() {
     }
     let m = recmeter.metrics();
     assert_eq!(m.value("recmeter_series_active", &[]), 10_001.0);
-    assert_eq!(m.value("recmeter_series_overflow_total", &[]), 61.0);
+    assert_eq!(
+        m.value("recmeter_series_overflow_total", &[("service", "__other__")]),
+        61.0 * 11.0
+    );
     assert_eq!(m.sum("recs_requests_total"), 61.0 * 10_001.0);
     let rss = rss_bytes(recmeter.pid());
     eprintln!("RSS after 61 minutes at the cap: {} MiB", rss >> 20);

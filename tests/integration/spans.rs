@@ -157,3 +157,29 @@ pub fn request_of(
         }],
     }
 }
+
+/// One OTLP export request with a resource (and its `service.name`) per entry of `services`.
+pub fn request_for_services(
+    services: Vec<(String, Vec<opentelemetry_proto::tonic::trace::v1::Span>)>,
+) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    let mut request = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+        resource_spans: Vec::new(),
+    };
+    for (service, spans) in services {
+        let mut one = request_of(spans).resource_spans.remove(0);
+        one.resource = Some(Resource {
+            attributes: vec![KeyValue {
+                key: "service.name".to_owned(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue(service)),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        request.resource_spans.push(one);
+    }
+    request
+}
