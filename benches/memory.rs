@@ -123,10 +123,17 @@ fn main() {
         telemetry.clone(),
     )
     .unwrap_or_else(|e| panic!("aggregator: {e}"));
-    // One more than the cap: the last series folds into the overflow series.
+    // One more than the cap: 20 services fill the slots open to endpoints, 10 services that
+    // start later take the slots kept for new services, and the last series folds into the
+    // global overflow series.
+    let reserve = AggregatorConfig::default().series_reserve();
     let keys: Vec<SeriesKey> = (0..=SERIES)
         .map(|i| SeriesKey {
-            service: Arc::from(format!("svc-{}", i % 20).as_str()),
+            service: Arc::from(if i < SERIES - reserve {
+                format!("svc-{}", i % 20)
+            } else {
+                format!("late-{i}")
+            }),
             endpoint: Arc::from(format!("GET /v1/recommendations/{i}").as_str()),
             dimensions: Vec::new(),
         })

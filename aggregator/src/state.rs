@@ -1185,7 +1185,9 @@ impl Aggregator {
             self.series.retain(|key, series| {
                 let crowded = global
                     || (!is_service_overflow(key, overflow)
-                        && services.get(&key.service).is_some_and(|s| s.endpoints >= limit));
+                        && services
+                            .get(&key.service)
+                            .is_some_and(|s| s.endpoints >= limit));
                 let keep = key == overflow || !crowded || !series.is_idle(keep_from);
                 if !keep {
                     if !series.unsaved.is_empty() {
@@ -1741,7 +1743,10 @@ mod tests {
             }
             state.restore_finish(Vec::new()).unwrap();
         }
-        g.apply(&[request(key("a", "e3"), now, 10), request(key("a", "e9"), now, 10)]);
+        g.apply(&[
+            request(key("a", "e3"), now, 10),
+            request(key("a", "e9"), now, 10),
+        ]);
         let snap = g.snapshot(&[Window::M1]).await;
         let expected: BTreeMap<String, u64> = [("e0", 1), ("e1", 1), (OVERFLOW, 4)]
             .into_iter()

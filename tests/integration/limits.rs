@@ -466,7 +466,10 @@ fn a_hundred_thousand_span_names_stay_within_the_series_cap() {
     let m = recmeter.metrics();
     assert_eq!(m.value("recmeter_series_active", &[]), 10_000.0);
     assert_eq!(
-        m.value("recmeter_series_overflow_total", &[("service", "__other__")]),
+        m.value(
+            "recmeter_series_overflow_total",
+            &[("service", "__other__")]
+        ),
         90_001.0
     );
     assert_eq!(

@@ -64,7 +64,10 @@ fn rss_stays_under_2_gib_at_the_series_cap_for_61_minutes() {
     let m = recmeter.metrics();
     assert_eq!(m.value("recmeter_series_active", &[]), 10_001.0);
     assert_eq!(
-        m.value("recmeter_series_overflow_total", &[("service", "__other__")]),
+        m.value(
+            "recmeter_series_overflow_total",
+            &[("service", "__other__")]
+        ),
         61.0 * 11.0
     );
     assert_eq!(m.sum("recs_requests_total"), 61.0 * 10_001.0);

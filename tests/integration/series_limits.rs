@@ -59,8 +59,10 @@ fn a_cardinality_attack_from_one_service_leaves_the_others_their_series() {
     let end = fake_start();
     let mut raw: BTreeMap<(&str, String), Vec<u64>> = BTreeMap::new();
     let mut errors: BTreeMap<(&str, String), u64> = BTreeMap::new();
-    for (service, client, first_id) in [("b", Client::Grpc, 100_000), ("c", Client::HttpJson, 200_000)]
-    {
+    for (service, client, first_id) in [
+        ("b", Client::Grpc, 100_000),
+        ("c", Client::HttpJson, 200_000),
+    ] {
         let spans: Vec<SpanData> = (0..2_000u64)
             .map(|i| {
                 let endpoint = format!("GET /v1/recs/{}", i % 3);
@@ -85,7 +87,10 @@ fn a_cardinality_attack_from_one_service_leaves_the_others_their_series() {
             .filter(|((s, _), _)| *s == service)
             .map(|((_, e), values)| (e.clone(), values.len() as u64))
             .collect();
-        assert_eq!(series, expected, "{service}: exactly its 3 series, exact counts");
+        assert_eq!(
+            series, expected,
+            "{service}: exactly its 3 series, exact counts"
+        );
     }
     for ((service, endpoint), values) in &mut raw {
         let labels = [("service", *service), ("endpoint", endpoint.as_str())];
@@ -120,7 +125,10 @@ fn a_cardinality_attack_from_one_service_leaves_the_others_their_series() {
     assert_eq!(a["__overflow__"], 11_000);
     assert_eq!(a.values().sum::<u64>(), 12_000);
     assert_eq!(
-        m.value("recs_latency_seconds_count", &[("service", "a"), ("endpoint", "__overflow__")]),
+        m.value(
+            "recs_latency_seconds_count",
+            &[("service", "a"), ("endpoint", "__overflow__")]
+        ),
         11_000.0
     );
     assert_eq!(
@@ -128,7 +136,10 @@ fn a_cardinality_attack_from_one_service_leaves_the_others_their_series() {
         11_000.0
     );
     assert_eq!(
-        m.value("recmeter_series_overflow_total", &[("service", "__other__")]),
+        m.value(
+            "recmeter_series_overflow_total",
+            &[("service", "__other__")]
+        ),
         0.0
     );
     assert_eq!(requests_by_endpoint(&m, "__overflow__").len(), 0);
@@ -152,7 +163,12 @@ fn at_the_global_cap_a_new_service_still_gets_a_series_of_its_own() {
     // 11 services of 1 000 endpoints each: more than the 10 000 series of the cap.
     for s in 0..11u64 {
         let spans = one_per_endpoint("GET /route/", 0..1_000, s * 1_000);
-        export(Client::HttpProto, &recmeter.addrs, &format!("svc-{s}"), batches(spans));
+        export(
+            Client::HttpProto,
+            &recmeter.addrs,
+            &format!("svc-{s}"),
+            batches(spans),
+        );
     }
     let m = recmeter.metrics();
     assert!(m.value("recmeter_series_active", &[]) <= 10_001.0);
@@ -164,7 +180,15 @@ fn at_the_global_cap_a_new_service_still_gets_a_series_of_its_own() {
 
     // A 12th service starts sending: 500 requests on 50 endpoints.
     let spans: Vec<SpanData> = (0..500u64)
-        .map(|i| server_span(&format!("GET /new/{}", i % 50), fake_start(), 4_000_000, false, 50_000 + i))
+        .map(|i| {
+            server_span(
+                &format!("GET /new/{}", i % 50),
+                fake_start(),
+                4_000_000,
+                false,
+                50_000 + i,
+            )
+        })
         .collect();
     export(Client::Grpc, &recmeter.addrs, "newcomer", batches(spans));
     let m = recmeter.metrics();
@@ -181,7 +205,8 @@ fn at_the_global_cap_a_new_service_still_gets_a_series_of_its_own() {
 
 #[test]
 fn folded_endpoints_stay_folded_after_kill_9_and_count_once() {
-    let config = "[aggregator]\nmax_series_per_service = 3\n[storage]\ncheckpoint_interval = \"1s\"\n";
+    let config =
+        "[aggregator]\nmax_series_per_service = 3\n[storage]\ncheckpoint_interval = \"1s\"\n";
     let dir = tempfile::tempdir().unwrap();
     let start = || {
         Recmeter::start_with(Start {
@@ -192,7 +217,12 @@ fn folded_endpoints_stay_folded_after_kill_9_and_count_once() {
     };
     let recmeter = start();
     // Stored by a checkpoint: e0..e2 get series, e3..e5 fold.
-    export(Client::HttpProto, &recmeter.addrs, "a", vec![one_per_endpoint("e", 0..6, 0)]);
+    export(
+        Client::HttpProto,
+        &recmeter.addrs,
+        "a",
+        vec![one_per_endpoint("e", 0..6, 0)],
+    );
     wait_for("a checkpoint", || {
         recmeter
             .metrics()
@@ -202,8 +232,18 @@ fn folded_endpoints_stay_folded_after_kill_9_and_count_once() {
     // After it, in the WAL only: e6 and e7 fold, e0 counts again as itself. Checkpoints fail
     // from here on (before their manifest), so the restart replays these from the WAL.
     crate::durability::set_hook(&recmeter, "fail_checkpoint_after_files", true);
-    export(Client::HttpProto, &recmeter.addrs, "a", vec![one_per_endpoint("e", 6..8, 10)]);
-    export(Client::HttpProto, &recmeter.addrs, "a", vec![one_per_endpoint("e", 0..1, 20)]);
+    export(
+        Client::HttpProto,
+        &recmeter.addrs,
+        "a",
+        vec![one_per_endpoint("e", 6..8, 10)],
+    );
+    export(
+        Client::HttpProto,
+        &recmeter.addrs,
+        "a",
+        vec![one_per_endpoint("e", 0..1, 20)],
+    );
     recmeter.kill9();
 
     let restarted = start();
@@ -221,8 +261,18 @@ fn folded_endpoints_stay_folded_after_kill_9_and_count_once() {
     };
     assert_eq!(requests_by_endpoint(&restarted.metrics(), "a"), expected(5));
     // Endpoints folded before the crash, and a new one, fold still.
-    export(Client::HttpProto, &restarted.addrs, "a", vec![one_per_endpoint("e", 3..5, 30)]);
-    export(Client::HttpProto, &restarted.addrs, "a", vec![one_per_endpoint("e", 9..10, 40)]);
+    export(
+        Client::HttpProto,
+        &restarted.addrs,
+        "a",
+        vec![one_per_endpoint("e", 3..5, 30)],
+    );
+    export(
+        Client::HttpProto,
+        &restarted.addrs,
+        "a",
+        vec![one_per_endpoint("e", 9..10, 40)],
+    );
     let m = restarted.metrics();
     assert_eq!(requests_by_endpoint(&m, "a"), expected(8));
     assert_eq!(m.value("recmeter_series_active", &[]), 4.0);
