@@ -1723,6 +1723,42 @@ mod tests {
         assert_eq!(f.telemetry.series_overflow_total(), 2 + 4 + 2 + 3 + 6);
     }
 
+    /// Metric points go through the same limits as spans.
+    #[tokio::test]
+    async fn metric_points_fold_past_the_limit_as_spans_do() {
+        use crate::metrics::{MetricPoint, PointValue};
+        let f = fixture_with(100, 2);
+        let now = f.clock.now_nanos();
+        let points: Vec<MetricPoint> = (0..5u64)
+            .map(|i| MetricPoint {
+                stream: u128::from(i),
+                key: key("m", &format!("e{i}")),
+                error: false,
+                start_unix_nanos: now - 60_000_000_000,
+                time_unix_nanos: now,
+                cumulative: false,
+                whole_if_new: false,
+                nanos_per_unit: 1e9,
+                value: PointValue::Explicit {
+                    bounds: vec![0.1],
+                    counts: vec![3, 1],
+                },
+            })
+            .collect();
+        let outcome = lock(&f.state).apply_points(&points, now);
+        assert_eq!(outcome.accepted, 5);
+        let snap = f.snapshot(&[Window::M1]).await;
+        let expected: BTreeMap<String, u64> = [("e0", 4), ("e1", 4), (OVERFLOW, 12)]
+            .into_iter()
+            .map(|(e, n)| (e.to_owned(), n))
+            .collect();
+        assert_eq!(requests_of(&snap, "m"), expected);
+        assert_eq!(
+            f.telemetry.series_overflow(),
+            [("m".to_owned(), 12), ("__other__".to_owned(), 0)]
+        );
+    }
+
     /// A restored state folds the endpoints it folded before: the services' counts come back
     /// with their series.
     #[tokio::test]
