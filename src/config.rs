@@ -456,6 +456,29 @@ mod tests {
     }
 
     #[test]
+    fn series_limits_are_checked() {
+        let errors = load(
+            "[aggregator]\nmax_series_per_service = 0\n",
+            &[("RECMETER_AGGREGATOR__MAX_SERIES", "0")],
+        )
+        .unwrap_err();
+        let messages: Vec<_> = errors.iter().map(ToString::to_string).collect();
+        for text in [
+            "aggregator.max_series: must be at least 1",
+            "aggregator.max_series_per_service: must be at least 1",
+        ] {
+            assert!(messages.iter().any(|m| m.contains(text)), "{messages:?}");
+        }
+        let config = load(
+            "",
+            &[("RECMETER_AGGREGATOR__MAX_SERIES_PER_SERVICE", "250")],
+        )
+        .unwrap();
+        assert_eq!(config.aggregator.max_series_per_service, 250);
+        assert_eq!(config.aggregator.series_reserve(), 40);
+    }
+
+    #[test]
     fn metrics_rules_are_checked() {
         let errors = load(
             r#"
