@@ -297,7 +297,8 @@ impl MetricsConfig {
 pub struct AggregatorConfig {
     /// Most distinct series kept, the memory bound; requests of further series fold into the
     /// `__overflow__` series. The last `max_series / max_series_per_service` of them (at least
-    /// 1, at most half) are kept for services that have no series yet (README, ADR 015).
+    /// 1 but never more than half) are kept for services that have no series yet (README,
+    /// ADR 015).
     /// Default: `10000`.
     pub max_series: usize,
     /// Most series of one service (its own overflow series aside); requests of its further
@@ -386,7 +387,8 @@ impl AggregatorConfig {
     }
 
     /// Series slots kept for the first series of services that have none yet:
-    /// `max_series / max_series_per_service`, at least 1 and at most half of `max_series`.
+    /// `max_series / max_series_per_service`, at least 1 but never more than half of `max_series`
+    /// (so none at `max_series = 1`).
     pub fn series_reserve(&self) -> usize {
         (self.max_series / self.max_series_per_service.max(1))
             .max(1)

@@ -15,6 +15,7 @@ pub mod durability;
 pub mod error;
 pub mod histogram;
 pub mod hooks;
+mod limits;
 pub mod metrics;
 pub mod record;
 pub mod service;

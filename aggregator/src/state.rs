@@ -23,8 +23,9 @@ use crate::config::{AggregatorConfig, IngestConfig, MAX_THRESHOLDS, MetricsConfi
 use crate::counts::Counts;
 use crate::error::Result;
 use crate::histogram;
+use crate::limits::{Place, SeriesLimits};
 use crate::metrics::{Ignored, MetricPoint, MetricState, MetricStateImage};
-use crate::record::{ApplyOutcome, Batch, OVERFLOW, RequestRecord, SeriesKey};
+use crate::record::{ApplyOutcome, Batch, RequestRecord, SeriesKey};
 use crate::telemetry::Telemetry;
 use crate::window::Window;
 
@@ -589,13 +590,8 @@ pub struct Aggregator {
     telemetry: Arc<Telemetry>,
     max_age_nanos: u64,
     max_skew_nanos: u64,
-    max_series: usize,
-    /// Most endpoint series of one service (its own overflow series aside).
-    max_series_per_service: usize,
-    /// Series slots past `max_series - reserve` go only to services with no series yet.
-    reserve: usize,
-    /// Series held per service, the global overflow series aside.
-    services: HashMap<Arc<str>, ServiceSeries>,
+    /// The global cap, the limit per service and the series each service holds.
+    limits: SeriesLimits,
     dimension_labels: Vec<String>,
     /// Latency thresholds of the `requests_le_*` columns, nanoseconds.
     thresholds: Vec<u64>,
@@ -679,10 +675,7 @@ impl Aggregator {
             telemetry,
             max_age_nanos: duration_nanos(ingest.max_span_age),
             max_skew_nanos: duration_nanos(ingest.max_future_skew),
-            max_series: config.max_series,
-            max_series_per_service: config.max_series_per_service,
-            reserve: config.series_reserve(),
-            services: HashMap::new(),
+            limits: SeriesLimits::new(config, SeriesKey::overflow(dimension_labels.len())),
             overflow: SeriesKey::overflow(dimension_labels.len()),
             dimension_labels,
             thresholds: config.threshold_nanos(),
@@ -803,7 +796,7 @@ impl Aggregator {
             ..SeriesState::default()
         };
         self.births += 1;
-        note_series(&mut self.services, &self.overflow, &key, true);
+        self.limits.note(&key, true);
         self.series.insert(key, state);
     }
 
@@ -885,38 +878,6 @@ impl Aggregator {
         self.series.len() - usize::from(self.series.contains_key(&self.overflow))
     }
 
-    /// The overflow series of `service`.
-    fn service_overflow(&self, service: &Arc<str>) -> SeriesKey {
-        SeriesKey {
-            service: service.clone(),
-            ..self.overflow.clone()
-        }
-    }
-
-    /// Where the requests of `key`, a series not held, are counted (README "Series limits",
-    /// ADR 015). Series past `max_series - reserve` are only the first series of services that
-    /// have none, and that series is the service's overflow series, which takes all its
-    /// endpoints; no series at all past `max_series`.
-    fn place(&self, key: &SeriesKey) -> Place {
-        let held = self.regular_series();
-        let open = held < self.max_series - self.reserve;
-        match self.services.get(&key.service) {
-            None if open => Place::Own,
-            None if held < self.max_series => Place::ServiceOverflow { at_limit: false },
-            None => Place::Global { at_limit: false },
-            Some(s) => {
-                let at_limit = s.endpoints >= self.max_series_per_service;
-                if !at_limit && open {
-                    Place::Own
-                } else if s.overflow || open {
-                    Place::ServiceOverflow { at_limit }
-                } else {
-                    Place::Global { at_limit }
-                }
-            }
-        }
-    }
-
     /// Counts a batch of requests, checking their age against the clock.
     pub fn apply(&mut self, records: &[RequestRecord]) -> ApplyOutcome {
         self.apply_checked(records, self.clock.now_nanos())
@@ -946,6 +907,7 @@ impl Aggregator {
                 open_minute,
             );
         }
+        self.limits.flush(&self.telemetry);
         outcome
     }
 
@@ -1011,6 +973,7 @@ impl Aggregator {
                 self.count_sample(&sample, open_minute);
             }
         }
+        self.limits.flush(&self.telemetry);
         self.telemetry
             .set_metric_streams_active(self.metrics.streams_active());
         outcome
@@ -1038,11 +1001,11 @@ impl Aggregator {
         let key = if self.series.contains_key(sample.key) {
             sample.key
         } else {
-            let place = self.place(sample.key);
+            let place = self.limits.place(sample.key, self.regular_series());
             let (key, at_limit) = match place {
                 Place::Own => (sample.key, false),
                 Place::ServiceOverflow { at_limit } => {
-                    folded_key = self.service_overflow(&sample.key.service);
+                    folded_key = self.limits.service_overflow(&sample.key.service);
                     (&folded_key, at_limit)
                 }
                 Place::Global { at_limit } => {
@@ -1053,8 +1016,12 @@ impl Aggregator {
                 }
             };
             if place != Place::Own && sample.count > 0 {
-                let service = at_limit.then_some(&sample.key.service);
-                self.telemetry.add_series_overflow(service, sample.count);
+                self.limits.count_folded(
+                    &sample.key.service,
+                    at_limit,
+                    sample.count,
+                    &self.telemetry,
+                );
             }
             key
         };
@@ -1070,7 +1037,7 @@ impl Aggregator {
                 ..SeriesState::default()
             };
             self.births += 1;
-            note_series(&mut self.services, &self.overflow, key, true);
+            self.limits.note(key, true);
             self.series.insert(key.clone(), state);
         }
         let Some(series) = self.series.get_mut(key) else {
@@ -1137,11 +1104,12 @@ impl Aggregator {
     }
 
     /// Once per minute: seals the minutes before `open_minute` and every hour that ended,
-    /// forgets minutes older than 3 h and hours before the first one held. At the series
-    /// cap, series with nothing from the last 3 h are forgotten too, so new series can take
-    /// their place instead of folding into the overflow series for good. Below the cap idle
-    /// series are kept: dropping a counter that returns later would hide its first increments
-    /// from Prometheus `increase()`.
+    /// forgets minutes older than 3 h and hours before the first one held. Where new series
+    /// are refused (the slots open to any series are full, or among the endpoint series of a
+    /// service at its limit), series with nothing from the last 3 h are forgotten too, so new
+    /// series can take their place instead of folding into an overflow series for good.
+    /// Elsewhere idle series are kept: dropping a counter that returns later would hide its
+    /// first increments from Prometheus `increase()`.
     fn roll(&mut self, open_minute: u64) {
         if open_minute <= self.sealed_before {
             return;
@@ -1172,23 +1140,17 @@ impl Aggregator {
                 &mut seal,
             );
         }
-        // Where new series are refused (globally, or for a service at its limit), series idle
-        // for 3 h are forgotten to make room: a service's endpoints that went out of use (an
-        // old route template) do not keep its new ones folded for good.
-        let global = self.regular_series() >= self.max_series - self.reserve;
-        let limit = self.max_series_per_service;
-        if global || self.services.values().any(|s| s.endpoints >= limit) {
+        // A service's endpoints that went out of use (an old route template) do not keep its
+        // new ones folded for good.
+        let open = self.limits.open(self.regular_series());
+        if !open || self.limits.any_service_at_limit() {
             let overflow = &self.overflow;
-            let services = &self.services;
+            let limits = &self.limits;
             let evicted_unsaved = &mut self.evicted_unsaved;
             let mut evicted = Vec::new();
             self.series.retain(|key, series| {
-                let crowded = global
-                    || (!is_service_overflow(key, overflow)
-                        && services
-                            .get(&key.service)
-                            .is_some_and(|s| s.endpoints >= limit));
-                let keep = key == overflow || !crowded || !series.is_idle(keep_from);
+                let keep =
+                    key == overflow || !limits.crowded(key, open) || !series.is_idle(keep_from);
                 if !keep {
                     if !series.unsaved.is_empty() {
                         evicted_unsaved.push(SeriesRows {
@@ -1202,7 +1164,7 @@ impl Aggregator {
                 keep
             });
             for key in &evicted {
-                note_series(&mut self.services, &self.overflow, key, false);
+                self.limits.note(key, false);
             }
             if !evicted.is_empty() {
                 tracing::info!(
@@ -1410,55 +1372,6 @@ pub trait RowVisitor {
     fn series(&mut self, key: &SeriesKey, source: Source) -> ControlFlow<()>;
     /// One row: the first minute of its minute, block or hour, its counts and its V2 encoding.
     fn row(&mut self, at: u64, row: &Row) -> ControlFlow<()>;
-}
-
-/// Series of one service.
-#[derive(Debug, Default)]
-struct ServiceSeries {
-    /// Series of its endpoints (every series but its overflow series).
-    endpoints: usize,
-    /// Whether it has its overflow series.
-    overflow: bool,
-}
-
-/// Where a new series' requests are counted ([`Aggregator::place`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Place {
-    /// In a series of its own.
-    Own,
-    /// In its service's overflow series (held, or created now).
-    ServiceOverflow { at_limit: bool },
-    /// In the global overflow series.
-    Global { at_limit: bool },
-}
-
-/// Whether `key` is its service's overflow series (`overflow` is the global one).
-fn is_service_overflow(key: &SeriesKey, overflow: &SeriesKey) -> bool {
-    &*key.endpoint == OVERFLOW && key.dimensions == overflow.dimensions
-}
-
-/// Notes in `services` that the series `key` was added to (`added`) or removed from the held
-/// series; the global overflow series `overflow` belongs to no service.
-fn note_series(
-    services: &mut HashMap<Arc<str>, ServiceSeries>,
-    overflow: &SeriesKey,
-    key: &SeriesKey,
-    added: bool,
-) {
-    if key == overflow {
-        return;
-    }
-    let own_overflow = is_service_overflow(key, overflow);
-    let of_service = services.entry(key.service.clone()).or_default();
-    match (added, own_overflow) {
-        (true, true) => of_service.overflow = true,
-        (true, false) => of_service.endpoints += 1,
-        (false, true) => of_service.overflow = false,
-        (false, false) => of_service.endpoints = of_service.endpoints.saturating_sub(1),
-    }
-    if of_service.endpoints == 0 && !of_service.overflow {
-        services.remove(&key.service);
-    }
 }
 
 fn duration_nanos(d: std::time::Duration) -> u64 {

@@ -8,7 +8,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::harness::{Recmeter, fake_start, nanos};
-use crate::spans::{Client, export, server_span, span};
+use crate::spans::{Client, batches_of_1000, export, server_span, span};
 
 /// Nearest-rank quantile `sorted[ceil(q·n) − 1]` with q = num/den, in exact integer arithmetic.
 pub fn nearest_rank(sorted: &[u64], num: u64, den: u64) -> u64 {
@@ -78,11 +78,7 @@ fn quantiles_and_counts_match_raw_data_over_grpc_and_http() {
     }
     assert!(*all.iter().min().unwrap() < 100_000 && *all.iter().max().unwrap() > 10_000_000_000);
     // A third over each client, 1 000 spans per export.
-    let mut batches: Vec<Vec<_>> = Vec::new();
-    while !spans.is_empty() {
-        let rest = spans.split_off(spans.len().min(1_000));
-        batches.push(std::mem::replace(&mut spans, rest));
-    }
+    let mut batches = batches_of_1000(spans);
     let third = batches.len() / 3;
     let http_json = batches.split_off(2 * third);
     let http_proto = batches.split_off(third);

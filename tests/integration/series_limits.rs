@@ -13,7 +13,7 @@ use crate::durability::wait_for;
 use crate::exposition::promtool_check_metrics;
 use crate::harness::{Exposition, Recmeter, Start, fake_start};
 use crate::otlp::{assert_within, latency_nanos, nearest_rank};
-use crate::spans::{Client, export, server_span};
+use crate::spans::{Client, batches_of_1000, export, server_span};
 
 /// Requests of `service` per endpoint label, ok and error together.
 fn requests_by_endpoint(m: &Exposition, service: &str) -> BTreeMap<String, u64> {
@@ -28,17 +28,6 @@ fn requests_by_endpoint(m: &Exposition, service: &str) -> BTreeMap<String, u64> 
     out
 }
 
-/// `batches` of at most 1 000 spans.
-fn batches(spans: Vec<SpanData>) -> Vec<Vec<SpanData>> {
-    let mut spans = spans;
-    let mut out = Vec::new();
-    while !spans.is_empty() {
-        let rest = spans.split_off(spans.len().min(1_000));
-        out.push(std::mem::replace(&mut spans, rest));
-    }
-    out
-}
-
 /// One span per endpoint `{prefix}{i}` for `i` in `range`, ending now, ids from `first_id`.
 fn one_per_endpoint(prefix: &str, range: std::ops::Range<u64>, first_id: u64) -> Vec<SpanData> {
     let end = fake_start();
@@ -47,16 +36,59 @@ fn one_per_endpoint(prefix: &str, range: std::ops::Range<u64>, first_id: u64) ->
         .collect()
 }
 
+/// The 1m quantile gauges of `series` within 1% of the nearest rank of `sorted`.
+fn assert_quantiles(m: &Exposition, series: [(&str, &str); 2], sorted: &[u64]) {
+    for (q, num, den) in [
+        ("0.5", 1, 2),
+        ("0.9", 9, 10),
+        ("0.99", 99, 100),
+        ("0.999", 999, 1000),
+    ] {
+        let got = m
+            .find(
+                "recmeter_latency_quantile_seconds",
+                &[series[0], series[1], ("window", "1m"), ("q", q)],
+            )
+            .unwrap_or_else(|| panic!("{series:?}: no 1m q={q} gauge"));
+        assert_within(
+            got,
+            nearest_rank(sorted, num, den),
+            0.01,
+            &format!("{series:?} q={q}"),
+        );
+    }
+}
+
 #[test]
 fn a_cardinality_attack_from_one_service_leaves_the_others_their_series() {
     let recmeter = Recmeter::start("");
-    // Service A loses its route template: 12 000 distinct span names.
-    let attack = one_per_endpoint("GET /item/", 0..12_000, 0);
-    export(Client::HttpProto, &recmeter.addrs, "a", batches(attack));
-
-    // Then B (over gRPC) and C (over HTTP/JSON) send 2 000 spans each on 3 endpoints.
+    // Service A loses its route template: 12 000 distinct span names, 1% failing.
     let mut rng = StdRng::seed_from_u64(23);
     let end = fake_start();
+    let mut a_folded = Vec::new();
+    let mut a_folded_errors = 0;
+    let attack: Vec<SpanData> = (0..12_000u64)
+        .map(|i| {
+            let d = latency_nanos(&mut rng);
+            let error = rng.random::<f64>() < 0.01;
+            if i >= 1_000 {
+                a_folded.push(d);
+                a_folded_errors += u64::from(error);
+            }
+            let ago = Duration::from_millis(rng.random_range(0..20_000));
+            server_span(&format!("GET /item/{i}"), end - ago, d, error, i)
+        })
+        .collect();
+    export(
+        Client::HttpProto,
+        &recmeter.addrs,
+        "a",
+        batches_of_1000(attack),
+    );
+    let m = recmeter.metrics();
+    assert_eq!(m.value("recmeter_series_active", &[]), 1_001.0);
+
+    // Then B (over gRPC) and C (over HTTP/JSON) send 2 000 spans each on 3 endpoints.
     let mut raw: BTreeMap<(&str, String), Vec<u64>> = BTreeMap::new();
     let mut errors: BTreeMap<(&str, String), u64> = BTreeMap::new();
     for (service, client, first_id) in [
@@ -74,7 +106,7 @@ fn a_cardinality_attack_from_one_service_leaves_the_others_their_series() {
                 server_span(&endpoint, end - ago, d, error, first_id + i)
             })
             .collect();
-        export(client, &recmeter.addrs, service, batches(spans));
+        export(client, &recmeter.addrs, service, batches_of_1000(spans));
     }
 
     let (status, _, body) = recmeter.get("/metrics", Some("text/plain;version=0.0.4"));
@@ -103,20 +135,7 @@ fn a_cardinality_attack_from_one_service_leaves_the_others_their_series() {
             "{service} {endpoint}: errors"
         );
         values.sort_unstable();
-        for (q, num, den) in [("0.5", 1, 2), ("0.9", 9, 10), ("0.99", 99, 100)] {
-            let got = m
-                .find(
-                    "recmeter_latency_quantile_seconds",
-                    &[labels[0], labels[1], ("window", "1m"), ("q", q)],
-                )
-                .unwrap_or_else(|| panic!("{service} {endpoint}: no 1m q={q} gauge"));
-            assert_within(
-                got,
-                nearest_rank(values, num, den),
-                0.01,
-                &format!("{service} {endpoint} q={q}"),
-            );
-        }
+        assert_quantiles(&m, labels, values);
     }
 
     // A: its first 1 000 endpoints and its own overflow series, with every request counted.
@@ -124,6 +143,16 @@ fn a_cardinality_attack_from_one_service_leaves_the_others_their_series() {
     assert_eq!(a.len(), 1_000 + 1);
     assert_eq!(a["__overflow__"], 11_000);
     assert_eq!(a.values().sum::<u64>(), 12_000);
+    let folded = [("service", "a"), ("endpoint", "__overflow__")];
+    assert_eq!(
+        m.value(
+            "recs_requests_total",
+            &[folded[0], folded[1], ("status", "error")]
+        ) as u64,
+        a_folded_errors
+    );
+    a_folded.sort_unstable();
+    assert_quantiles(&m, folded, &a_folded);
     assert_eq!(
         m.value(
             "recs_latency_seconds_count",
@@ -167,16 +196,29 @@ fn at_the_global_cap_a_new_service_still_gets_a_series_of_its_own() {
             Client::HttpProto,
             &recmeter.addrs,
             &format!("svc-{s}"),
-            batches(spans),
+            batches_of_1000(spans),
         );
     }
+    // The 9 990 slots open to any series are full: svc-0 to svc-8 hold their 1 000 endpoints,
+    // svc-9 its first 990 (its last 10, with no series of their own to go to, are in the global
+    // overflow series), and svc-10, a service with no series yet, took a slot kept for new
+    // services: its overflow series, with all of its requests.
     let m = recmeter.metrics();
-    assert!(m.value("recmeter_series_active", &[]) <= 10_001.0);
-    // The slots open to endpoints (all but the 10 kept for new services) are full.
-    let held: usize = (0..11)
+    let held: Vec<usize> = (0..11)
         .map(|s| requests_by_endpoint(&m, &format!("svc-{s}")).len())
-        .sum();
-    assert!(held >= 9_990, "{held}");
+        .collect();
+    assert_eq!(
+        held,
+        [
+            1_000, 1_000, 1_000, 1_000, 1_000, 1_000, 1_000, 1_000, 1_000, 990, 1
+        ]
+    );
+    assert_eq!(
+        requests_by_endpoint(&m, "svc-10"),
+        BTreeMap::from([("__overflow__".to_owned(), 1_000)])
+    );
+    assert_eq!(requests_by_endpoint(&m, "__overflow__")["__overflow__"], 10);
+    assert_eq!(m.value("recmeter_series_active", &[]), 9_992.0);
 
     // A 12th service starts sending: 500 requests on 50 endpoints.
     let spans: Vec<SpanData> = (0..500u64)
@@ -190,7 +232,12 @@ fn at_the_global_cap_a_new_service_still_gets_a_series_of_its_own() {
             )
         })
         .collect();
-    export(Client::Grpc, &recmeter.addrs, "newcomer", batches(spans));
+    export(
+        Client::Grpc,
+        &recmeter.addrs,
+        "newcomer",
+        batches_of_1000(spans),
+    );
     let m = recmeter.metrics();
     let newcomer = requests_by_endpoint(&m, "newcomer");
     assert_eq!(
@@ -198,7 +245,7 @@ fn at_the_global_cap_a_new_service_still_gets_a_series_of_its_own() {
         BTreeMap::from([("__overflow__".to_owned(), 500)]),
         "a series of its own, its overflow series, with its exact total"
     );
-    assert!(m.value("recmeter_series_active", &[]) <= 10_001.0);
+    assert_eq!(m.value("recmeter_series_active", &[]), 9_993.0);
     // Every request of every service is counted somewhere.
     assert_eq!(m.sum("recs_requests_total"), 11_500.0);
 }
@@ -208,14 +255,15 @@ fn folded_endpoints_stay_folded_after_kill_9_and_count_once() {
     let config =
         "[aggregator]\nmax_series_per_service = 3\n[storage]\ncheckpoint_interval = \"1s\"\n";
     let dir = tempfile::tempdir().unwrap();
-    let start = || {
+    let start = |at| {
         Recmeter::start_with(Start {
             config,
             dir: Some(dir.path()),
+            fake_clock: Some(at),
             ..Start::default()
         })
     };
-    let recmeter = start();
+    let recmeter = start(crate::harness::FAKE_START);
     // Stored by a checkpoint: e0..e2 get series, e3..e5 fold.
     export(
         Client::HttpProto,
@@ -223,11 +271,14 @@ fn folded_endpoints_stay_folded_after_kill_9_and_count_once() {
         "a",
         vec![one_per_endpoint("e", 0..6, 0)],
     );
+    // A checkpoint after them: one taken once the clock has moved on.
+    recmeter.advance("60s");
+    let after = (crate::harness::nanos(fake_start()) / 1_000_000_000 + 60) as f64;
     wait_for("a checkpoint", || {
         recmeter
             .metrics()
             .value("recmeter_checkpoint_last_success_timestamp_seconds", &[])
-            > 0.0
+            >= after
     });
     // After it, in the WAL only: e6 and e7 fold, e0 counts again as itself. Checkpoints fail
     // from here on (before their manifest), so the restart replays these from the WAL.
@@ -246,7 +297,8 @@ fn folded_endpoints_stay_folded_after_kill_9_and_count_once() {
     );
     recmeter.kill9();
 
-    let restarted = start();
+    // Restarted where the clock had got to.
+    let restarted = start("2026-03-02T10:01:30Z");
     let log = restarted.log();
     let restored = log.lines().rev().find(|l| l.contains("Restored.")).unwrap();
     assert!(

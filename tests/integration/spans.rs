@@ -142,6 +142,16 @@ pub fn export(
     }
 }
 
+/// `spans` in exports of at most 1 000, in order.
+pub fn batches_of_1000(mut spans: Vec<SpanData>) -> Vec<Vec<SpanData>> {
+    let mut batches = Vec::new();
+    while !spans.is_empty() {
+        let rest = spans.split_off(spans.len().min(1_000));
+        batches.push(std::mem::replace(&mut spans, rest));
+    }
+    batches
+}
+
 /// One OTLP export request holding `spans` under a single resource and scope.
 pub fn request_of(
     spans: Vec<opentelemetry_proto::tonic::trace::v1::Span>,
