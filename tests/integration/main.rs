@@ -8,6 +8,7 @@
 
 mod auth;
 mod cli;
+mod compat;
 mod demo;
 mod durability;
 mod exposition;

@@ -254,7 +254,7 @@ fn sdk_histograms_count_exactly_within_their_layouts_bounds() {
     }
 }
 
-fn attribute(key: &str, value: &str) -> ProtoKeyValue {
+pub fn attribute(key: &str, value: &str) -> ProtoKeyValue {
     ProtoKeyValue {
         key: key.to_owned(),
         value: Some(AnyValue {
@@ -265,7 +265,7 @@ fn attribute(key: &str, value: &str) -> ProtoKeyValue {
 }
 
 /// One explicit-bucket `recs.latency` point and one `recs.count` point for `service`.
-fn points(
+pub fn points(
     service: &str,
     temporality: AggregationTemporality,
     start: u64,
@@ -320,7 +320,7 @@ fn points(
     }
 }
 
-fn send(
+pub fn send(
     recmeter: &Recmeter,
     request: &ExportMetricsServiceRequest,
 ) -> ExportMetricsServiceResponse {
@@ -395,7 +395,7 @@ fn spans_and_points_of_one_service_never_count_twice() {
 }
 
 /// Waits until a checkpoint in `dir`'s store covers WAL frame `seq`.
-fn wait_for_checkpoint(dir: &std::path::Path, seq: u64) {
+pub fn wait_for_checkpoint(dir: &std::path::Path, seq: u64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let covered = std::fs::read_dir(dir.join("data/manifests"))
