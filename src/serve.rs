@@ -16,6 +16,7 @@ use recmeter_aggregator::telemetry::Listener;
 use recmeter_aggregator::{Aggregator, AggregatorHandle, Clock, Hooks, QueryEngine, Telemetry};
 use recmeter_collector::sources::otlp::{Ingest, ServeOptions, http_router, serve_grpc};
 use recmeter_exporter::api::METRICS_WINDOWS;
+use recmeter_exporter::api::default_providers;
 use recmeter_exporter::{ApiState, api_router};
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -185,6 +186,7 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
         api_limits,
         telemetry.clone(),
         api_router(ApiState {
+            providers: default_providers(&aggregator, &engine),
             aggregator: aggregator.clone(),
             engine: engine.clone(),
             ready: ready.clone(),

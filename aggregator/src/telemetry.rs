@@ -162,6 +162,53 @@ pub struct Telemetry {
     checkpoint_last_success_nanos: AtomicU64,
     /// Compactions that replaced files, and compactions that failed.
     compactions: [AtomicU64; 2],
+    /// Counter families registered at run time, with labels of their own.
+    labelled: parking_lot::RwLock<Vec<std::sync::Arc<LabelledCounter>>>,
+}
+
+/// A counter family whose label values are known only at run time (a Kafka partition, say),
+/// rendered on `/metrics` after the fixed self-telemetry families
+/// ([`Telemetry::labelled_counter`]). Keep its label values bounded: every value ever counted
+/// stays a series until restart, as a counter must.
+#[derive(Debug)]
+pub struct LabelledCounter {
+    name: String,
+    help: String,
+    label_names: Vec<String>,
+    values: parking_lot::Mutex<std::collections::BTreeMap<Vec<String>, u64>>,
+}
+
+impl LabelledCounter {
+    /// The family name, without `_total`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn help(&self) -> &str {
+        &self.help
+    }
+
+    /// Adds `n` to the counter of `label_values`, one per label name, in order.
+    pub fn add(&self, label_values: &[&str], n: u64) {
+        debug_assert_eq!(label_values.len(), self.label_names.len());
+        // Callers add per batch, not per event: the key is built each time.
+        let key: Vec<String> = label_values.iter().map(|v| (*v).to_owned()).collect();
+        let mut values = self.values.lock();
+        let v = values.entry(key).or_default();
+        *v = v.saturating_add(n);
+    }
+
+    /// Every counter, as `(labels, value)`, in label order.
+    pub fn read(&self) -> Vec<(Vec<(String, String)>, u64)> {
+        self.values
+            .lock()
+            .iter()
+            .map(|(values, n)| {
+                let labels = self.label_names.iter().cloned().zip(values.iter().cloned());
+                (labels.collect(), *n)
+            })
+            .collect()
+    }
 }
 
 /// Most services named in `recmeter_series_overflow_total`; requests of further services are
@@ -203,6 +250,33 @@ pub struct HistogramReading {
 }
 
 impl Telemetry {
+    /// The counter family `name` (without `_total`) with labels `label_names`, registered now
+    /// or by an earlier call with the same name (whose help and labels stand).
+    pub fn labelled_counter(
+        &self,
+        name: &str,
+        help: &str,
+        label_names: &[&str],
+    ) -> std::sync::Arc<LabelledCounter> {
+        let mut families = self.labelled.write();
+        if let Some(c) = families.iter().find(|c| c.name == name) {
+            return c.clone();
+        }
+        let c = std::sync::Arc::new(LabelledCounter {
+            name: name.to_owned(),
+            help: help.to_owned(),
+            label_names: label_names.iter().map(|l| (*l).to_owned()).collect(),
+            values: parking_lot::Mutex::default(),
+        });
+        families.push(c.clone());
+        c
+    }
+
+    /// The families registered with [`Telemetry::labelled_counter`], in registration order.
+    pub fn labelled_counters(&self) -> Vec<std::sync::Arc<LabelledCounter>> {
+        self.labelled.read().clone()
+    }
+
     pub fn add_spans_received(&self, transport: Transport, n: u64) {
         self.spans_received[transport as usize].fetch_add(n, Ordering::Relaxed);
     }

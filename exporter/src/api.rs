@@ -15,7 +15,7 @@ use recmeter_aggregator::{AggregatorHandle, BearerToken, Hook, QueryEngine, Wind
 use serde::Deserialize;
 
 use crate::error::{ApiError, Result};
-use crate::prometheus::{Format, render};
+use crate::prometheus::{Format, LatencyProvider, Provider, TelemetryProvider, render_parts};
 
 /// Windows exposed on `/metrics` (the rest are for SQL and SLO work).
 pub const METRICS_WINDOWS: [Window; 4] = [Window::M1, Window::M5, Window::H1, Window::D1];
@@ -32,6 +32,25 @@ pub struct ApiState {
     pub test_hooks: bool,
     /// `auth.api_token`: required for everything but health and readiness.
     pub token: Option<BearerToken>,
+    /// What `/metrics` shows, in order ([`default_providers`], then any a capability adds).
+    pub providers: Vec<Arc<dyn Provider>>,
+}
+
+/// The built-in exposition providers: the latency families of [`METRICS_WINDOWS`], then
+/// recmeter's self-telemetry.
+pub fn default_providers(
+    aggregator: &AggregatorHandle,
+    engine: &Arc<QueryEngine>,
+) -> Vec<Arc<dyn Provider>> {
+    vec![
+        Arc::new(LatencyProvider {
+            engine: engine.clone(),
+            windows: METRICS_WINDOWS.to_vec(),
+        }),
+        Arc::new(TelemetryProvider {
+            aggregator: aggregator.clone(),
+        }),
+    ]
 }
 
 /// The API routes, for serving or for `oneshot` tests.
@@ -65,12 +84,13 @@ async fn not_found() -> ApiError {
 
 async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let format = Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
-    let snapshot = state.engine.snapshot(&METRICS_WINDOWS).await?;
-    let aggregator = state.aggregator.clone();
+    let mut parts = Vec::with_capacity(state.providers.len());
+    for provider in &state.providers {
+        parts.push(provider.read().await?);
+    }
     // Rendering tens of megabytes of text is CPU work; keep it off the async workers.
     let body = tokio::task::spawn_blocking(move || {
-        render(snapshot, aggregator.telemetry(), format)
-            .map_err(|_| ApiError::internal("cannot encode metrics"))
+        render_parts(parts, format).map_err(|_| ApiError::internal("cannot encode metrics"))
     })
     .await
     .map_err(|e| ApiError::internal(format!("metrics task failed: {e}")))??;
@@ -190,6 +210,7 @@ pub(crate) mod tests {
         let engine =
             Arc::new(QueryEngine::new(aggregator.state().clone(), &SqlConfig::default()).unwrap());
         ApiState {
+            providers: default_providers(&aggregator, &engine),
             aggregator,
             engine,
             ready: Arc::new(AtomicBool::new(ready)),

@@ -1,10 +1,10 @@
-//! The metric families of `/metrics`, rendered from one aggregator [`Snapshot`] through a
-//! `prometheus-client` custom collector, so every family of a scrape reads the same snapshot.
+//! The metric families of the two built-in exposition providers: the latency families, from
+//! one aggregator [`Snapshot`] so every family of a scrape reads the same snapshot, and
+//! recmeter's self-telemetry (fixed families, then those registered with labels at run time).
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
-use prometheus_client::registry::Registry;
 use recmeter_aggregator::histogram::ClampBound;
 use recmeter_aggregator::state::{LATENCY_BUCKETS_NANOS, QUANTILES};
 use recmeter_aggregator::telemetry::{
@@ -12,54 +12,47 @@ use recmeter_aggregator::telemetry::{
 };
 use recmeter_aggregator::{Snapshot, Telemetry};
 
-/// Exposition format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// Prometheus text format 0.0.4.
-    Text004,
-    /// OpenMetrics 1.0 text.
-    OpenMetrics,
-}
+use super::provider::{Format, Part, render_parts};
 
-impl Format {
-    /// The format a scraper's `Accept` header asks for.
-    pub fn from_accept(accept: Option<&str>) -> Self {
-        match accept {
-            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
-            _ => Format::Text004,
-        }
-    }
-
-    /// The `Content-Type` of a response in this format.
-    pub const fn content_type(self) -> &'static str {
-        match self {
-            Format::Text004 => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        }
-    }
-}
-
-/// Renders `snapshot` and the self-telemetry in `format`.
+/// Renders `snapshot` and the self-telemetry in `format`, as the two built-in providers do.
 pub fn render(
     snapshot: Snapshot,
     telemetry: &Telemetry,
     format: Format,
 ) -> Result<String, std::fmt::Error> {
-    // About 4 KB of text per series (every window and quantile): sized up front, the text is
-    // written once instead of copied as it grows.
-    let mut out = String::with_capacity(4096 * (snapshot.series.len() + 1));
-    let mut registry = Registry::default();
-    registry.register_collector(Box::new(Families {
-        snapshot,
-        self_metrics: SelfMetrics::read(telemetry),
-    }));
-    match format {
-        Format::Text004 => {
-            prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?
-        }
-        Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry)?,
+    let series_active = snapshot.series.len();
+    render_parts(
+        vec![
+            latency_part(snapshot),
+            telemetry_part(telemetry, series_active),
+        ],
+        format,
+    )
+}
+
+/// The latency families of `snapshot`.
+pub fn latency_part(snapshot: Snapshot) -> Part {
+    Part {
+        // About 4 KB of text per series (every window and quantile).
+        size_hint: 4096 * snapshot.series.len(),
+        collector: Box::new(LatencyFamilies { snapshot }),
     }
-    Ok(out)
+}
+
+/// recmeter's self-telemetry, with `series_active` series held.
+pub fn telemetry_part(telemetry: &Telemetry, series_active: usize) -> Part {
+    Part {
+        size_hint: 4096,
+        collector: Box::new(SelfFamilies {
+            m: SelfMetrics::read(telemetry),
+            series_active,
+            labelled: telemetry
+                .labelled_counters()
+                .iter()
+                .map(|c| (c.name().to_owned(), c.help().to_owned(), c.read()))
+                .collect(),
+        }),
+    }
 }
 
 /// The self-telemetry counters, read once per scrape.
@@ -168,9 +161,16 @@ impl SelfMetrics {
 }
 
 #[derive(Debug)]
-struct Families {
+struct LatencyFamilies {
     snapshot: Snapshot,
-    self_metrics: SelfMetrics,
+}
+
+#[derive(Debug)]
+struct SelfFamilies {
+    m: SelfMetrics,
+    series_active: usize,
+    /// Families registered at run time: name, help, and `(labels, value)` samples.
+    labelled: Vec<(String, String, Vec<(Vec<(String, String)>, u64)>)>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -178,7 +178,7 @@ type Labels = Vec<(&'static str, String)>;
 /// Labels borrowed from the snapshot: tens of thousands of samples share them.
 type SeriesLabels<'a> = Vec<(&'a str, &'a str)>;
 
-impl Families {
+impl LatencyFamilies {
     /// `service`, `endpoint` and the extra dimension labels of every series, in order.
     fn series_labels(&self) -> Vec<SeriesLabels<'_>> {
         self.snapshot
@@ -210,7 +210,7 @@ fn counter(
     Ok(())
 }
 
-impl Collector for Families {
+impl Collector for LatencyFamilies {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let series = &self.snapshot.series;
         let labels = self.series_labels();
@@ -284,7 +284,13 @@ impl Collector for Families {
             }
         }
 
-        let m = &self.self_metrics;
+        Ok(())
+    }
+}
+
+impl Collector for SelfFamilies {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = &self.m;
         counter(
             &mut encoder,
             "recmeter_spans_received",
@@ -330,7 +336,7 @@ impl Collector for Families {
                 MetricType::Gauge,
             )?
             .encode_gauge(&streams)?;
-        let active = series.len() as i64;
+        let active = self.series_active as i64;
         encoder
             .encode_descriptor(
                 "recmeter_series_active",
@@ -432,6 +438,14 @@ impl Collector for Families {
             "Connections closed at once because the listener had its most open (max_connections).",
             m.connections_refused.iter().cloned(),
         )?;
+        for (name, help, samples) in &self.labelled {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (labels, value) in samples {
+                family
+                    .encode_family(labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(value, None)?;
+            }
+        }
         Ok(())
     }
 }
