@@ -1,8 +1,7 @@
 //! The HTTP API on :9464: `/metrics`, `/api/v1/sql`, `/healthz`, `/readyz`, and the `/-/test/*` routes that
 //! exist only when the binary runs with `--test-hooks`.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::UNIX_EPOCH;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -11,47 +10,12 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use recmeter_aggregator::{AggregatorHandle, BearerToken, Hook, QueryEngine, Window};
+use recmeter_aggregator::Hook;
 use serde::Deserialize;
 
 use crate::error::{ApiError, Result};
-use crate::prometheus::{Format, LatencyProvider, Provider, TelemetryProvider, render_parts};
-
-/// Windows exposed on `/metrics` (the rest are for SQL and SLO work).
-pub const METRICS_WINDOWS: [Window; 4] = [Window::M1, Window::M5, Window::H1, Window::D1];
-
-/// What the API handlers share.
-#[derive(Debug, Clone)]
-pub struct ApiState {
-    pub aggregator: AggregatorHandle,
-    /// SQL over the rollups; `/metrics` windows come from it too.
-    pub engine: Arc<QueryEngine>,
-    /// Set once every listener is bound and state is restored.
-    pub ready: Arc<AtomicBool>,
-    /// Whether the `/-/test/*` routes exist.
-    pub test_hooks: bool,
-    /// `auth.api_token`: required for everything but health and readiness.
-    pub token: Option<BearerToken>,
-    /// What `/metrics` shows, in order ([`default_providers`], then any a capability adds).
-    pub providers: Vec<Arc<dyn Provider>>,
-}
-
-/// The built-in exposition providers: the latency families of [`METRICS_WINDOWS`], then
-/// recmeter's self-telemetry.
-pub fn default_providers(
-    aggregator: &AggregatorHandle,
-    engine: &Arc<QueryEngine>,
-) -> Vec<Arc<dyn Provider>> {
-    vec![
-        Arc::new(LatencyProvider {
-            engine: engine.clone(),
-            windows: METRICS_WINDOWS.to_vec(),
-        }),
-        Arc::new(TelemetryProvider {
-            aggregator: aggregator.clone(),
-        }),
-    ]
-}
+use crate::prometheus::{Format, render_parts};
+pub use crate::state::{ApiState, METRICS_WINDOWS, default_providers};
 
 /// The API routes, for serving or for `oneshot` tests.
 pub fn api_router(state: ApiState) -> Router {
@@ -192,7 +156,12 @@ pub(crate) mod tests {
     use axum::body::Body;
     use axum::http::Request;
     use http_body_util::BodyExt;
-    use recmeter_aggregator::{AggregatorConfig, Clock, Hooks, IngestConfig, SqlConfig, Telemetry};
+    use recmeter_aggregator::{
+        AggregatorConfig, AggregatorHandle, BearerToken, Clock, Hooks, IngestConfig, QueryEngine,
+        SqlConfig, Telemetry,
+    };
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
     use tower::ServiceExt;
 
     pub(crate) fn state(test_hooks: bool, ready: bool) -> ApiState {
@@ -334,5 +303,59 @@ pub(crate) mod tests {
         let (status, _, body) = call(state(true, true), bad).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(body.contains("errorType"), "{body}");
+    }
+
+    async fn post_sql(path: &str, sql: &str) -> (StatusCode, String, Vec<u8>) {
+        let response = api_router(state(false, true))
+            .oneshot(
+                Request::post(path)
+                    .body(Body::from(sql.to_owned()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, content_type, body.to_vec())
+    }
+
+    #[tokio::test]
+    async fn sql_formats_and_refusals() {
+        let sql = "SELECT 1 AS one, 'a' AS letter UNION ALL SELECT 2, 'b'";
+        let (status, content_type, body) = post_sql("/api/v1/sql", sql).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(content_type, "application/json");
+        let rows: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(rows.as_array().unwrap().len(), 2);
+        let (_, content_type, body) = post_sql("/api/v1/sql?format=csv", sql).await;
+        assert!(content_type.starts_with("text/csv"));
+        assert!(String::from_utf8(body).unwrap().starts_with("one,letter\n"));
+        let (_, content_type, body) = post_sql("/api/v1/sql?format=arrow", sql).await;
+        assert_eq!(content_type, "application/vnd.apache.arrow.stream");
+        let reader =
+            datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None)
+                .unwrap();
+        let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+        assert_eq!(rows, 2);
+        // Empty results are still well-formed.
+        let (_, _, body) = post_sql("/api/v1/sql", "SELECT 1 AS one WHERE false").await;
+        assert_eq!(body, b"[]\n");
+        let (_, _, body) = post_sql("/api/v1/sql?format=csv", "SELECT 1 AS one WHERE false").await;
+        assert_eq!(body, b"one\n");
+        for (path, sql) in [
+            ("/api/v1/sql?format=xml", "SELECT 1"),
+            ("/api/v1/sql", ""),
+            ("/api/v1/sql", "DROP TABLE latency_minutes"),
+        ] {
+            let (status, _, body) = post_sql(path, sql).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {sql}");
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(body["errorType"], "bad_data");
+        }
     }
 }

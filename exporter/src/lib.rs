@@ -10,7 +10,9 @@ pub mod config;
 pub mod error;
 pub mod prometheus;
 pub mod sql;
+pub mod state;
 
-pub use api::{ApiState, api_router};
+pub use api::api_router;
 pub use config::ApiConfig;
 pub use error::{ApiError, Error, Result};
+pub use state::ApiState;

@@ -13,8 +13,8 @@ use datafusion::arrow::json::{ArrayWriter, WriterBuilder as JsonWriterBuilder};
 use recmeter_aggregator::QueryOutput;
 use serde::Deserialize;
 
-use crate::api::ApiState;
 use crate::error::ApiError;
+use crate::state::ApiState;
 
 /// Largest SQL text accepted (HTTP 413 beyond).
 pub const MAX_SQL_BYTES: usize = 1 << 20;
@@ -119,69 +119,4 @@ fn encode(output: &QueryOutput, format: OutputFormat) -> Result<Vec<u8>, ApiErro
         }
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use axum::body::Body;
-    use axum::http::{Request, StatusCode};
-    use http_body_util::BodyExt;
-    use tower::ServiceExt;
-
-    use crate::api::api_router;
-    use crate::api::tests::state;
-
-    async fn post(path: &str, sql: &str) -> (StatusCode, String, Vec<u8>) {
-        let response = api_router(state(false, true))
-            .oneshot(
-                Request::post(path)
-                    .body(Body::from(sql.to_owned()))
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        let status = response.status();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        (status, content_type, body.to_vec())
-    }
-
-    #[tokio::test]
-    async fn formats_and_refusals() {
-        let sql = "SELECT 1 AS one, 'a' AS letter UNION ALL SELECT 2, 'b'";
-        let (status, content_type, body) = post("/api/v1/sql", sql).await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(content_type, "application/json");
-        let rows: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(rows.as_array().unwrap().len(), 2);
-        let (_, content_type, body) = post("/api/v1/sql?format=csv", sql).await;
-        assert!(content_type.starts_with("text/csv"));
-        assert!(String::from_utf8(body).unwrap().starts_with("one,letter\n"));
-        let (_, content_type, body) = post("/api/v1/sql?format=arrow", sql).await;
-        assert_eq!(content_type, "application/vnd.apache.arrow.stream");
-        let reader =
-            datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None)
-                .unwrap();
-        let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
-        assert_eq!(rows, 2);
-        // Empty results are still well-formed.
-        let (_, _, body) = post("/api/v1/sql", "SELECT 1 AS one WHERE false").await;
-        assert_eq!(body, b"[]\n");
-        let (_, _, body) = post("/api/v1/sql?format=csv", "SELECT 1 AS one WHERE false").await;
-        assert_eq!(body, b"one\n");
-        for (path, sql) in [
-            ("/api/v1/sql?format=xml", "SELECT 1"),
-            ("/api/v1/sql", ""),
-            ("/api/v1/sql", "DROP TABLE latency_minutes"),
-        ] {
-            let (status, _, body) = post(path, sql).await;
-            assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {sql}");
-            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            assert_eq!(body["errorType"], "bad_data");
-        }
-    }
 }

@@ -2,6 +2,8 @@
 //! one aggregator [`Snapshot`] so every family of a scrape reads the same snapshot, and
 //! recmeter's self-telemetry (fixed families, then those registered with labels at run time).
 
+use std::sync::Arc;
+
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -10,9 +12,9 @@ use recmeter_aggregator::state::{LATENCY_BUCKETS_NANOS, QUANTILES};
 use recmeter_aggregator::telemetry::{
     DropReason, HistogramReading, IgnoreReason, Listener, RejectReason, Transport,
 };
-use recmeter_aggregator::{Snapshot, Telemetry};
+use recmeter_aggregator::{AggregatorHandle, QueryEngine, Snapshot, Telemetry, Window};
 
-use super::provider::{Format, Part, render_parts};
+use super::provider::{Format, Part, Provider, ReadFuture, render_parts};
 
 /// Renders `snapshot` and the self-telemetry in `format`, as the two built-in providers do.
 pub fn render(
@@ -52,6 +54,41 @@ pub fn telemetry_part(telemetry: &Telemetry, series_active: usize) -> Part {
                 .map(|c| (c.name().to_owned(), c.help().to_owned(), c.read()))
                 .collect(),
         }),
+    }
+}
+
+/// The latency families (`recs_*` and the quantile gauges) of `windows`, from the engine's
+/// snapshot.
+#[derive(Debug)]
+pub struct LatencyProvider {
+    pub engine: Arc<QueryEngine>,
+    pub windows: Vec<Window>,
+}
+
+impl Provider for LatencyProvider {
+    fn read(&self) -> ReadFuture<'_> {
+        Box::pin(async move {
+            let snapshot = self.engine.snapshot(&self.windows).await?;
+            Ok(latency_part(snapshot))
+        })
+    }
+}
+
+/// recmeter's self-telemetry: the fixed `recmeter_*` families, then the families registered
+/// at run time with their own labels (`Telemetry::labelled_counter`).
+#[derive(Debug)]
+pub struct TelemetryProvider {
+    pub aggregator: AggregatorHandle,
+}
+
+impl Provider for TelemetryProvider {
+    fn read(&self) -> ReadFuture<'_> {
+        Box::pin(async move {
+            Ok(telemetry_part(
+                self.aggregator.telemetry(),
+                self.aggregator.series_active(),
+            ))
+        })
     }
 }
 

@@ -4,7 +4,5 @@
 mod families;
 mod provider;
 
-pub use families::{latency_part, render, telemetry_part};
-pub use provider::{
-    Format, LatencyProvider, Part, Provider, ReadFuture, TelemetryProvider, render_parts,
-};
+pub use families::{LatencyProvider, TelemetryProvider, latency_part, render, telemetry_part};
+pub use provider::{Format, Part, Provider, ReadFuture, render_parts};

@@ -4,11 +4,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::registry::Registry;
-use recmeter_aggregator::{AggregatorHandle, QueryEngine, Window};
 
 use crate::error::ApiError;
 
@@ -73,41 +71,6 @@ pub fn render_parts(parts: Vec<Part>, format: Format) -> Result<String, std::fmt
         Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry)?,
     }
     Ok(out)
-}
-
-/// The latency families (`recs_*` and the quantile gauges) of `windows`, from the engine's
-/// snapshot.
-#[derive(Debug)]
-pub struct LatencyProvider {
-    pub engine: Arc<QueryEngine>,
-    pub windows: Vec<Window>,
-}
-
-impl Provider for LatencyProvider {
-    fn read(&self) -> ReadFuture<'_> {
-        Box::pin(async move {
-            let snapshot = self.engine.snapshot(&self.windows).await?;
-            Ok(super::families::latency_part(snapshot))
-        })
-    }
-}
-
-/// recmeter's self-telemetry: the fixed `recmeter_*` families, then the families registered
-/// at run time with their own labels (`Telemetry::labelled_counter`).
-#[derive(Debug)]
-pub struct TelemetryProvider {
-    pub aggregator: AggregatorHandle,
-}
-
-impl Provider for TelemetryProvider {
-    fn read(&self) -> ReadFuture<'_> {
-        Box::pin(async move {
-            Ok(super::families::telemetry_part(
-                self.aggregator.telemetry(),
-                self.aggregator.series_active(),
-            ))
-        })
-    }
 }
 
 #[cfg(test)]
@@ -202,7 +165,7 @@ mod tests {
         let lag = Lag(vec![("0".into(), 12), ("1".into(), 0)]);
         let parts = vec![
             lag.read().await.unwrap(),
-            super::super::telemetry_part(&telemetry, 0),
+            crate::prometheus::telemetry_part(&telemetry, 0),
         ];
         let text = render_parts(parts, Format::Text004).unwrap();
         let lag_at = text
