@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use recmeter_aggregator::durability::{self, Checkpointer, Durability, Layout};
-use recmeter_aggregator::sql::history::History;
+use recmeter_aggregator::store::history::History;
 use recmeter_aggregator::telemetry::Listener;
 use recmeter_aggregator::{Aggregator, AggregatorHandle, Clock, Hooks, QueryEngine, Telemetry};
 use recmeter_collector::sources::otlp::{Ingest, ServeOptions, http_router, serve_grpc};

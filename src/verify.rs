@@ -47,7 +47,7 @@ pub fn main(args: VerifyArgs) -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let store = durability::store::open(&url, false)?;
+        let store = recmeter_aggregator::store::object::open(&url, false)?;
         durability::verify(store.objects.as_ref()).await
     });
     match result {

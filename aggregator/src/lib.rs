@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod batch;
 pub mod clock;
 pub mod config;
 pub mod connection;
@@ -22,6 +23,7 @@ pub mod service;
 pub mod sql;
 pub mod state;
 pub mod status;
+pub mod store;
 pub mod telemetry;
 pub mod window;
 

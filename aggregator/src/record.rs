@@ -2,8 +2,6 @@
 
 use std::sync::Arc;
 
-use crate::metrics::MetricPoint;
-
 /// Series identity: service, endpoint and the configured extra dimensions (in config order;
 /// an absent attribute is an empty string).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -55,27 +53,4 @@ pub struct ApplyOutcome {
     pub covered_by_spans: u64,
     /// Points of new cumulative streams past `metrics.max_streams` (`reason="stream_limit"`).
     pub stream_limit: u64,
-}
-
-/// What one request hands the aggregator: request records (from spans) and metric points.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Batch {
-    pub records: Vec<RequestRecord>,
-    pub points: Vec<MetricPoint>,
-}
-
-impl Batch {
-    /// Whether there is nothing to count.
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.points.is_empty()
-    }
-}
-
-impl From<Vec<RequestRecord>> for Batch {
-    fn from(records: Vec<RequestRecord>) -> Self {
-        Self {
-            records,
-            points: Vec::new(),
-        }
-    }
 }

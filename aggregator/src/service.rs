@@ -10,12 +10,13 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::batch::Batch;
 use crate::clock::Clock;
 use crate::config::{AggregatorConfig, IngestConfig};
 use crate::durability::{Arriving, Wal};
 use crate::error::{Error, Result};
 use crate::hooks::{Hook, Hooks};
-use crate::record::{ApplyOutcome, Batch, RequestRecord};
+use crate::record::{ApplyOutcome, RequestRecord};
 use crate::state::{Aggregator, SharedState, lock};
 use crate::telemetry::Telemetry;
 

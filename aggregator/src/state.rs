@@ -18,6 +18,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use parking_lot::{Mutex, MutexGuard};
 
+use crate::batch::Batch;
 use crate::clock::{Clock, MINUTE_NANOS, minute_of};
 use crate::config::{AggregatorConfig, IngestConfig, MAX_THRESHOLDS, MetricsConfig};
 use crate::counts::Counts;
@@ -25,7 +26,7 @@ use crate::error::Result;
 use crate::histogram;
 use crate::limits::{Place, SeriesLimits};
 use crate::metrics::{Ignored, MetricPoint, MetricState, MetricStateImage};
-use crate::record::{ApplyOutcome, Batch, RequestRecord, SeriesKey};
+use crate::record::{ApplyOutcome, RequestRecord, SeriesKey};
 use crate::telemetry::Telemetry;
 use crate::window::Window;
 

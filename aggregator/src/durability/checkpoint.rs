@@ -24,23 +24,18 @@ use datafusion::parquet::file::properties::WriterProperties;
 use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use serde::{Deserialize, Serialize};
 
 use crate::clock::MINUTE_NANOS;
 use crate::error::{Error, Result};
 use crate::hooks::{Hook, Hooks};
 use crate::record::SeriesKey;
-use crate::sql::tables::rollup_batch;
 use crate::state::{
     Aggregator, LATENCY_BUCKETS_NANOS, Row, RowCounts, SeriesTotals, SharedState, Source,
     StateImage, Table, lock,
 };
+use crate::store::manifest::{FileEntry, FileKind, Layout, MANIFEST_VERSION, MANIFESTS, Manifest};
+use crate::store::rollup::rollup_batch;
 use crate::telemetry::Telemetry;
-
-/// Version of the manifest format.
-pub const MANIFEST_VERSION: u32 = 1;
-
-const MANIFESTS: &str = "manifests";
 
 /// State that later parts keep across restarts (metric stream state, Kafka offsets, the alert
 /// outbox): saved with every checkpoint as `state/<id>-<name>.json`, restored before the WAL
@@ -57,80 +52,6 @@ pub trait Checkpointable: Send + Sync {
 /// The state file name of the aggregator's metric streams; no [`Checkpointable`] may take it.
 const METRIC_STREAMS: &str = "metric_streams";
 
-/// What a file holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FileKind {
-    /// Rows of `latency_minutes`.
-    Minutes,
-    /// Rows of `latency_hours`.
-    Hours,
-    /// Every series' counters (this checkpoint's only).
-    Series,
-    /// Open accumulators as minute rows (this checkpoint's only).
-    Open,
-    /// A registered [`Checkpointable`]'s JSON (this checkpoint's only).
-    Extra,
-}
-
-/// One file a manifest names.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileEntry {
-    /// Path inside the store.
-    pub path: String,
-    pub kind: FileKind,
-    /// Rows (Parquet) or 1 (JSON).
-    pub rows: u64,
-    pub bytes: u64,
-    /// Sum of the `requests` column (rollups and open rows), or of `ok + errors` (series).
-    pub requests: u64,
-    /// First and last minute (index since the epoch) a rollup file's rows start in.
-    #[serde(default)]
-    pub first_minute: u64,
-    #[serde(default)]
-    pub last_minute: u64,
-}
-
-/// The manifest: written last, it makes a checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Manifest {
-    pub version: u32,
-    pub id: u64,
-    /// recmeter's clock when the checkpoint was taken, Unix nanoseconds.
-    pub created_unix_nanos: u64,
-    /// The last WAL sequence number whose records the checkpoint holds.
-    pub wal_seq: u64,
-    /// Minutes before this one were sealed.
-    pub sealed_before_minute: u64,
-    pub significant_digits: u8,
-    /// Extra dimension columns and `requests_le_*` columns of the rollup files.
-    pub dimensions: Vec<String>,
-    pub thresholds: Vec<String>,
-    /// Every rollup file, older checkpoints' included.
-    pub files: Vec<FileEntry>,
-    /// This checkpoint's state files.
-    pub state: Vec<FileEntry>,
-}
-
-impl Manifest {
-    pub(super) fn path(id: u64) -> Path {
-        Path::from(format!("{MANIFESTS}/{id:020}.json"))
-    }
-
-    /// Every file it names.
-    pub fn all_files(&self) -> impl Iterator<Item = &FileEntry> {
-        self.files.iter().chain(&self.state)
-    }
-}
-
-/// The shape of the rollups, which a store must match.
-#[derive(Debug, Clone)]
-pub struct Layout {
-    pub significant_digits: u8,
-    pub dimensions: Vec<String>,
-    pub thresholds: Vec<String>,
-}
-
 /// What one checkpoint wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CheckpointStats {
@@ -145,7 +66,7 @@ pub struct CheckpointStats {
 pub struct Checkpointer {
     pub(super) store: Arc<dyn ObjectStore>,
     /// Syncs written files where the store needs it (local disk).
-    pub(super) syncer: super::store::Store,
+    pub(super) syncer: crate::store::object::Store,
     pub(super) state: SharedState,
     pub(super) layout: Layout,
     pub(super) hooks: Arc<Hooks>,
@@ -158,7 +79,7 @@ pub struct Checkpointer {
     /// Files compaction replaced, with when: deleted once `retention.delete_delay` has passed.
     pub(super) replaced: std::sync::Mutex<Vec<(std::time::Instant, Vec<Path>)>>,
     /// Where SQL finds the files of the manifest in force.
-    pub(super) history: Option<Arc<crate::sql::history::History>>,
+    pub(super) history: Option<Arc<crate::store::history::History>>,
     /// Called with the WAL sequence number each checkpoint covers.
     on_success: Box<dyn Fn(u64) + Send + Sync>,
 }
@@ -427,7 +348,7 @@ impl Checkpointer {
     /// A checkpointer over `store`, continuing from `last` (the manifest restored, if any).
     /// `on_success` gets the WAL sequence number each checkpoint covers (to truncate the WAL).
     pub fn new(
-        store: super::store::Store,
+        store: crate::store::object::Store,
         state: SharedState,
         layout: Layout,
         hooks: Arc<Hooks>,
@@ -454,7 +375,7 @@ impl Checkpointer {
 
     /// Publishes the rollup files of each manifest in force to `history`, from the one
     /// restored on, before anything it no longer names is deleted.
-    pub fn with_history(mut self, history: Arc<crate::sql::history::History>) -> Self {
+    pub fn with_history(mut self, history: Arc<crate::store::history::History>) -> Self {
         if let Some(m) = self.last.get_mut() {
             history.publish(&m.files);
         }
@@ -1080,7 +1001,7 @@ pub(super) mod tests {
         let clock = Arc::new(Clock::fake(UNIX_EPOCH + Duration::from_secs(START_SECS)));
         let state = shared(aggregator(&clock));
         let dir = tempfile::tempdir().unwrap();
-        let store = super::super::store::open(dir.path().to_str().unwrap(), true).unwrap();
+        let store = crate::store::object::open(dir.path().to_str().unwrap(), true).unwrap();
         let checkpoints = Checkpointer::new(
             store.clone(),
             state.clone(),

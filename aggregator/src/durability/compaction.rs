@@ -28,17 +28,15 @@ use std::time::Instant;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 
-use super::checkpoint::{
-    Checkpointer, FileEntry, FileKind, Manifest, civil_date, parquet, read_entry, rollup_rows,
-    storage,
-};
+use super::checkpoint::{Checkpointer, civil_date, parquet, read_entry, rollup_rows, storage};
 use crate::clock::{MINUTE_NANOS, minute_of};
 use crate::counts::Counts;
 use crate::error::{Error, Result};
 use crate::hooks::Hook;
 use crate::record::SeriesKey;
-use crate::sql::tables::rollup_batch;
 use crate::state::{Row, Source, Table, lock};
+use crate::store::manifest::{FileEntry, FileKind, Manifest};
+use crate::store::rollup::rollup_batch;
 
 const HOUR_MINUTES: u64 = 60;
 const DAY_MINUTES: u64 = 1440;
@@ -396,12 +394,12 @@ mod tests {
     use crate::durability::checkpoint::tests::{aggregator, layout};
     use crate::durability::checkpoint::{self, delete_unreferenced, latest_manifest};
     use crate::durability::config::RetentionConfig;
-    use crate::durability::store;
     use crate::hooks::Hooks;
     use crate::record::RequestRecord;
     use crate::sql::QueryEngine;
-    use crate::sql::history::History;
     use crate::state::{SharedState, shared};
+    use crate::store::history::History;
+    use crate::store::object as store;
     use crate::window::Window;
     use datafusion::arrow::array::AsArray;
     use datafusion::arrow::datatypes::{Float64Type, UInt64Type};

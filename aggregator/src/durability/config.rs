@@ -88,7 +88,7 @@ impl StorageConfig {
     /// Cross-field checks.
     pub fn validate(&self) -> Vec<InvalidField> {
         let mut errors = Vec::new();
-        if let Err(e) = super::store::parse_url(&self.url) {
+        if let Err(e) = crate::store::object::parse_url(&self.url) {
             errors.push(InvalidField::new("storage.url", e.to_string()));
         }
         if self.checkpoint_interval < Duration::from_secs(1) {

@@ -6,12 +6,11 @@ pub mod checkpoint;
 pub mod compaction;
 pub mod config;
 pub mod restore;
-pub mod store;
 pub mod wal;
 
+pub use crate::store::manifest::{Layout, Manifest};
 pub use checkpoint::{
-    CheckpointStats, Checkpointable, Checkpointer, Layout, Manifest, RestoreStats, VerifyReport,
-    verify,
+    CheckpointStats, Checkpointable, Checkpointer, RestoreStats, VerifyReport, verify,
 };
 pub use compaction::CompactionStats;
 pub use config::{Durability, RetentionConfig, StorageConfig, WalConfig};

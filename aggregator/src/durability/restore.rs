@@ -3,13 +3,14 @@
 
 use std::sync::Arc;
 
-use super::checkpoint::{self, Checkpointable, Layout, Manifest, RestoreStats};
+use super::checkpoint::{self, Checkpointable, RestoreStats};
 use super::config::{StorageConfig, WalConfig};
-use super::store;
 use super::wal::{ReplayStats, Wal, WalDir};
 use crate::error::{Error, Result};
 use crate::hooks::Hooks;
 use crate::state::Aggregator;
+use crate::store::manifest::{Layout, Manifest};
+use crate::store::object as store;
 use crate::telemetry::Telemetry;
 
 /// An aggregator brought back to where it stood, and what keeps it durable from here on.

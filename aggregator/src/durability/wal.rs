@@ -19,10 +19,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use crate::batch::Batch;
 use crate::error::{Error, Result};
 use crate::hooks::{Hook, Hooks};
 use crate::metrics::{Dense, MetricPoint, PointValue};
-use crate::record::{Batch, RequestRecord, SeriesKey};
+use crate::record::{RequestRecord, SeriesKey};
 use crate::telemetry::Telemetry;
 
 /// Largest frame payload read back; anything larger is a torn or foreign file.

@@ -26,8 +26,7 @@ use tokio::runtime::Runtime;
 
 use super::functions::{self, TIME_ZONE};
 use super::guard::{self, Cancel, CancelOnDrop};
-use super::history::History;
-use super::tables::{PreparedRows, PreparedSeries, RollupTable};
+use super::tables::{PreparedRows, PreparedSeries, RollupTable, table_name};
 use crate::clock::MINUTE_NANOS;
 use crate::config::SqlConfig;
 use crate::counts::Counts;
@@ -37,6 +36,7 @@ use crate::state::{
     BLOCK_MINUTES, Row, RowCounts, RowVisitor, SeriesSnapshot, SharedState, Snapshot, Source,
     Table, WindowQuantiles, lock,
 };
+use crate::store::history::History;
 use crate::window::Window;
 use bytes::Bytes;
 
@@ -1193,16 +1193,6 @@ async fn window_plan(
         .collect::<Result<Vec<_>>>()?;
     let df = df.aggregate(keys, aggregates).map_err(classify)?;
     Ok((df, held))
-}
-
-/// The SQL name of a rollup table.
-pub fn table_name(table: Table) -> &'static str {
-    match table {
-        Table::Minutes => "latency_minutes",
-        Table::Hours => "latency_hours",
-        // Registered in `/metrics` sessions only.
-        Table::Blocks => "latency_blocks",
-    }
 }
 
 /// Accepts exactly one SELECT, WITH, SHOW, DESCRIBE or EXPLAIN (of one of those).

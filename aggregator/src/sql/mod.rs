@@ -5,10 +5,10 @@
 mod engine;
 pub mod functions;
 pub mod guard;
-pub mod history;
 pub mod tables;
 
-pub use engine::{QueryEngine, QueryOutput, check_read_only, table_name};
+pub use engine::{QueryEngine, QueryOutput, check_read_only};
+pub use tables::table_name;
 
 #[cfg(test)]
 mod testing;

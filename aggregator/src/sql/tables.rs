@@ -12,16 +12,14 @@ use std::sync::Arc;
 use parking_lot::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{
-    ArrayRef, BinaryBuilder, StringArray, StringBuilder, TimestampNanosecondArray, UInt64Array,
-};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use datafusion::arrow::array::{ArrayRef, StringArray};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::hash_utils::create_hashes;
 use datafusion::common::{DataFusionError, Result, ScalarValue};
 use datafusion::execution::TaskContext;
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::logical_expr::{
     BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType,
 };
@@ -36,98 +34,20 @@ use datafusion::physical_plan::{
     SendableRecordBatchStream,
 };
 
-use super::functions::TIME_ZONE;
-use super::history::History;
 use crate::clock::MINUTE_NANOS;
 use crate::record::SeriesKey;
 use crate::state::{Aggregator, Row, RowVisitor, Source, Table, lock};
+use crate::store::history::History;
+use crate::store::rollup::{BatchBuilder, Column, columns, rollup_schema, time_column};
 
-/// The columns of the rollup tables, in order: the time column (`minute` or `hour`),
-/// `service`, `endpoint`, the extra dimensions, `source`, `requests`, `errors`,
-/// `recommendations`, the `requests_le_*` columns, and `hdr`.
-pub fn rollup_schema(table: Table, dimensions: &[String], thresholds: &[String]) -> SchemaRef {
-    let mut fields = vec![
-        Field::new(
-            time_column(table),
-            DataType::Timestamp(TimeUnit::Nanosecond, Some(Arc::from(TIME_ZONE))),
-            false,
-        ),
-        Field::new("service", DataType::Utf8, false),
-        Field::new("endpoint", DataType::Utf8, false),
-    ];
-    fields.extend(
-        dimensions
-            .iter()
-            .map(|d| Field::new(d, DataType::Utf8, false)),
-    );
-    fields.push(Field::new("source", DataType::Utf8, false));
-    for name in ["requests", "errors", "recommendations"] {
-        fields.push(Field::new(name, DataType::UInt64, false));
-    }
-    fields.extend(
-        thresholds
-            .iter()
-            .map(|t| Field::new(t, DataType::UInt64, false)),
-    );
-    fields.push(Field::new("hdr", DataType::Binary, false));
-    Arc::new(Schema::new(fields))
-}
-
-/// Rows of `table` (`Minutes` or `Hours`) as one batch of the whole rollup schema: what
-/// checkpoints write as Parquet.
-pub fn rollup_batch<'a>(
-    table: Table,
-    dimensions: &[String],
-    thresholds: &[String],
-    rows: impl IntoIterator<Item = (&'a SeriesKey, Source, u64, &'a Row)>,
-) -> Result<RecordBatch> {
-    use datafusion::execution::memory_pool::{MemoryPool, UnboundedMemoryPool};
-    let schema = rollup_schema(table, dimensions, thresholds);
-    let pool: Arc<dyn MemoryPool> = Arc::new(UnboundedMemoryPool::default());
-    let reservation = MemoryConsumer::new("checkpoint").register(&pool);
-    let picked = columns(dimensions.len(), thresholds.len());
-    let mut builder = BatchBuilder::new(&picked, 1024, reservation);
-    for (key, source, at, row) in rows {
-        builder.push(key, source, at, row);
-    }
-    builder.finish(&schema)
-}
-
-/// The time column's name.
-pub fn time_column(table: Table) -> &'static str {
+/// The SQL name of a rollup table.
+pub fn table_name(table: Table) -> &'static str {
     match table {
-        Table::Minutes | Table::Blocks => "minute",
-        Table::Hours => "hour",
+        Table::Minutes => "latency_minutes",
+        Table::Hours => "latency_hours",
+        // Registered in `/metrics` sessions only.
+        Table::Blocks => "latency_blocks",
     }
-}
-
-/// What a column of the rollup schema holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Column {
-    Time,
-    Service,
-    Endpoint,
-    Dimension(usize),
-    Source,
-    Requests,
-    Errors,
-    Recommendations,
-    Le(usize),
-    Hdr,
-}
-
-fn columns(dimensions: usize, thresholds: usize) -> Vec<Column> {
-    let mut out = vec![Column::Time, Column::Service, Column::Endpoint];
-    out.extend((0..dimensions).map(Column::Dimension));
-    out.extend([
-        Column::Source,
-        Column::Requests,
-        Column::Errors,
-        Column::Recommendations,
-    ]);
-    out.extend((0..thresholds).map(Column::Le));
-    out.push(Column::Hdr);
-    out
 }
 
 /// Where a rollup table's rows come from: the live state, or rows prepared by a bench or test.
@@ -340,170 +260,6 @@ fn partition_keys(
     Ok(out)
 }
 
-/// One column being built.
-#[derive(Debug)]
-enum ColumnBuilder {
-    Time(Vec<i64>),
-    Text(Column, StringBuilder),
-    Number(Column, Vec<u64>),
-    Hdr(BinaryBuilder),
-}
-
-/// Builds one record batch of the projected columns from the rows a [`RollupSource`] lends it,
-/// counting the bytes built against a memory reservation as they grow.
-struct BatchBuilder {
-    columns: Vec<ColumnBuilder>,
-    len: usize,
-    current: Option<(SeriesKey, Source)>,
-    reservation: MemoryReservation,
-    /// Bytes built but not yet reserved.
-    unreserved: usize,
-    error: Option<DataFusionError>,
-}
-
-/// Bytes built between two reservation requests.
-const RESERVE_STEP: usize = 1 << 20;
-
-impl BatchBuilder {
-    fn new(picked: &[Column], capacity: usize, reservation: MemoryReservation) -> Self {
-        let columns = picked
-            .iter()
-            .map(|c| match *c {
-                Column::Time => ColumnBuilder::Time(Vec::with_capacity(capacity)),
-                Column::Service | Column::Endpoint | Column::Dimension(_) | Column::Source => {
-                    ColumnBuilder::Text(*c, StringBuilder::with_capacity(capacity, capacity * 24))
-                }
-                Column::Requests | Column::Errors | Column::Recommendations | Column::Le(_) => {
-                    ColumnBuilder::Number(*c, Vec::with_capacity(capacity))
-                }
-                Column::Hdr => ColumnBuilder::Hdr(BinaryBuilder::with_capacity(capacity, 0)),
-            })
-            .collect();
-        Self {
-            columns,
-            len: 0,
-            current: None,
-            reservation,
-            unreserved: 0,
-            error: None,
-        }
-    }
-
-    /// Appends one row; returns the bytes it added.
-    fn push(&mut self, key: &SeriesKey, source: Source, at: u64, row: &Row) -> usize {
-        let mut bytes = 0;
-        for column in &mut self.columns {
-            match column {
-                ColumnBuilder::Time(v) => {
-                    v.push((at * MINUTE_NANOS) as i64);
-                    bytes += 8;
-                }
-                ColumnBuilder::Text(c, b) => {
-                    let text = match *c {
-                        Column::Service => &key.service,
-                        Column::Endpoint => &key.endpoint,
-                        Column::Dimension(i) => key.dimensions.get(i).map_or("", |d| d),
-                        _ => source.label(),
-                    };
-                    b.append_value(text);
-                    bytes += 4 + text.len();
-                }
-                ColumnBuilder::Number(c, v) => {
-                    let counts = &row.counts;
-                    v.push(match *c {
-                        Column::Requests => counts.requests,
-                        Column::Errors => counts.errors,
-                        Column::Recommendations => counts.recommendations,
-                        Column::Le(i) => counts.le[i],
-                        _ => 0,
-                    });
-                    bytes += 8;
-                }
-                ColumnBuilder::Hdr(b) => {
-                    b.append_value(&row.hdr);
-                    bytes += 4 + row.hdr.len();
-                }
-            }
-        }
-        self.len += 1;
-        bytes
-    }
-
-    fn reserve(&mut self) -> ControlFlow<()> {
-        if let Err(e) = self.reservation.try_grow(self.unreserved) {
-            self.error = Some(e);
-            return ControlFlow::Break(());
-        }
-        self.unreserved = 0;
-        ControlFlow::Continue(())
-    }
-
-    /// The rows appended so far as one batch, the builders emptied for the next one (sized like
-    /// this one, so they seldom grow by copying), and the error that stopped the visit if any.
-    fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch> {
-        if let Some(e) = self.error.take() {
-            return Err(e);
-        }
-        if self.reserve().is_break() {
-            return Err(self.error.take().unwrap_or_else(|| {
-                DataFusionError::Internal("reservation failed without an error".into())
-            }));
-        }
-        let len = self.len;
-        let arrays: Vec<ArrayRef> = self
-            .columns
-            .iter_mut()
-            .map(|c| match c {
-                ColumnBuilder::Time(v) => Arc::new(
-                    TimestampNanosecondArray::from(std::mem::replace(v, Vec::with_capacity(len)))
-                        .with_timezone(TIME_ZONE),
-                ) as ArrayRef,
-                ColumnBuilder::Text(_, b) => {
-                    let a = b.finish();
-                    *b = StringBuilder::with_capacity(len, a.value_data().len());
-                    Arc::new(a) as ArrayRef
-                }
-                ColumnBuilder::Number(_, v) => Arc::new(UInt64Array::from(std::mem::replace(
-                    v,
-                    Vec::with_capacity(len),
-                ))),
-                ColumnBuilder::Hdr(b) => {
-                    let a = b.finish();
-                    *b = BinaryBuilder::with_capacity(len, a.value_data().len() + len * 64);
-                    Arc::new(a)
-                }
-            })
-            .collect();
-        // `count(*)` projects no column at all; the row count still has to travel.
-        let options = RecordBatchOptions::new().with_row_count(Some(self.len));
-        self.len = 0;
-        Ok(RecordBatch::try_new_with_options(
-            schema.clone(),
-            arrays,
-            &options,
-        )?)
-    }
-}
-
-impl RowVisitor for BatchBuilder {
-    fn series(&mut self, key: &SeriesKey, source: Source) -> ControlFlow<()> {
-        self.current = Some((key.clone(), source));
-        ControlFlow::Continue(())
-    }
-
-    fn row(&mut self, at: u64, row: &Row) -> ControlFlow<()> {
-        let Some((key, source)) = self.current.take() else {
-            return ControlFlow::Continue(());
-        };
-        self.unreserved += self.push(&key, source, at, row);
-        self.current = Some((key, source));
-        if self.unreserved >= RESERVE_STEP {
-            return self.reserve();
-        }
-        ControlFlow::Continue(())
-    }
-}
-
 /// A scan of a rollup table. Its partitions split the series by DataFusion's own repartitioning
 /// hash of their keys, each series whole in one partition, so it declares `Partitioning::Hash`
 /// when every key column is projected and an aggregation by series runs in one stage. Each
@@ -529,7 +285,7 @@ impl DisplayAs for RollupScanExec {
         write!(
             f,
             "RollupScanExec: table={}, {}=[{}, {}], series={series:?}, partitioning={}",
-            super::engine::table_name(self.table),
+            table_name(self.table),
             time_column(self.table),
             self.range.start(),
             self.range.end(),
@@ -569,11 +325,9 @@ impl ExecutionPlan for RollupScanExec {
                 self.partitions.len()
             ))
         })?;
-        let reservation = MemoryConsumer::new(format!(
-            "{} scan[{partition}]",
-            super::engine::table_name(self.table)
-        ))
-        .register(context.memory_pool());
+        let reservation =
+            MemoryConsumer::new(format!("{} scan[{partition}]", table_name(self.table)))
+                .register(context.memory_pool());
         let capacity = self.batch_size.min(1024);
         let read = ScanPartition {
             table: self.table,
@@ -613,7 +367,7 @@ impl ScanPartition {
     /// The next batch of about `batch_size` rows (whole series), or `None` at the end.
     fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         // The batch handed out last is the consumer's now.
-        self.builder.reservation.free();
+        self.builder.free();
         while self.next < self.keys.len() {
             let read = self.source.visit_rows(
                 self.table,
@@ -623,14 +377,14 @@ impl ScanPartition {
                 &mut self.builder,
             );
             match &read {
-                Ok((done, _)) if self.builder.error.is_none() => self.next += (*done).max(1),
+                Ok((done, _)) if !self.builder.failed() => self.next += (*done).max(1),
                 // Nothing more after an error.
                 _ => self.next = self.keys.len(),
             }
             if let Err(e) = read {
                 return Err(DataFusionError::External(Box::new(e)));
             }
-            if self.builder.error.is_some() || self.builder.len > 0 {
+            if self.builder.failed() || self.builder.len() > 0 {
                 return self.builder.finish(&self.schema).map(Some);
             }
         }
@@ -852,6 +606,7 @@ mod tests {
     use crate::histogram;
     use crate::sql::functions;
     use crate::state::RowCounts;
+    use crate::store::rollup::TIME_ZONE;
     use bytes::Bytes;
     use datafusion::arrow::util::pretty::pretty_format_batches;
     use datafusion::physical_plan::{collect, collect_partitioned};

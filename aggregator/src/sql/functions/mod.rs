@@ -46,4 +46,4 @@ pub fn hdr_merge() -> Arc<AggregateUDF> {
 }
 
 /// Timestamp columns and `now()` are UTC.
-pub const TIME_ZONE: &str = "+00:00";
+pub use crate::store::rollup::TIME_ZONE;

@@ -16,10 +16,10 @@ use opentelemetry_proto::tonic::metrics::v1::{
     ExponentialHistogramDataPoint, HistogramDataPoint, NumberDataPoint, metric, number_data_point,
 };
 use prost::Message;
+use recmeter_aggregator::batch::Batch;
 use recmeter_aggregator::config::nanos_per_unit;
 use recmeter_aggregator::durability::Arriving;
 use recmeter_aggregator::metrics::{Dense, MetricPoint, PointValue};
-use recmeter_aggregator::record::Batch;
 use recmeter_aggregator::telemetry::{DropReason, IgnoreReason, Transport};
 use recmeter_aggregator::{AggregatorHandle, IngestConfig, MetricsConfig, SeriesKey};
 use siphasher::sip128::{Hasher128 as _, SipHasher13};

@@ -26,11 +26,10 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use object_store::ObjectStore;
 use parking_lot::RwLock;
 
-use super::functions::TIME_ZONE;
-use super::tables::time_column;
 use crate::clock::MINUTE_NANOS;
-use crate::durability::checkpoint::{FileEntry, FileKind};
 use crate::state::Table;
+use crate::store::manifest::{FileEntry, FileKind};
+use crate::store::rollup::{TIME_ZONE, time_column};
 
 /// Where DataFusion finds the store (registered in each session's runtime).
 const STORE_URL: &str = "recmeter-store://history";
