@@ -358,4 +358,69 @@ pub(crate) mod tests {
             assert_eq!(body["errorType"], "bad_data");
         }
     }
+
+    /// A later capability's table, registered through the catalog, answers `/api/v1/sql`
+    /// beside the built-in ones.
+    #[tokio::test]
+    async fn a_table_registered_through_the_catalog_is_queried() {
+        use datafusion::arrow::array::{StringArray, UInt64Array};
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        use datafusion::arrow::record_batch::RecordBatch;
+        use datafusion::catalog::TableProvider;
+        use datafusion::datasource::MemTable;
+        use recmeter_aggregator::sql::catalog::{CatalogTable, Source};
+        use recmeter_aggregator::store::history::History;
+
+        #[derive(Debug)]
+        struct CostLines(Arc<MemTable>);
+
+        impl CatalogTable for CostLines {
+            fn name(&self) -> &str {
+                "test_cost_lines"
+            }
+            fn source(&self) -> Source {
+                Source::Memory
+            }
+            fn provider(&self, _: Option<&Arc<History>>) -> Arc<dyn TableProvider> {
+                self.0.clone()
+            }
+        }
+
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("component", DataType::Utf8, false),
+            Field::new("micro_dollars", DataType::UInt64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec!["ranker", "ranker", "retrieval"])),
+                Arc::new(UInt64Array::from(vec![250u64, 750, 100])),
+            ],
+        )
+        .unwrap();
+        let table = Arc::new(MemTable::try_new(schema, vec![vec![batch]]).unwrap());
+        let state = state(false, true);
+        state
+            .engine
+            .register_table(Arc::new(CostLines(table.clone())))
+            .unwrap();
+        let taken = state.engine.register_table(Arc::new(CostLines(table)));
+        assert!(taken.unwrap_err().to_string().contains("test_cost_lines"));
+        let sql = "SELECT component, sum(micro_dollars) AS total FROM test_cost_lines \
+                   GROUP BY component ORDER BY component";
+        let response = api_router(state)
+            .oneshot(Request::post("/api/v1/sql").body(Body::from(sql)).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let rows: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            rows,
+            serde_json::json!([
+                {"component": "ranker", "total": 1000},
+                {"component": "retrieval", "total": 100}
+            ])
+        );
+    }
 }

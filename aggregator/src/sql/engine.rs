@@ -24,6 +24,7 @@ use datafusion::sql::sqlparser::ast::Statement;
 use futures::StreamExt;
 use tokio::runtime::Runtime;
 
+use super::catalog::{Catalog, CatalogTable};
 use super::functions::{self, TIME_ZONE};
 use super::guard::{self, Cancel, CancelOnDrop};
 use super::tables::{PreparedRows, PreparedSeries, RollupTable, table_name};
@@ -68,6 +69,8 @@ pub struct QueryEngine {
     /// The store's rollup files, for what memory no longer holds: SQL over history, and the
     /// hours of windows longer than memory's (ADR 012).
     history: Option<Arc<History>>,
+    /// The tables every session serves.
+    catalog: parking_lot::RwLock<Catalog>,
 }
 
 /// The whole hours of each long window that can no longer change, merged per series by the
@@ -165,7 +168,6 @@ impl QueryEngine {
             .build_arc()
             .map_err(internal)?;
         Ok(Self {
-            state,
             config: config.clone(),
             target_partitions,
             runtime: Some(runtime(
@@ -178,6 +180,8 @@ impl QueryEngine {
             final_hours: parking_lot::Mutex::new(None),
             merging: tokio::sync::Mutex::new(()),
             history: None,
+            catalog: parking_lot::RwLock::new(Catalog::with_rollups(&state)),
+            state,
         })
     }
 
@@ -230,13 +234,17 @@ impl QueryEngine {
         if cancel.is_some() {
             functions::bound_values(&ctx, self.config.max_value_bytes);
         }
-        for table in [Table::Minutes, Table::Hours] {
-            let provider =
-                RollupTable::new(table, self.state.clone()).with_history(history.clone());
-            // Registering into a fresh session cannot collide.
-            let _ = ctx.register_table(table_name(table), Arc::new(provider));
+        for table in self.catalog.read().tables() {
+            // Registering into a fresh session cannot collide (the catalog's names are unique).
+            let _ = ctx.register_table(table.name(), table.provider(history.as_ref()));
         }
         ctx
+    }
+
+    /// Registers a table every later session serves (the catalog's built-in tables are
+    /// `latency_minutes` and `latency_hours`).
+    pub fn register_table(&self, table: Arc<dyn CatalogTable>) -> Result<()> {
+        self.catalog.write().register(table)
     }
 
     /// A session for `/metrics` windows: the rollup tables (over the store too) and the

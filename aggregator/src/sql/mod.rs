@@ -2,11 +2,13 @@
 //! `hdr_merge` and `hdr_quantile` functions, and the engine that runs queries for
 //! `/api/v1/sql` and the `/metrics` windows alike.
 
+pub mod catalog;
 mod engine;
 pub mod functions;
 pub mod guard;
 pub mod tables;
 
+pub use catalog::{Catalog, CatalogTable};
 pub use engine::{QueryEngine, QueryOutput, check_read_only};
 pub use tables::table_name;
 
