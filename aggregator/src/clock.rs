@@ -1,8 +1,16 @@
 //! The one clock: every window, minute boundary and age check reads time here, so tests can
-//! drive the whole service with a fake clock that moves only when told to.
+//! drive the whole service with a fake clock that moves only when told to. Tasks that run on
+//! recmeter's time (checkpoints, evaluations, schedules) take their ticks here too
+//! ([`Clock::ticks`]): they follow the system clock normally, and under the fake clock they
+//! fire when it is advanced, and [`Clock::advance_and_settle`] returns once every task due has
+//! run.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
 
 /// Nanoseconds in one minute.
 pub const MINUTE_NANOS: u64 = 60 * 1_000_000_000;
@@ -13,20 +21,136 @@ pub enum Clock {
     /// Wall-clock time.
     System,
     /// Test clock: starts at a fixed instant and moves only through [`Clock::advance`].
-    Fake(AtomicU64),
+    Fake(FakeClock),
+}
+
+/// The fake clock's time, and the tasks ticking on it.
+#[derive(Debug, Default)]
+pub struct FakeClock {
+    nanos: AtomicU64,
+    /// Each ticking task: the tick it waits for, or `None` while it runs a tick.
+    tasks: parking_lot::Mutex<HashMap<u64, Option<u64>>>,
+    next_task: AtomicU64,
+    /// Woken when the time moves.
+    advanced: Notify,
+    /// Woken when a task starts or finishes a tick, or goes away.
+    settled: Notify,
+}
+
+impl FakeClock {
+    /// Whether every task waits for a tick after `now`.
+    fn settled_at(&self, now: u64) -> bool {
+        self.tasks
+            .lock()
+            .values()
+            .all(|due| due.is_some_and(|d| d > now))
+    }
+}
+
+/// Periodic ticks on recmeter's clock, from [`Clock::ticks`].
+#[derive(Debug)]
+pub struct Ticks {
+    clock: Arc<Clock>,
+    period: u64,
+    /// The next tick, Unix nanoseconds.
+    due: u64,
+    /// The task's number on the fake clock.
+    id: u64,
+}
+
+impl Ticks {
+    /// Waits for the next tick and returns the clock's time then. Ticks missed in one jump of
+    /// the clock, or while the task was busy, make one firing. Under the fake clock the task
+    /// counts as running its tick from the return until it calls `tick` again, and
+    /// [`Clock::advance_and_settle`] waits for it.
+    pub async fn tick(&mut self) -> u64 {
+        loop {
+            let now = match &*self.clock {
+                Clock::System => {
+                    let now = self.clock.now_nanos();
+                    if now < self.due {
+                        tokio::time::sleep(Duration::from_nanos(self.due - now)).await;
+                        continue;
+                    }
+                    now
+                }
+                Clock::Fake(fake) => {
+                    let advanced = fake.advanced.notified();
+                    tokio::pin!(advanced);
+                    advanced.as_mut().enable();
+                    let ready = {
+                        let mut tasks = fake.tasks.lock();
+                        let now = fake.nanos.load(Ordering::Acquire);
+                        if now >= self.due {
+                            tasks.insert(self.id, None);
+                            Some(now)
+                        } else {
+                            tasks.insert(self.id, Some(self.due));
+                            None
+                        }
+                    };
+                    fake.settled.notify_waiters();
+                    match ready {
+                        Some(now) => now,
+                        None => {
+                            advanced.await;
+                            continue;
+                        }
+                    }
+                }
+            };
+            // The first tick after `now`: missed ones coalesce into this firing.
+            self.due += self.period * ((now - self.due) / self.period + 1);
+            return now;
+        }
+    }
+}
+
+impl Drop for Ticks {
+    fn drop(&mut self) {
+        if let Clock::Fake(fake) = &*self.clock {
+            fake.tasks.lock().remove(&self.id);
+            fake.settled.notify_waiters();
+        }
+    }
 }
 
 impl Clock {
     /// A fake clock starting at `start`.
     pub fn fake(start: SystemTime) -> Self {
-        Clock::Fake(AtomicU64::new(unix_nanos(start)))
+        Clock::Fake(FakeClock {
+            nanos: AtomicU64::new(unix_nanos(start)),
+            ..FakeClock::default()
+        })
+    }
+
+    /// Ticks every `period` (at least a millisecond) on this clock, the first a period from now.
+    pub fn ticks(self: &Arc<Self>, period: Duration) -> Ticks {
+        let period = u64::try_from(period.as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1_000_000);
+        let due = self.now_nanos().saturating_add(period);
+        let id = match &**self {
+            Clock::System => 0,
+            Clock::Fake(fake) => {
+                let id = fake.next_task.fetch_add(1, Ordering::Relaxed);
+                fake.tasks.lock().insert(id, Some(due));
+                id
+            }
+        };
+        Ticks {
+            clock: self.clone(),
+            period,
+            due,
+            id,
+        }
     }
 
     /// Current time in nanoseconds since the Unix epoch.
     pub fn now_nanos(&self) -> u64 {
         match self {
             Clock::System => unix_nanos(SystemTime::now()),
-            Clock::Fake(nanos) => nanos.load(Ordering::Acquire),
+            Clock::Fake(fake) => fake.nanos.load(Ordering::Acquire),
         }
     }
 
@@ -44,12 +168,50 @@ impl Clock {
     pub fn advance(&self, by: Duration) -> Option<SystemTime> {
         match self {
             Clock::System => None,
-            Clock::Fake(nanos) => {
+            Clock::Fake(fake) => {
                 let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
-                let new = nanos.fetch_add(by, Ordering::AcqRel).saturating_add(by);
+                let new = {
+                    // Under the task table's lock, so a task checks the time and starts waiting
+                    // with nothing in between.
+                    let _tasks = fake.tasks.lock();
+                    fake.nanos
+                        .fetch_add(by, Ordering::AcqRel)
+                        .saturating_add(by)
+                };
+                fake.advanced.notify_waiters();
                 Some(UNIX_EPOCH + Duration::from_nanos(new))
             }
         }
+    }
+
+    /// Moves a fake clock forward and returns once every task due by the new time has run
+    /// its tick, or `Err` with the new time if some task still runs after `patience`; `None`
+    /// for the system clock.
+    pub async fn advance_and_settle(
+        &self,
+        by: Duration,
+        patience: Duration,
+    ) -> Option<Result<SystemTime, SystemTime>> {
+        let Clock::Fake(fake) = self else {
+            return None;
+        };
+        let new = self.advance(by)?;
+        let now = unix_nanos(new);
+        let settle = async {
+            loop {
+                let settled = fake.settled.notified();
+                tokio::pin!(settled);
+                settled.as_mut().enable();
+                if fake.settled_at(now) {
+                    return;
+                }
+                settled.await;
+            }
+        };
+        Some(match tokio::time::timeout(patience, settle).await {
+            Ok(()) => Ok(new),
+            Err(_) => Err(new),
+        })
     }
 }
 
@@ -85,5 +247,96 @@ mod tests {
         assert_eq!(minute_of(0), 0);
         assert_eq!(minute_of(MINUTE_NANOS - 1), 0);
         assert_eq!(minute_of(MINUTE_NANOS), 1);
+    }
+
+    /// A 30 s task on the fake clock: one firing when the clock jumps 2 minutes (the missed
+    /// ticks coalesce), then one per 30 s step; each advance returns after the firing it was
+    /// due.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ticks_on_the_fake_clock_fire_and_settle() {
+        let clock = Arc::new(Clock::fake(UNIX_EPOCH + Duration::from_secs(1_800_000_000)));
+        let fired = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let mut ticks = clock.ticks(Duration::from_secs(30));
+        let task = tokio::spawn({
+            let fired = fired.clone();
+            async move {
+                loop {
+                    let at = ticks.tick().await;
+                    // Work that takes a while, as a checkpoint does.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    fired.lock().push(at);
+                }
+            }
+        });
+        let patience = Duration::from_secs(10);
+        let start = clock.now_nanos();
+        clock
+            .advance_and_settle(Duration::from_secs(120), patience)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            *fired.lock(),
+            [start + 120_000_000_000],
+            "one firing for the jump"
+        );
+        for step in 1..=4u64 {
+            clock
+                .advance_and_settle(Duration::from_secs(30), patience)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(fired.lock().len() as u64, 1 + step, "one firing per step");
+        }
+        // A step short of the next tick fires nothing and returns at once.
+        clock
+            .advance_and_settle(Duration::from_secs(10), patience)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(fired.lock().len(), 5);
+        task.abort();
+    }
+
+    /// A task still running past the patience is reported, not waited for forever; a task
+    /// that went away is not waited for at all.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn settling_is_bounded_and_forgets_tasks_that_ended() {
+        let clock = Arc::new(Clock::fake(UNIX_EPOCH + Duration::from_secs(1_800_000_000)));
+        let mut ticks = clock.ticks(Duration::from_secs(1));
+        let stuck = tokio::spawn(async move {
+            ticks.tick().await;
+            std::future::pending::<()>().await;
+        });
+        let outcome = clock
+            .advance_and_settle(Duration::from_secs(5), Duration::from_millis(200))
+            .await
+            .unwrap();
+        assert!(outcome.is_err(), "the stuck task is reported");
+        stuck.abort();
+        let _ = stuck.await;
+        let outcome = clock
+            .advance_and_settle(Duration::from_secs(5), Duration::from_millis(200))
+            .await
+            .unwrap();
+        assert!(outcome.is_ok(), "its ticks went away with it");
+        assert!(
+            Clock::System
+                .advance_and_settle(Duration::from_secs(1), Duration::from_secs(1))
+                .await
+                .is_none()
+        );
+    }
+
+    /// On the system clock, ticks follow real time.
+    #[tokio::test]
+    async fn ticks_on_the_system_clock_follow_real_time() {
+        let clock = Arc::new(Clock::System);
+        let mut ticks = clock.ticks(Duration::from_millis(20));
+        let began = std::time::Instant::now();
+        let first = ticks.tick().await;
+        ticks.tick().await;
+        assert!(began.elapsed() >= Duration::from_millis(40));
+        assert!(first >= unix_nanos(SystemTime::now()) - 1_000_000_000);
     }
 }
