@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
+use recmeter_aggregator::clock::Ticks;
 use recmeter_aggregator::durability::{self, Checkpointer, Durability, Layout};
 use recmeter_aggregator::store::history::History;
 use recmeter_aggregator::telemetry::Listener;
@@ -205,7 +206,11 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
             true
         }
     };
-    let preparing = tokio::spawn(keep_prepared(engine.clone(), failing));
+    let preparing = tokio::spawn(keep_prepared(
+        engine.clone(),
+        aggregator.clock().ticks(Duration::from_secs(1)),
+        failing,
+    ));
     let checkpointing = tokio::spawn(keep_checkpointing(
         checkpoints.clone(),
         config.storage.checkpoint_interval,
@@ -408,16 +413,13 @@ async fn keep_checkpointing(
     }
 }
 
-/// Every second, merges or moves on the final hours of `/metrics`' long windows when the clock
-/// has made an hour final or moved a window's first hour, so scrapes seldom wait for it.
-/// `failing` tells whether the last attempt failed.
-async fn keep_prepared(engine: Arc<QueryEngine>, mut failing: bool) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick is immediate; the last attempt was just made.
-    tick.tick().await;
+/// Every second of recmeter's clock, merges or moves on the final hours of `/metrics`' long
+/// windows when the clock has made an hour final or moved a window's first hour, so scrapes
+/// seldom wait for it. Under the fake clock it runs when the clock is advanced, before
+/// `/-/test/clock` answers. `failing` tells whether the last attempt failed.
+async fn keep_prepared(engine: Arc<QueryEngine>, mut ticks: Ticks, mut failing: bool) {
     loop {
-        tick.tick().await;
+        ticks.tick().await;
         // Said once when it starts failing and once when it works again, not every second.
         match engine.prepare(&METRICS_WINDOWS).await {
             Err(e) if !failing => {
