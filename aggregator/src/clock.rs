@@ -56,6 +56,9 @@ pub struct Ticks {
     due: u64,
     /// The task's number on the fake clock.
     id: u64,
+    /// On the system clock, the next tick on the monotonic clock, so a step of the wall clock
+    /// neither stalls nor hurries the ticks.
+    deadline: tokio::time::Instant,
 }
 
 impl Ticks {
@@ -67,12 +70,13 @@ impl Ticks {
         loop {
             let now = match &*self.clock {
                 Clock::System => {
-                    let now = self.clock.now_nanos();
-                    if now < self.due {
-                        tokio::time::sleep(Duration::from_nanos(self.due - now)).await;
-                        continue;
-                    }
-                    now
+                    tokio::time::sleep_until(self.deadline).await;
+                    let late = tokio::time::Instant::now().saturating_duration_since(self.deadline);
+                    let period = Duration::from_nanos(self.period);
+                    let missed = u32::try_from(late.as_nanos() / u128::from(self.period))
+                        .unwrap_or(u32::MAX);
+                    self.deadline += period.saturating_mul(missed.saturating_add(1));
+                    return self.clock.now_nanos();
                 }
                 Clock::Fake(fake) => {
                     let advanced = fake.advanced.notified();
@@ -100,7 +104,10 @@ impl Ticks {
                 }
             };
             // The first tick after `now`: missed ones coalesce into this firing.
-            self.due += self.period * ((now - self.due) / self.period + 1);
+            let missed = (now - self.due) / self.period;
+            self.due = self
+                .due
+                .saturating_add(self.period.saturating_mul(missed.saturating_add(1)));
             return now;
         }
     }
@@ -143,6 +150,7 @@ impl Clock {
             period,
             due,
             id,
+            deadline: tokio::time::Instant::now() + Duration::from_nanos(period),
         }
     }
 
@@ -174,9 +182,13 @@ impl Clock {
                     // Under the task table's lock, so a task checks the time and starts waiting
                     // with nothing in between.
                     let _tasks = fake.tasks.lock();
-                    fake.nanos
-                        .fetch_add(by, Ordering::AcqRel)
-                        .saturating_add(by)
+                    let old = fake
+                        .nanos
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                            Some(n.saturating_add(by))
+                        })
+                        .unwrap_or_else(|n| n);
+                    old.saturating_add(by)
                 };
                 fake.advanced.notify_waiters();
                 Some(UNIX_EPOCH + Duration::from_nanos(new))
@@ -298,6 +310,29 @@ mod tests {
         task.abort();
     }
 
+    /// Extreme periods and advances saturate instead of overflowing.
+    #[tokio::test]
+    async fn extreme_periods_and_advances_saturate() {
+        let clock = Arc::new(Clock::fake(UNIX_EPOCH + Duration::from_secs(1_800_000_000)));
+        let mut ticks = clock.ticks(Duration::MAX);
+        let patience = Duration::from_millis(100);
+        let moved = clock
+            .advance_and_settle(Duration::MAX, patience)
+            .await
+            .unwrap();
+        // The tick is due and nothing runs it here: reported, at the saturated time.
+        assert_eq!(
+            moved.unwrap_err(),
+            UNIX_EPOCH + Duration::from_nanos(u64::MAX)
+        );
+        assert_eq!(ticks.tick().await, u64::MAX);
+        drop(ticks);
+        let again = clock
+            .advance_and_settle(Duration::from_secs(1), patience)
+            .await;
+        assert!(again.unwrap().is_ok());
+    }
+
     /// A task still running past the patience is reported, not waited for forever; a task
     /// that went away is not waited for at all.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,10 +368,9 @@ mod tests {
     async fn ticks_on_the_system_clock_follow_real_time() {
         let clock = Arc::new(Clock::System);
         let mut ticks = clock.ticks(Duration::from_millis(20));
-        let began = std::time::Instant::now();
+        let before = unix_nanos(SystemTime::now());
         let first = ticks.tick().await;
-        ticks.tick().await;
-        assert!(began.elapsed() >= Duration::from_millis(40));
-        assert!(first >= unix_nanos(SystemTime::now()) - 1_000_000_000);
+        let second = ticks.tick().await;
+        assert!(before < first && first < second);
     }
 }

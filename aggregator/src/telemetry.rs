@@ -184,13 +184,17 @@ impl LabelledCounter {
         &self.name
     }
 
+    /// The family's help text.
     pub fn help(&self) -> &str {
         &self.help
     }
 
     /// Adds `n` to the counter of `label_values`, one per label name, in order.
     pub fn add(&self, label_values: &[&str], n: u64) {
-        debug_assert_eq!(label_values.len(), self.label_names.len());
+        if label_values.len() != self.label_names.len() {
+            debug_assert!(false, "{}: label values do not match its labels", self.name);
+            return;
+        }
         // Callers add per batch, not per event: the key is built each time.
         let key: Vec<String> = label_values.iter().map(|v| (*v).to_owned()).collect();
         let mut values = self.values.lock();
@@ -260,6 +264,10 @@ impl Telemetry {
     ) -> std::sync::Arc<LabelledCounter> {
         let mut families = self.labelled.write();
         if let Some(c) = families.iter().find(|c| c.name == name) {
+            debug_assert!(
+                c.label_names == label_names,
+                "{name} registered with other labels"
+            );
             return c.clone();
         }
         let c = std::sync::Arc::new(LabelledCounter {

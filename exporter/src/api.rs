@@ -49,7 +49,7 @@ async fn not_found() -> ApiError {
 async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let format = Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     let mut parts = Vec::with_capacity(state.providers.len());
-    for provider in &state.providers {
+    for provider in state.providers.iter() {
         parts.push(provider.read().await?);
     }
     // Rendering tens of megabytes of text is CPU work; keep it off the async workers.
@@ -123,7 +123,7 @@ async fn test_clock(
         .ok_or_else(|| ApiError::bad_request("the clock is not the test clock"))?
         .map_err(|_| {
             ApiError::unavailable(format!(
-                "the clock moved, but tasks due were still running after {}s",
+                "the clock moved (do not repeat the request), but tasks due were still running after {}s",
                 SETTLE_PATIENCE.as_secs()
             ))
         })?;

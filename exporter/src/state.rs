@@ -23,7 +23,7 @@ pub struct ApiState {
     /// `auth.api_token`: required for everything but health and readiness.
     pub token: Option<BearerToken>,
     /// What `/metrics` shows, in order ([`default_providers`], then any a capability adds).
-    pub providers: Vec<Arc<dyn Provider>>,
+    pub providers: Arc<[Arc<dyn Provider>]>,
 }
 
 /// The built-in exposition providers: the latency families of [`METRICS_WINDOWS`], then
@@ -31,8 +31,8 @@ pub struct ApiState {
 pub fn default_providers(
     aggregator: &AggregatorHandle,
     engine: &Arc<QueryEngine>,
-) -> Vec<Arc<dyn Provider>> {
-    vec![
+) -> Arc<[Arc<dyn Provider>]> {
+    Arc::new([
         Arc::new(LatencyProvider {
             engine: engine.clone(),
             windows: METRICS_WINDOWS.to_vec(),
@@ -40,5 +40,5 @@ pub fn default_providers(
         Arc::new(TelemetryProvider {
             aggregator: aggregator.clone(),
         }),
-    ]
+    ])
 }

@@ -225,6 +225,10 @@ fn a_store_and_wal_from_an_earlier_build_restore_with_the_same_answers() {
     let log = recmeter.log();
     let restored = log.lines().rev().find(|l| l.contains("Restored.")).unwrap();
     assert!(!restored.contains("wal_records=0"), "{restored}");
+    assert!(
+        !restored.contains("unreferenced_files_deleted=0"),
+        "the failed checkpoint's files are swept: {restored}"
+    );
     let answers: Vec<serde_json::Value> = QUERIES
         .iter()
         .map(|q| serde_json::Value::Array(recmeter.sql_rows(q)))

@@ -52,9 +52,15 @@ impl Catalog {
         catalog
     }
 
-    /// Adds `table`; a name taken already is an error.
+    /// Adds `table`; a name taken already, or kept for recmeter's own sessions
+    /// (`latency_blocks`, `final_hours`), is an error.
     pub fn register(&mut self, table: Arc<dyn CatalogTable>) -> Result<()> {
-        if self.tables.iter().any(|t| t.name() == table.name()) {
+        let reserved = [table_name(Table::Blocks), "final_hours"];
+        if reserved
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(table.name()))
+            || self.tables.iter().any(|t| t.name() == table.name())
+        {
             return Err(Error::QueryInternal(format!(
                 "a table named {} is registered already",
                 table.name()

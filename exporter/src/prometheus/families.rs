@@ -1,6 +1,7 @@
 //! The metric families of the two built-in exposition providers: the latency families, from
-//! one aggregator [`Snapshot`] so every family of a scrape reads the same snapshot, and
-//! recmeter's self-telemetry (fixed families, then those registered with labels at run time).
+//! one aggregator [`Snapshot`] so every latency family of a scrape reads the same snapshot, and
+//! recmeter's self-telemetry (fixed families, then those registered with labels at run time),
+//! read just after it.
 
 use std::sync::Arc;
 
