@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use recmeter_aggregator::clock::Ticks;
 use recmeter_aggregator::durability::{self, Checkpointer, Durability, Layout};
+use recmeter_aggregator::participant::{Participants, TestLedger};
 use recmeter_aggregator::store::history::History;
 use recmeter_aggregator::telemetry::Listener;
 use recmeter_aggregator::{Aggregator, AggregatorHandle, Clock, Hooks, QueryEngine, Telemetry};
@@ -106,9 +107,16 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
     });
     let telemetry = Arc::new(Telemetry::default());
     let hooks = Arc::new(Hooks::default());
+    // Components whose state the log and checkpoints keep with the counts. Under the test
+    // hooks, a test ledger driven by `/-/test/ledger`.
+    let mut participants = Participants::default();
+    if args.test_hooks {
+        participants.register(Arc::new(TestLedger::default()))?;
+    }
     let (aggregator, worker, checkpoints, history) = restore(
         &config,
         clock,
+        participants,
         hooks.clone(),
         telemetry.clone(),
         args.wal_truncate_at_corruption,
@@ -213,7 +221,7 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
     ));
     let checkpointing = tokio::spawn(keep_checkpointing(
         checkpoints.clone(),
-        config.storage.checkpoint_interval,
+        aggregator.clock().ticks(config.storage.checkpoint_interval),
         stopping(shutdown_rx.clone()),
     ));
     ready.store(true, Ordering::Release);
@@ -293,6 +301,7 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
 async fn restore(
     config: &Config,
     clock: Arc<Clock>,
+    participants: Participants,
     hooks: Arc<Hooks>,
     telemetry: Arc<Telemetry>,
     truncate_at_corruption: bool,
@@ -308,7 +317,8 @@ async fn restore(
         thresholds: config.aggregator.threshold_columns(),
     };
     let empty = Aggregator::new(&config.ingest, &config.aggregator, clock, telemetry.clone())?
-        .with_metrics(&config.metrics);
+        .with_metrics(&config.metrics)
+        .with_participants(participants);
     tracing::info!(
         storage = %config.storage.url,
         wal = %config.wal.dir.display(),
@@ -320,7 +330,6 @@ async fn restore(
         &config.storage,
         &layout,
         empty,
-        &[],
         hooks.clone(),
         telemetry.clone(),
         durability::OpenOptions {
@@ -340,12 +349,13 @@ async fn restore(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "Restored."
     );
-    let logging = config.wal.durability == Durability::Wal;
+    // Component events are logged in both durability modes; batches only with `wal`.
     let (aggregator, worker) = AggregatorHandle::spawn(
         opened.aggregator,
         config.aggregator.queue_capacity,
         hooks.clone(),
-        logging.then(|| opened.wal.clone()),
+        Some(opened.wal.clone()),
+        config.wal.durability == Durability::Wal,
     );
     let wal = opened.wal;
     let history = Arc::new(History::new(opened.store.objects.clone()));
@@ -365,23 +375,22 @@ async fn restore(
     Ok((aggregator, worker, checkpoints, history))
 }
 
-/// Takes a checkpoint every `interval` until `done`; failures are logged when they start and
-/// when they stop, and the rows go to the next attempt.
+/// Takes a checkpoint, then compacts, at every tick of `ticks` (`storage.checkpoint_interval`
+/// on recmeter's clock) until `done`; failures are logged when they start and when they stop,
+/// and the rows go to the next attempt. Under the fake clock it runs when the clock is
+/// advanced by the interval or more, before `/-/test/clock` answers.
 async fn keep_checkpointing(
     checkpoints: Arc<Checkpointer>,
-    interval: Duration,
+    mut ticks: Ticks,
     done: impl std::future::Future<Output = ()>,
 ) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
     tokio::pin!(done);
     let mut failing = false;
     let mut compaction_failing = false;
     loop {
         tokio::select! {
             () = &mut done => return,
-            _ = tick.tick() => {}
+            _ = ticks.tick() => {}
         }
         // Both free at once what they decoded and encoded; those pages go back to the system
         // rather than staying resident among new allocations (ADR 013).

@@ -54,6 +54,9 @@ pub enum Error {
     /// unexpected (the message names the file).
     #[error("storage: {0}")]
     Storage(String),
+    /// A checkpoint participant refused a name or an event (the message says which).
+    #[error("{0}")]
+    Participant(String),
 }
 
 impl Error {
@@ -64,7 +67,8 @@ impl Error {
             | Error::QueryInternal(_)
             | Error::WalLocked(_)
             | Error::WalCorrupt { .. }
-            | Error::Storage(_) => ErrorKind::Internal,
+            | Error::Storage(_)
+            | Error::Participant(_) => ErrorKind::Internal,
             // A client may retry a request the log could not take.
             Error::Backpressure | Error::Stopped | Error::Wal(_) => ErrorKind::Unavailable,
             Error::NotReadOnly(_) | Error::Query(_) => ErrorKind::BadRequest,

@@ -18,6 +18,7 @@ pub mod histogram;
 pub mod hooks;
 mod limits;
 pub mod metrics;
+pub mod participant;
 pub mod record;
 pub mod service;
 pub mod sql;

@@ -3,7 +3,9 @@
 //! silent drop; each batch is answered once it has been counted. With a write-ahead log, a
 //! batch takes its queue slot first, then is logged and fsynced, then counted: the log's
 //! writer hands batches to the queue in sequence order, so the state's WAL sequence number
-//! always covers exactly what it has counted.
+//! always covers exactly what it has counted. Component events (`log_event`) take the same
+//! path through the log in both durability modes, so a participant's state and the counts are
+//! always of the same log sequence number.
 
 use std::sync::Arc;
 
@@ -13,18 +15,19 @@ use tokio::task::JoinHandle;
 use crate::batch::Batch;
 use crate::clock::Clock;
 use crate::config::{AggregatorConfig, IngestConfig};
-use crate::durability::{Arriving, Wal};
+use crate::durability::{Arriving, Logged, Wal};
 use crate::error::{Error, Result};
 use crate::hooks::{Hook, Hooks};
+use crate::participant::Event;
 use crate::record::{ApplyOutcome, RequestRecord};
 use crate::state::{Aggregator, SharedState, lock};
 use crate::telemetry::Telemetry;
 
 struct Job {
-    batch: Batch,
-    /// The clock reading the age checks use (taken before the WAL append).
-    checked_at: u64,
-    /// The WAL frame holding the records, when logged.
+    /// A batch, with the clock reading the age checks use (taken before the WAL append), or a
+    /// component event.
+    entry: Logged,
+    /// The WAL frame holding it, when logged.
     seq: Option<u64>,
     reply: oneshot::Sender<Result<ApplyOutcome>>,
 }
@@ -37,8 +40,10 @@ pub struct AggregatorHandle {
     clock: Arc<Clock>,
     telemetry: Arc<Telemetry>,
     hooks: Arc<Hooks>,
-    /// Set with `durability = "wal"`: batches are logged before they are counted.
+    /// The log: component events are logged before they are applied, and with
+    /// `durability = "wal"` (`log_batches`) batches before they are counted.
     wal: Option<Arc<Wal>>,
+    log_batches: bool,
 }
 
 impl std::fmt::Debug for AggregatorHandle {
@@ -58,16 +63,24 @@ impl AggregatorHandle {
         hooks: Arc<Hooks>,
     ) -> Result<(Self, JoinHandle<()>)> {
         let aggregator = Aggregator::new(ingest, config, clock, telemetry)?;
-        Ok(Self::spawn(aggregator, config.queue_capacity, hooks, None))
+        Ok(Self::spawn(
+            aggregator,
+            config.queue_capacity,
+            hooks,
+            None,
+            false,
+        ))
     }
 
-    /// Starts the worker over `aggregator` (restored, perhaps) on the current Tokio runtime;
-    /// with `wal`, every batch is logged before it is counted.
+    /// Starts the worker over `aggregator` (restored, perhaps) on the current Tokio runtime.
+    /// With `wal`, component events are logged before they are applied, and with
+    /// `log_batches` every batch is logged before it is counted too.
     pub fn spawn(
         aggregator: Aggregator,
         queue_capacity: usize,
         hooks: Arc<Hooks>,
         wal: Option<Arc<Wal>>,
+        log_batches: bool,
     ) -> (Self, JoinHandle<()>) {
         let clock = aggregator.clock().clone();
         let telemetry = aggregator.telemetry().clone();
@@ -82,6 +95,7 @@ impl AggregatorHandle {
                 telemetry,
                 hooks,
                 wal,
+                log_batches,
             },
             worker,
         )
@@ -90,7 +104,7 @@ impl AggregatorHandle {
     /// Marks a request on its way to [`AggregatorHandle::submit`], so the WAL's group commit
     /// waits for it; hand it to `submit`. See [`Arriving`].
     pub fn arriving(&self) -> Arriving {
-        self.wal.as_ref().map(|w| w.arriving()).unwrap_or_default()
+        self.batch_log().map(|w| w.arriving()).unwrap_or_default()
     }
 
     /// Counts a batch; answers once it is counted (and, with a WAL, logged). Fails fast with
@@ -116,25 +130,79 @@ impl AggregatorHandle {
             mpsc::error::TrySendError::Closed(_) => Error::Stopped,
         })?;
         let checked_at = self.clock.now_nanos();
+        let entry = Logged::Batch { batch, checked_at };
+        self.enqueue(permit, entry, self.batch_log(), arriving)
+            .await
+    }
+
+    /// Logs `event` (fsynced, in either durability mode), then applies it to its checkpoint
+    /// participant in log order; answers once it is applied. Without a log (no durability at
+    /// all) it is only applied.
+    pub async fn log_event(&self, event: Event) -> Result<()> {
+        if event.payload.len() > crate::participant::MAX_EVENT_BYTES {
+            return Err(Error::Participant(format!(
+                "an event of {} bytes for `{}` (at most {} bytes)",
+                event.payload.len(),
+                event.component,
+                crate::participant::MAX_EVENT_BYTES
+            )));
+        }
+        if lock(&self.state)
+            .participants()
+            .get(&event.component)
+            .is_none()
+        {
+            return Err(Error::Participant(format!(
+                "no checkpoint participant `{}` is registered",
+                event.component
+            )));
+        }
+        // Waits for room rather than failing: an event is a component's own record, not load.
+        let permit = self
+            .tx
+            .clone()
+            .reserve_owned()
+            .await
+            .map_err(|_| Error::Stopped)?;
+        self.enqueue(
+            permit,
+            Logged::Event(event),
+            self.wal.as_ref(),
+            Arriving::default(),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The log batches go through, if they are logged.
+    fn batch_log(&self) -> Option<&Arc<Wal>> {
+        self.wal.as_ref().filter(|_| self.log_batches)
+    }
+
+    /// Logs `entry` with `wal`, if any, then queues it on `permit`; answers once applied.
+    async fn enqueue(
+        &self,
+        permit: mpsc::OwnedPermit<Job>,
+        entry: Logged,
+        wal: Option<&Arc<Wal>>,
+        arriving: Arriving,
+    ) -> Result<ApplyOutcome> {
         let (reply, answer) = oneshot::channel();
-        match &self.wal {
+        match wal {
             None => {
                 permit.send(Job {
-                    batch,
-                    checked_at,
+                    entry,
                     seq: None,
                     reply,
                 });
             }
             Some(wal) => wal.append(
-                batch,
-                checked_at,
+                entry,
                 arriving,
-                Box::new(move |logged, batch| match logged {
+                Box::new(move |logged, entry| match logged {
                     Ok(seq) => {
                         permit.send(Job {
-                            batch,
-                            checked_at,
+                            entry,
                             seq: Some(seq),
                             reply,
                         });
@@ -146,6 +214,12 @@ impl AggregatorHandle {
             ),
         }
         answer.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// What the checkpoint participant `name` would save now; `None` if none is registered.
+    pub fn participant_state(&self, name: &str) -> Option<Result<serde_json::Value>> {
+        let state = lock(&self.state);
+        state.participants().get(name).map(|p| p.save())
     }
 
     /// Cumulative counters of every series, sorted by key.
@@ -191,14 +265,21 @@ async fn run(mut rx: mpsc::Receiver<Job>, state: SharedState, hooks: Arc<Hooks>)
         let Some(job) = job else { break };
         let outcome = {
             let mut state = lock(&state);
-            let outcome = state.apply_batch(&job.batch, job.checked_at);
+            let outcome = match &job.entry {
+                Logged::Batch { batch, checked_at } => Ok(state.apply_batch(batch, *checked_at)),
+                Logged::Event(event) => state.apply_event(event).map(|()| ApplyOutcome::default()),
+            };
             if let Some(seq) = job.seq {
                 state.set_wal_seq(seq);
             }
             outcome
         };
+        if let Err(e) = &outcome {
+            // Logged, so the replay meets it again and refuses the start: said now as well.
+            tracing::error!(error = %e, "A checkpoint participant refused its own logged event.");
+        }
         // The sender may have gone away (client timeout); the records are counted regardless.
-        let _ = job.reply.send(Ok(outcome));
+        let _ = job.reply.send(outcome);
     }
     tracing::debug!("Aggregator queue drained; worker stopping.");
 }

@@ -26,6 +26,7 @@ use crate::error::Result;
 use crate::histogram;
 use crate::limits::{Place, SeriesLimits};
 use crate::metrics::{Ignored, MetricPoint, MetricState, MetricStateImage};
+use crate::participant::{Event, Participants};
 use crate::record::{ApplyOutcome, RequestRecord, SeriesKey};
 use crate::telemetry::Telemetry;
 use crate::window::Window;
@@ -623,6 +624,8 @@ pub struct Aggregator {
     hours_released_before: u64,
     /// Cumulative metric streams and the services that send spans.
     metrics: MetricState,
+    /// Components whose state the log and checkpoints keep with the counts.
+    participants: Participants,
 }
 
 /// Rows of one series, as a checkpoint writes them.
@@ -658,6 +661,8 @@ pub struct StateImage {
     pub sealed: Vec<SeriesRows>,
     /// Cumulative metric streams and span-fed services, as of `wal_seq` like the rest.
     pub metrics: MetricStateImage,
+    /// Each checkpoint participant's saved state, as of `wal_seq` like the rest.
+    pub participants: Vec<(&'static str, serde_json::Value)>,
 }
 
 impl Aggregator {
@@ -693,7 +698,26 @@ impl Aggregator {
             hours_served_from: 0,
             hours_released_before: 0,
             metrics: MetricState::from_config(&MetricsConfig::default()),
+            participants: Participants::default(),
         })
+    }
+
+    /// Keeps `participants`' state with the counts: their events are applied here, in log
+    /// order, and their state saved in every checkpoint image.
+    #[must_use]
+    pub fn with_participants(mut self, participants: Participants) -> Self {
+        self.participants = participants;
+        self
+    }
+
+    /// The checkpoint participants.
+    pub fn participants(&self) -> &Participants {
+        &self.participants
+    }
+
+    /// Applies a logged component event to its participant.
+    pub fn apply_event(&mut self, event: &Event) -> Result<()> {
+        self.participants.apply(event)
     }
 
     /// Sets the metric stream limits (`[metrics]`; defaults otherwise).
@@ -725,8 +749,18 @@ impl Aggregator {
             series: Vec::with_capacity(self.series.len()),
             sealed: std::mem::take(&mut self.evicted_unsaved),
             metrics: self.metrics.image(),
+            participants: Vec::new(),
         };
-        if let Err(e) = self.fill_image(&mut image) {
+        let saved = self
+            .participants
+            .iter()
+            .map(|p| p.save().map(|state| (p.name(), state)))
+            .collect::<Result<Vec<_>>>()
+            .and_then(|saved| {
+                image.participants = saved;
+                self.fill_image(&mut image)
+            });
+        if let Err(e) = saved {
             // Cannot happen for histograms recmeter encoded itself; keep the rows for the next.
             self.give_back(image.sealed);
             return Err(e);

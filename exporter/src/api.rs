@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use recmeter_aggregator::Hook;
+use recmeter_aggregator::participant::TestLedger;
 use serde::Deserialize;
 
 use crate::error::{ApiError, Result};
@@ -30,7 +31,8 @@ pub fn api_router(state: ApiState) -> Router {
     if state.test_hooks {
         guarded = guarded
             .route("/-/test/clock", post(test_clock))
-            .route("/-/test/hook", post(test_hook));
+            .route("/-/test/hook", post(test_hook))
+            .route("/-/test/ledger", get(test_ledger).post(test_ledger_event));
     }
     let guarded = guarded
         .fallback(not_found)
@@ -96,6 +98,35 @@ async fn readyz(State(state): State<ApiState>) -> Response {
     } else {
         (StatusCode::OK, "ready\n").into_response()
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LedgerEvent {
+    add: u64,
+}
+
+/// Logs an event for the test checkpoint participant; answers once it is durable and applied.
+async fn test_ledger_event(
+    State(state): State<ApiState>,
+    Json(request): Json<LedgerEvent>,
+) -> Result<Response, ApiError> {
+    state
+        .aggregator
+        .log_event(TestLedger::event(request.add))
+        .await
+        .map_err(ApiError::from)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The test checkpoint participant's state: the numbers it applied, in order.
+async fn test_ledger(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let saved = state
+        .aggregator
+        .participant_state(TestLedger::NAME)
+        .ok_or_else(|| ApiError::not_found("no test ledger is registered"))?
+        .map_err(ApiError::from)?;
+    Ok(Json(saved).into_response())
 }
 
 #[derive(Deserialize)]

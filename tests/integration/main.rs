@@ -20,6 +20,7 @@ mod memory;
 mod metrics;
 mod object_double;
 mod otlp;
+mod participant;
 mod series_limits;
 mod spans;
 mod sql;

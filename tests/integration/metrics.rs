@@ -466,7 +466,9 @@ fn cumulative_streams_survive_kill9(through_checkpoint: bool) {
     assert_eq!(requests(&m, "svc", "/recs"), 5.0);
     assert_eq!(m.value("recmeter_metric_streams_active", &[]), 2.0);
     if through_checkpoint {
-        // Three frames: the spans and two metric requests.
+        // Three frames: the spans and two metric requests. Checkpoints run on recmeter's
+        // clock.
+        recmeter.advance("1s");
         wait_for_checkpoint(dir.path(), 3);
     }
     recmeter.kill9();

@@ -28,15 +28,16 @@ use std::time::Instant;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 
-use super::checkpoint::{Checkpointer, civil_date, parquet, read_entry, rollup_rows, storage};
+use super::checkpoint::Checkpointer;
 use crate::clock::{MINUTE_NANOS, minute_of};
 use crate::counts::Counts;
 use crate::error::{Error, Result};
 use crate::hooks::Hook;
 use crate::record::SeriesKey;
 use crate::state::{Row, Source, Table, lock};
+use crate::store::files::{civil_date, parquet, read_entry, storage};
 use crate::store::manifest::{FileEntry, FileKind, Manifest};
-use crate::store::rollup::rollup_batch;
+use crate::store::rollup::{rollup_batch, rollup_rows};
 
 const HOUR_MINUTES: u64 = 60;
 const DAY_MINUTES: u64 = 1440;
@@ -81,12 +82,12 @@ fn floor_hour(minute: u64) -> u64 {
 /// Plans retention and compaction. `cutoffs` gives, per kind, the first minute whose rows stay.
 fn plan(files: &[FileEntry], cutoffs: [(FileKind, u64); 2], settled: u64, target: u64) -> Plan {
     let mut plan = Plan::default();
-    let mut partitions: BTreeMap<(u8, u64), (Vec<FileEntry>, Vec<FileEntry>)> = BTreeMap::new();
+    let mut partitions: BTreeMap<(bool, u64), (Vec<FileEntry>, Vec<FileEntry>)> = BTreeMap::new();
     for f in files {
         let Some(&(_, cutoff)) = cutoffs.iter().find(|(k, _)| *k == f.kind) else {
             continue;
         };
-        let key = (f.kind as u8, f.first_minute / DAY_MINUTES);
+        let key = (f.kind == FileKind::Hours, f.first_minute / DAY_MINUTES);
         if f.last_minute < cutoff {
             plan.dropped.push(f.clone());
         } else if f.first_minute < cutoff {
@@ -96,7 +97,7 @@ fn plan(files: &[FileEntry], cutoffs: [(FileKind, u64); 2], settled: u64, target
         }
     }
     for ((_, day), (straddling, mut small)) in partitions {
-        let kind = straddling.first().or(small.first()).map(|f| f.kind);
+        let kind = straddling.first().or(small.first()).map(|f| f.kind.clone());
         let Some(kind) = kind else { continue };
         let keep_from = cutoffs
             .iter()
@@ -104,7 +105,7 @@ fn plan(files: &[FileEntry], cutoffs: [(FileKind, u64); 2], settled: u64, target
             .map_or(0, |&(_, c)| c);
         for f in straddling {
             plan.groups.push(Group {
-                kind,
+                kind: kind.clone(),
                 day,
                 keep_from,
                 files: vec![f],
@@ -117,7 +118,7 @@ fn plan(files: &[FileEntry], cutoffs: [(FileKind, u64); 2], settled: u64, target
             if !group.is_empty() && bytes + f.bytes > target {
                 if group.len() > 1 {
                     plan.groups.push(Group {
-                        kind,
+                        kind: kind.clone(),
                         day,
                         keep_from,
                         files: std::mem::take(&mut group),
@@ -162,7 +163,7 @@ impl Checkpointer {
                 (FileKind::Hours, floor_hour(now.saturating_sub(hours))),
             ];
             let plan = plan(
-                &manifest.files,
+                &manifest.rollup_files(),
                 cutoffs,
                 floor_hour(now),
                 self.retention.compact_target_bytes,
@@ -228,21 +229,17 @@ impl Checkpointer {
             .map(|f| f.path.as_str())
             .collect();
         let mut files: Vec<FileEntry> = manifest
-            .files
-            .iter()
+            .rollup_files()
+            .into_iter()
             .filter(|f| !gone.contains(f.path.as_str()))
-            .cloned()
             .collect();
         files.extend(added);
-        files.sort_by_key(|f| (f.kind as u8, f.first_minute, f.path.clone()));
-        let next = Manifest {
-            id,
-            files,
-            ..manifest.clone()
-        };
+        files.sort_by_key(|f| (f.kind == FileKind::Hours, f.first_minute, f.path.clone()));
+        // Every other section, the state's included, stays as it was.
+        let mut next = manifest.next(id, &[]);
+        next.set_rollup_files(files);
         let path = Manifest::path(id);
-        let json = serde_json::to_vec_pretty(&next)
-            .map_err(|e| Error::Storage(format!("cannot encode the manifest: {e}")))?;
+        let json = next.to_json()?;
         let put = self.store.put(&path, PutPayload::from(json)).await;
         let synced = match put {
             Ok(_) => self.syncer.sync(vec![path.to_string()]).await,
@@ -285,7 +282,7 @@ impl Checkpointer {
         group: &Group,
         stats: &mut CompactionStats,
     ) -> Result<Option<FileEntry>> {
-        let (table, time, dir) = match group.kind {
+        let (table, time, dir) = match &group.kind {
             FileKind::Hours => (Table::Hours, "hour", "hours"),
             _ => (Table::Minutes, "minute", "minutes"),
         };
@@ -334,7 +331,7 @@ impl Checkpointer {
         );
         let entry = FileEntry {
             path,
-            kind: group.kind,
+            kind: group.kind.clone(),
             rows: rows.len() as u64,
             bytes: bytes.len() as u64,
             requests: rows
@@ -391,15 +388,18 @@ mod tests {
     use super::*;
     use crate::clock::Clock;
     use crate::config::SqlConfig;
+    use crate::durability::checkpoint;
     use crate::durability::checkpoint::tests::{aggregator, layout};
-    use crate::durability::checkpoint::{self, delete_unreferenced, latest_manifest};
     use crate::durability::config::RetentionConfig;
     use crate::hooks::Hooks;
     use crate::record::RequestRecord;
     use crate::sql::QueryEngine;
     use crate::state::{SharedState, shared};
+    use crate::store::files::read_entry;
     use crate::store::history::History;
+    use crate::store::manifest::{delete_unreferenced, latest_manifest};
     use crate::store::object as store;
+    use crate::store::rollup::rollup_rows;
     use crate::window::Window;
     use datafusion::arrow::array::AsArray;
     use datafusion::arrow::datatypes::{Float64Type, UInt64Type};
@@ -444,14 +444,16 @@ mod tests {
     ) -> (SharedState, Checkpointer, usize) {
         let objects = store.objects.as_ref();
         let manifest = latest_manifest(objects).await.unwrap().unwrap();
-        let deleted = delete_unreferenced(objects, Some(&manifest)).await.unwrap();
+        let deleted = delete_unreferenced(objects, Some(&manifest), &[])
+            .await
+            .unwrap();
         let mut restored = aggregator(clock);
         restored.keep_journal();
-        checkpoint::restore(objects, &manifest, &layout(), &mut restored, &[])
+        checkpoint::restore(objects, &manifest, &layout(), &mut restored)
             .await
             .unwrap();
         let state = shared(restored);
-        history.publish(&manifest.files);
+        history.publish(&manifest.rollup_files());
         let checkpoints = checkpointer(store, &state, hooks, Some(manifest), history);
         (state, checkpoints, deleted)
     }
@@ -469,7 +471,7 @@ mod tests {
             "minute"
         };
         let mut out: BTreeMap<(u64, String), (u64, Counts)> = BTreeMap::new();
-        for entry in manifest.files.iter().filter(|f| f.kind == kind) {
+        for entry in manifest.rollup_files().iter().filter(|f| f.kind == kind) {
             let batches = read_entry(objects, entry).await.unwrap();
             for (key, _, at, row) in rollup_rows(&batches, &layout(), &entry.path, time).unwrap() {
                 let slot = out
@@ -677,7 +679,7 @@ mod tests {
         let manifest = latest_manifest(objects).await.unwrap().unwrap();
         for (kind, prefix) in [(FileKind::Minutes, "minutes"), (FileKind::Hours, "hours")] {
             let mut named: Vec<String> = manifest
-                .files
+                .rollup_files()
                 .iter()
                 .filter(|f| f.kind == kind)
                 .map(|f| f.path.clone())
@@ -687,12 +689,13 @@ mod tests {
         }
         assert!(
             manifest
-                .files
+                .rollup_files()
                 .iter()
                 .all(|f| f.kind != FileKind::Minutes || f.first_minute >= cutoff)
         );
         // Far fewer files than the 96 checkpoints wrote.
-        assert!(manifest.files.len() < 40, "{}", manifest.files.len());
+        let files = manifest.rollup_files().len();
+        assert!(files < 40, "{files}");
 
         // Hours: every hour of the 4 days, its requests and quantiles those of its raw values.
         let hours = stored(objects, FileKind::Hours).await;

@@ -1,15 +1,16 @@
-//! Start-up: lock the WAL directory, restore the checkpoint in force, replay the WAL after it,
-//! start the WAL writer.
+//! Start-up: lock the WAL directory, restore the checkpoint in force, replay the WAL after it
+//! (request records to the counts, component events to their checkpoint participants), start
+//! the WAL writer.
 
 use std::sync::Arc;
 
-use super::checkpoint::{self, Checkpointable, RestoreStats};
+use super::checkpoint::{self, RestoreStats};
 use super::config::{StorageConfig, WalConfig};
 use super::wal::{ReplayStats, Wal, WalDir};
 use crate::error::{Error, Result};
 use crate::hooks::Hooks;
 use crate::state::Aggregator;
-use crate::store::manifest::{Layout, Manifest};
+use crate::store::manifest::{Layout, Manifest, delete_unreferenced, latest_manifest};
 use crate::store::object as store;
 use crate::telemetry::Telemetry;
 
@@ -39,14 +40,13 @@ pub struct OpenOptions {
 }
 
 /// Locks `wal.dir`, opens `storage.url`, restores the latest checkpoint into `aggregator` (which
-/// must be empty), replays the WAL after it, and starts the WAL writer.
-#[allow(clippy::too_many_arguments)]
+/// must be empty, with its checkpoint participants registered), replays the WAL after it, and
+/// starts the WAL writer.
 pub async fn open(
     wal_config: &WalConfig,
     storage_config: &StorageConfig,
     layout: &Layout,
     mut aggregator: Aggregator,
-    extras: &[Arc<dyn Checkpointable>],
     hooks: Arc<Hooks>,
     telemetry: Arc<Telemetry>,
     options: OpenOptions,
@@ -62,24 +62,45 @@ pub async fn open(
         Error::Storage(m) => Error::Storage(format!("storage.url `{}`: {m}", storage_config.url)),
         other => other,
     };
-    let manifest = checkpoint::latest_manifest(objects).await.map_err(at_url)?;
-    let deleted = checkpoint::delete_unreferenced(objects, manifest.as_ref())
+    let manifest = latest_manifest(objects).await.map_err(at_url)?;
+    // The participants' sections live under `state/`, which the sweep always covers.
+    let deleted = delete_unreferenced(objects, manifest.as_ref(), &[])
         .await
         .map_err(at_url)?;
     let restored = match &manifest {
-        Some(m) => checkpoint::restore(objects, m, layout, &mut aggregator, extras)
+        Some(m) => checkpoint::restore(objects, m, layout, &mut aggregator)
             .await
             .map_err(at_url)?,
         None => RestoreStats::default(),
     };
     let after = manifest.as_ref().map_or(0, |m| m.wal_seq);
+    let mut refused = None;
     let replayed = dir.replay(after, options.truncate_at_corruption, |entry| {
-        aggregator.apply_checked(&entry.records, entry.checked_at);
-        if !entry.points.is_empty() {
-            aggregator.apply_points(&entry.points, entry.checked_at);
+        if refused.is_some() {
+            return;
+        }
+        if let Some(event) = &entry.event {
+            // A participant that cannot apply its own logged event: its state would not be
+            // what the log says, so the start stops here.
+            if let Err(e) = aggregator.apply_event(event) {
+                refused = Some(Error::Wal(format!(
+                    "{}: entry {}: {e}",
+                    wal_config.dir.display(),
+                    entry.seq
+                )));
+                return;
+            }
+        } else {
+            aggregator.apply_checked(&entry.records, entry.checked_at);
+            if !entry.points.is_empty() {
+                aggregator.apply_points(&entry.points, entry.checked_at);
+            }
         }
         aggregator.set_wal_seq(entry.seq);
     })?;
+    if let Some(e) = refused {
+        return Err(e);
+    }
     telemetry.add_wal_records_dropped(replayed.dropped_records);
     let next_seq = replayed.last_seq.max(after) + 1;
     let wal = Arc::new(dir.start(next_seq, wal_config.fsync_interval, hooks, telemetry)?);

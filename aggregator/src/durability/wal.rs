@@ -3,10 +3,19 @@
 //! fsyncs (group commit). A request is answered only after its frame is fsynced; a checkpoint
 //! that covers a sequence number lets the segments at or before it go.
 //!
-//! Frame: `len: u32 LE`, `crc32(payload): u32 LE`, payload = `seq: u64 LE`,
-//! `checked_at: u64 LE` (the clock reading the age checks use, so replay decides the same),
-//! then the records with their series keys interned once per frame (LEB128 varints), then,
-//! when the request carried metric points, the points.
+//! Frame: `len: u32 LE` with its top bit set (a tagged entry), `crc32(payload): u32 LE`,
+//! payload = `kind: u8`, `version: u8` (the entry kind's format version), `seq: u64 LE`, then
+//! the kind's body:
+//! - kind 1, request records (version 1): `checked_at: u64 LE` (the clock reading the age
+//!   checks use, so replay decides the same), then the records with their series keys
+//!   interned once per frame (LEB128 varints), then, when the request carried metric points,
+//!   the points;
+//! - kind 2, a component event (version 1): the component's name and the event's bytes, each
+//!   after its length (varint), replayed to the checkpoint participant of that name.
+//!
+//! Frames written before entries had kinds have the top bit of `len` clear and no kind or
+//! version: their payload is `seq` and a kind 1 body, and they still replay. A frame of a kind
+//! or version this recmeter does not know refuses the start, naming both.
 //! A frame cut short or failing its CRC ends its segment: only the tail of the last segment
 //! can be torn, and nothing there was acknowledged.
 
@@ -23,6 +32,7 @@ use crate::batch::Batch;
 use crate::error::{Error, Result};
 use crate::hooks::{Hook, Hooks};
 use crate::metrics::{Dense, MetricPoint, PointValue};
+use crate::participant::{Event, MAX_EVENT_BYTES};
 use crate::record::{RequestRecord, SeriesKey};
 use crate::telemetry::Telemetry;
 
@@ -49,14 +59,40 @@ fn full_disk_hook() -> std::io::Error {
 /// Segment file suffix; the stem is the first sequence number, zero-padded.
 const SEGMENT_SUFFIX: &str = ".wal";
 
-/// One logged request.
+/// Set in the length word of a tagged frame (one with a kind and a version). Frame lengths
+/// never reach it (`MAX_FRAME`), so frames from before entry kinds have it clear.
+const TAGGED: u32 = 1 << 31;
+
+/// Entry kind: one request's records and metric points.
+const KIND_RECORDS: u8 = 1;
+/// Format version of kind 1 entries this recmeter writes and reads.
+const RECORDS_VERSION: u8 = 1;
+/// Entry kind: a component event, for a checkpoint participant.
+const KIND_EVENT: u8 = 2;
+/// Format version of kind 2 entries this recmeter writes and reads.
+const EVENT_VERSION: u8 = 1;
+
+/// One logged entry: a request's records and points, or a component event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
     pub seq: u64,
-    /// Clock reading (Unix nanoseconds) the age and skew checks use.
+    /// Clock reading (Unix nanoseconds) the age and skew checks use (0 for an event).
     pub checked_at: u64,
     pub records: Vec<RequestRecord>,
     pub points: Vec<MetricPoint>,
+    /// A component event's entry holds this, and no records or points.
+    pub event: Option<Event>,
+}
+
+/// What is logged: a request's batch, or a component event.
+#[derive(Debug)]
+pub enum Logged {
+    Batch {
+        batch: Batch,
+        /// The clock reading the age checks use.
+        checked_at: u64,
+    },
+    Event(Event),
 }
 
 /// What a replay read.
@@ -124,27 +160,38 @@ fn valid_frames_after(path: &Path, from: From, after: u64) -> Result<Dropped> {
         From::Start => Some(0),
         From::Bad { offset, previous } => {
             let start = usize::try_from(offset).unwrap_or(usize::MAX);
-            (start.saturating_add(1)..=bytes.len().saturating_sub(24)).find(|&at| {
-                let seq = u64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap_or_default());
-                seq > previous
-                    && seq <= previous.saturating_add(1 << 20)
-                    && matches!(
-                        read_frame(&mut &bytes[at..], (bytes.len() - at) as u64),
-                        Frame::Entry(..)
-                    )
+            (start.saturating_add(1)..=bytes.len().saturating_sub(18)).find(|&at| {
+                frame_seq(&bytes[at..]).is_some_and(|seq| {
+                    seq > previous
+                        && seq <= previous.saturating_add(1 << 20)
+                        && matches!(
+                            read_frame(&mut &bytes[at..], (bytes.len() - at) as u64),
+                            Frame::Entry(..) | Frame::Unknown { .. }
+                        )
+                })
             })
         }
     };
     let mut dropped = Dropped::default();
     if let Some(mut at) = resync {
-        while let Frame::Entry(entry, len) =
-            read_frame(&mut &bytes[at..], (bytes.len() - at) as u64)
-        {
-            at += len as usize;
-            dropped.found += 1;
-            if entry.seq > after {
-                dropped.frames += 1;
-                dropped.records += (entry.records.len() + entry.points.len()) as u64;
+        loop {
+            let rest = &bytes[at..];
+            match read_frame(&mut &rest[..], rest.len() as u64) {
+                Frame::Entry(entry, len) => {
+                    at += len as usize;
+                    dropped.found += 1;
+                    if entry.seq > after {
+                        dropped.frames += 1;
+                        dropped.records += (entry.records.len() + entry.points.len()) as u64;
+                    }
+                }
+                // Valid, but of a kind this recmeter cannot count: counted as a frame.
+                Frame::Unknown { .. } => {
+                    dropped.found += 1;
+                    dropped.frames += u64::from(frame_seq(rest).is_some_and(|seq| seq > after));
+                    at += 8 + (frame_len(rest).unwrap_or(0) as usize);
+                }
+                Frame::End | Frame::Torn => break,
             }
         }
     }
@@ -226,6 +273,16 @@ impl WalDir {
             loop {
                 match read_frame(&mut reader, size - offset) {
                     Frame::End => break,
+                    Frame::Unknown { kind, version } => {
+                        return Err(Error::Wal(format!(
+                            "{}: the entry at byte {offset} is of kind {kind}, format version \
+                             {version}; this recmeter reads kind {KIND_RECORDS} (request \
+                             records, up to version {RECORDS_VERSION}) and kind {KIND_EVENT} \
+                             (component events, up to version {EVENT_VERSION}). A newer recmeter \
+                             wrote this log: start that version",
+                            path.display()
+                        )));
+                    }
                     Frame::Torn => {
                         let mut dropped =
                             valid_frames_after(path, From::Bad { offset, previous }, after)?;
@@ -348,14 +405,13 @@ impl WalDir {
     }
 }
 
-/// What happens once a frame is durable (`Ok(seq)`) or cannot be (`Err`): the batch comes
-/// back to be applied.
-pub type Then = Box<dyn FnOnce(Result<u64>, Batch) + Send>;
+/// What happens once a frame is durable (`Ok(seq)`) or cannot be (`Err`): what was logged
+/// comes back to be applied.
+pub type Then = Box<dyn FnOnce(Result<u64>, Logged) + Send>;
 
 enum Command {
     Append {
-        batch: Batch,
-        checked_at: u64,
+        entry: Logged,
         /// The request's place among those on their way: let go once the writer holds the
         /// frame.
         arriving: Arriving,
@@ -430,20 +486,19 @@ impl Wal {
         }
     }
 
-    /// Logs `batch`; `then` runs on the writer thread once the frame is fsynced, frames in
+    /// Logs `entry`; `then` runs on the writer thread once the frame is fsynced, frames in
     /// sequence order. `arriving` (the request's place, if it took one) is let go once the
     /// writer holds the frame.
-    pub fn append(&self, batch: Batch, checked_at: u64, arriving: Arriving, then: Then) {
+    pub fn append(&self, entry: Logged, arriving: Arriving, then: Then) {
         let command = Command::Append {
-            batch,
-            checked_at,
+            entry,
             arriving,
             then,
         };
-        if let Some(Err(mpsc::SendError(Command::Append { batch, then, .. }))) =
+        if let Some(Err(mpsc::SendError(Command::Append { entry, then, .. }))) =
             self.tx.as_ref().map(|tx| tx.send(command))
         {
-            then(Err(Error::Stopped), batch);
+            then(Err(Error::Stopped), entry);
         }
     }
 
@@ -493,7 +548,7 @@ fn take(batch: &mut Vec<Command>, mut command: Command) {
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Command>, interval: Duration, arrivals: &AtomicUsize) {
         let mut last_sync: Option<Instant> = None;
-        let mut pending: Vec<(u64, Batch, Then)> = Vec::new();
+        let mut pending: Vec<(u64, Logged, Then)> = Vec::new();
         loop {
             // While writes fail, a probe every second finds out when the disk takes writes
             // again, so `/readyz` recovers without waiting for traffic it turns away.
@@ -540,22 +595,20 @@ impl Writer {
             for command in batch {
                 match command {
                     Command::Wake => {}
-                    Command::Append {
-                        batch,
-                        checked_at,
-                        then,
-                        ..
-                    } => {
+                    Command::Append { entry, then, .. } => {
                         let seq = self.next_seq;
                         self.next_seq += 1;
-                        encode_frame(
-                            &mut self.buf,
-                            seq,
-                            checked_at,
-                            &batch.records,
-                            &batch.points,
-                        );
-                        pending.push((seq, batch, then));
+                        match &entry {
+                            Logged::Batch { batch, checked_at } => encode_frame(
+                                &mut self.buf,
+                                seq,
+                                *checked_at,
+                                &batch.records,
+                                &batch.points,
+                            ),
+                            Logged::Event(event) => encode_event_frame(&mut self.buf, seq, event),
+                        }
+                        pending.push((seq, entry, then));
                     }
                     Command::Truncate(covered) => {
                         if !pending.is_empty() {
@@ -574,7 +627,7 @@ impl Writer {
 
     /// Writes and fsyncs the buffered frames, then hands each on; returns when the fsync
     /// started.
-    fn commit(&mut self, pending: &mut Vec<(u64, Batch, Then)>) -> Instant {
+    fn commit(&mut self, pending: &mut Vec<(u64, Logged, Then)>) -> Instant {
         let started = Instant::now();
         let result = self.write_and_sync();
         self.buf.clear();
@@ -584,8 +637,8 @@ impl Writer {
                 self.current_has_entries = true;
                 self.telemetry
                     .observe_wal_fsync(started.elapsed().as_secs_f64());
-                for (seq, batch, then) in pending.drain(..) {
-                    then(Ok(seq), batch);
+                for (seq, entry, then) in pending.drain(..) {
+                    then(Ok(seq), entry);
                 }
             }
             Err(e) => {
@@ -599,8 +652,8 @@ impl Writer {
                     self.cut_pending = true;
                 }
                 // The sequence numbers are not reused: a gap is harmless.
-                for (_, batch, then) in pending.drain(..) {
-                    then(Err(Error::Wal(e.to_string())), batch);
+                for (_, entry, then) in pending.drain(..) {
+                    then(Err(Error::Wal(e.to_string())), entry);
                 }
             }
         }
@@ -828,9 +881,7 @@ pub fn encode_frame(
     records: &[RequestRecord],
     points: &[MetricPoint],
 ) {
-    let start = out.len();
-    out.extend_from_slice(&[0; 8]);
-    out.extend_from_slice(&seq.to_le_bytes());
+    let start = begin_frame(out, KIND_RECORDS, RECORDS_VERSION, seq);
     out.extend_from_slice(&checked_at.to_le_bytes());
     // foldhash rather than SipHash: the keys are hashed once per record on the writer thread,
     // and its per-map random seed keeps crafted collisions out of reach.
@@ -867,16 +918,55 @@ pub fn encode_frame(
             put_point(out, p, k);
         }
     }
+    end_frame(out, start);
+}
+
+/// Starts a tagged frame in `out`: room for its header, then its kind, version and sequence
+/// number. Returns where it starts, for [`end_frame`].
+fn begin_frame(out: &mut Vec<u8>, kind: u8, version: u8, seq: u64) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; 8]);
+    out.extend_from_slice(&[kind, version]);
+    out.extend_from_slice(&seq.to_le_bytes());
+    start
+}
+
+/// Writes the header of the frame begun at `start`: its length (tagged) and CRC.
+fn end_frame(out: &mut [u8], start: usize) {
     let payload = &out[start + 8..];
-    let len = payload.len() as u32;
+    let len = payload.len() as u32 | TAGGED;
     let crc = crc32fast::hash(payload);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Appends one component event's frame to `out`.
+pub fn encode_event_frame(out: &mut Vec<u8>, seq: u64, event: &Event) {
+    let start = begin_frame(out, KIND_EVENT, EVENT_VERSION, seq);
+    put_str(out, &event.component);
+    put_varint(out, event.payload.len() as u64);
+    out.extend_from_slice(&event.payload);
+    end_frame(out, start);
+}
+
+/// The payload length a frame's header gives (tag bit aside), if the header is whole.
+fn frame_len(bytes: &[u8]) -> Option<u32> {
+    let word = u32::from_le_bytes(*bytes.first_chunk::<4>()?);
+    Some(word & !TAGGED)
+}
+
+/// The sequence number of the frame at the start of `bytes`, read where its kind puts it.
+fn frame_seq(bytes: &[u8]) -> Option<u64> {
+    let word = u32::from_le_bytes(*bytes.first_chunk::<4>()?);
+    let at = if word & TAGGED != 0 { 10 } else { 8 };
+    Some(u64::from_le_bytes(*bytes.get(at..)?.first_chunk::<8>()?))
+}
+
 enum Frame {
     /// An entry, and the bytes its frame took.
     Entry(Entry, u64),
+    /// A whole frame (its CRC holds) of a kind or version this recmeter does not read.
+    Unknown { kind: u8, version: u8 },
     /// A clean end of the segment.
     End,
     /// A frame cut short, failing its CRC, or not decodable.
@@ -895,17 +985,51 @@ fn read_frame(reader: &mut impl Read, remaining: u64) -> Frame {
             Err(_) => return Frame::Torn,
         }
     }
-    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let word = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let tagged = word & TAGGED != 0;
+    let len = (word & !TAGGED) as usize;
     let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
     // A garbage length past the end of the file allocates nothing.
-    if !(16..=MAX_FRAME).contains(&len) || len as u64 > remaining.saturating_sub(8) {
+    let min = if tagged { 10 } else { 16 };
+    if !(min..=MAX_FRAME).contains(&len) || len as u64 > remaining.saturating_sub(8) {
         return Frame::Torn;
     }
     let mut payload = vec![0u8; len];
     if reader.read_exact(&mut payload).is_err() || crc32fast::hash(&payload) != crc {
         return Frame::Torn;
     }
-    decode_payload(&payload).map_or(Frame::Torn, |e| Frame::Entry(e, 8 + len as u64))
+    let entry = if tagged {
+        match (payload[0], payload[1]) {
+            (KIND_RECORDS, RECORDS_VERSION) => decode_payload(&payload[2..]),
+            (KIND_EVENT, EVENT_VERSION) => decode_event(&payload[2..]),
+            (kind, version) => return Frame::Unknown { kind, version },
+        }
+    } else {
+        // Written before entries had kinds: request records.
+        decode_payload(&payload)
+    };
+    entry.map_or(Frame::Torn, |e| Frame::Entry(e, 8 + len as u64))
+}
+
+/// Decodes a component event's payload (after its kind and version).
+fn decode_event(payload: &[u8]) -> Option<Entry> {
+    let mut c = Cursor { bytes: payload };
+    let seq = c.u64_le()?;
+    let component = c.str()?.to_string();
+    let len = usize::try_from(c.varint()?).ok()?;
+    if len > MAX_EVENT_BYTES || len != c.bytes.len() {
+        return None;
+    }
+    Some(Entry {
+        seq,
+        checked_at: 0,
+        records: Vec::new(),
+        points: Vec::new(),
+        event: Some(Event {
+            component,
+            payload: c.bytes.to_vec(),
+        }),
+    })
 }
 
 struct Cursor<'a> {
@@ -1078,6 +1202,7 @@ fn decode_payload(payload: &[u8]) -> Option<Entry> {
         checked_at,
         records,
         points,
+        event: None,
     })
 }
 
@@ -1125,8 +1250,10 @@ mod tests {
         for i in 0..3u64 {
             let tx = tx.clone();
             wal.append(
-                records().into(),
-                1_800_000_000_000_000_000 + i,
+                Logged::Batch {
+                    batch: records().into(),
+                    checked_at: 1_800_000_000_000_000_000 + i,
+                },
                 Arriving::default(),
                 Box::new(move |seq, records| tx.send((seq.unwrap(), records)).unwrap()),
             );
@@ -1142,6 +1269,79 @@ mod tests {
         assert_eq!(got[0].seq, 2);
         assert_eq!(got[1].checked_at, 1_800_000_000_000_000_002);
         assert_eq!(got[1].records, records());
+    }
+
+    /// `frame` (one tagged records frame) as written before entries had kinds.
+    fn untagged(frame: &[u8]) -> Vec<u8> {
+        let payload = &frame[10..];
+        let mut out = (payload.len() as u32).to_le_bytes().to_vec();
+        out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn old_frames_events_and_records_replay_in_order_and_unknown_kinds_refuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let event = Event {
+            component: "test_ledger".into(),
+            payload: 7u64.to_le_bytes().to_vec(),
+        };
+        // A segment begun by the build before entry kinds, continued by this one.
+        let mut bytes = Vec::new();
+        for seq in 1..=2 {
+            let mut frame = Vec::new();
+            encode_frame(&mut frame, seq, 5, &records(), &points());
+            bytes.extend(untagged(&frame));
+        }
+        encode_event_frame(&mut bytes, 3, &event);
+        encode_frame(&mut bytes, 4, 5, &records(), &[]);
+        let segment = dir.path().join(format!("{:020}{SEGMENT_SUFFIX}", 1));
+        std::fs::write(&segment, &bytes).unwrap();
+        let mut got = Vec::new();
+        let stats = WalDir::lock(dir.path())
+            .unwrap()
+            .replay(0, false, |e| got.push(e))
+            .unwrap();
+        assert_eq!((stats.entries, stats.torn, stats.last_seq), (4, 0, 4));
+        assert_eq!(got[0].points, points());
+        assert_eq!(got[1].records, records());
+        assert_eq!(got[2].event.as_ref(), Some(&event));
+        assert!(got[2].records.is_empty());
+        assert_eq!(got[3].records, records());
+        // A kind, or a version of a known kind, from a newer recmeter: refused, naming both.
+        for (kind, version) in [(9u8, 1u8), (KIND_EVENT, EVENT_VERSION + 1)] {
+            let mut newer = bytes.clone();
+            let start = newer.len();
+            newer.extend_from_slice(&[0; 8]);
+            newer.extend_from_slice(&[kind, version]);
+            newer.extend_from_slice(&5u64.to_le_bytes());
+            end_frame(&mut newer, start);
+            std::fs::write(&segment, &newer).unwrap();
+            let e = WalDir::lock(dir.path())
+                .unwrap()
+                .replay(0, false, |_| {})
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("kind {kind}, format version {version}")),
+                "{e}"
+            );
+        }
+        // A hostile event: a length past its bytes, or over the limit, reads as a bad frame.
+        let mut frame = Vec::new();
+        encode_event_frame(&mut frame, 1, &event);
+        let payload = &frame[10..];
+        for cut in 0..payload.len() {
+            assert!(decode_event(&payload[..cut]).is_none());
+        }
+        let big = Event {
+            component: "x".into(),
+            payload: vec![0; MAX_EVENT_BYTES + 1],
+        };
+        let mut frame = Vec::new();
+        encode_event_frame(&mut frame, 1, &big);
+        assert!(decode_event(&frame[10..]).is_none());
     }
 
     #[test]
@@ -1261,7 +1461,7 @@ mod tests {
         assert_eq!(entry.points, points());
         let mut frame = Vec::new();
         encode_frame(&mut frame, 10, 5, &[], &points()[2..]);
-        let entry = decode_payload(&frame[8..]).unwrap();
+        let entry = decode_payload(&frame[10..]).unwrap();
         assert!(entry.records.is_empty());
         assert_eq!(entry.points, points()[2..]);
         // No cut of a payload reads back some of its points: only the cut just before the
@@ -1269,18 +1469,18 @@ mod tests {
         // that cut on disk).
         let mut whole = Vec::new();
         encode_frame(&mut whole, 1, 5, &records(), &points());
-        let decoded: Vec<Entry> = (9..whole.len())
-            .filter_map(|cut| decode_payload(&whole[8..cut]))
+        let decoded: Vec<Entry> = (11..whole.len())
+            .filter_map(|cut| decode_payload(&whole[10..cut]))
             .collect();
         assert!(decoded.len() <= 1);
         assert!(decoded.iter().all(|e| e.points.is_empty()));
-        let plain = decode_payload(&whole[8..]).unwrap();
+        let plain = decode_payload(&whole[10..]).unwrap();
         assert_eq!(plain.points.len(), 3);
         let mut plain = Vec::new();
         encode_frame(&mut plain, 1, 5, &records(), &[]);
         // A hostile point count, an unknown flag, an unknown value kind, a key index past the
         // frame's keys, explicit counts that do not fit the bounds.
-        let base = plain[8..].to_vec();
+        let base = plain[10..].to_vec();
         let stream = [0u8; 16];
         for tail in [
             vec![0xff, 0xff, 0xff, 0xff, 0x0f],
@@ -1305,8 +1505,10 @@ mod tests {
     fn append_one(wal: &Wal) -> u64 {
         let (tx, rx) = mpsc::channel();
         wal.append(
-            records().into(),
-            0,
+            Logged::Batch {
+                batch: records().into(),
+                checked_at: 0,
+            },
             Arriving::default(),
             Box::new(move |seq, _| tx.send(seq.unwrap()).unwrap()),
         );
@@ -1331,8 +1533,10 @@ mod tests {
         let append = |arriving: Arriving| {
             let (tx, rx) = mpsc::channel();
             wal.append(
-                records().into(),
-                0,
+                Logged::Batch {
+                    batch: records().into(),
+                    checked_at: 0,
+                },
                 arriving,
                 Box::new(move |seq, _| tx.send(seq.unwrap()).unwrap()),
             );
@@ -1487,8 +1691,10 @@ mod tests {
             for _ in 0..n {
                 let (tx, rx) = mpsc::channel();
                 wal.append(
-                    records().into(),
-                    0,
+                    Logged::Batch {
+                        batch: records().into(),
+                        checked_at: 0,
+                    },
                     Arriving::default(),
                     Box::new(move |seq, _| tx.send(seq.unwrap()).unwrap()),
                 );

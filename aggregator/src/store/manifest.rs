@@ -1,17 +1,44 @@
 //! The manifest and the files it names: written last by a checkpoint or compaction, it is
 //! what the store holds. Checkpoints, compaction, restore and verify write and read it; SQL
 //! over history reads the files it names.
+//!
+//! A manifest has named sections, one per table or component: today `latency_minutes`,
+//! `latency_hours`, `state` (the rollup image's series counters, open accumulators and metric
+//! streams), and one per checkpoint participant. Each section names the prefix its files live
+//! under and whether its files stay from one checkpoint to the next (`kept`, like rollup
+//! files) or are written anew by each (`checkpoint`, like state). A section this recmeter does
+//! not know (written by a later version, or by a component not running now) is carried into
+//! every later manifest as it is, and its files are neither swept nor deleted.
 
+use std::collections::{BTreeMap, HashSet};
+
+use futures::StreamExt;
 use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 
-/// Version of the manifest format.
-pub const MANIFEST_VERSION: u32 = 1;
+use crate::error::Result;
+use crate::store::files::{get, storage};
 
+/// Version of the manifest format written: 2 has named sections. Version 1 (one list of
+/// rollup files and one of state files) is still read.
+pub const MANIFEST_VERSION: u32 = 2;
+
+/// Where the manifests live: `manifests/<id, 20 digits>.json`.
 pub const MANIFESTS: &str = "manifests";
 
+/// The section of `latency_minutes`' files.
+pub const MINUTES_SECTION: &str = "latency_minutes";
+/// The section of `latency_hours`' files.
+pub const HOURS_SECTION: &str = "latency_hours";
+/// The section of the rollup state image: series counters, open accumulators, metric streams.
+pub const STATE_SECTION: &str = "state";
+
+/// The prefixes of the built-in sections, which the sweep always covers.
+const BUILT_IN_PREFIXES: [&str; 3] = ["minutes", "hours", "state"];
+
 /// What a file holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FileKind {
     /// Rows of `latency_minutes`.
@@ -22,8 +49,11 @@ pub enum FileKind {
     Series,
     /// Open accumulators as minute rows (this checkpoint's only).
     Open,
-    /// A registered checkpoint participant's JSON (this checkpoint's only).
+    /// JSON state: the metric streams, or a checkpoint participant's (this checkpoint's only).
     Extra,
+    /// A kind this recmeter does not know, kept as written.
+    #[serde(untagged)]
+    Other(String),
 }
 
 /// One file a manifest names.
@@ -44,6 +74,40 @@ pub struct FileEntry {
     pub last_minute: u64,
 }
 
+/// Whether a section's files outlive the checkpoint that wrote them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lifetime {
+    /// Files stay, checkpoint after checkpoint, until compaction or retention replaces them.
+    Kept,
+    /// Each checkpoint writes the section anew; the files of the one before go with it.
+    Checkpoint,
+}
+
+/// One named section of a manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Section {
+    /// The prefix its files live under; the sweep covers it.
+    pub prefix: String,
+    pub lifetime: Lifetime,
+    pub files: Vec<FileEntry>,
+    /// Fields this recmeter does not know, kept as written.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Section {
+    /// An empty section of files under `prefix`.
+    pub fn new(prefix: &str, lifetime: Lifetime) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            lifetime,
+            files: Vec::new(),
+            other: serde_json::Map::new(),
+        }
+    }
+}
+
 /// The manifest: written last, it makes a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -51,7 +115,7 @@ pub struct Manifest {
     pub id: u64,
     /// recmeter's clock when the checkpoint was taken, Unix nanoseconds.
     pub created_unix_nanos: u64,
-    /// The last WAL sequence number whose records the checkpoint holds.
+    /// The last WAL sequence number whose entries the checkpoint holds.
     pub wal_seq: u64,
     /// Minutes before this one were sealed.
     pub sealed_before_minute: u64,
@@ -59,20 +123,141 @@ pub struct Manifest {
     /// Extra dimension columns and `requests_le_*` columns of the rollup files.
     pub dimensions: Vec<String>,
     pub thresholds: Vec<String>,
-    /// Every rollup file, older checkpoints' included.
-    pub files: Vec<FileEntry>,
-    /// This checkpoint's state files.
-    pub state: Vec<FileEntry>,
+    /// The sections by name.
+    pub sections: BTreeMap<String, Section>,
+}
+
+/// A version 1 manifest: rollup files and this checkpoint's state files in two lists.
+#[derive(Deserialize)]
+struct ManifestV1 {
+    id: u64,
+    created_unix_nanos: u64,
+    wal_seq: u64,
+    sealed_before_minute: u64,
+    significant_digits: u8,
+    dimensions: Vec<String>,
+    thresholds: Vec<String>,
+    files: Vec<FileEntry>,
+    state: Vec<FileEntry>,
 }
 
 impl Manifest {
+    /// An empty manifest (no section) for checkpoint `id`, of the rollups' `layout`.
+    pub fn empty(id: u64, layout: &Layout) -> Self {
+        Self {
+            version: MANIFEST_VERSION,
+            id,
+            created_unix_nanos: 0,
+            wal_seq: 0,
+            sealed_before_minute: 0,
+            significant_digits: layout.significant_digits,
+            dimensions: layout.dimensions.clone(),
+            thresholds: layout.thresholds.clone(),
+            sections: BTreeMap::new(),
+        }
+    }
+
+    /// Where manifest `id` lives in the store.
     pub fn path(id: u64) -> Path {
         Path::from(format!("{MANIFESTS}/{id:020}.json"))
     }
 
-    /// Every file it names.
+    /// Reads a manifest of any version this recmeter knows; the error names `path`.
+    pub fn from_json(bytes: &[u8], path: &Path) -> Result<Self> {
+        #[derive(Deserialize)]
+        struct Version {
+            version: u32,
+        }
+        let version = serde_json::from_slice::<Version>(bytes)
+            .map_err(|e| storage(path, format!("not a manifest: {e}")))?
+            .version;
+        match version {
+            1 => {
+                let v1: ManifestV1 = serde_json::from_slice(bytes)
+                    .map_err(|e| storage(path, format!("not a manifest: {e}")))?;
+                let mut m = Self {
+                    version: MANIFEST_VERSION,
+                    id: v1.id,
+                    created_unix_nanos: v1.created_unix_nanos,
+                    wal_seq: v1.wal_seq,
+                    sealed_before_minute: v1.sealed_before_minute,
+                    significant_digits: v1.significant_digits,
+                    dimensions: v1.dimensions,
+                    thresholds: v1.thresholds,
+                    sections: BTreeMap::new(),
+                };
+                m.set_rollup_files(v1.files);
+                m.section_mut(STATE_SECTION, "state", Lifetime::Checkpoint)
+                    .files = v1.state;
+                Ok(m)
+            }
+            MANIFEST_VERSION => serde_json::from_slice(bytes)
+                .map_err(|e| storage(path, format!("not a manifest: {e}"))),
+            v => Err(storage(
+                path,
+                format!(
+                    "manifest version {v} (this recmeter reads 1 to {MANIFEST_VERSION}); \
+                     it was written by a newer recmeter"
+                ),
+            )),
+        }
+    }
+
+    /// The manifest as written to the store.
+    pub fn to_json(&self) -> Result<Vec<u8>> {
+        serde_json::to_vec_pretty(self)
+            .map_err(|e| crate::error::Error::Storage(format!("cannot encode the manifest: {e}")))
+    }
+
+    /// The files of section `name` (none if it has no such section).
+    pub fn files(&self, name: &str) -> &[FileEntry] {
+        self.sections.get(name).map_or(&[], |s| &s.files)
+    }
+
+    /// Section `name`, created empty (under `prefix`, with `lifetime`) if missing.
+    pub fn section_mut(&mut self, name: &str, prefix: &str, lifetime: Lifetime) -> &mut Section {
+        self.sections
+            .entry(name.to_owned())
+            .or_insert_with(|| Section::new(prefix, lifetime))
+    }
+
+    /// Every rollup file: `latency_minutes`' then `latency_hours'`.
+    pub fn rollup_files(&self) -> Vec<FileEntry> {
+        let mut files = self.files(MINUTES_SECTION).to_vec();
+        files.extend_from_slice(self.files(HOURS_SECTION));
+        files
+    }
+
+    /// Puts `files` (minutes and hours) in their two sections, replacing what they held.
+    pub fn set_rollup_files(&mut self, files: Vec<FileEntry>) {
+        let (hours, minutes): (Vec<_>, Vec<_>) =
+            files.into_iter().partition(|f| f.kind == FileKind::Hours);
+        self.section_mut(MINUTES_SECTION, "minutes", Lifetime::Kept)
+            .files = minutes;
+        self.section_mut(HOURS_SECTION, "hours", Lifetime::Kept)
+            .files = hours;
+    }
+
+    /// Every file it names, in every section.
     pub fn all_files(&self) -> impl Iterator<Item = &FileEntry> {
-        self.files.iter().chain(&self.state)
+        self.sections.values().flat_map(|s| &s.files)
+    }
+
+    /// The manifest of the next checkpoint, before it adds its own: every section carried
+    /// over, except the `checkpoint`-lifetime sections named in `rewritten`, which it writes
+    /// anew (emptied here).
+    pub fn next(&self, id: u64, rewritten: &[&str]) -> Self {
+        let mut next = self.clone();
+        next.version = MANIFEST_VERSION;
+        next.id = id;
+        for name in rewritten {
+            if let Some(s) = next.sections.get_mut(*name)
+                && s.lifetime == Lifetime::Checkpoint
+            {
+                s.files.clear();
+            }
+        }
+        next
     }
 }
 
@@ -82,4 +267,156 @@ pub struct Layout {
     pub significant_digits: u8,
     pub dimensions: Vec<String>,
     pub thresholds: Vec<String>,
+}
+
+/// The manifest in force in `store`: the highest-numbered one. `None` for an empty store.
+pub async fn latest_manifest(store: &dyn ObjectStore) -> Result<Option<Manifest>> {
+    let mut ids = Vec::new();
+    let mut listing = store.list(Some(&Path::from(MANIFESTS)));
+    while let Some(meta) = listing.next().await {
+        let meta = meta.map_err(|e| storage(&MANIFESTS, e))?;
+        if let Some(id) = meta
+            .location
+            .filename()
+            .and_then(|n| n.strip_suffix(".json"))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            ids.push(id);
+        }
+    }
+    let Some(&id) = ids.iter().max() else {
+        return Ok(None);
+    };
+    let path = Manifest::path(id);
+    let bytes = get(store, &path).await?;
+    Manifest::from_json(&bytes, &path).map(Some)
+}
+
+/// The sweep: deletes what the manifest in force does not name under the prefixes of every
+/// section (its own, the built-in ones and `registered`, those of the sections the running
+/// components write): files of a checkpoint that crashed before its manifest, and superseded
+/// ones left by a crash. Returns how many went.
+pub async fn delete_unreferenced(
+    store: &dyn ObjectStore,
+    manifest: Option<&Manifest>,
+    registered: &[&str],
+) -> Result<usize> {
+    let named: HashSet<&str> = manifest
+        .map(|m| m.all_files().map(|f| f.path.as_str()).collect())
+        .unwrap_or_default();
+    let keep_manifest = manifest.map(|m| Manifest::path(m.id));
+    let mut prefixes: Vec<&str> = BUILT_IN_PREFIXES.to_vec();
+    prefixes.extend_from_slice(registered);
+    if let Some(m) = manifest {
+        prefixes.extend(m.sections.values().map(|s| s.prefix.as_str()));
+    }
+    prefixes.push(MANIFESTS);
+    prefixes.sort_unstable();
+    prefixes.dedup();
+    let mut doomed = Vec::new();
+    for prefix in prefixes {
+        let mut listing = store.list(Some(&Path::from(prefix)));
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(|e| storage(&prefix, e))?;
+            let loc = meta.location;
+            if !named.contains(loc.as_ref()) && Some(&loc) != keep_manifest.as_ref() {
+                // Without a manifest, only the first checkpoint's files can be a checkpoint
+                // cut short; later ones mean the manifests went missing, and deleting the
+                // history they hold is not recmeter's call.
+                let id = loc
+                    .filename()
+                    .and_then(|n| n.get(..20))
+                    .and_then(|n| n.parse::<u64>().ok());
+                if manifest.is_none() && id != Some(1) {
+                    return Err(storage(
+                        &loc,
+                        "checkpoint files but no manifest in manifests/; restore the manifests \
+                         or point storage.url at an empty location",
+                    ));
+                }
+                doomed.push(loc);
+            }
+        }
+    }
+    for path in &doomed {
+        store.delete(path).await.map_err(|e| storage(path, e))?;
+    }
+    Ok(doomed.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, kind: FileKind) -> FileEntry {
+        FileEntry {
+            path: path.into(),
+            kind,
+            rows: 1,
+            bytes: 10,
+            requests: 1,
+            first_minute: 0,
+            last_minute: 0,
+        }
+    }
+
+    #[test]
+    fn a_version_1_manifest_reads_into_sections() {
+        let v1 = serde_json::json!({
+            "version": 1, "id": 7, "created_unix_nanos": 5, "wal_seq": 9,
+            "sealed_before_minute": 3, "significant_digits": 3,
+            "dimensions": ["env"], "thresholds": ["requests_le_200ms"],
+            "files": [entry("minutes/day=2026-03-02/00000000000000000001.parquet", FileKind::Minutes),
+                      entry("hours/day=2026-03-02/00000000000000000001.parquet", FileKind::Hours)],
+            "state": [entry("state/00000000000000000007-series.parquet", FileKind::Series)],
+        });
+        let m = Manifest::from_json(&serde_json::to_vec(&v1).unwrap(), &Manifest::path(7)).unwrap();
+        assert_eq!(m.version, MANIFEST_VERSION);
+        assert_eq!(m.files(MINUTES_SECTION).len(), 1);
+        assert_eq!(m.files(HOURS_SECTION).len(), 1);
+        assert_eq!(m.files(STATE_SECTION)[0].kind, FileKind::Series);
+        assert_eq!(m.all_files().count(), 3);
+        assert_eq!((m.id, m.wal_seq, m.sealed_before_minute), (7, 9, 3));
+    }
+
+    #[test]
+    fn an_unknown_section_is_kept_as_it_is() {
+        let mut m = Manifest::empty(
+            1,
+            &Layout {
+                significant_digits: 3,
+                dimensions: vec![],
+                thresholds: vec![],
+            },
+        );
+        m.set_rollup_files(vec![entry("minutes/a.parquet", FileKind::Minutes)]);
+        let mut json: serde_json::Value = serde_json::from_slice(&m.to_json().unwrap()).unwrap();
+        let unknown = serde_json::json!({
+            "prefix": "cost_lines", "lifetime": "kept", "watermark": {"a": 1},
+            "files": [{"path": "cost_lines/x.parquet", "kind": "cost_lines", "rows": 4,
+                       "bytes": 99, "requests": 0}],
+        });
+        json["sections"]["cost_lines"] = unknown.clone();
+        let read =
+            Manifest::from_json(&serde_json::to_vec(&json).unwrap(), &Manifest::path(1)).unwrap();
+        assert_eq!(
+            read.files("cost_lines")[0].kind,
+            FileKind::Other("cost_lines".into())
+        );
+        // Carried into the next checkpoint's manifest, and written back as it was read.
+        let next = read.next(2, &[STATE_SECTION, "cost_lines"]);
+        let written: serde_json::Value = serde_json::from_slice(&next.to_json().unwrap()).unwrap();
+        let mut expected = unknown;
+        expected["files"][0]["first_minute"] = 0.into();
+        expected["files"][0]["last_minute"] = 0.into();
+        assert_eq!(written["sections"]["cost_lines"], expected);
+        assert_eq!(next.all_files().count(), 2);
+    }
+
+    #[test]
+    fn a_newer_manifest_is_refused_naming_its_version() {
+        let e = Manifest::from_json(br#"{"version": 3}"#, &Manifest::path(4)).unwrap_err();
+        assert!(e.to_string().contains("manifest version 3"), "{e}");
+        assert!(e.to_string().contains("00000000000000000004.json"), "{e}");
+    }
 }

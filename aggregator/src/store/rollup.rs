@@ -5,8 +5,10 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use datafusion::arrow::array::{
-    ArrayRef, BinaryBuilder, StringBuilder, TimestampNanosecondArray, UInt64Array,
+    ArrayRef, BinaryArray, BinaryBuilder, StringArray, StringBuilder, TimestampNanosecondArray,
+    UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
@@ -14,8 +16,11 @@ use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 
 use crate::clock::MINUTE_NANOS;
+use crate::error::Error;
 use crate::record::SeriesKey;
-use crate::state::{Row, RowVisitor, Source, Table};
+use crate::state::{Row, RowCounts, RowVisitor, Source, Table};
+use crate::store::files::{Pending, civil_date, column, parquet};
+use crate::store::manifest::{FileEntry, FileKind, Layout};
 
 /// The time zone of every timestamp column and value (UTC).
 pub const TIME_ZONE: &str = "+00:00";
@@ -286,4 +291,116 @@ impl RowVisitor for BatchBuilder {
         }
         ControlFlow::Continue(())
     }
+}
+
+// The rollup files of the store: the batches above as Parquet, and back.
+
+/// A rollup file of `rows` of `table` for checkpoint `id`: the rows of one day (`day`), or the
+/// open accumulators as minute rows (`day` is `None`).
+pub fn rollup_file(
+    id: u64,
+    table: Table,
+    layout: &Layout,
+    rows: &[(&SeriesKey, Source, u64, &Row)],
+    day: Option<i64>,
+) -> crate::error::Result<Pending> {
+    let batch = rollup_batch(
+        table,
+        &layout.dimensions,
+        &layout.thresholds,
+        rows.iter().copied(),
+    )
+    .map_err(|e| Error::Storage(format!("cannot build rollup rows: {e}")))?;
+    let bytes = parquet(&batch)?;
+    let (kind, path) = match (table, day) {
+        (Table::Hours, Some(day)) => (
+            FileKind::Hours,
+            format!("hours/day={}/{id:020}.parquet", civil_date(day)),
+        ),
+        (_, Some(day)) => (
+            FileKind::Minutes,
+            format!("minutes/day={}/{id:020}.parquet", civil_date(day)),
+        ),
+        (_, None) => (FileKind::Open, format!("state/{id:020}-open.parquet")),
+    };
+    Ok(Pending {
+        entry: FileEntry {
+            path,
+            kind,
+            rows: rows.len() as u64,
+            bytes: bytes.len() as u64,
+            requests: rows.iter().map(|(_, _, _, r)| r.counts.requests).sum(),
+            first_minute: rows.iter().map(|(_, _, at, _)| *at).min().unwrap_or(0),
+            last_minute: rows.iter().map(|(_, _, at, _)| *at).max().unwrap_or(0),
+        },
+        bytes,
+    })
+}
+
+/// The series key of each row of `b` (its `service`, `endpoint` and dimension columns).
+pub fn keys(b: &RecordBatch, layout: &Layout, file: &str) -> crate::error::Result<Vec<SeriesKey>> {
+    let service = column::<StringArray>(b, "service", file)?;
+    let endpoint = column::<StringArray>(b, "endpoint", file)?;
+    let dims = layout
+        .dimensions
+        .iter()
+        .map(|d| column::<StringArray>(b, d, file))
+        .collect::<crate::error::Result<Vec<_>>>()?;
+    Ok((0..b.num_rows())
+        .map(|i| SeriesKey {
+            service: Arc::from(service.value(i)),
+            endpoint: Arc::from(endpoint.value(i)),
+            dimensions: dims.iter().map(|d| Arc::from(d.value(i))).collect(),
+        })
+        .collect())
+}
+
+/// Rows of a rollup (or open) file, with each row's source.
+pub fn rollup_rows(
+    batches: &[RecordBatch],
+    layout: &Layout,
+    file: &str,
+    time: &str,
+) -> crate::error::Result<Vec<(SeriesKey, Source, u64, Row)>> {
+    let mut out = Vec::new();
+    for b in batches {
+        let at = column::<TimestampNanosecondArray>(b, time, file)?;
+        let keys = keys(b, layout, file)?;
+        let source = column::<StringArray>(b, "source", file)?;
+        let requests = column::<UInt64Array>(b, "requests", file)?;
+        let errors = column::<UInt64Array>(b, "errors", file)?;
+        let recs = column::<UInt64Array>(b, "recommendations", file)?;
+        let le = layout
+            .thresholds
+            .iter()
+            .map(|t| column::<UInt64Array>(b, t, file))
+            .collect::<crate::error::Result<Vec<_>>>()?;
+        let hdr = column::<BinaryArray>(b, "hdr", file)?;
+        for (i, key) in keys.into_iter().enumerate() {
+            let mut counts = RowCounts {
+                requests: requests.value(i),
+                errors: errors.value(i),
+                recommendations: recs.value(i),
+                ..RowCounts::default()
+            };
+            for (slot, col) in counts.le.iter_mut().zip(&le) {
+                *slot = col.value(i);
+            }
+            let nanos = u64::try_from(at.value(i))
+                .map_err(|_| Error::Storage(format!("{file}: a row starts before 1970")))?;
+            let source = Source::from_label(source.value(i)).ok_or_else(|| {
+                Error::Storage(format!("{file}: unknown source `{}`", source.value(i)))
+            })?;
+            out.push((
+                key,
+                source,
+                nanos / MINUTE_NANOS,
+                Row {
+                    counts,
+                    hdr: Bytes::copy_from_slice(hdr.value(i)),
+                },
+            ));
+        }
+    }
+    Ok(out)
 }
