@@ -1218,6 +1218,12 @@ impl Aggregator {
         minute_of(now_nanos.saturating_sub(self.max_age_nanos))
     }
 
+    /// The first minute whose minute rows memory holds at `now_nanos` (the last 3 h, open
+    /// minute included); older minutes are read from the store, while its retention keeps them.
+    pub fn first_minute_held(&self, now_nanos: u64) -> u64 {
+        minute_of(now_nanos).saturating_sub(MINUTES_KEPT - 1)
+    }
+
     /// Notes that a checkpoint stored every row sealed before `minute`.
     pub fn set_stored_before(&mut self, minute: u64) {
         self.stored_before = self.stored_before.max(minute);

@@ -23,11 +23,11 @@ use crate::hooks::{Hook, Hooks};
 use crate::participant::Participants;
 use crate::record::SeriesKey;
 use crate::state::{Aggregator, Row, SharedState, Source, StateImage, Table, lock};
-use crate::store::files::{Pending, get, read_entry, read_parquet, storage};
+use crate::store::files::{get, read_parquet, storage};
 use crate::store::image::{series_file, series_rows};
 use crate::store::manifest::{
-    FileEntry, FileKind, HOURS_SECTION, Layout, Lifetime, MINUTES_SECTION, Manifest, STATE_SECTION,
-    latest_manifest,
+    FileEntry, FileKind, HOURS_SECTION, Layout, Lifetime, MINUTES_SECTION, Manifest, Pending,
+    STATE_SECTION, latest_manifest, read_entry,
 };
 use crate::store::rollup::{rollup_file, rollup_rows};
 use crate::telemetry::Telemetry;

@@ -35,7 +35,8 @@ use crate::error::{Error, Result};
 use crate::hooks::Hook;
 use crate::record::SeriesKey;
 use crate::state::{Row, Source, Table, lock};
-use crate::store::files::{civil_date, parquet, read_entry, storage};
+use crate::store::files::{civil_date, parquet, storage};
+use crate::store::manifest::read_entry;
 use crate::store::manifest::{FileEntry, FileKind, Manifest};
 use crate::store::rollup::{rollup_batch, rollup_rows};
 
@@ -395,8 +396,8 @@ mod tests {
     use crate::record::RequestRecord;
     use crate::sql::QueryEngine;
     use crate::state::{SharedState, shared};
-    use crate::store::files::read_entry;
     use crate::store::history::History;
+    use crate::store::manifest::read_entry;
     use crate::store::manifest::{delete_unreferenced, latest_manifest};
     use crate::store::object as store;
     use crate::store::rollup::rollup_rows;

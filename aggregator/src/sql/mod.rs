@@ -6,11 +6,14 @@ pub mod catalog;
 mod engine;
 pub mod functions;
 pub mod guard;
+mod session;
 pub mod tables;
+pub mod windows;
 
 pub use catalog::{Catalog, CatalogTable};
 pub use engine::{QueryEngine, QueryOutput, check_read_only};
 pub use tables::table_name;
+pub use windows::{Covered, Span, SpanCounts, WindowCounts, WindowPlanner};
 
 #[cfg(test)]
 mod testing;

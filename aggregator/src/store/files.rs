@@ -10,14 +10,6 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::error::{Error, Result};
-use crate::store::manifest::FileEntry;
-
-/// A file about to be written: its manifest entry and its bytes.
-#[derive(Debug)]
-pub struct Pending {
-    pub entry: FileEntry,
-    pub bytes: Bytes,
-}
 
 /// A storage error naming the file (or prefix) it concerns.
 pub fn storage(path: &impl std::fmt::Display, e: impl std::fmt::Display) -> Error {
@@ -70,12 +62,6 @@ pub fn read_parquet(bytes: Bytes) -> std::result::Result<Vec<RecordBatch>, Strin
             .map_err(|e| e.to_string())
     });
     read.unwrap_or_else(|_| Err("the Parquet reader failed on this file".into()))
-}
-
-/// The batches of the Parquet file `entry` names.
-pub async fn read_entry(store: &dyn ObjectStore, entry: &FileEntry) -> Result<Vec<RecordBatch>> {
-    let bytes = get(store, &Path::from(entry.path.as_str())).await?;
-    read_parquet(bytes).map_err(|e| storage(&entry.path, e))
 }
 
 /// Column `name` of `batch` as an array of type `T`; the error names the file.

@@ -54,6 +54,16 @@ impl History {
         *self.files.write() = Arc::from(files.to_vec());
     }
 
+    /// The first minute the store's minute files hold rows of, if it has any.
+    pub fn first_minute(&self) -> Option<u64> {
+        let files = self.files.read().clone();
+        files
+            .iter()
+            .filter(|f| f.kind == FileKind::Minutes)
+            .map(|f| f.first_minute)
+            .min()
+    }
+
     /// The files of `table` with rows in `range` (minute indexes).
     fn files(&self, table: Table, range: &RangeInclusive<u64>) -> Vec<FileEntry> {
         let kind = match table {

@@ -10,8 +10,8 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use crate::error::{Error, Result};
 use crate::record::SeriesKey;
 use crate::state::{LATENCY_BUCKETS_NANOS, SeriesTotals, Source, StateImage};
-use crate::store::files::{Pending, column, parquet};
-use crate::store::manifest::{FileEntry, FileKind, Layout};
+use crate::store::files::{column, parquet};
+use crate::store::manifest::{FileEntry, FileKind, Layout, Pending};
 use crate::store::rollup::keys;
 
 const BUCKET_COLUMNS: usize = LATENCY_BUCKETS_NANOS.len() + 1;

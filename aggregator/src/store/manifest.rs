@@ -12,13 +12,15 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use bytes::Bytes;
+use datafusion::arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::store::files::{get, storage};
+use crate::store::files::{get, read_parquet, storage};
 
 /// Version of the manifest format written: 2 has named sections. Version 1 (one list of
 /// rollup files and one of state files) is still read.
@@ -72,6 +74,19 @@ pub struct FileEntry {
     pub first_minute: u64,
     #[serde(default)]
     pub last_minute: u64,
+}
+
+/// A file about to be written: its manifest entry and its bytes.
+#[derive(Debug)]
+pub struct Pending {
+    pub entry: FileEntry,
+    pub bytes: Bytes,
+}
+
+/// The batches of the Parquet file `entry` names.
+pub async fn read_entry(store: &dyn ObjectStore, entry: &FileEntry) -> Result<Vec<RecordBatch>> {
+    let bytes = get(store, &Path::from(entry.path.as_str())).await?;
+    read_parquet(bytes).map_err(|e| storage(&entry.path, e))
 }
 
 /// Whether a section's files outlive the checkpoint that wrote them.

@@ -19,8 +19,8 @@ use crate::clock::MINUTE_NANOS;
 use crate::error::Error;
 use crate::record::SeriesKey;
 use crate::state::{Row, RowCounts, RowVisitor, Source, Table};
-use crate::store::files::{Pending, civil_date, column, parquet};
-use crate::store::manifest::{FileEntry, FileKind, Layout};
+use crate::store::files::{civil_date, column, parquet};
+use crate::store::manifest::{FileEntry, FileKind, Layout, Pending};
 
 /// The time zone of every timestamp column and value (UTC).
 pub const TIME_ZONE: &str = "+00:00";
