@@ -139,7 +139,11 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
     let stopping = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let ingest = Ingest::new(aggregator.clone(), &config.ingest, &config.metrics);
+    let ingest = Ingest::new(
+        Arc::new(aggregator.clone()),
+        &config.ingest,
+        &config.metrics,
+    );
     let ready = Arc::new(AtomicBool::new(false));
     let tokens = config.auth.tokens().map_err(Error::Config)?;
     let options = ServeOptions {

@@ -12,22 +12,7 @@ pub const HIGHEST_NANOS: u64 = 3_600 * 1_000_000_000;
 /// Values below this (1 µs) are raised to it and counted as clamped.
 pub const CLAMP_LOW_NANOS: u64 = 1_000;
 
-/// Which bound a value was clamped to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClampBound {
-    Low,
-    High,
-}
-
-impl ClampBound {
-    /// The `bound` label value.
-    pub const fn label(self) -> &'static str {
-        match self {
-            ClampBound::Low => "low",
-            ClampBound::High => "high",
-        }
-    }
-}
+pub use recmeter_core::telemetry::ClampBound;
 
 /// Clamps a duration to [1 µs, 1 h], saying which bound applied.
 pub fn clamp(nanos: u64) -> (u64, Option<ClampBound>) {

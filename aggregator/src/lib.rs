@@ -6,26 +6,21 @@
 // Only the binary's allocator module may use `unsafe` (ADR 013).
 #![forbid(unsafe_code)]
 
-pub mod auth;
-pub mod batch;
-pub mod clock;
 pub mod config;
-pub mod connection;
+pub use recmeter_core::{
+    auth, batch, clock, connection, error, point, record, status, submit, telemetry,
+};
 pub mod counts;
 pub mod durability;
-pub mod error;
 pub mod histogram;
 pub mod hooks;
 mod limits;
 pub mod metrics;
 pub mod participant;
-pub mod record;
 pub mod service;
 pub mod sql;
 pub mod state;
-pub mod status;
 pub mod store;
-pub mod telemetry;
 pub mod window;
 
 pub use auth::BearerToken;

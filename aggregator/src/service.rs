@@ -15,12 +15,13 @@ use tokio::task::JoinHandle;
 use crate::batch::Batch;
 use crate::clock::Clock;
 use crate::config::{AggregatorConfig, IngestConfig};
-use crate::durability::{Arriving, Logged, Wal};
+use crate::durability::{Logged, Wal};
 use crate::error::{Error, Result};
 use crate::hooks::{Hook, Hooks};
 use crate::participant::Event;
 use crate::record::{ApplyOutcome, RequestRecord};
 use crate::state::{Aggregator, SharedState, lock};
+use crate::submit::{Arriving, Submit, Submitted};
 use crate::telemetry::Telemetry;
 
 struct Job {
@@ -250,6 +251,24 @@ impl AggregatorHandle {
     /// The ingest self-telemetry counters.
     pub fn telemetry(&self) -> &Arc<Telemetry> {
         &self.telemetry
+    }
+}
+
+impl Submit for AggregatorHandle {
+    fn arriving(&self) -> Arriving {
+        AggregatorHandle::arriving(self)
+    }
+
+    fn submit_batch(&self, batch: Batch, arriving: Arriving) -> Submitted<'_> {
+        Box::pin(AggregatorHandle::submit_batch(self, batch, arriving))
+    }
+
+    fn telemetry(&self) -> &Arc<Telemetry> {
+        AggregatorHandle::telemetry(self)
+    }
+
+    fn clock(&self) -> &Arc<Clock> {
+        AggregatorHandle::clock(self)
     }
 }
 

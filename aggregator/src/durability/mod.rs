@@ -9,8 +9,9 @@ pub mod restore;
 pub mod wal;
 
 pub use crate::store::manifest::{Layout, Manifest};
+pub use crate::submit::Arriving;
 pub use checkpoint::{CheckpointStats, Checkpointer, RestoreStats, VerifyReport, verify};
 pub use compaction::CompactionStats;
 pub use config::{Durability, RetentionConfig, StorageConfig, WalConfig};
 pub use restore::{OpenOptions, Opened, open};
-pub use wal::{Arriving, Logged, ReplayStats, Wal, WalDir};
+pub use wal::{Logged, ReplayStats, Wal, WalDir};

@@ -34,6 +34,7 @@ use crate::hooks::{Hook, Hooks};
 use crate::metrics::{Dense, MetricPoint, PointValue};
 use crate::participant::{Event, MAX_EVENT_BYTES};
 use crate::record::{RequestRecord, SeriesKey};
+use crate::submit::Arriving;
 use crate::telemetry::Telemetry;
 
 /// Largest frame payload read back; anything larger is a torn or foreign file.
@@ -439,20 +440,6 @@ struct Shared {
     wake: parking_lot::Mutex<Option<mpsc::Sender<Command>>>,
 }
 
-/// A request on its way to the log: its body is being received or decoded. While any exist
-/// the group commit holds a waiting frame back for them (never longer than
-/// `wal.fsync_interval` after the last fsync), so they share its fsync; once none is on its
-/// way it syncs at once instead of idling out the interval. Take one when a request starts
-/// and hand it to [`Wal::append`] (through `AggregatorHandle::submit`), which lets go of it
-/// once the writer holds the frame. Dropped anywhere else (the request was refused or had
-/// nothing to log), it wakes the writer if it was the last. Clones share one place, which
-/// ends when the last clone is dropped. Without a log it does nothing.
-#[derive(Debug, Clone, Default)]
-pub struct Arriving {
-    /// Held only to be dropped.
-    _place: Option<Arc<ArrivingPlace>>,
-}
-
 struct ArrivingPlace(Arc<Shared>);
 
 impl std::fmt::Debug for ArrivingPlace {
@@ -481,9 +468,7 @@ impl Wal {
     /// Counts a request on its way to [`Wal::append`] until the result is let go.
     pub fn arriving(&self) -> Arriving {
         self.shared.arrivals.fetch_add(1, Ordering::SeqCst);
-        Arriving {
-            _place: Some(Arc::new(ArrivingPlace(self.shared.clone()))),
-        }
+        Arriving::new(Arc::new(ArrivingPlace(self.shared.clone())))
     }
 
     /// Logs `entry`; `then` runs on the writer thread once the frame is fsynced, frames in

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use recmeter_aggregator::{BearerToken, InvalidField};
+use recmeter_core::{BearerToken, InvalidField};
 use serde::{Deserialize, Serialize};
 
 /// `[otlp]` configuration.

@@ -23,10 +23,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use recmeter_aggregator::connection::InFlight;
-use recmeter_aggregator::durability::Arriving;
-use recmeter_aggregator::telemetry::{RejectReason, Transport};
-use recmeter_aggregator::{BearerToken, ErrorKind, Telemetry};
+use recmeter_core::Arriving;
+use recmeter_core::connection::InFlight;
+use recmeter_core::telemetry::{RejectReason, Transport};
+use recmeter_core::{BearerToken, ErrorKind, Telemetry};
 use std::sync::Arc;
 use tonic::codec::CompressionEncoding;
 use tonic::service::interceptor::InterceptedService;

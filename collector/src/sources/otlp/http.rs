@@ -15,9 +15,9 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
-use recmeter_aggregator::ErrorKind;
-use recmeter_aggregator::durability::Arriving;
-use recmeter_aggregator::telemetry::{RejectReason, Transport};
+use recmeter_core::Arriving;
+use recmeter_core::ErrorKind;
+use recmeter_core::telemetry::{RejectReason, Transport};
 
 use super::Ingest;
 use super::body::{GunzipError, gunzip};
@@ -379,28 +379,59 @@ fn decode<R: Export>(body: &[u8], encoding: Encoding) -> Result<R, String> {
 mod tests {
     use super::*;
     use axum::http::Request;
-    use recmeter_aggregator::{
-        AggregatorConfig, AggregatorHandle, Clock, Hooks, IngestConfig, Telemetry,
+    use recmeter_core::submit::Submitted;
+    use recmeter_core::{
+        ApplyOutcome, Arriving, Batch, Clock, IngestConfig, Submit, Submitter, Telemetry,
     };
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
     use tower::ServiceExt;
 
-    /// An ingest path over a fresh aggregator, and the handle to read it back.
-    fn ingest() -> (Ingest, AggregatorHandle) {
-        let (handle, _worker) = AggregatorHandle::start(
-            &IngestConfig::default(),
-            &AggregatorConfig::default(),
-            Arc::new(Clock::System),
-            Arc::new(Telemetry::default()),
-            Arc::new(Hooks::default()),
-        )
-        .unwrap();
+    /// A submit double: counts every record and point it is handed, and keeps the batches.
+    #[derive(Debug)]
+    struct Recorder {
+        batches: Mutex<Vec<Batch>>,
+        telemetry: Arc<Telemetry>,
+        clock: Arc<Clock>,
+    }
+
+    impl Submit for Recorder {
+        fn arriving(&self) -> Arriving {
+            Arriving::default()
+        }
+
+        fn submit_batch(&self, batch: Batch, _: Arriving) -> Submitted<'_> {
+            let accepted = (batch.records.len() + batch.points.len()) as u64;
+            self.batches.lock().unwrap().push(batch);
+            Box::pin(async move {
+                Ok(ApplyOutcome {
+                    accepted,
+                    ..ApplyOutcome::default()
+                })
+            })
+        }
+
+        fn telemetry(&self) -> &Arc<Telemetry> {
+            &self.telemetry
+        }
+
+        fn clock(&self) -> &Arc<Clock> {
+            &self.clock
+        }
+    }
+
+    /// An ingest path over a recording double, and the double to read it back.
+    fn ingest() -> (Ingest, Arc<Recorder>) {
+        let recorder = Arc::new(Recorder {
+            batches: Mutex::default(),
+            telemetry: Arc::default(),
+            clock: Arc::new(Clock::System),
+        });
         let ingest = Ingest::new(
-            handle.clone(),
+            recorder.clone() as Submitter,
             &IngestConfig::default(),
-            &recmeter_aggregator::MetricsConfig::default(),
+            &recmeter_core::MetricsConfig::default(),
         );
-        (ingest, handle)
+        (ingest, recorder)
     }
 
     fn small_limit() -> ServeOptions {
@@ -529,8 +560,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(handle.counters()[0].totals.ok, 1);
-        assert_eq!(handle.telemetry().spans_received(Transport::Http), 1);
+        let batches = handle.batches.lock().unwrap();
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0].records.len(), 1);
+        assert!(!batches[0].records[0].error);
+        assert_eq!(handle.telemetry.spans_received(Transport::Http), 1);
     }
 
     #[tokio::test]
@@ -576,7 +610,7 @@ mod json_rules {
           "unknownTopLevel": "ignored"
         }"#;
         let request = decode(body, Encoding::Json).expect("decodes");
-        let rules = super::super::SpanRules::new(&recmeter_aggregator::IngestConfig::default());
+        let rules = super::super::SpanRules::new(&recmeter_core::IngestConfig::default());
         let converted = super::super::convert(&request, &rules);
         assert_eq!(converted.invalid, 0);
         let r = &converted.records;

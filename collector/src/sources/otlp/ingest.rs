@@ -1,7 +1,7 @@
 //! Both OTLP ingest paths, built from the configuration, as the gRPC and HTTP servers take
 //! them.
 
-use recmeter_aggregator::{AggregatorHandle, IngestConfig, MetricsConfig};
+use recmeter_core::{IngestConfig, MetricsConfig, Submitter};
 
 use super::{MetricIngest, MetricRules, SpanRules, TraceIngest};
 
@@ -15,11 +15,7 @@ pub struct Ingest {
 impl Ingest {
     /// Ingest into `aggregator` by the `[ingest]` and `[metrics]` rules. recmeter's start, for
     /// the cumulative streams' `auto` rule, is now on the aggregator's clock.
-    pub fn new(
-        aggregator: AggregatorHandle,
-        ingest: &IngestConfig,
-        metrics: &MetricsConfig,
-    ) -> Self {
+    pub fn new(aggregator: Submitter, ingest: &IngestConfig, metrics: &MetricsConfig) -> Self {
         let started_at = aggregator.clock().now_nanos();
         Self {
             traces: TraceIngest::new(aggregator.clone(), SpanRules::new(ingest)),

@@ -16,12 +16,12 @@ use opentelemetry_proto::tonic::metrics::v1::{
     ExponentialHistogramDataPoint, HistogramDataPoint, NumberDataPoint, metric, number_data_point,
 };
 use prost::Message;
-use recmeter_aggregator::batch::Batch;
-use recmeter_aggregator::config::nanos_per_unit;
-use recmeter_aggregator::durability::Arriving;
-use recmeter_aggregator::metrics::{Dense, MetricPoint, PointValue};
-use recmeter_aggregator::telemetry::{DropReason, IgnoreReason, Transport};
-use recmeter_aggregator::{AggregatorHandle, IngestConfig, MetricsConfig, SeriesKey};
+use recmeter_core::Arriving;
+use recmeter_core::batch::Batch;
+use recmeter_core::config::nanos_per_unit;
+use recmeter_core::point::{Dense, MetricPoint, PointValue};
+use recmeter_core::telemetry::{DropReason, IgnoreReason, Transport};
+use recmeter_core::{IngestConfig, MetricsConfig, SeriesKey, Submitter};
 use siphasher::sip128::{Hasher128 as _, SipHasher13};
 
 use super::traces::{IngestError, UNKNOWN_SERVICE, bounded, find, rejection, render};
@@ -489,12 +489,12 @@ fn sum(p: &NumberDataPoint) -> Result<PointValue, &'static str> {
 /// The metrics ingest path shared by the gRPC and HTTP servers.
 #[derive(Debug, Clone)]
 pub struct MetricIngest {
-    aggregator: AggregatorHandle,
+    aggregator: Submitter,
     rules: Arc<MetricRules>,
 }
 
 impl MetricIngest {
-    pub fn new(aggregator: AggregatorHandle, rules: MetricRules) -> Self {
+    pub fn new(aggregator: Submitter, rules: MetricRules) -> Self {
         Self {
             aggregator,
             rules: Arc::new(rules),
@@ -503,7 +503,7 @@ impl MetricIngest {
 
     /// Counts the points of one request and says which were rejected. `arriving` is the
     /// request's place among those on their way to the log (see
-    /// [`AggregatorHandle::arriving`]). The request is taken by value so it is freed before
+    /// [`Submit::arriving`](recmeter_core::Submit::arriving)). The request is taken by value so it is freed before
     /// the wait to be counted.
     pub async fn export(
         &self,

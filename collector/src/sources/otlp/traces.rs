@@ -10,9 +10,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
-use recmeter_aggregator::durability::Arriving;
-use recmeter_aggregator::telemetry::{DropReason, Transport};
-use recmeter_aggregator::{AggregatorHandle, IngestConfig, RequestRecord, SeriesKey};
+use recmeter_core::Arriving;
+use recmeter_core::telemetry::{DropReason, Transport};
+use recmeter_core::{IngestConfig, RequestRecord, SeriesKey, Submitter};
 
 /// `service.name` when a resource has none (OpenTelemetry's own default).
 pub(super) const UNKNOWN_SERVICE: &str = "unknown_service";
@@ -195,11 +195,11 @@ pub enum IngestError {
     Unavailable,
 }
 
-impl From<recmeter_aggregator::Error> for IngestError {
-    fn from(e: recmeter_aggregator::Error) -> Self {
+impl From<recmeter_core::Error> for IngestError {
+    fn from(e: recmeter_core::Error) -> Self {
         match e {
-            recmeter_aggregator::Error::Backpressure => IngestError::Backpressure,
-            recmeter_aggregator::Error::Wal(m) => IngestError::Storage(m),
+            recmeter_core::Error::Backpressure => IngestError::Backpressure,
+            recmeter_core::Error::Wal(m) => IngestError::Storage(m),
             _ => IngestError::Unavailable,
         }
     }
@@ -211,7 +211,7 @@ impl From<recmeter_aggregator::Error> for IngestError {
 pub(super) fn rejection(
     invalid: u64,
     why: &str,
-    outcome: &recmeter_aggregator::ApplyOutcome,
+    outcome: &recmeter_core::ApplyOutcome,
     items: &str,
 ) -> Option<(i64, String)> {
     let rejected = invalid + outcome.too_old + outcome.future;
@@ -243,13 +243,13 @@ pub(super) fn rejection(
 /// The trace ingest path shared by the gRPC and HTTP servers.
 #[derive(Debug, Clone)]
 pub struct TraceIngest {
-    aggregator: AggregatorHandle,
+    aggregator: Submitter,
     rules: Arc<SpanRules>,
 }
 
 impl TraceIngest {
     /// Ingest through `aggregator` with `rules`.
-    pub fn new(aggregator: AggregatorHandle, rules: SpanRules) -> Self {
+    pub fn new(aggregator: Submitter, rules: SpanRules) -> Self {
         Self {
             aggregator,
             rules: Arc::new(rules),
@@ -257,13 +257,13 @@ impl TraceIngest {
     }
 
     /// The aggregator behind this ingest path.
-    pub fn aggregator(&self) -> &AggregatorHandle {
+    pub fn aggregator(&self) -> &Submitter {
         &self.aggregator
     }
 
     /// Counts the spans of one request and says which were dropped. `arriving` is the
     /// request's place among those on their way (taken when it started, see
-    /// [`AggregatorHandle::arriving`]); it goes with the spans to the log. The request is taken
+    /// [`Submit::arriving`](recmeter_core::Submit::arriving)); it goes with the spans to the log. The request is taken
     /// by value so its decoded spans are freed before the wait to be counted.
     pub async fn export(
         &self,
@@ -276,7 +276,10 @@ impl TraceIngest {
         // The decoded spans are freed before waiting for the aggregator (and the WAL's fsync):
         // while requests wait, the next ones decode into memory still warm in the cache.
         drop(request);
-        let outcome = self.aggregator.submit(converted.records, arriving).await?;
+        let outcome = self
+            .aggregator
+            .submit_batch(converted.records.into(), arriving)
+            .await?;
         telemetry.add_spans_received(transport, converted.spans);
         telemetry.add_spans_dropped(transport, DropReason::Invalid, converted.invalid);
         telemetry.add_spans_dropped(transport, DropReason::TooOld, outcome.too_old);

@@ -3,7 +3,22 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::histogram::ClampBound;
+/// Which bound a value was clamped to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClampBound {
+    Low,
+    High,
+}
+
+impl ClampBound {
+    /// The `bound` label value.
+    pub const fn label(self) -> &'static str {
+        match self {
+            ClampBound::Low => "low",
+            ClampBound::High => "high",
+        }
+    }
+}
 
 /// How data reached recmeter (`transport` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,7 +334,7 @@ impl Telemetry {
     }
 
     /// Notes how many cumulative metric streams the aggregator holds.
-    pub(crate) fn set_metric_streams_active(&self, n: usize) {
+    pub fn set_metric_streams_active(&self, n: usize) {
         self.metric_streams_active
             .store(n as u64, Ordering::Relaxed);
     }
@@ -354,7 +369,7 @@ impl Telemetry {
     /// Counts `n` requests folded into an overflow series: under `service` when one is given
     /// (a service at its own series limit) and fewer than [`MAX_OVERFLOW_SERVICES`] are named,
     /// else under `__other__`.
-    pub(crate) fn add_series_overflow(&self, service: Option<&std::sync::Arc<str>>, n: u64) {
+    pub fn add_series_overflow(&self, service: Option<&std::sync::Arc<str>>, n: u64) {
         // A service named like the catch-all label is counted in it (one series per label set).
         let service = service.filter(|s| s.as_ref() != OTHER_SERVICES);
         let mut counts = self.series_overflow.lock();
@@ -371,7 +386,7 @@ impl Telemetry {
     }
 
     /// Notes `aggregator.max_series` and `aggregator.max_series_per_service`.
-    pub(crate) fn set_series_limits(&self, global: usize, per_service: usize) {
+    pub fn set_series_limits(&self, global: usize, per_service: usize) {
         self.series_limits[0].store(global as u64, Ordering::Relaxed);
         self.series_limits[1].store(per_service as u64, Ordering::Relaxed);
     }
@@ -384,7 +399,7 @@ impl Telemetry {
         ]
     }
 
-    pub(crate) fn add_clamped_n(&self, bound: ClampBound, n: u64) {
+    pub fn add_clamped_n(&self, bound: ClampBound, n: u64) {
         let i = match bound {
             ClampBound::Low => 0,
             ClampBound::High => 1,

@@ -1,6 +1,6 @@
 //! What one request hands the aggregator, and what one WAL frame holds.
 
-use crate::metrics::MetricPoint;
+use crate::point::MetricPoint;
 use crate::record::RequestRecord;
 
 /// What one request hands the aggregator: request records (from spans) and metric points.
