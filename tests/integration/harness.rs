@@ -233,15 +233,19 @@ impl Recmeter {
         Exposition::parse(&body)
     }
 
+    /// POSTs `body` as JSON to the API's `path`.
+    pub fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::blocking::Response {
+        self.http
+            .post(self.api_url(path))
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .send()
+            .unwrap()
+    }
+
     /// Moves the fake clock forward (humantime duration such as "60s").
     pub fn advance(&self, by: &str) {
-        let response = self
-            .http
-            .post(self.api_url("/-/test/clock"))
-            .header("Content-Type", "application/json")
-            .body(serde_json::json!({ "advance": by }).to_string())
-            .send()
-            .unwrap();
+        let response = self.post_json("/-/test/clock", &serde_json::json!({ "advance": by }));
         assert_eq!(
             response.status().as_u16(),
             200,

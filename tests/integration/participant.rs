@@ -9,12 +9,7 @@ use crate::harness::{Recmeter, Start};
 
 /// Logs an event adding `n` to the test ledger; answered once durable and applied.
 fn add(recmeter: &Recmeter, n: u64) {
-    let response = reqwest::blocking::Client::new()
-        .post(recmeter.api_url("/-/test/ledger"))
-        .header("Content-Type", "application/json")
-        .body(serde_json::json!({ "add": n }).to_string())
-        .send()
-        .unwrap();
+    let response = recmeter.post_json("/-/test/ledger", &serde_json::json!({ "add": n }));
     assert_eq!(
         response.status().as_u16(),
         204,

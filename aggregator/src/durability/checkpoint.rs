@@ -620,6 +620,24 @@ pub(super) mod tests {
         }
     }
 
+    /// A checkpointer of `state` over a local store in `dir`, from an empty store.
+    fn local_checkpointer(
+        dir: &tempfile::TempDir,
+        state: &SharedState,
+    ) -> (crate::store::object::Store, Checkpointer) {
+        let store = crate::store::object::open(dir.path().to_str().unwrap(), true).unwrap();
+        let checkpoints = Checkpointer::new(
+            store.clone(),
+            state.clone(),
+            layout(),
+            Arc::default(),
+            Arc::default(),
+            None,
+            Box::new(|_| {}),
+        );
+        (store, checkpoints)
+    }
+
     #[tokio::test]
     async fn a_participant_is_saved_at_the_image_sequence_number_and_restored() {
         use crate::participant::{Event, TestLedger};
@@ -632,16 +650,7 @@ pub(super) mod tests {
         let ledger = Arc::new(TestLedger::default());
         let state = shared(aggregator(&clock).with_participants(participants(&ledger)));
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::object::open(dir.path().to_str().unwrap(), true).unwrap();
-        let checkpoints = Checkpointer::new(
-            store.clone(),
-            state.clone(),
-            layout(),
-            Arc::default(),
-            Arc::default(),
-            None,
-            Box::new(|_| {}),
-        );
+        let (store, checkpoints) = local_checkpointer(&dir, &state);
         let apply = |seq: u64, n: u64| {
             let mut s = lock(&state);
             s.apply_event(&TestLedger::event(n)).unwrap();
@@ -697,16 +706,7 @@ pub(super) mod tests {
         let clock = Arc::new(Clock::fake(UNIX_EPOCH + Duration::from_secs(START_SECS)));
         let state = shared(aggregator(&clock));
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::object::open(dir.path().to_str().unwrap(), true).unwrap();
-        let checkpoints = Checkpointer::new(
-            store.clone(),
-            state.clone(),
-            layout(),
-            Arc::default(),
-            Arc::default(),
-            None,
-            Box::new(|_| {}),
-        );
+        let (store, checkpoints) = local_checkpointer(&dir, &state);
         let mut sent = 0u64;
         // The open minute, minutes of this hour, and minutes of the hour before (sealed at the
         // first roll, so they become extra hour rows); a checkpoint half way.
