@@ -5,7 +5,8 @@
 //! phase. Then, as `recmeter serve` does before it reports ready, merges the 1d window's final
 //! hours (`QueryEngine::prepare`, ADR 008; with history in memory only, `serve` starts with
 //! none to merge, so this matters once history is restored from storage), and renders
-//! `/metrics` (windows 1m, 5m, 1h and 1d through the SQL engine, then the text exposition) as a
+//! `/metrics` through the same exposition providers and encoding as the endpoint (windows 1m,
+//! 5m, 1h and 1d through the SQL engine, self-telemetry, then the text exposition) as a
 //! scraper would see it, with traffic in between (untimed, so every open minute is encoded
 //! again, as between real scrapes):
 //! - once at minute 58;
@@ -31,13 +32,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use recmeter_aggregator::state::{SharedState, lock, shared};
+use recmeter_aggregator::state::{SharedState, lock};
 use recmeter_aggregator::{
-    Aggregator, AggregatorConfig, Clock, IngestConfig, QueryEngine, RequestRecord, SeriesKey,
-    SqlConfig, Telemetry, Window,
+    Aggregator, AggregatorConfig, AggregatorHandle, Clock, IngestConfig, QueryEngine,
+    RequestRecord, SeriesKey, SqlConfig, Telemetry, Window,
 };
-use recmeter_exporter::api::METRICS_WINDOWS;
-use recmeter_exporter::prometheus::{Format, render};
+use recmeter_exporter::api::{METRICS_WINDOWS, default_providers};
+use recmeter_exporter::prometheus::{Format, Provider, render_parts};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -81,25 +82,32 @@ fn one_request_each(state: &SharedState, clock: &Clock, keys: &[SeriesKey], rng:
     aggregator.apply(&records);
 }
 
-/// Renders `/metrics` (windows through the SQL engine, then the text exposition), prints what
-/// it took and returns the seconds.
+/// Renders `/metrics` as the endpoint does (each provider read in order: the windows through
+/// the SQL engine, then self-telemetry; then the text exposition), prints what it took and
+/// returns the seconds.
 fn render_once(
     what: &str,
     runtime: &tokio::runtime::Runtime,
-    engine: &QueryEngine,
-    telemetry: &Telemetry,
+    providers: &[Arc<dyn Provider>],
 ) -> f64 {
     let t = Instant::now();
-    let snapshot = runtime
-        .block_on(engine.snapshot(&METRICS_WINDOWS))
-        .unwrap_or_else(|e| panic!("snapshot: {e}"));
-    let series = snapshot.series.len();
-    let windows: usize = snapshot.series.iter().map(|s| s.windows.len()).sum();
+    let parts = runtime.block_on(async {
+        let mut parts = Vec::with_capacity(providers.len());
+        for provider in providers {
+            parts.push(
+                provider
+                    .read()
+                    .await
+                    .unwrap_or_else(|e| panic!("provider: {e:?}")),
+            );
+        }
+        parts
+    });
     let merged = t.elapsed();
-    let body = render(snapshot, telemetry, Format::Text004).unwrap_or_else(|e| panic!("{e:?}"));
+    let body = render_parts(parts, Format::Text004).unwrap_or_else(|e| panic!("{e:?}"));
     let total = t.elapsed();
     println!(
-        "/metrics {what}: {series} series, {windows} window rows, {:.1} MB: {:.2} s ({:.2} s windows, {:.2} s text); rss {:.0} MiB, peak {:.0} MiB",
+        "/metrics {what}: {:.1} MB: {:.2} s ({:.2} s read, {:.2} s text); rss {:.0} MiB, peak {:.0} MiB",
         body.len() as f64 / 1e6,
         total.as_secs_f64(),
         merged.as_secs_f64(),
@@ -175,17 +183,22 @@ fn main() {
             t.elapsed().as_secs_f64()
         );
     }
-    let state = shared(aggregator);
-    let sql = SqlConfig {
-        target_partitions: knob("BENCH_PARTITIONS", 0),
-        ..SqlConfig::default()
-    };
-    let engine = QueryEngine::new(state.clone(), &sql).unwrap_or_else(|e| panic!("engine: {e}"));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap_or_else(|e| panic!("runtime: {e}"));
+    // The aggregator as `serve` runs it, for the self-telemetry provider.
+    let (handle, _worker) = runtime
+        .block_on(async { AggregatorHandle::spawn(aggregator, 1024, Arc::default(), None, false) });
+    let state = handle.state().clone();
+    let sql = SqlConfig {
+        target_partitions: knob("BENCH_PARTITIONS", 0),
+        ..SqlConfig::default()
+    };
+    let engine =
+        Arc::new(QueryEngine::new(state.clone(), &sql).unwrap_or_else(|e| panic!("engine: {e}")));
+    let providers = default_providers(&handle, &engine);
     // Traffic in the open minute too, as at any real scrape.
     for _ in 0..per_minute {
         one_request_each(&state, &clock, &keys, &mut rng);
@@ -217,7 +230,7 @@ fn main() {
             longest
         })
     };
-    let first = render_once("first, minute 58", &runtime, &engine, &telemetry);
+    let first = render_once("first, minute 58", &runtime, &providers);
     // On to minute 59 (the 1d window's first hour moves: the kept hours move on), a minute of
     // traffic on the way, then renders with a request per series between them, as in service:
     // every open minute changes, so each render encodes them all again. The first render moves
@@ -238,7 +251,7 @@ fn main() {
         } else {
             "minute 59"
         };
-        times.push(render_once(what, &runtime, &engine, &telemetry));
+        times.push(render_once(what, &runtime, &providers));
     }
     // On to minute 0 (an hour becomes final: the kept hours move on again).
     clock.advance(Duration::from_secs(60));
@@ -248,8 +261,7 @@ fn main() {
     times.push(render_once(
         "minute 0, kept hours moved on",
         &runtime,
-        &engine,
-        &telemetry,
+        &providers,
     ));
     stop.store(true, Ordering::Relaxed);
     let longest = prober
