@@ -18,6 +18,9 @@ pub trait Participant: Send + Sync {
     /// Its name: the component its log events carry and its manifest section. Unique,
     /// `[a-z0-9_]`, not a built-in section's name.
     fn name(&self) -> &'static str;
+    /// Whether `event` is one it can apply; called before the event is logged, so a logged
+    /// event never fails to apply (one that did would stop the next start at its replay).
+    fn check(&self, event: &[u8]) -> Result<()>;
     /// Applies one of its events, live once the event is durable, or at replay.
     fn apply(&self, event: &[u8]) -> Result<()>;
     /// Its state as of the last event applied.
@@ -95,7 +98,7 @@ impl Participants {
     /// Applies `event` to its participant; an error names a component nobody registered.
     pub fn apply(&self, event: &Event) -> Result<()> {
         let participant = self.get(&event.component).ok_or_else(|| {
-            Error::Wal(format!(
+            Error::Participant(format!(
                 "an event for component `{}`, which is not running here (running: {self:?}); \
                  start recmeter with the configuration that wrote the log",
                 event.component
@@ -106,7 +109,7 @@ impl Participants {
 }
 
 /// The participant `--test-hooks` registers: a ledger of the numbers posted to
-/// `/-/test/event`, whose state is exactly the events it applied, in order.
+/// `/-/test/ledger`, whose state is exactly the events it applied, in order.
 #[derive(Debug, Default)]
 pub struct TestLedger {
     applied: parking_lot::Mutex<Vec<u64>>,
@@ -119,6 +122,18 @@ impl TestLedger {
     /// The numbers applied so far, in order.
     pub fn applied(&self) -> Vec<u64> {
         self.applied.lock().clone()
+    }
+
+    /// The number an event adds.
+    fn number(event: &[u8]) -> Result<u64> {
+        let n = <[u8; 8]>::try_from(event).map_err(|_| {
+            Error::Participant(format!(
+                "a {} event of {} bytes (8 expected)",
+                Self::NAME,
+                event.len()
+            ))
+        })?;
+        Ok(u64::from_le_bytes(n))
     }
 
     /// The event that adds `n`.
@@ -135,15 +150,13 @@ impl Participant for TestLedger {
         Self::NAME
     }
 
+    fn check(&self, event: &[u8]) -> Result<()> {
+        Self::number(event).map(drop)
+    }
+
     fn apply(&self, event: &[u8]) -> Result<()> {
-        let n = <[u8; 8]>::try_from(event).map_err(|_| {
-            Error::Wal(format!(
-                "a {} event of {} bytes (8 expected)",
-                Self::NAME,
-                event.len()
-            ))
-        })?;
-        self.applied.lock().push(u64::from_le_bytes(n));
+        let n = Self::number(event)?;
+        self.applied.lock().push(n);
         Ok(())
     }
 
@@ -171,6 +184,9 @@ mod tests {
         impl Participant for Named {
             fn name(&self) -> &'static str {
                 self.0
+            }
+            fn check(&self, _: &[u8]) -> Result<()> {
+                Ok(())
             }
             fn apply(&self, _: &[u8]) -> Result<()> {
                 Ok(())
@@ -202,6 +218,7 @@ mod tests {
         for n in [3, 1, 2] {
             ledger.apply(&TestLedger::event(n).payload).unwrap();
         }
+        assert!(ledger.check(b"short").is_err());
         assert!(ledger.apply(b"short").is_err());
         let copy = TestLedger::default();
         copy.restore(ledger.save().unwrap()).unwrap();

@@ -24,6 +24,9 @@ use crate::state::{Aggregator, SharedState, lock};
 use crate::submit::{Arriving, Submit, Submitted};
 use crate::telemetry::Telemetry;
 
+/// How long [`AggregatorHandle::log_event`] waits for room in the queue.
+const EVENT_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 struct Job {
     /// A batch, with the clock reading the age checks use (taken before the WAL append), or a
     /// component event.
@@ -148,22 +151,22 @@ impl AggregatorHandle {
                 crate::participant::MAX_EVENT_BYTES
             )));
         }
-        if lock(&self.state)
-            .participants()
-            .get(&event.component)
-            .is_none()
-        {
-            return Err(Error::Participant(format!(
-                "no checkpoint participant `{}` is registered",
-                event.component
-            )));
+        // Checked before it is logged: a logged event that its participant refused would stop
+        // the next start at its replay.
+        match lock(&self.state).participants().get(&event.component) {
+            Some(participant) => participant.check(&event.payload)?,
+            None => {
+                return Err(Error::Participant(format!(
+                    "no checkpoint participant `{}` is registered",
+                    event.component
+                )));
+            }
         }
-        // Waits for room rather than failing: an event is a component's own record, not load.
-        let permit = self
-            .tx
-            .clone()
-            .reserve_owned()
+        // Waits for room rather than failing at once (an event is a component's own record,
+        // not load), but not for ever.
+        let permit = tokio::time::timeout(EVENT_QUEUE_WAIT, self.tx.clone().reserve_owned())
             .await
+            .map_err(|_| Error::Backpressure)?
             .map_err(|_| Error::Stopped)?;
         self.enqueue(
             permit,

@@ -136,7 +136,31 @@ impl Clock {
         let period = u64::try_from(period.as_nanos())
             .unwrap_or(u64::MAX)
             .max(1_000_000);
-        let due = self.now_nanos().saturating_add(period);
+        let first = self.now_nanos().saturating_add(period);
+        self.ticks_from(first, period)
+    }
+
+    /// Ticks every `period` from the instant `first` on: a schedule such as every Monday at
+    /// 06:00. A `first` already past fires at once, the ticks missed since making one firing.
+    pub fn ticks_at(self: &Arc<Self>, first: SystemTime, period: Duration) -> Ticks {
+        let period = u64::try_from(period.as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1_000_000);
+        self.ticks_from(unix_nanos(first), period)
+    }
+
+    /// Sleeps until the clock reads `at` or later: the system clock's time, or the fake
+    /// clock's once a test advances it there. A task whose work after waking must finish
+    /// before `/-/test/clock` answers holds [`Clock::ticks_at`] instead, across its work.
+    pub async fn sleep_until(self: &Arc<Self>, at: SystemTime) {
+        // One firing; the period only has to lie beyond any wait.
+        self.ticks_at(at, Duration::from_secs(u64::from(u32::MAX)))
+            .tick()
+            .await;
+    }
+
+    fn ticks_from(self: &Arc<Self>, due: u64, period: u64) -> Ticks {
+        let now = self.now_nanos();
         let id = match &**self {
             Clock::System => 0,
             Clock::Fake(fake) => {
@@ -150,7 +174,7 @@ impl Clock {
             period,
             due,
             id,
-            deadline: tokio::time::Instant::now() + Duration::from_nanos(period),
+            deadline: tokio::time::Instant::now() + Duration::from_nanos(due.saturating_sub(now)),
         }
     }
 
@@ -259,6 +283,36 @@ mod tests {
         assert_eq!(minute_of(0), 0);
         assert_eq!(minute_of(MINUTE_NANOS - 1), 0);
         assert_eq!(minute_of(MINUTE_NANOS), 1);
+    }
+
+    /// Sleeping until an instant wakes once the fake clock reads it, not before; a schedule
+    /// whose first instant is past fires at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sleeping_until_an_instant_wakes_when_the_fake_clock_gets_there() {
+        let start = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let clock = Arc::new(Clock::fake(start));
+        let woke = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = tokio::spawn({
+            let (clock, woke) = (clock.clone(), woke.clone());
+            async move {
+                clock.sleep_until(start + Duration::from_secs(90)).await;
+                woke.store(true, Ordering::SeqCst);
+            }
+        });
+        let patience = Duration::from_secs(10);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = clock
+            .advance_and_settle(Duration::from_secs(60), patience)
+            .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!woke.load(Ordering::SeqCst), "not there yet");
+        let _ = clock
+            .advance_and_settle(Duration::from_secs(30), patience)
+            .await;
+        tokio::time::timeout(patience, task).await.unwrap().unwrap();
+        assert!(woke.load(Ordering::SeqCst));
+        let mut weekly = clock.ticks_at(start, Duration::from_secs(7 * 86_400));
+        assert_eq!(weekly.tick().await, clock.now_nanos());
     }
 
     /// A 30 s task on the fake clock: one firing when the clock jumps 2 minutes (the missed

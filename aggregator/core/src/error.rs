@@ -67,11 +67,13 @@ impl Error {
             | Error::QueryInternal(_)
             | Error::WalLocked(_)
             | Error::WalCorrupt { .. }
-            | Error::Storage(_)
-            | Error::Participant(_) => ErrorKind::Internal,
+            | Error::Storage(_) => ErrorKind::Internal,
             // A client may retry a request the log could not take.
             Error::Backpressure | Error::Stopped | Error::Wal(_) => ErrorKind::Unavailable,
-            Error::NotReadOnly(_) | Error::Query(_) => ErrorKind::BadRequest,
+            // A component's event that no participant takes, or that its participant refuses.
+            Error::NotReadOnly(_) | Error::Query(_) | Error::Participant(_) => {
+                ErrorKind::BadRequest
+            }
             Error::QueryTimeout(_) => ErrorKind::Timeout,
             Error::ResourcesExhausted(_) => ErrorKind::Unprocessable,
         }

@@ -1,5 +1,7 @@
 //! recmeter's own ingest counters, shared by the collector (which counts) and the exporter
-//! (which renders). Fixed label sets, so every series exists from start-up at zero.
+//! (which renders). Fixed label sets, so every series exists from start-up at zero; counter
+//! families with labels known only at run time (per Kafka partition, say) are registered with
+//! `Telemetry::labelled_counter`, their series appearing as they are first counted.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -14,8 +14,9 @@ pub enum Durability {
     /// After its records are in the write-ahead log and fsynced: a 200 survives `kill -9` and
     /// power loss.
     Wal,
-    /// Without the log: a crash loses what was accepted since the last checkpoint (at most
-    /// `storage.checkpoint_interval`), for lower latency and less disk I/O.
+    /// Request records skip the log: a crash loses what was accepted since the last checkpoint
+    /// (at most `storage.checkpoint_interval`), for lower latency and less disk I/O.
+    /// Components' own events are logged and fsynced either way.
     Checkpoint,
 }
 

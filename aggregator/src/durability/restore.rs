@@ -74,22 +74,17 @@ pub async fn open(
         None => RestoreStats::default(),
     };
     let after = manifest.as_ref().map_or(0, |m| m.wal_seq);
-    let mut refused = None;
     let replayed = dir.replay(after, options.truncate_at_corruption, |entry| {
-        if refused.is_some() {
-            return;
-        }
         if let Some(event) = &entry.event {
             // A participant that cannot apply its own logged event: its state would not be
-            // what the log says, so the start stops here.
-            if let Err(e) = aggregator.apply_event(event) {
-                refused = Some(Error::Wal(format!(
-                    "{}: entry {}: {e}",
+            // what the log says, so the start stops here, before the log is changed.
+            aggregator.apply_event(event).map_err(|e| {
+                Error::Participant(format!(
+                    "the write-ahead log in {}, entry {}: {e}",
                     wal_config.dir.display(),
                     entry.seq
-                )));
-                return;
-            }
+                ))
+            })?;
         } else {
             aggregator.apply_checked(&entry.records, entry.checked_at);
             if !entry.points.is_empty() {
@@ -97,10 +92,8 @@ pub async fn open(
             }
         }
         aggregator.set_wal_seq(entry.seq);
+        Ok(())
     })?;
-    if let Some(e) = refused {
-        return Err(e);
-    }
     telemetry.add_wal_records_dropped(replayed.dropped_records);
     let next_seq = replayed.last_seq.max(after) + 1;
     let wal = Arc::new(dir.start(next_seq, wal_config.fsync_interval, hooks, telemetry)?);

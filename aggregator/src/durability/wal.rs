@@ -248,7 +248,8 @@ impl WalDir {
         })
     }
 
-    /// Hands `apply` every entry after sequence number `after`, in order.
+    /// Hands `apply` every entry after sequence number `after`, in order. An error from `apply`
+    /// stops the replay at once, before anything more of the log is read or changed.
     ///
     /// A bad frame with nothing valid after it in the last segment is a torn tail (a crash
     /// during a write; nothing there was acknowledged): it is cut off with a warning. A bad
@@ -260,7 +261,7 @@ impl WalDir {
         &mut self,
         after: u64,
         truncate_at_corruption: bool,
-        mut apply: impl FnMut(Entry),
+        mut apply: impl FnMut(Entry) -> Result<()>,
     ) -> Result<ReplayStats> {
         let mut stats = ReplayStats::default();
         let last = self.segments.len().saturating_sub(1);
@@ -337,7 +338,7 @@ impl WalDir {
                             stats.entries += 1;
                             stats.records += entry.records.len() as u64;
                             stats.points += entry.points.len() as u64;
-                            apply(entry);
+                            apply(entry)?;
                         }
                     }
                 }
@@ -1248,7 +1249,12 @@ mod tests {
         drop(wal);
         let mut wal = WalDir::lock(dir.path()).unwrap();
         let mut got = Vec::new();
-        let stats = wal.replay(1, false, |e| got.push(e)).unwrap();
+        let stats = wal
+            .replay(1, false, |e| {
+                got.push(e);
+                Ok(())
+            })
+            .unwrap();
         assert_eq!(stats.last_seq, 3);
         assert_eq!(stats.entries, 2);
         assert_eq!(got[0].seq, 2);
@@ -1286,7 +1292,10 @@ mod tests {
         let mut got = Vec::new();
         let stats = WalDir::lock(dir.path())
             .unwrap()
-            .replay(0, false, |e| got.push(e))
+            .replay(0, false, |e| {
+                got.push(e);
+                Ok(())
+            })
             .unwrap();
         assert_eq!((stats.entries, stats.torn, stats.last_seq), (4, 0, 4));
         assert_eq!(got[0].points, points());
@@ -1305,7 +1314,7 @@ mod tests {
             std::fs::write(&segment, &newer).unwrap();
             let e = WalDir::lock(dir.path())
                 .unwrap()
-                .replay(0, false, |_| {})
+                .replay(0, false, |_| Ok(()))
                 .unwrap_err()
                 .to_string();
             assert!(
@@ -1569,7 +1578,7 @@ mod tests {
         f.write_all(&torn[..torn.len() / 2]).unwrap();
         drop(f);
         let mut wal = WalDir::lock(dir.path()).unwrap();
-        let stats = wal.replay(0, false, |_| {}).unwrap();
+        let stats = wal.replay(0, false, |_| Ok(())).unwrap();
         assert_eq!((stats.entries, stats.torn, stats.last_seq), (2, 1, 2));
         assert_eq!(std::fs::metadata(&segment).unwrap().len(), good);
         drop(wal);
@@ -1580,7 +1589,10 @@ mod tests {
         let mut seqs = Vec::new();
         WalDir::lock(dir.path())
             .unwrap()
-            .replay(0, false, |e| seqs.push(e.seq))
+            .replay(0, false, |e| {
+                seqs.push(e.seq);
+                Ok(())
+            })
             .unwrap();
         assert_eq!(seqs, [1, 2, 3]);
         // A flipped byte in a segment that is not the last one is corruption.
@@ -1589,7 +1601,7 @@ mod tests {
         std::fs::write(&segment, bytes).unwrap();
         let e = WalDir::lock(dir.path())
             .unwrap()
-            .replay(0, false, |_| {})
+            .replay(0, false, |_| Ok(()))
             .unwrap_err()
             .to_string();
         assert!(
@@ -1623,7 +1635,7 @@ mod tests {
             std::fs::write(&segment, &flipped).unwrap();
             let e = WalDir::lock(dir.path())
                 .unwrap()
-                .replay(0, false, |_| {})
+                .replay(0, false, |_| Ok(()))
                 .unwrap_err();
             let message = e.to_string();
             assert!(
@@ -1638,7 +1650,10 @@ mod tests {
             let mut seqs = Vec::new();
             let stats = WalDir::lock(dir.path())
                 .unwrap()
-                .replay(0, true, |e| seqs.push(e.seq))
+                .replay(0, true, |e| {
+                    seqs.push(e.seq);
+                    Ok(())
+                })
                 .unwrap();
             assert_eq!(seqs, (1..=bad as u64).collect::<Vec<_>>());
             let after = 5 - bad as u64;
@@ -1654,7 +1669,7 @@ mod tests {
             // With a checkpoint holding every frame after the flip, nothing is lost: cut.
             let stats = WalDir::lock(dir.path())
                 .unwrap()
-                .replay(6, false, |_| {})
+                .replay(6, false, |_| Ok(()))
                 .unwrap();
             assert_eq!(stats.dropped_frames, 0);
             assert_eq!(
@@ -1694,7 +1709,11 @@ mod tests {
         drop(wal);
         let mut wal = WalDir::lock(dir.path()).unwrap();
         let mut seqs = Vec::new();
-        wal.replay(0, false, |e| seqs.push(e.seq)).unwrap();
+        wal.replay(0, false, |e| {
+            seqs.push(e.seq);
+            Ok(())
+        })
+        .unwrap();
         assert_eq!(seqs, [4, 5, 6]);
     }
 }

@@ -229,7 +229,9 @@ impl WindowPlanner {
             .run(
                 sessions.internal_runtime.as_ref(),
                 async move {
-                    if runs.is_empty() {
+                    // No span reads a row (ranges wholly after the open minute, say): nothing
+                    // to plan.
+                    if runs.iter().all(Vec::is_empty) {
                         return Ok(HashMap::new());
                     }
                     let (df, held) =
@@ -390,7 +392,7 @@ fn range_runs(
             span,
             from: first_hour,
             to: last,
-            rounded_to_hours: true,
+            rounded_to_hours: first_hour != start || last != to,
         };
         return (vec![run(HOUR, first_hour, last)], covered);
     }

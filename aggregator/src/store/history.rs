@@ -42,6 +42,7 @@ pub struct History {
 }
 
 impl History {
+    /// History over the store `objects`, with no files until a manifest is published.
     pub fn new(objects: Arc<dyn ObjectStore>) -> Self {
         Self {
             objects,

@@ -41,7 +41,9 @@ impl Format {
 /// async workers, and about how many bytes of text it writes.
 #[derive(Debug)]
 pub struct Part {
+    /// Encodes the families this provider read.
     pub collector: Box<dyn Collector>,
+    /// About how many bytes of text it writes, to size the output once.
     pub size_hint: usize,
 }
 

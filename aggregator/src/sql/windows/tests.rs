@@ -628,6 +628,35 @@ async fn counts_per_span_equal_sums_over_the_raw_records() {
     }
     // Every span but the 1m window (the open minute, empty) counted both services.
     assert_eq!(compared, 2 * (spans.len() - 1));
+    // A range wholly after the open minute reads nothing; an hour-aligned one before the
+    // minutes kept is not rounded.
+    let later = engine
+        .counts(&[
+            Span::Range {
+                start: open + 5,
+                end: open + 10,
+            },
+            Span::Range {
+                start: first,
+                end: first + 120,
+            },
+        ])
+        .await
+        .unwrap();
+    assert!(!later.spans[1].rounded_to_hours);
+    assert_eq!(
+        (later.spans[0].from, later.spans[0].to),
+        (open + 5, open + 5)
+    );
+    assert!(later.series.iter().all(|(_, spans)| spans[0].is_none()));
+    let only_later = engine
+        .counts(&[Span::Range {
+            start: open + 5,
+            end: open + 10,
+        }])
+        .await
+        .unwrap();
+    assert!(only_later.series.is_empty());
     // An empty range is refused.
     let e = engine
         .counts(&[Span::Range {
