@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, clip};
 
 /// A component whose state lives in the log and the checkpoints. `apply` and `save` run with
 /// the aggregator's lock held: keep them short (no I/O, no waiting).
@@ -101,7 +101,7 @@ impl Participants {
             Error::Participant(format!(
                 "an event for component `{}`, which is not running here (running: {self:?}); \
                  start recmeter with the configuration that wrote the log",
-                event.component
+                clip(&event.component, 64)
             ))
         })?;
         participant.apply(&event.payload)

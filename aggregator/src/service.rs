@@ -16,7 +16,7 @@ use crate::batch::Batch;
 use crate::clock::Clock;
 use crate::config::{AggregatorConfig, IngestConfig};
 use crate::durability::{Logged, Wal};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, clip};
 use crate::hooks::{Hook, Hooks};
 use crate::participant::Event;
 use crate::record::{ApplyOutcome, RequestRecord};
@@ -147,7 +147,7 @@ impl AggregatorHandle {
             return Err(Error::Participant(format!(
                 "an event of {} bytes for `{}` (at most {} bytes)",
                 event.payload.len(),
-                event.component,
+                clip(&event.component, 64),
                 crate::participant::MAX_EVENT_BYTES
             )));
         }
@@ -158,7 +158,7 @@ impl AggregatorHandle {
             None => {
                 return Err(Error::Participant(format!(
                     "no checkpoint participant `{}` is registered",
-                    event.component
+                    clip(&event.component, 64)
                 )));
             }
         }

@@ -4,6 +4,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 pub use recmeter_aggregator::ErrorKind;
+use recmeter_aggregator::error::clip;
 
 /// What can go wrong in the exporter.
 #[derive(Debug, thiserror::Error)]
@@ -76,18 +77,6 @@ impl From<recmeter_aggregator::Error> for ApiError {
     }
 }
 
-/// `text` cut to at most `max` bytes, on a character boundary, marked when cut.
-pub fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    if text.len() <= max {
-        return text.into();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes)", &text[..end], text.len()).into()
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.kind.http_status())
@@ -113,22 +102,5 @@ impl IntoResponse for ApiError {
             );
         }
         response
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::clip;
-
-    #[test]
-    fn clipped_on_a_character_boundary_and_marked() {
-        assert_eq!(clip("short", 10), "short");
-        let long = "é".repeat(1000);
-        let clipped = clip(&long, 1023);
-        assert!(
-            clipped.len() < 1100 && clipped.ends_with("(2000 bytes)"),
-            "{clipped}"
-        );
-        assert!(clipped.starts_with(&"é".repeat(511)));
     }
 }

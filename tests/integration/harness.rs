@@ -104,6 +104,16 @@ impl Recmeter {
         })
     }
 
+    /// `recmeter serve` with `config`, in `dir`: a later start there restarts on the same
+    /// storage.
+    pub fn start_in(config: &str, dir: &Path) -> Self {
+        Self::start_with(Start {
+            config,
+            dir: Some(dir),
+            ..Start::default()
+        })
+    }
+
     pub fn start_with(start: Start<'_>) -> Self {
         let dir = match start.dir {
             Some(p) => Workdir::Borrowed(p.to_owned()),

@@ -588,13 +588,7 @@ fn a_real_full_disk_is_a_counted_503_and_recovers_without_loss() {
         "[wal]\ndir = \"{}\"\n[storage]\ncheckpoint_interval = \"1h\"\n",
         wal.display()
     );
-    let start = || {
-        Recmeter::start_with(Start {
-            config: &config,
-            dir: Some(dir.path()),
-            ..Start::default()
-        })
-    };
+    let start = || Recmeter::start_in(&config, dir.path());
     let recmeter = start();
     // Most of the disk taken by something else.
     let filler = wal.join("filler");

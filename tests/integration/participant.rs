@@ -50,13 +50,7 @@ fn ledger_survives_kill9_and_checkpoints(durability: &str) {
     let config =
         format!("[wal]\ndurability = \"{durability}\"\n[storage]\ncheckpoint_interval = \"10s\"\n");
     let dir = tempfile::tempdir().unwrap();
-    let start = || {
-        Recmeter::start_with(Start {
-            config: &config,
-            dir: Some(dir.path()),
-            ..Start::default()
-        })
-    };
+    let start = || Recmeter::start_in(&config, dir.path());
     let recmeter = start();
     for n in [5, 3, 8] {
         add(&recmeter, n);
@@ -116,11 +110,22 @@ fn a_participant_holds_exactly_its_applied_events_across_kill9_with_checkpoint_d
 #[test]
 fn bad_ledger_events_are_refused_and_log_nothing() {
     let recmeter = Recmeter::start("");
-    for body in [r#"{"add": "x"}"#, r#"{"add": 1, "more": 2}"#, "not json"] {
+    let huge = format!(r#"{{"add": [{}1]}}"#, "1,".repeat(500_000));
+    for body in [
+        r#"{"add": "x"}"#,
+        r#"{"add": 1, "more": 2}"#,
+        "not json",
+        r#"{"add": 18446744073709551616}"#,
+        r#"{"add": -1}"#,
+        r#"{"add": 1.5}"#,
+        "{}",
+        "",
+        &huge,
+    ] {
         let response = reqwest::blocking::Client::new()
             .post(recmeter.api_url("/-/test/ledger"))
             .header("Content-Type", "application/json")
-            .body(body)
+            .body(body.to_owned())
             .send()
             .unwrap();
         assert!(
@@ -130,6 +135,9 @@ fn bad_ledger_events_are_refused_and_log_nothing() {
         );
     }
     assert!(ledger(&recmeter).is_empty());
+    // The largest number is an event like any other.
+    add(&recmeter, u64::MAX);
+    assert_eq!(ledger(&recmeter), [u64::MAX]);
 }
 
 /// A 30 s task on recmeter's clock (the checkpoint loop at `checkpoint_interval = "30s"`)

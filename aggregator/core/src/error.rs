@@ -82,3 +82,32 @@ impl Error {
 
 /// Result with the aggregator's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `text` cut to at most `max` bytes, on a character boundary, marked when cut.
+pub fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clip;
+
+    #[test]
+    fn clipped_on_a_character_boundary_and_marked() {
+        assert_eq!(clip("short", 10), "short");
+        let long = "é".repeat(1000);
+        let clipped = clip(&long, 1023);
+        assert!(
+            clipped.len() < 1100 && clipped.ends_with("(2000 bytes)"),
+            "{clipped}"
+        );
+        assert!(clipped.starts_with(&"é".repeat(511)));
+    }
+}

@@ -29,14 +29,12 @@ use crate::store::manifest::{
     FileEntry, FileKind, HOURS_SECTION, Layout, Lifetime, MINUTES_SECTION, Manifest, Pending,
     STATE_SECTION, latest_manifest, read_entry,
 };
+use crate::store::paths::{STATE_PREFIX, state_name, state_path};
 use crate::store::rollup::{rollup_file, rollup_rows};
 use crate::telemetry::Telemetry;
 
 /// The state file name of the aggregator's metric streams, in the `state` section.
 const METRIC_STREAMS: &str = "metric_streams";
-
-/// The prefix of every section of checkpoint state, participants' included.
-const STATE_PREFIX: &str = "state";
 
 /// What one checkpoint wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -83,7 +81,7 @@ fn json_file(id: u64, name: &str, value: &serde_json::Value) -> Result<Pending> 
     );
     Ok(Pending {
         entry: FileEntry {
-            path: format!("{STATE_PREFIX}/{id:020}-{name}.json"),
+            path: state_path(id, name, "json"),
             kind: FileKind::Extra,
             rows: 1,
             bytes: bytes.len() as u64,
@@ -363,7 +361,7 @@ pub async fn restore(
     // Before the series, which mark span-fed services too: at the cap the saved set wins.
     if let Some(entry) = state
         .iter()
-        .find(|f| f.kind == FileKind::Extra && f.path.ends_with(&format!("-{METRIC_STREAMS}.json")))
+        .find(|f| f.kind == FileKind::Extra && state_name(&f.path) == Some(METRIC_STREAMS))
     {
         let bytes = get(store, &Path::from(entry.path.as_str())).await?;
         let image = serde_json::from_slice(&bytes).map_err(|e| storage(&entry.path, e))?;

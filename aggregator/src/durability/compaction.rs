@@ -35,10 +35,11 @@ use crate::error::{Error, Result};
 use crate::hooks::Hook;
 use crate::record::SeriesKey;
 use crate::state::{Row, Source, Table, lock};
-use crate::store::files::{civil_date, parquet, storage};
+use crate::store::files::{parquet, storage};
 use crate::store::manifest::read_entry;
 use crate::store::manifest::{FileEntry, FileKind, Manifest};
-use crate::store::rollup::{rollup_batch, rollup_rows};
+use crate::store::paths::rollup_path;
+use crate::store::rollup::{rollup_batch, rollup_rows, time_column};
 
 const HOUR_MINUTES: u64 = 60;
 const DAY_MINUTES: u64 = 1440;
@@ -283,10 +284,11 @@ impl Checkpointer {
         group: &Group,
         stats: &mut CompactionStats,
     ) -> Result<Option<FileEntry>> {
-        let (table, time, dir) = match &group.kind {
-            FileKind::Hours => (Table::Hours, "hour", "hours"),
-            _ => (Table::Minutes, "minute", "minutes"),
+        let table = match &group.kind {
+            FileKind::Hours => Table::Hours,
+            _ => Table::Minutes,
         };
+        let time = time_column(table);
         let mut rows: BTreeMap<(u64, SeriesKey), (Source, Row)> = BTreeMap::new();
         // One dense array for every merge of duplicate rows.
         let mut counts = Counts::with_precision(self.layout.significant_digits)?;
@@ -326,10 +328,7 @@ impl Checkpointer {
         )
         .map_err(|e| Error::Storage(format!("cannot build rollup rows: {e}")))?;
         let bytes = parquet(&batch)?;
-        let path = format!(
-            "{dir}/day={}/{id:020}-{n}.parquet",
-            civil_date(group.day as i64)
-        );
+        let path = rollup_path(table, group.day as i64, id, Some(n));
         let entry = FileEntry {
             path,
             kind: group.kind.clone(),

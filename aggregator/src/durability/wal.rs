@@ -1263,6 +1263,14 @@ mod tests {
     }
 
     /// `frame` (one tagged records frame) as written before entries had kinds.
+    /// The error replaying the log in `dir` from the start gives.
+    fn replay_error(dir: &std::path::Path) -> Error {
+        WalDir::lock(dir)
+            .unwrap()
+            .replay(0, false, |_| Ok(()))
+            .unwrap_err()
+    }
+
     fn untagged(frame: &[u8]) -> Vec<u8> {
         let payload = &frame[10..];
         let mut out = (payload.len() as u32).to_le_bytes().to_vec();
@@ -1312,11 +1320,7 @@ mod tests {
             newer.extend_from_slice(&5u64.to_le_bytes());
             end_frame(&mut newer, start);
             std::fs::write(&segment, &newer).unwrap();
-            let e = WalDir::lock(dir.path())
-                .unwrap()
-                .replay(0, false, |_| Ok(()))
-                .unwrap_err()
-                .to_string();
+            let e = replay_error(dir.path()).to_string();
             assert!(
                 e.contains(&format!("kind {kind}, format version {version}")),
                 "{e}"
@@ -1336,6 +1340,21 @@ mod tests {
         let mut frame = Vec::new();
         encode_event_frame(&mut frame, 1, &big);
         assert!(decode_event(&frame[10..]).is_none());
+        // At the limit it reads; so does a component name of a megabyte, and the error that
+        // no such component runs names it in a line.
+        let at_limit = Event {
+            component: "x".repeat(1 << 20),
+            payload: vec![1; MAX_EVENT_BYTES],
+        };
+        let mut frame = Vec::new();
+        encode_event_frame(&mut frame, 1, &at_limit);
+        let read = decode_event(&frame[10..]).unwrap().event.unwrap();
+        assert_eq!(read, at_limit);
+        let e = crate::participant::Participants::default()
+            .apply(&read)
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 400 && e.contains("1048576 bytes"), "{e}");
     }
 
     #[test]
@@ -1599,11 +1618,7 @@ mod tests {
         let mut bytes = std::fs::read(&segment).unwrap();
         bytes[20] ^= 0xff;
         std::fs::write(&segment, bytes).unwrap();
-        let e = WalDir::lock(dir.path())
-            .unwrap()
-            .replay(0, false, |_| Ok(()))
-            .unwrap_err()
-            .to_string();
+        let e = replay_error(dir.path()).to_string();
         assert!(
             e.contains("corrupt") && e.contains(&format!("{:020}", 1)),
             "{e}"
@@ -1633,10 +1648,7 @@ mod tests {
                 *b ^= 0x5a;
             }
             std::fs::write(&segment, &flipped).unwrap();
-            let e = WalDir::lock(dir.path())
-                .unwrap()
-                .replay(0, false, |_| Ok(()))
-                .unwrap_err();
+            let e = replay_error(dir.path());
             let message = e.to_string();
             assert!(
                 matches!(e, Error::WalCorrupt { offset, frames_after, .. }

@@ -825,14 +825,7 @@ mod tests {
             hdr_quantile(hdr_merge(hdr), 0.99) AS p99 FROM latency_minutes \
             WHERE minute >= now() - INTERVAL '1 day' GROUP BY 1, 2, 3 ORDER BY 1, 2, 3";
         // Aggregating by series needs no repartition and no partial states.
-        let plan = four
-            .sql(by_series)
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
-        crate::sql::testing::assert_one_stage(plan.as_ref());
+        crate::sql::testing::assert_one_stage(four.sql(by_series).await.unwrap()).await;
         for sql in [
             by_series,
             "SELECT service, sum(requests) AS n, hdr_quantile(hdr_merge(hdr), 0.5) AS p50 \

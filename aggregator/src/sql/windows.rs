@@ -278,6 +278,12 @@ impl WindowPlanner {
     /// under `retention.minutes`); a bound older than that rounds out to its hour, read from the
     /// hour rows, and [`Covered`] says so. A range ends at the open minute at the latest.
     pub async fn counts(&self, sessions: &Sessions, spans: &[Span]) -> Result<WindowCounts> {
+        if spans.len() > MAX_SPANS {
+            return Err(Error::Query(format!(
+                "{} spans in one call; at most {MAX_SPANS} are counted at once",
+                spans.len()
+            )));
+        }
         for span in spans {
             if let Span::Range { start, end } = span
                 && start >= end
@@ -408,6 +414,10 @@ fn range_runs(
     }
     (runs, covered)
 }
+
+/// The most spans one call of [`WindowPlanner::counts`] takes: each distinct stretch between
+/// their bounds is one aggregate of the plan.
+pub const MAX_SPANS: usize = 4096;
 
 /// What the window planner counts over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

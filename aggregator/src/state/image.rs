@@ -2,7 +2,7 @@
 //! that puts it back.
 
 use super::aggregator::Aggregator;
-use super::row::{MINUTES_KEPT, Row, Rows, Source, Table, block_of, hour_of, merge_rows, push_row};
+use super::row::{MINUTES_KEPT, Row, Rows, Source, Table, block_of, merge_rows, push_row};
 use super::series::{Sealing, SeriesRows, SeriesState, SeriesTotals};
 use crate::clock::{MINUTE_NANOS, minute_of};
 use crate::error::Result;
@@ -166,15 +166,14 @@ impl Aggregator {
             }
             state.blocks = blocks;
         }
-        let mut seal = Sealing {
-            scratch: &mut self.scratch,
-            merge: &mut self.merge,
-            thresholds: &self.thresholds,
-            hours_sealed_before: hour_of(self.sealed_before),
-            sealed_before: self.sealed_before,
-            blocks_open_from: block_of(self.sealed_before),
-            journal: self.journal,
-        };
+        let mut seal = Sealing::new(
+            &mut self.scratch,
+            &mut self.merge,
+            &self.thresholds,
+            self.journal,
+            self.sealed_before,
+            self.sealed_before,
+        );
         for (key, minute, row) in open {
             if let Some(state) = self.series.get_mut(&key) {
                 state.add_minute_row(minute, row, &mut seal);

@@ -3,7 +3,7 @@
 //! evicts.
 
 use super::aggregator::Aggregator;
-use super::row::{MINUTES_KEPT, Source, block_of, hour_of};
+use super::row::{MINUTES_KEPT, Source, hour_of};
 use super::series::{
     LATE_BUFFER, LATENCY_BUCKETS_NANOS, LateValue, Sample, Sealing, SeriesRows, SeriesState,
 };
@@ -208,15 +208,14 @@ impl Aggregator {
             .sum_nanos
             .saturating_add(u128::from(sample.duration_nanos) * u128::from(sample.count));
         let minute = minute_of(sample.end_unix_nanos);
-        let mut seal = Sealing {
-            scratch: &mut self.scratch,
-            merge: &mut self.merge,
-            thresholds: &self.thresholds,
-            hours_sealed_before: hour_of(self.sealed_before),
-            sealed_before: self.sealed_before,
-            blocks_open_from: block_of(self.sealed_before),
-            journal: self.journal,
-        };
+        let mut seal = Sealing::new(
+            &mut self.scratch,
+            &mut self.merge,
+            &self.thresholds,
+            self.journal,
+            self.sealed_before,
+            self.sealed_before,
+        );
         if minute != open_minute {
             series.late.push(LateValue {
                 minute,
@@ -259,15 +258,14 @@ impl Aggregator {
         self.hours_served_from = self.first_hour_held(open_minute * MINUTE_NANOS);
         self.hours_released_before = self.hours_released_before.max(hours_from);
         let new_hours = hour_of(self.sealed_before)..hour_of(open_minute);
-        let mut seal = Sealing {
-            scratch: &mut self.scratch,
-            merge: &mut self.merge,
-            thresholds: &self.thresholds,
-            hours_sealed_before: hour_of(self.sealed_before),
-            sealed_before: open_minute,
-            blocks_open_from: block_of(self.sealed_before),
-            journal: self.journal,
-        };
+        let mut seal = Sealing::new(
+            &mut self.scratch,
+            &mut self.merge,
+            &self.thresholds,
+            self.journal,
+            self.sealed_before,
+            open_minute,
+        );
         for series in self.series.values_mut() {
             series.roll(
                 self.sealed_before..open_minute,

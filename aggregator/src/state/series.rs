@@ -139,6 +139,29 @@ pub(super) struct Sealing<'a> {
     pub(super) journal: bool,
 }
 
+impl<'a> Sealing<'a> {
+    /// The sealing state after a roll up to `rolled_to`, of an aggregator whose minutes were
+    /// sealed before `sealed_before` until that roll (the same minute outside a roll).
+    pub(super) fn new(
+        scratch: &'a mut Histogram<u64>,
+        merge: &'a mut Counts,
+        thresholds: &'a [u64],
+        journal: bool,
+        sealed_before: u64,
+        rolled_to: u64,
+    ) -> Self {
+        Self {
+            scratch,
+            merge,
+            thresholds,
+            hours_sealed_before: hour_of(sealed_before),
+            sealed_before: rolled_to,
+            blocks_open_from: block_of(sealed_before),
+            journal,
+        }
+    }
+}
+
 impl SeriesState {
     /// Whether nothing from `keep_from` (3 h ago) on is held.
     pub(super) fn is_idle(&self, keep_from: u64) -> bool {

@@ -12,21 +12,13 @@ use crate::record::SeriesKey;
 use crate::state::{LATENCY_BUCKETS_NANOS, SeriesTotals, Source, StateImage};
 use crate::store::files::{column, parquet};
 use crate::store::manifest::{FileEntry, FileKind, Layout, Pending};
-use crate::store::rollup::keys;
+use crate::store::paths::state_path;
+use crate::store::rollup::{key_fields, keys};
 
 const BUCKET_COLUMNS: usize = LATENCY_BUCKETS_NANOS.len() + 1;
 
 fn series_schema(dimensions: &[String]) -> Arc<Schema> {
-    let mut fields = vec![
-        Field::new("service", DataType::Utf8, false),
-        Field::new("endpoint", DataType::Utf8, false),
-    ];
-    fields.extend(
-        dimensions
-            .iter()
-            .map(|d| Field::new(d, DataType::Utf8, false)),
-    );
-    fields.push(Field::new("source", DataType::Utf8, false));
+    let mut fields = key_fields(dimensions);
     for name in [
         "ok",
         "errors",
@@ -69,7 +61,7 @@ pub fn series_file(id: u64, layout: &Layout, image: &StateImage) -> Result<Pendi
     let bytes = parquet(&batch)?;
     Ok(Pending {
         entry: FileEntry {
-            path: format!("state/{id:020}-series.parquet"),
+            path: state_path(id, "series", "parquet"),
             kind: FileKind::Series,
             rows: series.len() as u64,
             bytes: bytes.len() as u64,

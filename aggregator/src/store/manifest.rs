@@ -19,8 +19,9 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Result, clip};
 use crate::store::files::{get, read_parquet, storage};
+use crate::store::paths::{HOURS_PREFIX, MINUTES_PREFIX, STATE_PREFIX};
 
 /// Version of the manifest format written: 2 has named sections. Version 1 (one list of
 /// rollup files and one of state files) is still read.
@@ -37,7 +38,7 @@ pub const HOURS_SECTION: &str = "latency_hours";
 pub const STATE_SECTION: &str = "state";
 
 /// The prefixes of the built-in sections, which the sweep always covers.
-const BUILT_IN_PREFIXES: [&str; 3] = ["minutes", "hours", "state"];
+const BUILT_IN_PREFIXES: [&str; 3] = [MINUTES_PREFIX, HOURS_PREFIX, STATE_PREFIX];
 
 /// What a file holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,12 +203,29 @@ impl Manifest {
                     sections: BTreeMap::new(),
                 };
                 m.set_rollup_files(v1.files);
-                m.section_mut(STATE_SECTION, "state", Lifetime::Checkpoint)
+                m.section_mut(STATE_SECTION, STATE_PREFIX, Lifetime::Checkpoint)
                     .files = v1.state;
                 Ok(m)
             }
-            MANIFEST_VERSION => serde_json::from_slice(bytes)
-                .map_err(|e| storage(path, format!("not a manifest: {e}"))),
+            MANIFEST_VERSION => {
+                let m: Self = serde_json::from_slice(bytes)
+                    .map_err(|e| storage(path, format!("not a manifest: {e}")))?;
+                // The sweep deletes what the manifest does not name under each prefix: a prefix
+                // of the whole store, or outside recmeter's names, would take foreign files.
+                for (name, section) in &m.sections {
+                    if !valid_prefix(&section.prefix) {
+                        return Err(storage(
+                            path,
+                            format!(
+                                "section `{name}` has the prefix {:?}; a prefix is one or more `/`-separated \
+                                 names of [a-z0-9_], other than `{MANIFESTS}`, of at most 256 bytes",
+                                clip(&section.prefix, 64)
+                            ),
+                        ));
+                    }
+                }
+                Ok(m)
+            }
             v => Err(storage(
                 path,
                 format!(
@@ -247,9 +265,9 @@ impl Manifest {
     pub fn set_rollup_files(&mut self, files: Vec<FileEntry>) {
         let (hours, minutes): (Vec<_>, Vec<_>) =
             files.into_iter().partition(|f| f.kind == FileKind::Hours);
-        self.section_mut(MINUTES_SECTION, "minutes", Lifetime::Kept)
+        self.section_mut(MINUTES_SECTION, MINUTES_PREFIX, Lifetime::Kept)
             .files = minutes;
-        self.section_mut(HOURS_SECTION, "hours", Lifetime::Kept)
+        self.section_mut(HOURS_SECTION, HOURS_PREFIX, Lifetime::Kept)
             .files = hours;
     }
 
@@ -305,6 +323,19 @@ pub async fn latest_manifest(store: &dyn ObjectStore) -> Result<Option<Manifest>
     let path = Manifest::path(id);
     let bytes = get(store, &path).await?;
     Manifest::from_json(&bytes, &path).map(Some)
+}
+
+/// Whether `prefix` may be a section's: `/`-separated names of `[a-z0-9_]`, not the manifests',
+/// at most 256 bytes (object stores cap a whole name at 1024).
+fn valid_prefix(prefix: &str) -> bool {
+    prefix != MANIFESTS
+        && prefix.len() <= 256
+        && prefix.split('/').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        })
 }
 
 /// The sweep: deletes what the manifest in force does not name under the prefixes of every
@@ -426,6 +457,71 @@ mod tests {
         expected["files"][0]["last_minute"] = 0.into();
         assert_eq!(written["sections"]["cost_lines"], expected);
         assert_eq!(next.all_files().count(), 2);
+    }
+
+    #[test]
+    fn hostile_sections_are_refused_or_carried_whole() {
+        let layout = Layout {
+            significant_digits: 3,
+            dimensions: vec![],
+            thresholds: vec![],
+        };
+        let base: serde_json::Value =
+            serde_json::from_slice(&Manifest::empty(1, &layout).to_json().unwrap()).unwrap();
+        let with = |section: serde_json::Value| {
+            let mut json = base.clone();
+            json["sections"]["other"] = section;
+            serde_json::to_vec(&json).unwrap()
+        };
+        // A prefix the sweep could take foreign files under is refused, and named.
+        let long = "x".repeat(100_000);
+        for prefix in [
+            "",
+            "/",
+            "manifests",
+            "../up",
+            "a//b",
+            "Cost",
+            "a/",
+            long.as_str(),
+        ] {
+            let bytes =
+                with(serde_json::json!({"prefix": prefix, "lifetime": "kept", "files": []}));
+            let e = Manifest::from_json(&bytes, &Manifest::path(1))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("section `other` has the prefix"),
+                "{prefix:?}: {e}"
+            );
+            assert!(e.len() < 400, "{} bytes", e.len());
+        }
+        // A large section of a later recmeter reads and is carried whole.
+        let files: Vec<_> = (0..50_000)
+            .map(|i| {
+                entry(
+                    &format!("cost_lines/day=2026-03-02/{i:020}.parquet"),
+                    FileKind::Other("cost".into()),
+                )
+            })
+            .collect();
+        let bytes = with(
+            serde_json::json!({"prefix": "cost_lines", "lifetime": "kept",
+                                            "files": files, "blob": long}),
+        );
+        let read = Manifest::from_json(&bytes, &Manifest::path(1)).unwrap();
+        let next = read.next(2, &[STATE_SECTION]);
+        assert_eq!(next.files("other").len(), 50_000);
+        assert_eq!(
+            next.sections["other"].other["blob"].as_str().unwrap().len(),
+            100_000
+        );
+        // A section missing its prefix or lifetime is not a manifest.
+        let bytes = with(serde_json::json!({"files": []}));
+        let e = Manifest::from_json(&bytes, &Manifest::path(1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a manifest"), "{e}");
     }
 
     #[test]

@@ -19,8 +19,9 @@ use crate::clock::MINUTE_NANOS;
 use crate::error::Error;
 use crate::record::SeriesKey;
 use crate::state::{Row, RowCounts, RowVisitor, Source, Table};
-use crate::store::files::{civil_date, column, parquet};
+use crate::store::files::{column, parquet};
 use crate::store::manifest::{FileEntry, FileKind, Layout, Pending};
+use crate::store::paths::{rollup_path, state_path};
 
 /// The time zone of every timestamp column and value (UTC).
 pub const TIME_ZONE: &str = "+00:00";
@@ -29,21 +30,12 @@ pub const TIME_ZONE: &str = "+00:00";
 /// `service`, `endpoint`, the extra dimensions, `source`, `requests`, `errors`,
 /// `recommendations`, the `requests_le_*` columns, and `hdr`.
 pub fn rollup_schema(table: Table, dimensions: &[String], thresholds: &[String]) -> SchemaRef {
-    let mut fields = vec![
-        Field::new(
-            time_column(table),
-            DataType::Timestamp(TimeUnit::Nanosecond, Some(Arc::from(TIME_ZONE))),
-            false,
-        ),
-        Field::new("service", DataType::Utf8, false),
-        Field::new("endpoint", DataType::Utf8, false),
-    ];
-    fields.extend(
-        dimensions
-            .iter()
-            .map(|d| Field::new(d, DataType::Utf8, false)),
-    );
-    fields.push(Field::new("source", DataType::Utf8, false));
+    let mut fields = vec![Field::new(
+        time_column(table),
+        DataType::Timestamp(TimeUnit::Nanosecond, Some(Arc::from(TIME_ZONE))),
+        false,
+    )];
+    fields.extend(key_fields(dimensions));
     for name in ["requests", "errors", "recommendations"] {
         fields.push(Field::new(name, DataType::UInt64, false));
     }
@@ -54,6 +46,22 @@ pub fn rollup_schema(table: Table, dimensions: &[String], thresholds: &[String])
     );
     fields.push(Field::new("hdr", DataType::Binary, false));
     Arc::new(Schema::new(fields))
+}
+
+/// The columns naming a row's series and source, which the rollup and series files share:
+/// `service`, `endpoint`, the extra dimensions and `source`.
+pub fn key_fields(dimensions: &[String]) -> Vec<Field> {
+    let mut fields = vec![
+        Field::new("service", DataType::Utf8, false),
+        Field::new("endpoint", DataType::Utf8, false),
+    ];
+    fields.extend(
+        dimensions
+            .iter()
+            .map(|d| Field::new(d, DataType::Utf8, false)),
+    );
+    fields.push(Field::new("source", DataType::Utf8, false));
+    fields
 }
 
 /// Rows of `table` (`Minutes` or `Hours`) as one batch of the whole rollup schema: what
@@ -313,15 +321,9 @@ pub fn rollup_file(
     .map_err(|e| Error::Storage(format!("cannot build rollup rows: {e}")))?;
     let bytes = parquet(&batch)?;
     let (kind, path) = match (table, day) {
-        (Table::Hours, Some(day)) => (
-            FileKind::Hours,
-            format!("hours/day={}/{id:020}.parquet", civil_date(day)),
-        ),
-        (_, Some(day)) => (
-            FileKind::Minutes,
-            format!("minutes/day={}/{id:020}.parquet", civil_date(day)),
-        ),
-        (_, None) => (FileKind::Open, format!("state/{id:020}-open.parquet")),
+        (Table::Hours, Some(day)) => (FileKind::Hours, rollup_path(table, day, id, None)),
+        (_, Some(day)) => (FileKind::Minutes, rollup_path(table, day, id, None)),
+        (_, None) => (FileKind::Open, state_path(id, "open", "parquet")),
     };
     Ok(Pending {
         entry: FileEntry {

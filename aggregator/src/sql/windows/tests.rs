@@ -43,19 +43,9 @@ async fn metrics_windows_merge_in_one_stage() {
     let end = final_end(now, now / MINUTE_NANOS - 60);
     assert!(*Window::D1.minute_range(now).start() < end);
     for final_end in [None, Some(end)] {
-        let plan = window_plan(
-            &ctx,
-            &window_runs(&windows, now, final_end),
-            &dimensions,
-            None,
-        )
-        .await
-        .unwrap()
-        .0
-        .create_physical_plan()
-        .await
-        .unwrap();
-        crate::sql::testing::assert_one_stage(plan.as_ref());
+        let runs = window_runs(&windows, now, final_end);
+        let plan = window_plan(&ctx, &runs, &dimensions, None).await.unwrap();
+        crate::sql::testing::assert_one_stage(plan.0).await;
     }
 }
 
@@ -666,4 +656,62 @@ async fn counts_per_span_equal_sums_over_the_raw_records() {
         .await
         .unwrap_err();
     assert_eq!(e.kind(), crate::ErrorKind::BadRequest, "{e}");
+}
+
+#[tokio::test]
+async fn hostile_spans_answer_or_are_refused_clearly() {
+    let (engine, state, clock) = engine(100);
+    let now = clock.now_nanos();
+    let batch: Vec<_> = (0..5u64)
+        .map(|i| request("/recs", now - i * 60 * 1_000_000_000, 1_000_000 * (i + 1)))
+        .collect();
+    assert_eq!(lock(&state).apply(&batch).accepted, 5);
+    let open = now / MINUTE_NANOS;
+    // All of time: every record, bounds rounded to hours before the minutes held.
+    let all = engine
+        .counts(&[Span::Range {
+            start: 0,
+            end: u64::MAX,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(all.spans[0].to, open + 1);
+    assert_eq!(all.series[0].1[0].unwrap().counts.requests, 5);
+    // Far in the future: nothing, no overflow.
+    let future = engine
+        .counts(&[Span::Range {
+            start: u64::MAX - 1,
+            end: u64::MAX,
+        }])
+        .await
+        .unwrap();
+    assert!(future.series.is_empty());
+    // Backwards: refused, naming the range.
+    let e = engine
+        .counts(&[Span::Range {
+            start: u64::MAX,
+            end: 0,
+        }])
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), crate::ErrorKind::BadRequest, "{e}");
+    assert!(e.to_string().contains(&u64::MAX.to_string()), "{e}");
+    // Many overlapping ranges in one call (a query API's steps).
+    let started = std::time::Instant::now();
+    let many: Vec<Span> = (0..MAX_SPANS as u64)
+        .map(|i| Span::Range {
+            start: open - 3 * 60 + i % 170,
+            end: open - 3 * 60 + i % 170 + 10 + i % 7,
+        })
+        .collect();
+    let answer = engine.counts(&many).await.unwrap();
+    assert_eq!(answer.spans.len(), MAX_SPANS);
+    eprintln!("{} spans in {:?}", MAX_SPANS, started.elapsed());
+    // More than that is refused before any planning.
+    let e = engine
+        .counts(&vec![Span::Window(Window::M1); MAX_SPANS + 1])
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), crate::ErrorKind::BadRequest, "{e}");
+    assert!(e.to_string().contains("spans"), "{e}");
 }
