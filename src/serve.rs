@@ -338,6 +338,8 @@ async fn restore(
         telemetry.clone(),
         durability::OpenOptions {
             truncate_at_corruption,
+            // No component writes files of its own in the store yet.
+            swept_prefixes: &[],
         },
     )
     .await?;

@@ -1,5 +1,6 @@
 //! Checkpoint participants: components whose state recmeter's log and checkpoints keep, as
-//! they keep the counts (SLO alert state, the PagerDuty outbox, Kafka offsets).
+//! they keep the counts (SLO alert state, the PagerDuty outbox). Not Kafka offsets, which must
+//! move with the batch they cover (see `docs/ARCHITECTURE.md`).
 //!
 //! A participant changes its state only by applying its own events. An event is logged and
 //! fsynced first (`AggregatorHandle::log_event`, in either durability mode), then applied under
@@ -12,8 +13,8 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result, clip};
 
-/// A component whose state lives in the log and the checkpoints. `apply` and `save` run with
-/// the aggregator's lock held: keep them short (no I/O, no waiting).
+/// A component whose state lives in the log and the checkpoints. `check`, `apply` and `save`
+/// run with the aggregator's lock held: keep them short (no I/O, no waiting).
 pub trait Participant: Send + Sync {
     /// Its name: the component its log events carry and its manifest section. Unique,
     /// `[a-z0-9_]`, not a built-in section's name.

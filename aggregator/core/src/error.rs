@@ -1,4 +1,5 @@
-//! Errors of the aggregator crate.
+//! Errors of the aggregator and of recmeter-core (one enum the two share: the collector sees them
+//! through `Submit`), with their HTTP/gRPC kinds.
 
 use crate::status::ErrorKind;
 

@@ -31,12 +31,16 @@ pub struct Opened {
     pub deleted: usize,
 }
 
-/// How start-up treats the WAL.
+/// How start-up treats the WAL and the store.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OpenOptions {
     /// `--wal-truncate-at-corruption`: cut a corrupt WAL at the corruption, dropping (and
     /// counting) the acknowledged records after it, instead of refusing to start.
     pub truncate_at_corruption: bool,
+    /// Prefixes of the store that running components write files under, which the sweep covers
+    /// besides the built-in ones and every section of the manifest in force: a component's
+    /// files written before any manifest named its section are then deleted too.
+    pub swept_prefixes: &'static [&'static str],
 }
 
 /// Locks `wal.dir`, opens `storage.url`, restores the latest checkpoint into `aggregator` (which
@@ -64,7 +68,7 @@ pub async fn open(
     };
     let manifest = latest_manifest(objects).await.map_err(at_url)?;
     // The participants' sections live under `state/`, which the sweep always covers.
-    let deleted = delete_unreferenced(objects, manifest.as_ref(), &[])
+    let deleted = delete_unreferenced(objects, manifest.as_ref(), options.swept_prefixes)
         .await
         .map_err(at_url)?;
     let restored = match &manifest {

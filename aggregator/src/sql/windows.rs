@@ -190,10 +190,11 @@ impl WindowPlanner {
                     .into_iter()
                     .zip(&windows)
                     .filter_map(|(merged, &window)| {
-                        merged.map(|m| WindowQuantiles {
+                        let m = merged?;
+                        Some(WindowQuantiles {
                             window,
                             count: m.total,
-                            quantiles: m.quantiles,
+                            quantiles: m.quantiles?,
                         })
                     })
                     .collect();
@@ -446,8 +447,9 @@ pub struct SpanCounts {
     /// Requests, errors, recommendations and `requests_le_*` (in [`WindowCounts`]'
     /// `threshold_columns` order).
     pub counts: RowCounts,
-    /// `(q, seconds)` for each of [`QUANTILES`], from the merged HDR histogram.
-    pub quantiles: [(f64, f64); 4],
+    /// `(q, seconds)` for each of [`QUANTILES`], from the merged HDR histogram; `None` when
+    /// the span holds no latency sample (only recommendations, say).
+    pub quantiles: Option<[(f64, f64); 4]>,
 }
 
 /// The window planner's answer: per series, each span's counts and quantiles.
@@ -485,8 +487,8 @@ fn series_keys(batch: &RecordBatch, keys: usize) -> Vec<SeriesKey> {
 struct Merged {
     /// Requests the merged histogram holds.
     total: u64,
-    /// `(q, seconds)` for each of [`QUANTILES`].
-    quantiles: [(f64, f64); 4],
+    /// `(q, seconds)` for each of [`QUANTILES`]; `None` when the histogram is empty.
+    quantiles: Option<[(f64, f64); 4]>,
     /// The summed counts, when the query asked for them.
     sums: Option<RowCounts>,
 }
@@ -597,20 +599,27 @@ impl WindowMerge {
                     window.merge(&segments[i])?;
                 }
                 summed = held;
-                if window.total() == 0 {
+                let span_sums = self.thresholds.map(|_| {
+                    let mut total = RowCounts::default();
+                    for &i in held {
+                        total.add(&sums[i]);
+                    }
+                    total
+                });
+                // A span with counts but no latency sample (recommendations of a histogram-fed
+                // series in a minute without requests) is still counted, without quantiles.
+                let counted = span_sums.is_some_and(|s| s != RowCounts::default());
+                if window.total() == 0 && !counted {
                     continue;
                 }
-                let values = window.quantiles_seconds(QUANTILES);
+                let quantiles = (window.total() > 0).then(|| {
+                    let values = window.quantiles_seconds(QUANTILES);
+                    std::array::from_fn(|i| (QUANTILES[i], values[i].unwrap_or(0.0)))
+                });
                 merged[w] = Some(Merged {
                     total: window.total(),
-                    quantiles: std::array::from_fn(|i| (QUANTILES[i], values[i].unwrap_or(0.0))),
-                    sums: self.thresholds.map(|_| {
-                        let mut total = RowCounts::default();
-                        for &i in held {
-                            total.add(&sums[i]);
-                        }
-                        total
-                    }),
+                    quantiles,
+                    sums: span_sums,
                 });
             }
             out.push((key, merged));

@@ -573,8 +573,27 @@ async fn counts_per_span_equal_sums_over_the_raw_records() {
     let thresholds = config.threshold_nanos();
     let mut compared = 0;
     for (i, covered) in answer.spans.iter().enumerate() {
+        // DESIGN's windows, worked out here rather than taken from `Window`: the last n
+        // minutes through the open one, from the start of their first hour past 2 h.
         let minutes = match covered.span {
-            Span::Window(w) => w.minute_range(at),
+            Span::Window(w) => {
+                let (n, hour_aligned) = match w.label() {
+                    "1m" => (1, false),
+                    "5m" => (5, false),
+                    "30m" => (30, false),
+                    "1h" => (60, false),
+                    "2h" => (120, false),
+                    "6h" => (360, true),
+                    "1d" => (1_440, true),
+                    "3d" => (4_320, true),
+                    "7d" => (10_080, true),
+                    "30d" => (43_200, true),
+                    other => panic!("a window DESIGN does not list: {other}"),
+                };
+                let first = (open + 1).saturating_sub(n);
+                let first = if hour_aligned { first / 60 * 60 } else { first };
+                first..=open
+            }
             Span::Range { .. } => covered.from..=covered.to - 1,
         };
         assert!(covered.from >= kept_from || covered.rounded_to_hours || i < 10);
@@ -606,7 +625,7 @@ async fn counts_per_span_equal_sums_over_the_raw_records() {
             assert_eq!(got.counts, want, "{what}");
             compared += 1;
             values.sort_unstable();
-            for (q, seconds) in got.quantiles {
+            for (q, seconds) in got.quantiles.unwrap() {
                 let rank = ((q * values.len() as f64).ceil() as usize).max(1) - 1;
                 let exact = values[rank] as f64 / 1e9;
                 assert!(
@@ -714,4 +733,49 @@ async fn hostile_spans_answer_or_are_refused_clearly() {
         .unwrap_err();
     assert_eq!(e.kind(), crate::ErrorKind::BadRequest, "{e}");
     assert!(e.to_string().contains("spans"), "{e}");
+}
+
+/// Recommendations of a histogram-fed series in minutes without requests (a delta sum alone)
+/// are counted in every span that holds them, without quantiles.
+#[tokio::test]
+async fn spans_with_recommendations_and_no_latency_are_counted() {
+    let (engine, state, clock) = engine(100);
+    let now = clock.now_nanos();
+    let point = crate::MetricPoint {
+        stream: 1,
+        key: SeriesKey {
+            service: "feed".into(),
+            endpoint: "/recs".into(),
+            dimensions: Vec::new(),
+        },
+        error: false,
+        start_unix_nanos: now - 30 * 1_000_000_000,
+        time_unix_nanos: now,
+        cumulative: false,
+        whole_if_new: false,
+        nanos_per_unit: 0.0,
+        value: crate::PointValue::Sum { value: 42.0 },
+    };
+    assert_eq!(lock(&state).apply_points(&[point], now).accepted, 1);
+    let open = now / MINUTE_NANOS;
+    let answer = engine
+        .counts(&[
+            Span::Window(Window::M5),
+            Span::Range {
+                start: open - 2,
+                end: open + 1,
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(answer.series.len(), 1, "{answer:?}");
+    for got in &answer.series[0].1 {
+        let got = got.unwrap();
+        assert_eq!(got.counts.recommendations, 42);
+        assert_eq!(got.counts.requests, 0);
+        assert!(got.quantiles.is_none());
+    }
+    // `/metrics` has no quantiles to print for it.
+    let snapshot = engine.snapshot(&Window::ALL).await.unwrap();
+    assert!(snapshot.series.iter().all(|s| s.windows.is_empty()));
 }
