@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything recmeter's test suite needs on a fresh Debian machine, then runs it.
-#   - promtool, from Debian's prometheus package (exposition checks)
+#   - promtool, from Debian's prometheus package (exposition checks, alerts/ rules and tests)
+#   - amtool, from Debian's prometheus-alertmanager package (alerts/alertmanager.example.yml)
 #   - a Python venv in target/venv with the tools pinned in tests/requirements.txt
 #     (Debian's python3-venv first, where the interpreter lacks venv support)
 #   - the whole suite: cargo test --release (the one profile and feature set everything uses)
@@ -20,6 +21,24 @@ if ! command -v promtool >/dev/null 2>&1; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 step "$(promtool --version 2>&1 | head -n 1)"
+if ! command -v amtool >/dev/null 2>&1; then
+  step "Installing amtool (Debian package prometheus-alertmanager)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-alertmanager >/dev/null
+fi
+step "$(amtool --version 2>&1 | head -n 1)"
+
+step "Checking the Prometheus rules and their unit tests (alerts/)"
+promtool check rules alerts/rules/*.yaml
+promtool test rules alerts/tests/*.yaml
+step "Checking the Alertmanager example and its routes"
+amtool check-config alerts/alertmanager.example.yml
+for severity in page no_data; do
+  amtool config routes test --config.file=alerts/alertmanager.example.yml \
+    --verify.receivers=pagerduty-page "severity=$severity" slo=availability
+done
+amtool config routes test --config.file=alerts/alertmanager.example.yml \
+  --verify.receivers=pagerduty-ticket severity=ticket slo=availability
 
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   step "Installing Python venv support (Debian package python3-venv)"

@@ -36,6 +36,10 @@ pub enum Command {
     /// readable and holds the rows recorded; print the totals. Exit 1, naming the file, when
     /// one does not.
     Verify(crate::verify::VerifyArgs),
+    /// Print Prometheus recording and multi-window multi-burn-rate alerting rules for the
+    /// configured [slo] objectives, over recmeter's exported counters, with alerts on
+    /// recmeter's own health (for `promtool check rules` and a Prometheus rule_files entry).
+    Rules(crate::rules::RulesArgs),
 }
 
 #[derive(Debug, Args)]

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use recmeter_aggregator::durability::{RetentionConfig, StorageConfig, WalConfig};
+use recmeter_aggregator::slo::SloConfig;
 use recmeter_aggregator::{
     AggregatorConfig, BearerToken, IngestConfig, InvalidField, MetricsConfig, SqlConfig,
 };
@@ -61,6 +62,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// How long the store keeps history, and how its files are compacted.
     pub retention: RetentionConfig,
+    /// Service level objectives and their burn-rate alerts.
+    pub slo: SloConfig,
 }
 
 /// `[auth]` configuration. Each token comes from the key itself (set it through the
@@ -190,6 +193,7 @@ impl Config {
         errors.extend(self.wal.validate());
         errors.extend(self.storage.validate());
         errors.extend(self.retention.validate());
+        errors.extend(self.slo.validate(&self.aggregator));
         if let Err(e) = self.auth.tokens() {
             errors.extend(e);
         }
@@ -371,15 +375,40 @@ fn check_keys(table: &mut Table, defaults: &Table) -> Vec<InvalidField> {
             continue;
         };
         for (key, value) in keys {
-            let mut candidate = defaults.clone();
-            if let Some(Value::Table(s)) = candidate.get_mut(section) {
-                s.insert(key.clone(), value.clone());
+            let at = format!("{section}.{key}");
+            // An array of tables is checked entry by entry, so each entry's problem is named
+            // (`slo.objectives[1].kind`); anything else as a whole.
+            let tried: Vec<(String, Value)> = match value {
+                Value::Array(entries) if entries.iter().all(Value::is_table) => entries
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| (format!("{at}[{i}]"), Value::Array(vec![e.clone()])))
+                    .collect(),
+                _ => vec![(at.clone(), value.clone())],
+            };
+            let mut bad = false;
+            for (place, value) in tried {
+                let mut candidate = defaults.clone();
+                if let Some(Value::Table(s)) = candidate.get_mut(section) {
+                    s.insert(key.clone(), value);
+                }
+                if let Err(e) =
+                    serde_path_to_error::deserialize::<_, Config>(Value::Table(candidate))
+                {
+                    // The path goes on past the key into the entry's field, where it can.
+                    let path = e.path().to_string();
+                    let field = path
+                        .strip_prefix(&format!("{at}[0]"))
+                        .filter(|rest| rest.starts_with('.'));
+                    let place = match field {
+                        Some(rest) => format!("{place}{rest}"),
+                        None => place,
+                    };
+                    errors.push(InvalidField::new(place, e.inner().message().to_owned()));
+                    bad = true;
+                }
             }
-            if let Err(e) = Value::Table(candidate).try_into::<Config>() {
-                errors.push(InvalidField::new(
-                    format!("{section}.{key}"),
-                    e.message().to_owned(),
-                ));
+            if bad {
                 bad_keys.push((section.clone(), key.clone()));
             }
         }
@@ -509,6 +538,62 @@ mod tests {
             "{messages:?}"
         );
         assert_eq!(errors.len(), 4, "{messages:?}");
+    }
+
+    #[test]
+    fn slo_objectives_replace_the_defaults_and_errors_name_the_entry() {
+        let config = load(
+            r#"
+            [slo]
+            [[slo.objectives]]
+            name = "checkout"
+            kind = "availability"
+            objective = 0.999
+            services = ["checkout*"]
+            "#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.slo.objectives.len(), 1);
+        assert_eq!(config.slo.objectives[0].alerts.len(), 4);
+        assert_eq!(config.slo.objectives[0].endpoints, ["*"]);
+        let errors = load(
+            r#"
+            [slo]
+            evaluation_interval = "0s"
+            [[slo.objectives]]
+            name = "a"
+            kind = "availability"
+            objective = 0.999
+            [[slo.objectives]]
+            name = "b"
+            kind = "speed"
+            objective = 0.99
+            [[slo.objectives]]
+            name = "c"
+            kind = "latency"
+            objective = 0.99
+            threshold = 0.3
+            colour = "red"
+            "#,
+            &[],
+        )
+        .unwrap_err();
+        let messages: Vec<_> = errors.iter().map(ToString::to_string).collect();
+        let has = |text: &str| messages.iter().any(|m| m.starts_with(text));
+        assert!(
+            has("slo.evaluation_interval: must be at least 1s"),
+            "{messages:?}"
+        );
+        assert!(
+            has("slo.objectives[1].kind: unknown variant `speed`"),
+            "{messages:?}"
+        );
+        assert!(has("slo.objectives[2]"), "{messages:?}");
+        assert!(
+            messages.iter().any(|m| m.contains("colour")),
+            "{messages:?}"
+        );
     }
 
     #[test]

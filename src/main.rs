@@ -15,6 +15,8 @@ mod listen;
 #[forbid(unsafe_code)]
 mod loadgen;
 #[forbid(unsafe_code)]
+mod rules;
+#[forbid(unsafe_code)]
 mod serve;
 #[forbid(unsafe_code)]
 mod verify;
@@ -33,5 +35,6 @@ fn main() -> ExitCode {
         Command::Validate { file } => cli::validate(&file),
         Command::Loadgen(args) => loadgen::main(args),
         Command::Verify(args) => verify::main(args),
+        Command::Rules(args) => rules::main(args),
     }
 }

@@ -13,12 +13,16 @@ use std::time::{Duration, SystemTime};
 use recmeter_aggregator::clock::Ticks;
 use recmeter_aggregator::durability::{self, Checkpointer, Durability, Layout};
 use recmeter_aggregator::participant::{Participants, TestLedger};
+use recmeter_aggregator::slo::{
+    SloAlerts, SloAlertsTable, SloEvaluator, SloStatus, SloStatusTable,
+};
 use recmeter_aggregator::store::history::History;
 use recmeter_aggregator::telemetry::Listener;
 use recmeter_aggregator::{Aggregator, AggregatorHandle, Clock, Hooks, QueryEngine, Telemetry};
 use recmeter_collector::sources::otlp::{Ingest, ServeOptions, http_router, serve_grpc};
 use recmeter_exporter::api::METRICS_WINDOWS;
 use recmeter_exporter::api::default_providers;
+use recmeter_exporter::prometheus::{Provider, SloProvider};
 use recmeter_exporter::{ApiState, api_router};
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -110,6 +114,9 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
     // Components whose state the log and checkpoints keep with the counts. Under the test
     // hooks, a test ledger driven by `/-/test/ledger`.
     let mut participants = Participants::default();
+    // The SLO alerts: which fire, and every transition.
+    let slo_alerts = Arc::new(SloAlerts::default());
+    participants.register(slo_alerts.clone())?;
     if args.test_hooks {
         participants.register(Arc::new(TestLedger::default()))?;
     }
@@ -124,6 +131,24 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
     .await?;
     let engine =
         Arc::new(QueryEngine::new(aggregator.state().clone(), &config.sql)?.with_history(history));
+    let slo_status = Arc::new(SloStatus::default());
+    engine.register_table(Arc::new(SloStatusTable(slo_status.clone())))?;
+    engine.register_table(Arc::new(SloAlertsTable(slo_alerts.clone())))?;
+    let slo = Arc::new(SloEvaluator::new(
+        &config.slo,
+        &config.aggregator.threshold_columns(),
+        engine.clone(),
+        aggregator.clone(),
+        slo_alerts.clone(),
+        slo_status.clone(),
+        config.ingest.max_span_age,
+    )?);
+    let mut providers: Vec<Arc<dyn Provider>> = default_providers(&aggregator, &engine).to_vec();
+    providers.push(Arc::new(SloProvider {
+        config: config.slo.clone(),
+        status: slo_status,
+        alerts: slo_alerts,
+    }));
 
     let grpc = bind(config.otlp.grpc_address).await?;
     let http = bind(config.otlp.http_address).await?;
@@ -199,7 +224,7 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
         api_limits,
         telemetry.clone(),
         api_router(ApiState {
-            providers: default_providers(&aggregator, &engine),
+            providers: providers.into(),
             aggregator: aggregator.clone(),
             engine: engine.clone(),
             ready: ready.clone(),
@@ -222,6 +247,15 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
         engine.clone(),
         aggregator.clock().ticks(Duration::from_secs(1)),
         failing,
+    ));
+    // The objectives are evaluated once before ready (the first reads the store for the final
+    // hours of the last 30 days), then every `slo.evaluation_interval` of recmeter's clock.
+    if let Err(e) = slo.evaluate().await {
+        tracing::warn!(error = %e, "Cannot evaluate the SLOs before ready; retrying on schedule.");
+    }
+    let evaluating = tokio::spawn(keep_evaluating(
+        slo,
+        aggregator.clock().ticks(config.slo.evaluation_interval),
     ));
     let checkpointing = tokio::spawn(keep_checkpointing(
         checkpoints.clone(),
@@ -256,6 +290,7 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
     ready.store(false, Ordering::Release);
     let _ = shutdown_tx.send(true);
     preparing.abort();
+    evaluating.abort();
     if let Some(demo) = demo {
         demo.stop().await;
     }
@@ -444,6 +479,26 @@ async fn keep_prepared(engine: Arc<QueryEngine>, mut ticks: Ticks, mut failing: 
             Ok(()) if failing => {
                 failing = false;
                 tracing::info!("Merging the final hours ahead of scrapes again.");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Evaluates the SLOs at every tick of `ticks` (`slo.evaluation_interval` of recmeter's
+/// clock; under the fake clock, before `/-/test/clock` answers).
+async fn keep_evaluating(slo: Arc<SloEvaluator>, mut ticks: Ticks) {
+    let mut failing = false;
+    loop {
+        ticks.tick().await;
+        match slo.evaluate().await {
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "Cannot evaluate the SLOs; alerts stay as they are.");
+            }
+            Ok(_) if failing => {
+                failing = false;
+                tracing::info!("Evaluating the SLOs again.");
             }
             _ => {}
         }

@@ -121,9 +121,14 @@ impl AggregatorConfig {
     pub fn threshold_columns(&self) -> Vec<String> {
         self.latency_thresholds
             .iter()
-            .map(|t| format!("requests_le_{}", t.to_string().replace('.', "_")))
+            .map(|t| threshold_column(*t))
             .collect()
     }
+}
+
+/// The `requests_le_*` column of a latency threshold in seconds (0.2 → `requests_le_0_2`).
+pub fn threshold_column(seconds: f64) -> String {
+    format!("requests_le_{}", seconds.to_string().replace('.', "_"))
 }
 
 /// `[sql]`: the SQL engine behind `/api/v1/sql`.

@@ -18,6 +18,7 @@ mod limits;
 pub mod metrics;
 pub mod participant;
 pub mod service;
+pub mod slo;
 pub mod sql;
 pub mod state;
 pub mod store;

@@ -90,6 +90,21 @@ impl Window {
     }
 }
 
+impl std::str::FromStr for Window {
+    type Err = String;
+
+    /// A window by its label (`5m`, `1h`, `30d`).
+    fn from_str(label: &str) -> Result<Self, String> {
+        Window::ALL
+            .into_iter()
+            .find(|w| w.label() == label)
+            .ok_or_else(|| {
+                let known: Vec<_> = Window::ALL.iter().map(|w| w.label()).collect();
+                format!("`{label}` is not a window; use one of {}", known.join(", "))
+            })
+    }
+}
+
 impl fmt::Display for Window {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.label())

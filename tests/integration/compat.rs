@@ -29,6 +29,11 @@ const WALL_TIME_FAMILIES: [&str; 4] = [
     "recmeter_connections_open",
 ];
 
+/// Prefixes of families added since the golden files were written, by capabilities built on
+/// the seams (the SLO families of issue 25): left out whole, so everything the files hold must
+/// still come out byte for byte.
+const ADDED_FAMILIES: [&str; 1] = ["recmeter_slo_"];
+
 fn compat_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/compat")
 }
@@ -105,9 +110,17 @@ fn drive(recmeter: &Recmeter, minutes: std::ops::Range<u64>) {
     }
 }
 
-/// `text` without the sample lines of [`WALL_TIME_FAMILIES`].
+/// `text` without the sample lines of [`WALL_TIME_FAMILIES`] and every line of
+/// [`ADDED_FAMILIES`].
 fn without_wall_time(text: &str) -> String {
     text.lines()
+        .filter(|line| {
+            let name = ["# HELP ", "# TYPE ", "# UNIT "]
+                .iter()
+                .find_map(|p| line.strip_prefix(p))
+                .unwrap_or(line);
+            !ADDED_FAMILIES.iter().any(|f| name.starts_with(f))
+        })
         .filter(|line| {
             line.starts_with('#')
                 || !WALL_TIME_FAMILIES.iter().any(|f| {

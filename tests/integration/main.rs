@@ -22,5 +22,6 @@ mod object_double;
 mod otlp;
 mod participant;
 mod series_limits;
+mod slo;
 mod spans;
 mod sql;

@@ -30,7 +30,7 @@ use crate::store::manifest::{
     STATE_SECTION, latest_manifest, read_entry,
 };
 use crate::store::paths::{STATE_PREFIX, state_name, state_path};
-use crate::store::rollup::{rollup_file, rollup_rows};
+use crate::store::rollup::{rollup_file, rollup_rows, time_column};
 use crate::telemetry::Telemetry;
 
 /// The state file name of the aggregator's metric streams, in the `state` section.
@@ -382,11 +382,12 @@ pub async fn restore(
     let hours_from = aggregator.first_hour_held(manifest.sealed_before_minute * MINUTE_NANOS);
     for entry in manifest.rollup_files() {
         let entry = &entry;
-        let (table, time, from) = match entry.kind {
-            FileKind::Minutes => (Table::Minutes, "minute", keep_from),
-            FileKind::Hours => (Table::Hours, "hour", hours_from),
+        let (table, from) = match entry.kind {
+            FileKind::Minutes => (Table::Minutes, keep_from),
+            FileKind::Hours => (Table::Hours, hours_from),
             _ => continue,
         };
+        let time = time_column(table);
         if entry.last_minute < from {
             continue;
         }
@@ -400,7 +401,7 @@ pub async fn restore(
     let mut open = Vec::new();
     if let Some(entry) = state_file(FileKind::Open) {
         let batches = read_entry(store, entry).await?;
-        open = rollup_rows(&batches, layout, &entry.path, "minute")?
+        open = rollup_rows(&batches, layout, &entry.path, time_column(Table::Minutes))?
             .into_iter()
             .map(|(key, _, at, row)| (key, at, row))
             .collect();

@@ -1262,7 +1262,6 @@ mod tests {
         assert_eq!(got[1].records, records());
     }
 
-    /// `frame` (one tagged records frame) as written before entries had kinds.
     /// The error replaying the log in `dir` from the start gives.
     fn replay_error(dir: &std::path::Path) -> Error {
         WalDir::lock(dir)
@@ -1271,6 +1270,7 @@ mod tests {
             .unwrap_err()
     }
 
+    /// `frame` (one tagged records frame) as written before entries had kinds.
     fn untagged(frame: &[u8]) -> Vec<u8> {
         let payload = &frame[10..];
         let mut out = (payload.len() as u32).to_le_bytes().to_vec();

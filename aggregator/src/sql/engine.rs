@@ -77,9 +77,15 @@ impl QueryEngine {
         self.windows.snapshot(&self.sessions, windows).await
     }
 
-    /// See [`WindowPlanner::counts`].
+    /// See [`WindowPlanner::counts`]: the counts and HDR quantiles of each span.
     pub async fn counts(&self, spans: &[Span]) -> Result<WindowCounts> {
-        self.windows.counts(&self.sessions, spans).await
+        self.windows.counts(&self.sessions, spans, true).await
+    }
+
+    /// The counts of each span without quantiles (no histogram is read or merged): what burn
+    /// rates and unit costs need, at a fraction of the cost.
+    pub async fn sums(&self, spans: &[Span]) -> Result<WindowCounts> {
+        self.windows.counts(&self.sessions, spans, false).await
     }
 
     /// Whether the kept final hours were moved on rather than merged anew (`None`: none kept).

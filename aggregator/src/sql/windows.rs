@@ -169,7 +169,7 @@ impl WindowPlanner {
             let end = final_hours.as_ref().map(|_| final_end(at, first_open));
             let runs = window_runs(&windows, at, end);
             let per_series = self
-                .merge_spans(sessions, ctx, runs, &dimension_labels, None)
+                .merge_spans(sessions, ctx, runs, &dimension_labels, true, None)
                 .await?;
             let stale = final_hours.is_some_and(|(rows, births)| {
                 lock(&sessions.state)
@@ -223,6 +223,7 @@ impl WindowPlanner {
         ctx: SessionContext,
         runs: Vec<Vec<Segment>>,
         dimensions: &[String],
+        hdr: bool,
         thresholds: Option<Vec<String>>,
     ) -> Result<HashMap<SeriesKey, Vec<Option<Merged>>>> {
         let dimensions = dimensions.to_vec();
@@ -236,11 +237,12 @@ impl WindowPlanner {
                         return Ok(HashMap::new());
                     }
                     let (df, held) =
-                        window_plan(&ctx, &runs, &dimensions, thresholds.as_deref()).await?;
+                        window_plan(&ctx, &runs, &dimensions, hdr, thresholds.as_deref()).await?;
                     let keys = 2 + dimensions.len();
                     let merge = Arc::new(WindowMerge::new(
                         held,
                         keys,
+                        hdr,
                         thresholds.as_ref().map(Vec::len),
                     ));
                     // Each output partition's series are merged into spans on its own task, as
@@ -278,7 +280,12 @@ impl WindowPlanner {
     /// minute-exact while its minute rows are kept (memory's 3 h, and the store's minute files
     /// under `retention.minutes`); a bound older than that rounds out to its hour, read from the
     /// hour rows, and [`Covered`] says so. A range ends at the open minute at the latest.
-    pub async fn counts(&self, sessions: &Sessions, spans: &[Span]) -> Result<WindowCounts> {
+    pub async fn counts(
+        &self,
+        sessions: &Sessions,
+        spans: &[Span],
+        quantiles: bool,
+    ) -> Result<WindowCounts> {
         if spans.len() > MAX_SPANS {
             return Err(Error::Query(format!(
                 "{} spans in one call; at most {MAX_SPANS} are counted at once",
@@ -331,6 +338,7 @@ impl WindowPlanner {
                 ctx,
                 runs,
                 &dimension_labels,
+                quantiles,
                 Some(threshold_columns.clone()),
             )
             .await?;
@@ -502,6 +510,8 @@ struct WindowMerge {
     order: Vec<usize>,
     /// Key columns before the segment columns.
     keys: usize,
+    /// Whether each segment has its merged histogram (for quantiles).
+    hdr: bool,
     /// With counts: how many `requests_le_*` columns each segment has.
     thresholds: Option<usize>,
 }
@@ -514,21 +524,22 @@ struct MergeScratch {
 }
 
 impl WindowMerge {
-    fn new(held: Vec<Vec<usize>>, keys: usize, thresholds: Option<usize>) -> Self {
+    fn new(held: Vec<Vec<usize>>, keys: usize, hdr: bool, thresholds: Option<usize>) -> Self {
         let mut order: Vec<usize> = (0..held.len()).collect();
         order.sort_by_key(|&w| held[w].len());
         Self {
             held,
             order,
             keys,
+            hdr,
             thresholds,
         }
     }
 
-    /// Columns per segment: the histogram, then with counts the requests, errors,
-    /// recommendations and each `requests_le_*`.
+    /// Columns per segment: the histogram (unless counts only), then with counts the
+    /// requests, errors, recommendations and each `requests_le_*`.
     fn stride(&self) -> usize {
-        1 + self.thresholds.map_or(0, |t| 3 + t)
+        usize::from(self.hdr) + self.thresholds.map_or(0, |t| 3 + t)
     }
 
     fn scratch(&self) -> MergeScratch {
@@ -568,19 +579,22 @@ impl WindowMerge {
         for (row, key) in series_keys(batch, self.keys).into_iter().enumerate() {
             // Each segment decoded once, then added into every span that holds it.
             for (i, segment) in segments.iter_mut().enumerate() {
-                let at = self.keys + i * stride;
+                let mut at = self.keys + i * stride;
                 segment.reset();
-                let blobs = batch.column(at).as_binary::<i32>();
-                if !blobs.is_null(row) {
-                    segment.add_encoded(blobs.value(row))?;
+                if self.hdr {
+                    let blobs = batch.column(at).as_binary::<i32>();
+                    if !blobs.is_null(row) {
+                        segment.add_encoded(blobs.value(row))?;
+                    }
+                    at += 1;
                 }
                 if let Some(thresholds) = self.thresholds {
                     let s = &mut sums[i];
-                    s.requests = number(at + 1, row)?;
-                    s.errors = number(at + 2, row)?;
-                    s.recommendations = number(at + 3, row)?;
+                    s.requests = number(at, row)?;
+                    s.errors = number(at + 1, row)?;
+                    s.recommendations = number(at + 2, row)?;
                     for t in 0..thresholds {
-                        s.le[t] = number(at + 4 + t, row)?;
+                        s.le[t] = number(at + 3 + t, row)?;
                     }
                 }
             }
@@ -1218,6 +1232,7 @@ async fn window_plan(
     ctx: &SessionContext,
     runs: &[Vec<Segment>],
     dimensions: &[String],
+    hdr: bool,
     thresholds: Option<&[String]>,
 ) -> Result<(datafusion::dataframe::DataFrame, Vec<Vec<usize>>)> {
     let (segments, held) = segments(runs);
@@ -1247,7 +1262,9 @@ async fn window_plan(
         };
         let mut columns = keys.clone();
         columns.push(col(column).alias("t"));
-        columns.push(col("hdr"));
+        if hdr {
+            columns.push(col("hdr"));
+        }
         columns.extend(counted.iter().map(|c| col(*c)));
         columns.push(lit(read.part).alias("part"));
         let df = ctx
@@ -1278,14 +1295,16 @@ async fn window_plan(
                 .gt_eq(minute_lit(s.from))
                 .and(col("t").lt(minute_lit(s.to))),
         );
-        aggregates.push(
-            merge
-                .call(vec![col("hdr")])
-                .filter(rows.clone())
-                .build()
-                .map(|e| e.alias(format!("__segment_{i}")))
-                .map_err(classify)?,
-        );
+        if hdr {
+            aggregates.push(
+                merge
+                    .call(vec![col("hdr")])
+                    .filter(rows.clone())
+                    .build()
+                    .map(|e| e.alias(format!("__segment_{i}")))
+                    .map_err(classify)?,
+            );
+        }
         for c in &counted {
             aggregates.push(
                 datafusion::functions_aggregate::sum::sum(col(*c))

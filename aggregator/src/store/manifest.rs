@@ -213,6 +213,21 @@ impl Manifest {
                 // The sweep deletes what the manifest does not name under each prefix: a prefix
                 // of the whole store, or outside recmeter's names, would take foreign files.
                 for (name, section) in &m.sections {
+                    let name = clip(name, 64);
+                    if let Some(f) = section
+                        .files
+                        .iter()
+                        .find(|f| !f.path.starts_with(&format!("{}/", section.prefix)))
+                    {
+                        return Err(storage(
+                            path,
+                            format!(
+                                "section `{name}` names the file {:?}, outside its prefix {:?}",
+                                clip(&f.path, 128),
+                                clip(&section.prefix, 64)
+                            ),
+                        ));
+                    }
                     if !valid_prefix(&section.prefix) {
                         return Err(storage(
                             path,
@@ -351,6 +366,12 @@ pub async fn delete_unreferenced(
         .map(|m| m.all_files().map(|f| f.path.as_str()).collect())
         .unwrap_or_default();
     let keep_manifest = manifest.map(|m| Manifest::path(m.id));
+    if let Some(bad) = registered.iter().find(|p| !valid_prefix(p)) {
+        return Err(crate::error::Error::Storage(format!(
+            "a component registered the store prefix {bad:?} for the sweep; a prefix is \
+             `/`-separated names of [a-z0-9_] other than `{MANIFESTS}`"
+        )));
+    }
     let mut prefixes: Vec<&str> = BUILT_IN_PREFIXES.to_vec();
     prefixes.extend_from_slice(registered);
     if let Some(m) = manifest {
@@ -516,6 +537,16 @@ mod tests {
             next.sections["other"].other["blob"].as_str().unwrap().len(),
             100_000
         );
+        // A file outside its section's prefix is refused: the sweep and the deletion of
+        // superseded files would reach it.
+        let bytes = with(
+            serde_json::json!({"prefix": "cost_lines", "lifetime": "checkpoint",
+            "files": [entry("state/00000000000000000001-series.parquet", FileKind::Series)]}),
+        );
+        let e = Manifest::from_json(&bytes, &Manifest::path(1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outside its prefix"), "{e}");
         // A section missing its prefix or lifetime is not a manifest.
         let bytes = with(serde_json::json!({"files": []}));
         let e = Manifest::from_json(&bytes, &Manifest::path(1))

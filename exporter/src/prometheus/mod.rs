@@ -3,6 +3,8 @@
 
 mod families;
 mod provider;
+mod slo;
 
 pub use families::{LatencyProvider, TelemetryProvider, latency_part, render, telemetry_part};
 pub use provider::{Format, Part, Provider, ReadFuture, render_parts};
+pub use slo::SloProvider;

@@ -44,7 +44,9 @@ async fn metrics_windows_merge_in_one_stage() {
     assert!(*Window::D1.minute_range(now).start() < end);
     for final_end in [None, Some(end)] {
         let runs = window_runs(&windows, now, final_end);
-        let plan = window_plan(&ctx, &runs, &dimensions, None).await.unwrap();
+        let plan = window_plan(&ctx, &runs, &dimensions, true, None)
+            .await
+            .unwrap();
         crate::sql::testing::assert_one_stage(plan.0).await;
     }
 }
@@ -342,7 +344,7 @@ async fn a_minute_passing_mid_query_changes_no_window() {
     assert_eq!(at / MINUTE_NANOS % 60, 23);
     let windows = [Window::M1, Window::M5, Window::M30];
     let ctx = engine.sessions.metrics_context(at);
-    let (df, held) = window_plan(&ctx, &window_runs(&windows, at, None), &[], None)
+    let (df, held) = window_plan(&ctx, &window_runs(&windows, at, None), &[], true, None)
         .await
         .unwrap();
     clock.advance(Duration::from_secs(60));
@@ -561,7 +563,10 @@ async fn counts_per_span_equal_sums_over_the_raw_records() {
             .map(|&(start, end, ..)| Span::Range { start, end }),
     );
     let answer = engine.counts(&spans).await.unwrap();
+    // The same spans counted without histograms.
+    let sums = engine.sums(&spans).await.unwrap();
     assert_eq!(answer.at_unix_nanos, at);
+    assert_eq!(sums.spans, answer.spans);
     assert_eq!(answer.threshold_columns, config.threshold_columns());
     for (covered, &(start, end, from, to, rounded)) in answer.spans[10..].iter().zip(&ranges) {
         assert_eq!(
@@ -618,11 +623,20 @@ async fn counts_per_span_equal_sums_over_the_raw_records() {
                 .find(|(k, _)| &*k.service == service)
                 .and_then(|(_, spans)| spans[i]);
             let what = format!("{service} over {:?}", covered.span);
+            let summed = sums
+                .series
+                .iter()
+                .find(|(k, _)| &*k.service == service)
+                .and_then(|(_, spans)| spans[i]);
             let Some(got) = got else {
                 assert!(values.is_empty(), "{what}: nothing counted");
+                assert!(summed.is_none(), "{what}: nothing summed");
                 continue;
             };
             assert_eq!(got.counts, want, "{what}");
+            let summed = summed.unwrap();
+            assert_eq!(summed.counts, want, "{what}, summed");
+            assert!(summed.quantiles.is_none());
             compared += 1;
             values.sort_unstable();
             for (q, seconds) in got.quantiles.unwrap() {
@@ -716,7 +730,6 @@ async fn hostile_spans_answer_or_are_refused_clearly() {
     assert_eq!(e.kind(), crate::ErrorKind::BadRequest, "{e}");
     assert!(e.to_string().contains(&u64::MAX.to_string()), "{e}");
     // Many overlapping ranges in one call (a query API's steps).
-    let started = std::time::Instant::now();
     let many: Vec<Span> = (0..MAX_SPANS as u64)
         .map(|i| Span::Range {
             start: open - 3 * 60 + i % 170,
@@ -725,7 +738,6 @@ async fn hostile_spans_answer_or_are_refused_clearly() {
         .collect();
     let answer = engine.counts(&many).await.unwrap();
     assert_eq!(answer.spans.len(), MAX_SPANS);
-    eprintln!("{} spans in {:?}", MAX_SPANS, started.elapsed());
     // More than that is refused before any planning.
     let e = engine
         .counts(&vec![Span::Window(Window::M1); MAX_SPANS + 1])
