@@ -100,7 +100,10 @@ impl std::str::FromStr for Window {
             .find(|w| w.label() == label)
             .ok_or_else(|| {
                 let known: Vec<_> = Window::ALL.iter().map(|w| w.label()).collect();
-                format!("`{label}` is not a window; use one of {}", known.join(", "))
+                format!(
+                    "`{label}` is not a window; it is one of {}",
+                    known.join(", ")
+                )
             })
     }
 }

@@ -121,8 +121,28 @@ impl Objective {
 
     /// The error budget: the share of requests that may be bad.
     pub fn budget(&self) -> f64 {
-        super::math::budget_of(self.objective)
+        budget_of(self.objective)
     }
+}
+
+/// The error budget `1 − objective`, worked out on the objective's decimal digits: for
+/// 0.9995 the double nearest 0.0005, not the 0.000499999999999945 of a float subtraction, so
+/// a burn of exactly 1 (or 14.4) compares as such.
+pub fn budget_of(objective: f64) -> f64 {
+    let shown = objective.to_string();
+    if let Some(fraction) = shown.strip_prefix("0.")
+        && !fraction.is_empty()
+        && fraction.len() <= 18
+        && let Ok(digits) = fraction.parse::<u64>()
+    {
+        let scale = 10u64.pow(fraction.len() as u32);
+        let rest = scale - digits;
+        let text = format!("0.{rest:0width$}", width = fraction.len());
+        if let Ok(budget) = text.parse::<f64>() {
+            return budget;
+        }
+    }
+    1.0 - objective
 }
 
 /// How urgent an alert is.
@@ -226,7 +246,7 @@ impl SloConfig {
                 errors.push(InvalidField::new(
                     field("name"),
                     format!(
-                        "`{}` is not label-safe: use [a-zA-Z_][a-zA-Z0-9_]*, at most 64 bytes",
+                        "`{}` is not label-safe: write it as [a-zA-Z_][a-zA-Z0-9_]*, at most 64 bytes",
                         crate::error::clip(&o.name, 64)
                     ),
                 ));
@@ -266,7 +286,7 @@ impl SloConfig {
                 if globs.is_empty() {
                     errors.push(InvalidField::new(
                         field(key),
-                        "is empty, so the objective covers nothing; use [\"*\"] for every one",
+                        "is empty, so the objective covers nothing; set [\"*\"] for every one",
                     ));
                 }
                 for g in globs {
@@ -293,7 +313,7 @@ impl SloConfig {
                         _ => errors.push(InvalidField::new(
                             field(key),
                             format!(
-                                "`{}` is not a burn-rate window; use one of {}",
+                                "`{}` is not a burn-rate window; it is one of {}",
                                 crate::error::clip(label, 16),
                                 SLO_WINDOWS.map(Window::label).join(", ")
                             ),

@@ -1,29 +1,9 @@
 //! The burn-rate arithmetic (DESIGN "Math"), event-weighted: bad events and requests are summed
 //! over every series an objective covers before any ratio is taken, never averaged as ratios.
 
-use super::config::{AlertRule, Objective, ObjectiveKind, SLO_WINDOWS, Severity};
+use super::config::{AlertRule, Objective, ObjectiveKind, SLO_WINDOWS, Severity, budget_of};
 use crate::state::RowCounts;
 use crate::window::Window;
-
-/// The error budget `1 − objective`, worked out on the objective's decimal digits: for
-/// 0.9995 the double nearest 0.0005, not the 0.000499999999999945 of a float subtraction, so
-/// a burn of exactly 1 (or 14.4) compares as such.
-pub fn budget_of(objective: f64) -> f64 {
-    let shown = objective.to_string();
-    if let Some(fraction) = shown.strip_prefix("0.")
-        && !fraction.is_empty()
-        && fraction.len() <= 18
-        && let Ok(digits) = fraction.parse::<u64>()
-    {
-        let scale = 10u64.pow(fraction.len() as u32);
-        let rest = scale - digits;
-        let text = format!("0.{rest:0width$}", width = fraction.len());
-        if let Ok(budget) = text.parse::<f64>() {
-            return budget;
-        }
-    }
-    1.0 - objective
-}
 
 /// Requests and bad events over one window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
