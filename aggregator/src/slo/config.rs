@@ -21,6 +21,10 @@ pub const SLO_WINDOWS: [Window; 8] = [
     Window::D30,
 ];
 
+/// Most objectives, and most alert rules per objective: an evaluation costs series × objectives.
+pub const MAX_OBJECTIVES: usize = 100;
+pub const MAX_ALERT_RULES: usize = 16;
+
 /// The window the error budget is counted over.
 pub const BUDGET_WINDOW: Window = Window::D30;
 
@@ -240,8 +244,24 @@ impl SloConfig {
                 "must be at least 1m (requests are counted by the minute)",
             ));
         }
+        if self.objectives.len() > MAX_OBJECTIVES {
+            errors.push(InvalidField::new(
+                "slo.objectives",
+                format!(
+                    "has {} entries; at most {MAX_OBJECTIVES}",
+                    self.objectives.len()
+                ),
+            ));
+            return errors;
+        }
         for (i, o) in self.objectives.iter().enumerate() {
             let field = |f: &str| format!("slo.objectives[{i}].{f}");
+            if o.alerts.len() > MAX_ALERT_RULES {
+                errors.push(InvalidField::new(
+                    field("alerts"),
+                    format!("has {} rules; at most {MAX_ALERT_RULES}", o.alerts.len()),
+                ));
+            }
             if !label_safe(&o.name) {
                 errors.push(InvalidField::new(
                     field("name"),
@@ -437,6 +457,15 @@ mod tests {
         ] {
             assert!(got.iter().any(|e| e.starts_with(want)), "{want}\n{got:#?}");
         }
+        // Too many objectives, or rules, are refused by count.
+        let mut many = SloConfig::default();
+        many.objectives[0].alerts = vec![many.objectives[0].alerts[0].clone(); 17];
+        assert!(errors(&many)[0].starts_with("slo.objectives[0].alerts: has 17 rules; at most 16"));
+        many.objectives = vec![many.objectives[1].clone(); 101];
+        assert_eq!(
+            errors(&many),
+            ["slo.objectives: has 101 entries; at most 100"]
+        );
         // 0.05 is a bucket bound: only the aggregator's thresholds are missing it.
         assert!(
             !got.iter()
