@@ -177,6 +177,15 @@ impl SloEvaluator {
     /// (each applied once durable), and publishes the result.
     pub async fn evaluate(&self) -> Result<Arc<Evaluation>> {
         let at = self.aggregator.clock().now_nanos();
+        if self.objectives.is_empty() {
+            // `objectives = []` turns the SLOs off: nothing to read.
+            let evaluation = Arc::new(Evaluation {
+                at_unix_nanos: at,
+                objectives: Vec::new(),
+            });
+            self.status.set(evaluation.clone());
+            return Ok(evaluation);
+        }
         let started = *self.started_at.lock().get_or_insert(at);
         let open = at / MINUTE_NANOS;
         // Hours before `end` can no longer change: spans ending before now − max_span_age are
@@ -342,6 +351,7 @@ mod tests {
     use crate::participant::Participants;
     use crate::slo::config::ObjectiveKind;
     use crate::state::lock;
+    use crate::store::history::History;
     use crate::{Aggregator, Clock, RequestRecord, Telemetry};
 
     struct Setup {
@@ -353,6 +363,11 @@ mod tests {
 
     /// An evaluator of `config` over an aggregator with a fake clock at `start_secs`.
     fn setup(config: &SloConfig, start_secs: u64) -> Setup {
+        setup_with(config, start_secs, None)
+    }
+
+    /// As [`setup`], the query engine reading what memory no longer holds from `history`.
+    fn setup_with(config: &SloConfig, start_secs: u64, history: Option<Arc<History>>) -> Setup {
         let clock = Arc::new(Clock::fake(UNIX_EPOCH + Duration::from_secs(start_secs)));
         let alerts = Arc::new(SloAlerts::default());
         let mut participants = Participants::default();
@@ -368,8 +383,11 @@ mod tests {
         .with_participants(participants);
         let (handle, _worker) =
             AggregatorHandle::spawn(aggregator, 64, Arc::default(), None, false);
-        let engine =
-            Arc::new(QueryEngine::new(handle.state().clone(), &SqlConfig::default()).unwrap());
+        let mut engine = QueryEngine::new(handle.state().clone(), &SqlConfig::default()).unwrap();
+        if let Some(history) = history {
+            engine = engine.with_history(history);
+        }
+        let engine = Arc::new(engine);
         let evaluator = SloEvaluator::new(
             config,
             &aggregator_config.threshold_columns(),
@@ -482,6 +500,81 @@ mod tests {
             }
         }
         assert_eq!(evaluations, 14);
+    }
+
+    /// After 27 hours of traffic checkpointed and compacted every hour, the evaluator's first
+    /// evaluation reads from the store the final hours memory let go; the evaluations of the
+    /// next two hours (every 30 s, across two hours becoming final and four checkpoints) read no
+    /// store file, and the 30-day window still counts every request sent.
+    #[tokio::test]
+    async fn a_steady_state_evaluation_reads_no_store_file() {
+        use crate::durability::{Checkpointer, Layout};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::object::open(dir.path().to_str().unwrap(), true).unwrap();
+        let history = Arc::new(History::new(store.objects.clone()));
+        let s = setup_with(
+            &SloConfig::default(),
+            500_000 * 3_600 + 30,
+            Some(history.clone()),
+        );
+        let aggregator_config = AggregatorConfig::default();
+        let checkpoints = Checkpointer::new(
+            store,
+            s.handle.state().clone(),
+            Layout {
+                significant_digits: aggregator_config.significant_digits,
+                dimensions: Vec::new(),
+                thresholds: aggregator_config.threshold_columns(),
+            },
+            Arc::default(),
+            Arc::default(),
+            None,
+            Box::new(|_| {}),
+        )
+        .with_history(history.clone());
+        let mut sent = 0u64;
+        let send = |s: &Setup, n: u64| {
+            let now = s.clock.now_nanos();
+            let batch: Vec<_> = (0..n)
+                .map(|i| record("a", now - i % 50 * 1_000_000_000, 1_000_000, i % 97 == 0))
+                .collect();
+            assert_eq!(lock(s.handle.state()).apply(&batch).accepted, n);
+            n
+        };
+        for step in 0..27 * 6 {
+            sent += send(&s, 200);
+            s.clock.advance(Duration::from_secs(600));
+            if step % 6 == 5 {
+                checkpoints.checkpoint().await.unwrap();
+                checkpoints.compact().await.unwrap();
+            }
+        }
+        assert_eq!(history.files_read(), 0);
+        let first = s.evaluator.evaluate().await.unwrap();
+        let cold = history.files_read();
+        assert!(cold > 0, "the first evaluation read the store");
+        assert_eq!(
+            first.objectives[0].tallies.get(BUDGET_WINDOW).requests,
+            sent
+        );
+        for half_minute in 0..2 * 2 * 60 {
+            if half_minute % 2 == 0 {
+                sent += send(&s, 20);
+            }
+            s.clock.advance(Duration::from_secs(30));
+            if half_minute % 60 == 59 {
+                checkpoints.checkpoint().await.unwrap();
+                checkpoints.compact().await.unwrap();
+            }
+            let e = s.evaluator.evaluate().await.unwrap();
+            assert_eq!(
+                history.files_read(),
+                cold,
+                "evaluation {half_minute} read the store"
+            );
+            assert_eq!(e.objectives[0].tallies.get(BUDGET_WINDOW).requests, sent);
+        }
     }
 
     /// 0.8% errors for 70 minutes after 5 quiet hours at 0.01%: the page fires at the first

@@ -9,6 +9,7 @@
 
 use std::ops::RangeInclusive;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
@@ -39,6 +40,8 @@ const STORE_URL: &str = "recmeter-store://history";
 pub struct History {
     objects: Arc<dyn ObjectStore>,
     files: RwLock<Arc<[FileEntry]>>,
+    /// Files the scans planned so far read, one per file and scan.
+    files_read: AtomicU64,
 }
 
 impl History {
@@ -47,7 +50,14 @@ impl History {
         Self {
             objects,
             files: RwLock::new(Arc::from(Vec::new())),
+            files_read: AtomicU64::new(0),
         }
+    }
+
+    /// How many store files the scans planned so far read (a file read by two scans counts
+    /// twice): what shows that a query, or an SLO evaluation, was answered from memory.
+    pub fn files_read(&self) -> u64 {
+        self.files_read.load(Ordering::Relaxed)
     }
 
     /// Makes `files` (a manifest's rollup files) the ones scans read.
@@ -96,6 +106,8 @@ impl History {
         if files.is_empty() || range.is_empty() {
             return Ok(None);
         }
+        self.files_read
+            .fetch_add(files.len() as u64, Ordering::Relaxed);
         let url = ObjectStoreUrl::parse(STORE_URL)?;
         state
             .runtime_env()
