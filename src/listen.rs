@@ -270,7 +270,8 @@ pub async fn serve_http1(
     use futures::StreamExt;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
-    let mut incoming = std::pin::pin!(incoming(listener, which, limits, telemetry));
+    // Boxed, so that dropping it below closes the listener while the connections drain.
+    let mut incoming = Box::pin(incoming(listener, which, limits, telemetry));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let guarded = tokio::select! {

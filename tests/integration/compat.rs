@@ -57,7 +57,7 @@ fn spans_of(m: u64, s: usize) -> Vec<SpanData> {
                 SpanKind::Server,
                 now - Duration::from_secs((i * 7 + m) % 200),
                 1_000_000 * (1 + (i * 37 + m * 11 + s as u64 * 5) % 1_500),
-                id % 17 == 0,
+                id.is_multiple_of(17),
                 vec![
                     KeyValue::new("env", if i % 2 == 0 { "prod" } else { "canary" }),
                     KeyValue::new("recs.count", (1 + i % 4) as i64),

@@ -208,8 +208,11 @@ struct SelfFamilies {
     m: SelfMetrics,
     series_active: usize,
     /// Families registered at run time: name, help, and `(labels, value)` samples.
-    labelled: Vec<(String, String, Vec<(Vec<(String, String)>, u64)>)>,
+    labelled: Vec<(String, String, Vec<LabelledSample>)>,
 }
+
+/// One sample of a family registered at run time: its labels and value.
+type LabelledSample = (Vec<(String, String)>, u64);
 
 type Labels = Vec<(&'static str, String)>;
 
