@@ -20,9 +20,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use recmeter_aggregator::config::{AggregatorConfig, IngestConfig, SqlConfig};
 use recmeter_aggregator::durability::{Checkpointer, Layout};
-use recmeter_aggregator::store::object as store;
 use recmeter_aggregator::state::{lock, shared};
 use recmeter_aggregator::store::history::History;
+use recmeter_aggregator::store::object as store;
 use recmeter_aggregator::{Aggregator, Clock, QueryEngine, RequestRecord, SeriesKey};
 
 #[global_allocator]

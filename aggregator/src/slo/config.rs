@@ -110,7 +110,8 @@ fn every() -> Vec<String> {
 }
 
 impl Objective {
-    fn new(name: &str, kind: ObjectiveKind, objective: f64, threshold: Option<f64>) -> Self {
+    /// An objective over every series, with no `min_requests` and the default alert table.
+    pub fn new(name: &str, kind: ObjectiveKind, objective: f64, threshold: Option<f64>) -> Self {
         Self {
             name: name.to_owned(),
             kind,

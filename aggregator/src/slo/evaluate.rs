@@ -13,14 +13,14 @@ use std::sync::Arc;
 use glob::Pattern;
 
 use super::alerts::{SloAlerts, Transition};
-use super::config::{BUDGET_WINDOW, Objective, SLO_WINDOWS, Severity, SloConfig};
+use super::config::{BUDGET_WINDOW, MAX_OBJECTIVES, Objective, SLO_WINDOWS, Severity, SloConfig};
 use super::math::{Tallies, Tally};
 use crate::clock::{MINUTE_NANOS, minute_of};
 use crate::error::{Error, Result};
 use crate::record::SeriesKey;
 use crate::service::AggregatorHandle;
 use crate::sql::QueryEngine;
-use crate::sql::windows::{MAX_SPANS, Span};
+use crate::sql::windows::Span;
 use crate::window::Window;
 
 /// One objective with its globs compiled and its threshold's column found.
@@ -97,6 +97,41 @@ impl SloStatus {
     }
 }
 
+/// Which objectives cover each series seen, as a bit per objective ([`MAX_OBJECTIVES`] fit), so
+/// an evaluation matches each series' globs once, not at every evaluation.
+#[derive(Debug, Default)]
+struct Covering {
+    masks: HashMap<SeriesKey, u128>,
+}
+
+/// Series whose coverage is remembered at most; past it the memory starts again (series come
+/// and go at the cap).
+const COVERING_KEPT: usize = 200_000;
+
+const _: () = assert!(MAX_OBJECTIVES <= 128);
+
+impl Covering {
+    /// The indexes of the objectives of `objectives` that cover `key`.
+    fn of(&mut self, key: &SeriesKey, objectives: &[Compiled]) -> impl Iterator<Item = usize> {
+        let mask = match self.masks.get(key) {
+            Some(mask) => *mask,
+            None => {
+                if self.masks.len() >= COVERING_KEPT {
+                    self.masks.clear();
+                }
+                let mask = objectives
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, o)| o.covers(key))
+                    .fold(0u128, |mask, (i, _)| mask | 1 << i);
+                self.masks.insert(key.clone(), mask);
+                mask
+            }
+        };
+        (0..objectives.len()).filter(move |i| mask & 1 << i != 0)
+    }
+}
+
 /// The final hours summed per objective, by the hour's first minute.
 #[derive(Debug, Default)]
 struct FinalHours {
@@ -115,6 +150,7 @@ pub struct SloEvaluator {
     /// How long ago a span may have ended and still be counted (`ingest.max_span_age`).
     max_age_nanos: u64,
     final_hours: tokio::sync::Mutex<FinalHours>,
+    covering: parking_lot::Mutex<Covering>,
     /// Since when each (objective, severity) has met a rule with a `for`.
     pending: parking_lot::Mutex<HashMap<(usize, Severity), u64>>,
     /// recmeter's clock at the first evaluation: `no_data` waits `no_data_after` from there.
@@ -168,6 +204,7 @@ impl SloEvaluator {
             status,
             max_age_nanos: u64::try_from(max_span_age.as_nanos()).unwrap_or(u64::MAX),
             final_hours: tokio::sync::Mutex::new(FinalHours::default()),
+            covering: parking_lot::Mutex::new(Covering::default()),
             pending: parking_lot::Mutex::new(HashMap::new()),
             started_at: parking_lot::Mutex::new(None),
         })
@@ -213,31 +250,45 @@ impl SloEvaluator {
             start: (open + 1).saturating_sub(no_data_minutes),
             end: open + 1,
         });
-        let fixed = spans.len();
-        // After a start, 720 hours at the most: one call, as MAX_SPANS is larger.
-        debug_assert!(fixed + missing.len() <= MAX_SPANS);
-        spans.extend(missing.iter().map(|&h| Span::Range {
-            start: h,
-            end: h + 60,
-        }));
         let answer = self.engine.sums(&spans).await?;
         // Per objective, per span.
         let mut tallies = vec![vec![Tally::default(); spans.len()]; self.objectives.len()];
-        for (key, per_span) in &answer.series {
-            for (o, compiled) in self.objectives.iter().enumerate() {
-                if !compiled.covers(key) {
-                    continue;
-                }
-                for (i, counts) in per_span.iter().enumerate() {
-                    if let Some(c) = counts {
-                        tallies[o][i].add_counts(compiled.objective.kind, &c.counts, compiled.le);
+        {
+            let mut covering = self.covering.lock();
+            for (key, per_span) in &answer.series {
+                for o in covering.of(key, &self.objectives) {
+                    let compiled = &self.objectives[o];
+                    for (i, counts) in per_span.iter().enumerate() {
+                        if let Some(c) = counts {
+                            tallies[o][i].add_counts(
+                                compiled.objective.kind,
+                                &c.counts,
+                                compiled.le,
+                            );
+                        }
                     }
                 }
             }
         }
-        for (j, &h) in missing.iter().enumerate() {
-            let per_objective = tallies.iter().map(|t| t[fixed + j]).collect();
-            final_hours.hours.insert(h, per_objective);
+        // The hours become final since the last evaluation (all of the last 30 days after a
+        // start), read per series and hour in one query.
+        if let (Some(&first), Some(&last)) = (missing.first(), missing.last()) {
+            let hours = self.engine.hour_sums(first..last + 60).await?;
+            let mut summed: BTreeMap<u64, Vec<Tally>> = missing
+                .iter()
+                .map(|&h| (h, vec![Tally::default(); self.objectives.len()]))
+                .collect();
+            let mut covering = self.covering.lock();
+            for (key, hour, counts) in &hours.rows {
+                let Some(per_objective) = summed.get_mut(hour) else {
+                    continue;
+                };
+                for o in covering.of(key, &self.objectives) {
+                    let compiled = &self.objectives[o];
+                    per_objective[o].add_counts(compiled.objective.kind, counts, compiled.le);
+                }
+            }
+            final_hours.hours.extend(summed);
         }
         let mut objectives = Vec::with_capacity(self.objectives.len());
         for (o, compiled) in self.objectives.iter().enumerate() {

@@ -328,7 +328,9 @@ impl WindowPlanner {
                     };
                     (runs, covered)
                 }
-                Span::Range { start, end } => range_runs(span, start, end, open, minutes_from),
+                Span::Range { start, end } => {
+                    range_runs(span, start, end, open, minutes_from, memory_from)
+                }
             })
             .unzip();
         let ctx = sessions.metrics_context(at);
@@ -372,15 +374,17 @@ impl WindowPlanner {
 }
 
 /// The runs of rows the range `[start, end)` merges at open minute `open`, when minute rows are
-/// kept from `minutes_from` on, and what it covers: minutes while they are kept; before that,
-/// whole hours (the range's first hour and, for a range that ends before `minutes_from` too,
-/// its last, rounded out), then minutes from the first whole hour they are kept for.
+/// kept from `minutes_from` on (memory's blocks from `blocks_from`), and what it covers:
+/// minutes while they are kept ([`minute_runs`]); before that, whole hours (the range's first
+/// hour and, for a range that ends before `minutes_from` too, its last, rounded out), then
+/// minutes from the first whole hour they are kept for.
 fn range_runs(
     span: Span,
     start: u64,
     end: u64,
     open: u64,
     minutes_from: u64,
+    blocks_from: u64,
 ) -> (Vec<Segment>, Covered) {
     let run = |part, from, to| Segment { part, from, to };
     let to = end.min(open + 1);
@@ -392,7 +396,7 @@ fn range_runs(
             rounded_to_hours: false,
         };
         let runs = if start < to {
-            vec![run(MINUTE, start, to)]
+            minute_runs(start, to, open, blocks_from)
         } else {
             Vec::new()
         };
@@ -417,11 +421,36 @@ fn range_runs(
         to,
         rounded_to_hours: first_hour != start,
     };
-    let mut runs = vec![run(MINUTE, minutes_hour, to)];
+    let mut runs = minute_runs(minutes_hour, to, open, blocks_from);
     if first_hour < minutes_hour {
         runs.push(run(HOUR, first_hour, minutes_hour));
     }
     (runs, covered)
+}
+
+/// The runs of the minutes `[start, to)` (`to` at most `open + 1`): the whole ten-minute blocks
+/// memory holds (from `blocks_from` on) as block rows, a tenth as many as their minutes (the
+/// open block too, when the range runs through the open minute: it holds its minutes so far),
+/// and the minutes around them as minute rows.
+fn minute_runs(start: u64, to: u64, open: u64, blocks_from: u64) -> Vec<Segment> {
+    let run = |part, from, to| Segment { part, from, to };
+    let first_block = start.max(blocks_from).next_multiple_of(BLOCK_MINUTES);
+    let last_block = if to > open {
+        to
+    } else {
+        to - to % BLOCK_MINUTES
+    };
+    if first_block >= last_block || first_block > open {
+        return vec![run(MINUTE, start, to)];
+    }
+    let mut runs = vec![run(BLOCK, first_block, last_block)];
+    if start < first_block {
+        runs.push(run(MINUTE, start, first_block));
+    }
+    if last_block < to {
+        runs.push(run(MINUTE, last_block, to));
+    }
+    runs
 }
 
 /// The most spans one call of [`WindowPlanner::counts`] takes: each distinct stretch between
@@ -919,6 +948,137 @@ impl WindowPlanner {
             )
             .await
     }
+}
+
+impl WindowPlanner {
+    /// Per series and hour, the counts of the hour rows of `hours` (minute indexes, whole
+    /// hours), from memory and the store alike: one row per series and hour, however many
+    /// spans that would make. What the SLO evaluation reads the final hours of 30 days with
+    /// after a start (720 hours), where one span per hour would be an aggregate per hour.
+    pub async fn hour_sums(
+        &self,
+        sessions: &Sessions,
+        hours: std::ops::Range<u64>,
+    ) -> Result<HourSums> {
+        let (now, dimensions, threshold_columns) = {
+            let state = lock(&sessions.state);
+            (
+                state.clock().now_nanos(),
+                state.dimension_labels().to_vec(),
+                state.threshold_columns().to_vec(),
+            )
+        };
+        if hours.is_empty() {
+            return Ok(HourSums {
+                threshold_columns,
+                rows: Vec::new(),
+            });
+        }
+        let ctx = sessions.context_with(
+            sessions.internal.clone(),
+            now,
+            sessions.history.clone(),
+            None,
+        );
+        let keys = 2 + dimensions.len();
+        let mut group = key_columns(&dimensions);
+        group.push(col("hour"));
+        let counted: Vec<String> = ["requests", "errors", "recommendations"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(threshold_columns.iter().cloned())
+            .collect();
+        let sums: Vec<Expr> = counted
+            .iter()
+            .map(|c| datafusion::functions_aggregate::sum::sum(col(c.as_str())).alias(c.as_str()))
+            .collect();
+        let thresholds = threshold_columns.len();
+        let rows = sessions
+            .run(
+                sessions.internal_runtime.as_ref(),
+                async move {
+                    let range = col("hour")
+                        .gt_eq(minute_lit(hours.start))
+                        .and(col("hour").lt(minute_lit(hours.end)));
+                    let mut stream = ctx
+                        .table(table_name(Table::Hours))
+                        .await
+                        .and_then(|df| df.filter(range))
+                        .and_then(|df| df.aggregate(group, sums))
+                        .map_err(classify)?
+                        .execute_stream()
+                        .await
+                        .map_err(classify)?;
+                    let mut rows = Vec::new();
+                    while let Some(batch) = stream.next().await {
+                        let batch = batch.map_err(classify)?;
+                        hour_sum_rows(&batch, keys, thresholds, &mut rows)?;
+                    }
+                    Ok(rows)
+                },
+                sessions.config.timeout,
+                Cancel::default(),
+            )
+            .await?;
+        Ok(HourSums {
+            threshold_columns,
+            rows,
+        })
+    }
+}
+
+/// The counts per series and hour of [`WindowPlanner::hour_sums`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct HourSums {
+    /// The `requests_le_*` columns, in the order of [`RowCounts::le`].
+    pub threshold_columns: Vec<String>,
+    /// (series, the hour's first minute, its counts), in no particular order.
+    pub rows: Vec<(SeriesKey, u64, RowCounts)>,
+}
+
+/// Appends the rows of a `SELECT keys, hour, sum(requests), sum(errors),
+/// sum(recommendations), sum(requests_le_*)… GROUP BY keys, hour` batch to `out`.
+fn hour_sum_rows(
+    batch: &RecordBatch,
+    keys: usize,
+    thresholds: usize,
+    out: &mut Vec<(SeriesKey, u64, RowCounts)>,
+) -> Result<()> {
+    let hours = batch
+        .column(keys)
+        .as_primitive_opt::<TimestampNanosecondType>()
+        .ok_or_else(|| Error::QueryInternal("the hour column is not a timestamp".into()))?;
+    let counts = (keys + 1..keys + 4 + thresholds)
+        .map(|i| {
+            batch
+                .column(i)
+                .as_primitive_opt::<UInt64Type>()
+                .ok_or_else(|| Error::QueryInternal("a count column is not UInt64".into()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let value = |c: usize, row: usize| {
+        if counts[c].is_null(row) {
+            0
+        } else {
+            counts[c].value(row)
+        }
+    };
+    for (row, key) in series_keys(batch, keys).into_iter().enumerate() {
+        let hour = u64::try_from(hours.value(row))
+            .map_err(|_| Error::QueryInternal("an hour row starts before 1970".into()))?
+            / MINUTE_NANOS;
+        let mut sums = RowCounts {
+            requests: value(0, row),
+            errors: value(1, row),
+            recommendations: value(2, row),
+            ..RowCounts::default()
+        };
+        for (t, le) in sums.le.iter_mut().take(thresholds).enumerate() {
+            *le = value(3 + t, row);
+        }
+        out.push((key, hour, sums));
+    }
+    Ok(())
 }
 
 /// Hour rows per series, as `Aggregator::visit_rows` hands them over, or as read from the store.

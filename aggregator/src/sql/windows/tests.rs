@@ -556,6 +556,10 @@ async fn counts_per_span_equal_sums_over_the_raw_records() {
         (first + 398, open + 30, first + 398, open + 1, false),
         // Exactly one hour, minute-exact.
         (first + 300, first + 360, first + 300, first + 360, false),
+        // Minutes, whole blocks, minutes: both ends inside a block of memory.
+        (first + 305, first + 333, first + 305, first + 333, false),
+        // Whole blocks up to the open one, then its minutes short of the open minute.
+        (first + 380, open, first + 380, open, false),
     ];
     spans.extend(
         ranges
