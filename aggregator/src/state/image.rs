@@ -70,7 +70,7 @@ impl Aggregator {
 
     pub(super) fn fill_image(&mut self, image: &mut StateImage) -> Result<()> {
         for (key, state) in &mut self.series {
-            let mut open = state.late_rows(&mut self.scratch, &self.thresholds)?;
+            let mut open = state.late_rows(&mut self.scratch, &self.thresholds, true)?;
             if let Some(o) = state.open.as_mut() {
                 open.push((o.minute, o.row()?));
             }

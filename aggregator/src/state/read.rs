@@ -170,6 +170,7 @@ impl Aggregator {
             Table::Hours => range.contains(&hour_of(minute)),
             Table::Blocks => range.contains(&block_of(minute)) && minute <= through,
         };
+        let wants_hdr = visitor.wants_hdr();
         let mut late = Vec::new();
         let mut rows = 0;
         for (done, key) in keys.iter().enumerate() {
@@ -181,10 +182,11 @@ impl Aggregator {
             };
             late.clear();
             if !state.late.is_empty() {
-                late = state.late_rows(&mut self.scratch, &self.thresholds)?;
+                late = state.late_rows(&mut self.scratch, &self.thresholds, wants_hdr)?;
             }
             let open = match state.open.as_mut().filter(|o| wanted(o.minute)) {
-                Some(o) => Some((o.minute, o.row()?)),
+                Some(o) if wants_hdr => Some((o.minute, o.row()?)),
+                Some(o) => Some((o.minute, o.counts_row())),
                 None => None,
             };
             let mut announced = false;

@@ -157,6 +157,13 @@ pub trait RowVisitor {
     fn series(&mut self, key: &SeriesKey, source: Source) -> ControlFlow<()>;
     /// One row: the first minute of its minute, block or hour, its counts and its V2 encoding.
     fn row(&mut self, at: u64, row: &Row) -> ControlFlow<()>;
+    /// Whether the visitor reads the rows' histograms. When not, rows whose encoding is not
+    /// kept (the open minute's once it changed, late values) come with an empty `hdr` rather
+    /// than being encoded for nothing: a counts-only scan at the series cap would otherwise
+    /// encode every open minute.
+    fn wants_hdr(&self) -> bool {
+        true
+    }
 }
 
 /// The first nanosecond of `minute`.

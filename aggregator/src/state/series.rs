@@ -74,6 +74,14 @@ impl OpenMinute {
             hdr,
         })
     }
+
+    /// The row's counts, with its encoding only if kept (else an empty `hdr`).
+    pub(super) fn counts_row(&self) -> Row {
+        Row {
+            counts: self.counts,
+            hdr: self.encoded.clone().unwrap_or_default(),
+        }
+    }
 }
 
 /// One value to count: a span's request, a histogram bucket's requests, or (with no requests)
@@ -368,6 +376,7 @@ impl SeriesState {
         &self,
         scratch: &mut Histogram<u64>,
         thresholds: &[u64],
+        hdr: bool,
     ) -> Result<Vec<(u64, Row)>> {
         let mut late = self.late.clone();
         late.sort_unstable();
@@ -379,7 +388,11 @@ impl SeriesState {
                 histogram::record_n(scratch, v.value, v.count);
                 counts.count(v.value, v.count, v.error, v.recommendations, thresholds);
             }
-            let hdr = Bytes::from(histogram::encode(scratch)?);
+            let hdr = if hdr {
+                Bytes::from(histogram::encode(scratch)?)
+            } else {
+                Bytes::new()
+            };
             out.push((group[0].minute, Row { counts, hdr }));
         }
         Ok(out)

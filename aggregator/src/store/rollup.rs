@@ -283,6 +283,12 @@ impl BatchBuilder {
 }
 
 impl RowVisitor for BatchBuilder {
+    fn wants_hdr(&self) -> bool {
+        self.columns
+            .iter()
+            .any(|c| matches!(c, ColumnBuilder::Hdr(_)))
+    }
+
     fn series(&mut self, key: &SeriesKey, source: Source) -> ControlFlow<()> {
         self.current = Some((key.clone(), source));
         ControlFlow::Continue(())

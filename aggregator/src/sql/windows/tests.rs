@@ -655,6 +655,30 @@ async fn counts_per_span_equal_sums_over_the_raw_records() {
     }
     // Every span but the 1m window (the open minute, empty) counted both services.
     assert_eq!(compared, 2 * (spans.len() - 1));
+    // Spans of minutes and blocks memory holds alone are summed from memory without a plan
+    // (an SLO evaluation's): the same counts, checked against the raw records above.
+    let held: Vec<usize> = (0..spans.len())
+        .filter(|&i| match spans[i] {
+            Span::Window(w) => w.minutes() <= 120,
+            Span::Range { start, .. } => start > open - 179,
+        })
+        .collect();
+    assert!(held.len() >= 8, "{held:?}");
+    let in_memory: Vec<Span> = held.iter().map(|&i| spans[i]).collect();
+    let from_memory = engine.sums(&in_memory).await.unwrap();
+    assert_eq!(from_memory.series.len(), answer.series.len());
+    for ((key, got), (planned_key, planned)) in from_memory.series.iter().zip(&answer.series) {
+        assert_eq!(key, planned_key);
+        for (j, &i) in held.iter().enumerate() {
+            assert_eq!(
+                got[j].map(|c| c.counts),
+                planned[i].map(|c| c.counts),
+                "{} over {:?}, from memory",
+                key.service,
+                spans[i]
+            );
+        }
+    }
     // A range wholly after the open minute reads nothing; an hour-aligned one before the
     // minutes kept is not rounded.
     let later = engine
