@@ -168,7 +168,7 @@ pub fn render(slo: &SloConfig) -> String {
             block(&mut out, 10, &bad_ratio(o, w));
             let _ = writeln!(
                 out,
-                "        labels:\n          slo: {}\n          slo_kind: {}",
+                "        labels:\n          slo: \"{}\"\n          slo_kind: {}",
                 o.name,
                 o.kind.label()
             );
@@ -177,21 +177,32 @@ pub fn render(slo: &SloConfig) -> String {
                 "      - record: recmeter_slo:requests:increase{w}\n        expr: |"
             );
             block(&mut out, 10, &requests(o, w));
-            let _ = writeln!(out, "        labels:\n          slo: {}", o.name);
+            let _ = writeln!(out, "        labels:\n          slo: \"{}\"", o.name);
         }
         let _ = writeln!(
             out,
             "      - record: recmeter_slo:error_budget_remaining:ratio30d\n        expr: |\n          \
              1 - recmeter_slo:bad_ratio:rate30d{{slo=\"{name}\"}} / {budget:?}\n        labels:\n          \
-             slo: {name}",
+             slo: \"{name}\"",
             name = o.name,
             budget = o.budget(),
         );
-        for severity in [Severity::Page, Severity::Ticket] {
-            let rules: Vec<_> = o.alerts.iter().filter(|r| r.severity == severity).collect();
-            if rules.is_empty() {
-                continue;
-            }
+        // One alert per severity and `for` (Prometheus has one `for` per alert): the defaults,
+        // without `for`, make one per severity.
+        let mut groups: Vec<(Severity, Option<std::time::Duration>)> = o
+            .alerts
+            .iter()
+            .map(|r| (r.severity, r.for_))
+            .filter(|(s, _)| matches!(s, Severity::Page | Severity::Ticket))
+            .collect();
+        groups.sort_by_key(|(s, f)| (*s != Severity::Page, *f));
+        groups.dedup();
+        for (severity, for_) in groups {
+            let rules: Vec<_> = o
+                .alerts
+                .iter()
+                .filter(|r| r.severity == severity && r.for_ == for_)
+                .collect();
             let clauses: Vec<String> = rules
                 .iter()
                 .map(|r| {
@@ -214,19 +225,23 @@ pub fn render(slo: &SloConfig) -> String {
                     format!("(\n  {}\n  and on(slo)\n  {}\n)", at(&r.long), at(&r.short))
                 })
                 .collect();
-            let for_ = rules.iter().filter_map(|r| r.for_).min();
             let _ = writeln!(out, "      - alert: RecmeterSLOBurnRate\n        expr: |");
             block(&mut out, 10, &clauses.join("\nor\n"));
-            if let Some(f) = for_ {
-                let _ = writeln!(out, "        for: {}", humantime::format_duration(f));
+            // Rules of a severity with a `for` are an alert of their own, told apart by it.
+            let for_label = for_.map(prometheus_duration);
+            if let Some(f) = &for_label {
+                let _ = writeln!(out, "        for: {f}");
             }
             let _ = writeln!(
                 out,
-                "        labels:\n          severity: {sev}\n          slo: {name}\n        annotations:\n          \
+                "        labels:\n          severity: {sev}\n          slo: \"{name}\"{for_line}\n        annotations:\n          \
                  summary: \"{name}: {{{{ $value | humanizePercentage }}}} of requests bad over the long window ({sev})\"\n          \
                  description: \"Objective {name} ({kind} {objective:?}) is burning its 30-day error budget faster than its {sev} rules allow.\"",
                 sev = severity.label(),
                 name = o.name,
+                for_line = for_label
+                    .map(|f| format!("\n          for: \"{f}\""))
+                    .unwrap_or_default(),
                 kind = o.kind.label(),
                 objective = o.objective,
             );
@@ -243,13 +258,30 @@ pub fn render(slo: &SloConfig) -> String {
         );
         let _ = writeln!(
             out,
-            "        labels:\n          severity: no_data\n          slo: {name}\n        annotations:\n          \
+            "        labels:\n          severity: no_data\n          slo: \"{name}\"\n        annotations:\n          \
              summary: \"{name}: no request for {minutes}m\"",
             name = o.name,
         );
     }
     out.push_str(HEALTH);
     out
+}
+
+/// `d` as Prometheus writes durations (`1h30m`, `45s`; no spaces), to the millisecond.
+fn prometheus_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    let parts = [
+        (ms / 3_600_000, "h"),
+        (ms / 60_000 % 60, "m"),
+        (ms / 1_000 % 60, "s"),
+        (ms % 1_000, "ms"),
+    ];
+    let out: String = parts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect();
+    if out.is_empty() { "0s".into() } else { out }
 }
 
 /// Alerts on recmeter's own health.
@@ -302,6 +334,32 @@ mod tests {
         assert!(
             shipped == render(&SloConfig::default()),
             "{path} differs from `recmeter rules`; regenerate it"
+        );
+    }
+
+    /// Prometheus has one `for` per alert: a page rule with a `for` becomes its own alert,
+    /// the other page rule keeps firing at once, and the duration is written as Prometheus
+    /// parses it.
+    #[test]
+    fn a_for_makes_its_own_alert_in_prometheus_form() {
+        let mut slo = SloConfig::default();
+        slo.objectives.truncate(1);
+        slo.objectives[0].alerts[0].for_ = Some(std::time::Duration::from_secs(5_430));
+        let rules = render(&slo);
+        assert_eq!(rules.matches("\n        for: 1h30m30s\n").count(), 1, "{rules}");
+        assert_eq!(rules.matches("\n          for: \"1h30m30s\"\n").count(), 1);
+        let slo_rules = rules.split("- name: recmeter-health").next().unwrap_or_default();
+        assert_eq!(slo_rules.matches("\n        for: ").count(), 1);
+        assert_eq!(slo_rules.matches("severity: page\n").count(), 2);
+        assert_eq!(slo_rules.matches("severity: ticket\n").count(), 1);
+        assert_eq!(
+            prometheus_duration(std::time::Duration::from_millis(1_500)),
+            "1s500ms"
+        );
+        assert_eq!(prometheus_duration(std::time::Duration::ZERO), "0s");
+        assert_eq!(
+            prometheus_duration(std::time::Duration::from_secs(7_200)),
+            "2h"
         );
     }
 

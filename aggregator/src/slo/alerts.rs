@@ -76,6 +76,16 @@ impl SloAlerts {
             .collect()
     }
 
+    /// The transitions that started the firing alerts.
+    pub fn firing_since(&self) -> Vec<Transition> {
+        self.state
+            .lock()
+            .firing
+            .values()
+            .flat_map(|s| s.values().cloned())
+            .collect()
+    }
+
     /// The transitions kept, oldest first.
     pub fn transitions(&self) -> Vec<Transition> {
         self.state.lock().transitions.iter().cloned().collect()
@@ -120,7 +130,7 @@ impl Participant for SloAlerts {
                 state.firing.remove(&t.slo);
             }
         }
-        if state.transitions.len() == MAX_TRANSITIONS {
+        while state.transitions.len() >= MAX_TRANSITIONS {
             state.transitions.pop_front();
         }
         state.transitions.push_back(t);

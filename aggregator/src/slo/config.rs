@@ -239,10 +239,15 @@ impl SloConfig {
                 "must be at least 1s",
             ));
         }
-        if self.no_data_after < Duration::from_secs(60) {
+        if self.no_data_after < Duration::from_secs(60)
+            || self.no_data_after > Duration::from_secs(2 * 3_600)
+            || !self.no_data_after.as_secs().is_multiple_of(60)
+            || self.no_data_after.subsec_nanos() != 0
+        {
             errors.push(InvalidField::new(
                 "slo.no_data_after",
-                "must be at least 1m (requests are counted by the minute)",
+                "must be whole minutes from 1m to 2h (requests are counted by the minute, and \
+                 an evaluation reads the minutes memory holds)",
             ));
         }
         if self.objectives.len() > MAX_OBJECTIVES {
@@ -369,11 +374,10 @@ fn check_threshold(
     aggregator: &AggregatorConfig,
 ) -> Vec<InvalidField> {
     let mut errors = Vec::new();
-    let nanos = (t * 1e9).round();
+    // The column the evaluation reads, by name, as it finds it.
     if !aggregator
-        .latency_thresholds
-        .iter()
-        .any(|&a| (a * 1e9).round() == nanos)
+        .threshold_columns()
+        .contains(&crate::config::threshold_column(t))
     {
         errors.push(InvalidField::new(
             field,
@@ -384,6 +388,7 @@ fn check_threshold(
             ),
         ));
     }
+    let nanos = (t * 1e9).round();
     if !LATENCY_BUCKETS_NANOS.iter().any(|&b| b as f64 == nanos) {
         let bounds: Vec<String> = LATENCY_BUCKETS_NANOS
             .iter()
@@ -458,6 +463,25 @@ mod tests {
         ] {
             assert!(got.iter().any(|e| e.starts_with(want)), "{want}\n{got:#?}");
         }
+        // no_data_after: whole minutes, 1m to 2h; a threshold within a nanosecond of a counted
+        // one is not that one's column.
+        for secs in [30, 90, 3 * 3_600] {
+            let mut config = SloConfig::default();
+            config.no_data_after = std::time::Duration::from_secs(secs);
+            assert!(
+                errors(&config)[0].starts_with("slo.no_data_after: must be whole minutes"),
+                "{secs} s"
+            );
+        }
+        let mut near = SloConfig::default();
+        near.objectives[1].threshold = Some(0.2000000001);
+        assert!(
+            errors(&near)[0].starts_with(
+                "slo.objectives[1].threshold: 0.2000000001 s (objective `latency`) is not one of"
+            ),
+            "{:?}",
+            errors(&near)
+        );
         // Too many objectives, or rules, are refused by count.
         let mut many = SloConfig::default();
         many.objectives[0].alerts = vec![many.objectives[0].alerts[0].clone(); 17];

@@ -151,8 +151,8 @@ pub struct SloEvaluator {
     max_age_nanos: u64,
     final_hours: tokio::sync::Mutex<FinalHours>,
     covering: parking_lot::Mutex<Covering>,
-    /// Since when each (objective, severity) has met a rule with a `for`.
-    pending: parking_lot::Mutex<HashMap<(usize, Severity), u64>>,
+    /// Since when each (objective, alert rule) has held, for rules with a `for`.
+    pending: parking_lot::Mutex<HashMap<(usize, usize), u64>>,
     /// recmeter's clock at the first evaluation: `no_data` waits `no_data_after` from there.
     started_at: parking_lot::Mutex<Option<u64>>,
 }
@@ -172,26 +172,37 @@ impl SloEvaluator {
         status: Arc<SloStatus>,
         max_span_age: std::time::Duration,
     ) -> Result<Self> {
-        let compile = |globs: &[String]| {
+        let compile = |name: &str, globs: &[String]| {
             globs
                 .iter()
                 .map(|g| Pattern::new(g))
                 .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| Error::Participant(format!("an SLO glob: {e}")))
+                .map_err(|e| Error::Participant(format!("objective `{name}`: a glob: {e}")))
         };
         let objectives = config
             .objectives
             .iter()
             .map(|o| {
-                let le = o.threshold.map(|t| {
-                    let column = crate::config::threshold_column(t);
-                    thresholds.iter().position(|c| *c == column)
-                });
+                // A latency objective's threshold must be counted (validation checks this;
+                // counting nothing would never burn).
+                let le = match o.threshold {
+                    None => None,
+                    Some(t) => {
+                        let column = crate::config::threshold_column(t);
+                        Some(thresholds.iter().position(|c| *c == column).ok_or_else(|| {
+                            Error::Participant(format!(
+                                "objective `{}`: no {column} column is counted; list {t} in \
+                                 aggregator.latency_thresholds",
+                                o.name
+                            ))
+                        })?)
+                    }
+                };
                 Ok(Compiled {
                     objective: o.clone(),
-                    services: compile(&o.services)?,
-                    endpoints: compile(&o.endpoints)?,
-                    le: le.flatten(),
+                    services: compile(&o.name, &o.services)?,
+                    endpoints: compile(&o.name, &o.endpoints)?,
+                    le,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -325,37 +336,55 @@ impl SloEvaluator {
         Ok(evaluation)
     }
 
-    /// Logs each alert whose state changes at `evaluation`.
+    /// Logs each alert whose state changes at `evaluation`: those of the objectives evaluated,
+    /// and the resolution of any still firing for an objective no longer configured (renamed or
+    /// removed across a restart), with no burn rates.
     async fn transitions(&self, evaluation: &Evaluation, started: u64) {
         let at = evaluation.at_unix_nanos;
+        for mut gone in self.alerts.firing_since() {
+            if self.objectives.iter().any(|c| c.objective.name == gone.slo) {
+                continue;
+            }
+            gone.firing = false;
+            gone.at_unix_nanos = at;
+            gone.burn_rates.clear();
+            self.log(gone).await;
+        }
         let no_data_after = u64::try_from(self.config.no_data_after.as_nanos()).unwrap_or(u64::MAX);
         for (o, status) in evaluation.objectives.iter().enumerate() {
             let objective = &status.objective;
             for severity in [Severity::Page, Severity::Ticket, Severity::NoData] {
+                // An alert already firing (before a restart, say) keeps firing while its
+                // condition holds: the waits below (`no_data_after` from the first evaluation,
+                // a rule's `for`) only delay a new one.
+                let firing = self.alerts.is_firing(&objective.name, severity);
                 let met = match severity {
                     Severity::NoData => {
-                        status.recent_requests == 0 && at.saturating_sub(started) >= no_data_after
+                        status.recent_requests == 0
+                            && (firing || at.saturating_sub(started) >= no_data_after)
                     }
+                    // Any of the severity's rules, each held for its own `for`.
                     _ => {
-                        match status
-                            .tallies
-                            .firing_rule(objective, &objective.alerts, severity)
-                        {
-                            None => false,
-                            Some(rule) => {
-                                let since = *self.pending.lock().entry((o, severity)).or_insert(at);
-                                let wait = rule
-                                    .for_
-                                    .map_or(0, |f| u64::try_from(f.as_nanos()).unwrap_or(u64::MAX));
-                                at.saturating_sub(since) >= wait
+                        let mut met = false;
+                        let mut pending = self.pending.lock();
+                        for (j, rule) in objective.alerts.iter().enumerate() {
+                            if rule.severity != severity {
+                                continue;
                             }
+                            if !status.tallies.holds(objective, rule) {
+                                pending.remove(&(o, j));
+                                continue;
+                            }
+                            let since = *pending.entry((o, j)).or_insert(at);
+                            let wait = rule
+                                .for_
+                                .map_or(0, |f| u64::try_from(f.as_nanos()).unwrap_or(u64::MAX));
+                            met |= firing || at.saturating_sub(since) >= wait;
                         }
+                        met
                     }
                 };
-                if !met {
-                    self.pending.lock().remove(&(o, severity));
-                }
-                if met == self.alerts.is_firing(&objective.name, severity) {
+                if met == firing {
                     continue;
                 }
                 let transition = Transition {
@@ -366,29 +395,33 @@ impl SloEvaluator {
                     burn_rates: status.burn_rates(),
                     budget_remaining: status.budget_remaining(),
                 };
-                let logged = match SloAlerts::event(&transition) {
-                    Ok(event) => self.aggregator.log_event(event).await,
-                    Err(e) => Err(e),
-                };
-                match logged {
-                    Ok(()) => tracing::info!(
-                        slo = %objective.name,
-                        severity = severity.label(),
-                        firing = met,
-                        burn_1h = status.burn_rate(Window::H1),
-                        budget_remaining = status.budget_remaining(),
-                        "SLO alert {}.",
-                        if met { "firing" } else { "resolved" }
-                    ),
-                    // Retried at the next evaluation: the state has not changed.
-                    Err(e) => tracing::warn!(
-                        slo = %objective.name,
-                        severity = severity.label(),
-                        error = %e,
-                        "Cannot log an SLO alert transition; the next evaluation retries."
-                    ),
-                }
+                self.log(transition).await;
             }
+        }
+    }
+
+    /// Logs `transition`, which takes effect once durable; a failure is retried at the next
+    /// evaluation, as the state has not changed.
+    async fn log(&self, transition: Transition) {
+        let logged = match SloAlerts::event(&transition) {
+            Ok(event) => self.aggregator.log_event(event).await,
+            Err(e) => Err(e),
+        };
+        match logged {
+            Ok(()) => tracing::info!(
+                slo = %transition.slo,
+                severity = transition.severity.label(),
+                firing = transition.firing,
+                burn_1h = transition.burn_rates.get(Window::H1.label()).copied(),
+                budget_remaining = transition.budget_remaining,
+                "SLO alert transition logged."
+            ),
+            Err(e) => tracing::warn!(
+                slo = %transition.slo,
+                severity = transition.severity.label(),
+                error = %e,
+                "Cannot log an SLO alert transition; the next evaluation retries."
+            ),
         }
     }
 }
@@ -551,6 +584,107 @@ mod tests {
             }
         }
         assert_eq!(evaluations, 14);
+    }
+
+    /// A new evaluator of `config` over `s`'s aggregator and alerts, as after a restart.
+    fn restarted(s: &Setup, config: &SloConfig) -> SloEvaluator {
+        let engine =
+            Arc::new(QueryEngine::new(s.handle.state().clone(), &SqlConfig::default()).unwrap());
+        SloEvaluator::new(
+            config,
+            &AggregatorConfig::default().threshold_columns(),
+            engine,
+            s.handle.clone(),
+            s.alerts.clone(),
+            Arc::new(SloStatus::default()),
+            IngestConfig::default().max_span_age,
+        )
+        .unwrap()
+    }
+
+    /// A rule with a `for` fires once it has held that long (10% errors hold the 1h/5m rule
+    /// from the first evaluation, a minute apart): at once without, 3 minutes on with `3m`.
+    #[tokio::test]
+    async fn a_rule_with_for_fires_once_it_held_that_long() {
+        for (wait, fires_at) in [(None, 0), (Some(180), 3)] {
+            let mut config = SloConfig::default();
+            let mut rule = config.objectives[0].alerts[0].clone();
+            assert_eq!((rule.severity, rule.long.as_str()), (Severity::Page, "1h"));
+            rule.for_ = wait.map(Duration::from_secs);
+            config.objectives[0].alerts = vec![rule];
+            let s = setup(&config, 500_000 * 3_600);
+            let mut fired = None;
+            for m in 0..6 {
+                minute(&s, 1_000, 100).await;
+                if fired.is_none() && s.alerts.is_firing("availability", Severity::Page) {
+                    fired = Some(m);
+                }
+            }
+            assert_eq!(fired, Some(fires_at), "for {wait:?}");
+        }
+    }
+
+    /// After a restart a firing `no_data` alert keeps firing (no resolve, no second firing),
+    /// though the new process has not waited `no_data_after` itself; an alert of an objective
+    /// no longer configured resolves once, with no burn rates.
+    #[tokio::test]
+    async fn a_restart_keeps_firing_alerts_and_resolves_removed_objectives() {
+        let s = setup(&SloConfig::default(), 500_000 * 3_600);
+        minute(&s, 100, 0).await;
+        for _ in 0..15 {
+            s.clock.advance(Duration::from_secs(60));
+            s.evaluator.evaluate().await.unwrap();
+        }
+        assert!(s.alerts.is_firing("availability", Severity::NoData));
+        assert!(s.alerts.is_firing("latency", Severity::NoData));
+        let before = s.alerts.transitions().len();
+        let mut config = SloConfig::default();
+        config.objectives.truncate(1);
+        let evaluator = restarted(&s, &config);
+        for _ in 0..3 {
+            s.clock.advance(Duration::from_secs(30));
+            evaluator.evaluate().await.unwrap();
+        }
+        assert!(s.alerts.is_firing("availability", Severity::NoData));
+        assert!(!s.alerts.is_firing("latency", Severity::NoData));
+        let after = s.alerts.transitions();
+        assert_eq!(after.len(), before + 1, "{after:?}");
+        let resolved = &after[before];
+        assert_eq!(
+            (resolved.slo.as_str(), resolved.severity, resolved.firing),
+            ("latency", Severity::NoData, false)
+        );
+        assert!(resolved.burn_rates.is_empty());
+    }
+
+    /// The issue's event weighting, through the evaluator: one series with 1 000 000 requests
+    /// and 0.01% errors, one with 100 requests and 50% errors. The availability objective's 1h
+    /// ratio is 150 / 1 000 100 (a burn of 0.2999…), not the mean of the two series' ratios
+    /// ((0.0001 + 0.5) / 2, a burn of 500.1).
+    #[tokio::test]
+    async fn an_objective_weighs_requests_not_series_ratios() {
+        let s = setup(&SloConfig::default(), 500_000 * 3_600);
+        let now = s.clock.now_nanos();
+        let mut batch: Vec<_> = (0..1_000_000u64)
+            .map(|i| record("big", now, 1_000_000, i < 100))
+            .collect();
+        batch.extend((0..100u64).map(|i| record("small", now, 1_000_000, i < 50)));
+        assert_eq!(lock(s.handle.state()).apply(&batch).accepted, 1_000_100);
+        s.clock.advance(Duration::from_secs(60));
+        let e = s.evaluator.evaluate().await.unwrap();
+        let availability = &e.objectives[0];
+        assert_eq!(
+            availability.tallies.get(Window::H1),
+            Tally {
+                requests: 1_000_100,
+                bad: 150
+            }
+        );
+        let burn = availability.burn_rate(Window::H1);
+        assert!(
+            (burn - 150.0 / 1_000_100.0 / 0.0005).abs() < 1e-12,
+            "{burn}"
+        );
     }
 
     /// After 27 hours of traffic checkpointed and compacted every hour, the evaluator's first

@@ -79,13 +79,20 @@ impl Tallies {
         rules: &'a [AlertRule],
         severity: Severity,
     ) -> Option<&'a AlertRule> {
-        rules.iter().filter(|r| r.severity == severity).find(|r| {
-            let (long, short) = r.windows();
-            [long, short].iter().all(|&w| {
-                let t = self.get(w);
-                t.requests >= objective.min_requests.max(1)
-                    && t.burn_rate(objective.objective) > r.burn_rate
-            })
+        rules
+            .iter()
+            .filter(|r| r.severity == severity)
+            .find(|r| self.holds(objective, r))
+    }
+
+    /// Whether `rule`'s two windows both burn faster than its rate, each with at least
+    /// `min_requests` requests (and one).
+    pub fn holds(&self, objective: &Objective, rule: &AlertRule) -> bool {
+        let (long, short) = rule.windows();
+        [long, short].iter().all(|&w| {
+            let t = self.get(w);
+            t.requests >= objective.min_requests.max(1)
+                && t.burn_rate(objective.objective) > rule.burn_rate
         })
     }
 }
