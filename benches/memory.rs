@@ -37,6 +37,7 @@ use recmeter_aggregator::{
     Aggregator, AggregatorConfig, AggregatorHandle, Clock, IngestConfig, QueryEngine,
     RequestRecord, SeriesKey, SqlConfig, Telemetry, Window,
 };
+use recmeter_benches::{knob, rss_mib};
 use recmeter_exporter::api::{METRICS_WINDOWS, default_providers};
 use recmeter_exporter::prometheus::{Format, Provider, render_parts};
 
@@ -44,26 +45,9 @@ use recmeter_exporter::prometheus::{Format, Provider, render_parts};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const SERIES: usize = 10_000;
+/// Requests per series per minute. `BENCH_PER_MINUTE` and `BENCH_PARTITIONS` (default: one per
+/// core) shorten or vary a run while investigating; the recorded figures use the defaults.
 const PER_MINUTE: usize = 30;
-
-/// `BENCH_PER_MINUTE` (default 30) and `BENCH_PARTITIONS` (default: one per core) shorten or
-/// vary a run while investigating; the recorded figures use the defaults.
-fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_mib(field: &str) -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kib| kib.parse::<f64>().ok())
-        .map_or(f64::NAN, |kib| kib / 1024.0)
-}
 
 /// A request per series ending within the second before now, as between two scrapes.
 fn one_request_each(state: &SharedState, clock: &Clock, keys: &[SeriesKey], rng: &mut StdRng) {

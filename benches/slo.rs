@@ -44,6 +44,7 @@ use recmeter_aggregator::{
     Aggregator, AggregatorConfig, AggregatorHandle, Clock, IngestConfig, QueryEngine,
     RequestRecord, SeriesKey, SqlConfig, Window,
 };
+use recmeter_benches::{knob, rss_mib};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -53,23 +54,6 @@ const DAYS: u64 = 30;
 const MINUTE: u64 = 60_000_000_000;
 /// An hour boundary, where the history starts.
 const START_SECS: u64 = 1_800_000_000 / 3_600 * 3_600;
-
-fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_mib(field: &str) -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kib| kib.parse::<f64>().ok())
-        .map_or(f64::NAN, |kib| kib / 1024.0)
-}
 
 /// The requests sent, by the minute they ended in.
 #[derive(Default)]

@@ -346,9 +346,16 @@ mod tests {
         slo.objectives.truncate(1);
         slo.objectives[0].alerts[0].for_ = Some(std::time::Duration::from_secs(5_430));
         let rules = render(&slo);
-        assert_eq!(rules.matches("\n        for: 1h30m30s\n").count(), 1, "{rules}");
+        assert_eq!(
+            rules.matches("\n        for: 1h30m30s\n").count(),
+            1,
+            "{rules}"
+        );
         assert_eq!(rules.matches("\n          for: \"1h30m30s\"\n").count(), 1);
-        let slo_rules = rules.split("- name: recmeter-health").next().unwrap_or_default();
+        let slo_rules = rules
+            .split("- name: recmeter-health")
+            .next()
+            .unwrap_or_default();
         assert_eq!(slo_rules.matches("\n        for: ").count(), 1);
         assert_eq!(slo_rules.matches("severity: page\n").count(), 2);
         assert_eq!(slo_rules.matches("severity: ticket\n").count(), 1);
