@@ -466,8 +466,10 @@ mod tests {
         // no_data_after: whole minutes, 1m to 2h; a threshold within a nanosecond of a counted
         // one is not that one's column.
         for secs in [30, 90, 3 * 3_600] {
-            let mut config = SloConfig::default();
-            config.no_data_after = std::time::Duration::from_secs(secs);
+            let config = SloConfig {
+                no_data_after: std::time::Duration::from_secs(secs),
+                ..SloConfig::default()
+            };
             assert!(
                 errors(&config)[0].starts_with("slo.no_data_after: must be whole minutes"),
                 "{secs} s"
