@@ -20,7 +20,8 @@ use crate::error::{Error, Result};
 use crate::record::SeriesKey;
 use crate::service::AggregatorHandle;
 use crate::sql::QueryEngine;
-use crate::sql::windows::Span;
+use crate::sql::windows::{HourSink, Span};
+use crate::state::RowCounts;
 use crate::window::Window;
 
 /// One objective with its globs compiled and its threshold's column found.
@@ -132,6 +133,27 @@ impl Covering {
     }
 }
 
+/// Adds the hour rows [`QueryEngine::hour_sums`] streams into per-objective tallies of the
+/// hours asked for.
+struct FinalHourSums {
+    objectives: Arc<[Compiled]>,
+    covering: Covering,
+    /// Per hour asked for (its first minute), per objective.
+    summed: BTreeMap<u64, Vec<Tally>>,
+}
+
+impl HourSink for FinalHourSums {
+    fn add(&mut self, key: &SeriesKey, hour: u64, counts: &RowCounts) {
+        let Some(per_objective) = self.summed.get_mut(&hour) else {
+            return;
+        };
+        for o in self.covering.of(key, &self.objectives) {
+            let compiled = &self.objectives[o];
+            per_objective[o].add_counts(compiled.objective.kind, counts, compiled.le);
+        }
+    }
+}
+
 /// The final hours summed per objective, by the hour's first minute.
 #[derive(Debug, Default)]
 struct FinalHours {
@@ -142,7 +164,7 @@ struct FinalHours {
 #[derive(Debug)]
 pub struct SloEvaluator {
     config: SloConfig,
-    objectives: Vec<Compiled>,
+    objectives: Arc<[Compiled]>,
     engine: Arc<QueryEngine>,
     aggregator: AggregatorHandle,
     alerts: Arc<SloAlerts>,
@@ -208,7 +230,7 @@ impl SloEvaluator {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             config: config.clone(),
-            objectives,
+            objectives: objectives.into(),
             engine,
             aggregator,
             alerts,
@@ -226,11 +248,14 @@ impl SloEvaluator {
     pub async fn evaluate(&self) -> Result<Arc<Evaluation>> {
         let at = self.aggregator.clock().now_nanos();
         if self.objectives.is_empty() {
-            // `objectives = []` turns the SLOs off: nothing to read.
-            let evaluation = Arc::new(Evaluation {
+            // `objectives = []` turns the SLOs off: nothing to read, and any alert still firing
+            // from before resolves.
+            let evaluation = Evaluation {
                 at_unix_nanos: at,
                 objectives: Vec::new(),
-            });
+            };
+            self.transitions(&evaluation, at).await;
+            let evaluation = Arc::new(evaluation);
             self.status.set(evaluation.clone());
             return Ok(evaluation);
         }
@@ -282,24 +307,19 @@ impl SloEvaluator {
             }
         }
         // The hours become final since the last evaluation (all of the last 30 days after a
-        // start), read per series and hour in one query.
+        // start), their rows streamed from one scan into per-objective tallies.
         if let (Some(&first), Some(&last)) = (missing.first(), missing.last()) {
-            let hours = self.engine.hour_sums(first..last + 60).await?;
-            let mut summed: BTreeMap<u64, Vec<Tally>> = missing
-                .iter()
-                .map(|&h| (h, vec![Tally::default(); self.objectives.len()]))
-                .collect();
-            let mut covering = self.covering.lock();
-            for (key, hour, counts) in &hours.rows {
-                let Some(per_objective) = summed.get_mut(hour) else {
-                    continue;
-                };
-                for o in covering.of(key, &self.objectives) {
-                    let compiled = &self.objectives[o];
-                    per_objective[o].add_counts(compiled.objective.kind, counts, compiled.le);
-                }
-            }
-            final_hours.hours.extend(summed);
+            let sink = FinalHourSums {
+                objectives: self.objectives.clone(),
+                covering: std::mem::take(&mut *self.covering.lock()),
+                summed: missing
+                    .iter()
+                    .map(|&h| (h, vec![Tally::default(); self.objectives.len()]))
+                    .collect(),
+            };
+            let sink = self.engine.hour_sums(first..last + 60, sink).await?;
+            *self.covering.lock() = sink.covering;
+            final_hours.hours.extend(sink.summed);
         }
         let mut objectives = Vec::with_capacity(self.objectives.len());
         for (o, compiled) in self.objectives.iter().enumerate() {
@@ -655,6 +675,18 @@ mod tests {
             ("latency", Severity::NoData, false)
         );
         assert!(resolved.burn_rates.is_empty());
+        // `objectives = []`: what still fires resolves.
+        let off = restarted(
+            &s,
+            &SloConfig {
+                objectives: Vec::new(),
+                ..SloConfig::default()
+            },
+        );
+        off.evaluate().await.unwrap();
+        off.evaluate().await.unwrap();
+        assert!(s.alerts.firing().is_empty());
+        assert_eq!(s.alerts.transitions().len(), before + 2);
     }
 
     /// The event weighting, through the evaluator: one series with 1 000 000 requests

@@ -17,7 +17,7 @@ use futures::StreamExt;
 use super::catalog::CatalogTable;
 use super::guard::{self, Cancel};
 use super::session::{Sessions, classify};
-use super::windows::{HourSums, Span, WindowCounts, WindowPlanner};
+use super::windows::{HourSink, Span, WindowCounts, WindowPlanner};
 use crate::config::SqlConfig;
 use crate::error::{Error, Result};
 use crate::state::{SharedState, Snapshot};
@@ -88,10 +88,10 @@ impl QueryEngine {
         self.windows.counts(&self.sessions, spans, false).await
     }
 
-    /// See [`WindowPlanner::hour_sums`]: per series
-    /// and hour, the counts of the hour rows of `hours` (minute indexes, whole hours).
-    pub async fn hour_sums(&self, hours: std::ops::Range<u64>) -> Result<HourSums> {
-        self.windows.hour_sums(&self.sessions, hours).await
+    /// See [`WindowPlanner::hour_sums`]: hands `sink` the counts of every hour row of `hours`
+    /// (minute indexes, whole hours), and gives it back.
+    pub async fn hour_sums<S: HourSink>(&self, hours: std::ops::Range<u64>, sink: S) -> Result<S> {
+        self.windows.hour_sums(&self.sessions, hours, sink).await
     }
 
     /// Whether the kept final hours were moved on rather than merged anew (`None`: none kept).

@@ -960,15 +960,21 @@ impl WindowPlanner {
 }
 
 impl WindowPlanner {
-    /// Per series and hour, the counts of the hour rows of `hours` (minute indexes, whole
-    /// hours), from memory and the store alike: one row per series and hour, however many
-    /// spans that would make. What the SLO evaluation reads the final hours of 30 days with
-    /// after a start (720 hours), where one span per hour would be an aggregate per hour.
-    pub async fn hour_sums(
+    /// Hands `sink` the counts of every hour row of `hours` (minute indexes, whole hours),
+    /// memory's and the store's alike, as the rows stream from one scan of `latency_hours`
+    /// (no grouping: a series' hour may come as more than one row, to be added up), and gives
+    /// `sink` back. What the SLO evaluation reads the final hours of 30 days with after a
+    /// start (720 hours at the series cap: 7.2 million rows), where one span per hour would be
+    /// an aggregate per hour.
+    pub async fn hour_sums<S: HourSink>(
         &self,
         sessions: &Sessions,
         hours: std::ops::Range<u64>,
-    ) -> Result<HourSums> {
+        mut sink: S,
+    ) -> Result<S> {
+        if hours.is_empty() {
+            return Ok(sink);
+        }
         let (now, dimensions, threshold_columns) = {
             let state = lock(&sessions.state);
             (
@@ -977,12 +983,6 @@ impl WindowPlanner {
                 state.threshold_columns().to_vec(),
             )
         };
-        if hours.is_empty() {
-            return Ok(HourSums {
-                threshold_columns,
-                rows: Vec::new(),
-            });
-        }
         let ctx = sessions.context_with(
             sessions.internal.clone(),
             now,
@@ -990,19 +990,16 @@ impl WindowPlanner {
             None,
         );
         let keys = 2 + dimensions.len();
-        let mut group = key_columns(&dimensions);
-        group.push(col("hour"));
-        let counted: Vec<String> = ["requests", "errors", "recommendations"]
-            .into_iter()
-            .map(str::to_owned)
-            .chain(threshold_columns.iter().cloned())
-            .collect();
-        let sums: Vec<Expr> = counted
-            .iter()
-            .map(|c| datafusion::functions_aggregate::sum::sum(col(c.as_str())).alias(c.as_str()))
-            .collect();
+        let mut columns = key_columns(&dimensions);
+        columns.push(col("hour"));
+        columns.extend(
+            ["requests", "errors", "recommendations"]
+                .into_iter()
+                .chain(threshold_columns.iter().map(String::as_str))
+                .map(col),
+        );
         let thresholds = threshold_columns.len();
-        let rows = sessions
+        sessions
             .run(
                 sessions.internal_runtime.as_ref(),
                 async move {
@@ -1013,45 +1010,38 @@ impl WindowPlanner {
                         .table(table_name(Table::Hours))
                         .await
                         .and_then(|df| df.filter(range))
-                        .and_then(|df| df.aggregate(group, sums))
+                        .and_then(|df| df.select(columns))
                         .map_err(classify)?
                         .execute_stream()
                         .await
                         .map_err(classify)?;
-                    let mut rows = Vec::new();
                     while let Some(batch) = stream.next().await {
                         let batch = batch.map_err(classify)?;
-                        hour_sum_rows(&batch, keys, thresholds, &mut rows)?;
+                        hour_sum_rows(&batch, keys, thresholds, &mut sink)?;
                     }
-                    Ok(rows)
+                    Ok(sink)
                 },
                 sessions.config.timeout,
                 Cancel::default(),
             )
-            .await?;
-        Ok(HourSums {
-            threshold_columns,
-            rows,
-        })
+            .await
     }
 }
 
-/// The counts per series and hour of [`WindowPlanner::hour_sums`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct HourSums {
-    /// The `requests_le_*` columns, in the order of [`RowCounts::le`].
-    pub threshold_columns: Vec<String>,
-    /// (series, the hour's first minute, its counts), in no particular order.
-    pub rows: Vec<(SeriesKey, u64, RowCounts)>,
+/// Takes the hour rows of [`WindowPlanner::hour_sums`], one at a time.
+pub trait HourSink: Send + 'static {
+    /// One hour row of `key`: the hour's first minute, and its counts (requests, errors,
+    /// recommendations, and `requests_le_*` in the aggregator's threshold order).
+    fn add(&mut self, key: &SeriesKey, hour: u64, counts: &RowCounts);
 }
 
-/// Appends the rows of a `SELECT keys, hour, sum(requests), sum(errors),
-/// sum(recommendations), sum(requests_le_*)… GROUP BY keys, hour` batch to `out`.
+/// Hands the rows of a `SELECT keys, hour, requests, errors, recommendations,
+/// requests_le_*…` batch to `sink`.
 fn hour_sum_rows(
     batch: &RecordBatch,
     keys: usize,
     thresholds: usize,
-    out: &mut Vec<(SeriesKey, u64, RowCounts)>,
+    sink: &mut impl HourSink,
 ) -> Result<()> {
     let hours = batch
         .column(keys)
@@ -1085,7 +1075,7 @@ fn hour_sum_rows(
         for (t, le) in sums.le.iter_mut().take(thresholds).enumerate() {
             *le = value(3 + t, row);
         }
-        out.push((key, hour, sums));
+        sink.add(&key, hour, &sums);
     }
     Ok(())
 }
