@@ -938,15 +938,8 @@ impl WindowPlanner {
             .run(
                 sessions.internal_runtime.as_ref(),
                 async move {
-                    let range = col("hour")
-                        .gt_eq(minute_lit(hours.start))
-                        .and(col("hour").lt(minute_lit(hours.end)));
-                    let batches = ctx
-                        .table(table_name(Table::Hours))
-                        .await
-                        .and_then(|df| df.filter(range))
-                        .and_then(|df| df.select(columns))
-                        .map_err(classify)?
+                    let batches = hour_rows(&ctx, hours, columns)
+                        .await?
                         .collect()
                         .await
                         .map_err(classify)?;
@@ -1003,15 +996,8 @@ impl WindowPlanner {
             .run(
                 sessions.internal_runtime.as_ref(),
                 async move {
-                    let range = col("hour")
-                        .gt_eq(minute_lit(hours.start))
-                        .and(col("hour").lt(minute_lit(hours.end)));
-                    let mut stream = ctx
-                        .table(table_name(Table::Hours))
-                        .await
-                        .and_then(|df| df.filter(range))
-                        .and_then(|df| df.select(columns))
-                        .map_err(classify)?
+                    let mut stream = hour_rows(&ctx, hours, columns)
+                        .await?
                         .execute_stream()
                         .await
                         .map_err(classify)?;
@@ -1026,6 +1012,23 @@ impl WindowPlanner {
             )
             .await
     }
+}
+
+/// The `columns` of `latency_hours`' rows of `hours` (minute indexes), memory's and the
+/// store's alike.
+async fn hour_rows(
+    ctx: &SessionContext,
+    hours: std::ops::Range<u64>,
+    columns: Vec<Expr>,
+) -> Result<datafusion::dataframe::DataFrame> {
+    let range = col("hour")
+        .gt_eq(minute_lit(hours.start))
+        .and(col("hour").lt(minute_lit(hours.end)));
+    ctx.table(table_name(Table::Hours))
+        .await
+        .and_then(|df| df.filter(range))
+        .and_then(|df| df.select(columns))
+        .map_err(classify)
 }
 
 /// Takes the hour rows of [`WindowPlanner::hour_sums`], one at a time.
