@@ -40,6 +40,9 @@ pub enum Command {
     /// configured [slo] objectives, over recmeter's exported counters, with alerts on
     /// recmeter's own health (for `promtool check rules` and a Prometheus rule_files entry).
     Rules(crate::rules::RulesArgs),
+    /// PagerDuty delivery of recmeter's SLO alerts: `recmeter pagerduty test` checks the
+    /// routing keys.
+    Pagerduty(crate::pagerduty::PagerDutyArgs),
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use recmeter_aggregator::auth::secret_from_key_or_file;
 use recmeter_aggregator::durability::{RetentionConfig, StorageConfig, WalConfig};
 use recmeter_aggregator::slo::SloConfig;
 use recmeter_aggregator::{
@@ -15,6 +16,7 @@ use recmeter_aggregator::{
 };
 use recmeter_collector::sources::otlp::OtlpConfig;
 use recmeter_exporter::ApiConfig;
+use recmeter_exporter::pagerduty::PagerDutyConfig;
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
@@ -64,6 +66,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Service level objectives and their burn-rate alerts.
     pub slo: SloConfig,
+    /// Where recmeter's own SLO alerts go.
+    pub pagerduty: PagerDutyConfig,
 }
 
 /// `[auth]` configuration. Each token comes from the key itself (set it through the
@@ -95,34 +99,18 @@ impl AuthConfig {
     /// Reads token files; every problem is reported.
     pub fn tokens(&self) -> Result<Tokens, Vec<InvalidField>> {
         let mut errors = Vec::new();
-        let mut one =
-            |name: &str, token: &Option<BearerToken>, file: &Option<PathBuf>| match (token, file) {
-                (Some(_), Some(_)) => {
-                    errors.push(InvalidField::new(
-                        format!("auth.{name}_file"),
-                        format!("set either auth.{name} or auth.{name}_file, not both"),
-                    ));
-                    None
-                }
-                (Some(token), None) => Some(token.clone()),
-                (None, Some(path)) => match std::fs::read_to_string(path) {
-                    Ok(text) => BearerToken::new(&text).or_else(|| {
-                        errors.push(InvalidField::new(
-                            format!("auth.{name}_file"),
-                            format!("{} is empty", path.display()),
-                        ));
-                        None
-                    }),
-                    Err(e) => {
-                        errors.push(InvalidField::new(
-                            format!("auth.{name}_file"),
-                            format!("cannot read {}: {e}", path.display()),
-                        ));
-                        None
-                    }
-                },
-                (None, None) => None,
-            };
+        let mut one = |name: &str, token: &Option<BearerToken>, file: &Option<PathBuf>| {
+            secret_from_key_or_file(
+                &format!("auth.{name}"),
+                token.as_ref(),
+                file.as_deref(),
+                BearerToken::new,
+            )
+            .unwrap_or_else(|e| {
+                errors.push(e);
+                None
+            })
+        };
         let tokens = Tokens {
             ingest: one("ingest_token", &self.ingest_token, &self.ingest_token_file),
             api: one("api_token", &self.api_token, &self.api_token_file),
@@ -167,17 +155,67 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServiceConfig {
-    /// How long shutdown waits for in-flight requests and queued batches. Default: `"10s"`.
+    /// How long shutdown waits for in-flight requests, queued batches and PagerDuty events
+    /// waiting in the outbox. Default: `"10s"`.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// This instance's name: the scope of its PagerDuty dedup keys
+    /// (`recmeter/<instance>/<slo>/<severity>`). Keep it stable across restarts. Default: the
+    /// host name.
+    pub instance: Option<String>,
 }
 
 impl Default for ServiceConfig {
     fn default() -> Self {
         Self {
             shutdown_timeout: Duration::from_secs(10),
+            instance: None,
         }
     }
+}
+
+impl ServiceConfig {
+    /// `instance`, or the host name.
+    pub fn instance(&self) -> String {
+        self.instance.clone().unwrap_or_else(host_name)
+    }
+
+    /// Cross-field checks.
+    pub fn validate(&self) -> Vec<InvalidField> {
+        let mut errors = Vec::new();
+        if let Some(instance) = &self.instance
+            && !instance_safe(instance)
+        {
+            errors.push(InvalidField::new(
+                "service.instance",
+                format!(
+                    "`{}` is not an instance name: 1 to 64 characters of letters, digits, `.`, `_` and `-`",
+                    recmeter_aggregator::error::clip(instance, 64)
+                ),
+            ));
+        }
+        errors
+    }
+}
+
+/// Whether `name` can scope dedup keys: 1 to 64 of `[A-Za-z0-9._-]`.
+fn instance_safe(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The host name (the kernel's, else `HOSTNAME`), or `recmeter` when neither is a usable
+/// instance name.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| instance_safe(h))
+        .unwrap_or_else(|| "recmeter".to_owned())
 }
 
 impl Config {
@@ -194,6 +232,8 @@ impl Config {
         errors.extend(self.storage.validate());
         errors.extend(self.retention.validate());
         errors.extend(self.slo.validate(&self.aggregator));
+        errors.extend(self.service.validate());
+        errors.extend(self.pagerduty.validate());
         if let Err(e) = self.auth.tokens() {
             errors.extend(e);
         }

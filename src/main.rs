@@ -15,6 +15,8 @@ mod listen;
 #[forbid(unsafe_code)]
 mod loadgen;
 #[forbid(unsafe_code)]
+mod pagerduty;
+#[forbid(unsafe_code)]
 mod rules;
 #[forbid(unsafe_code)]
 mod serve;
@@ -36,5 +38,6 @@ fn main() -> ExitCode {
         Command::Loadgen(args) => loadgen::main(args),
         Command::Verify(args) => verify::main(args),
         Command::Rules(args) => rules::main(args),
+        Command::Pagerduty(args) => pagerduty::main(args),
     }
 }

@@ -22,7 +22,9 @@ use recmeter_aggregator::{Aggregator, AggregatorHandle, Clock, Hooks, QueryEngin
 use recmeter_collector::sources::otlp::{Ingest, ServeOptions, http_router, serve_grpc};
 use recmeter_exporter::api::METRICS_WINDOWS;
 use recmeter_exporter::api::default_providers;
-use recmeter_exporter::prometheus::{Provider, SloProvider};
+use recmeter_exporter::pagerduty::deliver::{POLL_PERIOD, events_counter};
+use recmeter_exporter::pagerduty::{Client, Deliverer, EventContext, Outbox};
+use recmeter_exporter::prometheus::{PagerDutyProvider, Provider, SloProvider};
 use recmeter_exporter::{ApiState, api_router};
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -114,8 +116,13 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
     // Components whose state the log and checkpoints keep with the counts. Under the test
     // hooks, a test ledger driven by `/-/test/ledger`.
     let mut participants = Participants::default();
+    // The PagerDuty outbox, registered even while PagerDuty is off so that a log an earlier
+    // run wrote replays; it queues the SLO alerts' transitions of the severities routed.
+    let routing = config.pagerduty.routing().map_err(Error::Config)?;
+    let outbox = Arc::new(Outbox::new(routing.routed()));
+    participants.register(outbox.clone())?;
     // The SLO alerts: which fire, and every transition.
-    let slo_alerts = Arc::new(SloAlerts::default());
+    let slo_alerts = Arc::new(SloAlerts::default().with_subscriber(outbox.subscriber()));
     participants.register(slo_alerts.clone())?;
     if args.test_hooks {
         participants.register(Arc::new(TestLedger::default()))?;
@@ -148,6 +155,9 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
         config: config.slo.clone(),
         status: slo_status,
         alerts: slo_alerts,
+    }));
+    providers.push(Arc::new(PagerDutyProvider {
+        outbox: outbox.clone(),
     }));
 
     let grpc = bind(config.otlp.grpc_address).await?;
@@ -248,6 +258,49 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
         aggregator.clock().ticks(Duration::from_secs(1)),
         failing,
     ));
+    // PagerDuty delivery, on recmeter's clock and whenever a transition queues.
+    let delivering = if routing.is_on() {
+        let counter = events_counter(&aggregator);
+        for action in ["trigger", "resolve"] {
+            for outcome in ["accepted", "retried", "rejected"] {
+                counter.add(&[action, outcome], 0);
+            }
+        }
+        let context = EventContext {
+            instance: config.service.instance(),
+            source: config
+                .pagerduty
+                .source
+                .clone()
+                .unwrap_or_else(crate::config::host_name),
+            links: config.pagerduty.links.clone(),
+            objectives: config.slo.objectives.clone(),
+            no_data_after: config.slo.no_data_after,
+        };
+        let client = Client::new(&config.pagerduty)?;
+        tracing::info!(
+            endpoint = client.endpoint(),
+            instance = %context.instance,
+            routed = ?routing.routed().iter().map(|s| s.label()).collect::<Vec<_>>(),
+            pending = outbox.pending_len(),
+            "Delivering SLO alerts to PagerDuty."
+        );
+        let deliverer =
+            Deliverer::new(outbox.clone(), routing, context, client, aggregator.clone());
+        Some(tokio::spawn(deliverer.run(
+            aggregator.clock().ticks(POLL_PERIOD),
+            stopping(shutdown_rx.clone()),
+            config.service.shutdown_timeout,
+        )))
+    } else {
+        if outbox.pending_len() > 0 {
+            tracing::warn!(
+                pending = outbox.pending_len(),
+                "PagerDuty events wait in the outbox but [pagerduty] sets no routing key; they go once one is set."
+            );
+        }
+        None
+    };
     // The objectives are evaluated once before ready (the first reads the store for the final
     // hours of the last 30 days), then every `slo.evaluation_interval` of recmeter's clock.
     if let Err(e) = slo.evaluate().await {
@@ -306,6 +359,18 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
     if drained.is_err() {
         tracing::warn!("Shutdown deadline passed with requests still in flight; abandoning them.");
         servers.abort_all();
+    }
+    // The outbox drains while the aggregator can still log the receipts.
+    if let Some(mut delivering) = delivering
+        && tokio::time::timeout_at(deadline, &mut delivering)
+            .await
+            .is_err()
+    {
+        tracing::warn!(
+            "Shutdown deadline passed while delivering to PagerDuty; the rest goes after the next start."
+        );
+        delivering.abort();
+        let _ = delivering.await;
     }
     drop(aggregator);
     if tokio::time::timeout_at(deadline, worker).await.is_err() {

@@ -19,16 +19,20 @@ pub enum Hook {
     /// Compactions write their merged files, then fail before the manifest that would replace
     /// the old ones (a crash there, as far as storage can tell).
     FailCompactionAfterFiles,
+    /// PagerDuty delivery holds each accepted event's receipt (the 202 received, nothing
+    /// logged yet) until released: a `kill -9` then falls between the two.
+    HoldPagerdutyReceipt,
 }
 
 impl Hook {
     /// Every hook, by name.
-    pub const ALL: [Hook; 5] = [
+    pub const ALL: [Hook; 6] = [
         Hook::StallAggregator,
         Hook::BlockFsync,
         Hook::FailWalWrites,
         Hook::FailCheckpointAfterFiles,
         Hook::FailCompactionAfterFiles,
+        Hook::HoldPagerdutyReceipt,
     ];
 
     /// The name used in `POST /-/test/hook`.
@@ -39,6 +43,7 @@ impl Hook {
             Hook::FailWalWrites => "fail_wal_writes",
             Hook::FailCheckpointAfterFiles => "fail_checkpoint_after_files",
             Hook::FailCompactionAfterFiles => "fail_compaction_after_files",
+            Hook::HoldPagerdutyReceipt => "hold_pagerduty_receipt",
         }
     }
 

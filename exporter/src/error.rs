@@ -12,6 +12,9 @@ pub enum Error {
     /// The API server stopped with an error.
     #[error("API server failed: {0}")]
     Serve(String),
+    /// The PagerDuty client cannot be set up.
+    #[error("PagerDuty: {0}")]
+    PagerDuty(String),
 }
 
 /// Result with the exporter's [`Error`].

@@ -3,7 +3,8 @@
 //! recmeter's time (checkpoints, evaluations, schedules) take their ticks here too
 //! ([`Clock::ticks`]): they follow the system clock normally, and under the fake clock they
 //! fire when it is advanced, and [`Clock::advance_and_settle`] returns once every task due has
-//! run.
+//! run. A task woken by an event rather than by time (a delivery queued) takes a [`Nudge`]
+//! from its ticks: the event marks it due, so a test's advance also waits for that work.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -59,6 +60,42 @@ pub struct Ticks {
     /// On the system clock, the next tick on the monotonic clock, so a step of the wall clock
     /// neither stalls nor hurries the ticks.
     deadline: tokio::time::Instant,
+    /// Set by [`Nudge::nudge`]: the next `tick` returns at once.
+    nudged: Arc<Nudged>,
+}
+
+#[derive(Debug, Default)]
+struct Nudged {
+    set: std::sync::atomic::AtomicBool,
+    wake: Notify,
+}
+
+/// Wakes a task waiting in [`Ticks::tick`] before its next tick, from [`Ticks::nudge`]. Under
+/// the fake clock the task counts as due from the nudge until it has run and waits again, so
+/// [`Clock::advance_and_settle`] waits for work that a tick's work set off in another task.
+#[derive(Debug, Clone)]
+pub struct Nudge {
+    clock: Arc<Clock>,
+    id: u64,
+    nudged: Arc<Nudged>,
+}
+
+impl Nudge {
+    /// Makes the task's next (or current) wait return at once.
+    pub fn nudge(&self) {
+        if let Clock::Fake(fake) = &*self.clock {
+            // Under the task table's lock, so a settle either sees the task due or finds it
+            // waiting with the flag set.
+            let mut tasks = fake.tasks.lock();
+            self.nudged.set.store(true, Ordering::Release);
+            if let Some(due @ Some(_)) = tasks.get_mut(&self.id) {
+                *due = Some(0);
+            }
+        } else {
+            self.nudged.set.store(true, Ordering::Release);
+        }
+        self.nudged.wake.notify_one();
+    }
 }
 
 impl Ticks {
@@ -70,7 +107,13 @@ impl Ticks {
         loop {
             let now = match &*self.clock {
                 Clock::System => {
-                    tokio::time::sleep_until(self.deadline).await;
+                    if self.nudged.set.swap(false, Ordering::AcqRel) {
+                        return self.clock.now_nanos();
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep_until(self.deadline) => {}
+                        () = self.nudged.wake.notified() => continue,
+                    }
                     let late = tokio::time::Instant::now().saturating_duration_since(self.deadline);
                     let period = Duration::from_nanos(self.period);
                     let missed = u32::try_from(late.as_nanos() / u128::from(self.period))
@@ -85,6 +128,12 @@ impl Ticks {
                     let ready = {
                         let mut tasks = fake.tasks.lock();
                         let now = fake.nanos.load(Ordering::Acquire);
+                        if self.nudged.set.swap(false, Ordering::AcqRel) {
+                            tasks.insert(self.id, None);
+                            drop(tasks);
+                            fake.settled.notify_waiters();
+                            return now;
+                        }
                         if now >= self.due {
                             tasks.insert(self.id, None);
                             Some(now)
@@ -97,7 +146,10 @@ impl Ticks {
                     match ready {
                         Some(now) => now,
                         None => {
-                            advanced.await;
+                            tokio::select! {
+                                () = advanced => {}
+                                () = self.nudged.wake.notified() => {}
+                            }
                             continue;
                         }
                     }
@@ -109,6 +161,17 @@ impl Ticks {
                 .due
                 .saturating_add(self.period.saturating_mul(missed.saturating_add(1)));
             return now;
+        }
+    }
+}
+
+impl Ticks {
+    /// A handle that wakes this task early, from anywhere.
+    pub fn nudge(&self) -> Nudge {
+        Nudge {
+            clock: self.clock.clone(),
+            id: self.id,
+            nudged: self.nudged.clone(),
         }
     }
 }
@@ -175,6 +238,7 @@ impl Clock {
             due,
             id,
             deadline: tokio::time::Instant::now() + Duration::from_nanos(due.saturating_sub(now)),
+            nudged: Arc::default(),
         }
     }
 
@@ -415,6 +479,53 @@ mod tests {
                 .await
                 .is_none()
         );
+    }
+
+    /// A nudge from another task's tick makes the nudged task due: the advance returns only
+    /// after it has run, and its periodic ticks stay where they were.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_nudged_task_runs_before_the_advance_settles() {
+        let clock = Arc::new(Clock::fake(UNIX_EPOCH + Duration::from_secs(1_800_000_000)));
+        let mut evaluations = clock.ticks(Duration::from_secs(30));
+        let mut deliveries = clock.ticks(Duration::from_secs(3_600));
+        let nudge = deliveries.nudge();
+        let delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let evaluator = tokio::spawn(async move {
+            loop {
+                evaluations.tick().await;
+                nudge.nudge();
+            }
+        });
+        let deliverer = tokio::spawn({
+            let delivered = delivered.clone();
+            async move {
+                loop {
+                    deliveries.tick().await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    delivered.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        let patience = Duration::from_secs(10);
+        for step in 1..=3 {
+            clock
+                .advance_and_settle(Duration::from_secs(30), patience)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                delivered.load(Ordering::SeqCst),
+                step,
+                "ran before settling"
+            );
+        }
+        evaluator.abort();
+        deliverer.abort();
+        // On the system clock a nudge wakes the task long before its hourly tick.
+        let clock = Arc::new(Clock::System);
+        let mut hourly = clock.ticks(Duration::from_secs(3_600));
+        hourly.nudge().nudge();
+        tokio::time::timeout(patience, hourly.tick()).await.unwrap();
     }
 
     /// On the system clock, ticks follow real time.

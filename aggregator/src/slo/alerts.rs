@@ -1,7 +1,10 @@
 //! The SLO alerts' state, kept by recmeter's log and checkpoints (a checkpoint participant):
 //! which alerts fire, and every transition (firing or resolved) with the burn rates that made
 //! it. A transition is logged and fsynced before it takes effect, so after `kill -9` a firing
-//! alert is still firing, and no transition is lost or repeated.
+//! alert is still firing, and no transition is lost or repeated. A component that acts on
+//! transitions (the PagerDuty outbox) subscribes: it hears each transition as it takes effect,
+//! live or at replay, under the same hold of the aggregator's lock, so its own state moves in
+//! step with the alerts' at every log sequence number.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -38,15 +41,36 @@ struct AlertState {
     transitions: VecDeque<Transition>,
 }
 
+/// Hears each transition as it takes effect (see the module's documentation). It runs under
+/// the aggregator's lock: no I/O, no waiting.
+pub type TransitionSubscriber = Box<dyn Fn(&Transition) + Send + Sync>;
+
 /// The SLO alerts participant.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct SloAlerts {
     state: parking_lot::Mutex<AlertState>,
+    subscribers: Vec<TransitionSubscriber>,
+}
+
+impl std::fmt::Debug for SloAlerts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SloAlerts")
+            .field("state", &self.state)
+            .field("subscribers", &self.subscribers.len())
+            .finish()
+    }
 }
 
 impl SloAlerts {
     /// Its name: the component of its log events and its manifest section.
     pub const NAME: &'static str = "slo_alerts";
+
+    /// Alerts whose transitions `subscriber` hears, after those already subscribed.
+    #[must_use]
+    pub fn with_subscriber(mut self, subscriber: TransitionSubscriber) -> Self {
+        self.subscribers.push(subscriber);
+        self
+    }
 
     /// The event that logs `transition`.
     pub fn event(transition: &Transition) -> Result<Event> {
@@ -133,7 +157,11 @@ impl Participant for SloAlerts {
         while state.transitions.len() >= MAX_TRANSITIONS {
             state.transitions.pop_front();
         }
-        state.transitions.push_back(t);
+        state.transitions.push_back(t.clone());
+        drop(state);
+        for subscriber in &self.subscribers {
+            subscriber(&t);
+        }
         Ok(())
     }
 
@@ -193,5 +221,27 @@ mod tests {
         assert_eq!(copy.transitions(), alerts.transitions());
         assert!(copy.is_firing("availability", Severity::Ticket));
         assert!(alerts.check(b"{\"slo\": 1}").is_err());
+    }
+
+    #[test]
+    fn subscribers_hear_each_transition_that_takes_effect_once() {
+        let heard = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let alerts = SloAlerts::default().with_subscriber(Box::new({
+            let heard = heard.clone();
+            move |t: &Transition| heard.lock().push((t.severity, t.firing))
+        }));
+        for (severity, firing) in [
+            (Severity::Page, true),
+            (Severity::Page, true),
+            (Severity::Page, false),
+            (Severity::Ticket, false),
+        ] {
+            let event = SloAlerts::event(&transition(severity, firing, 1)).unwrap();
+            alerts.apply(&event.payload).unwrap();
+        }
+        assert_eq!(
+            *heard.lock(),
+            [(Severity::Page, true), (Severity::Page, false)]
+        );
     }
 }

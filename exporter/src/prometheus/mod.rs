@@ -2,9 +2,11 @@
 //! when the scraper asks for it, rendered from a list of providers.
 
 mod families;
+mod pagerduty;
 mod provider;
 mod slo;
 
 pub use families::{LatencyProvider, TelemetryProvider, latency_part, render, telemetry_part};
+pub use pagerduty::PagerDutyProvider;
 pub use provider::{Format, Part, Provider, ReadFuture, render_parts};
 pub use slo::SloProvider;
