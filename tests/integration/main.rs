@@ -20,6 +20,8 @@ mod memory;
 mod metrics;
 mod object_double;
 mod otlp;
+mod pagerduty;
+mod pagerduty_double;
 mod participant;
 mod series_limits;
 mod slo;

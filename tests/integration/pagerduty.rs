@@ -1,0 +1,515 @@
+//! PagerDuty delivery end to end, against the Events API double under the fake clock: one
+//! trigger and one resolve per alert from an error burst sent through the OpenTelemetry SDK,
+//! an outage retried with backoff, `kill -9` with events waiting and between a 202 and its
+//! log entry, a refused routing key, the rate limit with 300 transitions, secrets out of the
+//! debug log, and `recmeter pagerduty test`.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::harness::{Recmeter, Start, binary, fake_start};
+use crate::pagerduty_double::FakePagerDuty;
+use crate::spans::{Client, export, server_span};
+
+const KEY: &str = "R0123456789abcdef0123456789abcde";
+const OTHER_KEY: &str = "T0123456789abcdef0123456789abcde";
+
+/// One objective with a short alert table, so a burst pages and tickets within minutes.
+const CHECKOUT: &str = r#"
+[[slo.objectives]]
+name = "checkout"
+kind = "availability"
+objective = 0.9995
+alerts = [
+  { severity = "page", long = "30m", short = "5m", burn_rate = 14.4 },
+  { severity = "ticket", long = "1h", short = "30m", burn_rate = 3.0 },
+]
+"#;
+
+fn config(fake: &FakePagerDuty, extra: &str, objectives: &str) -> String {
+    format!(
+        r#"
+[service]
+instance = "rm-test-1"
+shutdown_timeout = "3s"
+[storage]
+checkpoint_interval = "5m"
+[pagerduty]
+url = "{url}"
+links = ["https://grafana.example/d/recmeter-slo"]
+{extra}
+[slo]
+no_data_after = "2h"
+{objectives}
+"#,
+        url = fake.url
+    )
+}
+
+fn start(config: &str, dir: &Path, at: Duration) -> Recmeter {
+    let at = humantime::format_rfc3339(fake_start() + at).to_string();
+    Recmeter::start_with(Start {
+        config,
+        dir: Some(dir),
+        fake_clock: Some(&at),
+        env: vec![("RECMETER_PAGERDUTY__ROUTING_KEY", KEY)],
+        ..Start::default()
+    })
+}
+
+/// 100 requests to `recs`, half failed, ending now (the fake clock's start).
+fn burst(recmeter: &Recmeter) {
+    let end = fake_start();
+    let spans = (0..100)
+        .map(|i| server_span("GET /recs", end, 10_000_000, i % 2 == 0, i))
+        .collect();
+    export(Client::HttpProto, &recmeter.addrs, "recs", vec![spans]);
+}
+
+fn page(action: &str) -> (String, String) {
+    (
+        action.to_owned(),
+        "recmeter/rm-test-1/checkout/page".to_owned(),
+    )
+}
+
+fn ticket(action: &str) -> (String, String) {
+    (
+        action.to_owned(),
+        "recmeter/rm-test-1/checkout/ticket".to_owned(),
+    )
+}
+
+fn events_total(recmeter: &Recmeter, action: &str, outcome: &str) -> f64 {
+    recmeter.metrics().value(
+        "recmeter_pagerduty_events_total",
+        &[("action", action), ("outcome", outcome)],
+    )
+}
+
+fn pending(recmeter: &Recmeter) -> f64 {
+    recmeter
+        .metrics()
+        .value("recmeter_pagerduty_outbox_pending", &[])
+}
+
+/// Waits (up to 20 s) until `done` holds: for work recmeter does on its own at start.
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Triggers then resolves, one each per alert, in order per dedup key; the schema holds; the
+/// trigger carries the numbers; the routing key is in no log line with debug logging on.
+#[test]
+fn an_error_burst_triggers_each_alert_once_then_resolves_each_once() {
+    let fake = FakePagerDuty::start(&[KEY]);
+    let dir = tempfile::tempdir().unwrap();
+    let recmeter = start(
+        &config(&fake, "", &format!("[log]\nlevel = \"debug\"\n{CHECKOUT}")),
+        dir.path(),
+        Duration::ZERO,
+    );
+    burst(&recmeter);
+    recmeter.advance("60s");
+    assert_eq!(fake.accepted_keys(), [page("trigger"), ticket("trigger")]);
+    for _ in 0..4 {
+        recmeter.advance("60s");
+    }
+    recmeter.advance("10m");
+    assert_eq!(
+        fake.accepted_keys(),
+        [page("trigger"), ticket("trigger"), page("resolve")]
+    );
+    recmeter.advance("40m");
+    assert_eq!(
+        fake.accepted_keys(),
+        [
+            page("trigger"),
+            ticket("trigger"),
+            page("resolve"),
+            ticket("resolve")
+        ]
+    );
+    fake.assert_all_valid();
+    let trigger = &fake.accepted()[0];
+    assert_eq!(trigger["routing_key"], KEY);
+    let summary = trigger["payload"]["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with("checkout availability: burning ")
+            && summary.contains("budget (30m)")
+            // 50 bad of the 100 requests of 30 days: the budget is spent 1 000 times over.
+            && summary.contains("burning 1000.0× budget (30m), 1000.0× (5m) against 14.4×")
+            && summary.contains("30-day budget overspent by 99900%"),
+        "{summary}"
+    );
+    assert_eq!(trigger["payload"]["severity"], "critical");
+    assert_eq!(fake.accepted()[1]["payload"]["severity"], "warning");
+    assert_eq!(trigger["payload"]["class"], "availability");
+    assert_eq!(trigger["payload"]["group"], "checkout");
+    assert!(
+        trigger["payload"]["source"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty())
+    );
+    assert_eq!(trigger["payload"]["custom_details"]["objective"], 0.9995);
+    for w in ["5m", "30m", "1h", "30d"] {
+        let burn = &trigger["payload"]["custom_details"]["burn_rates"][w];
+        assert!(burn.is_number(), "{w}: {trigger}");
+    }
+    assert_eq!(
+        trigger["links"][0]["href"],
+        "https://grafana.example/d/recmeter-slo"
+    );
+    assert_eq!(fake.attempts().len(), 4, "each went once");
+    assert_eq!(events_total(&recmeter, "trigger", "accepted"), 2.0);
+    assert_eq!(events_total(&recmeter, "resolve", "accepted"), 2.0);
+    assert_eq!(events_total(&recmeter, "trigger", "retried"), 0.0);
+    assert_eq!(pending(&recmeter), 0.0);
+    let (status, log) = recmeter.terminate();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("DEBUG"), "debug logging is on");
+    assert!(!log.contains(KEY), "the routing key is logged:\n{log}");
+}
+
+/// The double answers 503 six times: every transition arrives, in order, and the 503s count
+/// as `retried`, never as deliveries.
+#[test]
+fn an_outage_is_retried_with_backoff_and_every_transition_arrives_in_order() {
+    let fake = FakePagerDuty::start(&[KEY]);
+    fake.set_unavailable(6);
+    let dir = tempfile::tempdir().unwrap();
+    let recmeter = start(&config(&fake, "", CHECKOUT), dir.path(), Duration::ZERO);
+    burst(&recmeter);
+    for _ in 0..50 {
+        recmeter.advance("60s");
+    }
+    let statuses: Vec<u16> = fake.attempts().iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [503, 503, 503, 503, 503, 503, 202, 202, 202, 202]);
+    assert_eq!(
+        fake.accepted_keys(),
+        [
+            page("trigger"),
+            ticket("trigger"),
+            page("resolve"),
+            ticket("resolve")
+        ]
+    );
+    fake.assert_all_valid();
+    assert_eq!(events_total(&recmeter, "trigger", "retried"), 6.0);
+    assert_eq!(events_total(&recmeter, "trigger", "accepted"), 2.0);
+    assert_eq!(events_total(&recmeter, "resolve", "accepted"), 2.0);
+    assert_eq!(pending(&recmeter), 0.0);
+    let log = recmeter.log();
+    assert_eq!(
+        log.matches("PagerDuty did not take an event; retrying with backoff.")
+            .count(),
+        1,
+        "said once when it starts failing:\n{log}"
+    );
+    assert!(log.contains("PagerDuty accepts events again."), "{log}");
+}
+
+/// Waiting events survive `kill -9`; a crash between a 202 and its log entry repeats that one
+/// event with the same dedup key; SIGTERM leaves what PagerDuty does not take for the next
+/// start; an objective removed while firing gets its resolve.
+#[test]
+fn the_outbox_survives_kill9_and_restarts() {
+    let fake = FakePagerDuty::start(&[KEY]);
+    fake.set_unavailable(1_000);
+    let dir = tempfile::tempdir().unwrap();
+    let checkout = config(&fake, "", CHECKOUT);
+    let recmeter = start(&checkout, dir.path(), Duration::ZERO);
+    burst(&recmeter);
+    recmeter.advance("60s");
+    assert_eq!(pending(&recmeter), 2.0);
+    recmeter.kill9();
+    assert!(fake.accepted().is_empty());
+
+    // Delivered after the restart, each once.
+    fake.set_unavailable(0);
+    let recmeter = start(&checkout, dir.path(), Duration::from_secs(60));
+    wait_for("the triggers after the restart", || {
+        fake.accepted().len() >= 2
+    });
+    recmeter.advance("1s");
+    assert_eq!(fake.accepted_keys(), [page("trigger"), ticket("trigger")]);
+    assert_eq!(pending(&recmeter), 0.0);
+
+    // A crash after PagerDuty's 202 and before its log entry: the resolve goes again, with
+    // the same dedup key, and nothing else repeats.
+    let held = recmeter.post_json(
+        "/-/test/hook",
+        &serde_json::json!({"name": "hold_pagerduty_receipt", "on": true}),
+    );
+    assert_eq!(held.status().as_u16(), 200, "{}", held.text().unwrap());
+    let clock = recmeter.api_url("/-/test/clock");
+    let advancing = std::thread::spawn(move || {
+        // Answered 503 after the settle patience, or cut by the kill: either way ignored.
+        let _ = reqwest::blocking::Client::new()
+            .post(clock)
+            .header("Content-Type", "application/json")
+            .body(r#"{"advance": "10m"}"#)
+            .send();
+    });
+    wait_for("the page's resolve", || fake.accepted().len() >= 3);
+    recmeter.kill9();
+    let _ = advancing.join();
+    let recmeter = start(&checkout, dir.path(), Duration::from_secs(12 * 60));
+    wait_for("the resolve again", || fake.accepted().len() >= 4);
+    recmeter.advance("1s");
+    assert_eq!(
+        fake.accepted_keys(),
+        [
+            page("trigger"),
+            ticket("trigger"),
+            page("resolve"),
+            page("resolve")
+        ]
+    );
+
+    // SIGTERM with PagerDuty down: shutdown stops within its timeout and the next start
+    // delivers. The restart drops the objective, whose firing ticket then resolves.
+    fake.set_unavailable(1_000);
+    let (status, log) = recmeter.terminate();
+    assert!(status.success(), "{log}");
+    // Its successor covers other series, so it fires nothing itself.
+    let renamed = CHECKOUT.replace(
+        "name = \"checkout\"",
+        "name = \"search\"\nservices = [\"search\"]",
+    );
+    let recmeter = start(
+        &config(&fake, "", &renamed),
+        dir.path(),
+        Duration::from_secs(13 * 60),
+    );
+    wait_for("the resolve's first attempt", || {
+        fake.attempts().last().is_some_and(|a| a.status == 503)
+    });
+    let (status, log) = recmeter.terminate();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("PagerDuty events still wait in the outbox at shutdown"),
+        "{log}"
+    );
+    fake.set_unavailable(0);
+    let recmeter = start(
+        &config(&fake, "", &renamed),
+        dir.path(),
+        Duration::from_secs(14 * 60),
+    );
+    wait_for("the removed objective's resolve", || {
+        fake.accepted().len() >= 5
+    });
+    recmeter.advance("1s");
+    assert_eq!(fake.accepted_keys()[4], ticket("resolve"));
+    assert_eq!(fake.accepted().len(), 5);
+    fake.assert_all_valid();
+}
+
+/// A routing key PagerDuty refuses: 400, logged with the body, counted `rejected`, never
+/// retried, and events of other keys still flow.
+#[test]
+fn a_refused_routing_key_is_rejected_once_and_later_events_flow() {
+    let fake = FakePagerDuty::start(&[KEY]);
+    let dir = tempfile::tempdir().unwrap();
+    let recmeter = start(
+        &config(
+            &fake,
+            &format!("ticket_routing_key = \"{OTHER_KEY}\""),
+            CHECKOUT,
+        ),
+        dir.path(),
+        Duration::ZERO,
+    );
+    burst(&recmeter);
+    for _ in 0..12 {
+        recmeter.advance("60s");
+    }
+    let to_other = |fake: &FakePagerDuty| {
+        fake.attempts()
+            .iter()
+            .filter(|a| a.event["routing_key"] == OTHER_KEY)
+            .count()
+    };
+    assert_eq!(to_other(&fake), 1, "not retried");
+    assert_eq!(fake.accepted_keys(), [page("trigger"), page("resolve")]);
+    assert_eq!(events_total(&recmeter, "trigger", "rejected"), 1.0);
+    assert_eq!(events_total(&recmeter, "trigger", "retried"), 0.0);
+    assert_eq!(pending(&recmeter), 0.0);
+    let log = recmeter.log();
+    assert!(
+        log.contains("PagerDuty rejected an event") && log.contains("Invalid routing key"),
+        "{log}"
+    );
+    assert!(!log.contains(OTHER_KEY) && !log.contains(KEY), "{log}");
+    fake.assert_all_valid();
+}
+
+/// 300 transitions within a minute (100 objectives, each paging, ticketing and then missing
+/// data): at most 120 go out in any 60 s of recmeter's clock, and all 300 by minute 3.
+#[test]
+fn three_hundred_transitions_go_out_at_most_120_a_minute() {
+    let fake = FakePagerDuty::start(&[KEY]);
+    let dir = tempfile::tempdir().unwrap();
+    let objectives: String = (0..100)
+        .map(|i| CHECKOUT.replace("\"checkout\"", &format!("\"slo_{i:03}\"")))
+        .collect();
+    let text =
+        config(&fake, "", &objectives).replace("no_data_after = \"2h\"", "no_data_after = \"1m\"");
+    let recmeter = start(&text, dir.path(), Duration::ZERO);
+    burst(&recmeter);
+    // The clock time of each step, with how many events arrived during it.
+    let mut steps: Vec<(u64, usize)> = Vec::new();
+    let mut seen = 0;
+    // Eight steps: the pages resolve only at the ninth (their 5m windows then clear).
+    for step in 1..=8u64 {
+        recmeter.advance("30s");
+        let arrived = fake.attempts().len();
+        steps.push((step * 30, arrived - seen));
+        seen = arrived;
+    }
+    fake.assert_all_valid();
+    let accepted = fake.accepted();
+    assert_eq!(accepted.len(), 300, "{steps:?}");
+    // The transitions: within one minute of recmeter's clock.
+    let times: Vec<_> = accepted
+        .iter()
+        .map(|e| humantime::parse_rfc3339(e["payload"]["timestamp"].as_str().unwrap()).unwrap())
+        .collect();
+    let (first, last) = (times.iter().min().unwrap(), times.iter().max().unwrap());
+    assert!(
+        last.duration_since(*first).unwrap() <= Duration::from_secs(60),
+        "{first:?} {last:?}"
+    );
+    let severities = |s: &str| {
+        accepted
+            .iter()
+            .filter(|e| e["dedup_key"].as_str().unwrap().ends_with(s))
+            .count()
+    };
+    assert_eq!(
+        (
+            severities("/page"),
+            severities("/ticket"),
+            severities("/no_data")
+        ),
+        (100, 100, 100)
+    );
+    // At most 120 in any 60 s: sends happen at the steps' times.
+    for (i, (at, _)) in steps.iter().enumerate() {
+        let in_minute: usize = steps[i..]
+            .iter()
+            .take_while(|(t, _)| *t < at + 60)
+            .map(|(_, n)| n)
+            .sum();
+        assert!(in_minute <= 120, "{in_minute} from {at} s: {steps:?}");
+    }
+    // All by minute 3 after the first transition.
+    let first_step = steps.iter().find(|(_, n)| *n > 0).unwrap().0;
+    let last_step = steps.iter().rev().find(|(_, n)| *n > 0).unwrap().0;
+    assert!(last_step <= first_step + 180, "{steps:?}");
+    assert_eq!(pending(&recmeter), 0.0);
+}
+
+/// `recmeter pagerduty test` sends a test trigger and its resolve and prints the answers;
+/// `--dry-run` sends nothing and shows no key; without a key it says PagerDuty is off.
+#[test]
+fn pagerduty_test_prints_the_answers() {
+    let fake = FakePagerDuty::start(&[KEY]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("recmeter.toml");
+    std::fs::write(&path, config(&fake, "", "")).unwrap();
+    let run = |args: &[&str], key: Option<&str>| {
+        let mut cmd = Command::new(binary());
+        cmd.args(["pagerduty", "test", "--config"])
+            .arg(&path)
+            .args(args)
+            .env_remove("RECMETER_PAGERDUTY__ROUTING_KEY");
+        if let Some(key) = key {
+            cmd.env("RECMETER_PAGERDUTY__ROUTING_KEY", key);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = run(&["--dry-run"], Some(KEY));
+    assert!(ok, "{out}{err}");
+    assert!(fake.attempts().is_empty(), "a dry run sends nothing");
+    assert!(out.contains("[redacted]") && !out.contains(KEY), "{out}");
+    assert!(out.contains("\"severity\": \"info\""), "{out}");
+
+    let (ok, out, err) = run(&[], Some(KEY));
+    assert!(ok, "{out}{err}");
+    let accepted = fake.accepted();
+    assert_eq!(accepted.len(), 2, "{out}");
+    assert_eq!(accepted[0]["event_action"], "trigger");
+    assert_eq!(accepted[0]["payload"]["severity"], "info");
+    assert!(
+        accepted[0]["payload"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("TEST"),
+        "{:?}",
+        accepted[0]
+    );
+    assert_eq!(accepted[1]["event_action"], "resolve");
+    let dedup = accepted[0]["dedup_key"].as_str().unwrap();
+    assert!(dedup.starts_with("recmeter/rm-test-1/test/"), "{dedup}");
+    assert_eq!(accepted[1]["dedup_key"], dedup);
+    assert!(
+        out.contains("trigger: 202 ") && out.contains("resolve: 202 "),
+        "{out}"
+    );
+    assert!(out.contains(&format!("dedup_key: {dedup}")), "{out}");
+    fake.assert_all_valid();
+
+    let (ok, out, err) = run(&[], Some(OTHER_KEY));
+    assert!(!ok, "{out}{err}");
+    assert!(
+        out.contains("trigger: 400 ") && out.contains("Invalid routing key"),
+        "{out}"
+    );
+    assert!(!out.contains("resolve:"), "{out}");
+
+    let (ok, _, err) = run(&[], None);
+    assert!(!ok);
+    assert!(err.contains("PagerDuty is off"), "{err}");
+    let (ok, _, err) = run(&[], Some("short"));
+    assert!(!ok);
+    assert!(
+        err.contains("pagerduty.routing_key") && err.contains("32 characters"),
+        "{err}"
+    );
+}
+
+/// The events carry only what they must: a trigger stays far under the Events API's limits
+/// with the longest names recmeter accepts.
+#[test]
+fn events_fit_the_api_limits_with_the_longest_names() {
+    let fake = FakePagerDuty::start(&[KEY]);
+    let dir = tempfile::tempdir().unwrap();
+    let long_name = "s".repeat(64);
+    let objectives = CHECKOUT.replace("\"checkout\"", &format!("\"{long_name}\""));
+    let text = config(&fake, "", &objectives).replace("rm-test-1", &"i".repeat(64));
+    let recmeter = start(&text, dir.path(), Duration::ZERO);
+    burst(&recmeter);
+    recmeter.advance("60s");
+    fake.assert_all_valid();
+    let accepted = fake.accepted();
+    assert_eq!(accepted.len(), 2);
+    let dedup = accepted[0]["dedup_key"].as_str().unwrap();
+    assert_eq!(
+        dedup,
+        format!("recmeter/{}/{long_name}/page", "i".repeat(64))
+    );
+    let bytes = serde_json::to_vec(&accepted[0]).unwrap().len();
+    assert!(bytes < 8 * 1024, "{bytes} bytes");
+}
