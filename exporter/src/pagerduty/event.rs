@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
 use recmeter_aggregator::Window;
-use recmeter_aggregator::slo::{Objective, ObjectiveKind, SLO_WINDOWS, Severity, Transition};
+use recmeter_aggregator::slo::{Objective, ObjectiveKind, Severity, Transition};
 use serde_json::{Value, json};
 
 /// The Events API's limit on `payload.summary`, in characters.
@@ -246,7 +246,7 @@ pub fn test_events(
             "component": "recmeter",
             "group": "test",
             "class": "test",
-            "custom_details": {"test": true, "routes": routes, "windows": SLO_WINDOWS.iter().map(|w| w.label()).collect::<Vec<_>>()},
+            "custom_details": {"test": true, "routes": routes},
         },
     });
     let resolve = json!({
