@@ -170,6 +170,9 @@ fn an_error_burst_triggers_each_alert_once_then_resolves_each_once() {
     assert_eq!(events_total(&recmeter, "resolve", "accepted"), 2.0);
     assert_eq!(events_total(&recmeter, "trigger", "retried"), 0.0);
     assert_eq!(pending(&recmeter), 0.0);
+    let (status, _, body) = recmeter.get("/metrics", None);
+    assert_eq!(status, 200);
+    crate::exposition::promtool_check_metrics(&body);
     let (status, log) = recmeter.terminate();
     assert!(status.success(), "{log}");
     assert!(log.contains("DEBUG"), "debug logging is on");

@@ -42,7 +42,7 @@ pub enum Answer {
     Accepted { status: u16, body: String },
     /// 429, 5xx or no answer: worth another attempt.
     Retry { status: Option<u16>, reason: String },
-    /// Any other status: the event is wrong and stays wrong.
+    /// Any other status (a 4xx but 429): the event is wrong and stays wrong.
     Rejected { status: u16, body: String },
 }
 
@@ -128,7 +128,7 @@ impl Client {
         let body = redact(&String::from_utf8_lossy(&text), routing_key);
         match status {
             200..=299 => Answer::Accepted { status, body },
-            408 | 429 | 500..=599 => Answer::Retry {
+            429 | 500..=599 => Answer::Retry {
                 status: Some(status),
                 reason: clip(&body, 1024).into_owned(),
             },
