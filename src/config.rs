@@ -275,9 +275,16 @@ impl Config {
                     )]
                 })?;
                 text.parse::<Table>().map_err(|e| {
+                    // Where and what, without the line itself: it may hold a secret.
+                    let at = e.span().map_or_else(String::new, |span| {
+                        let before = text.get(..span.start).unwrap_or(&text);
+                        let line = before.matches('\n').count() + 1;
+                        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                        format!(" at line {line}, column {column}")
+                    });
                     vec![InvalidField::new(
                         path.display().to_string(),
-                        format!("not valid TOML: {}", e.to_string().trim()),
+                        format!("not valid TOML{at}: {}", e.message().trim()),
                     )]
                 })?
             }
@@ -476,6 +483,39 @@ mod tests {
             Some(file.path()),
             env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
         )
+    }
+
+    /// A file that is not TOML is reported by place, without echoing the line (which may
+    /// hold a routing key or a token).
+    #[test]
+    fn a_toml_error_names_the_place_not_the_line() {
+        let errors = load("[pagerduty]\nrouting_key = \"s3cret-value\n", &[]).unwrap_err();
+        let text = errors[0].to_string();
+        assert!(
+            text.contains("not valid TOML at line 2") && !text.contains("s3cret"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn pagerduty_and_the_instance_are_checked() {
+        let key = "R0123456789abcdef0123456789abcde";
+        let config = load(
+            "[service]\ninstance = \"recmeter-0\"\n[pagerduty]\nlinks = [\"https://g.example/d\"]\n",
+            &[("RECMETER_PAGERDUTY__ROUTING_KEY", key)],
+        )
+        .unwrap();
+        assert_eq!(config.service.instance(), "recmeter-0");
+        assert!(config.pagerduty.routing().unwrap().is_on());
+        let errors = load(
+            "[service]\ninstance = \"a b/c\"\n",
+            &[("RECMETER_PAGERDUTY__ROUTING_KEY", "short")],
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["service.instance", "pagerduty.routing_key"]);
+        assert!(!format!("{errors:?}").contains("short\""), "{errors:?}");
+        assert!(instance_safe(&host_name()));
     }
 
     #[test]

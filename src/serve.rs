@@ -22,7 +22,7 @@ use recmeter_aggregator::{Aggregator, AggregatorHandle, Clock, Hooks, QueryEngin
 use recmeter_collector::sources::otlp::{Ingest, ServeOptions, http_router, serve_grpc};
 use recmeter_exporter::api::METRICS_WINDOWS;
 use recmeter_exporter::api::default_providers;
-use recmeter_exporter::pagerduty::deliver::{POLL_PERIOD, events_counter};
+use recmeter_exporter::pagerduty::deliver::{POLL_PERIOD, events_counter, reconcile};
 use recmeter_exporter::pagerduty::{Client, Deliverer, EventContext, Outbox};
 use recmeter_exporter::prometheus::{PagerDutyProvider, Provider, SloProvider};
 use recmeter_exporter::{ApiState, api_router};
@@ -119,10 +119,11 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
     // The PagerDuty outbox, registered even while PagerDuty is off so that a log an earlier
     // run wrote replays; it queues the SLO alerts' transitions of the severities routed.
     let routing = config.pagerduty.routing().map_err(Error::Config)?;
-    let outbox = Arc::new(Outbox::new(routing.routed()));
+    let outbox = Arc::new(Outbox::new(routing.routed(), &config.service.instance()));
     participants.register(outbox.clone())?;
     // The SLO alerts: which fire, and every transition.
     let slo_alerts = Arc::new(SloAlerts::default().with_subscriber(outbox.subscriber()));
+    let pagerduty_alerts = slo_alerts.clone();
     participants.register(slo_alerts.clone())?;
     if args.test_hooks {
         participants.register(Arc::new(TestLedger::default()))?;
@@ -278,6 +279,14 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
             no_data_after: config.slo.no_data_after,
         };
         let client = Client::new(&config.pagerduty)?;
+        if client.endpoint().starts_with("http://") {
+            tracing::warn!(
+                endpoint = client.endpoint(),
+                "pagerduty.url is plain http: routing keys cross the network unencrypted."
+            );
+        }
+        // Alerts that changed while PagerDuty was off, before the evaluation changes more.
+        reconcile(&outbox, &pagerduty_alerts, &aggregator).await;
         tracing::info!(
             endpoint = client.endpoint(),
             instance = %context.instance,
@@ -287,10 +296,12 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
         );
         let deliverer =
             Deliverer::new(outbox.clone(), routing, context, client, aggregator.clone());
+        // Half the shutdown deadline at most, so the aggregator's drain and the final
+        // checkpoint keep the rest.
         Some(tokio::spawn(deliverer.run(
             aggregator.clock().ticks(POLL_PERIOD),
             stopping(shutdown_rx.clone()),
-            config.service.shutdown_timeout,
+            config.service.shutdown_timeout / 2,
         )))
     } else {
         if outbox.pending_len() > 0 {

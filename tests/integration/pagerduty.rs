@@ -6,8 +6,9 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::durability::{set_hook, wait_for};
 use crate::harness::{Recmeter, Start, binary, fake_start};
 use crate::pagerduty_double::FakePagerDuty;
 use crate::spans::{Client, export, server_span};
@@ -48,12 +49,20 @@ no_data_after = "2h"
 }
 
 fn start(config: &str, dir: &Path, at: Duration) -> Recmeter {
+    start_keyed(config, dir, at, Some(KEY))
+}
+
+/// Starts with the fake clock at `at` past the test's start, and `key` as the routing key
+/// (`None`: PagerDuty off).
+fn start_keyed(config: &str, dir: &Path, at: Duration, key: Option<&str>) -> Recmeter {
     let at = humantime::format_rfc3339(fake_start() + at).to_string();
     Recmeter::start_with(Start {
         config,
         dir: Some(dir),
         fake_clock: Some(&at),
-        env: vec![("RECMETER_PAGERDUTY__ROUTING_KEY", KEY)],
+        env: key
+            .map(|k| vec![("RECMETER_PAGERDUTY__ROUTING_KEY", k)])
+            .unwrap_or_default(),
         ..Start::default()
     })
 }
@@ -92,15 +101,6 @@ fn pending(recmeter: &Recmeter) -> f64 {
     recmeter
         .metrics()
         .value("recmeter_pagerduty_outbox_pending", &[])
-}
-
-/// Waits (up to 20 s) until `done` holds: for work recmeter does on its own at start.
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Triggers then resolves, one each per alert, in order per dedup key; the schema holds; the
@@ -186,9 +186,20 @@ fn an_outage_is_retried_with_backoff_and_every_transition_arrives_in_order() {
     let fake = FakePagerDuty::start(&[KEY]);
     fake.set_unavailable(6);
     let dir = tempfile::tempdir().unwrap();
-    let recmeter = start(&config(&fake, "", CHECKOUT), dir.path(), Duration::ZERO);
+    let recmeter = start(
+        &config(&fake, "", &format!("[log]\nlevel = \"debug\"\n{CHECKOUT}")),
+        dir.path(),
+        Duration::ZERO,
+    );
     burst(&recmeter);
-    for _ in 0..50 {
+    recmeter.advance("60s");
+    assert_eq!(fake.attempts().len(), 1);
+    assert_eq!(
+        pending(&recmeter),
+        2.0,
+        "the ticket waits behind the page's failing trigger on the same routing key"
+    );
+    for _ in 1..50 {
         recmeter.advance("60s");
     }
     let statuses: Vec<u16> = fake.attempts().iter().map(|a| a.status).collect();
@@ -215,65 +226,59 @@ fn an_outage_is_retried_with_backoff_and_every_transition_arrives_in_order() {
         "said once when it starts failing:\n{log}"
     );
     assert!(log.contains("PagerDuty accepts events again."), "{log}");
+    assert!(!log.contains(KEY), "the routing key is logged:\n{log}");
 }
 
-/// Waiting events survive `kill -9`; a crash between a 202 and its log entry repeats that one
-/// event with the same dedup key; SIGTERM leaves what PagerDuty does not take for the next
-/// start; an objective removed while firing gets its resolve.
+/// A crash between a 202 and its log entry repeats that trigger, with the same dedup key,
+/// and nothing else; waiting events survive `kill -9`; SIGTERM leaves what PagerDuty does not
+/// take for the next start; an objective removed while firing gets its resolve.
 #[test]
 fn the_outbox_survives_kill9_and_restarts() {
     let fake = FakePagerDuty::start(&[KEY]);
-    fake.set_unavailable(1_000);
     let dir = tempfile::tempdir().unwrap();
     let checkout = config(&fake, "", CHECKOUT);
+    let minutes = |m: u64| Duration::from_secs(m * 60);
     let recmeter = start(&checkout, dir.path(), Duration::ZERO);
+    set_hook(&recmeter, "hold_pagerduty_receipt", true);
     burst(&recmeter);
-    recmeter.advance("60s");
-    assert_eq!(pending(&recmeter), 2.0);
-    recmeter.kill9();
-    assert!(fake.accepted().is_empty());
-
-    // Delivered after the restart, each once.
-    fake.set_unavailable(0);
-    let recmeter = start(&checkout, dir.path(), Duration::from_secs(60));
-    wait_for("the triggers after the restart", || {
-        fake.accepted().len() >= 2
-    });
-    recmeter.advance("1s");
-    assert_eq!(fake.accepted_keys(), [page("trigger"), ticket("trigger")]);
-    assert_eq!(pending(&recmeter), 0.0);
-
-    // A crash after PagerDuty's 202 and before its log entry: the resolve goes again, with
-    // the same dedup key, and nothing else repeats.
-    let held = recmeter.post_json(
-        "/-/test/hook",
-        &serde_json::json!({"name": "hold_pagerduty_receipt", "on": true}),
-    );
-    assert_eq!(held.status().as_u16(), 200, "{}", held.text().unwrap());
     let clock = recmeter.api_url("/-/test/clock");
     let advancing = std::thread::spawn(move || {
         // Answered 503 after the settle patience, or cut by the kill: either way ignored.
         let _ = reqwest::blocking::Client::new()
             .post(clock)
             .header("Content-Type", "application/json")
-            .body(r#"{"advance": "10m"}"#)
+            .body(r#"{"advance": "60s"}"#)
             .send();
     });
-    wait_for("the page's resolve", || fake.accepted().len() >= 3);
+    wait_for("the page's trigger", || !fake.accepted().is_empty());
     recmeter.kill9();
     let _ = advancing.join();
-    let recmeter = start(&checkout, dir.path(), Duration::from_secs(12 * 60));
-    wait_for("the resolve again", || fake.accepted().len() >= 4);
+    assert_eq!(fake.accepted_keys(), [page("trigger")]);
+    let recmeter = start(&checkout, dir.path(), minutes(2));
+    wait_for("the triggers after the restart", || {
+        fake.accepted().len() >= 3
+    });
     recmeter.advance("1s");
     assert_eq!(
         fake.accepted_keys(),
-        [
-            page("trigger"),
-            ticket("trigger"),
-            page("resolve"),
-            page("resolve")
-        ]
+        [page("trigger"), page("trigger"), ticket("trigger")],
+        "only the trigger whose receipt was not logged goes again"
     );
+    assert_eq!(pending(&recmeter), 0.0);
+
+    // Waiting through an outage, then `kill -9`: delivered after the restart.
+    fake.set_unavailable(1_000);
+    recmeter.advance("10m");
+    assert_eq!(pending(&recmeter), 1.0, "the page's resolve waits");
+    recmeter.kill9();
+    fake.set_unavailable(0);
+    let recmeter = start(&checkout, dir.path(), minutes(13));
+    wait_for("the resolve after the restart", || {
+        fake.accepted().len() >= 4
+    });
+    recmeter.advance("1s");
+    assert_eq!(fake.accepted_keys()[3], page("resolve"));
+    assert_eq!(pending(&recmeter), 0.0);
 
     // SIGTERM with PagerDuty down: shutdown stops within its timeout and the next start
     // delivers. The restart drops the objective, whose firing ticket then resolves.
@@ -285,11 +290,7 @@ fn the_outbox_survives_kill9_and_restarts() {
         "name = \"checkout\"",
         "name = \"search\"\nservices = [\"search\"]",
     );
-    let recmeter = start(
-        &config(&fake, "", &renamed),
-        dir.path(),
-        Duration::from_secs(13 * 60),
-    );
+    let recmeter = start(&config(&fake, "", &renamed), dir.path(), minutes(14));
     wait_for("the resolve's first attempt", || {
         fake.attempts().last().is_some_and(|a| a.status == 503)
     });
@@ -300,17 +301,67 @@ fn the_outbox_survives_kill9_and_restarts() {
         "{log}"
     );
     fake.set_unavailable(0);
-    let recmeter = start(
-        &config(&fake, "", &renamed),
-        dir.path(),
-        Duration::from_secs(14 * 60),
-    );
+    let recmeter = start(&config(&fake, "", &renamed), dir.path(), minutes(15));
     wait_for("the removed objective's resolve", || {
         fake.accepted().len() >= 5
     });
     recmeter.advance("1s");
     assert_eq!(fake.accepted_keys()[4], ticket("resolve"));
     assert_eq!(fake.accepted().len(), 5);
+    fake.assert_all_valid();
+}
+
+/// Alerts that fire or resolve while PagerDuty is off reach it at the next start with it on:
+/// PagerDuty ends up told what recmeter's alerts are, once.
+#[test]
+fn alerts_that_changed_while_pagerduty_was_off_reach_it_when_it_is_on() {
+    let fake = FakePagerDuty::start(&[KEY]);
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(&fake, "", CHECKOUT);
+    let minutes = |m: u64| Duration::from_secs(m * 60);
+    let off = start_keyed(&text, dir.path(), Duration::ZERO, None);
+    burst(&off);
+    off.advance("60s");
+    assert_eq!(pending(&off), 0.0);
+    let (status, log) = off.terminate();
+    assert!(status.success(), "{log}");
+    assert!(fake.attempts().is_empty());
+
+    let on = start(&text, dir.path(), minutes(2));
+    wait_for("the triggers of the alerts already firing", || {
+        fake.accepted().len() >= 2
+    });
+    on.advance("1s");
+    assert_eq!(fake.accepted_keys(), [page("trigger"), ticket("trigger")]);
+    assert!(
+        on.log()
+            .contains("Queued for PagerDuty: the alert changed while PagerDuty was off"),
+        "{}",
+        on.log()
+    );
+    let (status, log) = on.terminate();
+    assert!(status.success(), "{log}");
+
+    // Off while the page resolves.
+    let off = start_keyed(&text, dir.path(), minutes(3), None);
+    off.advance("10m");
+    let (status, log) = off.terminate();
+    assert!(status.success(), "{log}");
+    assert_eq!(fake.accepted().len(), 2);
+
+    let on = start(&text, dir.path(), minutes(14));
+    wait_for("the page's resolve", || fake.accepted().len() >= 3);
+    on.advance("1s");
+    let (status, log) = on.terminate();
+    assert!(status.success(), "{log}");
+    // In line now: another start queues nothing.
+    let on = start(&text, dir.path(), minutes(15));
+    on.advance("1s");
+    assert_eq!(
+        fake.accepted_keys(),
+        [page("trigger"), ticket("trigger"), page("resolve")]
+    );
+    assert_eq!(pending(&on), 0.0);
     fake.assert_all_valid();
 }
 
@@ -354,27 +405,38 @@ fn a_refused_routing_key_is_rejected_once_and_later_events_flow() {
 }
 
 /// 300 transitions within a minute (100 objectives, each paging, ticketing and then missing
-/// data): at most 120 go out in any 60 s of recmeter's clock, and all 300 by minute 3.
+/// data), pages on one routing key and the rest on another: at most 120 go out per routing
+/// key in any 60 s of recmeter's clock, and all 300 by minute 3.
 #[test]
-fn three_hundred_transitions_go_out_at_most_120_a_minute() {
-    let fake = FakePagerDuty::start(&[KEY]);
+fn three_hundred_transitions_go_out_at_most_120_a_minute_per_routing_key() {
+    let fake = FakePagerDuty::start(&[KEY, OTHER_KEY]);
     let dir = tempfile::tempdir().unwrap();
     let objectives: String = (0..100)
         .map(|i| CHECKOUT.replace("\"checkout\"", &format!("\"slo_{i:03}\"")))
         .collect();
-    let text =
-        config(&fake, "", &objectives).replace("no_data_after = \"2h\"", "no_data_after = \"1m\"");
+    let text = config(
+        &fake,
+        &format!("ticket_routing_key = \"{OTHER_KEY}\"\nno_data_routing_key = \"{OTHER_KEY}\""),
+        &objectives,
+    )
+    .replace("no_data_after = \"2h\"", "no_data_after = \"1m\"");
     let recmeter = start(&text, dir.path(), Duration::ZERO);
     burst(&recmeter);
-    // The clock time of each step, with how many events arrived during it.
-    let mut steps: Vec<(u64, usize)> = Vec::new();
-    let mut seen = 0;
+    // The clock time of each step, with how many events arrived during it per routing key.
     // Eight steps: the pages resolve only at the ninth (their 5m windows then clear).
+    let mut steps: Vec<(u64, usize, usize)> = Vec::new();
+    let (mut seen_key, mut seen_other) = (0, 0);
     for step in 1..=8u64 {
         recmeter.advance("30s");
-        let arrived = fake.attempts().len();
-        steps.push((step * 30, arrived - seen));
-        seen = arrived;
+        let to = |key: &str| {
+            fake.attempts()
+                .iter()
+                .filter(|a| a.event["routing_key"] == key)
+                .count()
+        };
+        let (key, other) = (to(KEY), to(OTHER_KEY));
+        steps.push((step * 30, key - seen_key, other - seen_other));
+        (seen_key, seen_other) = (key, other);
     }
     fake.assert_all_valid();
     let accepted = fake.accepted();
@@ -403,18 +465,22 @@ fn three_hundred_transitions_go_out_at_most_120_a_minute() {
         ),
         (100, 100, 100)
     );
-    // At most 120 in any 60 s: sends happen at the steps' times.
-    for (i, (at, _)) in steps.iter().enumerate() {
-        let in_minute: usize = steps[i..]
-            .iter()
-            .take_while(|(t, _)| *t < at + 60)
-            .map(|(_, n)| n)
-            .sum();
-        assert!(in_minute <= 120, "{in_minute} from {at} s: {steps:?}");
+    // At most 120 per key in any 60 s: sends happen at the steps' times.
+    for (i, (at, _, _)) in steps.iter().enumerate() {
+        let minute = steps[i..].iter().take_while(|(t, _, _)| *t < at + 60);
+        let (key, other) = minute.fold((0, 0), |(k, o), (_, dk, dot)| (k + dk, o + dot));
+        assert!(
+            key <= 120 && other <= 120,
+            "{key}, {other} from {at} s: {steps:?}"
+        );
     }
+    // The second key was held at its limit in its first minute (100 tickets, then 20 of the
+    // 100 missing-data alerts), while the first sent its 100 pages at once.
+    let first_minute: usize = steps.iter().take(2).map(|(_, _, other)| other).sum();
+    assert_eq!((steps[0].1, first_minute), (100, 120), "{steps:?}");
     // All by minute 3 after the first transition.
-    let first_step = steps.iter().find(|(_, n)| *n > 0).unwrap().0;
-    let last_step = steps.iter().rev().find(|(_, n)| *n > 0).unwrap().0;
+    let first_step = steps.iter().find(|(_, k, o)| k + o > 0).unwrap().0;
+    let last_step = steps.iter().rev().find(|(_, k, o)| k + o > 0).unwrap().0;
     assert!(last_step <= first_step + 180, "{steps:?}");
     assert_eq!(pending(&recmeter), 0.0);
 }
@@ -515,4 +581,40 @@ fn events_fit_the_api_limits_with_the_longest_names() {
     );
     let bytes = serde_json::to_vec(&accepted[0]).unwrap().len();
     assert!(bytes < 8 * 1024, "{bytes} bytes");
+}
+
+/// On the system clock: a burst pages within seconds of real time, a 503 is retried after a
+/// backoff in real time, and SIGTERM right after the failure still delivers (the drain, or
+/// the tick before it), within the shutdown deadline.
+#[test]
+fn on_the_system_clock_a_retry_and_the_shutdown_drain_deliver() {
+    let fake = FakePagerDuty::start(&[KEY]);
+    fake.set_unavailable(1);
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(&fake, "", CHECKOUT)
+        .replace(
+            "no_data_after = \"2h\"",
+            "no_data_after = \"2h\"\nevaluation_interval = \"1s\"",
+        )
+        .replace("shutdown_timeout = \"3s\"", "shutdown_timeout = \"8s\"");
+    let recmeter = Recmeter::start_with(Start {
+        config: &text,
+        dir: Some(dir.path()),
+        fake_clock: None,
+        env: vec![("RECMETER_PAGERDUTY__ROUTING_KEY", KEY)],
+        ..Start::default()
+    });
+    let end = std::time::SystemTime::now();
+    let spans = (0..100)
+        .map(|i| server_span("GET /recs", end, 10_000_000, i % 2 == 0, i))
+        .collect();
+    export(Client::HttpProto, &recmeter.addrs, "recs", vec![spans]);
+    wait_for("the first attempt", || !fake.attempts().is_empty());
+    let (status, log) = recmeter.terminate();
+    assert!(status.success(), "{log}");
+    let statuses: Vec<u16> = fake.attempts().iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [503, 202, 202], "{log}");
+    assert_eq!(fake.accepted_keys(), [page("trigger"), ticket("trigger")]);
+    assert!(!log.contains("still wait in the outbox"), "{log}");
+    fake.assert_all_valid();
 }

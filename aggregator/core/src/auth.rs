@@ -72,6 +72,12 @@ impl fmt::Debug for Secret {
     }
 }
 
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
 impl serde::Serialize for Secret {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str("[redacted]")
@@ -147,7 +153,7 @@ mod tests {
         assert_eq!(format!("{token:?} {token}"), "[redacted] [redacted]");
         let key = Secret::new(" abc\n").unwrap();
         assert_eq!(key.expose(), "abc");
-        assert_eq!(format!("{key:?}"), "[redacted]");
+        assert_eq!(format!("{key:?} {key}"), "[redacted] [redacted]");
         assert_eq!(serde_json::to_string(&key).unwrap(), "\"[redacted]\"");
     }
 }

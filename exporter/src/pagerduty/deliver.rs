@@ -11,12 +11,13 @@ use rand::Rng;
 use recmeter_aggregator::auth::Secret;
 use recmeter_aggregator::clock::Ticks;
 use recmeter_aggregator::error::clip;
+use recmeter_aggregator::slo::SloAlerts;
 use recmeter_aggregator::telemetry::LabelledCounter;
 use recmeter_aggregator::{AggregatorHandle, Hook};
 use serde_json::Value;
 
 use super::config::{PagerDutyConfig, Routing};
-use super::event::{EventContext, action, dedup_key, event};
+use super::event::{EventContext, action, event};
 use super::outbox::{Outbox, Queued, Receipt};
 
 /// Most events per routing key in any minute of recmeter's clock: PagerDuty's documented
@@ -57,6 +58,8 @@ impl Client {
     /// A client for `config.url`.
     pub fn new(config: &PagerDutyConfig) -> crate::Result<Self> {
         let http = reqwest::Client::builder()
+            // A redirect would carry the routing key to another host.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(5)))
             .user_agent(concat!("recmeter/", env!("CARGO_PKG_VERSION")))
@@ -96,7 +99,7 @@ impl Client {
             Err(e) => {
                 return Answer::Retry {
                     status: None,
-                    reason: redact(&without_url(&e), routing_key),
+                    reason: redact(&error_text(e), routing_key),
                 };
             }
         };
@@ -112,16 +115,10 @@ impl Client {
                     }
                 }
                 Ok(None) => break,
-                Err(e) if (200..300).contains(&status) => {
-                    // The status is in; a body cut short does not undo the delivery.
-                    tracing::debug!(error = %without_url(&e), "PagerDuty's answer body was cut short.");
-                    break;
-                }
                 Err(e) => {
-                    return Answer::Retry {
-                        status: Some(status),
-                        reason: redact(&without_url(&e), routing_key),
-                    };
+                    // The status is in and decides; a body cut short only loses detail.
+                    tracing::debug!(error = %redact(&error_text(e), routing_key), "PagerDuty's answer body was cut short.");
+                    break;
                 }
             }
         }
@@ -137,10 +134,12 @@ impl Client {
     }
 }
 
-/// A reqwest error's text without its URL (which holds no secret, but clutters).
-fn without_url(e: &reqwest::Error) -> String {
+/// A reqwest error's text, with its causes and without its URL (which holds no secret, but
+/// clutters).
+fn error_text(e: reqwest::Error) -> String {
+    let e = e.without_url();
     let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
         text.push_str(": ");
         text.push_str(&s.to_string());
@@ -157,15 +156,16 @@ fn redact(text: &str, secret: &str) -> String {
     text.replace(secret, "[redacted]")
 }
 
-/// One routing key's sending state: its recent sends, for the rate limit, and its backoff.
+/// One routing key's sending state: its recent sends, for the rate limit, and its backoff, in
+/// [`Deliverer::now`]'s nanoseconds.
 #[derive(Debug)]
 struct Route {
     key: Secret,
-    /// recmeter's clock at each send of the last minute, oldest first.
+    /// Each send of the last minute, oldest first.
     sent: VecDeque<u64>,
     /// Failures in a row.
     failures: u32,
-    /// No attempt before this instant (Unix nanoseconds).
+    /// No attempt before this instant.
     retry_at: u64,
 }
 
@@ -224,7 +224,7 @@ impl Route {
 pub struct Pass {
     /// Events sent (whatever the answer).
     pub attempted: usize,
-    /// The earliest instant a waiting event may go (Unix nanoseconds), if any waits.
+    /// The earliest instant a waiting event may go ([`Deliverer::now`]), if any waits.
     pub next_at: Option<u64>,
 }
 
@@ -240,6 +240,8 @@ pub struct Deliverer {
     /// Outcomes PagerDuty gave whose log entry failed: logged again before anything else is
     /// sent, and their events not sent again meanwhile.
     unlogged: Vec<Receipt>,
+    /// The monotonic clock's origin, for [`Deliverer::now`].
+    started: std::time::Instant,
 }
 
 impl std::fmt::Debug for Deliverer {
@@ -281,12 +283,25 @@ impl Deliverer {
             aggregator,
             events,
             unlogged: Vec::new(),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Now, for the rate limit and the backoff: the fake clock's time under the test hooks
+    /// (so tests move them), else nanoseconds of the monotonic clock, which a step of the
+    /// wall clock neither stalls nor hurries.
+    fn now(&self) -> u64 {
+        let clock = self.aggregator.clock();
+        if clock.is_fake() {
+            clock.now_nanos()
+        } else {
+            u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
         }
     }
 
     /// Delivers at every tick of `ticks` and whenever a transition queues, until `stop`; then
-    /// goes on for up to `drain_for` while events wait and PagerDuty takes them. Whatever
-    /// remains is delivered after the next start.
+    /// goes on for up to `drain_for` (a pass in progress is cut there) while events wait and
+    /// can go. Whatever remains is delivered after the next start.
     pub async fn run(
         mut self,
         mut ticks: Ticks,
@@ -296,7 +311,10 @@ impl Deliverer {
         self.outbox.wake_on_enqueue(ticks.nudge());
         tokio::pin!(stop);
         loop {
-            self.pass().await;
+            tokio::select! {
+                () = &mut stop => break,
+                _ = self.pass() => {}
+            }
             tokio::select! {
                 () = &mut stop => break,
                 _ = ticks.tick() => {}
@@ -305,12 +323,14 @@ impl Deliverer {
         drop(ticks);
         let deadline = tokio::time::Instant::now() + drain_for;
         while self.outbox.pending_len() > 0 {
-            let pass = self.pass().await;
-            let clock = self.aggregator.clock().clone();
+            let Ok(pass) = tokio::time::timeout_at(deadline, self.pass()).await else {
+                break;
+            };
             let wait = match pass.next_at {
                 _ if pass.attempted > 0 => Duration::ZERO,
-                Some(at) if !clock.is_fake() => {
-                    Duration::from_nanos(at.saturating_sub(clock.now_nanos()))
+                // The fake clock does not move while recmeter stops.
+                Some(at) if !self.aggregator.clock().is_fake() => {
+                    Duration::from_nanos(at.saturating_sub(self.now()))
                 }
                 _ => break,
             };
@@ -337,13 +357,18 @@ impl Deliverer {
         for receipt in unlogged {
             self.log(receipt).await;
         }
-        let waiting = self.unlogged.iter().map(|r| r.id()).collect::<HashSet<_>>();
+        let waiting = self
+            .unlogged
+            .iter()
+            .filter_map(Receipt::event)
+            .cloned()
+            .collect::<HashSet<_>>();
         let mut pass = Pass::default();
         let mut keys_seen = HashSet::new();
         for queued in self.outbox.pending() {
             let t = &queued.transition;
             // In order per key: a key's later events wait for its oldest.
-            if !keys_seen.insert((t.slo.clone(), t.severity)) || waiting.contains(&queued.id) {
+            if !keys_seen.insert(queued.dedup_key.clone()) || waiting.contains(&queued.id()) {
                 continue;
             }
             let Some(route) = self
@@ -358,13 +383,13 @@ impl Deliverer {
                 );
                 self.events.add(&[action(t.firing), "rejected"], 1);
                 self.log(Receipt::Rejected {
-                    id: queued.id,
+                    event: queued.id(),
                     status: 0,
                 })
                 .await;
                 continue;
             };
-            let now = self.aggregator.clock().now_nanos();
+            let now = self.now();
             if !self.routes[route].take(now) {
                 let at = self.routes[route].next_at(now);
                 pass.next_at = Some(pass.next_at.map_or(at, |n| n.min(at)));
@@ -379,9 +404,9 @@ impl Deliverer {
     async fn deliver(&mut self, queued: &Queued, route: usize, now: u64) {
         let t = &queued.transition;
         let key = self.routes[route].key.clone();
-        let event = event(&self.context, key.expose(), t);
+        let event = event(&self.context, key.expose(), &queued.dedup_key, t);
         let action = action(t.firing);
-        let dedup = dedup_key(&self.context.instance, &t.slo, t.severity);
+        let dedup = &queued.dedup_key;
         match self.client.send(&event, key.expose()).await {
             Answer::Accepted { status, .. } => {
                 self.events.add(&[action, "accepted"], 1);
@@ -400,7 +425,7 @@ impl Deliverer {
                     .hooks()
                     .released(Hook::HoldPagerdutyReceipt)
                     .await;
-                self.log(Receipt::Accepted { id: queued.id }).await;
+                self.log(Receipt::Accepted { event: queued.id() }).await;
             }
             Answer::Retry { status, reason } => {
                 self.events.add(&[action, "retried"], 1);
@@ -436,7 +461,7 @@ impl Deliverer {
                     "PagerDuty rejected an event; it is dropped, not retried. Check the routing key with `recmeter pagerduty test`."
                 );
                 self.log(Receipt::Rejected {
-                    id: queued.id,
+                    event: queued.id(),
                     status,
                 })
                 .await;
@@ -447,7 +472,7 @@ impl Deliverer {
     /// Logs `receipt`, which takes its event out once durable; on failure it is kept for
     /// the next pass.
     async fn log(&mut self, receipt: Receipt) {
-        let logged = match Outbox::event(receipt) {
+        let logged = match Outbox::event(&receipt) {
             Ok(event) => self.aggregator.log_event(event).await,
             Err(e) => Err(e),
         };
@@ -458,13 +483,52 @@ impl Deliverer {
     }
 }
 
+/// Queues what brings PagerDuty in line with `alerts` ([`Outbox::reconcile`]): run at start,
+/// before the first evaluation can change the alerts. Returns how many were queued; one whose
+/// log entry fails is left for the next start.
+pub async fn reconcile(
+    outbox: &Outbox,
+    alerts: &SloAlerts,
+    aggregator: &AggregatorHandle,
+) -> usize {
+    let mut queued = 0;
+    for transition in outbox.reconcile(&alerts.firing_since(), aggregator.clock().now_nanos()) {
+        let (slo, severity, firing) = (
+            transition.slo.clone(),
+            transition.severity,
+            transition.firing,
+        );
+        let logged = match Outbox::event(&Receipt::Queued { transition }) {
+            Ok(event) => aggregator.log_event(event).await,
+            Err(e) => Err(e),
+        };
+        match logged {
+            Ok(()) => {
+                queued += 1;
+                tracing::info!(
+                    slo = %slo,
+                    severity = severity.label(),
+                    action = action(firing),
+                    "Queued for PagerDuty: the alert changed while PagerDuty was off or its severity had no routing key."
+                );
+            }
+            Err(e) => tracing::warn!(
+                slo = %slo,
+                error = %e,
+                "Cannot queue a PagerDuty event that would bring PagerDuty in line with the alerts; the next start tries again."
+            ),
+        }
+    }
+    queued
+}
+
 /// `recmeter_pagerduty_events_total{action,outcome}`.
 pub fn events_counter(aggregator: &AggregatorHandle) -> Arc<LabelledCounter> {
     aggregator.telemetry().labelled_counter(
         "recmeter_pagerduty_events",
         "PagerDuty delivery attempts by event action (trigger, resolve) and outcome: accepted \
-         (2xx), retried (429, 5xx or no answer; sent again later) or rejected (any other 4xx; \
-         dropped).",
+         (2xx), retried (429, 5xx or no answer; sent again later) or rejected (any other \
+         status, or no routing key for its severity any more; dropped).",
         &["action", "outcome"],
     )
 }

@@ -67,9 +67,14 @@ fn clip_chars(text: &str, max: usize) -> String {
     }
 }
 
-/// The event for `transition`: a trigger with the numbers, or a resolve.
-pub fn event(context: &EventContext, routing_key: &str, transition: &Transition) -> Value {
-    let dedup_key = dedup_key(&context.instance, &transition.slo, transition.severity);
+/// The event for `transition`, of the incident `dedup_key`: a trigger with the numbers, or a
+/// resolve.
+pub fn event(
+    context: &EventContext,
+    routing_key: &str,
+    dedup_key: &str,
+    transition: &Transition,
+) -> Value {
     if !transition.firing {
         return json!({
             "routing_key": routing_key,
@@ -297,7 +302,8 @@ mod tests {
     #[test]
     fn a_page_triggers_with_the_numbers_and_resolves_by_the_same_key() {
         let key = "R0123456789abcdef0123456789abcde";
-        let trigger = event(&context(), key, &transition(Severity::Page, true));
+        let dedup = "recmeter/recmeter-0/checkout/page";
+        let trigger = event(&context(), key, dedup, &transition(Severity::Page, true));
         assert_eq!(trigger["event_action"], "trigger");
         assert_eq!(trigger["dedup_key"], "recmeter/recmeter-0/checkout/page");
         assert_eq!(
@@ -318,18 +324,18 @@ mod tests {
             trigger["links"][0]["href"],
             "https://grafana.example/d/recmeter-slo"
         );
-        let resolve = event(&context(), key, &transition(Severity::Page, false));
+        let resolve = event(&context(), key, dedup, &transition(Severity::Page, false));
         assert_eq!(
             resolve,
             json!({"routing_key": key, "event_action": "resolve",
                    "dedup_key": "recmeter/recmeter-0/checkout/page"})
         );
-        let ticket = event(&context(), key, &transition(Severity::Ticket, true));
+        let ticket = event(&context(), key, dedup, &transition(Severity::Ticket, true));
         assert_eq!(ticket["payload"]["severity"], "warning");
         let mut gone = transition(Severity::NoData, true);
         gone.slo = "removed".into();
         gone.budget_remaining = -0.2;
-        let no_data = event(&context(), key, &gone);
+        let no_data = event(&context(), key, dedup, &gone);
         assert_eq!(
             no_data["payload"]["summary"],
             "removed SLO: no requests for 10m; 30-day budget overspent by 20%"
@@ -344,7 +350,12 @@ mod tests {
         let mut t = transition(Severity::Page, true);
         t.slo = "é".repeat(2_000);
         context.objectives[0].name = t.slo.clone();
-        let e = event(&context, "k", &t);
+        let e = event(
+            &context,
+            "k",
+            &dedup_key(&context.instance, &t.slo, t.severity),
+            &t,
+        );
         assert_eq!(
             e["dedup_key"].as_str().unwrap().chars().count(),
             MAX_DEDUP_KEY_CHARS

@@ -4,8 +4,14 @@
 //! good) is a log entry of its own that takes the event out. So after `kill -9` the outbox
 //! holds exactly the transitions whose outcome was not logged: at least once, and more than
 //! once only for a crash between PagerDuty's 202 and its log entry.
+//!
+//! It also remembers which alerts PagerDuty was told fire (a trigger queued, its resolve not
+//! yet). At a start with PagerDuty on, [`Outbox::reconcile`] finds the alerts whose changes
+//! were not queued (PagerDuty off, or no key for their severity, when they changed) and queues
+//! what brings PagerDuty in line: a trigger for each firing alert it was not told of, a resolve
+//! for each it was told of that no longer fires.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use recmeter_aggregator::clock::Nudge;
@@ -15,39 +21,72 @@ use recmeter_aggregator::slo::alerts::TransitionSubscriber;
 use recmeter_aggregator::slo::{Severity, Transition};
 use serde::{Deserialize, Serialize};
 
+use super::event::dedup_key;
+
+/// Which transition an outcome is for: one alert's change at one evaluation. The outbox never
+/// holds the same one twice. Outcomes name it rather than a place in the queue, so an outcome
+/// replayed under another configuration (another set of routed severities) can only match
+/// its own transition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EventId {
+    pub slo: String,
+    pub severity: Severity,
+    pub firing: bool,
+    pub at_unix_nanos: u64,
+}
+
 /// A transition waiting for delivery.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Queued {
-    /// Its place in the outbox, from 1, never reused.
-    pub id: u64,
+    /// The incident's key: a trigger's from `service.instance` when it queued, a resolve's
+    /// the trigger's, so a renamed instance still resolves what it triggered.
+    pub dedup_key: String,
+    /// The transition, as the alerts logged it.
     pub transition: Transition,
+}
+
+impl Queued {
+    /// Which transition it is.
+    pub fn id(&self) -> EventId {
+        EventId {
+            slo: self.transition.slo.clone(),
+            severity: self.transition.severity,
+            firing: self.transition.firing,
+            at_unix_nanos: self.transition.at_unix_nanos,
+        }
+    }
 }
 
 /// What the outbox holds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct OutboxState {
-    /// The id the next transition gets.
-    next_id: u64,
     /// Waiting, oldest first.
     pending: VecDeque<Queued>,
+    /// The alerts PagerDuty was told fire (a trigger queued, its resolve not yet): objective
+    /// → severity → the trigger's dedup key.
+    announced: BTreeMap<String, BTreeMap<Severity, String>>,
 }
 
-/// A delivery's outcome, as logged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What the outbox logs: a delivery's outcome, or a transition queued to bring PagerDuty in
+/// line with the alerts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Receipt {
     /// PagerDuty answered 2xx.
-    Accepted { id: u64 },
+    Accepted { event: EventId },
     /// PagerDuty refused it for good (a 4xx other than 429), or no routing key covers it
     /// any more.
-    Rejected { id: u64, status: u16 },
+    Rejected { event: EventId, status: u16 },
+    /// Queued by [`Outbox::reconcile`].
+    Queued { transition: Transition },
 }
 
 impl Receipt {
-    /// The id of the event it takes out.
-    pub const fn id(self) -> u64 {
+    /// The transition an outcome takes out.
+    pub const fn event(&self) -> Option<&EventId> {
         match self {
-            Receipt::Accepted { id } | Receipt::Rejected { id, .. } => id,
+            Receipt::Accepted { event } | Receipt::Rejected { event, .. } => Some(event),
+            Receipt::Queued { .. } => None,
         }
     }
 }
@@ -58,6 +97,8 @@ pub struct Outbox {
     state: parking_lot::Mutex<OutboxState>,
     /// The severities that have a routing key: only their transitions queue.
     routed: Vec<Severity>,
+    /// `service.instance`: the scope of the dedup keys of triggers queued.
+    instance: String,
     /// Wakes the delivery task when a transition queues.
     nudge: parking_lot::Mutex<Option<Nudge>>,
 }
@@ -67,10 +108,12 @@ impl Outbox {
     pub const NAME: &'static str = "pagerduty_outbox";
 
     /// An outbox for the transitions of `routed` severities (none: PagerDuty is off, and the
-    /// outbox only keeps what an earlier run left).
-    pub fn new(routed: Vec<Severity>) -> Self {
+    /// outbox only keeps what an earlier run left), its triggers' dedup keys scoped by
+    /// `instance`.
+    pub fn new(routed: Vec<Severity>, instance: &str) -> Self {
         Self {
             routed,
+            instance: instance.to_owned(),
             ..Self::default()
         }
     }
@@ -92,10 +135,27 @@ impl Outbox {
         }
         {
             let mut state = self.state.lock();
-            state.next_id += 1;
-            let id = state.next_id;
+            let (slo, severity) = (&transition.slo, transition.severity);
+            let key = if transition.firing {
+                let key = dedup_key(&self.instance, slo, severity);
+                state
+                    .announced
+                    .entry(slo.clone())
+                    .or_default()
+                    .insert(severity, key.clone());
+                key
+            } else {
+                let told = state
+                    .announced
+                    .get_mut(slo)
+                    .and_then(|s| s.remove(&severity));
+                if state.announced.get(slo).is_some_and(BTreeMap::is_empty) {
+                    state.announced.remove(slo);
+                }
+                told.unwrap_or_else(|| dedup_key(&self.instance, slo, severity))
+            };
             state.pending.push_back(Queued {
-                id,
+                dedup_key: key,
                 transition: transition.clone(),
             });
         }
@@ -104,11 +164,54 @@ impl Outbox {
         }
     }
 
+    /// What brings PagerDuty in line with the alerts of routed severities, `firing` being the
+    /// transitions that started those firing now: a trigger for each it was not told of, and
+    /// a resolve (at `now`, with no numbers) for each it was told of that no longer fires.
+    /// Log each as [`Receipt::Queued`]. An alert PagerDuty was told of whose severity has no
+    /// routing key now cannot be resolved and is left as it is.
+    pub fn reconcile(&self, firing: &[Transition], now: u64) -> Vec<Transition> {
+        let state = self.state.lock();
+        let told = |slo: &str, severity: Severity| {
+            state
+                .announced
+                .get(slo)
+                .is_some_and(|s| s.contains_key(&severity))
+        };
+        let routed: Vec<&Transition> = firing
+            .iter()
+            .filter(|t| self.routed.contains(&t.severity))
+            .collect();
+        let mut out: Vec<Transition> = routed
+            .iter()
+            .filter(|t| !told(&t.slo, t.severity))
+            .map(|t| (*t).clone())
+            .collect();
+        for (slo, severities) in &state.announced {
+            for severity in severities.keys() {
+                let fires = routed
+                    .iter()
+                    .any(|t| &t.slo == slo && t.severity == *severity);
+                if !fires && self.routed.contains(severity) {
+                    out.push(Transition {
+                        slo: slo.clone(),
+                        severity: *severity,
+                        firing: false,
+                        at_unix_nanos: now,
+                        // A resolve carries no numbers.
+                        burn_rates: BTreeMap::new(),
+                        budget_remaining: 0.0,
+                    });
+                }
+            }
+        }
+        out
+    }
+
     /// The event that logs `receipt`.
-    pub fn event(receipt: Receipt) -> Result<Event> {
+    pub fn event(receipt: &Receipt) -> Result<Event> {
         Ok(Event {
             component: Self::NAME.to_owned(),
-            payload: serde_json::to_vec(&receipt).map_err(|e| {
+            payload: serde_json::to_vec(receipt).map_err(|e| {
                 Error::Participant(format!("cannot encode a PagerDuty receipt: {e}"))
             })?,
         })
@@ -139,11 +242,17 @@ impl Participant for Outbox {
         Self::decode(event).map(drop)
     }
 
-    /// Takes the receipt's event out; a receipt replayed twice, or for an event already gone,
-    /// changes nothing.
+    /// Takes an outcome's event out (an outcome replayed twice, or for an event already
+    /// gone, changes nothing), or queues a reconciling transition.
     fn apply(&self, event: &[u8]) -> Result<()> {
-        let id = Self::decode(event)?.id();
-        self.state.lock().pending.retain(|q| q.id != id);
+        match Self::decode(event)? {
+            Receipt::Queued { transition } => self.enqueue(&transition),
+            outcome => {
+                if let Some(id) = outcome.event() {
+                    self.state.lock().pending.retain(|q| &q.id() != id);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -169,11 +278,15 @@ mod tests {
     use super::*;
 
     fn transition(slo: &str, severity: Severity, firing: bool) -> Transition {
+        at(slo, severity, firing, 1)
+    }
+
+    fn at(slo: &str, severity: Severity, firing: bool, at_unix_nanos: u64) -> Transition {
         Transition {
             slo: slo.into(),
             severity,
             firing,
-            at_unix_nanos: 1,
+            at_unix_nanos,
             burn_rates: BTreeMap::new(),
             budget_remaining: 1.0,
         }
@@ -183,37 +296,113 @@ mod tests {
         alerts.apply(&SloAlerts::event(t).unwrap().payload).unwrap();
     }
 
+    fn receive(outbox: &Outbox, receipt: &Receipt) {
+        let event = Outbox::event(receipt).unwrap();
+        outbox.check(&event.payload).unwrap();
+        outbox.apply(&event.payload).unwrap();
+    }
+
     #[test]
-    fn routed_transitions_queue_until_their_receipt_and_survive_a_checkpoint() {
-        let outbox = Arc::new(Outbox::new(vec![Severity::Page]));
+    fn routed_transitions_queue_until_their_outcome_and_survive_a_checkpoint() {
+        let outbox = Arc::new(Outbox::new(vec![Severity::Page], "i-1"));
         let alerts = SloAlerts::default().with_subscriber(outbox.subscriber());
-        apply(&alerts, &transition("a", Severity::Page, true));
-        apply(&alerts, &transition("a", Severity::Ticket, true));
-        apply(&alerts, &transition("b", Severity::Page, true));
-        apply(&alerts, &transition("a", Severity::Page, false));
-        let ids: Vec<u64> = outbox.pending().iter().map(|q| q.id).collect();
-        assert_eq!(ids, [1, 2, 3], "tickets have no routing key here");
-        for receipt in [
-            Receipt::Accepted { id: 1 },
-            Receipt::Rejected { id: 2, status: 400 },
-            Receipt::Accepted { id: 1 },
-        ] {
-            let event = Outbox::event(receipt).unwrap();
-            outbox.check(&event.payload).unwrap();
-            outbox.apply(&event.payload).unwrap();
-        }
-        let copy = Outbox::new(vec![Severity::Page]);
+        apply(&alerts, &at("a", Severity::Page, true, 1));
+        apply(&alerts, &at("a", Severity::Ticket, true, 1));
+        apply(&alerts, &at("b", Severity::Page, true, 1));
+        apply(&alerts, &at("a", Severity::Page, false, 2));
+        let queued: Vec<(String, bool)> = outbox
+            .pending()
+            .iter()
+            .map(|q| (q.dedup_key.clone(), q.transition.firing))
+            .collect();
+        assert_eq!(
+            queued,
+            [
+                ("recmeter/i-1/a/page".to_owned(), true),
+                ("recmeter/i-1/b/page".to_owned(), true),
+                ("recmeter/i-1/a/page".to_owned(), false),
+            ],
+            "tickets have no routing key here"
+        );
+        let (first, second) = (outbox.pending()[0].id(), outbox.pending()[1].id());
+        receive(
+            &outbox,
+            &Receipt::Accepted {
+                event: first.clone(),
+            },
+        );
+        receive(
+            &outbox,
+            &Receipt::Rejected {
+                event: second,
+                status: 400,
+            },
+        );
+        // Replayed, or for a transition not queued here: nothing changes.
+        receive(&outbox, &Receipt::Accepted { event: first });
+        let copy = Outbox::new(vec![Severity::Page], "i-2");
         copy.restore(outbox.save().unwrap()).unwrap();
         assert_eq!(copy.pending(), outbox.pending());
         assert_eq!(
             copy.pending()[0].transition,
-            transition("a", Severity::Page, false)
+            at("a", Severity::Page, false, 2)
         );
-        // Ids continue after a restore.
+        // Under another instance name, b's resolve keeps the key b's trigger had; a new
+        // trigger takes the new name.
         let copy = Arc::new(copy);
-        let alerts = SloAlerts::default().with_subscriber(copy.subscriber());
-        apply(&alerts, &transition("c", Severity::Page, true));
-        assert_eq!(copy.pending().last().unwrap().id, 4);
+        let later = SloAlerts::default().with_subscriber(copy.subscriber());
+        later.restore(alerts.save().unwrap()).unwrap();
+        apply(&later, &at("b", Severity::Page, false, 3));
+        apply(&later, &at("c", Severity::Page, true, 3));
+        let keys: Vec<String> = copy.pending().iter().map(|q| q.dedup_key.clone()).collect();
+        assert_eq!(
+            keys,
+            [
+                "recmeter/i-1/a/page",
+                "recmeter/i-1/b/page",
+                "recmeter/i-2/c/page"
+            ]
+        );
         assert!(outbox.check(b"{\"accepted\": {}}").is_err());
+    }
+
+    /// PagerDuty off (or a severity without a key) while alerts changed: at the next start
+    /// with it on, a trigger for each firing alert it was not told of and a resolve for each
+    /// it was told of that no longer fires; nothing when it was told everything.
+    #[test]
+    fn reconciling_brings_pagerduty_in_line_with_the_alerts() {
+        let outbox = Arc::new(Outbox::new(vec![Severity::Page, Severity::Ticket], "i-1"));
+        let alerts = SloAlerts::default().with_subscriber(outbox.subscriber());
+        apply(&alerts, &transition("told", Severity::Page, true));
+        apply(&alerts, &transition("gone", Severity::Page, true));
+        // Then, with PagerDuty off, `gone` resolved and `new` fired.
+        let off = SloAlerts::default();
+        off.restore(alerts.save().unwrap()).unwrap();
+        apply(&off, &transition("gone", Severity::Page, false));
+        apply(&off, &transition("new", Severity::Ticket, true));
+        apply(&off, &transition("unrouted", Severity::NoData, true));
+        let mut queued = outbox.reconcile(&off.firing_since(), 7);
+        queued.sort_by(|a, b| a.slo.cmp(&b.slo));
+        let got: Vec<(&str, Severity, bool)> = queued
+            .iter()
+            .map(|t| (t.slo.as_str(), t.severity, t.firing))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("gone", Severity::Page, false),
+                ("new", Severity::Ticket, true)
+            ]
+        );
+        for t in &queued {
+            let event = Outbox::event(&Receipt::Queued {
+                transition: t.clone(),
+            })
+            .unwrap();
+            outbox.check(&event.payload).unwrap();
+            outbox.apply(&event.payload).unwrap();
+        }
+        assert_eq!(outbox.pending().len(), 4);
+        assert!(outbox.reconcile(&off.firing_since(), 8).is_empty());
     }
 }
