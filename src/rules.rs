@@ -319,6 +319,21 @@ const HEALTH: &str = r#"  - name: recmeter-health
           severity: ticket
         annotations:
           summary: "recmeter holds {{ $value }} series, its cap: new series fold into __overflow__"
+      - alert: RecmeterPagerDutyBacklog
+        expr: |
+          recmeter_pagerduty_outbox_pending > 0
+        for: 15m
+        labels:
+          severity: ticket
+        annotations:
+          summary: "{{ $value }} of recmeter's own alert events have waited 15m or more for PagerDuty: its pages are not getting through"
+      - alert: RecmeterPagerDutyRejected
+        expr: |
+          sum by (action) (increase(recmeter_pagerduty_events_total{outcome="rejected"}[1h])) > 0
+        labels:
+          severity: ticket
+        annotations:
+          summary: "PagerDuty rejected recmeter {{ $labels.action }} events in the last hour: check the routing keys with `recmeter pagerduty test`"
 "#;
 
 #[cfg(test)]

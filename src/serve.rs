@@ -14,7 +14,7 @@ use recmeter_aggregator::clock::Ticks;
 use recmeter_aggregator::durability::{self, Checkpointer, Durability, Layout};
 use recmeter_aggregator::participant::{Participants, TestLedger};
 use recmeter_aggregator::slo::{
-    SloAlerts, SloAlertsTable, SloEvaluator, SloStatus, SloStatusTable,
+    Severity, SloAlerts, SloAlertsTable, SloEvaluator, SloStatus, SloStatusTable,
 };
 use recmeter_aggregator::store::history::History;
 use recmeter_aggregator::telemetry::Listener;
@@ -279,6 +279,17 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
             no_data_after: config.slo.no_data_after,
         };
         let client = Client::new(&config.pagerduty)?;
+        let unrouted: Vec<&str> = [Severity::Page, Severity::Ticket, Severity::NoData]
+            .into_iter()
+            .filter(|s| routing.key(*s).is_none())
+            .map(Severity::label)
+            .collect();
+        if !unrouted.is_empty() {
+            tracing::warn!(
+                unrouted = ?unrouted,
+                "Some SLO alert severities have no PagerDuty routing key; their alerts are not sent (set pagerduty.routing_key for all)."
+            );
+        }
         if client.endpoint().starts_with("http://") {
             tracing::warn!(
                 endpoint = client.endpoint(),
@@ -309,6 +320,8 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
                 pending = outbox.pending_len(),
                 "PagerDuty events wait in the outbox but [pagerduty] sets no routing key; they go once one is set."
             );
+        } else {
+            tracing::info!("PagerDuty delivery is off: [pagerduty] sets no routing key.");
         }
         None
     };

@@ -90,6 +90,16 @@ fn ticket(action: &str) -> (String, String) {
     )
 }
 
+/// The page and the ticket triggered, then each resolved, in the order the burst makes.
+fn both_triggered_then_resolved() -> [(String, String); 4] {
+    [
+        page("trigger"),
+        ticket("trigger"),
+        page("resolve"),
+        ticket("resolve"),
+    ]
+}
+
 fn events_total(recmeter: &Recmeter, action: &str, outcome: &str) -> f64 {
     recmeter.metrics().value(
         "recmeter_pagerduty_events_total",
@@ -126,15 +136,7 @@ fn an_error_burst_triggers_each_alert_once_then_resolves_each_once() {
         [page("trigger"), ticket("trigger"), page("resolve")]
     );
     recmeter.advance("40m");
-    assert_eq!(
-        fake.accepted_keys(),
-        [
-            page("trigger"),
-            ticket("trigger"),
-            page("resolve"),
-            ticket("resolve")
-        ]
-    );
+    assert_eq!(fake.accepted_keys(), both_triggered_then_resolved());
     fake.assert_all_valid();
     let trigger = &fake.accepted()[0];
     assert_eq!(trigger["routing_key"], KEY);
@@ -204,15 +206,7 @@ fn an_outage_is_retried_with_backoff_and_every_transition_arrives_in_order() {
     }
     let statuses: Vec<u16> = fake.attempts().iter().map(|a| a.status).collect();
     assert_eq!(statuses, [503, 503, 503, 503, 503, 503, 202, 202, 202, 202]);
-    assert_eq!(
-        fake.accepted_keys(),
-        [
-            page("trigger"),
-            ticket("trigger"),
-            page("resolve"),
-            ticket("resolve")
-        ]
-    );
+    assert_eq!(fake.accepted_keys(), both_triggered_then_resolved());
     fake.assert_all_valid();
     assert_eq!(events_total(&recmeter, "trigger", "retried"), 6.0);
     assert_eq!(events_total(&recmeter, "trigger", "accepted"), 2.0);
@@ -401,30 +395,42 @@ fn a_refused_routing_key_is_rejected_once_and_later_events_flow() {
         "{log}"
     );
     assert!(!log.contains(OTHER_KEY) && !log.contains(KEY), "{log}");
+    // The operator fixes the key: the ticket still firing is caught up at the restart.
+    let (status, log) = recmeter.terminate();
+    assert!(status.success(), "{log}");
+    let recmeter = start(
+        &config(&fake, "", CHECKOUT),
+        dir.path(),
+        Duration::from_secs(13 * 60),
+    );
+    wait_for("the ticket's trigger with the good key", || {
+        fake.accepted().len() >= 3
+    });
+    recmeter.advance("1s");
+    assert_eq!(fake.accepted_keys()[2], ticket("trigger"));
+    assert_eq!(fake.accepted().len(), 3);
     fake.assert_all_valid();
 }
 
+/// Sends per clock step: (seconds since the start, events to `KEY`, events to `OTHER_KEY`).
+type Steps = Vec<(u64, usize, usize)>;
+
 /// 300 transitions within a minute (100 objectives, each paging, ticketing and then missing
-/// data), pages on one routing key and the rest on another: at most 120 go out per routing
-/// key in any 60 s of recmeter's clock, and all 300 by minute 3.
-#[test]
-fn three_hundred_transitions_go_out_at_most_120_a_minute_per_routing_key() {
+/// data) with `routing` in `[pagerduty]`: checks that all 300 arrive, at most 120 per routing
+/// key in any 60 s of recmeter's clock, all by minute 3, and returns the steps.
+fn three_hundred_transitions(routing: &str) -> Steps {
     let fake = FakePagerDuty::start(&[KEY, OTHER_KEY]);
     let dir = tempfile::tempdir().unwrap();
     let objectives: String = (0..100)
         .map(|i| CHECKOUT.replace("\"checkout\"", &format!("\"slo_{i:03}\"")))
         .collect();
-    let text = config(
-        &fake,
-        &format!("ticket_routing_key = \"{OTHER_KEY}\"\nno_data_routing_key = \"{OTHER_KEY}\""),
-        &objectives,
-    )
-    .replace("no_data_after = \"2h\"", "no_data_after = \"1m\"");
+    let text = config(&fake, routing, &objectives)
+        .replace("no_data_after = \"2h\"", "no_data_after = \"1m\"");
     let recmeter = start(&text, dir.path(), Duration::ZERO);
     burst(&recmeter);
     // The clock time of each step, with how many events arrived during it per routing key.
     // Eight steps: the pages resolve only at the ninth (their 5m windows then clear).
-    let mut steps: Vec<(u64, usize, usize)> = Vec::new();
+    let mut steps: Steps = Vec::new();
     let (mut seen_key, mut seen_other) = (0, 0);
     for step in 1..=8u64 {
         recmeter.advance("30s");
@@ -474,15 +480,32 @@ fn three_hundred_transitions_go_out_at_most_120_a_minute_per_routing_key() {
             "{key}, {other} from {at} s: {steps:?}"
         );
     }
-    // The second key was held at its limit in its first minute (100 tickets, then 20 of the
-    // 100 missing-data alerts), while the first sent its 100 pages at once.
-    let first_minute: usize = steps.iter().take(2).map(|(_, _, other)| other).sum();
-    assert_eq!((steps[0].1, first_minute), (100, 120), "{steps:?}");
     // All by minute 3 after the first transition.
     let first_step = steps.iter().find(|(_, k, o)| k + o > 0).unwrap().0;
     let last_step = steps.iter().rev().find(|(_, k, o)| k + o > 0).unwrap().0;
     assert!(last_step <= first_step + 180, "{steps:?}");
     assert_eq!(pending(&recmeter), 0.0);
+    steps
+}
+
+/// One routing key for all 300: 120, then 120 a minute later, then the last 60.
+#[test]
+fn three_hundred_transitions_go_out_at_most_120_a_minute() {
+    let steps = three_hundred_transitions("");
+    let sent: Vec<usize> = steps.iter().map(|(_, key, _)| *key).collect();
+    assert_eq!(sent, [120, 0, 120, 0, 60, 0, 0, 0], "{steps:?}");
+}
+
+/// Pages on one routing key, tickets and missing data on another: each has its own limit.
+#[test]
+fn each_routing_key_has_its_own_limit() {
+    let steps = three_hundred_transitions(&format!(
+        "ticket_routing_key = \"{OTHER_KEY}\"\nno_data_routing_key = \"{OTHER_KEY}\""
+    ));
+    // The first key sends its 100 pages at once; the second is held at its limit in its
+    // first minute (100 tickets, then 20 of the 100 missing-data alerts).
+    let first_minute: usize = steps.iter().take(2).map(|(_, _, other)| other).sum();
+    assert_eq!((steps[0].1, first_minute), (100, 120), "{steps:?}");
 }
 
 /// `recmeter pagerduty test` sends a test trigger and its resolve and prints the answers;
@@ -609,7 +632,11 @@ fn on_the_system_clock_a_retry_and_the_shutdown_drain_deliver() {
         .map(|i| server_span("GET /recs", end, 10_000_000, i % 2 == 0, i))
         .collect();
     export(Client::HttpProto, &recmeter.addrs, "recs", vec![spans]);
-    wait_for("the first attempt", || !fake.attempts().is_empty());
+    // Both transitions logged (the ticket waits behind the page's failed trigger), then stop.
+    wait_for("the first attempt and both transitions", || {
+        !fake.attempts().is_empty()
+            && pending(&recmeter) + events_total(&recmeter, "trigger", "accepted") >= 2.0
+    });
     let (status, log) = recmeter.terminate();
     assert!(status.success(), "{log}");
     let statuses: Vec<u16> = fake.attempts().iter().map(|a| a.status).collect();

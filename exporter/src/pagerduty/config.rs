@@ -29,12 +29,15 @@ pub struct PagerDutyConfig {
     pub routing_key_file: Option<PathBuf>,
     /// The routing key of `page` alerts, when they go to another service. Default: unset.
     pub page_routing_key: Option<Secret>,
+    /// File holding `page_routing_key`. Default: unset.
     pub page_routing_key_file: Option<PathBuf>,
     /// The routing key of `ticket` alerts. Default: unset.
     pub ticket_routing_key: Option<Secret>,
+    /// File holding `ticket_routing_key`. Default: unset.
     pub ticket_routing_key_file: Option<PathBuf>,
     /// The routing key of `no_data` alerts. Default: unset.
     pub no_data_routing_key: Option<Secret>,
+    /// File holding `no_data_routing_key`. Default: unset.
     pub no_data_routing_key_file: Option<PathBuf>,
     /// Links put on every trigger, such as the SLO dashboard's URL. Default: none.
     pub links: Vec<String>,
@@ -183,11 +186,22 @@ impl PagerDutyConfig {
     /// Cross-field checks, key files read.
     pub fn validate(&self) -> Vec<InvalidField> {
         let mut errors = self.routing().err().unwrap_or_default();
-        if let Err(e) = http_url(&self.url) {
-            errors.push(InvalidField::new("pagerduty.url", e));
+        match http_url(&self.url) {
+            Err(e) => errors.push(InvalidField::new("pagerduty.url", e)),
+            Ok(url) if !matches!(url.path(), "" | "/") || url.query().is_some() => {
+                errors.push(InvalidField::new(
+                    "pagerduty.url",
+                    format!(
+                        "`{}` has a path or query; give the base URL only (e.g. {DEFAULT_URL}): \
+                         recmeter posts to <url>/v2/enqueue",
+                        recmeter_aggregator::error::clip(&self.url, 128)
+                    ),
+                ));
+            }
+            Ok(_) => {}
         }
         for (i, link) in self.links.iter().enumerate() {
-            if let Err(e) = http_url(link) {
+            if let Err(e) = http_url(link).map(drop) {
                 errors.push(InvalidField::new(format!("pagerduty.links[{i}]"), e));
             }
         }
@@ -209,14 +223,14 @@ impl PagerDutyConfig {
     }
 }
 
-/// Whether `text` is an absolute `http` or `https` URL with a host.
-fn http_url(text: &str) -> Result<(), String> {
+/// `text` as an absolute `http` or `https` URL with a host.
+fn http_url(text: &str) -> Result<reqwest::Url, String> {
     let clipped = recmeter_aggregator::error::clip(text, 128);
     let url = reqwest::Url::parse(text).map_err(|e| format!("`{clipped}` is not a URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(format!("`{clipped}` is not an http(s) URL with a host"));
     }
-    Ok(())
+    Ok(url)
 }
 
 #[cfg(test)]
@@ -261,6 +275,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("empty");
         std::fs::write(&empty, "\n").unwrap();
+        let path = PagerDutyConfig {
+            url: "https://events.pagerduty.com/v2/enqueue".into(),
+            ..PagerDutyConfig::default()
+        };
+        assert!(path.validate()[0].message.contains("base URL only"));
         let config = PagerDutyConfig {
             url: "ftp://events".into(),
             routing_key: Secret::new("too-short-secret"),

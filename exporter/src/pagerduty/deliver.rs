@@ -300,8 +300,9 @@ impl Deliverer {
     }
 
     /// Delivers at every tick of `ticks` and whenever a transition queues, until `stop`; then
-    /// goes on for up to `drain_for` (a pass in progress is cut there) while events wait and
-    /// can go. Whatever remains is delivered after the next start.
+    /// finishes the pass in progress and goes on, for up to `drain_for` in all (a pass still
+    /// running then is cut), while events wait and can go. Whatever remains is delivered
+    /// after the next start.
     pub async fn run(
         mut self,
         mut ticks: Ticks,
@@ -310,18 +311,26 @@ impl Deliverer {
     ) {
         self.outbox.wake_on_enqueue(ticks.nudge());
         tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                () = &mut stop => break,
-                _ = self.pass() => {}
+        let deadline = loop {
+            {
+                let pass = self.pass();
+                tokio::pin!(pass);
+                tokio::select! {
+                    () = &mut stop => {
+                        // A send in flight is finished, not dropped and sent again.
+                        let deadline = tokio::time::Instant::now() + drain_for;
+                        let _ = tokio::time::timeout_at(deadline, pass).await;
+                        break deadline;
+                    }
+                    _ = &mut pass => {}
+                }
             }
             tokio::select! {
-                () = &mut stop => break,
+                () = &mut stop => break tokio::time::Instant::now() + drain_for,
                 _ = ticks.tick() => {}
             }
-        }
+        };
         drop(ticks);
-        let deadline = tokio::time::Instant::now() + drain_for;
         while self.outbox.pending_len() > 0 {
             let Ok(pass) = tokio::time::timeout_at(deadline, self.pass()).await else {
                 break;
@@ -353,9 +362,13 @@ impl Deliverer {
     /// key's oldest waiting event whose routing key is neither backing off nor at its rate
     /// limit.
     pub async fn pass(&mut self) -> Pass {
-        let unlogged = std::mem::take(&mut self.unlogged);
-        for receipt in unlogged {
-            self.log(receipt).await;
+        // One at a time, each taken off the list only once logged, so a pass cut short loses
+        // none.
+        while let Some(receipt) = self.unlogged.first().cloned() {
+            if self.log_once(&receipt).await.is_err() {
+                break;
+            }
+            self.unlogged.remove(0);
         }
         let waiting = self
             .unlogged
@@ -472,14 +485,20 @@ impl Deliverer {
     /// Logs `receipt`, which takes its event out once durable; on failure it is kept for
     /// the next pass.
     async fn log(&mut self, receipt: Receipt) {
-        let logged = match Outbox::event(&receipt) {
+        if self.log_once(&receipt).await.is_err() {
+            self.unlogged.push(receipt);
+        }
+    }
+
+    async fn log_once(&self, receipt: &Receipt) -> recmeter_aggregator::Result<()> {
+        let logged = match Outbox::event(receipt) {
             Ok(event) => self.aggregator.log_event(event).await,
             Err(e) => Err(e),
         };
-        if let Err(e) = logged {
+        if let Err(e) = &logged {
             tracing::warn!(error = %e, "Cannot log a PagerDuty delivery outcome; retrying at the next pass.");
-            self.unlogged.push(receipt);
         }
+        logged
     }
 }
 

@@ -74,8 +74,8 @@ struct OutboxState {
 pub enum Receipt {
     /// PagerDuty answered 2xx.
     Accepted { event: EventId },
-    /// PagerDuty refused it for good (a 4xx other than 429), or no routing key covers it
-    /// any more.
+    /// PagerDuty refused it for good (any status but 2xx, 429 and 5xx), or no routing key
+    /// covers it any more (status 0).
     Rejected { event: EventId, status: u16 },
     /// Queued by [`Outbox::reconcile`].
     Queued { transition: Transition },
@@ -243,13 +243,34 @@ impl Participant for Outbox {
     }
 
     /// Takes an outcome's event out (an outcome replayed twice, or for an event already
-    /// gone, changes nothing), or queues a reconciling transition.
+    /// gone, changes nothing), or queues a reconciling transition. A trigger rejected was
+    /// never told: its alert is forgotten, so the next start with a good key catches it up.
     fn apply(&self, event: &[u8]) -> Result<()> {
-        match Self::decode(event)? {
-            Receipt::Queued { transition } => self.enqueue(&transition),
-            outcome => {
-                if let Some(id) = outcome.event() {
-                    self.state.lock().pending.retain(|q| &q.id() != id);
+        let outcome = match Self::decode(event)? {
+            Receipt::Queued { transition } => {
+                self.enqueue(&transition);
+                return Ok(());
+            }
+            outcome => outcome,
+        };
+        let Some(id) = outcome.event() else {
+            return Ok(());
+        };
+        let mut state = self.state.lock();
+        let Some(at) = state.pending.iter().position(|q| &q.id() == id) else {
+            return Ok(());
+        };
+        let Some(gone) = state.pending.remove(at) else {
+            return Ok(());
+        };
+        if matches!(outcome, Receipt::Rejected { .. }) && gone.transition.firing {
+            let t = &gone.transition;
+            if let Some(told) = state.announced.get_mut(&t.slo)
+                && told.get(&t.severity) == Some(&gone.dedup_key)
+            {
+                told.remove(&t.severity);
+                if told.is_empty() {
+                    state.announced.remove(&t.slo);
                 }
             }
         }
@@ -331,13 +352,7 @@ mod tests {
                 event: first.clone(),
             },
         );
-        receive(
-            &outbox,
-            &Receipt::Rejected {
-                event: second,
-                status: 400,
-            },
-        );
+        receive(&outbox, &Receipt::Accepted { event: second });
         // Replayed, or for a transition not queued here: nothing changes.
         receive(&outbox, &Receipt::Accepted { event: first });
         let copy = Outbox::new(vec![Severity::Page], "i-2");
@@ -404,5 +419,21 @@ mod tests {
         }
         assert_eq!(outbox.pending().len(), 4);
         assert!(outbox.reconcile(&off.firing_since(), 8).is_empty());
+        // A trigger PagerDuty refused (a bad key) was not told: caught up at the next start.
+        let new = outbox
+            .pending()
+            .into_iter()
+            .find(|q| q.transition.slo == "new")
+            .unwrap();
+        receive(
+            &outbox,
+            &Receipt::Rejected {
+                event: new.id(),
+                status: 400,
+            },
+        );
+        let again = outbox.reconcile(&off.firing_since(), 9);
+        assert_eq!(again.len(), 1);
+        assert_eq!((again[0].slo.as_str(), again[0].firing), ("new", true));
     }
 }
