@@ -43,6 +43,9 @@ pub enum Command {
     /// PagerDuty delivery of recmeter's SLO alerts: `recmeter pagerduty test` checks the
     /// routing keys.
     Pagerduty(crate::pagerduty::PagerDutyArgs),
+    /// Billing exports: `recmeter billing check FILE…` normalizes local files and prints their
+    /// totals, without touching the store.
+    Billing(crate::billing::BillingArgs),
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,8 @@
 // Only the allocator module may use `unsafe` (ADR 013); the rest forbid it.
 mod allocator;
 #[forbid(unsafe_code)]
+mod billing;
+#[forbid(unsafe_code)]
 mod cli;
 #[forbid(unsafe_code)]
 mod config;
@@ -39,5 +41,6 @@ fn main() -> ExitCode {
         Command::Verify(args) => verify::main(args),
         Command::Rules(args) => rules::main(args),
         Command::Pagerduty(args) => pagerduty::main(args),
+        Command::Billing(args) => billing::main(args),
     }
 }

@@ -1,3 +1,4 @@
 //! Sources of telemetry, one folder each.
 
+pub mod billing;
 pub mod otlp;

@@ -1,0 +1,10 @@
+//! Billing exports: FOCUS (and, to come, AWS CUR and GCP's BigQuery export) normalized into
+//! FOCUS-shaped cost lines with exact decimal money, each bad row a reject of its own.
+
+pub mod decimal;
+pub mod focus;
+pub mod line;
+pub mod read;
+
+pub use line::{CostLine, Normalized, Reject};
+pub use read::{Defaults, FileError, Format, normalize};

@@ -1,0 +1,242 @@
+//! Reading an export: gzip or not, CSV with a header, its format told from its columns, each
+//! row normalized on its own so that one bad row is one reject.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+
+use super::focus;
+use super::line::{CellError, CostLine, Normalized};
+
+/// The export formats recmeter reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// FOCUS 1.0 to 1.2 (any provider's FOCUS export).
+    Focus,
+}
+
+impl Format {
+    /// Its name, as `billing check` prints it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Format::Focus => "FOCUS",
+        }
+    }
+
+    /// The format whose columns `header` has.
+    pub fn detect(header: &Header) -> Option<Self> {
+        (header.has("BilledCost") && header.has("ChargePeriodStart")).then_some(Format::Focus)
+    }
+}
+
+/// Defaults for files whose rows do not say (per prefix in `[billing]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Defaults {
+    pub provider: Option<String>,
+    pub billing_account_id: Option<String>,
+}
+
+/// A CSV header: each column's index by name.
+#[derive(Debug, Clone, Default)]
+pub struct Header {
+    index: HashMap<String, usize>,
+    len: usize,
+}
+
+impl Header {
+    fn new(names: &csv::StringRecord) -> Self {
+        Self {
+            index: names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.trim_start_matches('\u{feff}').trim().to_owned(), i))
+                .collect(),
+            len: names.len(),
+        }
+    }
+
+    /// Whether the column `name` is there.
+    pub fn has(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+}
+
+/// One data row, read by column name.
+#[derive(Debug, Clone, Copy)]
+pub struct Row<'a> {
+    header: &'a Header,
+    record: &'a csv::StringRecord,
+}
+
+impl<'a> Row<'a> {
+    /// The cell of column `name`, if the file has the column.
+    pub fn get(&self, name: &str) -> Option<&'a str> {
+        self.header
+            .index
+            .get(name)
+            .and_then(|&i| self.record.get(i))
+    }
+
+    /// The cell of the first of `names` the file has.
+    pub fn first(&self, names: &[&str]) -> Option<&'a str> {
+        names.iter().find_map(|n| self.get(n))
+    }
+}
+
+/// Why a file cannot be read at all (its rows are not the problem).
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("no header row")]
+    Empty,
+    #[error("its header is not CSV: {0}")]
+    Header(String),
+    #[error(
+        "not a billing export recmeter reads: no FOCUS (BilledCost, ChargePeriodStart) columns"
+    )]
+    UnknownFormat,
+}
+
+/// Normalizes the export in `reader` (gzip or plain CSV), named `object`, into `out`.
+pub fn normalize(
+    reader: impl Read,
+    object: &str,
+    defaults: &Defaults,
+    out: &mut Normalized,
+) -> Result<Format, FileError> {
+    let mut buffered = BufReader::with_capacity(256 * 1024, reader);
+    let gzip = buffered.fill_buf()?.starts_with(&[0x1f, 0x8b]);
+    let reader: Box<dyn Read> = if gzip {
+        Box::new(flate2::read::MultiGzDecoder::new(buffered))
+    } else {
+        Box::new(buffered)
+    };
+    let mut csv = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .from_reader(reader);
+    let header = match csv.headers() {
+        Ok(h) if h.is_empty() || (h.len() == 1 && h[0].trim().is_empty()) => {
+            return Err(FileError::Empty);
+        }
+        Ok(h) => Header::new(h),
+        Err(e) => return Err(header_error(e)),
+    };
+    let format = Format::detect(&header).ok_or(FileError::UnknownFormat)?;
+    let mut record = csv::StringRecord::new();
+    let mut row = 0u64;
+    loop {
+        row += 1;
+        match csv.read_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => {
+                if let csv::ErrorKind::Io(_) = e.kind() {
+                    return Err(FileError::Io(std::io::Error::other(e.to_string())));
+                }
+                out.rows += 1;
+                out.rejects
+                    .push(CellError::new("", format!("not a CSV row: {e}"), "").at(object, row));
+                continue;
+            }
+        }
+        out.rows += 1;
+        if record.len() != header.len {
+            let raw = record.iter().collect::<Vec<_>>().join(",");
+            out.rejects.push(
+                CellError::new(
+                    "",
+                    format!("{} fields, the header has {}", record.len(), header.len),
+                    &raw,
+                )
+                .at(object, row),
+            );
+            continue;
+        }
+        let cells = Row {
+            header: &header,
+            record: &record,
+        };
+        let normalized: Result<CostLine, CellError> = match format {
+            Format::Focus => focus::line(cells, defaults),
+        };
+        match normalized {
+            Ok(mut line) => {
+                line.source_object = object.to_owned();
+                line.source_row = row;
+                out.lines.push(line);
+            }
+            Err(e) => out.rejects.push(e.at(object, row)),
+        }
+    }
+    Ok(format)
+}
+
+fn header_error(e: csv::Error) -> FileError {
+    match e.into_kind() {
+        csv::ErrorKind::Io(e) => FileError::Io(e),
+        other => FileError::Header(format!("{other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &str = "BilledCost,ChargePeriodStart,ChargePeriodEnd,EffectiveCost,ProviderName,BillingAccountId,BillingCurrency,ServiceName,Tags\n";
+
+    #[test]
+    fn one_bad_row_is_one_reject_and_the_rest_are_lines() {
+        let text = format!(
+            "{HEADER}1.5,2024-09-18 22:00:00,2024-09-18 23:00:00,1.25,AWS,1,USD,S3,NULL\n\
+             1.5x,2024-09-18 22:00:00,2024-09-18 23:00:00,1.25,AWS,1,USD,S3,NULL\n\
+             1,2\n\
+             2,2024-09-18 23:00:00,2024-09-19 00:00:00,2,AWS,1,USD,EC2,\"{{\"\"env\"\":\"\"prod\"\"}}\"\n"
+        );
+        let mut out = Normalized::default();
+        let format = normalize(
+            text.as_bytes(),
+            "bills/a.csv",
+            &Defaults::default(),
+            &mut out,
+        );
+        assert_eq!(format.unwrap(), Format::Focus);
+        assert_eq!(out.rows, 4);
+        assert_eq!(out.lines.len(), 2);
+        assert_eq!(
+            (out.lines[1].source_row, out.lines[1].tags["env"].as_str()),
+            (4, "prod")
+        );
+        let rows: Vec<(u64, &str)> = out
+            .rejects
+            .iter()
+            .map(|r| (r.source_row, r.column.as_str()))
+            .collect();
+        assert_eq!(rows, [(2, "BilledCost"), (3, "")]);
+        assert_eq!(out.rejects[0].raw, "1.5x");
+        assert_eq!(out.rejects[0].source_object, "bills/a.csv");
+    }
+
+    #[test]
+    fn gzip_is_read_and_other_files_are_named() {
+        use std::io::Write;
+        let text = format!("{HEADER}1,2024-09-18,2024-09-19,1,AWS,1,USD,S3,\n");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(text.as_bytes()).unwrap();
+        let mut out = Normalized::default();
+        normalize(
+            &gz.finish().unwrap()[..],
+            "a.csv.gz",
+            &Defaults::default(),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out.lines.len(), 1);
+        let e = normalize(&b"a,b\n1,2\n"[..], "x", &Defaults::default(), &mut out).unwrap_err();
+        assert!(e.to_string().contains("not a billing export"), "{e}");
+        assert!(matches!(
+            normalize(&b""[..], "x", &Defaults::default(), &mut out),
+            Err(FileError::Empty)
+        ));
+    }
+}

@@ -1,0 +1,210 @@
+//! `recmeter billing check FILE…`: finance's dry run. Reads and normalizes local billing
+//! exports exactly as the billing source would, touches no store, and prints how many rows
+//! became lines or rejects, the rejects, and the totals per day and per service, so a bill
+//! can be reconciled before it is uploaded.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use recmeter_collector::sources::billing::decimal::{self, Total};
+use recmeter_collector::sources::billing::{CostLine, Defaults, Normalized, normalize};
+
+#[derive(Debug, Args)]
+pub struct BillingArgs {
+    #[command(subcommand)]
+    pub command: BillingCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BillingCommand {
+    /// Normalize local billing exports (FOCUS CSV, gzip or not) without touching the store,
+    /// and print the rows read, the lines and rejects, the rejects, and BilledCost and
+    /// EffectiveCost per UTC day of the charge period's start and per service, exact to 12
+    /// decimals. Exit 1 when a file cannot be read or any row is rejected.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The export files.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Print at most this many rejects (all are counted).
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub max_rejects: usize,
+}
+
+/// Entry point of `recmeter billing`.
+pub fn main(args: BillingArgs) -> ExitCode {
+    match args.command {
+        BillingCommand::Check(args) => check(&args),
+    }
+}
+
+/// Totals of one group: billed, effective, lines.
+#[derive(Debug, Default, Clone, Copy)]
+struct Sums {
+    billed: Total,
+    effective: Total,
+    lines: u64,
+}
+
+impl Sums {
+    fn add(&mut self, line: &CostLine) -> Result<(), decimal::MoneyError> {
+        self.billed.add(line.billed_cost)?;
+        self.effective.add(line.effective_cost)?;
+        self.lines += 1;
+        Ok(())
+    }
+}
+
+fn check(args: &CheckArgs) -> ExitCode {
+    let mut ok = true;
+    // Written at the end in one go; a reader that stops early (`| head`) ends it quietly.
+    let mut report = String::new();
+    let mut all = Normalized::default();
+    for path in &args.files {
+        let name = path.display().to_string();
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("{name}: cannot open: {e}");
+                ok = false;
+                continue;
+            }
+        };
+        let mut out = Normalized::default();
+        match normalize(file, &name, &Defaults::default(), &mut out) {
+            Ok(format) => {
+                let _ = writeln!(
+                    report,
+                    "{name}: {}, {} rows: {} lines, {} rejects",
+                    format.name(),
+                    out.rows,
+                    out.lines.len(),
+                    out.rejects.len()
+                );
+            }
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                ok = false;
+                continue;
+            }
+        }
+        all.rows += out.rows;
+        all.lines.append(&mut out.lines);
+        all.rejects.append(&mut out.rejects);
+    }
+    if !all.rejects.is_empty() {
+        ok = false;
+        let _ = writeln!(report, "\nrejects ({}):", all.rejects.len());
+        for r in all.rejects.iter().take(args.max_rejects) {
+            let column = if r.column.is_empty() {
+                "row"
+            } else {
+                &r.column
+            };
+            let _ = writeln!(
+                report,
+                "  {}:{} {column}: {} ({:?})",
+                r.source_object, r.source_row, r.reason, r.raw
+            );
+        }
+        if all.rejects.len() > args.max_rejects {
+            let _ = writeln!(
+                report,
+                "  … and {} more",
+                all.rejects.len() - args.max_rejects
+            );
+        }
+    }
+    let mut by_day: BTreeMap<(i64, &str), Sums> = BTreeMap::new();
+    let mut by_service: BTreeMap<(&str, &str), Sums> = BTreeMap::new();
+    let mut total: BTreeMap<&str, Sums> = BTreeMap::new();
+    for line in &all.lines {
+        let currency = line.billing_currency.as_str();
+        let service = line.service_name.as_deref().unwrap_or("");
+        for sums in [
+            by_day.entry((line.day(), currency)).or_default(),
+            by_service.entry((service, currency)).or_default(),
+            total.entry(currency).or_default(),
+        ] {
+            if let Err(e) = sums.add(line) {
+                eprintln!("a total overflows: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let _ = writeln!(report, "\nper day (UTC date of the charge period's start):");
+    let _ = writeln!(report, "day\tcurrency\tbilled_cost\teffective_cost\tlines");
+    for ((day, currency), s) in &by_day {
+        let _ = writeln!(report, "{}\t{currency}\t{}", date(*day), sums(s));
+    }
+    let _ = writeln!(report, "\nper service:");
+    let _ = writeln!(
+        report,
+        "service\tcurrency\tbilled_cost\teffective_cost\tlines"
+    );
+    for ((service, currency), s) in &by_service {
+        let _ = writeln!(report, "{service}\t{currency}\t{}", sums(s));
+    }
+    let _ = writeln!(report, "\ntotal:");
+    for (currency, s) in &total {
+        let _ = writeln!(report, "total\t{currency}\t{}", sums(s));
+    }
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(report.as_bytes())
+        .and_then(|()| stdout.flush())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("cannot write the report: {e}");
+        return ExitCode::FAILURE;
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn sums(s: &Sums) -> String {
+    format!(
+        "{}\t{}\t{}",
+        decimal::format(s.billed.0),
+        decimal::format(s.effective.0),
+        s.lines
+    )
+}
+
+/// `days` since the epoch as `YYYY-MM-DD` (proleptic Gregorian, UTC).
+fn date(days: i64) -> String {
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_from_days() {
+        assert_eq!(date(0), "1970-01-01");
+        assert_eq!(date(19_984), "2024-09-18");
+        assert_eq!(date(-1), "1969-12-31");
+        assert_eq!(date(11_016), "2000-02-29");
+    }
+}
