@@ -75,7 +75,7 @@ fn check(files: &[&Path]) -> Checked {
     let mut totals = Totals::new();
     let mut kind = "";
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if let Some((_, rest)) = line.split_once(": FOCUS, ") {
+        if let Some((_, rest)) = line.split_once(", ").filter(|(_, r)| r.contains(" rows: ")) {
             // "N rows: L lines, R rejects"
             let n: Vec<u64> = rest
                 .split(|c: char| !c.is_ascii_digit())
@@ -114,6 +114,18 @@ fn the_focus_sample_reconciles_with_duckdb_per_day_and_service() {
     assert_eq!(checked.counts, [(1_000, 1_000, 0)], "{}", checked.output);
     let expected = duckdb("focus.sql", &sample);
     assert!(expected.len() > 30, "{expected:?}");
+    assert_eq!(checked.totals, expected, "{}", checked.output);
+}
+
+#[test]
+fn the_anonymized_aws_cur_export_reconciles_with_duckdb_per_day_and_service() {
+    let sample = data("aws-cur-sample.csv");
+    let checked = check(&[&sample]);
+    assert!(checked.ok, "{}", checked.output);
+    assert_eq!(checked.counts, [(1_281, 1_281, 0)], "{}", checked.output);
+    assert!(checked.output.contains(": AWS CUR, "), "{}", checked.output);
+    let expected = duckdb("aws-cur.sql", &sample);
+    assert!(expected.len() > 20, "{expected:?}");
     assert_eq!(checked.totals, expected, "{}", checked.output);
 }
 

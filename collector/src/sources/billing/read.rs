@@ -4,14 +4,18 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 
-use super::focus;
 use super::line::{CellError, CostLine, Normalized};
+use super::{cur, focus};
 
 /// The export formats recmeter reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// FOCUS 1.0 to 1.2 (any provider's FOCUS export).
     Focus,
+    /// AWS Cost and Usage Report, legacy (`lineItem/UnblendedCost`).
+    AwsCur,
+    /// AWS CUR 2.0 (`line_item_unblended_cost`).
+    AwsCur2,
 }
 
 impl Format {
@@ -19,12 +23,22 @@ impl Format {
     pub const fn name(self) -> &'static str {
         match self {
             Format::Focus => "FOCUS",
+            Format::AwsCur => "AWS CUR",
+            Format::AwsCur2 => "AWS CUR 2.0",
         }
     }
 
     /// The format whose columns `header` has.
     pub fn detect(header: &Header) -> Option<Self> {
-        (header.has("BilledCost") && header.has("ChargePeriodStart")).then_some(Format::Focus)
+        if header.has("BilledCost") && header.has("ChargePeriodStart") {
+            Some(Format::Focus)
+        } else if header.has("lineItem/UnblendedCost") {
+            Some(Format::AwsCur)
+        } else if header.has("line_item_unblended_cost") {
+            Some(Format::AwsCur2)
+        } else {
+            None
+        }
     }
 }
 
@@ -39,18 +53,24 @@ pub struct Defaults {
 #[derive(Debug, Clone, Default)]
 pub struct Header {
     index: HashMap<String, usize>,
+    names: Vec<String>,
     len: usize,
 }
 
 impl Header {
     fn new(names: &csv::StringRecord) -> Self {
+        let names: Vec<String> = names
+            .iter()
+            .map(|n| n.trim_start_matches('\u{feff}').trim().to_owned())
+            .collect();
         Self {
             index: names
                 .iter()
                 .enumerate()
-                .map(|(i, n)| (n.trim_start_matches('\u{feff}').trim().to_owned(), i))
+                .map(|(i, n)| (n.clone(), i))
                 .collect(),
             len: names.len(),
+            names,
         }
     }
 
@@ -76,6 +96,16 @@ impl<'a> Row<'a> {
             .and_then(|&i| self.record.get(i))
     }
 
+    /// Each column whose name starts with `prefix`, as (the rest of its name, its cell).
+    pub fn columns_with_prefix(&self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> {
+        let record = self.record;
+        self.header
+            .names
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, n)| Some((n.strip_prefix(prefix)?, record.get(i)?)))
+    }
+
     /// The cell of the first of `names` the file has.
     pub fn first(&self, names: &[&str]) -> Option<&'a str> {
         names.iter().find_map(|n| self.get(n))
@@ -92,7 +122,8 @@ pub enum FileError {
     #[error("its header is not CSV: {0}")]
     Header(String),
     #[error(
-        "not a billing export recmeter reads: no FOCUS (BilledCost, ChargePeriodStart) columns"
+        "not a billing export recmeter reads: no FOCUS (BilledCost, ChargePeriodStart) or AWS \
+         CUR (lineItem/UnblendedCost, line_item_unblended_cost) columns"
     )]
     UnknownFormat,
 }
@@ -159,6 +190,7 @@ pub fn normalize(
         };
         let normalized: Result<CostLine, CellError> = match format {
             Format::Focus => focus::line(cells, defaults),
+            Format::AwsCur | Format::AwsCur2 => cur::line(cells, defaults),
         };
         match normalized {
             Ok(mut line) => {
