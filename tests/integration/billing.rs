@@ -129,6 +129,19 @@ fn the_anonymized_aws_cur_export_reconciles_with_duckdb_per_day_and_service() {
     assert_eq!(checked.totals, expected, "{}", checked.output);
 }
 
+/// A GCP export built from the documented schema, credits included (one larger than its
+/// line's cost).
+#[test]
+fn a_gcp_export_with_credits_reconciles_with_duckdb_per_day_and_service() {
+    let sample = data("gcp-sample.jsonl");
+    let checked = check(&[&sample]);
+    assert!(checked.ok, "{}", checked.output);
+    assert_eq!(checked.counts, [(60, 60, 0)], "{}", checked.output);
+    let expected = duckdb("gcp.sql", &sample);
+    assert_eq!(expected.len(), 7, "{expected:?}");
+    assert_eq!(checked.totals, expected, "{}", checked.output);
+}
+
 /// One malformed BilledCost: its row alone is rejected, named by file and row, and the
 /// totals are DuckDB's over the other 999 rows.
 #[test]

@@ -1,9 +1,10 @@
-//! Billing exports: FOCUS and AWS CUR (and, to come, GCP's BigQuery export) normalized into
+//! Billing exports: FOCUS, AWS CUR and GCP's BigQuery export normalized into
 //! FOCUS-shaped cost lines with exact decimal money, each bad row a reject of its own.
 
 pub mod cur;
 pub mod decimal;
 pub mod focus;
+pub mod gcp;
 pub mod line;
 pub mod read;
 

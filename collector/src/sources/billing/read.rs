@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 
 use super::line::{CellError, CostLine, Normalized};
-use super::{cur, focus};
+use super::{cur, focus, gcp};
 
 /// The export formats recmeter reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +16,10 @@ pub enum Format {
     AwsCur,
     /// AWS CUR 2.0 (`line_item_unblended_cost`).
     AwsCur2,
+    /// Google Cloud's BigQuery billing export as CSV (`cost`, `usage_start_time`).
+    GcpCsv,
+    /// Google Cloud's BigQuery billing export as newline-delimited JSON.
+    GcpJson,
 }
 
 impl Format {
@@ -25,6 +29,8 @@ impl Format {
             Format::Focus => "FOCUS",
             Format::AwsCur => "AWS CUR",
             Format::AwsCur2 => "AWS CUR 2.0",
+            Format::GcpCsv => "GCP billing export (CSV)",
+            Format::GcpJson => "GCP billing export (JSON)",
         }
     }
 
@@ -36,6 +42,8 @@ impl Format {
             Some(Format::AwsCur)
         } else if header.has("line_item_unblended_cost") {
             Some(Format::AwsCur2)
+        } else if header.has("cost") && header.has("usage_start_time") {
+            Some(Format::GcpCsv)
         } else {
             None
         }
@@ -122,8 +130,9 @@ pub enum FileError {
     #[error("its header is not CSV: {0}")]
     Header(String),
     #[error(
-        "not a billing export recmeter reads: no FOCUS (BilledCost, ChargePeriodStart) or AWS \
-         CUR (lineItem/UnblendedCost, line_item_unblended_cost) columns"
+        "not a billing export recmeter reads: no FOCUS (BilledCost, ChargePeriodStart), AWS CUR \
+         (lineItem/UnblendedCost, line_item_unblended_cost) or GCP (cost, usage_start_time) \
+         columns"
     )]
     UnknownFormat,
 }
@@ -142,6 +151,17 @@ pub fn normalize(
     } else {
         Box::new(buffered)
     };
+    // Newline-delimited JSON starts with an object.
+    let mut reader = BufReader::with_capacity(256 * 1024, reader);
+    let first = reader
+        .fill_buf()?
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .copied();
+    if first == Some(b'{') {
+        gcp::normalize_ndjson(reader, object, defaults, out)?;
+        return Ok(Format::GcpJson);
+    }
     let mut csv = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(true)
@@ -191,6 +211,8 @@ pub fn normalize(
         let normalized: Result<CostLine, CellError> = match format {
             Format::Focus => focus::line(cells, defaults),
             Format::AwsCur | Format::AwsCur2 => cur::line(cells, defaults),
+            Format::GcpCsv => gcp::csv_line(cells, defaults),
+            Format::GcpJson => unreachable_json(),
         };
         match normalized {
             Ok(mut line) => {
@@ -202,6 +224,11 @@ pub fn normalize(
         }
     }
     Ok(format)
+}
+
+/// JSON files never reach the CSV reader.
+fn unreachable_json() -> Result<CostLine, CellError> {
+    Err(CellError::new("", "a JSON export read as CSV", ""))
 }
 
 fn header_error(e: csv::Error) -> FileError {
