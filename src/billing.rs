@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use recmeter_collector::sources::billing::decimal::{self, Total};
-use recmeter_collector::sources::billing::{CostLine, Defaults, Normalized, normalize};
+use recmeter_collector::sources::billing::{CostLine, Defaults, Reject, Sink, normalize};
 
 #[derive(Debug, Args)]
 pub struct BillingArgs {
@@ -62,11 +62,60 @@ impl Sums {
     }
 }
 
+/// Sums lines as they come, and keeps the first rejects: memory does not grow with the file.
+#[derive(Debug, Default)]
+struct Summary {
+    max_rejects: usize,
+    rows: u64,
+    lines: u64,
+    rejects: u64,
+    kept_rejects: Vec<Reject>,
+    by_day: BTreeMap<(i64, String), Sums>,
+    by_service: BTreeMap<(String, String), Sums>,
+    total: BTreeMap<String, Sums>,
+    overflow: Option<decimal::MoneyError>,
+}
+
+impl Sink for Summary {
+    fn row(&mut self) {
+        self.rows += 1;
+    }
+
+    fn line(&mut self, line: CostLine) {
+        self.lines += 1;
+        let currency = &line.billing_currency;
+        let service = line.service_name.clone().unwrap_or_default();
+        for sums in [
+            self.by_day
+                .entry((line.day(), currency.clone()))
+                .or_default(),
+            self.by_service
+                .entry((service, currency.clone()))
+                .or_default(),
+            self.total.entry(currency.clone()).or_default(),
+        ] {
+            if let Err(e) = sums.add(&line) {
+                self.overflow = Some(e);
+            }
+        }
+    }
+
+    fn reject(&mut self, reject: Reject) {
+        self.rejects += 1;
+        if self.kept_rejects.len() < self.max_rejects {
+            self.kept_rejects.push(reject);
+        }
+    }
+}
+
 fn check(args: &CheckArgs) -> ExitCode {
     let mut ok = true;
     // Written at the end in one go; a reader that stops early (`| head`) ends it quietly.
     let mut report = String::new();
-    let mut all = Normalized::default();
+    let mut all = Summary {
+        max_rejects: args.max_rejects,
+        ..Summary::default()
+    };
     for path in &args.files {
         let name = path.display().to_string();
         let file = match std::fs::File::open(path) {
@@ -77,16 +126,16 @@ fn check(args: &CheckArgs) -> ExitCode {
                 continue;
             }
         };
-        let mut out = Normalized::default();
-        match normalize(file, &name, &Defaults::default(), &mut out) {
+        let before = (all.rows, all.lines, all.rejects);
+        match normalize(file, &name, &Defaults::default(), &mut all) {
             Ok(format) => {
                 let _ = writeln!(
                     report,
                     "{name}: {}, {} rows: {} lines, {} rejects",
                     format.name(),
-                    out.rows,
-                    out.lines.len(),
-                    out.rejects.len()
+                    all.rows - before.0,
+                    all.lines - before.1,
+                    all.rejects - before.2
                 );
             }
             Err(e) => {
@@ -95,14 +144,15 @@ fn check(args: &CheckArgs) -> ExitCode {
                 continue;
             }
         }
-        all.rows += out.rows;
-        all.lines.append(&mut out.lines);
-        all.rejects.append(&mut out.rejects);
     }
-    if !all.rejects.is_empty() {
+    if let Some(e) = all.overflow {
+        eprintln!("a total overflows: {e}");
+        return ExitCode::FAILURE;
+    }
+    if all.rejects > 0 {
         ok = false;
-        let _ = writeln!(report, "\nrejects ({}):", all.rejects.len());
-        for r in all.rejects.iter().take(args.max_rejects) {
+        let _ = writeln!(report, "\nrejects ({}):", all.rejects);
+        for r in &all.kept_rejects {
             let column = if r.column.is_empty() {
                 "row"
             } else {
@@ -114,34 +164,15 @@ fn check(args: &CheckArgs) -> ExitCode {
                 r.source_object, r.source_row, r.reason, r.raw
             );
         }
-        if all.rejects.len() > args.max_rejects {
-            let _ = writeln!(
-                report,
-                "  … and {} more",
-                all.rejects.len() - args.max_rejects
-            );
+        let shown = all.kept_rejects.len() as u64;
+        if all.rejects > shown {
+            let _ = writeln!(report, "  … and {} more", all.rejects - shown);
         }
     }
-    let mut by_day: BTreeMap<(i64, &str), Sums> = BTreeMap::new();
-    let mut by_service: BTreeMap<(&str, &str), Sums> = BTreeMap::new();
-    let mut total: BTreeMap<&str, Sums> = BTreeMap::new();
-    for line in &all.lines {
-        let currency = line.billing_currency.as_str();
-        let service = line.service_name.as_deref().unwrap_or("");
-        for sums in [
-            by_day.entry((line.day(), currency)).or_default(),
-            by_service.entry((service, currency)).or_default(),
-            total.entry(currency).or_default(),
-        ] {
-            if let Err(e) = sums.add(line) {
-                eprintln!("a total overflows: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    }
+    let (by_day, by_service, total) = (&all.by_day, &all.by_service, &all.total);
     let _ = writeln!(report, "\nper day (UTC date of the charge period's start):");
     let _ = writeln!(report, "day\tcurrency\tbilled_cost\teffective_cost\tlines");
-    for ((day, currency), s) in &by_day {
+    for ((day, currency), s) in by_day {
         let _ = writeln!(report, "{}\t{currency}\t{}", date(*day), sums(s));
     }
     let _ = writeln!(report, "\nper service:");
@@ -149,11 +180,11 @@ fn check(args: &CheckArgs) -> ExitCode {
         report,
         "service\tcurrency\tbilled_cost\teffective_cost\tlines"
     );
-    for ((service, currency), s) in &by_service {
+    for ((service, currency), s) in by_service {
         let _ = writeln!(report, "{service}\t{currency}\t{}", sums(s));
     }
     let _ = writeln!(report, "\ntotal:");
-    for (currency, s) in &total {
+    for (currency, s) in total {
         let _ = writeln!(report, "total\t{currency}\t{}", sums(s));
     }
     let mut stdout = std::io::stdout().lock();

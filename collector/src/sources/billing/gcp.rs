@@ -15,7 +15,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::decimal::Total;
-use super::line::{self, CellError, CostLine, Normalized};
+#[cfg(test)]
+use super::line::Normalized;
+use super::line::{self, CellError, CostLine, Sink};
 use super::read::{Defaults, FileError, Row};
 
 #[derive(Deserialize, Default)]
@@ -236,7 +238,7 @@ pub fn normalize_ndjson(
     reader: impl BufRead,
     object: &str,
     defaults: &Defaults,
-    out: &mut Normalized,
+    out: &mut impl Sink,
 ) -> Result<(), FileError> {
     let mut row = 0u64;
     for text in reader.lines() {
@@ -245,7 +247,7 @@ pub fn normalize_ndjson(
             continue;
         }
         row += 1;
-        out.rows += 1;
+        out.row();
         let parsed = serde_json::from_str::<Export<'_>>(&text)
             .map_err(|e| CellError::new("", format!("not an export row: {e}"), &text))
             .and_then(|export| {
@@ -256,9 +258,9 @@ pub fn normalize_ndjson(
             Ok(mut line) => {
                 line.source_object = object.to_owned();
                 line.source_row = row;
-                out.lines.push(line);
+                out.line(line);
             }
-            Err(e) => out.rejects.push(e.at(object, row)),
+            Err(e) => out.reject(e.at(object, row)),
         }
     }
     Ok(())

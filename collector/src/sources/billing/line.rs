@@ -68,6 +68,29 @@ pub struct Normalized {
     pub rows: u64,
 }
 
+/// Where normalized rows go, one at a time: collected ([`Normalized`]), summed, or built into
+/// batches, so a file of any size is read in bounded memory.
+pub trait Sink {
+    /// A data row was read; it becomes a line or a reject next.
+    fn row(&mut self);
+    fn line(&mut self, line: CostLine);
+    fn reject(&mut self, reject: Reject);
+}
+
+impl Sink for Normalized {
+    fn row(&mut self) {
+        self.rows += 1;
+    }
+
+    fn line(&mut self, line: CostLine) {
+        self.lines.push(line);
+    }
+
+    fn reject(&mut self, reject: Reject) {
+        self.rejects.push(reject);
+    }
+}
+
 /// Why a row is rejected: the column and the reason; the caller adds where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CellError {

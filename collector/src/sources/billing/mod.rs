@@ -8,5 +8,5 @@ pub mod gcp;
 pub mod line;
 pub mod read;
 
-pub use line::{CostLine, Normalized, Reject};
+pub use line::{CostLine, Normalized, Reject, Sink};
 pub use read::{Defaults, FileError, Format, normalize};

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 
-use super::line::{CellError, CostLine, Normalized};
+#[cfg(test)]
+use super::line::Normalized;
+use super::line::{CellError, CostLine, Sink};
 use super::{cur, focus, gcp};
 
 /// The export formats recmeter reads.
@@ -142,7 +144,7 @@ pub fn normalize(
     reader: impl Read,
     object: &str,
     defaults: &Defaults,
-    out: &mut Normalized,
+    out: &mut impl Sink,
 ) -> Result<Format, FileError> {
     let mut buffered = BufReader::with_capacity(256 * 1024, reader);
     let gzip = buffered.fill_buf()?.starts_with(&[0x1f, 0x8b]);
@@ -185,16 +187,15 @@ pub fn normalize(
                 if let csv::ErrorKind::Io(_) = e.kind() {
                     return Err(FileError::Io(std::io::Error::other(e.to_string())));
                 }
-                out.rows += 1;
-                out.rejects
-                    .push(CellError::new("", format!("not a CSV row: {e}"), "").at(object, row));
+                out.row();
+                out.reject(CellError::new("", format!("not a CSV row: {e}"), "").at(object, row));
                 continue;
             }
         }
-        out.rows += 1;
+        out.row();
         if record.len() != header.len {
             let raw = record.iter().collect::<Vec<_>>().join(",");
-            out.rejects.push(
+            out.reject(
                 CellError::new(
                     "",
                     format!("{} fields, the header has {}", record.len(), header.len),
@@ -218,9 +219,9 @@ pub fn normalize(
             Ok(mut line) => {
                 line.source_object = object.to_owned();
                 line.source_row = row;
-                out.lines.push(line);
+                out.line(line);
             }
-            Err(e) => out.rejects.push(e.at(object, row)),
+            Err(e) => out.reject(e.at(object, row)),
         }
     }
     Ok(format)
