@@ -127,7 +127,20 @@ fn check(args: &CheckArgs) -> ExitCode {
             }
         };
         let before = (all.rows, all.lines, all.rejects);
-        match normalize(file, &name, &Defaults::default(), &mut all) {
+        // A bar on a terminal only (indicatif draws nothing when stderr is not one).
+        let bar = indicatif::ProgressBar::with_draw_target(
+            file.metadata().ok().map(|m| m.len()),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(name.clone());
+        let normalized = normalize(bar.wrap_read(file), &name, &Defaults::default(), &mut all);
+        bar.finish_and_clear();
+        match normalized {
             Ok(format) => {
                 let _ = writeln!(
                     report,
