@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use recmeter_aggregator::store::files::civil_date;
 use recmeter_collector::sources::billing::decimal::{self, Total};
 use recmeter_collector::sources::billing::{CostLine, Defaults, Reject, Sink, normalize};
 
@@ -186,7 +187,7 @@ fn check(args: &CheckArgs) -> ExitCode {
     let _ = writeln!(report, "\nper day (UTC date of the charge period's start):");
     let _ = writeln!(report, "day\tcurrency\tbilled_cost\teffective_cost\tlines");
     for ((day, currency), s) in by_day {
-        let _ = writeln!(report, "{}\t{currency}\t{}", date(*day), sums(s));
+        let _ = writeln!(report, "{}\t{currency}\t{}", civil_date(*day), sums(s));
     }
     let _ = writeln!(report, "\nper service:");
     let _ = writeln!(
@@ -223,32 +224,4 @@ fn sums(s: &Sums) -> String {
         decimal::format(s.effective.0),
         s.lines
     )
-}
-
-/// `days` since the epoch as `YYYY-MM-DD` (proleptic Gregorian, UTC).
-fn date(days: i64) -> String {
-    // Howard Hinnant's civil-from-days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates_from_days() {
-        assert_eq!(date(0), "1970-01-01");
-        assert_eq!(date(19_984), "2024-09-18");
-        assert_eq!(date(-1), "1969-12-31");
-        assert_eq!(date(11_016), "2000-02-29");
-    }
 }

@@ -8,7 +8,7 @@
 
 pub mod config;
 pub use recmeter_core::{
-    auth, batch, clock, connection, error, point, record, status, submit, telemetry,
+    auth, batch, clock, connection, cost, error, point, record, status, submit, telemetry,
 };
 pub mod counts;
 pub mod durability;

@@ -1,5 +1,5 @@
 //! What recmeter's collector and aggregator share, without the query engine: request records
-//! and metric points, the batch one request hands over, the submit interface, self-telemetry,
+//! and metric points, cost lines, the batch one request hands over, the submit interface, self-telemetry,
 //! recmeter's clock, bearer tokens, errors and their HTTP and gRPC status mapping, the ingest
 //! configuration, and connection accounting. The collector depends on this crate alone, so it
 //! links no DataFusion.
@@ -11,6 +11,7 @@ pub mod batch;
 pub mod clock;
 pub mod config;
 pub mod connection;
+pub mod cost;
 pub mod error;
 pub mod point;
 pub mod record;

@@ -138,7 +138,7 @@ fn invoice_month(raw: Option<&str>) -> Result<Option<i64>, CellError> {
         Some(&format!("{}-{}-01", &text[..4], &text[4..])),
     )?;
     let offset_hours = if (4..=11).contains(&month) { 7 } else { 8 };
-    Ok(Some(midnight + offset_hours * 3_600_000_000))
+    Ok(Some(midnight + offset_hours * 3_600_000_000_000))
 }
 
 /// Spot and preemptible SKUs are FOCUS's `Dynamic`; other SKUs say nothing.

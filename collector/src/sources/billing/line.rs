@@ -1,63 +1,13 @@
-//! One normalized cost line (a row of `cost_lines`, FOCUS-shaped, snake_case), a rejected
-//! row (`cost_rejects`), and the cell readers every format shares: nulls, times and money.
+//! What normalizing gives (cost lines and rejects, defined in `recmeter-core` so the store
+//! can write them), where it goes (a [`Sink`]), and the cell readers every format shares:
+//! nulls, times and money.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::decimal;
 
-/// A row of `cost_lines`. Money is in units of `10^-12` of `billing_currency`
-/// (`Decimal128(38, 12)`); times are UTC microseconds since the epoch.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct CostLine {
-    pub charge_period_start: i64,
-    pub charge_period_end: i64,
-    pub provider: String,
-    pub billing_account_id: String,
-    pub billing_period_start: Option<i64>,
-    pub sub_account_id: Option<String>,
-    pub service_name: Option<String>,
-    pub service_category: Option<String>,
-    pub resource_id: Option<String>,
-    pub resource_name: Option<String>,
-    pub region: Option<String>,
-    pub charge_category: Option<String>,
-    pub charge_class: Option<String>,
-    /// FOCUS `Standard`, `Dynamic` (spot), `Committed` or `Other`.
-    pub pricing_category: Option<String>,
-    pub pricing_quantity: Option<f64>,
-    pub pricing_unit: Option<String>,
-    pub consumed_quantity: Option<f64>,
-    pub consumed_unit: Option<String>,
-    pub billed_cost: i128,
-    pub effective_cost: i128,
-    pub list_cost: Option<i128>,
-    pub billing_currency: String,
-    pub tags: BTreeMap<String, String>,
-    /// The object (or file) the row came from, and its row number there (the first data row
-    /// is 1).
-    pub source_object: String,
-    pub source_row: u64,
-}
-
-impl CostLine {
-    /// The UTC day (days since the epoch) of the charge period's start.
-    pub fn day(&self) -> i64 {
-        self.charge_period_start.div_euclid(86_400_000_000)
-    }
-}
-
-/// A row of `cost_rejects`: a source row that is not a cost line, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reject {
-    pub source_object: String,
-    pub source_row: u64,
-    /// The column at fault (the export's own name), or empty for the row as a whole.
-    pub column: String,
-    pub reason: String,
-    /// The cell as it was, clipped to 1 KiB.
-    pub raw: String,
-}
+pub use recmeter_core::cost::{CostLine, Reject};
 
 /// What normalizing one file gave: every row is a line or a reject.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -207,7 +157,7 @@ fn parse_time(raw: &str) -> Option<i64> {
     }
     let at = humantime::parse_rfc3339_weak(t).ok()?;
     let since = at.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-    i64::try_from(since.as_micros()).ok()
+    i64::try_from(since.as_nanos()).ok()
 }
 
 /// Tags written as a JSON object (FOCUS `Tags`, GCP `labels` as a map): values that are not
@@ -261,7 +211,7 @@ mod tests {
             assert_eq!(text(null), None, "{null:?}");
         }
         let at = |s| time("T", Some(s)).unwrap();
-        let utc = 1_726_696_800_000_000; // 2024-09-18T22:00:00Z
+        let utc = 1_726_696_800_000_000_000; // 2024-09-18T22:00:00Z
         for form in [
             "2024-09-18 22:00:00",
             "2024-09-18T22:00:00Z",
@@ -271,7 +221,7 @@ mod tests {
         ] {
             assert_eq!(at(form), utc, "{form}");
         }
-        assert_eq!(at("2024-09-18"), utc - 22 * 3_600_000_000);
+        assert_eq!(at("2024-09-18"), utc - 22 * 3_600_000_000_000);
         assert!(time("T", Some("2024-09-18T22:00:00+02:00")).is_err());
         assert_eq!(time("T", Some("NULL")).unwrap_err().reason, "missing");
         let e = money("BilledCost", Some("12,5")).unwrap_err();
