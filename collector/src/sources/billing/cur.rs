@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 use super::decimal;
 use super::line::{self, CellError, CostLine, optional_money, optional_time, quantity, time};
-use super::read::{Defaults, Row};
+use super::row::{Defaults, Row};
 
 /// The snake_case (CUR 2.0) name of a legacy column name.
 pub fn snake(legacy: &str) -> String {

@@ -5,7 +5,7 @@
 use super::line::{
     self, CellError, CostLine, json_tags, money, optional_money, optional_time, quantity, time,
 };
-use super::read::{Defaults, Row};
+use super::row::{Defaults, Row};
 
 /// Owned text of an optional cell.
 fn owned(cell: Option<&str>) -> Option<String> {

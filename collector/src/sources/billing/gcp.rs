@@ -18,7 +18,7 @@ use super::decimal::Total;
 #[cfg(test)]
 use super::line::Normalized;
 use super::line::{self, CellError, CostLine, Sink};
-use super::read::{Defaults, FileError, Row};
+use super::row::{Defaults, FileError, Row};
 
 #[derive(Deserialize, Default)]
 struct Described {

@@ -7,6 +7,7 @@ pub mod focus;
 pub mod gcp;
 pub mod line;
 pub mod read;
+pub mod row;
 
 pub use line::{CostLine, Normalized, Reject, Sink};
 pub use read::{Defaults, FileError, Format, normalize};
