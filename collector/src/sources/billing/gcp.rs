@@ -9,7 +9,7 @@
 //! - ListCost: `cost_at_list`, where exported.
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -233,6 +233,9 @@ impl Export<'_> {
     }
 }
 
+/// Longest JSON row read; a longer one is a reject.
+pub const MAX_ROW_BYTES: usize = 1 << 20;
+
 /// Normalizes newline-delimited JSON rows; a line that is not a row is a reject.
 pub fn normalize_ndjson(
     reader: impl BufRead,
@@ -241,15 +244,46 @@ pub fn normalize_ndjson(
     out: &mut impl Sink,
 ) -> Result<(), FileError> {
     let mut row = 0u64;
-    for text in reader.lines() {
-        let text = text?;
+    let mut reader = reader;
+    let mut bytes = Vec::new();
+    loop {
+        bytes.clear();
+        // A row longer than the limit is a reject, and memory stays bounded however long.
+        let read = (&mut reader)
+            .take(MAX_ROW_BYTES as u64 + 1)
+            .read_until(b'\n', &mut bytes)?;
+        if read == 0 {
+            break;
+        }
+        if bytes.len() > MAX_ROW_BYTES && bytes.last() != Some(&b'\n') {
+            row += 1;
+            out.row();
+            let mut skipped = Vec::new();
+            while (&mut reader)
+                .take(1 << 20)
+                .read_until(b'\n', &mut skipped)?
+                > 0
+                && skipped.last() != Some(&b'\n')
+            {
+                skipped.clear();
+            }
+            let reason = format!("a row of more than {MAX_ROW_BYTES} bytes");
+            out.reject(CellError::new("", reason, "").at(object, row));
+            continue;
+        }
+        let Ok(text) = std::str::from_utf8(&bytes) else {
+            row += 1;
+            out.row();
+            out.reject(CellError::new("", "not UTF-8", "").at(object, row));
+            continue;
+        };
         if text.trim().is_empty() {
             continue;
         }
         row += 1;
         out.row();
         let parsed = serde_json::from_str::<Export<'_>>(&text)
-            .map_err(|e| CellError::new("", format!("not an export row: {e}"), &text))
+            .map_err(|e| CellError::new("", format!("not an export row: {e}"), text))
             .and_then(|export| {
                 let money = export.money()?;
                 export.line(money, defaults)
@@ -376,6 +410,43 @@ not json
             (out.rejects[1].source_row, out.rejects[1].column.as_str()),
             (3, "")
         );
+    }
+
+    /// Hostile rows: far too long, nested far too deep, not UTF-8, a time past what
+    /// nanoseconds hold, a quantity past f64: each a reject; the good row after them is read.
+    #[test]
+    fn hostile_json_rows_are_rejects_and_memory_stays_bounded() {
+        let good = r#"{"billing_account_id":"A","usage_start_time":"2024-01-01T00:00:00Z","usage_end_time":"2024-01-01T01:00:00Z","cost":1,"currency":"USD"}"#;
+        let mut text = Vec::new();
+        text.extend_from_slice(b"{\"labels\":\"");
+        text.extend(std::iter::repeat_n(b'x', 3 * MAX_ROW_BYTES));
+        text.extend_from_slice(b"\"}\n");
+        text.extend_from_slice(
+            format!("{}{}\n", "[".repeat(10_000), "]".repeat(10_000)).as_bytes(),
+        );
+        text.extend_from_slice(b"{\"cost\": \"\xff\xfe\"}\n");
+        text.extend_from_slice(good.replace("2024-01-01T00", "9999-12-31T00").as_bytes());
+        text.push(b'\n');
+        text.extend_from_slice(
+            good.replace("\"currency\"", "\"usage\":{\"amount\":1e999},\"currency\"")
+                .as_bytes(),
+        );
+        text.push(b'\n');
+        text.extend_from_slice(good.as_bytes());
+        text.push(b'\n');
+        let mut out = Normalized::default();
+        normalize(&text[..], "hostile.json", &Defaults::default(), &mut out).unwrap();
+        let reasons: Vec<(u64, &str)> = out
+            .rejects
+            .iter()
+            .map(|r| (r.source_row, r.reason.as_str()))
+            .collect();
+        assert_eq!(out.rows, 6, "{reasons:?}");
+        assert_eq!(out.lines.len(), 1, "{reasons:?}");
+        assert_eq!(out.lines[0].source_row, 6);
+        assert!(reasons[0].1.contains("more than"), "{reasons:?}");
+        assert_eq!(out.rejects.len(), 5, "{reasons:?}");
+        assert!(out.rejects.iter().all(|r| r.raw.len() <= 1024));
     }
 
     #[test]

@@ -211,5 +211,17 @@ mod tests {
             normalize(&b""[..], "x", &Defaults::default(), &mut out),
             Err(FileError::Empty)
         ));
+        // A gzip stream cut short is an error naming the read, not a panic or a partial file
+        // taken as whole.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(text.repeat(1_000).as_bytes()).unwrap();
+        let gz = gz.finish().unwrap();
+        let e = normalize(
+            &gz[..gz.len() / 2],
+            "cut.gz",
+            &Defaults::default(),
+            &mut out,
+        );
+        assert!(matches!(e, Err(FileError::Io(_))), "{e:?}");
     }
 }
