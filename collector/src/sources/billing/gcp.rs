@@ -282,7 +282,7 @@ pub fn normalize_ndjson(
         }
         row += 1;
         out.row();
-        let parsed = serde_json::from_str::<Export<'_>>(&text)
+        let parsed = serde_json::from_str::<Export<'_>>(text)
             .map_err(|e| CellError::new("", format!("not an export row: {e}"), text))
             .and_then(|export| {
                 let money = export.money()?;
