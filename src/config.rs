@@ -14,6 +14,7 @@ use recmeter_aggregator::slo::SloConfig;
 use recmeter_aggregator::{
     AggregatorConfig, BearerToken, IngestConfig, InvalidField, MetricsConfig, SqlConfig,
 };
+use recmeter_collector::sources::billing::BillingConfig;
 use recmeter_collector::sources::otlp::OtlpConfig;
 use recmeter_exporter::ApiConfig;
 use recmeter_exporter::pagerduty::PagerDutyConfig;
@@ -68,6 +69,8 @@ pub struct Config {
     pub slo: SloConfig,
     /// Where recmeter's own SLO alerts go.
     pub pagerduty: PagerDutyConfig,
+    /// Where the clouds' billing exports are read from.
+    pub billing: BillingConfig,
 }
 
 /// `[auth]` configuration. Each token comes from the key itself (set it through the
@@ -234,6 +237,15 @@ impl Config {
         errors.extend(self.slo.validate(&self.aggregator));
         errors.extend(self.service.validate());
         errors.extend(self.pagerduty.validate());
+        errors.extend(self.billing.validate());
+        if self.billing.is_on()
+            && let Err(e) = recmeter_aggregator::store::object::parse_url(&self.billing.url)
+        {
+            errors.push(InvalidField::new(
+                "billing.url",
+                e.to_string().replace("storage.url", "billing.url"),
+            ));
+        }
         if let Err(e) = self.auth.tokens() {
             errors.extend(e);
         }

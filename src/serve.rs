@@ -10,21 +10,27 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
+use recmeter_aggregator::billing::{BillingLedger, CostTable, StoreLanding};
 use recmeter_aggregator::clock::Ticks;
+use recmeter_aggregator::cost::ScanStatus;
 use recmeter_aggregator::durability::{self, Checkpointer, Durability, Layout};
 use recmeter_aggregator::participant::{Participants, TestLedger};
 use recmeter_aggregator::slo::{
     Severity, SloAlerts, SloAlertsTable, SloEvaluator, SloStatus, SloStatusTable,
 };
 use recmeter_aggregator::store::history::History;
+use recmeter_aggregator::store::object as store;
 use recmeter_aggregator::telemetry::Listener;
-use recmeter_aggregator::{Aggregator, AggregatorHandle, Clock, Hooks, QueryEngine, Telemetry};
+use recmeter_aggregator::{
+    Aggregator, AggregatorHandle, Clock, Hooks, InvalidField, QueryEngine, Telemetry,
+};
+use recmeter_collector::sources::billing::BillingSource;
 use recmeter_collector::sources::otlp::{Ingest, ServeOptions, http_router, serve_grpc};
 use recmeter_exporter::api::METRICS_WINDOWS;
 use recmeter_exporter::api::default_providers;
 use recmeter_exporter::pagerduty::deliver::{POLL_PERIOD, events_counter, reconcile};
 use recmeter_exporter::pagerduty::{Client, Deliverer, EventContext, Outbox};
-use recmeter_exporter::prometheus::{PagerDutyProvider, Provider, SloProvider};
+use recmeter_exporter::prometheus::{BillingProvider, PagerDutyProvider, Provider, SloProvider};
 use recmeter_exporter::{ApiState, api_router};
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -125,6 +131,9 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
     let slo_alerts = Arc::new(SloAlerts::default().with_subscriber(outbox.subscriber()));
     let pagerduty_alerts = slo_alerts.clone();
     participants.register(slo_alerts.clone())?;
+    // The billing ledger, registered even while the billing source is off, like the outbox.
+    let ledger = Arc::new(BillingLedger::default());
+    participants.register(ledger.clone())?;
     if args.test_hooks {
         participants.register(Arc::new(TestLedger::default()))?;
     }
@@ -142,6 +151,9 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
     let slo_status = Arc::new(SloStatus::default());
     engine.register_table(Arc::new(SloStatusTable(slo_status.clone())))?;
     engine.register_table(Arc::new(SloAlertsTable(slo_alerts.clone())))?;
+    for table in CostTable::both(&ledger) {
+        engine.register_table(table)?;
+    }
     let slo = Arc::new(SloEvaluator::new(
         &config.slo,
         &config.aggregator.threshold_columns(),
@@ -159,6 +171,11 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
     }));
     providers.push(Arc::new(PagerDutyProvider {
         outbox: outbox.clone(),
+    }));
+    let scan_status = Arc::new(ScanStatus::default());
+    providers.push(Arc::new(BillingProvider {
+        status: scan_status.clone(),
+        ledger: ledger.clone(),
     }));
 
     let grpc = bind(config.otlp.grpc_address).await?;
@@ -334,6 +351,33 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
         slo,
         aggregator.clock().ticks(config.slo.evaluation_interval),
     ));
+    if config.billing.is_on() {
+        let bucket = store::open(&config.billing.url, false).map_err(|e| {
+            Error::Config(vec![InvalidField::new(
+                "billing.url",
+                e.to_string().replace("storage.url", "billing.url"),
+            )])
+        })?;
+        let landing = Arc::new(StoreLanding::new(
+            checkpoints.store().clone(),
+            aggregator.clone(),
+            ledger.clone(),
+            hooks.clone(),
+        ));
+        let source = BillingSource::new(
+            bucket.objects,
+            landing,
+            config.billing.source(),
+            aggregator.clock().clone(),
+            aggregator.telemetry(),
+            scan_status,
+        );
+        let clock = aggregator.clock();
+        // The first scan at once; under the fake clock a settle waits for it.
+        let ticks = clock.ticks_at(clock.now(), config.billing.scan_interval);
+        tracing::info!(url = %config.billing.url, every = %humantime::format_duration(config.billing.scan_interval), "Reading billing exports.");
+        tokio::spawn(source.run(ticks, stopping(shutdown_rx.clone())));
+    }
     let checkpointing = tokio::spawn(keep_checkpointing(
         checkpoints.clone(),
         aggregator.clock().ticks(config.storage.checkpoint_interval),

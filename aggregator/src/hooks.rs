@@ -22,17 +22,21 @@ pub enum Hook {
     /// PagerDuty delivery holds each accepted event's receipt (the 202 received, nothing
     /// logged yet) until released: a `kill -9` then falls between the two.
     HoldPagerdutyReceipt,
+    /// The billing source holds each export's commit (its files written, the event that puts
+    /// them in force not logged) until released: a `kill -9` then falls between the two.
+    HoldBillingCommit,
 }
 
 impl Hook {
     /// Every hook, by name.
-    pub const ALL: [Hook; 6] = [
+    pub const ALL: [Hook; 7] = [
         Hook::StallAggregator,
         Hook::BlockFsync,
         Hook::FailWalWrites,
         Hook::FailCheckpointAfterFiles,
         Hook::FailCompactionAfterFiles,
         Hook::HoldPagerdutyReceipt,
+        Hook::HoldBillingCommit,
     ];
 
     /// The name used in `POST /-/test/hook`.
@@ -44,6 +48,7 @@ impl Hook {
             Hook::FailCheckpointAfterFiles => "fail_checkpoint_after_files",
             Hook::FailCompactionAfterFiles => "fail_compaction_after_files",
             Hook::HoldPagerdutyReceipt => "hold_pagerduty_receipt",
+            Hook::HoldBillingCommit => "hold_billing_commit",
         }
     }
 

@@ -6,6 +6,7 @@
 // Only the binary's allocator module may use `unsafe` (ADR 013).
 #![forbid(unsafe_code)]
 
+pub mod billing;
 pub mod config;
 pub use recmeter_core::{
     auth, batch, clock, connection, cost, error, point, record, status, submit, telemetry,

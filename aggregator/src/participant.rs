@@ -8,10 +8,17 @@
 //! same hold of the lock as the rollup image, so the state matches the image's log sequence
 //! number exactly: restore puts it back, then the replay applies the events after that number.
 //! A participant's state goes into its own manifest section (`state/<id>-<name>.json`).
+//!
+//! A participant may also own files of the store (the billing ledger's cost lines): it names
+//! them in its state, and each checkpoint's manifest lists them in a `kept` section of the
+//! participant's ([`Participant::sections`]). Such files are written before the event that
+//! names them is logged, so the start-up sweep, which runs after the replay, keeps every file
+//! a participant names, and deletes those a crash left before their event.
 
 use std::sync::Arc;
 
 use crate::error::{Error, Result, clip};
+use crate::store::manifest::FileEntry;
 
 /// A component whose state lives in the log and the checkpoints. `check`, `apply` and `save`
 /// run with the aggregator's lock held: keep them short (no I/O, no waiting).
@@ -28,6 +35,22 @@ pub trait Participant: Send + Sync {
     fn save(&self) -> Result<serde_json::Value>;
     /// Puts back what `save` returned, before the replay applies later events.
     fn restore(&self, saved: serde_json::Value) -> Result<()>;
+    /// The store sections whose files it owns, with their files as of the last event applied
+    /// (none by default). Called with the lock held, like `save`.
+    fn sections(&self) -> Vec<OwnedSection> {
+        Vec::new()
+    }
+}
+
+/// A manifest section of files a participant owns: files stay from one checkpoint to the next
+/// (`kept`) for as long as the participant names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedSection {
+    /// The section's name: unique, `[a-z0-9_]`, not a built-in section's.
+    pub name: &'static str,
+    /// The prefix its files live under; the sweep covers it.
+    pub prefix: &'static str,
+    pub files: Vec<FileEntry>,
 }
 
 /// A component event: a small record of something a participant did (an SLO transition, a

@@ -59,3 +59,112 @@ pub struct Reject {
     /// The cell as it was, clipped to 1 KiB.
     pub raw: String,
 }
+
+/// One version of one object of the billing bucket: what the ledger keeps so that each
+/// version counts once.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct ObjectVersion {
+    pub path: String,
+    /// The ETag, or the version, or empty where the store gives neither.
+    pub version: String,
+    pub size: u64,
+}
+
+/// A bill's identity: a newer export of it replaces its lines.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct BillIdentity {
+    pub provider: String,
+    pub billing_account_id: String,
+    /// Unix nanoseconds; `None` where the export does not say.
+    pub billing_period_start: Option<i64>,
+    /// The export's folder in the bucket (an AWS delivery's period folder).
+    pub prefix: String,
+}
+
+impl BillIdentity {
+    /// The identity `line`, read from an object under `prefix`, belongs to.
+    pub fn of(line: &CostLine, prefix: &str) -> Self {
+        Self {
+            provider: line.provider.clone(),
+            billing_account_id: line.billing_account_id.clone(),
+            billing_period_start: line.billing_period_start,
+            prefix: prefix.to_owned(),
+        }
+    }
+}
+
+/// A file the landing wrote, not yet in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Staged {
+    pub path: String,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+/// One bill identity's lines in an export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedBill {
+    pub identity: BillIdentity,
+    pub files: Vec<Staged>,
+    /// The latest charge period end among its lines, Unix nanoseconds.
+    pub data_end: i64,
+}
+
+/// An export read whole: its lines by bill identity and its rejects, to be put in force at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    /// The export: an object's path, or an AWS delivery's folder and assembly.
+    pub export: String,
+    /// The object versions it was read from.
+    pub versions: Vec<ObjectVersion>,
+    pub bills: Vec<StagedBill>,
+    pub rejects: Vec<Staged>,
+}
+
+/// What [`Landing`]'s calls return.
+pub type Landed<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = crate::error::Result<T>> + Send + 'a>>;
+
+/// Where the billing source puts what it reads: the aggregator's store, through its log and
+/// its billing ledger. Files are staged first, then an export's files go in force together.
+pub trait Landing: Send + Sync + std::fmt::Debug {
+    /// Whether the ledger holds `export` read from exactly `versions` already.
+    fn seen(&self, export: &str, versions: &[ObjectVersion]) -> bool;
+    /// Writes `lines` (all of one bill identity) as a file, not in force until committed.
+    fn stage_lines(&self, lines: &[CostLine]) -> Landed<'_, Staged>;
+    /// Writes `rejects` as a file, not in force until committed.
+    fn stage_rejects(&self, rejects: &[Reject]) -> Landed<'_, Staged>;
+    /// Puts `commit` in force in one logged step: its bills replace every earlier line of
+    /// their identities, and its rejects replace the export's earlier rejects.
+    fn commit(&self, commit: Commit) -> Landed<'_, ()>;
+    /// Deletes staged files of an export that will not be committed (its read failed).
+    fn discard(&self, files: Vec<Staged>) -> Landed<'_, ()>;
+}
+
+/// When the billing source last finished a scan of the bucket, Unix nanoseconds (0: not yet
+/// since the start).
+#[derive(Debug, Default)]
+pub struct ScanStatus {
+    last_scan_nanos: std::sync::atomic::AtomicU64,
+}
+
+impl ScanStatus {
+    pub fn scanned(&self, at_nanos: u64) {
+        self.last_scan_nanos
+            .store(at_nanos, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn last_scan_nanos(&self) -> Option<u64> {
+        match self
+            .last_scan_nanos
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => None,
+            n => Some(n),
+        }
+    }
+}

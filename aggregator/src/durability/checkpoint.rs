@@ -172,6 +172,11 @@ impl Checkpointer {
         }
     }
 
+    /// The store it writes to.
+    pub fn store(&self) -> &crate::store::object::Store {
+        &self.syncer
+    }
+
     /// Publishes the rollup files of each manifest in force to `history`, from the one
     /// restored on, before anything it no longer names is deleted.
     pub fn with_history(mut self, history: Arc<crate::store::history::History>) -> Self {
@@ -251,6 +256,13 @@ impl Checkpointer {
         for name in &rewritten {
             manifest.section_mut(name, STATE_PREFIX, Lifetime::Checkpoint);
         }
+        // The participants' own files: as they name them at `wal_seq`.
+        for owned in &image.sections {
+            manifest
+                .section_mut(owned.name, owned.prefix, Lifetime::Kept)
+                .files
+                .clone_from(&owned.files);
+        }
         let mut written = Vec::new();
         let mut stats = CheckpointStats {
             id,
@@ -296,19 +308,37 @@ impl Checkpointer {
         Ok((manifest, stats))
     }
 
-    /// Deletes the manifest `new` replaced and the files it named that `new` does not (the
-    /// state files of the checkpoint before).
+    /// Deletes the manifest `new` replaced and the files it named that `new` does not: the
+    /// state files of the checkpoint before at once, and the `kept` files a participant let go
+    /// of (a restated bill's) once `retention.delete_delay` has passed, as compaction's, so a
+    /// query that planned over them can still read them.
     async fn delete_superseded(&self, old: &Manifest, new: Option<&Manifest>) {
         let kept: HashSet<&str> = new
             .into_iter()
             .flat_map(|m| m.all_files().map(|f| f.path.as_str()))
             .collect();
-        let paths = old
-            .all_files()
-            .filter(|f| !kept.contains(f.path.as_str()))
-            .map(|f| Path::from(f.path.as_str()))
-            .chain([Manifest::path(old.id)]);
-        for path in paths {
+        let mut later = Vec::new();
+        let mut now = vec![Manifest::path(old.id)];
+        for section in old.sections.values() {
+            for f in section
+                .files
+                .iter()
+                .filter(|f| !kept.contains(f.path.as_str()))
+            {
+                let path = Path::from(f.path.as_str());
+                match section.lifetime {
+                    Lifetime::Kept => later.push(path),
+                    Lifetime::Checkpoint => now.push(path),
+                }
+            }
+        }
+        if !later.is_empty() {
+            self.replaced
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((std::time::Instant::now(), later));
+        }
+        for path in now {
             if let Err(e) = self.store.delete(&path).await {
                 tracing::warn!(error = %e, file = %path, "Cannot delete a superseded checkpoint file; the next start will.");
             }

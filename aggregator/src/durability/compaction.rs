@@ -444,7 +444,7 @@ mod tests {
     ) -> (SharedState, Checkpointer, usize) {
         let objects = store.objects.as_ref();
         let manifest = latest_manifest(objects).await.unwrap().unwrap();
-        let deleted = delete_unreferenced(objects, Some(&manifest), &[])
+        let deleted = delete_unreferenced(objects, Some(&manifest), &[], &Default::default())
             .await
             .unwrap();
         let mut restored = aggregator(clock);

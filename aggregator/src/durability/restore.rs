@@ -1,6 +1,6 @@
 //! Start-up: lock the WAL directory, restore the checkpoint in force, replay the WAL after it
-//! (request records to the counts, component events to their checkpoint participants), start
-//! the WAL writer.
+//! (request records to the counts, component events to their checkpoint participants), sweep
+//! the store of files nothing names, start the WAL writer.
 
 use std::sync::Arc;
 
@@ -9,6 +9,7 @@ use super::config::{StorageConfig, WalConfig};
 use super::wal::{ReplayStats, Wal, WalDir};
 use crate::error::{Error, Result};
 use crate::hooks::Hooks;
+use crate::participant::OwnedSection;
 use crate::state::Aggregator;
 use crate::store::manifest::{Layout, Manifest, delete_unreferenced, latest_manifest};
 use crate::store::object as store;
@@ -67,10 +68,6 @@ pub async fn open(
         other => other,
     };
     let manifest = latest_manifest(objects).await.map_err(at_url)?;
-    // The participants' sections live under `state/`, which the sweep always covers.
-    let deleted = delete_unreferenced(objects, manifest.as_ref(), options.swept_prefixes)
-        .await
-        .map_err(at_url)?;
     let restored = match &manifest {
         Some(m) => checkpoint::restore(objects, m, layout, &mut aggregator)
             .await
@@ -99,6 +96,23 @@ pub async fn open(
         Ok(())
     })?;
     telemetry.add_wal_records_dropped(replayed.dropped_records);
+    // After the replay: a participant's files are named by its logged events before any
+    // manifest names them. Its state sections live under `state/`, which the sweep always
+    // covers; the sections of files it owns are registered here.
+    let owned: Vec<OwnedSection> = aggregator
+        .participants()
+        .iter()
+        .flat_map(|p| p.sections())
+        .collect();
+    let mut prefixes: Vec<&str> = options.swept_prefixes.to_vec();
+    prefixes.extend(owned.iter().map(|s| s.prefix));
+    let also_named = owned
+        .iter()
+        .flat_map(|s| s.files.iter().map(|f| f.path.as_str()))
+        .collect();
+    let deleted = delete_unreferenced(objects, manifest.as_ref(), &prefixes, &also_named)
+        .await
+        .map_err(at_url)?;
     let next_seq = replayed.last_seq.max(after) + 1;
     let wal = Arc::new(dir.start(next_seq, wal_config.fsync_interval, hooks, telemetry)?);
     Ok(Opened {

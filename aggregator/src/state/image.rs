@@ -35,6 +35,8 @@ pub struct StateImage {
     pub metrics: MetricStateImage,
     /// Each checkpoint participant's saved state, as of `wal_seq` like the rest.
     pub participants: Vec<(&'static str, serde_json::Value)>,
+    /// The store sections the participants own, as of `wal_seq` like the rest.
+    pub sections: Vec<crate::participant::OwnedSection>,
 }
 
 impl Aggregator {
@@ -50,6 +52,7 @@ impl Aggregator {
             sealed: std::mem::take(&mut self.evicted_unsaved),
             metrics: self.metrics.image(),
             participants: Vec::new(),
+            sections: Vec::new(),
         };
         let saved = self
             .participants
@@ -58,6 +61,11 @@ impl Aggregator {
             .collect::<Result<Vec<_>>>()
             .and_then(|saved| {
                 image.participants = saved;
+                image.sections = self
+                    .participants
+                    .iter()
+                    .flat_map(|p| p.sections())
+                    .collect();
                 self.fill_image(&mut image)
             });
         if let Err(e) = saved {

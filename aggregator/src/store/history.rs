@@ -91,6 +91,58 @@ impl History {
             .collect()
     }
 
+    /// A plan reading the whole of `files` (Parquet files of the store whose schema is
+    /// `schema`), with the columns `projection` picks: the files of a table a component owns,
+    /// such as `cost_lines`.
+    pub fn scan_files(
+        &self,
+        state: &dyn Session,
+        schema: &SchemaRef,
+        projection: Option<&Vec<usize>>,
+        files: Vec<FileEntry>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.files_read
+            .fetch_add(files.len() as u64, Ordering::Relaxed);
+        let all: Vec<usize> = (0..schema.fields().len()).collect();
+        let projection = projection.unwrap_or(&all);
+        self.read_files(state, ParquetSource::new(schema.clone()), projection, files)
+    }
+
+    /// A plan reading `files` through `source`, with the columns `projection` picks, the
+    /// files spread over the session's partitions by size.
+    fn read_files(
+        &self,
+        state: &dyn Session,
+        source: ParquetSource,
+        projection: &[usize],
+        mut files: Vec<FileEntry>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let url = ObjectStoreUrl::parse(STORE_URL)?;
+        state
+            .runtime_env()
+            .register_object_store(url.as_ref(), self.objects.clone());
+        // Largest first, each to the partition with the fewest bytes so far.
+        let partitions = state.config_options().execution.target_partitions.max(1);
+        files.sort_by_key(|f| std::cmp::Reverse(f.bytes));
+        let mut groups: Vec<(u64, Vec<PartitionedFile>)> = vec![(0, Vec::new()); partitions];
+        for f in files {
+            if let Some(slot) = groups.iter_mut().min_by_key(|(bytes, _)| *bytes) {
+                slot.0 += f.bytes;
+                slot.1.push(PartitionedFile::new(f.path, f.bytes));
+            }
+        }
+        let groups: Vec<FileGroup> = groups
+            .into_iter()
+            .filter(|(_, g)| !g.is_empty())
+            .map(|(_, g)| FileGroup::new(g))
+            .collect();
+        let config = FileScanConfigBuilder::new(url, Arc::new(source))
+            .with_projection_indices(Some(projection.to_vec()))?
+            .with_file_groups(groups)
+            .build();
+        Ok(DataSourceExec::from_data_source(config))
+    }
+
     /// A plan reading the rows of `table` in `range` (minute indexes) from the store, with
     /// the columns `projection` picks of `schema` (the table's whole schema). `None` when no
     /// file holds such rows.
@@ -108,10 +160,6 @@ impl History {
         }
         self.files_read
             .fetch_add(files.len() as u64, Ordering::Relaxed);
-        let url = ObjectStoreUrl::parse(STORE_URL)?;
-        state
-            .runtime_env()
-            .register_object_store(url.as_ref(), self.objects.clone());
         // The time column is read to filter by, then dropped if the query did not ask for it.
         let with_time: Vec<usize> = if projection.contains(&0) {
             projection.to_vec()
@@ -134,27 +182,7 @@ impl History {
         let whole = DFSchema::try_from(schema.as_ref().clone())?;
         let pruning = state.create_physical_expr(predicate.clone(), &whole)?;
         let source = ParquetSource::new(schema.clone()).with_predicate(pruning);
-        // Files spread over the partitions by size, largest first.
-        let partitions = state.config_options().execution.target_partitions.max(1);
-        let mut files = files;
-        files.sort_by_key(|f| std::cmp::Reverse(f.bytes));
-        let mut groups: Vec<(u64, Vec<PartitionedFile>)> = vec![(0, Vec::new()); partitions];
-        for f in files {
-            if let Some(slot) = groups.iter_mut().min_by_key(|(bytes, _)| *bytes) {
-                slot.0 += f.bytes;
-                slot.1.push(PartitionedFile::new(f.path, f.bytes));
-            }
-        }
-        let groups = groups
-            .into_iter()
-            .filter(|(_, g)| !g.is_empty())
-            .map(|(_, g)| FileGroup::new(g))
-            .collect();
-        let config = FileScanConfigBuilder::new(url, Arc::new(source))
-            .with_projection_indices(Some(with_time.clone()))?
-            .with_file_groups(groups)
-            .build();
-        let read: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(config);
+        let read = self.read_files(state, source, &with_time, files)?;
         let read_schema = DFSchema::try_from(read.schema().as_ref().clone())?;
         let filter = state.create_physical_expr(predicate, &read_schema)?;
         let filtered: Arc<dyn ExecutionPlan> = Arc::new(FilterExec::try_new(filter, read)?);

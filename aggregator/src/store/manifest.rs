@@ -353,18 +353,22 @@ fn valid_prefix(prefix: &str) -> bool {
         })
 }
 
-/// The sweep: deletes what the manifest in force does not name under the prefixes of every
-/// section (its own, the built-in ones and `registered`, those of the sections the running
-/// components write): files of a checkpoint that crashed before its manifest, and superseded
-/// ones left by a crash. Returns how many went.
+/// The sweep: deletes what neither the manifest in force nor `also_named` (the files the
+/// running components name after the replay) names under the prefixes of every section (its
+/// own, the built-in ones and `registered`, those of the sections the running components
+/// write): files of a checkpoint that crashed before its manifest, files a component wrote
+/// before a crash kept it from logging them, and superseded ones left by a crash. Returns how
+/// many went.
 pub async fn delete_unreferenced(
     store: &dyn ObjectStore,
     manifest: Option<&Manifest>,
     registered: &[&str],
+    also_named: &HashSet<&str>,
 ) -> Result<usize> {
-    let named: HashSet<&str> = manifest
+    let mut named: HashSet<&str> = manifest
         .map(|m| m.all_files().map(|f| f.path.as_str()).collect())
         .unwrap_or_default();
+    named.extend(also_named);
     let keep_manifest = manifest.map(|m| Manifest::path(m.id));
     if let Some(bad) = registered.iter().find(|p| !valid_prefix(p)) {
         return Err(crate::error::Error::Storage(format!(
@@ -394,7 +398,12 @@ pub async fn delete_unreferenced(
                     .filename()
                     .and_then(|n| n.get(..20))
                     .and_then(|n| n.parse::<u64>().ok());
-                if manifest.is_none() && id != Some(1) {
+                // Files under a registered prefix are a running component's, which names every
+                // file it still holds.
+                let registered_file = registered
+                    .iter()
+                    .any(|p| loc.as_ref().starts_with(&format!("{p}/")));
+                if manifest.is_none() && id != Some(1) && !registered_file {
                     return Err(storage(
                         &loc,
                         "checkpoint files but no manifest in manifests/; restore the manifests \

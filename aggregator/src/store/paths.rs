@@ -5,7 +5,9 @@
 //! - `minutes/day=YYYY-MM-DD/<id>[-<n>].parquet`, `hours/…`: rollup rows, by the day they fall
 //!   in, written by checkpoint `id` (`-<n>`: the `n`th file of compaction `id`);
 //! - `state/<id>-<name>.<ext>`: checkpoint `id`'s state files: `series.parquet`,
-//!   `open.parquet`, `metric_streams.json`, and one `<participant>.json` per participant.
+//!   `open.parquet`, `metric_streams.json`, and one `<participant>.json` per participant;
+//! - `cost_lines/<export>-<n>.parquet`, `cost_rejects/…`: the billing ledger's cost lines and
+//!   rejects, the `n`th file written for export number `export`.
 //!
 //! Ids are written with 20 digits, so names sort by id.
 
@@ -18,6 +20,16 @@ pub const MINUTES_PREFIX: &str = "minutes";
 pub const HOURS_PREFIX: &str = "hours";
 /// The prefix of every checkpoint's state files, participants' included.
 pub const STATE_PREFIX: &str = "state";
+
+/// The prefix of `cost_lines`' files.
+pub const COST_LINES_PREFIX: &str = "cost_lines";
+/// The prefix of `cost_rejects`' files.
+pub const COST_REJECTS_PREFIX: &str = "cost_rejects";
+
+/// The `n`th file under `prefix` (a cost prefix) written for export number `export`.
+pub fn cost_path(prefix: &str, export: u64, n: u64) -> String {
+    format!("{prefix}/{export:020}-{n:06}.parquet")
+}
 
 /// The prefix of `table`'s rollup files (`Blocks` are stored as minutes).
 pub fn rollup_prefix(table: Table) -> &'static str {

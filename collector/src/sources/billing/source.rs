@@ -1,0 +1,787 @@
+//! The billing source: every `billing.scan_interval` of recmeter's clock it lists the billing
+//! bucket, finds the exports not read yet (a new object, or a changed ETag or size), reads each
+//! in bounded memory and lands it ([`Landing`]): lines in batches of bill identities, rejects,
+//! then one commit that puts the export in force.
+//!
+//! An export is one object, or an AWS delivery: the report files a `*-Manifest.json` names
+//! (`reportKeys` of a legacy CUR, `dataFiles` of a Data Export). Files a manifest names are
+//! read only through it. Per period folder only the newest delivery is read; an older one is
+//! superseded. A bill's identity is (provider, billing account, billing period, folder), where
+//! the folder of a delivery is its period folder (the assembly folder left out), so a second
+//! delivery for a period replaces the first.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+use recmeter_core::clock::{Clock, Ticks};
+use recmeter_core::cost::{
+    BillIdentity, Commit, Landing, ObjectVersion, ScanStatus, Staged, StagedBill,
+};
+use recmeter_core::error::{Error, Result};
+use recmeter_core::telemetry::{LabelledCounter, Telemetry};
+
+use super::line::{CellError, CostLine, Reject, Sink};
+use super::read::{Defaults, FileError, normalize};
+
+/// Largest manifest read: AWS's list a few thousand keys.
+const MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Most distinct `provider` label values on `recmeter_billing_rows_total`; more count as
+/// `other`.
+const MAX_PROVIDER_LABELS: usize = 16;
+
+/// What the billing source reads and how.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// Per-prefix defaults for files whose rows do not name their provider or account; the
+    /// longest prefix that an object's path starts with applies.
+    pub defaults: Vec<(String, Defaults)>,
+    /// Currencies other than USD that lines may be billed in (the rate table's keys).
+    pub currencies: Vec<String>,
+    /// Lines buffered before they are written as files (of each bill identity, together).
+    pub batch_rows: usize,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        Self {
+            defaults: Vec::new(),
+            currencies: Vec::new(),
+            batch_rows: 65_536,
+        }
+    }
+}
+
+/// What one scan did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanStats {
+    /// Exports read and landed.
+    pub exports: usize,
+    /// Objects those exports were read from.
+    pub objects: usize,
+    pub lines: u64,
+    pub rejects: u64,
+    /// Exports whose read failed (an error of the bucket or the store); tried again next scan.
+    pub failed: usize,
+}
+
+/// The billing source (see the module's documentation).
+#[derive(Debug)]
+pub struct BillingSource {
+    objects: Arc<dyn ObjectStore>,
+    landing: Arc<dyn Landing>,
+    config: SourceConfig,
+    clock: Arc<Clock>,
+    status: Arc<ScanStatus>,
+    rows: Arc<LabelledCounter>,
+    exports: Arc<LabelledCounter>,
+}
+
+/// One export to read: its key, its objects in order, and its bills' folder.
+#[derive(Debug, Clone)]
+struct Export {
+    key: String,
+    objects: Vec<ObjectMeta>,
+    folder: String,
+}
+
+impl BillingSource {
+    /// A source over the bucket `objects`, landing through `landing`.
+    pub fn new(
+        objects: Arc<dyn ObjectStore>,
+        landing: Arc<dyn Landing>,
+        config: SourceConfig,
+        clock: Arc<Clock>,
+        telemetry: &Telemetry,
+        status: Arc<ScanStatus>,
+    ) -> Self {
+        Self {
+            objects,
+            landing,
+            config,
+            clock,
+            status,
+            rows: rows_counter(telemetry),
+            exports: telemetry.labelled_counter(
+                "recmeter_billing_objects",
+                "Billing objects read, by outcome: ingested (landed), unreadable (not an export \
+                 recmeter reads; one reject names it, and it is not read again until it \
+                 changes) or failed (the bucket or the store failed; read again at the next \
+                 scan).",
+                &["outcome"],
+            ),
+        }
+    }
+
+    /// Scans at every tick of `ticks` (`billing.scan_interval` on recmeter's clock), the first
+    /// at once, until `done`.
+    pub async fn run(self, mut ticks: Ticks, done: impl std::future::Future<Output = ()>) {
+        tokio::pin!(done);
+        let mut failing = false;
+        loop {
+            match self.scan().await {
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::error!(error = %e, "Cannot scan the billing bucket; retrying at the next interval.");
+                }
+                Ok(_) if failing => {
+                    failing = false;
+                    tracing::info!("Scanning the billing bucket again.");
+                }
+                _ => {}
+            }
+            tokio::select! {
+                () = &mut done => return,
+                _ = ticks.tick() => {}
+            }
+        }
+    }
+
+    /// Lists the bucket and lands every export not read yet, oldest first.
+    pub async fn scan(&self) -> Result<ScanStats> {
+        let mut listed = Vec::new();
+        let mut listing = self.objects.list(None);
+        while let Some(meta) = listing.next().await {
+            listed
+                .push(meta.map_err(|e| Error::Storage(format!("billing.url: cannot list: {e}")))?);
+        }
+        let exports = self.exports(listed).await;
+        let mut stats = ScanStats::default();
+        for export in exports {
+            let versions: Vec<ObjectVersion> = export.objects.iter().map(version).collect();
+            if self.landing.seen(&export.key, &versions) {
+                continue;
+            }
+            match self.land(&export, versions).await {
+                Ok((lines, rejects)) => {
+                    stats.exports += 1;
+                    stats.objects += export.objects.len();
+                    stats.lines += lines;
+                    stats.rejects += rejects;
+                }
+                Err(e) => {
+                    stats.failed += 1;
+                    self.exports.add(&["failed"], export.objects.len() as u64);
+                    tracing::error!(export = %export.key, error = %e, "Cannot read a billing export; reading it again at the next scan.");
+                }
+            }
+        }
+        self.status.scanned(self.clock.now_nanos());
+        if stats.exports > 0 {
+            tracing::info!(
+                exports = stats.exports,
+                objects = stats.objects,
+                lines = stats.lines,
+                rejects = stats.rejects,
+                "Billing exports landed."
+            );
+        }
+        Ok(stats)
+    }
+
+    /// The exports among `listed`: AWS deliveries (the newest per period folder) and every
+    /// other data object, oldest first, so a newer export of a bill lands after an older.
+    async fn exports(&self, listed: Vec<ObjectMeta>) -> Vec<Export> {
+        let by_name: HashMap<&str, Vec<&ObjectMeta>> =
+            listed.iter().fold(HashMap::new(), |mut m, o| {
+                m.entry(o.location.filename().unwrap_or_default())
+                    .or_default()
+                    .push(o);
+                m
+            });
+        let mut named = std::collections::HashSet::new();
+        let mut newest: BTreeMap<String, (ObjectMeta, Export)> = BTreeMap::new();
+        for meta in listed.iter().filter(|o| is_manifest(&o.location)) {
+            let manifest = match self.manifest(meta).await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(manifest = %meta.location, error = %e, "Cannot read an AWS billing manifest; its report files are read as they are.");
+                    continue;
+                }
+            };
+            let mut objects = Vec::new();
+            let mut missing = None;
+            for key in &manifest.keys {
+                match resolve(key, &by_name) {
+                    Some(o) => {
+                        named.insert(o.location.clone());
+                        objects.push(o.clone());
+                    }
+                    None => missing = Some(key.clone()),
+                }
+            }
+            if let Some(key) = missing {
+                tracing::info!(manifest = %meta.location, missing = %key, "An AWS delivery is not complete yet; reading it at a later scan.");
+                continue;
+            }
+            let folder = delivery_folder(&manifest, &objects);
+            let export = Export {
+                key: format!("{folder}#{}", manifest.assembly),
+                objects,
+                folder: folder.clone(),
+            };
+            let newer = newest.get(&folder).is_none_or(|(m, _)| {
+                (meta.last_modified, &meta.location) > (m.last_modified, &m.location)
+            });
+            if newer {
+                newest.insert(folder, (meta.clone(), export));
+            }
+        }
+        let mut exports: Vec<(ObjectMeta, Export)> = newest.into_values().collect();
+        exports.extend(
+            listed
+                .iter()
+                .filter(|o| is_data(&o.location) && !named.contains(&o.location))
+                .map(|o| {
+                    let path = o.location.to_string();
+                    let folder = path.rsplit_once('/').map_or("", |(d, _)| d).to_owned();
+                    (
+                        o.clone(),
+                        Export {
+                            key: path,
+                            objects: vec![o.clone()],
+                            folder,
+                        },
+                    )
+                }),
+        );
+        exports.sort_by(|(a, _), (b, _)| {
+            (a.last_modified, &a.location).cmp(&(b.last_modified, &b.location))
+        });
+        exports.into_iter().map(|(_, e)| e).collect()
+    }
+
+    /// Reads the AWS manifest `meta`.
+    async fn manifest(&self, meta: &ObjectMeta) -> Result<AwsManifest> {
+        if meta.size > MAX_MANIFEST_BYTES {
+            return Err(Error::Storage(format!(
+                "{} bytes (at most {MAX_MANIFEST_BYTES})",
+                meta.size
+            )));
+        }
+        let bytes = self.get(&meta.location).await?;
+        AwsManifest::parse(&bytes)
+    }
+
+    async fn get(&self, path: &Path) -> Result<Bytes> {
+        let got = self.objects.get(path).await;
+        let result = got.map_err(|e| Error::Storage(format!("{path}: {e}")))?;
+        result
+            .bytes()
+            .await
+            .map_err(|e| Error::Storage(format!("{path}: {e}")))
+    }
+
+    /// Reads `export` and lands it; returns its lines and rejects.
+    async fn land(&self, export: &Export, versions: Vec<ObjectVersion>) -> Result<(u64, u64)> {
+        let mut sink = Batching::new(
+            self.landing.clone(),
+            &export.folder,
+            &self.config,
+            tokio::runtime::Handle::current(),
+        );
+        let mut unreadable = 0;
+        for meta in &export.objects {
+            let path = meta.location.to_string();
+            let defaults = self.defaults(&path);
+            let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(16);
+            let objects = self.objects.clone();
+            let location = meta.location.clone();
+            // The object streams in while the blocking reader normalizes it.
+            let fetch = tokio::spawn(async move {
+                let stream = match objects.get(&location).await {
+                    Ok(r) => r.into_stream(),
+                    Err(e) => {
+                        let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                        return;
+                    }
+                };
+                tokio::pin!(stream);
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()));
+                    let end = chunk.is_err();
+                    if tx.send(chunk).await.is_err() || end {
+                        return;
+                    }
+                }
+            });
+            let read = tokio::task::spawn_blocking(move || {
+                let reader = ChannelReader {
+                    rx,
+                    current: Bytes::new(),
+                };
+                sink.provider_hint = defaults.provider.clone();
+                let result = normalize(reader, &path, &defaults, &mut sink);
+                (sink, result, path)
+            })
+            .await
+            .map_err(|e| Error::Storage(format!("the billing reader failed: {e}")));
+            fetch.abort();
+            let (back, result, path) = read?;
+            sink = back;
+            match result {
+                Ok(_) => {}
+                Err(FileError::Io(e)) => {
+                    let staged = sink.staged();
+                    self.landing.discard(staged).await?;
+                    return Err(Error::Storage(format!("{path}: {e}")));
+                }
+                Err(e) => {
+                    // Not an export recmeter reads: one reject says so, and the ledger keeps
+                    // the version so it is not read again until it changes.
+                    tracing::warn!(object = %path, error = %e, "A billing object recmeter cannot read; see cost_rejects.");
+                    unreadable += 1;
+                    sink.reject(CellError::new("", e.to_string(), "").at(&path, 0));
+                }
+            }
+            if let Some(e) = sink.failed.take() {
+                let staged = sink.staged();
+                self.landing.discard(staged).await?;
+                return Err(e);
+            }
+        }
+        let (commit, lines, rejects, counts) = tokio::task::spawn_blocking(move || {
+            let finished = sink.finish();
+            finished
+        })
+        .await
+        .map_err(|e| Error::Storage(format!("the billing reader failed: {e}")))??;
+        let commit = Commit {
+            export: export.key.clone(),
+            versions,
+            ..commit
+        };
+        let staged: Vec<Staged> = commit
+            .bills
+            .iter()
+            .flat_map(|b| b.files.clone())
+            .chain(commit.rejects.clone())
+            .collect();
+        if let Err(e) = self.landing.commit(commit).await {
+            self.landing.discard(staged).await?;
+            return Err(e);
+        }
+        for ((provider, outcome), n) in counts {
+            self.rows.add(&[&provider, outcome], n);
+        }
+        self.exports.add(&["unreadable"], unreadable);
+        self.exports
+            .add(&["ingested"], export.objects.len() as u64 - unreadable);
+        Ok((lines, rejects))
+    }
+
+    /// The defaults of the longest configured prefix `path` starts with.
+    fn defaults(&self, path: &str) -> Defaults {
+        self.config
+            .defaults
+            .iter()
+            .filter(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map(|(_, d)| d.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// `recmeter_billing_rows_total{provider,outcome}`.
+pub fn rows_counter(telemetry: &Telemetry) -> Arc<LabelledCounter> {
+    telemetry.labelled_counter(
+        "recmeter_billing_rows",
+        "Billing export rows landed, by provider and outcome: line (in cost_lines) or reject \
+         (in cost_rejects, with the reason). A reject's provider is its file's default, or \
+         `unknown`.",
+        &["provider", "outcome"],
+    )
+}
+
+/// An object's version as the ledger keeps it.
+fn version(meta: &ObjectMeta) -> ObjectVersion {
+    ObjectVersion {
+        path: meta.location.to_string(),
+        version: meta
+            .e_tag
+            .clone()
+            .or_else(|| meta.version.clone())
+            .unwrap_or_default(),
+        size: meta.size,
+    }
+}
+
+/// Whether `path` is an AWS delivery manifest (`<report>-Manifest.json`).
+fn is_manifest(path: &Path) -> bool {
+    path.filename()
+        .is_some_and(|n| n.ends_with("-Manifest.json"))
+}
+
+/// Whether `path` may be an export: not a manifest, not one of the artifacts AWS delivers
+/// beside its reports (Redshift and Athena files), not hidden.
+fn is_data(path: &Path) -> bool {
+    let Some(name) = path.filename() else {
+        return false;
+    };
+    let lower = name.to_ascii_lowercase();
+    !(name.starts_with('.')
+        || lower.ends_with("manifest.json")
+        || [".sql", ".yml", ".yaml", ".txt", ".md"]
+            .iter()
+            .any(|ext| lower.ends_with(ext)))
+}
+
+/// What recmeter reads of an AWS manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AwsManifest {
+    /// `assemblyId` (legacy CUR) or `executionId` (Data Exports): one per delivery.
+    assembly: String,
+    /// The report files, as the manifest names them (bucket keys or `s3://` URLs).
+    keys: Vec<String>,
+}
+
+impl AwsManifest {
+    fn parse(bytes: &[u8]) -> Result<Self> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Raw {
+            assembly_id: Option<String>,
+            execution_id: Option<String>,
+            report_keys: Option<Vec<String>>,
+            data_files: Option<Vec<String>>,
+        }
+        let raw: Raw = serde_json::from_slice(bytes)
+            .map_err(|e| Error::Storage(format!("not an AWS manifest: {e}")))?;
+        let assembly = raw
+            .assembly_id
+            .or(raw.execution_id)
+            .filter(|a| !a.is_empty() && !a.contains(['/', '#']))
+            .ok_or_else(|| {
+                Error::Storage("not an AWS manifest: no assemblyId or executionId".into())
+            })?;
+        let keys = raw
+            .report_keys
+            .or(raw.data_files)
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| {
+                Error::Storage("not an AWS manifest: no reportKeys or dataFiles".into())
+            })?;
+        Ok(Self { assembly, keys })
+    }
+}
+
+/// The listed object a manifest's `key` names: the one whose path is the key, or its end (the
+/// bucket's URL, or a prefix above `billing.url`, left out).
+fn resolve<'a>(key: &str, by_name: &HashMap<&str, Vec<&'a ObjectMeta>>) -> Option<&'a ObjectMeta> {
+    let key = key
+        .strip_prefix("s3://")
+        .and_then(|k| k.split_once('/').map(|(_, k)| k))
+        .unwrap_or(key);
+    let name = key.rsplit('/').next()?;
+    by_name.get(name)?.iter().copied().find(|o| {
+        let path = o.location.as_ref();
+        key == path || key.ends_with(&format!("/{path}"))
+    })
+}
+
+/// A delivery's period folder: its files' folder, without the assembly folder.
+fn delivery_folder(manifest: &AwsManifest, objects: &[ObjectMeta]) -> String {
+    let path = objects[0].location.to_string();
+    let folder = path.rsplit_once('/').map_or("", |(d, _)| d);
+    match folder.rsplit_once('/') {
+        Some((up, last)) if last == manifest.assembly => up.to_owned(),
+        None if folder == manifest.assembly => String::new(),
+        _ => folder.to_owned(),
+    }
+}
+
+/// A blocking reader of the chunks an async task sends.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.current = chunk?,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+/// Lines of one bill identity waiting to be written, and its files so far.
+#[derive(Debug, Default)]
+struct Pending {
+    lines: Vec<CostLine>,
+    files: Vec<Staged>,
+    data_end: i64,
+}
+
+/// The sink an export is read into: lines buffered by bill identity and written in batches,
+/// rejects likewise, each row counted by provider. Runs on a blocking thread; writes through
+/// the runtime `handle`.
+struct Batching {
+    landing: Arc<dyn Landing>,
+    folder: String,
+    currencies: Vec<String>,
+    batch_rows: usize,
+    handle: tokio::runtime::Handle,
+    bills: BTreeMap<BillIdentity, Pending>,
+    buffered: usize,
+    rejects: Vec<Reject>,
+    reject_files: Vec<Staged>,
+    lines: u64,
+    rejected: u64,
+    /// Rows by (provider label, outcome).
+    counts: BTreeMap<(String, &'static str), u64>,
+    /// The provider a reject is counted under: the file's default, if any.
+    provider_hint: Option<String>,
+    /// The first write that failed; the rest of the export is then skipped.
+    failed: Option<Error>,
+}
+
+impl Batching {
+    fn new(
+        landing: Arc<dyn Landing>,
+        folder: &str,
+        config: &SourceConfig,
+        handle: tokio::runtime::Handle,
+    ) -> Self {
+        Self {
+            landing,
+            folder: folder.to_owned(),
+            currencies: config.currencies.clone(),
+            batch_rows: config.batch_rows.max(1),
+            handle,
+            bills: BTreeMap::new(),
+            buffered: 0,
+            rejects: Vec::new(),
+            reject_files: Vec::new(),
+            lines: 0,
+            rejected: 0,
+            counts: BTreeMap::new(),
+            provider_hint: None,
+            failed: None,
+        }
+    }
+
+    /// Counts a row of `provider` (bounded: past the cap, `other`).
+    fn count(&mut self, provider: &str, outcome: &'static str) {
+        let distinct = self.counts.keys().filter(|(_, o)| *o == outcome).count();
+        let key = (provider.to_owned(), outcome);
+        let key = if self.counts.contains_key(&key) || distinct < MAX_PROVIDER_LABELS {
+            key
+        } else {
+            ("other".to_owned(), outcome)
+        };
+        *self.counts.entry(key).or_default() += 1;
+    }
+
+    /// Writes every buffered line.
+    fn flush_lines(&mut self) {
+        for pending in self.bills.values_mut() {
+            if pending.lines.is_empty() || self.failed.is_some() {
+                continue;
+            }
+            match self
+                .handle
+                .block_on(self.landing.stage_lines(&pending.lines))
+            {
+                Ok(staged) => pending.files.push(staged),
+                Err(e) => self.failed = Some(e),
+            }
+            pending.lines.clear();
+        }
+        self.buffered = 0;
+    }
+
+    fn flush_rejects(&mut self) {
+        if self.rejects.is_empty() || self.failed.is_some() {
+            return;
+        }
+        match self
+            .handle
+            .block_on(self.landing.stage_rejects(&self.rejects))
+        {
+            Ok(staged) => self.reject_files.push(staged),
+            Err(e) => self.failed = Some(e),
+        }
+        self.rejects.clear();
+    }
+
+    /// Every file staged so far.
+    fn staged(&mut self) -> Vec<Staged> {
+        let mut files: Vec<Staged> = self
+            .bills
+            .values_mut()
+            .flat_map(|p| std::mem::take(&mut p.files))
+            .collect();
+        files.append(&mut self.reject_files);
+        files
+    }
+
+    /// Writes what is buffered; the commit (export and versions left for the caller), lines,
+    /// rejects and row counts.
+    #[allow(clippy::type_complexity)]
+    fn finish(mut self) -> Result<(Commit, u64, u64, BTreeMap<(String, &'static str), u64>)> {
+        self.flush_lines();
+        self.flush_rejects();
+        if let Some(e) = self.failed.take() {
+            let staged = self.staged();
+            let _ = self.handle.block_on(self.landing.discard(staged));
+            return Err(e);
+        }
+        let bills = std::mem::take(&mut self.bills)
+            .into_iter()
+            .filter(|(_, p)| !p.files.is_empty())
+            .map(|(identity, p)| StagedBill {
+                identity,
+                files: p.files,
+                data_end: p.data_end,
+            })
+            .collect();
+        let commit = Commit {
+            export: String::new(),
+            versions: Vec::new(),
+            bills,
+            rejects: std::mem::take(&mut self.reject_files),
+        };
+        Ok((commit, self.lines, self.rejected, self.counts))
+    }
+}
+
+impl Sink for Batching {
+    fn row(&mut self) {}
+
+    fn line(&mut self, line: CostLine) {
+        if self.failed.is_some() {
+            return;
+        }
+        let currency = line.billing_currency.as_str();
+        if currency != "USD" && !self.currencies.iter().any(|c| c == currency) {
+            let reject = CellError::new(
+                "BillingCurrency",
+                format!("no rate for {currency} in billing.usd_rates"),
+                currency,
+            )
+            .at(&line.source_object, line.source_row);
+            self.reject(reject);
+            return;
+        }
+        self.lines += 1;
+        let provider = line.provider.clone();
+        self.count(&provider, "line");
+        let pending = self
+            .bills
+            .entry(BillIdentity::of(&line, &self.folder))
+            .or_insert_with(|| Pending {
+                data_end: i64::MIN,
+                ..Pending::default()
+            });
+        pending.data_end = pending.data_end.max(line.charge_period_end);
+        pending.lines.push(line);
+        self.buffered += 1;
+        if self.buffered >= self.batch_rows {
+            self.flush_lines();
+        }
+    }
+
+    fn reject(&mut self, reject: Reject) {
+        if self.failed.is_some() {
+            return;
+        }
+        self.rejected += 1;
+        let provider = self
+            .provider_hint
+            .clone()
+            .unwrap_or_else(|| "unknown".to_owned());
+        self.count(&provider, "reject");
+        self.rejects.push(reject);
+        if self.rejects.len() >= self.batch_rows {
+            self.flush_rejects();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_read_both_aws_forms_and_refuse_the_rest() {
+        let legacy =
+            br#"{"assemblyId":"a1b2","reportKeys":["cur/r/20240101-20240201/a1b2/r-1.csv.gz"],
+            "billingPeriod":{"start":"20240101T000000.000Z"}}"#;
+        let m = AwsManifest::parse(legacy).unwrap();
+        assert_eq!(m.assembly, "a1b2");
+        let exports = br#"{"executionId":"e9","dataFiles":["s3://bucket/x/data/BILLING_PERIOD=2024-01/x-00001.csv.gz"]}"#;
+        assert_eq!(AwsManifest::parse(exports).unwrap().assembly, "e9");
+        for bad in [
+            &br#"{"reportKeys":["a"]}"#[..],
+            br#"{"assemblyId":"a","reportKeys":[]}"#,
+            br#"{"assemblyId":"../a","reportKeys":["k"]}"#,
+            br#"[1]"#,
+        ] {
+            assert!(AwsManifest::parse(bad).is_err());
+        }
+    }
+
+    fn meta(path: &str) -> ObjectMeta {
+        ObjectMeta {
+            location: Path::from(path),
+            last_modified: Default::default(),
+            size: 1,
+            e_tag: None,
+            version: None,
+        }
+    }
+
+    #[test]
+    fn keys_resolve_by_their_end_and_folders_drop_the_assembly() {
+        let listed = [
+            meta("r/20240101-20240201/a1/r-1.csv.gz"),
+            meta("other/r-1.csv.gz"),
+        ];
+        let by_name: HashMap<&str, Vec<&ObjectMeta>> =
+            listed.iter().fold(HashMap::new(), |mut m, o| {
+                m.entry(o.location.filename().unwrap()).or_default().push(o);
+                m
+            });
+        for key in [
+            "r/20240101-20240201/a1/r-1.csv.gz",
+            "prefix/r/20240101-20240201/a1/r-1.csv.gz",
+            "s3://bucket/prefix/r/20240101-20240201/a1/r-1.csv.gz",
+        ] {
+            assert_eq!(
+                resolve(key, &by_name)
+                    .map(|o| o.location.to_string())
+                    .as_deref(),
+                Some("r/20240101-20240201/a1/r-1.csv.gz"),
+                "{key}"
+            );
+        }
+        assert!(resolve("xr/20240101-20240201/a1/r-1.csv.gz", &by_name).is_none());
+        let manifest = AwsManifest {
+            assembly: "a1".into(),
+            keys: vec![],
+        };
+        assert_eq!(
+            delivery_folder(&manifest, &listed[..1]),
+            "r/20240101-20240201"
+        );
+        assert!(is_manifest(&Path::from(
+            "r/20240101-20240201/r-Manifest.json"
+        )));
+        assert!(!is_data(&Path::from(
+            "r/20240101-20240201/r-RedshiftManifest.json"
+        )));
+        assert!(!is_data(&Path::from("r/x/r-create-table.sql")));
+        assert!(is_data(&Path::from("focus/2024-01.csv.gz")));
+    }
+}
