@@ -10,16 +10,16 @@ use std::process::Command;
 use crate::harness::{binary, python};
 
 /// (kind, key) → (billed_cost, effective_cost, lines), kind `day` or `service`.
-type Totals = BTreeMap<(String, String), (String, String, u64)>;
+pub type Totals = BTreeMap<(String, String), (String, String, u64)>;
 
-fn data(file: &str) -> PathBuf {
+pub fn data(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data/billing")
         .join(file)
 }
 
 /// DuckDB's totals of `file` by the SQL in `sql` (its `$path` parameter the file).
-fn duckdb(sql: &str, file: &Path) -> Totals {
+pub fn duckdb(sql: &str, file: &Path) -> Totals {
     let script = r#"import sys, duckdb
 sql = open(sys.argv[1]).read()
 con = duckdb.connect()

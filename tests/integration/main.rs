@@ -8,6 +8,7 @@
 
 mod auth;
 mod billing;
+mod billing_source;
 mod cli;
 mod compat;
 mod demo;

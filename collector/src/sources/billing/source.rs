@@ -220,8 +220,10 @@ impl BillingSource {
                 continue;
             }
             let folder = delivery_folder(&manifest, &objects);
+            // One export per period folder: a later delivery is a new version of it, and
+            // replaces every bill the one before brought.
             let export = Export {
-                key: format!("{folder}#{}", manifest.assembly),
+                key: format!("{folder}#delivery"),
                 objects,
                 folder: folder.clone(),
             };
@@ -345,12 +347,9 @@ impl BillingSource {
                 return Err(e);
             }
         }
-        let (commit, lines, rejects, counts) = tokio::task::spawn_blocking(move || {
-            let finished = sink.finish();
-            finished
-        })
-        .await
-        .map_err(|e| Error::Storage(format!("the billing reader failed: {e}")))??;
+        let (commit, lines, rejects, counts) = tokio::task::spawn_blocking(move || sink.finish())
+            .await
+            .map_err(|e| Error::Storage(format!("the billing reader failed: {e}")))??;
         let commit = Commit {
             export: export.key.clone(),
             versions,
