@@ -280,6 +280,15 @@ impl StoreLanding {
     }
 }
 
+/// Runs `encoding` (Arrow, then Parquet) on a blocking thread.
+async fn encode(
+    encoding: impl FnOnce() -> Result<bytes::Bytes> + Send + 'static,
+) -> Result<bytes::Bytes> {
+    tokio::task::spawn_blocking(encoding)
+        .await
+        .map_err(|e| Error::Storage(format!("the cost file encoder failed: {e}")))?
+}
+
 /// The manifest entry of a staged file.
 fn entry(staged: Staged, kind: &str) -> FileEntry {
     FileEntry {
@@ -298,20 +307,22 @@ impl Landing for StoreLanding {
         self.ledger.seen(export, versions)
     }
 
-    fn stage_lines(&self, lines: &[CostLine]) -> Landed<'_, Staged> {
-        let encoded = cost_lines_batch(lines).and_then(|b| parquet(&b));
+    fn stage_lines(&self, lines: Vec<CostLine>) -> Landed<'_, Staged> {
         let rows = lines.len() as u64;
         Box::pin(async move {
-            self.stage(COST_LINES_PREFIX, LINES_SECTION, rows, encoded?)
+            let encoded =
+                encode(move || cost_lines_batch(&lines).and_then(|b| parquet(&b))).await?;
+            self.stage(COST_LINES_PREFIX, LINES_SECTION, rows, encoded)
                 .await
         })
     }
 
-    fn stage_rejects(&self, rejects: &[Reject]) -> Landed<'_, Staged> {
-        let encoded = cost_rejects_batch(rejects).and_then(|b| parquet(&b));
+    fn stage_rejects(&self, rejects: Vec<Reject>) -> Landed<'_, Staged> {
         let rows = rejects.len() as u64;
         Box::pin(async move {
-            self.stage(COST_REJECTS_PREFIX, REJECTS_SECTION, rows, encoded?)
+            let encoded =
+                encode(move || cost_rejects_batch(&rejects).and_then(|b| parquet(&b))).await?;
+            self.stage(COST_REJECTS_PREFIX, REJECTS_SECTION, rows, encoded)
                 .await
         })
     }

@@ -135,9 +135,10 @@ pub trait Landing: Send + Sync + std::fmt::Debug {
     /// Whether the ledger holds `export` read from exactly `versions` already.
     fn seen(&self, export: &str, versions: &[ObjectVersion]) -> bool;
     /// Writes `lines` (all of one bill identity) as a file, not in force until committed.
-    fn stage_lines(&self, lines: &[CostLine]) -> Landed<'_, Staged>;
+    /// Encoding runs off the caller's thread, so a reader can go on meanwhile.
+    fn stage_lines(&self, lines: Vec<CostLine>) -> Landed<'_, Staged>;
     /// Writes `rejects` as a file, not in force until committed.
-    fn stage_rejects(&self, rejects: &[Reject]) -> Landed<'_, Staged>;
+    fn stage_rejects(&self, rejects: Vec<Reject>) -> Landed<'_, Staged>;
     /// Puts `commit` in force in one logged step: its bills replace every earlier line of
     /// their identities, and its rejects replace the export's earlier rejects.
     fn commit(&self, commit: Commit) -> Landed<'_, ()>;

@@ -1,8 +1,6 @@
 //! What every format's reader shares: the per-prefix defaults, a CSV header and a row read
 //! by column name, and why a file cannot be read at all.
 
-use std::collections::HashMap;
-
 /// Defaults for files whose rows do not say (per prefix in `[billing]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Defaults {
@@ -13,7 +11,8 @@ pub struct Defaults {
 /// A CSV header: each column's index by name.
 #[derive(Debug, Clone, Default)]
 pub struct Header {
-    index: HashMap<String, usize>,
+    /// Looked up for every cell read: a fast hash, over names the file's header gives.
+    index: foldhash::HashMap<String, usize>,
     names: Vec<String>,
     pub(super) len: usize,
 }

@@ -31,6 +31,9 @@ use super::read::{Defaults, FileError, normalize};
 /// Largest manifest read: AWS's list a few thousand keys.
 const MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
 
+/// Bytes handed to the reader at a time.
+const READ_CHUNK: usize = 1 << 20;
+
 /// Most distinct `provider` label values on `recmeter_billing_rows_total`; more count as
 /// `other`.
 const MAX_PROVIDER_LABELS: usize = 16;
@@ -294,7 +297,8 @@ impl BillingSource {
             let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(16);
             let objects = self.objects.clone();
             let location = meta.location.clone();
-            // The object streams in while the blocking reader normalizes it.
+            // The object streams in while the blocking reader normalizes it, in chunks of
+            // about a MiB (stores answer in far smaller ones; each chunk wakes the reader).
             let fetch = tokio::spawn(async move {
                 let stream = match objects.get(&location).await {
                     Ok(r) => r.into_stream(),
@@ -304,11 +308,26 @@ impl BillingSource {
                     }
                 };
                 tokio::pin!(stream);
-                while let Some(chunk) = stream.next().await {
-                    let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()));
-                    let end = chunk.is_err();
-                    if tx.send(chunk).await.is_err() || end {
+                let mut chunk = bytes::BytesMut::new();
+                loop {
+                    let next = stream.next().await;
+                    let end = !matches!(next, Some(Ok(_)));
+                    if let Some(Ok(part)) = &next {
+                        chunk.extend_from_slice(part);
+                    }
+                    if (chunk.len() >= READ_CHUNK || end)
+                        && !chunk.is_empty()
+                        && tx.send(Ok(chunk.split().freeze())).await.is_err()
+                    {
                         return;
+                    }
+                    match next {
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => {
+                            let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                            return;
+                        }
+                        None => return,
                     }
                 }
             });
@@ -329,8 +348,7 @@ impl BillingSource {
             match result {
                 Ok(_) => {}
                 Err(FileError::Io(e)) => {
-                    let staged = sink.staged();
-                    self.landing.discard(staged).await?;
+                    self.discard(sink).await;
                     return Err(Error::Storage(format!("{path}: {e}")));
                 }
                 Err(e) => {
@@ -342,8 +360,7 @@ impl BillingSource {
                 }
             }
             if let Some(e) = sink.failed.take() {
-                let staged = sink.staged();
-                self.landing.discard(staged).await?;
+                self.discard(sink).await;
                 return Err(e);
             }
         }
@@ -372,6 +389,18 @@ impl BillingSource {
         self.exports
             .add(&["ingested"], export.objects.len() as u64 - unreadable);
         Ok((lines, rejects))
+    }
+
+    /// Deletes the files an export that failed had written.
+    async fn discard(&self, mut sink: Batching) {
+        match tokio::task::spawn_blocking(move || sink.staged()).await {
+            Ok(staged) => {
+                let _ = self.landing.discard(staged).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot list the files of a failed billing export; the next start deletes them.");
+            }
+        }
     }
 
     /// The defaults of the longest configured prefix `path` starts with.
@@ -522,6 +551,18 @@ struct Pending {
     data_end: i64,
 }
 
+/// A file being encoded and written while the reader goes on: the bill identity it is of
+/// (`None` for rejects), its rows, its task.
+type Writing = (
+    Option<BillIdentity>,
+    usize,
+    tokio::task::JoinHandle<Result<Staged>>,
+);
+
+/// Batches (of `batch_rows`) being written at once at most, beside the one being read: bounds
+/// an export's memory.
+const WRITING: usize = 2;
+
 /// The sink an export is read into: lines buffered by bill identity and written in batches,
 /// rejects likewise, each row counted by provider. Runs on a blocking thread; writes through
 /// the runtime `handle`.
@@ -533,6 +574,7 @@ struct Batching {
     handle: tokio::runtime::Handle,
     bills: BTreeMap<BillIdentity, Pending>,
     buffered: usize,
+    writing: std::collections::VecDeque<Writing>,
     rejects: Vec<Reject>,
     reject_files: Vec<Staged>,
     lines: u64,
@@ -560,6 +602,7 @@ impl Batching {
             handle,
             bills: BTreeMap::new(),
             buffered: 0,
+            writing: std::collections::VecDeque::new(),
             rejects: Vec::new(),
             reject_files: Vec::new(),
             lines: 0,
@@ -582,40 +625,88 @@ impl Batching {
         *self.counts.entry(key).or_default() += 1;
     }
 
-    /// Writes every buffered line.
+    /// Starts writing every buffered line, one file per bill identity.
     fn flush_lines(&mut self) {
-        for pending in self.bills.values_mut() {
-            if pending.lines.is_empty() || self.failed.is_some() {
-                continue;
-            }
-            match self
+        let batches: Vec<(BillIdentity, Vec<CostLine>)> = self
+            .bills
+            .iter_mut()
+            .filter(|(_, p)| !p.lines.is_empty())
+            .map(|(identity, p)| (identity.clone(), std::mem::take(&mut p.lines)))
+            .collect();
+        for (identity, lines) in batches {
+            let landing = self.landing.clone();
+            let rows = lines.len();
+            let task = self
                 .handle
-                .block_on(self.landing.stage_lines(&pending.lines))
-            {
-                Ok(staged) => pending.files.push(staged),
-                Err(e) => self.failed = Some(e),
-            }
-            pending.lines.clear();
+                .spawn(async move { landing.stage_lines(lines).await });
+            self.start(Some(identity), rows, task);
         }
         self.buffered = 0;
     }
 
+    /// Starts writing the buffered rejects.
     fn flush_rejects(&mut self) {
-        if self.rejects.is_empty() || self.failed.is_some() {
+        if self.rejects.is_empty() {
             return;
         }
-        match self
+        let rejects = std::mem::take(&mut self.rejects);
+        let rows = rejects.len();
+        let landing = self.landing.clone();
+        let task = self
             .handle
-            .block_on(self.landing.stage_rejects(&self.rejects))
-        {
-            Ok(staged) => self.reject_files.push(staged),
-            Err(e) => self.failed = Some(e),
-        }
-        self.rejects.clear();
+            .spawn(async move { landing.stage_rejects(rejects).await });
+        self.start(None, rows, task);
     }
 
-    /// Every file staged so far.
+    /// Adds a file being written, first waiting for the oldest while too many are.
+    fn start(
+        &mut self,
+        of: Option<BillIdentity>,
+        rows: usize,
+        task: tokio::task::JoinHandle<Result<Staged>>,
+    ) {
+        self.writing.push_back((of, rows, task));
+        while self.writing.iter().map(|(_, rows, _)| rows).sum::<usize>()
+            > WRITING * self.batch_rows
+        {
+            self.wait_oldest();
+        }
+    }
+
+    /// Waits for the oldest file being written, and files it with its bill (or the rejects).
+    fn wait_oldest(&mut self) {
+        let Some((of, _, task)) = self.writing.pop_front() else {
+            return;
+        };
+        let written = self
+            .handle
+            .block_on(task)
+            .unwrap_or_else(|e| Err(Error::Storage(format!("a billing file writer failed: {e}"))));
+        match (written, of) {
+            (Ok(staged), Some(identity)) => {
+                if let Some(p) = self.bills.get_mut(&identity) {
+                    p.files.push(staged);
+                }
+            }
+            (Ok(staged), None) => self.reject_files.push(staged),
+            (Err(e), _) => {
+                if self.failed.is_none() {
+                    self.failed = Some(e);
+                }
+            }
+        }
+    }
+
+    /// Waits for every file being written.
+    fn wait_all(&mut self) {
+        while !self.writing.is_empty() {
+            self.wait_oldest();
+        }
+    }
+
+    /// Every file staged so far, once those being written are.
     fn staged(&mut self) -> Vec<Staged> {
+        self.wait_all();
         let mut files: Vec<Staged> = self
             .bills
             .values_mut()
@@ -631,6 +722,7 @@ impl Batching {
     fn finish(mut self) -> Result<(Commit, u64, u64, BTreeMap<(String, &'static str), u64>)> {
         self.flush_lines();
         self.flush_rejects();
+        self.wait_all();
         if let Some(e) = self.failed.take() {
             let staged = self.staged();
             let _ = self.handle.block_on(self.landing.discard(staged));
