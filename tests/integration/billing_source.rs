@@ -112,14 +112,65 @@ fn the_samples_land_and_sql_reconciles_with_duckdb_per_day_and_service() {
     );
     let cur = put(&bucket, "aws/cur.csv", &read("aws-cur-sample.csv"));
     let gcp = put(&bucket, "gcp/export.jsonl", &read("gcp-sample.jsonl"));
+    // The FOCUS sample as Parquet, written by DuckDB: exact decimals, timestamps, text.
+    std::fs::create_dir_all(bucket.join("parquet")).unwrap();
+    let parquet = bucket.join("parquet/focus.parquet");
+    let script = r#"import sys, duckdb
+con = duckdb.connect()
+con.execute('SET enable_progress_bar = false')
+money = {c: 'DECIMAL(38,12)' for c in ['BilledCost', 'EffectiveCost', 'ListCost', 'ContractedCost']}
+con.execute("COPY (SELECT * FROM read_csv(?, header = true, nullstr = 'NULL', types = ?)) TO '" + sys.argv[2] + "' (FORMAT parquet)", [sys.argv[1], money])
+"#;
+    let out = std::process::Command::new(crate::harness::python())
+        .args(["-c", script])
+        .arg(&focus)
+        .arg(&parquet)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Objects that are no export, and a manifest that does not read: named, not fatal.
+    put(&bucket, "focus/notes.csv", "hello,world\n1,2\n");
+    std::fs::write(
+        bucket.join("focus/garbage.csv"),
+        [0xff_u8, 0xfe, 0, 1, 2, 0x80].repeat(1000),
+    )
+    .unwrap();
+    put(
+        &bucket,
+        "cur/x/20240101-20240201/x-Manifest.json",
+        "{\"assemblyId\": 1",
+    );
     let recmeter = start(dir.path(), &bucket);
     assert_eq!(totals(&recmeter, "focus/"), duckdb("focus.sql", &focus));
+    assert_eq!(totals(&recmeter, "parquet/"), duckdb("focus.sql", &focus));
+    let unreadable = recmeter.sql_rows(
+        "SELECT source_object, source_row, reason FROM cost_rejects ORDER BY source_object",
+    );
+    assert_eq!(unreadable.len(), 2, "{unreadable:?}");
+    assert_eq!(unreadable[0]["source_object"], "focus/garbage.csv");
+    assert_eq!(unreadable[1]["source_object"], "focus/notes.csv");
+    assert_eq!(unreadable[1]["source_row"], 0);
+    assert!(
+        unreadable[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not a billing export"),
+        "{unreadable:?}"
+    );
+    assert!(
+        recmeter.log().contains("x-Manifest.json"),
+        "{}",
+        recmeter.log()
+    );
     assert_eq!(totals(&recmeter, "aws/"), duckdb("aws-cur.sql", &cur));
     assert_eq!(totals(&recmeter, "gcp/"), duckdb("gcp.sql", &gcp));
     // Every row is a line or a reject.
     let lines = count(&recmeter, "SELECT COUNT(*) AS n FROM cost_lines");
-    let rejects = count(&recmeter, "SELECT COUNT(*) AS n FROM cost_rejects");
-    assert_eq!((lines, rejects), (1_000 + 1_281 + 60, 0));
+    assert_eq!(lines, 1_000 + 1_000 + 1_281 + 60);
     // The per-prefix default names the GCP rows' provider, which they do not carry.
     let providers = recmeter.sql_rows(
         "SELECT provider, COUNT(*) AS n FROM cost_lines GROUP BY provider ORDER BY provider",
@@ -133,7 +184,14 @@ fn the_samples_land_and_sql_reconciles_with_duckdb_per_day_and_service() {
     let m = recmeter.metrics();
     assert_eq!(
         m.value("recmeter_billing_objects_total", &[("outcome", "ingested")]),
-        3.0
+        4.0
+    );
+    assert_eq!(
+        m.value(
+            "recmeter_billing_objects_total",
+            &[("outcome", "unreadable")]
+        ),
+        2.0
     );
     assert_eq!(
         m.value(
@@ -154,12 +212,19 @@ fn the_samples_land_and_sql_reconciles_with_duckdb_per_day_and_service() {
         .as_i64()
         .unwrap();
     assert_eq!(gcp_end, expected as f64);
-    // A scan with nothing new reads nothing again.
+    // A scan with nothing new reads nothing again, the unreadable objects included.
     recmeter.advance("5m");
     let m = recmeter.metrics();
     assert_eq!(
         m.value("recmeter_billing_objects_total", &[("outcome", "ingested")]),
-        3.0
+        4.0
+    );
+    assert_eq!(
+        m.value(
+            "recmeter_billing_objects_total",
+            &[("outcome", "unreadable")]
+        ),
+        2.0
     );
     assert_eq!(
         count(&recmeter, "SELECT COUNT(*) AS n FROM cost_lines"),

@@ -7,6 +7,7 @@ pub mod decimal;
 pub mod focus;
 pub mod gcp;
 pub mod line;
+pub mod parquet;
 pub mod read;
 pub mod row;
 pub mod source;

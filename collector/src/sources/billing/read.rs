@@ -1,5 +1,6 @@
-//! Reading an export: gzip or not, CSV with a header, its format told from its columns, each
-//! row normalized on its own so that one bad row is one reject.
+//! Reading an export: Parquet, or CSV with a header (gzip or not), or newline-delimited JSON,
+//! its format told from its columns, each row normalized on its own so that one bad row is one
+//! reject.
 
 use std::io::{BufRead, BufReader, Read};
 
@@ -60,6 +61,9 @@ pub fn normalize(
     out: &mut impl Sink,
 ) -> Result<Format, FileError> {
     let mut buffered = BufReader::with_capacity(256 * 1024, reader);
+    if buffered.fill_buf()?.starts_with(super::parquet::MAGIC) {
+        return super::parquet::normalize(buffered, object, defaults, out);
+    }
     let gzip = buffered.fill_buf()?.starts_with(&[0x1f, 0x8b]);
     let reader: Box<dyn Read> = if gzip {
         Box::new(flate2::read::MultiGzDecoder::new(buffered))
@@ -122,27 +126,35 @@ pub fn normalize(
             header: &header,
             record: &record,
         };
-        let normalized: Result<CostLine, CellError> = match format {
-            Format::Focus => focus::line(cells, defaults),
-            Format::AwsCur | Format::AwsCur2 => cur::line(cells, defaults),
-            Format::GcpCsv => gcp::csv_line(cells, defaults),
-            Format::GcpJson => unreachable_json(),
-        };
-        match normalized {
-            Ok(mut line) => {
-                line.source_object = object.to_owned();
-                line.source_row = row;
-                out.line(line);
-            }
-            Err(e) => out.reject(e.at(object, row)),
-        }
+        emit(format, cells, defaults, object, row, out);
     }
     Ok(format)
 }
 
-/// JSON files never reach the CSV reader.
-fn unreachable_json() -> Result<CostLine, CellError> {
-    Err(CellError::new("", "a JSON export read as CSV", ""))
+/// Normalizes one row of a tabular export (CSV or Parquet) of `format` into `out`: a line, or
+/// a reject naming `object` and `row`.
+pub(super) fn emit(
+    format: Format,
+    cells: Row<'_>,
+    defaults: &Defaults,
+    object: &str,
+    row: u64,
+    out: &mut impl Sink,
+) {
+    let normalized: Result<CostLine, CellError> = match format {
+        Format::Focus => focus::line(cells, defaults),
+        Format::AwsCur | Format::AwsCur2 => cur::line(cells, defaults),
+        Format::GcpCsv => gcp::csv_line(cells, defaults),
+        Format::GcpJson => Err(CellError::new("", "a JSON export read as a table", "")),
+    };
+    match normalized {
+        Ok(mut line) => {
+            line.source_object = object.to_owned();
+            line.source_row = row;
+            out.line(line);
+        }
+        Err(e) => out.reject(e.at(object, row)),
+    }
 }
 
 fn header_error(e: csv::Error) -> FileError {

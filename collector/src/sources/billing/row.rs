@@ -81,6 +81,8 @@ pub enum FileError {
     Empty,
     #[error("its header is not CSV: {0}")]
     Header(String),
+    #[error("not a Parquet file recmeter reads: {0}")]
+    Parquet(String),
     #[error(
         "not a billing export recmeter reads: no FOCUS (BilledCost, ChargePeriodStart), AWS CUR \
          (lineItem/UnblendedCost, line_item_unblended_cost) or GCP (cost, usage_start_time) \
