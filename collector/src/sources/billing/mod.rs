@@ -5,6 +5,7 @@ pub mod config;
 pub mod cur;
 pub mod decimal;
 pub mod focus;
+pub mod format;
 pub mod gcp;
 pub mod line;
 pub mod parquet;

@@ -14,8 +14,9 @@ use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::arrow::util::display::FormatOptions;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+use super::format::{Format, emit};
 use super::line::Sink;
-use super::read::{Defaults, FileError, Format, Header, Row, emit};
+use super::row::{Defaults, FileError, Header, Row};
 
 /// The first bytes of a Parquet file.
 pub const MAGIC: &[u8] = b"PAR1";
@@ -209,7 +210,7 @@ mod tests {
             (
                 "ServiceName",
                 Arc::new(StringArray::from(
-                    vec![Some("EC2"), None].repeat(n)[..n].to_vec(),
+                    [Some("EC2"), None].repeat(n)[..n].to_vec(),
                 )),
             ),
             ("Tags", Arc::new(tags.finish())),
