@@ -246,6 +246,16 @@ impl Config {
                 e.to_string().replace("storage.url", "billing.url"),
             ));
         }
+        if self.billing.is_on()
+            && self.billing.url.trim().trim_end_matches('/')
+                == self.storage.url.trim().trim_end_matches('/')
+        {
+            errors.push(InvalidField::new(
+                "billing.url",
+                "is storage.url: the billing source would read recmeter's own files; give the \
+                 exports a bucket or folder of their own",
+            ));
+        }
         if let Err(e) = self.auth.tokens() {
             errors.extend(e);
         }
@@ -506,6 +516,39 @@ mod tests {
         assert!(
             text.contains("not valid TOML at line 2") && !text.contains("s3cret"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn billing_is_checked() {
+        let config = load(
+            "[billing]\nurl = \"s3://bills/cur\"\nusd_rates = { EUR = \"1.0842\" }\n\
+             [[billing.defaults]]\nprefix = \"gcp/\"\nprovider = \"Google Cloud\"\n",
+            &[("RECMETER_BILLING__SCAN_INTERVAL", "15m")],
+        )
+        .unwrap();
+        assert!(config.billing.is_on());
+        assert_eq!(config.billing.scan_interval, Duration::from_secs(900));
+        assert_eq!(config.billing.rates().unwrap()["EUR"], 1_084_200_000_000);
+        // A float rate is refused by its type; the store's own folder, a bad rate and an empty
+        // default are named.
+        let errors = load("[billing]\nusd_rates = { EUR = 1.08 }\n", &[]).unwrap_err();
+        assert!(format!("{errors:?}").contains("usd_rates"), "{errors:?}");
+        let errors = load(
+            "[billing]\nurl = \"./data/\"\nusd_rates = { EUR = \"x\" }\n\
+             [[billing.defaults]]\nprefix = \"/gcp\"\n",
+            &[],
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "billing.usd_rates.EUR",
+                "billing.defaults[0]",
+                "billing.defaults[0]",
+                "billing.url"
+            ]
         );
     }
 

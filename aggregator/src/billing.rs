@@ -81,6 +81,9 @@ struct Ingested {
     versions: Vec<ObjectVersion>,
     bills: Vec<IngestedBill>,
     rejects: Vec<FileEntry>,
+    /// An export not read whole: the bills in force stay as they are.
+    #[serde(default)]
+    keep_bills: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,10 +175,13 @@ impl Participant for BillingLedger {
         let ingested = Ingested::parse(event)?;
         let mut state = self.state.lock();
         // The export's own earlier bills go, and so does every earlier bill of an identity it
-        // brings: a restatement replaces.
-        state.bills.retain(|b| {
-            b.export != ingested.export && !ingested.bills.iter().any(|n| n.identity == b.identity)
-        });
+        // brings: a restatement replaces. An export not read whole replaces nothing.
+        if !ingested.keep_bills {
+            state.bills.retain(|b| {
+                b.export != ingested.export
+                    && !ingested.bills.iter().any(|n| n.identity == b.identity)
+            });
+        }
         for bill in ingested.bills {
             state.bills.push(Bill {
                 identity: bill.identity,
@@ -351,6 +357,7 @@ impl Landing for StoreLanding {
                     .into_iter()
                     .map(|f| entry(f, REJECTS_SECTION))
                     .collect(),
+                keep_bills: commit.keep_bills,
             };
             let payload = serde_json::to_vec(&ingested)
                 .map_err(|e| Error::Storage(format!("cannot encode a {LEDGER} event: {e}")))?;
@@ -508,6 +515,7 @@ mod tests {
                 })
                 .collect(),
             rejects: rejects.iter().map(|p| file(p)).collect(),
+            keep_bills: false,
         })
         .unwrap()
     }
@@ -546,6 +554,26 @@ mod tests {
         );
         assert!(paths(REJECTS_SECTION).is_empty());
         assert_eq!(ledger.next_export(), 3);
+        // An unreadable version of a.csv: recorded with its reject, every bill kept.
+        let mut unreadable: Ingested =
+            serde_json::from_slice(&event(3, "a.csv", &[], &["cost_rejects/3-0.parquet"])).unwrap();
+        unreadable.keep_bills = true;
+        ledger
+            .apply(&serde_json::to_vec(&unreadable).unwrap())
+            .unwrap();
+        assert_eq!(
+            paths(LINES_SECTION),
+            ["cost_lines/1-0.parquet", "cost_lines/2-0.parquet"]
+        );
+        assert_eq!(paths(REJECTS_SECTION), ["cost_rejects/3-0.parquet"]);
+        assert!(ledger.seen(
+            "a.csv",
+            &[ObjectVersion {
+                path: "a.csv".into(),
+                version: "etag-3".into(),
+                size: 10,
+            }]
+        ));
         let versions = |n: u64| {
             vec![ObjectVersion {
                 path: "a.csv".into(),
@@ -553,7 +581,7 @@ mod tests {
                 size: 10,
             }]
         };
-        assert!(ledger.seen("a.csv", &versions(2)));
+        assert!(!ledger.seen("a.csv", &versions(2)));
         assert!(!ledger.seen("a.csv", &versions(0)));
         // Saved and restored whole.
         let copy = BillingLedger::default();

@@ -254,10 +254,14 @@ fn a_restated_bill_replaces_the_old_lines() {
     assert_ne!(expected, original);
     assert_eq!(totals(&recmeter, "focus/"), expected);
     // A new object of the same bill: it replaces, and the first object's lines go.
+    // Row 1's cost is malformed, row 2 is billed in a currency with no rate.
     let broken = rewrite(&sample, |n, row, header| {
+        let at = |name: &str| header.iter().position(|c| c == name).unwrap();
         if n == 1 {
-            let billed = header.iter().position(|c| c == "BilledCost").unwrap();
-            row[billed] = "12.5.3".to_owned();
+            row[at("BilledCost")] = "12.5.3".to_owned();
+        }
+        if n == 2 {
+            row[at("BillingCurrency")] = "EUR".to_owned();
         }
         true
     });
@@ -265,7 +269,7 @@ fn a_restated_bill_replaces_the_old_lines() {
     put(&bucket, "focus/bill-v2.csv", &broken);
     recmeter.advance("5m");
     let lines = count(&recmeter, "SELECT COUNT(*) AS n FROM cost_lines");
-    assert_eq!(lines, 999);
+    assert_eq!(lines, 998);
     assert_eq!(
         count(
             &recmeter,
@@ -273,16 +277,46 @@ fn a_restated_bill_replaces_the_old_lines() {
         ),
         0
     );
-    let rejects = recmeter
-        .sql_rows("SELECT source_object, source_row, \"column\", reason, raw FROM cost_rejects");
-    assert_eq!(rejects.len(), 1, "{rejects:?}");
+    let rejects = recmeter.sql_rows(
+        "SELECT source_object, source_row, \"column\", reason, raw FROM cost_rejects \
+         ORDER BY source_row",
+    );
+    assert_eq!(rejects.len(), 2, "{rejects:?}");
     assert_eq!(rejects[0]["source_object"], "focus/bill-v2.csv");
     assert_eq!(rejects[0]["source_row"], 1);
     assert_eq!(rejects[0]["column"], "BilledCost");
     assert_eq!(rejects[0]["raw"], "12.5.3");
+    assert_eq!(rejects[1]["column"], "BillingCurrency");
+    assert!(
+        rejects[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("billing.usd_rates"),
+        "{rejects:?}"
+    );
     let without = dir.path().join("without.csv");
-    std::fs::write(&without, rewrite(&broken, |n, _, _| n != 1)).unwrap();
-    assert_eq!(totals(&recmeter, "focus/"), duckdb("focus.sql", &without));
+    std::fs::write(&without, rewrite(&broken, |n, _, _| n > 2)).unwrap();
+    let expected = duckdb("focus.sql", &without);
+    assert_eq!(totals(&recmeter, "focus/"), expected);
+    // The same object again, cut short mid-gzip: the bill in force stays, one reject says why,
+    // and it is not read again.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, broken.as_bytes()).unwrap();
+    let gz = gz.finish().unwrap();
+    std::fs::write(bucket.join("focus/bill-v2.csv"), &gz[..gz.len() / 2]).unwrap();
+    recmeter.advance("5m");
+    assert_eq!(totals(&recmeter, "focus/"), expected);
+    let rejects = recmeter.sql_rows("SELECT source_object, source_row FROM cost_rejects");
+    assert_eq!(rejects.len(), 1, "{rejects:?}");
+    assert_eq!(rejects[0]["source_row"], 0);
+    recmeter.advance("5m");
+    assert_eq!(
+        recmeter.metrics().value(
+            "recmeter_billing_objects_total",
+            &[("outcome", "unreadable")]
+        ),
+        1.0
+    );
     assert_eq!(
         recmeter
             .metrics()
@@ -294,20 +328,29 @@ fn a_restated_bill_replaces_the_old_lines() {
 /// The AWS CUR sample as a legacy delivery: `<report>/<period>/<assembly>/<report>-N.csv`,
 /// split in two parts, with the manifest in the period folder and a copy in the assembly's.
 fn deliver(bucket: &Path, assembly: &str, text: &str) {
+    deliver_files(bucket, assembly, text);
+    deliver_manifests(bucket, assembly);
+}
+
+/// A delivery's report files: AWS writes them before the manifest.
+fn deliver_files(bucket: &Path, assembly: &str, text: &str) {
     let period = "cur/recs/20240101-20240201";
     let mut lines = text.lines();
     let header = lines.next().unwrap();
     let rows: Vec<&str> = lines.collect();
     let half = rows.len() / 2;
-    let mut keys = Vec::new();
     for (n, part) in [&rows[..half], &rows[half..]].iter().enumerate() {
         let key = format!("{period}/{assembly}/recs-{}.csv", n + 1);
         put(bucket, &key, &format!("{header}\n{}\n", part.join("\n")));
-        keys.push(format!(
-            "cur/recs/20240101-20240201/{assembly}/recs-{}.csv",
-            n + 1
-        ));
     }
+}
+
+/// A delivery's manifest, last, in the period folder and in the assembly's.
+fn deliver_manifests(bucket: &Path, assembly: &str) {
+    let period = "cur/recs/20240101-20240201";
+    let keys: Vec<String> = (1..=2)
+        .map(|n| format!("{period}/{assembly}/recs-{n}.csv"))
+        .collect();
     let manifest = serde_json::json!({
         "assemblyId": assembly,
         "account": "123456789012",
@@ -338,7 +381,11 @@ fn a_second_aws_delivery_for_a_period_replaces_the_first() {
     // The second delivery: the first 1 000 rows only.
     let second: String = sample.lines().take(1_001).collect::<Vec<_>>().join("\n") + "\n";
     std::thread::sleep(Duration::from_millis(20));
-    deliver(&bucket, "22222222-bbbb", &second);
+    // Its report files first: until the manifest names them they are not read.
+    deliver_files(&bucket, "22222222-bbbb", &second);
+    recmeter.advance("5m");
+    assert_eq!(totals(&recmeter, "cur/"), whole);
+    deliver_manifests(&bucket, "22222222-bbbb");
     recmeter.advance("5m");
     let oracle = dir.path().join("second.csv");
     std::fs::write(&oracle, &second).unwrap();

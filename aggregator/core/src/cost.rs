@@ -123,6 +123,9 @@ pub struct Commit {
     pub versions: Vec<ObjectVersion>,
     pub bills: Vec<StagedBill>,
     pub rejects: Vec<Staged>,
+    /// The export could not be read whole: its versions and rejects are recorded, and every
+    /// bill in force stays as it was (its own included).
+    pub keep_bills: bool,
 }
 
 /// What [`Landing`]'s calls return.

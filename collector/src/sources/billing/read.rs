@@ -60,8 +60,10 @@ pub fn normalize(
             Ok(false) => break,
             Ok(true) => {}
             Err(e) => {
-                if let csv::ErrorKind::Io(_) = e.kind() {
-                    return Err(FileError::Io(std::io::Error::other(e.to_string())));
+                // Of the kind the reader gave: the bucket's failures (`Other`) are told apart
+                // from bytes that are no export (a gzip stream cut short).
+                if let csv::ErrorKind::Io(io) = e.kind() {
+                    return Err(FileError::Io(std::io::Error::new(io.kind(), e.to_string())));
                 }
                 out.row();
                 out.reject(CellError::new("", format!("not a CSV row: {e}"), "").at(object, row));

@@ -15,9 +15,9 @@ use std::io::Read;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt};
 use recmeter_core::clock::{Clock, Ticks};
 use recmeter_core::cost::{
     BillIdentity, Commit, Landing, ObjectVersion, ScanStatus, Staged, StagedBill,
@@ -31,8 +31,9 @@ use super::read::{Defaults, FileError, normalize};
 /// Largest manifest read: AWS's list a few thousand keys.
 const MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
 
-/// Bytes handed to the reader at a time.
-const READ_CHUNK: usize = 1 << 20;
+/// Bytes asked of the store per request, and handed to the reader at a time; with two
+/// waiting, an object's read holds at most three.
+const READ_RANGE: u64 = 8 << 20;
 
 /// Most distinct `provider` label values on `recmeter_billing_rows_total`; more count as
 /// `other`.
@@ -83,6 +84,11 @@ pub struct BillingSource {
     status: Arc<ScanStatus>,
     rows: Arc<LabelledCounter>,
     exports: Arc<LabelledCounter>,
+    /// The `provider` label values counted so far (at most [`MAX_PROVIDER_LABELS`]).
+    providers: parking_lot::Mutex<std::collections::BTreeSet<String>>,
+    /// AWS manifests read (or found not to read), by version; versions no longer listed are
+    /// dropped at each scan.
+    manifests: parking_lot::Mutex<HashMap<ObjectVersion, std::result::Result<AwsManifest, String>>>,
 }
 
 /// One export to read: its key, its objects in order, and its bills' folder.
@@ -110,6 +116,8 @@ impl BillingSource {
             clock,
             status,
             rows: rows_counter(telemetry),
+            providers: parking_lot::Mutex::default(),
+            manifests: parking_lot::Mutex::default(),
             exports: telemetry.labelled_counter(
                 "recmeter_billing_objects",
                 "Billing objects read, by outcome: ingested (landed), unreadable (not an export \
@@ -121,13 +129,25 @@ impl BillingSource {
         }
     }
 
-    /// Scans at every tick of `ticks` (`billing.scan_interval` on recmeter's clock), the first
-    /// at once, until `done`.
+    /// Scans at every tick of `ticks` (`billing.scan_interval` on recmeter's clock; give it a
+    /// first tick now to scan at start) until `done`.
     pub async fn run(self, mut ticks: Ticks, done: impl std::future::Future<Output = ()>) {
         tokio::pin!(done);
         let mut failing = false;
         loop {
-            match self.scan().await {
+            tokio::select! {
+                () = &mut done => return,
+                _ = ticks.tick() => {}
+            }
+            // A scan in progress is dropped at shutdown: its files are no one's until their
+            // event, and the next start sweeps them.
+            let scanned = tokio::select! {
+                () = &mut done => return,
+                scanned = std::panic::AssertUnwindSafe(self.scan()).catch_unwind() => scanned,
+            };
+            let scanned =
+                scanned.unwrap_or_else(|_| Err(Error::Storage("the billing scan panicked".into())));
+            match scanned {
                 Err(e) if !failing => {
                     failing = true;
                     tracing::error!(error = %e, "Cannot scan the billing bucket; retrying at the next interval.");
@@ -137,10 +157,6 @@ impl BillingSource {
                     tracing::info!("Scanning the billing bucket again.");
                 }
                 _ => {}
-            }
-            tokio::select! {
-                () = &mut done => return,
-                _ = ticks.tick() => {}
             }
         }
     }
@@ -197,15 +213,16 @@ impl BillingSource {
                     .push(o);
                 m
             });
+        let listed_versions: std::collections::HashSet<ObjectVersion> =
+            listed.iter().map(version).collect();
+        self.manifests
+            .lock()
+            .retain(|v, _| listed_versions.contains(v));
         let mut named = std::collections::HashSet::new();
         let mut newest: BTreeMap<String, (ObjectMeta, Export)> = BTreeMap::new();
         for meta in listed.iter().filter(|o| is_manifest(&o.location)) {
-            let manifest = match self.manifest(meta).await {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(manifest = %meta.location, error = %e, "Cannot read an AWS billing manifest; its report files are read as they are.");
-                    continue;
-                }
+            let Some(manifest) = self.manifest(meta).await else {
+                continue;
             };
             let mut objects = Vec::new();
             let mut missing = None;
@@ -241,7 +258,11 @@ impl BillingSource {
         exports.extend(
             listed
                 .iter()
-                .filter(|o| is_data(&o.location) && !named.contains(&o.location))
+                .filter(|o| {
+                    is_data(&o.location)
+                        && !named.contains(&o.location)
+                        && !in_aws_delivery(&o.location)
+                })
                 .map(|o| {
                     let path = o.location.to_string();
                     let folder = path.rsplit_once('/').map_or("", |(d, _)| d).to_owned();
@@ -262,15 +283,33 @@ impl BillingSource {
     }
 
     /// Reads the AWS manifest `meta`.
-    async fn manifest(&self, meta: &ObjectMeta) -> Result<AwsManifest> {
-        if meta.size > MAX_MANIFEST_BYTES {
-            return Err(Error::Storage(format!(
+    /// The AWS manifest `meta`, read once per version (a bucket keeps every period's
+    /// manifests); `None` if it does not read, which is said once per version.
+    async fn manifest(&self, meta: &ObjectMeta) -> Option<AwsManifest> {
+        let key = version(meta);
+        if let Some(m) = self.manifests.lock().get(&key) {
+            return m.clone().ok();
+        }
+        let read = if meta.size > MAX_MANIFEST_BYTES {
+            Err(format!(
                 "{} bytes (at most {MAX_MANIFEST_BYTES})",
                 meta.size
-            )));
+            ))
+        } else {
+            match self.get(&meta.location).await {
+                Ok(bytes) => AwsManifest::parse(&bytes).map_err(|e| e.to_string()),
+                // The bucket, not the manifest: asked again next scan.
+                Err(e) => {
+                    tracing::warn!(manifest = %meta.location, error = %e, "Cannot read an AWS billing manifest; its delivery waits for the next scan.");
+                    return None;
+                }
+            }
+        };
+        if let Err(e) = &read {
+            tracing::warn!(manifest = %meta.location, error = %e, "An AWS billing manifest that does not read; its report files are not read until it changes.");
         }
-        let bytes = self.get(&meta.location).await?;
-        AwsManifest::parse(&bytes)
+        self.manifests.lock().insert(key, read.clone());
+        read.ok()
     }
 
     async fn get(&self, path: &Path) -> Result<Bytes> {
@@ -284,57 +323,26 @@ impl BillingSource {
 
     /// Reads `export` and lands it; returns its lines and rejects.
     async fn land(&self, export: &Export, versions: Vec<ObjectVersion>) -> Result<(u64, u64)> {
+        // Dropped (shutdown) mid-read: the reader stops at its next chunk.
+        let cancel = Cancel::default();
         let mut sink = Batching::new(
             self.landing.clone(),
             &export.folder,
             &self.config,
             tokio::runtime::Handle::current(),
         );
-        let mut unreadable = 0;
+        let mut unreadable: Vec<Reject> = Vec::new();
         for meta in &export.objects {
             let path = meta.location.to_string();
             let defaults = self.defaults(&path);
-            let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(16);
-            let objects = self.objects.clone();
-            let location = meta.location.clone();
-            // The object streams in while the blocking reader normalizes it, in chunks of
-            // about a MiB (stores answer in far smaller ones; each chunk wakes the reader).
-            let fetch = tokio::spawn(async move {
-                let stream = match objects.get(&location).await {
-                    Ok(r) => r.into_stream(),
-                    Err(e) => {
-                        let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
-                        return;
-                    }
-                };
-                tokio::pin!(stream);
-                let mut chunk = bytes::BytesMut::new();
-                loop {
-                    let next = stream.next().await;
-                    let end = !matches!(next, Some(Ok(_)));
-                    if let Some(Ok(part)) = &next {
-                        chunk.extend_from_slice(part);
-                    }
-                    if (chunk.len() >= READ_CHUNK || end)
-                        && !chunk.is_empty()
-                        && tx.send(Ok(chunk.split().freeze())).await.is_err()
-                    {
-                        return;
-                    }
-                    match next {
-                        Some(Ok(_)) => {}
-                        Some(Err(e)) => {
-                            let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
-                            return;
-                        }
-                        None => return,
-                    }
-                }
-            });
+            let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(2);
+            let fetch = tokio::spawn(fetch(self.objects.clone(), meta.clone(), tx));
+            let stop = cancel.0.clone();
             let read = tokio::task::spawn_blocking(move || {
                 let reader = ChannelReader {
                     rx,
                     current: Bytes::new(),
+                    stop,
                 };
                 sink.provider_hint = defaults.provider.clone();
                 let result = normalize(reader, &path, &defaults, &mut sink);
@@ -347,16 +355,15 @@ impl BillingSource {
             sink = back;
             match result {
                 Ok(_) => {}
-                Err(FileError::Io(e)) => {
+                // The bucket failed (or the read was stopped): read it all again next scan.
+                Err(FileError::Io(e)) if e.kind() == std::io::ErrorKind::Other => {
                     self.discard(sink).await;
                     return Err(Error::Storage(format!("{path}: {e}")));
                 }
+                // The bytes are no export recmeter reads (cut short, not gzip after all, …).
                 Err(e) => {
-                    // Not an export recmeter reads: one reject says so, and the ledger keeps
-                    // the version so it is not read again until it changes.
-                    tracing::warn!(object = %path, error = %e, "A billing object recmeter cannot read; see cost_rejects.");
-                    unreadable += 1;
-                    sink.reject(CellError::new("", e.to_string(), "").at(&path, 0));
+                    tracing::warn!(object = %path, error = %e, "A billing object recmeter cannot read; the bill stays as it was, see cost_rejects.");
+                    unreadable.push(CellError::new("", e.to_string(), "").at(&path, 0));
                 }
             }
             if let Some(e) = sink.failed.take() {
@@ -364,12 +371,17 @@ impl BillingSource {
                 return Err(e);
             }
         }
+        if !unreadable.is_empty() {
+            // A bill is replaced by a whole export or not at all.
+            self.discard(sink).await;
+            return self.land_unreadable(export, versions, unreadable).await;
+        }
         let (commit, lines, rejects, counts) = tokio::task::spawn_blocking(move || sink.finish())
             .await
             .map_err(|e| Error::Storage(format!("the billing reader failed: {e}")))??;
         let commit = Commit {
             export: export.key.clone(),
-            versions,
+            versions: versions.clone(),
             ..commit
         };
         let staged: Vec<Staged> = commit
@@ -378,17 +390,73 @@ impl BillingSource {
             .flat_map(|b| b.files.clone())
             .chain(commit.rejects.clone())
             .collect();
-        if let Err(e) = self.landing.commit(commit).await {
-            self.landing.discard(staged).await?;
-            return Err(e);
+        match self.landing.commit(commit).await {
+            Ok(()) => {}
+            // Refused before it was logged: the files are no one's.
+            Err(e @ Error::Backpressure) => {
+                let _ = self.landing.discard(staged).await;
+                return Err(e);
+            }
+            Err(Error::Participant(reason)) => {
+                // Too large an event, say: this version can never land; it is recorded as
+                // unreadable so that it is not read again until it changes.
+                let _ = self.landing.discard(staged).await;
+                tracing::warn!(export = %export.key, reason = %reason, "A billing export cannot be landed; the bill stays as it was, see cost_rejects.");
+                let rejects = export
+                    .objects
+                    .iter()
+                    .map(|o| {
+                        CellError::new("", format!("the export cannot be landed: {reason}"), "")
+                            .at(o.location.as_ref(), 0)
+                    })
+                    .collect();
+                return self.land_unreadable(export, versions, rejects).await;
+            }
+            // Perhaps logged (an fsync that failed, a stop): the files stay for the replay or
+            // the next start's sweep.
+            Err(e) => return Err(e),
         }
         for ((provider, outcome), n) in counts {
-            self.rows.add(&[&provider, outcome], n);
+            // Provider names come from the files: past the cap they count as `other`.
+            let mut known = self.providers.lock();
+            let label = if known.contains(&provider) || known.len() < MAX_PROVIDER_LABELS {
+                known.insert(provider.clone());
+                provider.as_str()
+            } else {
+                "other"
+            };
+            self.rows.add(&[label, outcome], n);
         }
-        self.exports.add(&["unreadable"], unreadable);
-        self.exports
-            .add(&["ingested"], export.objects.len() as u64 - unreadable);
+        self.exports.add(&["ingested"], export.objects.len() as u64);
         Ok((lines, rejects))
+    }
+
+    /// Records `export` read from `versions` as unreadable: its rejects (`rejects`) replace
+    /// its earlier ones, and every bill stays as it was.
+    async fn land_unreadable(
+        &self,
+        export: &Export,
+        versions: Vec<ObjectVersion>,
+        rejects: Vec<Reject>,
+    ) -> Result<(u64, u64)> {
+        let n = rejects.len() as u64;
+        let file = self.landing.stage_rejects(rejects).await?;
+        let commit = Commit {
+            export: export.key.clone(),
+            versions,
+            bills: Vec::new(),
+            rejects: vec![file.clone()],
+            keep_bills: true,
+        };
+        if let Err(e) = self.landing.commit(commit).await {
+            if matches!(e, Error::Backpressure | Error::Participant(_)) {
+                let _ = self.landing.discard(vec![file]).await;
+            }
+            return Err(e);
+        }
+        self.rows.add(&["unknown", "reject"], n);
+        self.exports.add(&["unreadable"], n);
+        Ok((0, n))
     }
 
     /// Deletes the files an export that failed had written.
@@ -459,6 +527,22 @@ fn is_data(path: &Path) -> bool {
             .any(|ext| lower.ends_with(ext)))
 }
 
+/// Whether `path` lies in an AWS delivery's folder (a legacy CUR's `yyyymmdd-yyyymmdd`
+/// period folder, a Data Export's `BILLING_PERIOD=…`): AWS writes the report files before
+/// their manifest, so such a file is read only once a manifest names it.
+fn in_aws_delivery(path: &Path) -> bool {
+    let path = path.as_ref();
+    let folders = path.rsplit_once('/').map_or("", |(d, _)| d);
+    folders.split('/').any(|f| {
+        f.starts_with("BILLING_PERIOD=")
+            || (f.len() == 17
+                && f.as_bytes()[8] == b'-'
+                && f.bytes()
+                    .enumerate()
+                    .all(|(i, b)| i == 8 || b.is_ascii_digit()))
+    })
+}
+
 /// What recmeter reads of an AWS manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct AwsManifest {
@@ -487,9 +571,15 @@ impl AwsManifest {
             .ok_or_else(|| {
                 Error::Storage("not an AWS manifest: no assemblyId or executionId".into())
             })?;
+        let mut seen = std::collections::HashSet::new();
         let keys = raw
             .report_keys
             .or(raw.data_files)
+            .map(|keys| {
+                keys.into_iter()
+                    .filter(|k| seen.insert(k.clone()))
+                    .collect::<Vec<_>>()
+            })
             .filter(|k| !k.is_empty())
             .ok_or_else(|| {
                 Error::Storage("not an AWS manifest: no reportKeys or dataFiles".into())
@@ -523,14 +613,65 @@ fn delivery_folder(manifest: &AwsManifest, objects: &[ObjectMeta]) -> String {
     }
 }
 
+/// Sends `meta`'s bytes to `tx` in ranges of [`READ_RANGE`], each a request of its own that
+/// completes at the store's pace (one long stream would be paced by the reader, and time out
+/// on a slow one), each asking for the version listed (a changed object fails the read).
+async fn fetch(
+    objects: Arc<dyn ObjectStore>,
+    meta: ObjectMeta,
+    tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+) {
+    let mut at = 0;
+    while at < meta.size {
+        let end = meta.size.min(at + READ_RANGE);
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(at..end)),
+            if_match: meta.e_tag.clone(),
+            version: meta.version.clone(),
+            ..GetOptions::default()
+        };
+        let got = match objects.get_opts(&meta.location, options).await {
+            Ok(r) => r.bytes().await,
+            Err(e) => Err(e),
+        };
+        let chunk = match got {
+            Ok(b) if !b.is_empty() => Ok(b),
+            Ok(_) => Err(std::io::Error::other("the store answered an empty range")),
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        }
+        .map(|b| {
+            at += b.len() as u64;
+            b
+        });
+        let failed = chunk.is_err();
+        if tx.send(chunk).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Set when an export's read is abandoned (dropped at shutdown): its reader stops.
+#[derive(Debug, Default)]
+struct Cancel(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Cancel {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A blocking reader of the chunks an async task sends.
 struct ChannelReader {
     rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
     current: Bytes,
+    stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(std::io::Error::other("the read was stopped"));
+        }
         while self.current.is_empty() {
             match self.rx.blocking_recv() {
                 Some(chunk) => self.current = chunk?,
@@ -613,16 +754,14 @@ impl Batching {
         }
     }
 
-    /// Counts a row of `provider` (bounded: past the cap, `other`).
+    /// Counts a row of `provider`.
     fn count(&mut self, provider: &str, outcome: &'static str) {
-        let distinct = self.counts.keys().filter(|(_, o)| *o == outcome).count();
-        let key = (provider.to_owned(), outcome);
-        let key = if self.counts.contains_key(&key) || distinct < MAX_PROVIDER_LABELS {
-            key
-        } else {
-            ("other".to_owned(), outcome)
-        };
-        *self.counts.entry(key).or_default() += 1;
+        match self.counts.get_mut(&(provider.to_owned(), outcome)) {
+            Some(n) => *n += 1,
+            None => {
+                self.counts.insert((provider.to_owned(), outcome), 1);
+            }
+        }
     }
 
     /// Starts writing every buffered line, one file per bill identity.
@@ -742,6 +881,7 @@ impl Batching {
             versions: Vec::new(),
             bills,
             rejects: std::mem::take(&mut self.reject_files),
+            keep_bills: false,
         };
         Ok((commit, self.lines, self.rejected, self.counts))
     }
@@ -821,6 +961,9 @@ mod tests {
         ] {
             assert!(AwsManifest::parse(bad).is_err());
         }
+        // A key named twice is read once.
+        let twice = br#"{"assemblyId":"a","reportKeys":["k1","k2","k1"]}"#;
+        assert_eq!(AwsManifest::parse(twice).unwrap().keys, ["k1", "k2"]);
     }
 
     fn meta(path: &str) -> ObjectMeta {
@@ -874,5 +1017,16 @@ mod tests {
         )));
         assert!(!is_data(&Path::from("r/x/r-create-table.sql")));
         assert!(is_data(&Path::from("focus/2024-01.csv.gz")));
+        // A report file whose manifest has not come yet waits for it.
+        assert!(in_aws_delivery(&Path::from(
+            "r/20240101-20240201/a1/r-1.csv.gz"
+        )));
+        assert!(in_aws_delivery(&Path::from(
+            "x/data/BILLING_PERIOD=2024-01/x-00001.csv.gz"
+        )));
+        assert!(!in_aws_delivery(&Path::from("focus/20240101-20240201.csv")));
+        assert!(!in_aws_delivery(&Path::from(
+            "focus/2024010-120240201/a.csv"
+        )));
     }
 }
