@@ -1,5 +1,6 @@
 //! `recmeter billing check FILE…`: finance's dry run. Reads and normalizes local billing
-//! exports exactly as the billing source would, touches no store, and prints how many rows
+//! exports with the billing source's normalizers (its currency rates and per-prefix defaults
+//! aside: totals are per currency), touches no store, and prints how many rows
 //! became lines or rejects, the rejects, and the totals per day and per service, so a bill
 //! can be reconciled before it is uploaded.
 
@@ -22,7 +23,7 @@ pub struct BillingArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BillingCommand {
-    /// Normalize local billing exports (FOCUS CSV, gzip or not) without touching the store,
+    /// Normalize local billing exports (FOCUS, AWS CUR or GCP; CSV, gzip'd or not, Parquet or JSON lines) without touching the store,
     /// and print the rows read, the lines and rejects, the rejects, and BilledCost and
     /// EffectiveCost per UTC day of the charge period's start and per service, exact to 12
     /// decimals. Exit 1 when a file cannot be read or any row is rejected.

@@ -506,7 +506,7 @@ async fn restore(
         telemetry.clone(),
         durability::OpenOptions {
             truncate_at_corruption,
-            // No component writes files of its own in the store yet.
+            // The participants that own files (the billing ledger) register their prefixes.
             swept_prefixes: &[],
         },
     )

@@ -639,10 +639,7 @@ async fn fetch(
             Ok(_) => Err(std::io::Error::other("the store answered an empty range")),
             Err(e) => Err(std::io::Error::other(e.to_string())),
         }
-        .map(|b| {
-            at += b.len() as u64;
-            b
-        });
+        .inspect(|b| at += b.len() as u64);
         let failed = chunk.is_err();
         if tx.send(chunk).await.is_err() || failed {
             return;
