@@ -221,6 +221,50 @@ pub fn host_name() -> String {
         .unwrap_or_else(|| "recmeter".to_owned())
 }
 
+/// Whether the stores at `a` and `b` share objects: the same place, or one inside the other.
+fn overlaps(a: &str, b: &str) -> bool {
+    use recmeter_aggregator::store::object::{Location, parse_url};
+    let (Ok(a), Ok(b)) = (parse_url(a), parse_url(b)) else {
+        return false;
+    };
+    let nested = |x: &str, y: &str| {
+        let (x, y) = (x.trim_matches('/'), y.trim_matches('/'));
+        x.is_empty()
+            || y.is_empty()
+            || x == y
+            || y.starts_with(&format!("{x}/"))
+            || x.starts_with(&format!("{y}/"))
+    };
+    match (a, b) {
+        (Location::Local(x), Location::Local(y)) => {
+            let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+            let (x, y) = (absolute(x), absolute(y));
+            x.starts_with(&y) || y.starts_with(&x)
+        }
+        (
+            Location::S3 {
+                bucket: x,
+                prefix: px,
+            },
+            Location::S3 {
+                bucket: y,
+                prefix: py,
+            },
+        )
+        | (
+            Location::Gcs {
+                bucket: x,
+                prefix: px,
+            },
+            Location::Gcs {
+                bucket: y,
+                prefix: py,
+            },
+        ) => x == y && nested(&px, &py),
+        _ => false,
+    }
+}
+
 impl Config {
     /// Cross-field checks of every section.
     pub fn validate(&self) -> Vec<InvalidField> {
@@ -246,14 +290,11 @@ impl Config {
                 e.to_string().replace("storage.url", "billing.url"),
             ));
         }
-        if self.billing.is_on()
-            && self.billing.url.trim().trim_end_matches('/')
-                == self.storage.url.trim().trim_end_matches('/')
-        {
+        if self.billing.is_on() && overlaps(&self.billing.url, &self.storage.url) {
             errors.push(InvalidField::new(
                 "billing.url",
-                "is storage.url: the billing source would read recmeter's own files; give the \
-                 exports a bucket or folder of their own",
+                "is storage.url, or inside it, or holds it: the billing source would read \
+                 recmeter's own files; give the exports a bucket or folder of their own",
             ));
         }
         if let Err(e) = self.auth.tokens() {
@@ -534,6 +575,10 @@ mod tests {
         // default are named.
         let errors = load("[billing]\nusd_rates = { EUR = 1.08 }\n", &[]).unwrap_err();
         assert!(format!("{errors:?}").contains("usd_rates"), "{errors:?}");
+        assert!(overlaps("data", "./data/bills"));
+        assert!(overlaps("s3://b/recmeter", "s3://b"));
+        assert!(!overlaps("s3://b/recmeter", "s3://b/bills"));
+        assert!(!overlaps("s3://b/x", "gs://b/x"));
         let errors = load(
             "[billing]\nurl = \"./data/\"\nusd_rates = { EUR = \"x\" }\n\
              [[billing.defaults]]\nprefix = \"/gcp\"\n",

@@ -191,7 +191,14 @@ impl Participant for BillingLedger {
             });
         }
         state.bills.sort_by(|a, b| a.identity.cmp(&b.identity));
-        if ingested.rejects.is_empty() {
+        if ingested.keep_bills {
+            // The bills in force keep their rejects; the version not read adds its own.
+            state
+                .rejects
+                .entry(ingested.export.clone())
+                .or_default()
+                .extend(ingested.rejects);
+        } else if ingested.rejects.is_empty() {
             state.rejects.remove(&ingested.export);
         } else {
             state
@@ -566,6 +573,27 @@ mod tests {
             ["cost_lines/1-0.parquet", "cost_lines/2-0.parquet"]
         );
         assert_eq!(paths(REJECTS_SECTION), ["cost_rejects/3-0.parquet"]);
+        // The rejects of a bill in force stay beside the unreadable version's.
+        ledger
+            .apply(&event(
+                4,
+                "c.csv",
+                &[("4", "cost_lines/4-0.parquet")],
+                &["cost_rejects/4-1.parquet"],
+            ))
+            .unwrap();
+        let mut bad: Ingested =
+            serde_json::from_slice(&event(5, "c.csv", &[], &["cost_rejects/5-0.parquet"])).unwrap();
+        bad.keep_bills = true;
+        ledger.apply(&serde_json::to_vec(&bad).unwrap()).unwrap();
+        assert_eq!(
+            paths(REJECTS_SECTION),
+            [
+                "cost_rejects/3-0.parquet",
+                "cost_rejects/4-1.parquet",
+                "cost_rejects/5-0.parquet"
+            ]
+        );
         assert!(ledger.seen(
             "a.csv",
             &[ObjectVersion {

@@ -39,15 +39,46 @@ pub fn normalize(
         std::process::id(),
         SPOOLED.fetch_add(1, Ordering::Relaxed)
     ));
+    // Failing to spool (a full temporary directory) is this machine's failure, not the
+    // object's: of kind `Other`, the export is read again at the next scan.
+    let local = |e: std::io::Error| {
+        FileError::Io(std::io::Error::other(format!(
+            "cannot copy the Parquet file to {}: {e}",
+            std::env::temp_dir().display()
+        )))
+    };
     let mut spool = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
-        .open(&path)?;
+        .open(&path)
+        .map_err(local)?;
     // Gone from the directory at once; the open file lives until it is closed.
     let _ = std::fs::remove_file(&path);
-    std::io::copy(&mut reader, &mut spool)?;
-    spool.flush()?;
+    std::io::copy(&mut reader, &mut spool).map_err(|e| match e.kind() {
+        // The reader's own failures (the bucket) are `Other` already.
+        std::io::ErrorKind::Other => FileError::Io(e),
+        _ => local(e),
+    })?;
+    spool.flush().map_err(local)?;
+    // A damaged file must come back as an error naming it, even if the reader panics on it.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        read_spooled(spool, object, defaults, out)
+    }))
+    .unwrap_or_else(|_| {
+        Err(FileError::Parquet(
+            "the Parquet reader failed on this file".into(),
+        ))
+    })
+}
+
+/// Reads the spooled Parquet file.
+fn read_spooled(
+    spool: std::fs::File,
+    object: &str,
+    defaults: &Defaults,
+    out: &mut impl Sink,
+) -> Result<Format, FileError> {
     let parquet = |e: datafusion::parquet::errors::ParquetError| FileError::Parquet(e.to_string());
     let builder = ParquetRecordBatchReaderBuilder::try_new(spool).map_err(parquet)?;
     let names: Vec<String> = builder

@@ -32,7 +32,7 @@ use super::read::{Defaults, FileError, normalize};
 const MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Bytes asked of the store per request, and handed to the reader at a time; with two
-/// waiting, an object's read holds at most three.
+/// waiting and one fetched, an object's read holds at most four.
 const READ_RANGE: u64 = 8 << 20;
 
 /// Most distinct `provider` label values on `recmeter_billing_rows_total`; more count as
@@ -218,6 +218,12 @@ impl BillingSource {
         self.manifests
             .lock()
             .retain(|v, _| listed_versions.contains(v));
+        // The reports that deliver with manifests: their files are read only through one.
+        let reports: std::collections::HashSet<String> = listed
+            .iter()
+            .filter(|o| is_manifest(&o.location))
+            .filter_map(|o| delivery_root(o.location.as_ref()))
+            .collect();
         let mut named = std::collections::HashSet::new();
         let mut newest: BTreeMap<String, (ObjectMeta, Export)> = BTreeMap::new();
         for meta in listed.iter().filter(|o| is_manifest(&o.location)) {
@@ -261,7 +267,7 @@ impl BillingSource {
                 .filter(|o| {
                     is_data(&o.location)
                         && !named.contains(&o.location)
-                        && !in_aws_delivery(&o.location)
+                        && !awaits_manifest(o, &reports)
                 })
                 .map(|o| {
                     let path = o.location.to_string();
@@ -331,6 +337,7 @@ impl BillingSource {
             &self.config,
             tokio::runtime::Handle::current(),
         );
+        sink.stop = cancel.0.clone();
         let mut unreadable: Vec<Reject> = Vec::new();
         for meta in &export.objects {
             let path = meta.location.to_string();
@@ -454,7 +461,17 @@ impl BillingSource {
             }
             return Err(e);
         }
-        self.rows.add(&["unknown", "reject"], n);
+        let provider = export
+            .objects
+            .first()
+            .and_then(|o| self.defaults(o.location.as_ref()).provider)
+            .unwrap_or_else(|| "unknown".to_owned());
+        let label = if self.providers.lock().contains(&provider) {
+            provider.as_str()
+        } else {
+            "unknown"
+        };
+        self.rows.add(&[label, "reject"], n);
         self.exports.add(&["unreadable"], n);
         Ok((0, n))
     }
@@ -527,20 +544,46 @@ fn is_data(path: &Path) -> bool {
             .any(|ext| lower.ends_with(ext)))
 }
 
-/// Whether `path` lies in an AWS delivery's folder (a legacy CUR's `yyyymmdd-yyyymmdd`
-/// period folder, a Data Export's `BILLING_PERIOD=…`): AWS writes the report files before
-/// their manifest, so such a file is read only once a manifest names it.
-fn in_aws_delivery(path: &Path) -> bool {
-    let path = path.as_ref();
-    let folders = path.rsplit_once('/').map_or("", |(d, _)| d);
-    folders.split('/').any(|f| {
-        f.starts_with("BILLING_PERIOD=")
-            || (f.len() == 17
-                && f.as_bytes()[8] == b'-'
-                && f.bytes()
-                    .enumerate()
-                    .all(|(i, b)| i == 8 || b.is_ascii_digit()))
+/// The report an object of an AWS delivery's folder belongs to: the path above its legacy
+/// CUR period folder (`yyyymmdd-yyyymmdd`), or above the `data/` or `metadata/` folder of a
+/// Data Export's `BILLING_PERIOD=…`. `None` for a path in no such folder.
+fn delivery_root(path: &str) -> Option<String> {
+    let folders: Vec<&str> = path
+        .rsplit_once('/')
+        .map_or("", |(d, _)| d)
+        .split('/')
+        .collect();
+    folders.iter().enumerate().find_map(|(i, f)| {
+        if f.starts_with("BILLING_PERIOD=") {
+            Some(folders[..i.saturating_sub(1)].join("/"))
+        } else if f.len() == 17
+            && f.as_bytes()[8] == b'-'
+            && f.bytes()
+                .enumerate()
+                .all(|(i, b)| i == 8 || b.is_ascii_digit())
+        {
+            Some(folders[..i].join("/"))
+        } else {
+            None
+        }
     })
+}
+
+/// How long a file in an AWS delivery's folder that no manifest names waits for one before it
+/// is read on its own (AWS writes the manifest right after the report files; other exports,
+/// Azure's, use the same folder names without one).
+const MANIFEST_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Whether `meta`, named by no manifest, waits for one: it lies in an AWS delivery's folder,
+/// and its report has manifests or it is younger than [`MANIFEST_WAIT`].
+fn awaits_manifest(meta: &ObjectMeta, reports: &std::collections::HashSet<String>) -> bool {
+    let Some(root) = delivery_root(meta.location.as_ref()) else {
+        return false;
+    };
+    let age = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::from(meta.last_modified))
+        .unwrap_or_default();
+    reports.contains(&root) || age < MANIFEST_WAIT
 }
 
 /// What recmeter reads of an AWS manifest.
@@ -723,6 +766,8 @@ struct Batching {
     provider_hint: Option<String>,
     /// The first write that failed; the rest of the export is then skipped.
     failed: Option<Error>,
+    /// Set when the read is abandoned (shutdown): the rest is skipped.
+    stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Batching {
@@ -748,7 +793,16 @@ impl Batching {
             counts: BTreeMap::new(),
             provider_hint: None,
             failed: None,
+            stop: Arc::default(),
         }
+    }
+
+    /// Whether the rest of the export is skipped: a write failed, or the read was abandoned.
+    fn stopped(&mut self) -> bool {
+        if self.failed.is_none() && self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+            self.failed = Some(Error::Stopped);
+        }
+        self.failed.is_some()
     }
 
     /// Counts a row of `provider`.
@@ -888,7 +942,7 @@ impl Sink for Batching {
     fn row(&mut self) {}
 
     fn line(&mut self, line: CostLine) {
-        if self.failed.is_some() {
+        if self.stopped() {
             return;
         }
         let currency = line.billing_currency.as_str();
@@ -921,7 +975,7 @@ impl Sink for Batching {
     }
 
     fn reject(&mut self, reject: Reject) {
-        if self.failed.is_some() {
+        if self.stopped() {
             return;
         }
         self.rejected += 1;
@@ -1014,16 +1068,36 @@ mod tests {
         )));
         assert!(!is_data(&Path::from("r/x/r-create-table.sql")));
         assert!(is_data(&Path::from("focus/2024-01.csv.gz")));
-        // A report file whose manifest has not come yet waits for it.
-        assert!(in_aws_delivery(&Path::from(
-            "r/20240101-20240201/a1/r-1.csv.gz"
-        )));
-        assert!(in_aws_delivery(&Path::from(
-            "x/data/BILLING_PERIOD=2024-01/x-00001.csv.gz"
-        )));
-        assert!(!in_aws_delivery(&Path::from("focus/20240101-20240201.csv")));
-        assert!(!in_aws_delivery(&Path::from(
-            "focus/2024010-120240201/a.csv"
-        )));
+        // A report file whose manifest has not come yet waits for it: always where its
+        // report has manifests, else for an hour.
+        assert_eq!(
+            delivery_root("cur/r/20240101-20240201/a1/r-1.csv.gz").as_deref(),
+            Some("cur/r")
+        );
+        assert_eq!(
+            delivery_root("cur/r/20240101-20240201/r-Manifest.json").as_deref(),
+            Some("cur/r")
+        );
+        assert_eq!(
+            delivery_root("x/data/BILLING_PERIOD=2024-01/x-00001.csv.gz").as_deref(),
+            Some("x")
+        );
+        assert_eq!(
+            delivery_root("x/metadata/BILLING_PERIOD=2024-01/x-Manifest.json").as_deref(),
+            Some("x")
+        );
+        assert_eq!(delivery_root("focus/20240101-20240201.csv"), None);
+        assert_eq!(delivery_root("focus/2024010-120240201/a.csv"), None);
+        let reports: std::collections::HashSet<String> = ["cur/r".to_owned()].into();
+        let hours_ago =
+            |h: u64| std::time::SystemTime::now() - std::time::Duration::from_secs(h * 3600);
+        let mut azure = meta("azure/focus/20240101-20240131/202402011200/guid/part_0_0001.csv");
+        azure.last_modified = hours_ago(0).into();
+        assert!(awaits_manifest(&azure, &reports), "younger than an hour");
+        azure.last_modified = hours_ago(2).into();
+        assert!(!awaits_manifest(&azure, &reports));
+        let mut aws = meta("cur/r/20240101-20240201/a2/r-1.csv.gz");
+        aws.last_modified = hours_ago(2).into();
+        assert!(awaits_manifest(&aws, &reports));
     }
 }
