@@ -23,6 +23,7 @@ pub mod slo;
 pub mod sql;
 pub mod state;
 pub mod store;
+pub mod unit_cost;
 pub mod window;
 
 pub use auth::BearerToken;
