@@ -807,12 +807,10 @@ impl Batching {
 
     /// Counts a row of `provider`.
     fn count(&mut self, provider: &str, outcome: &'static str) {
-        match self.counts.get_mut(&(provider.to_owned(), outcome)) {
-            Some(n) => *n += 1,
-            None => {
-                self.counts.insert((provider.to_owned(), outcome), 1);
-            }
-        }
+        *self
+            .counts
+            .entry((provider.to_owned(), outcome))
+            .or_default() += 1;
     }
 
     /// Starts writing every buffered line, one file per bill identity.
