@@ -27,6 +27,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use crate::clock::Nudge;
 use crate::cost::{BillIdentity, Commit, CostLine, Landed, Landing, ObjectVersion, Reject, Staged};
 use crate::error::{Error, Result, clip};
 use crate::hooks::{Hook, Hooks};
@@ -124,6 +125,10 @@ impl Ingested {
 #[derive(Debug, Default)]
 pub struct BillingLedger {
     state: Mutex<State>,
+    /// Moves on with every change of the lines in force.
+    generation: AtomicU64,
+    /// Woken at every change (the cost evaluation).
+    watchers: Mutex<Vec<Nudge>>,
 }
 
 impl BillingLedger {
@@ -154,6 +159,25 @@ impl BillingLedger {
             .exports
             .get(export)
             .is_some_and(|v| v == versions)
+    }
+
+    /// A number that moves on with every change of the lines in force: a reader that saw
+    /// the same number saw the same lines.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Wakes `nudge`'s task at every change of the lines in force.
+    pub fn watch(&self, nudge: Nudge) {
+        self.watchers.lock().push(nudge);
+    }
+
+    /// Moves the generation on and wakes the watchers.
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        for w in self.watchers.lock().iter() {
+            w.nudge();
+        }
     }
 
     /// The number the next export's files are named with.
@@ -207,6 +231,8 @@ impl Participant for BillingLedger {
         }
         state.exports.insert(ingested.export, ingested.versions);
         state.next_export = state.next_export.max(ingested.number.saturating_add(1));
+        drop(state);
+        self.changed();
         Ok(())
     }
 
@@ -219,6 +245,7 @@ impl Participant for BillingLedger {
         let state: State = serde_json::from_value(saved)
             .map_err(|e| Error::Storage(format!("{LEDGER}: not a saved ledger: {e}")))?;
         *self.state.lock() = state;
+        self.changed();
         Ok(())
     }
 

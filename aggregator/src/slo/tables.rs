@@ -5,37 +5,17 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, Float64Builder, RecordBatch, StringBuilder, TimestampNanosecondBuilder, UInt64Builder,
+    ArrayRef, Float64Builder, StringBuilder, TimestampNanosecondBuilder, UInt64Builder,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::catalog::TableProvider;
-use datafusion::datasource::MemTable;
 
 use super::alerts::SloAlerts;
 use super::config::SLO_WINDOWS;
 use super::evaluate::SloStatus;
-use crate::sql::catalog::{CatalogTable, Source};
+use crate::sql::catalog::{CatalogTable, Source, memory_table as table, timestamp};
 use crate::store::history::History;
 use crate::store::rollup::TIME_ZONE;
-
-fn timestamp(name: &str) -> Field {
-    Field::new(
-        name,
-        DataType::Timestamp(TimeUnit::Nanosecond, Some(Arc::from(TIME_ZONE))),
-        false,
-    )
-}
-
-/// A table over `batch`; an empty one when it cannot be built (it never fails to, as the
-/// columns are built to the schema).
-fn table(schema: SchemaRef, columns: Vec<ArrayRef>) -> Arc<dyn TableProvider> {
-    let batch = RecordBatch::try_new(schema.clone(), columns)
-        .unwrap_or_else(|_| RecordBatch::new_empty(schema.clone()));
-    match MemTable::try_new(schema.clone(), vec![vec![batch]]) {
-        Ok(t) => Arc::new(t),
-        Err(_) => Arc::new(datafusion::datasource::empty::EmptyTable::new(schema)),
-    }
-}
 
 /// `slo_status`: slo, window, requests, bad, ratio, burn_rate, evaluated_at.
 #[derive(Debug)]

@@ -4,12 +4,16 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, SchemaRef, TimeUnit};
 use datafusion::catalog::TableProvider;
+use datafusion::datasource::MemTable;
 
 use super::tables::{RollupTable, table_name};
 use crate::error::{Error, Result};
 use crate::state::{SharedState, Table};
 use crate::store::history::History;
+use crate::store::rollup::TIME_ZONE;
 
 /// Where a table's rows come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,5 +98,25 @@ impl CatalogTable for RollupCatalogTable {
 
     fn provider(&self, history: Option<&Arc<History>>) -> Arc<dyn TableProvider> {
         Arc::new(RollupTable::new(self.table, self.state.clone()).with_history(history.cloned()))
+    }
+}
+
+/// A non-null UTC timestamp column of nanoseconds, as every table's times.
+pub(crate) fn timestamp(name: &str) -> Field {
+    Field::new(
+        name,
+        DataType::Timestamp(TimeUnit::Nanosecond, Some(Arc::from(TIME_ZONE))),
+        false,
+    )
+}
+
+/// A table over `batch`; an empty one when it cannot be built (it never fails to, as the
+/// columns are built to the schema).
+pub(crate) fn memory_table(schema: SchemaRef, columns: Vec<ArrayRef>) -> Arc<dyn TableProvider> {
+    let batch = RecordBatch::try_new(schema.clone(), columns)
+        .unwrap_or_else(|_| RecordBatch::new_empty(schema.clone()));
+    match MemTable::try_new(schema.clone(), vec![vec![batch]]) {
+        Ok(t) => Arc::new(t),
+        Err(_) => Arc::new(datafusion::datasource::empty::EmptyTable::new(schema)),
     }
 }

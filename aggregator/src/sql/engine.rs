@@ -20,9 +20,15 @@ use super::session::{Sessions, classify};
 use super::windows::{HourSink, Span, WindowCounts, WindowPlanner};
 use crate::config::SqlConfig;
 use crate::error::{Error, Result};
-use crate::state::{SharedState, Snapshot};
+use crate::state::{SharedState, Snapshot, lock};
 use crate::store::history::History;
 use crate::window::Window;
+
+/// Takes the batches of [`QueryEngine::internal_batches`], one at a time.
+pub trait BatchSink: Send + 'static {
+    /// One batch of the answer; an error stops the query.
+    fn add(&mut self, batch: &RecordBatch) -> Result<()>;
+}
 
 /// A query's answer: its schema and record batches.
 #[derive(Debug, Clone)]
@@ -92,6 +98,41 @@ impl QueryEngine {
     /// (minute indexes, whole hours), and gives it back.
     pub async fn hour_sums<S: HourSink>(&self, hours: std::ops::Range<u64>, sink: S) -> Result<S> {
         self.windows.hour_sums(&self.sessions, hours, sink).await
+    }
+
+    /// Runs `sql`, recmeter's own statement, over the catalog's tables on the internal runtime
+    /// (no result-size limit: `sink` takes each batch as it comes), and gives `sink` back.
+    pub async fn internal_batches<S: BatchSink>(&self, sql: &str, sink: S) -> Result<S> {
+        let sessions = &self.sessions;
+        let now = lock(&sessions.state).clock().now_nanos();
+        let ctx = sessions.context_with(
+            sessions.internal.clone(),
+            now,
+            sessions.history.clone(),
+            None,
+        );
+        let sql = sql.to_owned();
+        sessions
+            .run(
+                sessions.internal_runtime.as_ref(),
+                async move {
+                    let mut sink = sink;
+                    let mut stream = ctx
+                        .sql(&sql)
+                        .await
+                        .map_err(classify)?
+                        .execute_stream()
+                        .await
+                        .map_err(classify)?;
+                    while let Some(batch) = stream.next().await {
+                        sink.add(&batch.map_err(classify)?)?;
+                    }
+                    Ok(sink)
+                },
+                sessions.config.timeout,
+                Cancel::default(),
+            )
+            .await
     }
 
     /// Whether the kept final hours were moved on rather than merged anew (`None`: none kept).

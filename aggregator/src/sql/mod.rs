@@ -11,7 +11,7 @@ pub mod tables;
 pub mod windows;
 
 pub use catalog::{Catalog, CatalogTable};
-pub use engine::{QueryEngine, QueryOutput, check_read_only};
+pub use engine::{BatchSink, QueryEngine, QueryOutput, check_read_only};
 pub use tables::table_name;
 pub use windows::{Covered, HourSink, Span, SpanCounts, WindowCounts, WindowPlanner};
 

@@ -25,6 +25,10 @@ pub struct CostConfig {
     /// `recmeter_cost_period_complete{period}` = 0. Default: `"48h"`.
     #[serde(with = "humantime_serde")]
     pub complete_after: Duration,
+    /// How often cost per recommendation is worked out anew, on recmeter's clock (and at
+    /// once when bills land). Default: `"30s"`.
+    #[serde(with = "humantime_serde")]
+    pub evaluation_interval: Duration,
     /// The platform's components: each maps to recmeter series by `services` and `endpoints`
     /// globs, which give its share of requests.
     pub components: Vec<Component>,
@@ -37,6 +41,7 @@ impl Default for CostConfig {
         Self {
             providers: Vec::new(),
             complete_after: Duration::from_secs(48 * 3600),
+            evaluation_interval: Duration::from_secs(30),
             components: Vec::new(),
             allocation: Vec::new(),
         }
@@ -47,7 +52,7 @@ impl Default for CostConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Component {
-    /// Its name, the `component` label (`[a-z0-9_-]`, not `unallocated`).
+    /// Its name, the `component` label (`[a-z0-9_-]`, not `unallocated` or `platform`).
     pub name: String,
     /// Globs over `service.name`: its series. Default: none.
     #[serde(default)]
@@ -142,6 +147,7 @@ impl CostConfig {
             !n.is_empty()
                 && n.len() <= 64
                 && n != UNALLOCATED
+                && n != super::plan::PLATFORM
                 && n.bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
         };
@@ -152,8 +158,9 @@ impl CostConfig {
                 errors.push(InvalidField::new(
                     &key,
                     format!(
-                        "name `{}`: 1 to 64 of [a-z0-9_-], not `{UNALLOCATED}`",
-                        crate::error::clip(&c.name, 64)
+                        "name `{}`: 1 to 64 of [a-z0-9_-], not `{UNALLOCATED}` or `{}`",
+                        crate::error::clip(&c.name, 64),
+                        super::plan::PLATFORM
                     ),
                 ));
             }
@@ -222,7 +229,7 @@ impl CostConfig {
 const RATIO_ONE: i128 = 1_000_000_000_000;
 
 /// A decimal ratio from 0 to 1 with at most 12 decimals, in units of `10^-12`.
-fn parse_ratio(text: &str) -> Option<i128> {
+pub(super) fn parse_ratio(text: &str) -> Option<i128> {
     let (whole, frac) = text.trim().split_once('.').unwrap_or((text.trim(), ""));
     if whole.is_empty() && frac.is_empty()
         || frac.len() > 12
