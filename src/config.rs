@@ -11,6 +11,7 @@ use std::time::Duration;
 use recmeter_aggregator::auth::secret_from_key_or_file;
 use recmeter_aggregator::durability::{RetentionConfig, StorageConfig, WalConfig};
 use recmeter_aggregator::slo::SloConfig;
+use recmeter_aggregator::unit_cost::CostConfig;
 use recmeter_aggregator::{
     AggregatorConfig, BearerToken, IngestConfig, InvalidField, MetricsConfig, SqlConfig,
 };
@@ -71,6 +72,8 @@ pub struct Config {
     pub pagerduty: PagerDutyConfig,
     /// Where the clouds' billing exports are read from.
     pub billing: BillingConfig,
+    /// Cost per recommendation: which bill lines belong to which component.
+    pub cost: CostConfig,
 }
 
 /// `[auth]` configuration. Each token comes from the key itself (set it through the
@@ -282,6 +285,7 @@ impl Config {
         errors.extend(self.service.validate());
         errors.extend(self.pagerduty.validate());
         errors.extend(self.billing.validate());
+        errors.extend(self.cost.validate());
         if self.billing.is_on()
             && let Err(e) = recmeter_aggregator::store::object::parse_url(&self.billing.url)
         {

@@ -135,7 +135,9 @@ fn requests(o: &Objective, window: &str) -> String {
         ObjectiveKind::Latency => {
             format!("sum(increase(recs_latency_seconds_count{all}[{window}]))")
         }
-        ObjectiveKind::Availability => format!("sum(increase(recs_requests_total{all}[{window}]))"),
+        ObjectiveKind::Availability | ObjectiveKind::Cost => {
+            format!("sum(increase(recs_requests_total{all}[{window}]))")
+        }
     }
 }
 
@@ -159,6 +161,21 @@ pub fn render(slo: &SloConfig) -> String {
     );
     for o in &slo.objectives {
         let _ = writeln!(out, "  - name: recmeter-slo-{}\n    rules:", o.name);
+        if o.kind == ObjectiveKind::Cost {
+            // A threshold on the latest complete day, as recmeter's own evaluation reads it.
+            let _ = writeln!(
+                out,
+                "      - alert: RecmeterCostPerRecommendation\n        expr: |\n          \
+                 recmeter_cost_per_recommendation_usd{{period=\"day\", component=\"platform\"}} > {threshold:?}\n          \
+                 and on() recmeter_cost_period_complete{{period=\"day\"}} == 1\n        labels:\n          \
+                 severity: ticket\n          slo: \"{name}\"\n        annotations:\n          \
+                 summary: \"{name}: {{{{ $value | printf \\\"%.6f\\\" }}}} USD per recommendation on the latest complete day (ticket)\"\n          \
+                 description: \"The platform's cost per recommendation on the latest complete UTC day is over {threshold:?} USD.\"",
+                name = o.name,
+                threshold = o.cost_threshold(),
+            );
+            continue;
+        }
         for w in SLO_WINDOWS {
             let w = w.label();
             let _ = writeln!(

@@ -21,6 +21,7 @@ use recmeter_aggregator::slo::{
 use recmeter_aggregator::store::history::History;
 use recmeter_aggregator::store::object as store;
 use recmeter_aggregator::telemetry::Listener;
+use recmeter_aggregator::unit_cost::{CostEvaluator, CostStatus, CostTables};
 use recmeter_aggregator::{
     Aggregator, AggregatorHandle, Clock, Hooks, InvalidField, QueryEngine, Telemetry,
 };
@@ -30,7 +31,9 @@ use recmeter_exporter::api::METRICS_WINDOWS;
 use recmeter_exporter::api::default_providers;
 use recmeter_exporter::pagerduty::deliver::{POLL_PERIOD, events_counter, reconcile};
 use recmeter_exporter::pagerduty::{Client, Deliverer, EventContext, Outbox};
-use recmeter_exporter::prometheus::{BillingProvider, PagerDutyProvider, Provider, SloProvider};
+use recmeter_exporter::prometheus::{
+    BillingProvider, CostProvider, PagerDutyProvider, Provider, SloProvider,
+};
 use recmeter_exporter::{ApiState, api_router};
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -154,20 +157,40 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
     for table in CostTable::both(&ledger) {
         engine.register_table(table)?;
     }
-    let slo = Arc::new(SloEvaluator::new(
-        &config.slo,
-        &config.aggregator.threshold_columns(),
+    let cost_status = Arc::new(CostStatus::default());
+    for table in CostTables::all(&cost_status) {
+        engine.register_table(table)?;
+    }
+    let rates = config.billing.rates().map_err(Error::Config)?;
+    let cost = Arc::new(CostEvaluator::new(
+        &config.cost,
+        rates,
         engine.clone(),
         aggregator.clone(),
-        slo_alerts.clone(),
-        slo_status.clone(),
+        ledger.clone(),
+        cost_status.clone(),
         config.ingest.max_span_age,
     )?);
+    let slo = Arc::new(
+        SloEvaluator::new(
+            &config.slo,
+            &config.aggregator.threshold_columns(),
+            engine.clone(),
+            aggregator.clone(),
+            slo_alerts.clone(),
+            slo_status.clone(),
+            config.ingest.max_span_age,
+        )?
+        .with_cost(cost_status.clone()),
+    );
     let mut providers: Vec<Arc<dyn Provider>> = default_providers(&aggregator, &engine).to_vec();
     providers.push(Arc::new(SloProvider {
         config: config.slo.clone(),
         status: slo_status,
         alerts: slo_alerts,
+    }));
+    providers.push(Arc::new(CostProvider {
+        status: cost_status.clone(),
     }));
     providers.push(Arc::new(PagerDutyProvider {
         outbox: outbox.clone(),
@@ -342,6 +365,16 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
         }
         None
     };
+    // Cost per recommendation is worked out once before ready, then every
+    // `cost.evaluation_interval` and whenever the bills in force change.
+    if let Err(e) = cost.evaluate().await {
+        tracing::warn!(error = %e, "Cannot work out cost per recommendation before ready; retrying on schedule.");
+    }
+    let costing = {
+        let ticks = aggregator.clock().ticks(config.cost.evaluation_interval);
+        ledger.watch(ticks.nudge());
+        tokio::spawn(keep_costing(cost, ticks))
+    };
     // The objectives are evaluated once before ready (the first reads the store for the final
     // hours of the last 30 days), then every `slo.evaluation_interval` of recmeter's clock.
     if let Err(e) = slo.evaluate().await {
@@ -412,6 +445,7 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
     let _ = shutdown_tx.send(true);
     preparing.abort();
     evaluating.abort();
+    costing.abort();
     if let Some(demo) = demo {
         demo.stop().await;
     }
@@ -632,6 +666,26 @@ async fn keep_evaluating(slo: Arc<SloEvaluator>, mut ticks: Ticks) {
             Ok(_) if failing => {
                 failing = false;
                 tracing::info!("Evaluating the SLOs again.");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Works out cost per recommendation at every tick of `ticks` (`cost.evaluation_interval`, and
+/// when the billing ledger nudges it).
+async fn keep_costing(cost: Arc<CostEvaluator>, mut ticks: Ticks) {
+    let mut failing = false;
+    loop {
+        ticks.tick().await;
+        match cost.evaluate().await {
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "Cannot work out cost per recommendation; the gauges keep the last figures.");
+            }
+            Ok(_) if failing => {
+                failing = false;
+                tracing::info!("Working out cost per recommendation again.");
             }
             _ => {}
         }

@@ -30,6 +30,17 @@ pub struct Transition {
     pub burn_rates: BTreeMap<String, f64>,
     /// The 30-day error budget left at that evaluation.
     pub budget_remaining: f64,
+    /// For a `cost` objective: the platform's USD per recommendation on the latest complete
+    /// day at that evaluation, and the day's start (UTC nanoseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<CostReading>,
+}
+
+/// What a `cost` objective read.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CostReading {
+    pub usd_per_recommendation: f64,
+    pub day_start: i64,
 }
 
 /// What the alerts hold.
@@ -190,6 +201,7 @@ mod tests {
             at_unix_nanos: at,
             burn_rates: BTreeMap::from([("1h".to_owned(), 16.0), ("5m".to_owned(), 16.5)]),
             budget_remaining: 0.7,
+            cost: None,
         }
     }
 

@@ -25,6 +25,9 @@ pub const SLO_WINDOWS: [Window; 8] = [
 pub const MAX_OBJECTIVES: usize = 100;
 pub const MAX_ALERT_RULES: usize = 16;
 
+/// A `cost` objective's threshold by default: the platform's target, USD per recommendation.
+pub const DEFAULT_COST_THRESHOLD: f64 = 0.001;
+
 /// The window the error budget is counted over.
 pub const BUDGET_WINDOW: Window = Window::D30;
 
@@ -65,6 +68,10 @@ pub enum ObjectiveKind {
     Availability,
     /// A request slower than the objective's `threshold`.
     Latency,
+    /// No events: a threshold on the platform's cost per recommendation on the latest
+    /// complete UTC day (`threshold`, USD, default 0.001), with no burn rate. It fires as a
+    /// `ticket`.
+    Cost,
 }
 
 impl ObjectiveKind {
@@ -73,6 +80,7 @@ impl ObjectiveKind {
         match self {
             ObjectiveKind::Availability => "availability",
             ObjectiveKind::Latency => "latency",
+            ObjectiveKind::Cost => "cost",
         }
     }
 }
@@ -84,11 +92,13 @@ pub struct Objective {
     /// Its name: the `slo` label, `[a-zA-Z_][a-zA-Z0-9_]*`, unique.
     pub name: String,
     pub kind: ObjectiveKind,
-    /// The share of good requests aimed for, e.g. 0.9995.
+    /// The share of good requests aimed for, e.g. 0.9995 (not for `cost`).
+    #[serde(default)]
     pub objective: f64,
     /// For `latency`: the bound in seconds a good request ends within. It must be one of
     /// `aggregator.latency_thresholds` (counted exactly) and one of `recs_latency_seconds`'
-    /// bucket bounds (so the Prometheus rules can express it).
+    /// bucket bounds (so the Prometheus rules can express it). For `cost`: USD per
+    /// recommendation, default 0.001.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f64>,
     /// Services it covers (globs, `*` and `?`). Default: every one.
@@ -122,6 +132,11 @@ impl Objective {
             min_requests: 0,
             alerts: default_alerts(),
         }
+    }
+
+    /// A `cost` objective's threshold, USD per recommendation.
+    pub fn cost_threshold(&self) -> f64 {
+        self.threshold.unwrap_or(DEFAULT_COST_THRESHOLD)
     }
 
     /// The error budget: the share of requests that may be bad.
@@ -282,7 +297,7 @@ impl SloConfig {
                     format!("`{}` names two objectives", o.name),
                 ));
             }
-            if !(o.objective > 0.0 && o.objective < 1.0) {
+            if o.kind != ObjectiveKind::Cost && !(o.objective > 0.0 && o.objective < 1.0) {
                 errors.push(InvalidField::new(
                     field("objective"),
                     format!("{} is not between 0 and 1 (e.g. 0.9995)", o.objective),
@@ -307,6 +322,15 @@ impl SloConfig {
                     errors.extend(check_threshold(&field("threshold"), &o.name, t, aggregator));
                 }
                 (ObjectiveKind::Availability, None) => {}
+                (ObjectiveKind::Cost, _) => {
+                    let t = o.cost_threshold();
+                    if !(t.is_finite() && t > 0.0) {
+                        errors.push(InvalidField::new(
+                            field("threshold"),
+                            format!("{t} is not a positive USD amount per recommendation"),
+                        ));
+                    }
+                }
             }
             for (key, globs) in [("services", &o.services), ("endpoints", &o.endpoints)] {
                 if globs.is_empty() {

@@ -12,8 +12,10 @@ use std::sync::Arc;
 
 use glob::Pattern;
 
-use super::alerts::{SloAlerts, Transition};
-use super::config::{BUDGET_WINDOW, MAX_OBJECTIVES, Objective, SLO_WINDOWS, Severity, SloConfig};
+use super::alerts::{CostReading, SloAlerts, Transition};
+use super::config::{
+    BUDGET_WINDOW, MAX_OBJECTIVES, Objective, ObjectiveKind, SLO_WINDOWS, Severity, SloConfig,
+};
 use super::math::{Tallies, Tally};
 use crate::clock::{MINUTE_NANOS, minute_of};
 use crate::error::{Error, Result};
@@ -22,6 +24,7 @@ use crate::service::AggregatorHandle;
 use crate::sql::QueryEngine;
 use crate::sql::windows::{HourSink, Span};
 use crate::state::RowCounts;
+use crate::unit_cost::CostStatus;
 use crate::window::Window;
 
 /// One objective with its globs compiled and its threshold's column found.
@@ -177,6 +180,8 @@ pub struct SloEvaluator {
     pending: parking_lot::Mutex<HashMap<(usize, usize), u64>>,
     /// recmeter's clock at the first evaluation: `no_data` waits `no_data_after` from there.
     started_at: parking_lot::Mutex<Option<u64>>,
+    /// The cost evaluation `cost` objectives read.
+    cost: Option<Arc<CostStatus>>,
 }
 
 /// The fixed spans of an evaluation, before the final hours it still has to read.
@@ -240,7 +245,15 @@ impl SloEvaluator {
             covering: parking_lot::Mutex::new(Covering::default()),
             pending: parking_lot::Mutex::new(HashMap::new()),
             started_at: parking_lot::Mutex::new(None),
+            cost: None,
         })
+    }
+
+    /// Lets `cost` objectives read `status`: without it they never fire.
+    #[must_use]
+    pub fn with_cost(mut self, status: Arc<CostStatus>) -> Self {
+        self.cost = Some(status);
+        self
     }
 
     /// Evaluates every objective at the clock's reading, logs the alert transitions it finds
@@ -373,6 +386,10 @@ impl SloEvaluator {
         let no_data_after = u64::try_from(self.config.no_data_after.as_nanos()).unwrap_or(u64::MAX);
         for (o, status) in evaluation.objectives.iter().enumerate() {
             let objective = &status.objective;
+            if objective.kind == ObjectiveKind::Cost {
+                self.cost_transition(objective, at).await;
+                continue;
+            }
             for severity in [Severity::Page, Severity::Ticket, Severity::NoData] {
                 // An alert already firing (before a restart, say) keeps firing while its
                 // condition holds: the waits below (`no_data_after` from the first evaluation,
@@ -414,10 +431,47 @@ impl SloEvaluator {
                     at_unix_nanos: at,
                     burn_rates: status.burn_rates(),
                     budget_remaining: status.budget_remaining(),
+                    cost: None,
                 };
                 self.log(transition).await;
             }
         }
+    }
+
+    /// Fires a `cost` objective's ticket while the platform's cost per recommendation on the
+    /// latest complete day is over its threshold, and resolves it once it is not. With no
+    /// complete day that served a recommendation, the alert stays as it is.
+    async fn cost_transition(&self, objective: &Objective, at: u64) {
+        let Some(reading) = self
+            .cost
+            .as_ref()
+            .and_then(|c| c.latest())
+            .and_then(|r| r.latest_complete_day())
+            .and_then(|(day_start, unit)| {
+                Some(CostReading {
+                    usd_per_recommendation: unit?,
+                    day_start,
+                })
+            })
+        else {
+            return;
+        };
+        let threshold = objective.cost_threshold();
+        let met = reading.usd_per_recommendation > threshold;
+        if met == self.alerts.is_firing(&objective.name, Severity::Ticket) {
+            return;
+        }
+        self.log(Transition {
+            slo: objective.name.clone(),
+            severity: Severity::Ticket,
+            firing: met,
+            at_unix_nanos: at,
+            burn_rates: BTreeMap::new(),
+            // The share of the threshold left (negative over it), as the budget is for events.
+            budget_remaining: 1.0 - reading.usd_per_recommendation / threshold,
+            cost: Some(reading),
+        })
+        .await;
     }
 
     /// Logs `transition`, which takes effect once durable; a failure is retried at the next
@@ -453,7 +507,6 @@ mod tests {
     use super::*;
     use crate::config::{AggregatorConfig, IngestConfig, SqlConfig};
     use crate::participant::Participants;
-    use crate::slo::config::ObjectiveKind;
     use crate::state::lock;
     use crate::store::history::History;
     use crate::{Aggregator, Clock, RequestRecord, Telemetry};
@@ -584,13 +637,14 @@ mod tests {
                     for &(service, minute, nanos, error) in &raw {
                         let covered = match o.kind {
                             ObjectiveKind::Availability => service.starts_with('a'),
-                            ObjectiveKind::Latency => true,
+                            ObjectiveKind::Latency | ObjectiveKind::Cost => true,
                         };
                         if covered && minutes(w, open).contains(&minute) {
                             want.requests += 1;
                             want.bad += u64::from(match o.kind {
                                 ObjectiveKind::Availability => error,
                                 ObjectiveKind::Latency => nanos > 200_000_000,
+                                ObjectiveKind::Cost => false,
                             });
                         }
                     }

@@ -19,7 +19,7 @@ impl Tally {
         let bad = match (kind, le) {
             (ObjectiveKind::Availability, _) => counts.errors,
             (ObjectiveKind::Latency, Some(i)) => counts.requests.saturating_sub(counts.le[i]),
-            (ObjectiveKind::Latency, None) => 0,
+            (ObjectiveKind::Latency, None) | (ObjectiveKind::Cost, _) => 0,
         };
         self.add(Tally {
             requests: counts.requests,

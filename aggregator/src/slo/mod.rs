@@ -8,7 +8,7 @@ pub mod evaluate;
 pub mod math;
 pub mod tables;
 
-pub use alerts::{SloAlerts, Transition};
+pub use alerts::{CostReading, SloAlerts, Transition};
 pub use config::{AlertRule, Objective, ObjectiveKind, SLO_WINDOWS, Severity, SloConfig};
 pub use evaluate::{Evaluation, ObjectiveStatus, SloEvaluator, SloStatus};
 pub use math::{Tallies, Tally};

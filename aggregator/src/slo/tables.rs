@@ -11,7 +11,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::catalog::TableProvider;
 
 use super::alerts::SloAlerts;
-use super::config::SLO_WINDOWS;
+use super::config::{ObjectiveKind, SLO_WINDOWS};
 use super::evaluate::SloStatus;
 use crate::sql::catalog::{CatalogTable, Source, memory_table as table, timestamp};
 use crate::store::history::History;
@@ -48,7 +48,12 @@ impl CatalogTable for SloStatusTable {
         let mut burn = Float64Builder::new();
         let mut at = TimestampNanosecondBuilder::new().with_timezone(TIME_ZONE);
         if let Some(e) = self.0.latest() {
-            for o in &e.objectives {
+            // A `cost` objective has no events, so no windows.
+            let counted = e
+                .objectives
+                .iter()
+                .filter(|o| o.objective.kind != ObjectiveKind::Cost);
+            for o in counted {
                 for w in SLO_WINDOWS {
                     let t = o.tallies.get(w);
                     slo.append_value(&o.objective.name);

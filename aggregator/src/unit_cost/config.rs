@@ -151,6 +151,12 @@ impl CostConfig {
                 && n.bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
         };
+        if self.evaluation_interval < Duration::from_secs(1) {
+            errors.push(InvalidField::new(
+                "cost.evaluation_interval",
+                "must be at least 1s",
+            ));
+        }
         let mut ratios = Vec::new();
         for (i, c) in self.components.iter().enumerate() {
             let key = format!("cost.components[{i}]");

@@ -91,7 +91,14 @@ pub fn event(
         "instance": context.instance,
         "evaluated_at": rfc3339(transition.at_unix_nanos),
     });
-    if let Some(o) = objective {
+    if let Some(cost) = &transition.cost {
+        details["cost_per_recommendation_usd"] = json!(cost.usd_per_recommendation);
+        details["day"] = json!(rfc3339(u64::try_from(cost.day_start).unwrap_or(0)));
+    }
+    if let Some(o) = objective.filter(|o| o.kind == ObjectiveKind::Cost) {
+        details["kind"] = json!(o.kind.label());
+        details["threshold_usd_per_recommendation"] = json!(o.cost_threshold());
+    } else if let Some(o) = objective {
         details["objective"] = json!(o.objective);
         details["kind"] = json!(o.kind.label());
         if let Some(threshold) = o.threshold {
@@ -155,6 +162,21 @@ pub fn summary(
 ) -> String {
     let kind = objective.map_or("SLO", |o| o.kind.label());
     let mut text = format!("{} {kind}: ", transition.slo);
+    if let Some(cost) = &transition.cost {
+        let day = std::time::UNIX_EPOCH
+            + Duration::from_nanos(u64::try_from(cost.day_start).unwrap_or(0));
+        let day = humantime::format_rfc3339_seconds(day).to_string();
+        let _ = write!(
+            text,
+            "${:.6} per recommendation on {}",
+            cost.usd_per_recommendation,
+            day.get(..10).unwrap_or(&day)
+        );
+        if let Some(o) = objective {
+            let _ = write!(text, " against ${}", o.cost_threshold());
+        }
+        return clip_chars(&text, MAX_SUMMARY_CHARS);
+    }
     let burn = |w: &str| transition.burn_rates.get(w).copied();
     match transition.severity {
         Severity::NoData => {
@@ -210,6 +232,7 @@ pub fn summary(
                 o.objective * 100.0,
                 o.threshold.unwrap_or(f64::NAN) * 1_000.0
             ),
+            ObjectiveKind::Cost => format!("at most ${} per recommendation", o.cost_threshold()),
         };
         let _ = write!(text, " (objective: {target})");
     }
@@ -296,6 +319,7 @@ mod tests {
                 ("30m".to_owned(), 9.0),
             ]),
             budget_remaining: 0.713,
+            cost: None,
         }
     }
 

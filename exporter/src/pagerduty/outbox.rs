@@ -200,6 +200,7 @@ impl Outbox {
                         // A resolve carries no numbers.
                         burn_rates: BTreeMap::new(),
                         budget_remaining: 0.0,
+                        cost: None,
                     });
                 }
             }
@@ -310,6 +311,7 @@ mod tests {
             at_unix_nanos,
             burn_rates: BTreeMap::new(),
             budget_remaining: 1.0,
+            cost: None,
         }
     }
 

@@ -8,7 +8,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
 use recmeter_aggregator::slo::{
-    Evaluation, SLO_WINDOWS, Severity, SloAlerts, SloConfig, SloStatus,
+    Evaluation, ObjectiveKind, SLO_WINDOWS, Severity, SloAlerts, SloConfig, SloStatus,
 };
 
 use super::provider::{Part, Provider, ReadFuture};
@@ -29,7 +29,12 @@ impl Provider for SloProvider {
                     .config
                     .objectives
                     .iter()
-                    .map(|o| (o.name.clone(), o.objective))
+                    .map(|o| {
+                        (
+                            o.name.clone(),
+                            (o.kind != ObjectiveKind::Cost).then_some(o.objective),
+                        )
+                    })
                     .collect(),
                 latest: self.status.latest(),
                 firing: self.alerts.firing(),
@@ -45,8 +50,9 @@ impl Provider for SloProvider {
 
 #[derive(Debug)]
 struct SloFamilies {
-    /// Every configured objective's name and target.
-    objectives: Vec<(String, f64)>,
+    /// Every configured objective's name and target (`None` for a `cost` objective, which
+    /// has no ratio, burn rate or budget).
+    objectives: Vec<(String, Option<f64>)>,
     latest: Option<Arc<Evaluation>>,
     firing: Vec<(String, Severity)>,
 }
@@ -60,6 +66,9 @@ impl Collector for SloFamilies {
             MetricType::Gauge,
         )?;
         for (slo, objective) in &self.objectives {
+            let Some(objective) = objective else {
+                continue;
+            };
             family
                 .encode_family(&[("slo", slo.as_str())])?
                 .encode_gauge(objective)?;
@@ -72,7 +81,11 @@ impl Collector for SloFamilies {
                 None,
                 MetricType::Gauge,
             )?;
-            for o in &e.objectives {
+            for o in e
+                .objectives
+                .iter()
+                .filter(|o| o.objective.kind != ObjectiveKind::Cost)
+            {
                 for w in SLO_WINDOWS {
                     family
                         .encode_family(&[
@@ -88,7 +101,11 @@ impl Collector for SloFamilies {
                 None,
                 MetricType::Gauge,
             )?;
-            for o in &e.objectives {
+            for o in e
+                .objectives
+                .iter()
+                .filter(|o| o.objective.kind != ObjectiveKind::Cost)
+            {
                 family
                     .encode_family(&[("slo", o.objective.name.as_str())])?
                     .encode_gauge(&o.budget_remaining())?;
