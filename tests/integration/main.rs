@@ -29,3 +29,4 @@ mod series_limits;
 mod slo;
 mod spans;
 mod sql;
+mod unit_cost;

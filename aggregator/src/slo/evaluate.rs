@@ -212,7 +212,7 @@ impl SloEvaluator {
             .map(|o| {
                 // A latency objective's threshold must be counted (validation checks this;
                 // counting nothing would never burn).
-                let le = match o.threshold {
+                let le = match o.threshold.filter(|_| o.kind == ObjectiveKind::Latency) {
                     None => None,
                     Some(t) => {
                         let column = crate::config::threshold_column(t);
