@@ -23,18 +23,18 @@ use recmeter_aggregator::Clock;
 use crate::serve::Addresses;
 
 /// One endpoint of the synthetic platform.
-struct Endpoint {
-    name: &'static str,
+pub(crate) struct Endpoint {
+    pub(crate) name: &'static str,
     /// Median latency, seconds.
-    median: f64,
+    pub(crate) median: f64,
     /// Log-normal shape: larger is a heavier tail.
-    sigma: f64,
-    error_rate: f64,
+    pub(crate) sigma: f64,
+    pub(crate) error_rate: f64,
     /// Recommendations per request (`recs.count`), or none for endpoints that serve none.
-    recs: Option<(i64, i64)>,
+    pub(crate) recs: Option<(i64, i64)>,
 }
 
-const RECS_API: [Endpoint; 3] = [
+pub(crate) const RECS_API: [Endpoint; 3] = [
     Endpoint {
         name: "GET /v1/recommendations/personalized",
         median: 0.045,
@@ -58,7 +58,7 @@ const RECS_API: [Endpoint; 3] = [
     },
 ];
 
-const RANKER: [Endpoint; 1] = [Endpoint {
+pub(crate) const RANKER: [Endpoint; 1] = [Endpoint {
     name: "ranker.Rank/Score",
     median: 0.025,
     sigma: 0.6,
@@ -227,7 +227,7 @@ fn synthetic_batch(endpoints: &[Endpoint], n: usize, now: SystemTime) -> Vec<Spa
 }
 
 /// A log-normal sample with the given median, by Box–Muller.
-fn log_normal(rng: &mut impl Rng, median: f64, sigma: f64) -> f64 {
+pub(crate) fn log_normal(rng: &mut impl Rng, median: f64, sigma: f64) -> f64 {
     let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
     let u2: f64 = rng.random();
     let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();

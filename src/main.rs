@@ -10,6 +10,7 @@ mod cli;
 mod config;
 #[forbid(unsafe_code)]
 mod demo;
+mod demo_history;
 #[forbid(unsafe_code)]
 mod error;
 #[forbid(unsafe_code)]

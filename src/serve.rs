@@ -4,7 +4,7 @@
 //! `service.shutdown_timeout`.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,6 +66,16 @@ pub fn main(args: RunArgs, workload: Option<Workload>) -> ExitCode {
         }
     };
     init_logging(&config.log);
+    let mut config = config;
+    if workload.is_some() {
+        // The demo bills itself and splits its cost by component unless told otherwise.
+        if !config.billing.is_on() {
+            config.billing.url = crate::demo_history::BILLING_DIR.to_owned();
+        }
+        if config.cost.components.is_empty() && config.cost.allocation.is_empty() {
+            config.cost = crate::demo_history::cost_config();
+        }
+    }
     if let Err(e) = crate::allocator::disable_transparent_huge_pages() {
         tracing::warn!(error = %e, "Cannot turn off transparent huge pages for recmeter; its RSS may grow with them.");
     }
@@ -149,6 +159,10 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
         args.wal_truncate_at_corruption,
     )
     .await?;
+    // A fresh demo gets its history and bill before anything reads them.
+    if workload.is_some() && history.first_minute().is_none() {
+        seed_demo(&config, &aggregator, &checkpoints).await;
+    }
     let engine =
         Arc::new(QueryEngine::new(aggregator.state().clone(), &config.sql)?.with_history(history));
     let slo_status = Arc::new(SloStatus::default());
@@ -668,6 +682,44 @@ async fn keep_evaluating(slo: Arc<SloEvaluator>, mut ticks: Ticks) {
                 tracing::info!("Evaluating the SLOs again.");
             }
             _ => {}
+        }
+    }
+}
+
+/// Seeds the demo's history and bill (see `demo_history`), then checkpoints so the store holds
+/// them. A failure leaves a demo without history, said in the log.
+async fn seed_demo(config: &Config, aggregator: &AggregatorHandle, checkpoints: &Checkpointer) {
+    if recmeter_aggregator::state::lock(aggregator.state()).series_active() > 0 {
+        return;
+    }
+    let url = config.billing.url.trim();
+    let bucket = match url.strip_prefix("file://") {
+        Some(path) => Some(PathBuf::from(path)),
+        None if !url.contains("://") => Some(PathBuf::from(url)),
+        None => None,
+    };
+    let started = std::time::Instant::now();
+    match crate::demo_history::seed(
+        aggregator.state(),
+        bucket.as_deref(),
+        aggregator.clock().now(),
+    ) {
+        Ok(seeded) => {
+            if let Err(e) = checkpoints.checkpoint().await {
+                tracing::warn!(error = %e, "Demo: cannot checkpoint the seeded history; it stays in memory until the next checkpoint.");
+            }
+            tracing::info!(
+                days = crate::demo_history::DAYS,
+                hour_rows = seeded.rows,
+                recommendations = seeded.recommendations,
+                bill_lines = seeded.lines,
+                bill = ?seeded.bill,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "Demo: seeded history and its bill."
+            );
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "Demo: cannot seed history; the demo starts without it.")
         }
     }
 }

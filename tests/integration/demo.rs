@@ -36,3 +36,100 @@ fn demo_serves_requests_and_quantiles_soon_after_ready() {
     let (status, log) = recmeter.terminate();
     assert!(status.success(), "{log}");
 }
+
+/// The demo seeds 15 days of history and their bill before it is ready: within 15 s of
+/// readiness the day and week cost per recommendation are out, `cost_hourly` sums to the bill
+/// it wrote (DuckDB's sum over the file), and `usage_hourly` holds the seeded
+/// recommendations (the hours before the start) and the live ones.
+#[test]
+fn the_demo_has_history_and_costs_soon_after_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let recmeter = Recmeter::start_with(Start {
+        command: "demo",
+        fake_clock: None,
+        dir: Some(dir.path()),
+        ..Start::default()
+    });
+    let ready = Instant::now();
+    let unit = |m: &crate::harness::Exposition, period: &str| {
+        m.find(
+            "recmeter_cost_per_recommendation_usd",
+            &[("period", period), ("component", "platform")],
+        )
+    };
+    loop {
+        let m = recmeter.metrics();
+        if let (Some(day), Some(week)) = (unit(&m, "day"), unit(&m, "week")) {
+            // Priced near the target.
+            assert!((0.0005..0.0015).contains(&day), "{day}");
+            assert!((0.0005..0.0015).contains(&week), "{week}");
+            assert_eq!(
+                m.find("recmeter_cost_period_complete", &[("period", "week")]),
+                Some(1.0)
+            );
+            break;
+        }
+        assert!(
+            ready.elapsed() < Duration::from_secs(15),
+            "no day and week cost 15 s after ready:\n{}",
+            recmeter.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // cost_hourly sums to the bill, exactly.
+    let bill = dir.path().join("demo-billing/recmeter-demo/focus.csv");
+    let script = "import sys, duckdb\ncon = duckdb.connect()\n\
+                  con.execute('SET enable_progress_bar = false')\n\
+                  print(con.execute(\"SELECT CAST(SUM(CAST(EffectiveCost AS DECIMAL(38,12))) AS VARCHAR), COUNT(*) \
+                  FROM read_csv(?, all_varchar = true, header = true)\", [sys.argv[1]]).fetchone())";
+    let out = std::process::Command::new(crate::harness::python())
+        .args(["-c", script])
+        .arg(&bill)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs = String::from_utf8(out.stdout).unwrap();
+    let ours =
+        recmeter.sql_rows("SELECT CAST(SUM(effective_cost) AS VARCHAR) AS total FROM cost_hourly");
+    let total = ours[0]["total"].as_str().unwrap().to_owned();
+    assert!(
+        theirs.starts_with(&format!("('{total}', ")),
+        "{theirs} vs {total}"
+    );
+    // The seeded recommendations, as the log says, are the hours before the start's.
+    let log = recmeter.log();
+    let seeded: u64 = log
+        .split("recommendations=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no seeded recommendations in the log:\n{log}"));
+    let start_hour = log
+        .split("Demo: seeded")
+        .next()
+        .and_then(|l| l.lines().last())
+        .and_then(|l| l.get(..13))
+        .map(|h| format!("{h}:00:00Z"))
+        .unwrap();
+    let rows = recmeter.sql_rows(&format!(
+        "SELECT CAST(SUM(CASE WHEN hour < TIMESTAMP '{start_hour}' THEN recommendations END) \
+                AS BIGINT) AS seeded, \
+                CAST(SUM(CASE WHEN hour >= TIMESTAMP '{start_hour}' THEN recommendations END) \
+                AS BIGINT) AS live, \
+                COUNT(*) AS n, COUNT(DISTINCT (hour, component)) AS keys FROM usage_hourly"
+    ));
+    assert_eq!(rows[0]["seeded"], seeded, "{start_hour}");
+    assert_eq!(
+        rows[0]["n"], rows[0]["keys"],
+        "one row per hour and component"
+    );
+    let live = rows[0]["live"].as_u64().unwrap_or(0);
+    let counted = recmeter.metrics().sum("recs_recommendations_total");
+    assert!(live > 0 && live as f64 <= counted, "{live} vs {counted}");
+    let (status, log) = recmeter.terminate();
+    assert!(status.success(), "{log}");
+}

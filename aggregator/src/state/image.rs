@@ -2,12 +2,27 @@
 //! that puts it back.
 
 use super::aggregator::Aggregator;
-use super::row::{MINUTES_KEPT, Row, Rows, Source, Table, block_of, merge_rows, push_row};
+use super::row::{
+    MINUTES_KEPT, Row, RowCounts, Rows, Source, Table, block_of, merge_rows, push_row,
+};
 use super::series::{Sealing, SeriesRows, SeriesState, SeriesTotals};
 use crate::clock::{MINUTE_NANOS, minute_of};
 use crate::error::Result;
 use crate::metrics::MetricStateImage;
 use crate::record::SeriesKey;
+
+/// One series' requests in one past hour, for [`Aggregator::seed_hours`].
+#[derive(Debug, Clone)]
+pub struct SeededHour {
+    pub key: SeriesKey,
+    /// The hour's first minute (minutes since the epoch).
+    pub hour_minute: u64,
+    /// Latencies in nanoseconds, each with its number of requests.
+    pub latencies: Vec<(u64, u64)>,
+    /// Requests that failed (at most the requests).
+    pub errors: u64,
+    pub recommendations: u64,
+}
 
 /// One live series in a checkpoint.
 #[derive(Debug, Clone)]
@@ -110,6 +125,45 @@ impl Aggregator {
                 None => self.evicted_unsaved.push(rows),
             }
         }
+    }
+
+    /// Stores hour rows made outside ingest (the demo's history, for hours long past
+    /// `ingest.max_span_age`): each hour's latencies `(nanoseconds, requests)`, errors and
+    /// recommendations become one hour row in the rollups' format. Memory keeps the ones of
+    /// the hours it holds, and the next checkpoint writes them all to the store, like sealed
+    /// rows. A series not held yet is added with no counters (its Prometheus counters count
+    /// live requests only). Returns the rows made.
+    pub fn seed_hours(&mut self, hours: Vec<SeededHour>) -> Result<usize> {
+        let hours_from = self.first_hour_held(self.clock.now_nanos());
+        let mut made = 0;
+        for hour in hours {
+            self.merge.clear();
+            let mut counts = RowCounts::default();
+            for &(nanos, n) in &hour.latencies {
+                self.merge.record_n(nanos, n)?;
+                counts.count(nanos, n, false, 0, &self.thresholds);
+            }
+            counts.errors = hour.errors.min(counts.requests);
+            counts.recommendations = hour.recommendations;
+            let row = Row {
+                counts,
+                hdr: bytes::Bytes::from(self.merge.encode()),
+            };
+            if !self.series.contains_key(&hour.key) {
+                self.restore_series(hour.key.clone(), Source::Span, SeriesTotals::default());
+            }
+            let Some(state) = self.series.get_mut(&hour.key) else {
+                continue;
+            };
+            let at = hour.hour_minute - hour.hour_minute % 60;
+            if at >= hours_from {
+                push_row(&mut state.hours, at, row.clone());
+            }
+            state.unsaved.push((Table::Hours, at, row));
+            made += 1;
+        }
+        self.merge.clear();
+        Ok(made)
     }
 
     /// Starts a restore into this empty aggregator: minutes before `sealed_before` were

@@ -24,7 +24,7 @@ mod series;
 mod tests;
 
 pub use aggregator::{Aggregator, SharedState, lock, shared};
-pub use image::{SeriesImage, StateImage};
+pub use image::{SeededHour, SeriesImage, StateImage};
 pub use read::{QUANTILES, SeriesCounters, SeriesSnapshot, Snapshot, WindowQuantiles};
 pub use row::{
     BLOCK_MINUTES, MINUTES_KEPT, Row, RowCounts, RowVisitor, Source, Table, block_of,

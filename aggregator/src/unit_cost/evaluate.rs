@@ -18,7 +18,7 @@ use crate::clock::MINUTE_NANOS;
 use crate::error::Result;
 use crate::record::SeriesKey;
 use crate::service::AggregatorHandle;
-use crate::sql::{HourSink, QueryEngine, Span};
+use crate::sql::{HourSink, QueryEngine};
 use crate::state::RowCounts;
 
 /// One evaluation's figures.
@@ -213,13 +213,13 @@ impl CostEvaluator {
             }
         }
         missing.retain(|(a, b)| a < b);
+        let minutes = |t: i64| u64::try_from(t / MINUTE_NANOS as i64).unwrap_or(0);
         for (start, end) in missing {
             let sink = UsageSink {
                 plan: self.plan.clone(),
                 membership: std::mem::take(&mut inner.membership),
                 hours: BTreeMap::new(),
             };
-            let minutes = |t: i64| u64::try_from(t / MINUTE_NANOS as i64).unwrap_or(0);
             let sink = self
                 .engine
                 .hour_sums(minutes(start)..minutes(end), sink)
@@ -231,43 +231,20 @@ impl CostEvaluator {
             None => (first, final_end),
             Some((lo, hi)) => (lo.min(first), hi.max(final_end)),
         });
-        // The open hours, minute-exact, at every evaluation.
-        let open_minute = u64::try_from(now / MINUTE_NANOS as i64).unwrap_or(0);
-        let open_hours: Vec<i64> = (0..)
-            .map(|i| final_end + i * HOUR_NANOS)
-            .take_while(|h| *h <= open_hour)
-            .collect();
-        let spans: Vec<Span> = open_hours
-            .iter()
-            .map(|h| {
-                let start = u64::try_from(h / MINUTE_NANOS as i64).unwrap_or(0);
-                Span::Range {
-                    start,
-                    end: (start + 60).min(open_minute + 1),
-                }
-            })
-            .collect();
+        // The open hours (their rows so far: `latency_hours` holds the current hour's too),
+        // at every evaluation.
         let mut usage = inner.final_usage.clone();
-        if !spans.is_empty() {
-            let answer = self.engine.sums(&spans).await?;
-            for (key, per_span) in &answer.series {
-                let c = inner.membership.of(&self.plan, key);
-                for (h, counts) in open_hours.iter().zip(per_span) {
-                    if let Some(counts) = counts {
-                        usage
-                            .entry(*h)
-                            .or_insert_with(|| HourUsage::new(self.plan.components.len()))
-                            .add(
-                                c,
-                                Usage {
-                                    requests: counts.counts.requests,
-                                    recommendations: counts.counts.recommendations,
-                                },
-                            );
-                    }
-                }
-            }
-        }
+        let sink = UsageSink {
+            plan: self.plan.clone(),
+            membership: std::mem::take(&mut inner.membership),
+            hours: BTreeMap::new(),
+        };
+        let sink = self
+            .engine
+            .hour_sums(minutes(final_end)..minutes(open_hour + HOUR_NANOS), sink)
+            .await?;
+        inner.membership = sink.membership;
+        usage.extend(sink.hours);
         let allocated = allocate(&self.plan, &cost.hours, &usage);
         let required: BTreeSet<String> = if self.config.providers.is_empty() {
             cost.providers.clone()

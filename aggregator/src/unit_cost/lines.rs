@@ -264,3 +264,95 @@ fn read_tags(tags: &MapArray, row: usize, wanted: &[String], line: &mut CostLine
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::cost::cost_lines_batch;
+    use crate::unit_cost::config::CostConfig;
+
+    const H: i64 = HOUR_NANOS;
+    /// $1 in units.
+    const USD: i128 = 1_000_000_000_000;
+
+    fn line(start: i64, end: i64, cost: i128, currency: &str, tags: &[(&str, &str)]) -> CostLine {
+        CostLine {
+            charge_period_start: start,
+            charge_period_end: end,
+            provider: "AWS".into(),
+            service_name: Some("Amazon EC2".into()),
+            service_category: Some("Compute".into()),
+            pricing_category: Some("Dynamic".into()),
+            billed_cost: cost,
+            effective_cost: cost,
+            billing_currency: currency.into(),
+            tags: tags
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..CostLine::default()
+        }
+    }
+
+    /// The batch as the line reader's query selects it from `cost_lines`.
+    fn selected(lines: &[CostLine]) -> RecordBatch {
+        let batch = cost_lines_batch(lines).unwrap();
+        let schema = batch.schema();
+        let pick: Vec<usize> = LINES_SQL
+            .trim_start_matches("SELECT ")
+            .split(" FROM")
+            .next()
+            .unwrap()
+            .split(',')
+            .map(|c| schema.index_of(c.trim()).unwrap())
+            .collect();
+        batch.project(&pick).unwrap()
+    }
+
+    #[test]
+    fn lines_are_priced_in_usd_sent_by_tag_and_spread_over_their_hours() {
+        let config: CostConfig = serde_json::from_str(
+            r#"{"components": [{"name": "ranker", "services": ["ranker"]}],
+                "allocation": [{"component_tag": "component"}]}"#,
+        )
+        .unwrap();
+        let plan = Arc::new(Plan::new(&config).unwrap());
+        let rates = Arc::new(BTreeMap::from([("EUR".to_owned(), USD * 11 / 10)]));
+        let mut reader = LineReader::new(plan, rates);
+        reader
+            .add(&selected(&[
+                // $3 over two hours and a half from 10:30: $0.60, $1.20, $1.20.
+                line(
+                    10 * H + H / 2,
+                    13 * H,
+                    3 * USD,
+                    "USD",
+                    &[("component", "ranker")],
+                ),
+                // €10 at 1.1: $11, in hour 10, untagged: shared.
+                line(10 * H, 11 * H, 10 * USD, "EUR", &[]),
+                // No rate for JPY, and a period that ends before it starts: left out, counted.
+                line(10 * H, 11 * H, USD, "JPY", &[]),
+                line(11 * H, 10 * H, USD, "USD", &[]),
+            ]))
+            .unwrap();
+        let cost = reader.finish();
+        assert_eq!(cost.lines, 4);
+        assert_eq!(
+            cost.excluded,
+            BTreeMap::from([("currency", 1), ("period", 1)])
+        );
+        let piece = |hour: i64, target: Target| {
+            cost.hours[&(hour * H)].pieces[&(target, "AWS".to_owned(), "Amazon EC2".to_owned())]
+                .effective
+        };
+        assert_eq!(piece(10, Target::Component(0)), USD * 6 / 10);
+        assert_eq!(piece(11, Target::Component(0)), USD * 12 / 10);
+        assert_eq!(piece(12, Target::Component(0)), USD * 12 / 10);
+        assert_eq!(piece(10, Target::Shared), 11 * USD);
+        // Compute priced Dynamic, hour 10: $0.60 + $11.
+        assert_eq!(cost.hours[&(10 * H)].compute, USD * 116 / 10);
+        assert_eq!(cost.hours[&(10 * H)].dynamic, USD * 116 / 10);
+        assert!(cost.hours[&(12 * H)].covered.contains("AWS"));
+    }
+}
