@@ -398,3 +398,79 @@ fn the_focus_sample_allocated_by_rules_reconciles_with_duckdb_per_day() {
         assert_eq!(r, t * 7 / 10, "{row:?}");
     }
 }
+
+/// `recmeter rules` with a cost objective: promtool accepts the file, and its unit test fires
+/// the alert on a complete day over the threshold only (not on an incomplete one).
+#[test]
+fn the_cost_objectives_prometheus_rule_passes_promtool_and_fires_as_recmeter_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("recmeter.toml");
+    std::fs::write(
+        &config,
+        "[[slo.objectives]]\nname = \"availability\"\nkind = \"availability\"\nobjective = 0.9995\n\
+         [[slo.objectives]]\nname = \"unit_cost\"\nkind = \"cost\"\nthreshold = 0.001\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(crate::harness::binary())
+        .args(["rules", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(&rules, &out.stdout).unwrap();
+    let tests = dir.path().join("tests.yaml");
+    std::fs::write(
+        &tests,
+        r#"rule_files: [rules.yaml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'recmeter_cost_per_recommendation_usd{period="day", component="platform"}'
+        values: '0.0009x10 0.00125x10 0.00125x10'
+      - series: 'recmeter_cost_period_complete{period="day"}'
+        values: '1x10 1x10 0x10'
+    alert_rule_test:
+      - eval_time: 5m
+        alertname: RecmeterCostPerRecommendation
+        exp_alerts: []
+      - eval_time: 15m
+        alertname: RecmeterCostPerRecommendation
+        exp_alerts:
+          - exp_labels:
+              severity: ticket
+              slo: unit_cost
+              period: day
+              component: platform
+            exp_annotations:
+              summary: "unit_cost: 0.001250 USD per recommendation on the latest complete day (ticket)"
+              description: "The platform's cost per recommendation on the latest complete UTC day is over 0.001 USD."
+      - eval_time: 25m
+        alertname: RecmeterCostPerRecommendation
+        exp_alerts: []
+"#,
+    )
+    .unwrap();
+    for args in [
+        vec!["check", "rules", "rules.yaml"],
+        vec!["test", "rules", "tests.yaml"],
+    ] {
+        let out = std::process::Command::new("promtool")
+            .args(&args)
+            .current_dir(dir.path())
+            .output()
+            .expect("promtool on PATH (scripts/test.sh installs Debian's prometheus)");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&std::fs::read(&rules).unwrap())
+        );
+    }
+}
