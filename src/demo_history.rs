@@ -20,7 +20,7 @@ use recmeter_aggregator::state::{SeededHour, SharedState, lock};
 use recmeter_aggregator::unit_cost::CostConfig;
 use recmeter_aggregator::unit_cost::config::{Component, Rule};
 
-use crate::demo::{Endpoint, RANKER, RECS_API, log_normal};
+use crate::demo_platform::{Endpoint, RANKER, RECS_API, log_normal};
 
 /// Days of history seeded.
 pub const DAYS: u64 = 15;
@@ -33,6 +33,9 @@ const SAMPLES: u64 = 200;
 
 /// USD per recommendation the bill is priced at, before each hour's noise.
 const UNIT_PRICE: f64 = 0.00092;
+
+/// The demo bill's account.
+const ACCOUNT: &str = "210987654321";
 
 /// The demo's billing bucket when `billing.url` is not set: beside the store, not in it.
 pub const BILLING_DIR: &str = "./demo-billing";
@@ -257,9 +260,8 @@ fn focus_bill(hours: &[(u64, f64)], rng: &mut impl Rng) -> (String, usize) {
             };
             let _ = writeln!(
                 text,
-                "{account},USD,{month},{start},{end},{effective:.6},{effective:.6},{list:.6},AWS,\
+                "{ACCOUNT},USD,{month},{start},{end},{effective:.6},{effective:.6},{list:.6},AWS,\
                  {service},{category},{pricing},{resource},us-east-1,\"{tags}\"",
-                account = "210987654321",
                 start = at(hour),
                 end = at(hour + 1),
             );

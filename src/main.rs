@@ -11,6 +11,7 @@ mod config;
 #[forbid(unsafe_code)]
 mod demo;
 mod demo_history;
+mod demo_platform;
 #[forbid(unsafe_code)]
 mod error;
 #[forbid(unsafe_code)]

@@ -14,6 +14,10 @@ use crate::cost::CostLine;
 /// The component of lines no rule matches: always reported, never hidden.
 pub const UNALLOCATED: &str = "unallocated";
 
+/// The platform as a whole: the sum of its components, and the one component there is when
+/// `[cost]` names none.
+pub const PLATFORM: &str = "platform";
+
 /// `[cost]` configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -147,7 +151,7 @@ impl CostConfig {
             !n.is_empty()
                 && n.len() <= 64
                 && n != UNALLOCATED
-                && n != super::plan::PLATFORM
+                && n != PLATFORM
                 && n.bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
         };
@@ -166,7 +170,7 @@ impl CostConfig {
                     format!(
                         "name `{}`: 1 to 64 of [a-z0-9_-], not `{UNALLOCATED}` or `{}`",
                         crate::error::clip(&c.name, 64),
-                        super::plan::PLATFORM
+                        PLATFORM
                     ),
                 ));
             }

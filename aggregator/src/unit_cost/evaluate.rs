@@ -169,6 +169,28 @@ impl CostEvaluator {
         })
     }
 
+    /// Requests and recommendations per component of the hours `[start, end)` (UTC
+    /// nanoseconds, whole hours), from `latency_hours`.
+    async fn usage(
+        &self,
+        membership: &mut Membership,
+        start: i64,
+        end: i64,
+    ) -> Result<BTreeMap<i64, HourUsage>> {
+        let minutes = |t: i64| u64::try_from(t / MINUTE_NANOS as i64).unwrap_or(0);
+        let sink = UsageSink {
+            plan: self.plan.clone(),
+            membership: std::mem::take(membership),
+            hours: BTreeMap::new(),
+        };
+        let sink = self
+            .engine
+            .hour_sums(minutes(start)..minutes(end), sink)
+            .await?;
+        *membership = sink.membership;
+        Ok(sink.hours)
+    }
+
     /// Evaluates at the clock's reading and publishes the result.
     pub async fn evaluate(&self) -> Result<Arc<CostReport>> {
         let now = i64::try_from(self.aggregator.clock().now_nanos()).unwrap_or(i64::MAX);
@@ -213,19 +235,9 @@ impl CostEvaluator {
             }
         }
         missing.retain(|(a, b)| a < b);
-        let minutes = |t: i64| u64::try_from(t / MINUTE_NANOS as i64).unwrap_or(0);
         for (start, end) in missing {
-            let sink = UsageSink {
-                plan: self.plan.clone(),
-                membership: std::mem::take(&mut inner.membership),
-                hours: BTreeMap::new(),
-            };
-            let sink = self
-                .engine
-                .hour_sums(minutes(start)..minutes(end), sink)
-                .await?;
-            inner.membership = sink.membership;
-            inner.final_usage.extend(sink.hours);
+            let hours = self.usage(&mut inner.membership, start, end).await?;
+            inner.final_usage.extend(hours);
         }
         inner.read = Some(match inner.read {
             None => (first, final_end),
@@ -234,17 +246,10 @@ impl CostEvaluator {
         // The open hours (their rows so far: `latency_hours` holds the current hour's too),
         // at every evaluation.
         let mut usage = inner.final_usage.clone();
-        let sink = UsageSink {
-            plan: self.plan.clone(),
-            membership: std::mem::take(&mut inner.membership),
-            hours: BTreeMap::new(),
-        };
-        let sink = self
-            .engine
-            .hour_sums(minutes(final_end)..minutes(open_hour + HOUR_NANOS), sink)
+        let open = self
+            .usage(&mut inner.membership, final_end, open_hour + HOUR_NANOS)
             .await?;
-        inner.membership = sink.membership;
-        usage.extend(sink.hours);
+        usage.extend(open);
         let allocated = allocate(&self.plan, &cost.hours, &usage);
         let required: BTreeSet<String> = if self.config.providers.is_empty() {
             cost.providers.clone()

@@ -10,9 +10,7 @@ use crate::cost::CostLine;
 use crate::error::{Error, Result};
 use crate::record::SeriesKey;
 
-/// The platform as a whole: the sum of its components, and the one component there is when
-/// `[cost]` names none.
-pub const PLATFORM: &str = "platform";
+pub use super::config::PLATFORM;
 
 /// Where a line's cost goes, once its rule is applied.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
