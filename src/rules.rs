@@ -162,7 +162,10 @@ pub fn render(slo: &SloConfig) -> String {
     for o in &slo.objectives {
         let _ = writeln!(out, "  - name: recmeter-slo-{}\n    rules:", o.name);
         if o.kind == ObjectiveKind::Cost {
-            // A threshold on the latest complete day, as recmeter's own evaluation reads it.
+            // A threshold on the reported day when it is complete. recmeter's own evaluation
+            // reads the latest complete day; while the gauges report an incomplete day (past
+            // cost.complete_after) this rule has no value and resolves, where recmeter's
+            // alert keeps its state.
             let _ = writeln!(
                 out,
                 "      - alert: RecmeterCostPerRecommendation\n        expr: |\n          \

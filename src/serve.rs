@@ -73,7 +73,9 @@ pub fn main(args: RunArgs, workload: Option<Workload>) -> ExitCode {
             config.billing.url = crate::demo_history::BILLING_DIR.to_owned();
         }
         if config.cost.components.is_empty() && config.cost.allocation.is_empty() {
-            config.cost = crate::demo_history::cost_config();
+            let demo = crate::demo_history::cost_config();
+            config.cost.components = demo.components;
+            config.cost.allocation = demo.allocation;
         }
     }
     if let Err(e) = crate::allocator::disable_transparent_huge_pages() {

@@ -317,6 +317,94 @@ fn late_bills_a_restatement_and_the_cost_objective_against_figures_worked_by_han
     assert_eq!(rows[0]["unit"], "0.000900000000");
 }
 
+/// Shared cost split by requests, end to end: spans of two services through the SDK's
+/// exporter, the components found by their globs, and a bill whose hour 0 is split 3 to 1 as
+/// the hour's requests were, while hour 1, without requests, goes to `unallocated`.
+#[test]
+fn shared_cost_is_split_by_each_hours_requests_from_the_spans() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("bucket");
+    std::fs::create_dir_all(&bucket).unwrap();
+    // Components and no rules: every line is shared.
+    let config = format!(
+        "[billing]\nurl = \"{}\"\n\
+         [[cost.components]]\nname = \"ranker\"\nservices = [\"ranker\"]\n\
+         [[cost.components]]\nname = \"front\"\nservices = [\"front*\"]\n",
+        bucket.display()
+    );
+    let recmeter = Recmeter::start_with(Start {
+        config: &config,
+        fake_clock: Some(MONDAY),
+        ..Start::default()
+    });
+    let now = humantime::parse_rfc3339(MONDAY).unwrap();
+    for (service, n) in [("ranker", 300u64), ("front-web", 100)] {
+        let spans = (0..n)
+            .map(|i| {
+                span(
+                    "GET /recs",
+                    SpanKind::Server,
+                    now - Duration::from_secs(10),
+                    5_000_000,
+                    false,
+                    Vec::new(),
+                    i + if service == "ranker" { 0 } else { 1_000 },
+                )
+            })
+            .collect();
+        export(Client::HttpProto, &recmeter.addrs, service, vec![spans]);
+    }
+    // Hour 0: $100.000000000001 shared 3 to 1; hour 1: $10, no requests.
+    let mut text = String::from(
+        "BillingAccountId,BillingCurrency,BillingPeriodStart,ChargePeriodStart,ChargePeriodEnd,\
+         BilledCost,EffectiveCost,ProviderName,ServiceName\n",
+    );
+    for (h, cost) in [(0u64, "100.000000000001"), (1, "10")] {
+        let at = |h: u64| humantime::format_rfc3339(monday() + Duration::from_secs(h * 3_600));
+        text.push_str(&format!(
+            "1234,USD,2026-03-01T00:00:00Z,{},{},{cost},{cost},AWS,Amazon S3\n",
+            at(h),
+            at(h + 1)
+        ));
+    }
+    put(&bucket, "bill.csv", &text);
+    recmeter.advance("2h");
+    wait_for("the bill's hours", || {
+        recmeter.sql_rows("SELECT COUNT(*) AS n FROM cost_hourly")[0]["n"] == 3
+    });
+    let rows = recmeter.sql_rows(
+        "SELECT CAST(hour AS VARCHAR) AS hour, component, \
+                CAST(effective_cost AS VARCHAR) AS cost FROM cost_hourly ORDER BY hour, component",
+    );
+    let got: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap().to_owned();
+            (s("hour"), s("component"), s("cost"))
+        })
+        .collect();
+    // `ranker` (first in the config): 100.000000000001 × 300/400 = 75.00000000000075,
+    // rounded toward zero to 12 decimals; `front`, the last share, takes the remainder.
+    let hour = |h: u64| format!("2026-03-02T0{h}:00:00Z");
+    let want = [
+        (hour(0), "front", "25.000000000001"),
+        (hour(0), "ranker", "75.000000000000"),
+        (hour(1), "unallocated", "10.000000000000"),
+    ];
+    assert_eq!(got.len(), 3, "{got:?}");
+    for ((h, c, v), (wh, wc, wv)) in got.iter().zip(want) {
+        assert!(h.starts_with(&wh[..13]), "{got:?}");
+        assert_eq!((c.as_str(), v.as_str()), (wc, wv), "{got:?}");
+    }
+    let usage =
+        recmeter.sql_rows("SELECT component, requests FROM usage_hourly ORDER BY component");
+    assert_eq!(usage.len(), 2, "{usage:?}");
+    assert_eq!(usage[0]["component"], "front");
+    assert_eq!(usage[0]["requests"], 100);
+    assert_eq!(usage[1]["component"], "ranker");
+    assert_eq!(usage[1]["requests"], 300);
+}
+
 #[test]
 fn the_focus_sample_allocated_by_rules_reconciles_with_duckdb_per_day() {
     let dir = tempfile::tempdir().unwrap();
@@ -402,7 +490,7 @@ fn the_focus_sample_allocated_by_rules_reconciles_with_duckdb_per_day() {
 /// `recmeter rules` with a cost objective: promtool accepts the file, and its unit test fires
 /// the alert on a complete day over the threshold only (not on an incomplete one).
 #[test]
-fn the_cost_objectives_prometheus_rule_passes_promtool_and_fires_as_recmeter_does() {
+fn the_cost_objectives_prometheus_rule_passes_promtool_and_fires_on_complete_days() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("recmeter.toml");
     std::fs::write(

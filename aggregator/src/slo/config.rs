@@ -458,6 +458,23 @@ mod tests {
     }
 
     #[test]
+    fn a_cost_objective_needs_only_a_positive_threshold() {
+        let mut config = SloConfig::default();
+        config
+            .objectives
+            .push(Objective::new("unit_cost", ObjectiveKind::Cost, 0.0, None));
+        assert!(errors(&config).is_empty(), "{:?}", errors(&config));
+        assert_eq!(config.objectives[2].cost_threshold(), 0.001);
+        config.objectives[2].threshold = Some(-1.0);
+        let got = errors(&config);
+        assert!(
+            got.iter()
+                .any(|e| e.contains("slo.objectives[2].threshold") && e.contains("positive")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
     fn every_problem_names_its_objective_and_field() {
         let mut bad = SloConfig::default();
         bad.objectives[0].name = "checkout-availability".into();

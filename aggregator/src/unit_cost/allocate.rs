@@ -60,24 +60,26 @@ impl HourUsage {
 /// `cost` split by `weights`: each share `cost × weight / Σweights` rounded toward zero, the
 /// last non-zero weight taking the remainder. `None` when the weights sum to 0.
 pub fn split(cost: i128, weights: &[u128]) -> Option<Vec<i128>> {
+    // Weights whose sum reaches 2^64 (no hour has that many requests) are halved together
+    // until it does not, so every product below fits in a u128: integers throughout.
+    let mut weights = weights.to_vec();
+    while weights.iter().fold(0u128, |a, w| a.saturating_add(*w)) >= 1 << 64 {
+        weights.iter_mut().for_each(|w| *w >>= 1);
+    }
     let total: u128 = weights.iter().sum();
     let last = weights.iter().rposition(|w| *w > 0)?;
     let (negative, magnitude) = (cost < 0, cost.unsigned_abs());
-    // cost × w / total without overflow, as in proration: (q·total + r) × w / total.
+    // cost × w / total without overflow, as in proration: (q·total + r) × w / total, where
+    // q × w ≤ cost and r × w < 2^128.
     let (q, r) = (magnitude / total, magnitude % total);
     let mut shares: Vec<i128> = weights
         .iter()
         .map(|&w| {
-            let share = q
-                .saturating_mul(w)
-                .saturating_add(r.checked_mul(w).map_or_else(
-                    || (r as f64 * w as f64 / total as f64) as u128,
-                    |v| v / total,
-                ));
-            let share = i128::try_from(share).unwrap_or(i128::MAX);
+            let share = i128::try_from(q * w + r * w / total).unwrap_or(i128::MAX);
             if negative { -share } else { share }
         })
         .collect();
+    // Each share is at most its part of `cost`, so neither the sum nor the remainder overflows.
     let given: i128 = shares.iter().sum();
     shares[last] += cost - given;
     Some(shares)

@@ -23,7 +23,8 @@ pub const PLATFORM: &str = "platform";
 #[serde(deny_unknown_fields, default)]
 pub struct CostConfig {
     /// The providers whose bills a period needs before it counts as complete (their
-    /// `provider` as the lines carry it). Default: empty, the providers that have lines.
+    /// `provider` as the lines carry it). Default: empty, the providers with usage lines in
+    /// the week before the period's end.
     pub providers: Vec<String>,
     /// An incomplete period is reported anyway this long after its end, with
     /// `recmeter_cost_period_complete{period}` = 0. Default: `"48h"`.
@@ -34,9 +35,11 @@ pub struct CostConfig {
     #[serde(with = "humantime_serde")]
     pub evaluation_interval: Duration,
     /// The platform's components: each maps to recmeter series by `services` and `endpoints`
-    /// globs, which give its share of requests.
+    /// globs, which give its share of requests. Default: none (the platform is one
+    /// component, `platform`, over every series).
     pub components: Vec<Component>,
-    /// The allocation rules, first match wins.
+    /// The allocation rules, first match wins. Default: none (every line is the platform's,
+    /// or shared when components are set).
     pub allocation: Vec<Rule>,
 }
 
@@ -57,6 +60,7 @@ impl Default for CostConfig {
 #[serde(deny_unknown_fields)]
 pub struct Component {
     /// Its name, the `component` label (`[a-z0-9_-]`, not `unallocated` or `platform`).
+    /// Required.
     pub name: String,
     /// Globs over `service.name`: its series. Default: none.
     #[serde(default)]
@@ -82,14 +86,17 @@ pub struct Rule {
     pub provider: Option<String>,
     /// Glob over the line's service name. Default: any.
     pub service: Option<String>,
-    /// Globs over tags (labels on GCP): each named tag must be present and match.
+    /// Globs over tags (labels on GCP): each named tag must be present and match. Default:
+    /// none.
     pub tags: BTreeMap<String, String>,
-    /// The component the lines go to.
+    /// The component the lines go to. Default: none (give one of `component`,
+    /// `component_tag` or `shared`).
     pub component: Option<String>,
     /// The tag naming the component (`component`, for `tags.component`); a line without it
-    /// is shared.
+    /// is shared. Default: none.
     pub component_tag: Option<String>,
-    /// The lines are shared: split across components by requests (or `ratio`).
+    /// The lines are shared: split across components by requests (or `ratio`). Default:
+    /// false.
     pub shared: bool,
 }
 
@@ -104,28 +111,59 @@ pub enum Allocation {
     Unallocated,
 }
 
-impl Rule {
+/// One rule with its globs compiled.
+#[derive(Debug, Clone)]
+struct CompiledRule {
+    provider: Option<Pattern>,
+    service: Option<Pattern>,
+    tags: Vec<(String, Pattern)>,
+    /// A glob did not compile (validation refuses it): the rule takes no line.
+    broken: bool,
+    rule: Rule,
+}
+
+impl CompiledRule {
+    fn new(rule: &Rule) -> Self {
+        let mut broken = false;
+        let mut compile = |g: &String| Pattern::new(g).map_err(|_| broken = true).ok();
+        let provider = rule.provider.as_ref().and_then(&mut compile);
+        let service = rule.service.as_ref().and_then(&mut compile);
+        let tags = rule
+            .tags
+            .iter()
+            .filter_map(|(tag, g)| Some((tag.clone(), compile(g)?)))
+            .collect();
+        Self {
+            provider,
+            service,
+            tags,
+            broken,
+            rule: rule.clone(),
+        }
+    }
+
     /// Whether `line` is one of this rule's.
     fn matches(&self, line: &CostLine) -> bool {
-        let glob = |pattern: &Option<String>, value: Option<&str>| {
+        let glob = |pattern: &Option<Pattern>, value: Option<&str>| {
             pattern
                 .as_ref()
-                .is_none_or(|p| Pattern::new(p).is_ok_and(|p| value.is_some_and(|v| p.matches(v))))
+                .is_none_or(|p| value.is_some_and(|v| p.matches(v)))
         };
-        glob(&self.provider, Some(&line.provider))
+        !self.broken
+            && glob(&self.provider, Some(&line.provider))
             && glob(&self.service, line.service_name.as_deref())
-            && self.tags.iter().all(|(tag, pattern)| {
-                Pattern::new(pattern)
-                    .is_ok_and(|p| line.tags.get(tag).is_some_and(|v| p.matches(v)))
-            })
+            && self
+                .tags
+                .iter()
+                .all(|(tag, p)| line.tags.get(tag).is_some_and(|v| p.matches(v)))
     }
 
     /// Where this rule sends `line` (one it matches).
     fn allocate(&self, line: &CostLine) -> Allocation {
-        if let Some(c) = &self.component {
+        if let Some(c) = &self.rule.component {
             return Allocation::Component(c.clone());
         }
-        if let Some(tag) = &self.component_tag {
+        if let Some(tag) = &self.rule.component_tag {
             return match line.tags.get(tag).filter(|v| !v.is_empty()) {
                 Some(c) => Allocation::Component(c.clone()),
                 None => Allocation::Shared,
@@ -135,13 +173,30 @@ impl Rule {
     }
 }
 
-impl CostConfig {
+/// The allocation rules with their globs compiled once, for the many lines of a bill.
+#[derive(Debug, Clone)]
+pub struct Rules(Vec<CompiledRule>);
+
+impl Rules {
     /// Where `line` goes: the first rule that matches it decides.
     pub fn allocate(&self, line: &CostLine) -> Allocation {
-        self.allocation
+        self.0
             .iter()
             .find(|r| r.matches(line))
             .map_or(Allocation::Unallocated, |r| r.allocate(line))
+    }
+}
+
+impl CostConfig {
+    /// The allocation rules, compiled.
+    pub fn rules(&self) -> Rules {
+        Rules(self.allocation.iter().map(CompiledRule::new).collect())
+    }
+
+    /// Where `line` goes: the first rule that matches it decides. (Compiles the rules on
+    /// each call: for many lines, [`CostConfig::rules`] once.)
+    pub fn allocate(&self, line: &CostLine) -> Allocation {
+        self.rules().allocate(line)
     }
 
     /// Cross-field checks.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::allocate::{Allocated, HourUsage, Usage, allocate};
 use super::config::CostConfig;
-use super::lines::{HourlyCost, LINES_SQL, LineReader};
+use super::lines::{Amount, HourlyCost, LINES_SQL, LineReader};
 use super::periods::{DAY_NANOS, HOUR_NANOS, Period};
 use super::plan::{Membership, PLATFORM, Plan};
 use super::prorate::MAX_HOURS;
@@ -122,7 +122,7 @@ struct Inner {
     read: Option<(i64, i64)>,
     membership: Membership,
     /// Each complete period's total cost at the last evaluation.
-    complete_totals: BTreeMap<(Period, i64), i128>,
+    complete_totals: BTreeMap<(Period, i64), Amount>,
     restated: BTreeMap<Period, u64>,
 }
 
@@ -251,40 +251,36 @@ impl CostEvaluator {
             .await?;
         usage.extend(open);
         let allocated = allocate(&self.plan, &cost.hours, &usage);
-        let required: BTreeSet<String> = if self.config.providers.is_empty() {
-            cost.providers.clone()
-        } else {
-            self.config.providers.iter().cloned().collect()
-        };
+        let configured: BTreeSet<String> = self.config.providers.iter().cloned().collect();
         let periods = periods(
             self.plan.components.len(),
             &cost.hours,
             &allocated,
             &usage,
-            &required,
+            &configured,
             now,
             self.config.complete_after,
         );
         // A complete period whose cost changed since the last evaluation was restated.
-        let totals: BTreeMap<(Period, i64), i128> = periods
+        let totals: BTreeMap<(Period, i64), Amount> = periods
             .figures
             .iter()
             .filter(|(_, p)| p.complete)
-            .map(|(k, p)| (*k, p.total_cost().effective))
+            .map(|(k, p)| (*k, p.total_cost()))
             .collect();
         let inner = &mut *inner;
         for (key, before) in &inner.complete_totals {
             let after = periods
                 .figures
                 .get(key)
-                .map_or(0, |p| p.total_cost().effective);
+                .map_or_else(Amount::default, |p| p.total_cost());
             if after != *before {
                 *inner.restated.entry(key.0).or_default() += 1;
                 tracing::info!(
                     period = key.0.label(),
                     start = key.1,
-                    before = usd(*before),
-                    after = usd(after),
+                    before = usd(before.effective),
+                    after = usd(after.effective),
                     "A complete period's cost was restated by a later bill."
                 );
             }

@@ -31,9 +31,10 @@ pub struct Amount {
 }
 
 impl Amount {
+    /// Adds `other`, saturating: two lines near `Decimal128(38, 12)`'s bound would overflow.
     pub fn add(&mut self, other: Amount) {
-        self.effective += other.effective;
-        self.billed += other.billed;
+        self.effective = self.effective.saturating_add(other.effective);
+        self.billed = self.billed.saturating_add(other.billed);
     }
 }
 
@@ -61,8 +62,9 @@ pub struct HourlyCost {
     pub hours: BTreeMap<i64, HourCost>,
     /// Every provider with lines.
     pub providers: BTreeSet<String>,
-    /// Lines left out, by reason (`currency`: no rate for it in `billing.usd_rates`;
-    /// `period`: a charge period that ends before it starts or spans over 400 days).
+    /// Lines left out, by reason (`currency`: no rate for it in `billing.usd_rates`, or too
+    /// large to convert; `period`: a charge period that ends before it starts, spans over 400
+    /// days or ends past the year 2262).
     pub excluded: BTreeMap<&'static str, u64>,
     /// Lines read.
     pub lines: u64,
@@ -92,6 +94,10 @@ pub struct LineReader {
     /// Reused for each line's rule match.
     line: CostLine,
 }
+
+/// The latest charge period end used: past it (the year 2262) the hour and week arithmetic
+/// would overflow.
+const LAST_END: i64 = i64::MAX - 8 * DAY_NANOS;
 
 /// `1` in units of `10^-12`.
 const ONE: i128 = 1_000_000_000_000;
@@ -149,9 +155,9 @@ impl LineReader {
                 }
                 h.providers.insert(group.provider.clone());
                 if group.compute {
-                    h.compute += effective;
+                    h.compute = h.compute.saturating_add(effective);
                     if group.dynamic {
-                        h.dynamic += effective;
+                        h.dynamic = h.dynamic.saturating_add(effective);
                     }
                 }
             }
@@ -206,7 +212,7 @@ impl BatchSink for LineReader {
         for row in 0..batch.num_rows() {
             self.lines += 1;
             let (from, to) = (start.value(row), end.value(row));
-            if to < from || to - from > (MAX_HOURS - 1) * HOUR_NANOS {
+            if to < from || to - from > (MAX_HOURS - 1) * HOUR_NANOS || to > LAST_END {
                 *self.excluded.entry("period").or_default() += 1;
                 continue;
             }

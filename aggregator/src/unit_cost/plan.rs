@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use glob::Pattern;
 
-use super::config::{Allocation, CostConfig, Rule, UNALLOCATED};
+use super::config::{Allocation, CostConfig, Rule, Rules, UNALLOCATED};
 use crate::cost::CostLine;
 use crate::error::{Error, Result};
 use crate::record::SeriesKey;
@@ -39,7 +39,7 @@ pub struct Plan {
     /// The components, in configuration order; one named `platform` covering every series
     /// when `[cost]` names none.
     pub components: Vec<PlannedComponent>,
-    config: CostConfig,
+    rules: Rules,
     /// The tags the rules read.
     pub tags: Vec<String>,
 }
@@ -98,7 +98,7 @@ impl Plan {
         tags.dedup();
         Ok(Self {
             components,
-            config,
+            rules: config.rules(),
             tags,
         })
     }
@@ -111,7 +111,7 @@ impl Plan {
     /// Where `line` goes. A component named by a tag that is not one of the components is
     /// `unallocated`: its cost is reported, under no name recmeter cannot vouch for.
     pub fn target(&self, line: &CostLine) -> Target {
-        match self.config.allocate(line) {
+        match self.rules.allocate(line) {
             Allocation::Component(name) => self
                 .components
                 .iter()

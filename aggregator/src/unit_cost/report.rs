@@ -3,10 +3,10 @@
 //! period's bill is complete, and which period the gauges report.
 //!
 //! A period is complete once it has ended and every hour in it has usage data (lines of at
-//! most a day) from every provider that must bill (`cost.providers`, or every provider with
-//! lines). The gauges report the latest complete period; an incomplete one is reported
-//! instead once `cost.complete_after` has passed since its end, if every such provider has
-//! lines in it. A period with no line at all is never reported, so no cost of 0 stands for a
+//! most a day) from every provider that must bill (`cost.providers`, or else every provider
+//! with usage lines in the week before the period's end). The gauges report the latest
+//! complete period; an incomplete one is reported instead once `cost.complete_after` has
+//! passed since its end, if every such provider has usage lines in it. A period with no line at all is never reported, so no cost of 0 stands for a
 //! bill not yet in.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::allocate::{Allocated, HourUsage, Usage};
 use super::lines::{Amount, HourCost};
-use super::periods::{HOUR_NANOS, Period};
+use super::periods::{DAY_NANOS, HOUR_NANOS, Period};
 
 /// One period's figures.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -30,12 +30,15 @@ pub struct PeriodFigures {
     pub dynamic: i128,
     /// Whether any line falls in it.
     pub billed: bool,
-    /// Providers with a line in it.
+    /// Providers with usage data (lines of at most a day) in it: monthly fees alone do not
+    /// make a bill.
     pub providers: BTreeSet<String>,
-    /// Its hours with usage data from every provider that must bill.
-    pub hours_complete: u32,
-    /// Whether it has ended and every hour in it is complete.
+    /// Whether it has ended and every hour in it has usage data from every provider that
+    /// must bill.
     pub complete: bool,
+    /// Whether it is reported though incomplete: `cost.complete_after` has passed since its
+    /// end, and every provider that must bill has usage lines in it.
+    pub due: bool,
 }
 
 impl PeriodFigures {
@@ -109,13 +112,42 @@ pub struct Periods {
     pub data_end: Option<i64>,
 }
 
-/// Works out every period's figures at `now` (UTC nanoseconds).
+/// How far back a provider's usage lines make it one that must bill: a provider that
+/// starts billing is not waited for before its first line, and one that stops is not waited
+/// for a week after its last.
+pub const ACTIVE: i64 = 7 * DAY_NANOS;
+
+/// The hours each provider has usage data in.
+type Coverage = BTreeMap<String, BTreeSet<i64>>;
+
+/// The providers that must bill `[start, end)`: `configured` (`cost.providers`), or else
+/// those with usage lines in the week before `end`.
+fn required<'a>(
+    configured: &'a BTreeSet<String>,
+    coverage: &'a Coverage,
+    start: i64,
+    end: i64,
+) -> Vec<&'a str> {
+    if !configured.is_empty() {
+        return configured.iter().map(String::as_str).collect();
+    }
+    let from = start.min(end - ACTIVE);
+    coverage
+        .iter()
+        .filter(|(_, hours)| hours.range(from..end).next().is_some())
+        .map(|(p, _)| p.as_str())
+        .collect()
+}
+
+/// Works out every period's figures at `now` (UTC nanoseconds). `configured` is
+/// `cost.providers` (empty: the providers with usage lines in the week before each period's
+/// end).
 pub fn periods(
     components: usize,
     hours: &BTreeMap<i64, HourCost>,
     allocated: &Allocated,
     usage: &BTreeMap<i64, HourUsage>,
-    required: &BTreeSet<String>,
+    configured: &BTreeSet<String>,
     now: i64,
     complete_after: Duration,
 ) -> Periods {
@@ -142,37 +174,53 @@ pub fn periods(
             p.usage_unallocated.add(u.unallocated);
         });
     }
+    let mut coverage = Coverage::new();
     for (&hour, cost) in hours {
-        let complete = !required.is_empty() && required.is_subset(&cost.covered);
-        if complete {
-            // In order: the latest so far.
-            out.data_end = Some(hour);
+        for provider in &cost.covered {
+            coverage.entry(provider.clone()).or_default().insert(hour);
         }
         each(hour, &mut |p| {
             p.billed = true;
-            p.providers.extend(cost.providers.iter().cloned());
-            p.compute += cost.compute;
-            p.dynamic += cost.dynamic;
-            p.hours_complete += u32::from(complete);
+            p.providers.extend(cost.covered.iter().cloned());
+            p.compute = p.compute.saturating_add(cost.compute);
+            p.dynamic = p.dynamic.saturating_add(cost.dynamic);
         });
     }
-    out.data_end = out.data_end.map(|h| h + HOUR_NANOS);
+    // The data reaches the end of the latest hour every provider that must bill now has
+    // covered (none dated ahead of the clock).
+    let must = required(configured, &coverage, now, now);
+    out.data_end = must
+        .iter()
+        .map(|p| {
+            coverage
+                .get(*p)
+                .and_then(|h| h.range(..=now - HOUR_NANOS).next_back())
+                .map(|h| h + HOUR_NANOS)
+        })
+        .min()
+        .flatten();
     let complete_after = i64::try_from(complete_after.as_nanos()).unwrap_or(i64::MAX);
     for ((kind, start), p) in &mut out.figures {
         let end = kind.next(*start);
-        let hours = (end - *start) / HOUR_NANOS;
-        p.complete = end <= now && i64::from(p.hours_complete) == hours;
+        let must = required(configured, &coverage, *start, end);
+        let hours = usize::try_from((end - *start) / HOUR_NANOS).unwrap_or(usize::MAX);
+        // Every hour covered by every provider that must bill.
+        let covered = |p: &str| {
+            coverage
+                .get(p)
+                .is_some_and(|h| h.range(*start..end).count() == hours)
+        };
+        p.complete = end <= now && !must.is_empty() && must.iter().all(|p| covered(p));
+        p.due = end <= now
+            && now - end >= complete_after
+            && p.billed
+            && must.iter().all(|m| p.providers.contains(*m));
     }
     for ((kind, start), p) in out.figures.iter().rev() {
-        let end = kind.next(*start);
         if p.complete {
             out.latest_complete.entry(*kind).or_insert(*start);
         }
-        let due = end <= now
-            && now - end >= complete_after
-            && p.billed
-            && required.is_subset(&p.providers);
-        if p.complete || due {
+        if p.complete || p.due {
             out.reported.entry(*kind).or_insert(Reported {
                 start: *start,
                 complete: p.complete,
@@ -185,10 +233,53 @@ pub fn periods(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::unit_cost::periods::DAY_NANOS;
 
     /// $1 in units.
     const USD: i128 = 1_000_000_000_000;
+
+    #[test]
+    fn without_cost_providers_a_provider_must_bill_from_its_first_line_until_a_week_after_its_last()
+    {
+        // AWS bills days 0 to 20; GCP starts on day 5 and stops after day 9.
+        let mut hours = BTreeMap::new();
+        for h in 0..21 * 24 {
+            let day = h / 24;
+            let providers: &[&str] = if (5..10).contains(&day) {
+                &["AWS", "GCP"]
+            } else {
+                &["AWS"]
+            };
+            hours.insert(h * HOUR_NANOS, hour(providers));
+        }
+        // GCP's day 7 comes late: hours 0 to 11 only.
+        for h in 7 * 24 + 12..8 * 24 {
+            hours
+                .get_mut(&(h * HOUR_NANOS))
+                .unwrap()
+                .covered
+                .remove("GCP");
+        }
+        let p = periods(
+            1,
+            &hours,
+            &Allocated::new(),
+            &BTreeMap::new(),
+            &BTreeSet::new(),
+            21 * DAY_NANOS + HOUR_NANOS,
+            Duration::from_secs(48 * 3_600),
+        );
+        let complete = |day: i64| p.figures[&(Period::Day, day * DAY_NANOS)].complete;
+        // Before GCP's first line, AWS alone makes a day complete.
+        assert!(complete(0) && complete(4));
+        // GCP's late day 7 is incomplete; its other days are complete.
+        assert!(complete(5) && complete(6) && !complete(7) && complete(8) && complete(9));
+        // GCP is waited for while its last line (day 9) is within the week before a day's
+        // end: to day 15. From day 16 on, AWS alone completes a day.
+        assert!(!complete(10) && !complete(15));
+        assert!(complete(16) && complete(20));
+        assert_eq!(p.reported[&Period::Day].start, 20 * DAY_NANOS);
+        assert_eq!(p.data_end, Some(21 * DAY_NANOS));
+    }
 
     #[test]
     fn a_day_of_1_200_000_recommendations_and_1080_dollars_costs_0_0009_each() {
@@ -246,11 +337,18 @@ mod tests {
         // still day 11.
         let p = figures(&hours, 15 * DAY_NANOS, 48);
         assert_eq!(p.reported[&Period::Day].start, 11 * DAY_NANOS);
-        // With GCP's lines for part of day 12, it is reported past due, incomplete.
+        // GCP's monthly fee covers day 12 too, but says nothing of its usage: still day 11.
+        for h in 48..72 {
+            let at = 10 * DAY_NANOS + h * HOUR_NANOS;
+            hours.get_mut(&at).unwrap().providers.insert("GCP".into());
+        }
+        let p = figures(&hours, 15 * DAY_NANOS, 48);
+        assert_eq!(p.reported[&Period::Day].start, 11 * DAY_NANOS);
+        // With GCP's usage lines for part of day 12, it is reported past due, incomplete.
         hours
             .get_mut(&(12 * DAY_NANOS))
             .unwrap()
-            .providers
+            .covered
             .insert("GCP".into());
         let p = figures(&hours, 15 * DAY_NANOS, 48);
         assert_eq!(

@@ -324,6 +324,40 @@ mod tests {
     }
 
     #[test]
+    fn a_cost_ticket_says_the_day_and_the_figure() {
+        let mut context = context();
+        context.objectives.push(Objective::new(
+            "unit_cost",
+            ObjectiveKind::Cost,
+            0.0,
+            Some(0.001),
+        ));
+        let mut t = transition(Severity::Ticket, true);
+        t.slo = "unit_cost".into();
+        t.burn_rates.clear();
+        t.cost = Some(recmeter_aggregator::slo::CostReading {
+            usd_per_recommendation: 0.00125,
+            // 2025-12-01T00:00:00Z
+            day_start: 1_764_547_200_000_000_000,
+        });
+        let e = event(
+            &context,
+            "R0123",
+            "recmeter/recmeter-0/unit_cost/ticket",
+            &t,
+        );
+        assert_eq!(
+            e["payload"]["summary"],
+            "unit_cost cost: $0.001250 per recommendation on 2025-12-01 against $0.001"
+        );
+        let details = &e["payload"]["custom_details"];
+        assert_eq!(details["cost_per_recommendation_usd"], 0.00125);
+        assert_eq!(details["threshold_usd_per_recommendation"], 0.001);
+        assert_eq!(details["day"], "2025-12-01T00:00:00.000Z");
+        assert!(details.get("objective").is_none(), "{details}");
+    }
+
+    #[test]
     fn a_page_triggers_with_the_numbers_and_resolves_by_the_same_key() {
         let key = "R0123456789abcdef0123456789abcde";
         let dedup = "recmeter/recmeter-0/checkout/page";
