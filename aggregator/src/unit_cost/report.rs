@@ -108,7 +108,9 @@ pub struct Periods {
     pub reported: BTreeMap<Period, Reported>,
     /// The latest complete period of each kind.
     pub latest_complete: BTreeMap<Period, i64>,
-    /// The end of the latest hour with usage data from every provider that must bill.
+    /// How far the usage data reaches: the end of the least advanced provider's latest usage
+    /// hour (of `cost.providers`, or of every provider whose usage reaches within
+    /// [`LAG_WINDOW`] of the most advanced one's).
     pub data_end: Option<i64>,
 }
 
@@ -116,6 +118,10 @@ pub struct Periods {
 /// starts billing is not waited for before its first line, and one that stops is not waited
 /// for a week after its last.
 pub const ACTIVE: i64 = 7 * DAY_NANOS;
+
+/// How far behind the most advanced provider another may be and still count for the data
+/// lag: a provider that stopped billing stops counting after it.
+pub const LAG_WINDOW: i64 = 35 * DAY_NANOS;
 
 /// The hours each provider has usage data in.
 type Coverage = BTreeMap<String, BTreeSet<i64>>;
@@ -186,10 +192,30 @@ pub fn periods(
             p.dynamic = p.dynamic.saturating_add(cost.dynamic);
         });
     }
-    // The data reaches the end of the latest hour every provider that must bill now has
-    // covered (none dated ahead of the clock).
-    let must = required(configured, &coverage, now, now);
-    out.data_end = must
+    // The data reaches as far as the least advanced provider's latest usage hour (none dated
+    // ahead of the clock): of the configured providers, or of every provider whose usage
+    // reaches within `LAG_WINDOW` of the most advanced one's, however late the bill.
+    let latest = |p: &str| {
+        coverage
+            .get(p)
+            .and_then(|h| h.range(..=now - HOUR_NANOS).next_back())
+            .copied()
+    };
+    let front = coverage.keys().filter_map(|p| latest(p)).max();
+    let every: Vec<&str> = if configured.is_empty() {
+        coverage
+            .keys()
+            .map(String::as_str)
+            .filter(|p| {
+                latest(p)
+                    .zip(front)
+                    .is_some_and(|(l, f)| f - l <= LAG_WINDOW)
+            })
+            .collect()
+    } else {
+        configured.iter().map(String::as_str).collect()
+    };
+    out.data_end = every
         .iter()
         .map(|p| {
             coverage
@@ -213,6 +239,7 @@ pub fn periods(
         p.complete = end <= now && !must.is_empty() && must.iter().all(|p| covered(p));
         p.due = end <= now
             && now - end >= complete_after
+            && !must.is_empty()
             && p.billed
             && must.iter().all(|m| p.providers.contains(*m));
     }
@@ -278,7 +305,26 @@ mod tests {
         assert!(!complete(10) && !complete(15));
         assert!(complete(16) && complete(20));
         assert_eq!(p.reported[&Period::Day].start, 20 * DAY_NANOS);
-        assert_eq!(p.data_end, Some(21 * DAY_NANOS));
+        // The lag still counts GCP, 11 days behind AWS (within 35 days).
+        assert_eq!(p.data_end, Some(10 * DAY_NANOS));
+        // With no usage line at all, a period is never due, whatever its monthly fees.
+        let mut fees = BTreeMap::new();
+        for h in 0..3 * 24 {
+            let mut cost = HourCost::default();
+            cost.providers.insert("AWS".into());
+            fees.insert(h * HOUR_NANOS, cost);
+        }
+        let p = periods(
+            1,
+            &fees,
+            &Allocated::new(),
+            &BTreeMap::new(),
+            &BTreeSet::new(),
+            30 * DAY_NANOS,
+            Duration::from_secs(48 * 3_600),
+        );
+        assert!(p.reported.is_empty(), "{:?}", p.reported);
+        assert_eq!(p.data_end, None);
     }
 
     #[test]

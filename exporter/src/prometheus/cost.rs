@@ -148,8 +148,8 @@ impl Collector for CostFamilies {
             encoder
                 .encode_descriptor(
                     "recmeter_cost_data_lag_seconds",
-                    "How far the billing data is behind: now minus the end of the latest hour \
-                     with usage data from every provider.",
+                    "How far the billing data is behind: now minus the end of the least \
+                     advanced provider's latest usage hour.",
                     None,
                     MetricType::Gauge,
                 )?
