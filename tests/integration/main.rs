@@ -16,6 +16,7 @@ mod durability;
 mod exposition;
 mod harness;
 mod hostile;
+mod kafka;
 mod limits;
 mod loadgen;
 mod memory;
