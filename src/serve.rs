@@ -389,17 +389,39 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
     let costing = {
         let ticks = aggregator.clock().ticks(config.cost.evaluation_interval);
         ledger.watch(ticks.nudge());
-        tokio::spawn(keep_costing(cost, ticks))
+        tokio::spawn(async move {
+            keep_running(
+                ticks,
+                "Cannot work out cost per recommendation; the gauges keep the last figures.",
+                "Working out cost per recommendation again.",
+                || {
+                    let cost = cost.clone();
+                    async move { cost.evaluate().await }
+                },
+            )
+            .await;
+        })
     };
     // The objectives are evaluated once before ready (the first reads the store for the final
     // hours of the last 30 days), then every `slo.evaluation_interval` of recmeter's clock.
     if let Err(e) = slo.evaluate().await {
         tracing::warn!(error = %e, "Cannot evaluate the SLOs before ready; retrying on schedule.");
     }
-    let evaluating = tokio::spawn(keep_evaluating(
-        slo,
-        aggregator.clock().ticks(config.slo.evaluation_interval),
-    ));
+    let evaluating = {
+        let ticks = aggregator.clock().ticks(config.slo.evaluation_interval);
+        tokio::spawn(async move {
+            keep_running(
+                ticks,
+                "Cannot evaluate the SLOs; alerts stay as they are.",
+                "Evaluating the SLOs again.",
+                || {
+                    let slo = slo.clone();
+                    async move { slo.evaluate().await }
+                },
+            )
+            .await;
+        })
+    };
     if config.billing.is_on() {
         let bucket = store::open(&config.billing.url, false).map_err(|e| {
             Error::Config(vec![InvalidField::new(
@@ -668,20 +690,30 @@ async fn keep_prepared(engine: Arc<QueryEngine>, mut ticks: Ticks, mut failing: 
     }
 }
 
-/// Evaluates the SLOs at every tick of `ticks` (`slo.evaluation_interval` of recmeter's
-/// clock; under the fake clock, before `/-/test/clock` answers).
-async fn keep_evaluating(slo: Arc<SloEvaluator>, mut ticks: Ticks) {
-    let mut failing = false;
+/// Runs `work` at every tick of `ticks`, saying once when it starts failing (`failing`, with
+/// the error) and once when it works again (`again`), not at every tick: the SLO evaluation
+/// (`slo.evaluation_interval`) and the cost evaluation (`cost.evaluation_interval`, and when
+/// the billing ledger nudges it). Under the fake clock each runs before `/-/test/clock` answers.
+async fn keep_running<F, Fut, T>(
+    mut ticks: Ticks,
+    failing: &'static str,
+    again: &'static str,
+    mut work: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, recmeter_aggregator::Error>>,
+{
+    let mut failed = false;
     loop {
         ticks.tick().await;
-        match slo.evaluate().await {
-            Err(e) if !failing => {
-                failing = true;
-                tracing::warn!(error = %e, "Cannot evaluate the SLOs; alerts stay as they are.");
+        match work().await {
+            Err(e) if !failed => {
+                failed = true;
+                tracing::warn!(error = %e, "{failing}");
             }
-            Ok(_) if failing => {
-                failing = false;
-                tracing::info!("Evaluating the SLOs again.");
+            Ok(_) if failed => {
+                failed = false;
+                tracing::info!("{again}");
             }
             _ => {}
         }
@@ -722,26 +754,6 @@ async fn seed_demo(config: &Config, aggregator: &AggregatorHandle, checkpoints: 
         }
         Err(e) => {
             tracing::warn!(error = %e, "Demo: cannot seed history; the demo starts without it.")
-        }
-    }
-}
-
-/// Works out cost per recommendation at every tick of `ticks` (`cost.evaluation_interval`, and
-/// when the billing ledger nudges it).
-async fn keep_costing(cost: Arc<CostEvaluator>, mut ticks: Ticks) {
-    let mut failing = false;
-    loop {
-        ticks.tick().await;
-        match cost.evaluate().await {
-            Err(e) if !failing => {
-                failing = true;
-                tracing::warn!(error = %e, "Cannot work out cost per recommendation; the gauges keep the last figures.");
-            }
-            Ok(_) if failing => {
-                failing = false;
-                tracing::info!("Working out cost per recommendation again.");
-            }
-            _ => {}
         }
     }
 }
