@@ -42,6 +42,12 @@ done
 amtool config routes test --config.file=alerts/alertmanager.example.yml \
   --verify.receivers=pagerduty-ticket severity=ticket slo=availability
 
+if ! pkg-config --exists openssl 2>/dev/null; then
+  step "Installing OpenSSL headers for librdkafka's TLS (Debian packages libssl-dev, pkg-config)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libssl-dev pkg-config >/dev/null
+fi
+
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   step "Installing Python venv support (Debian package python3-venv)"
   as_root apt-get update -qq

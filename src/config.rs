@@ -16,6 +16,7 @@ use recmeter_aggregator::{
     AggregatorConfig, BearerToken, IngestConfig, InvalidField, MetricsConfig, SqlConfig,
 };
 use recmeter_collector::sources::billing::BillingConfig;
+use recmeter_collector::sources::kafka::KafkaConfig;
 use recmeter_collector::sources::otlp::OtlpConfig;
 use recmeter_exporter::ApiConfig;
 use recmeter_exporter::pagerduty::PagerDutyConfig;
@@ -74,6 +75,8 @@ pub struct Config {
     pub billing: BillingConfig,
     /// Cost per recommendation: which bill lines belong to which component.
     pub cost: CostConfig,
+    /// Traces, metric points and cost lines from Kafka topics.
+    pub kafka: KafkaConfig,
 }
 
 /// `[auth]` configuration. Each token comes from the key itself (set it through the
@@ -286,6 +289,7 @@ impl Config {
         errors.extend(self.pagerduty.validate());
         errors.extend(self.billing.validate());
         errors.extend(self.cost.validate());
+        errors.extend(self.kafka.validate());
         if self.billing.is_on()
             && let Err(e) = recmeter_aggregator::store::object::parse_url(&self.billing.url)
         {

@@ -15,6 +15,8 @@ mod demo_platform;
 #[forbid(unsafe_code)]
 mod error;
 #[forbid(unsafe_code)]
+mod kafka;
+#[forbid(unsafe_code)]
 mod listen;
 #[forbid(unsafe_code)]
 mod loadgen;

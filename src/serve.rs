@@ -14,6 +14,7 @@ use recmeter_aggregator::billing::{BillingLedger, CostTable, StoreLanding};
 use recmeter_aggregator::clock::Ticks;
 use recmeter_aggregator::cost::ScanStatus;
 use recmeter_aggregator::durability::{self, Checkpointer, Durability, Layout};
+use recmeter_aggregator::kafka::KafkaStatus;
 use recmeter_aggregator::participant::{Participants, TestLedger};
 use recmeter_aggregator::slo::{
     Severity, SloAlerts, SloAlertsTable, SloEvaluator, SloStatus, SloStatusTable,
@@ -32,7 +33,7 @@ use recmeter_exporter::api::default_providers;
 use recmeter_exporter::pagerduty::deliver::{POLL_PERIOD, events_counter, reconcile};
 use recmeter_exporter::pagerduty::{Client, Deliverer, EventContext, Outbox};
 use recmeter_exporter::prometheus::{
-    BillingProvider, CostProvider, PagerDutyProvider, Provider, SloProvider,
+    BillingProvider, CostProvider, KafkaProvider, PagerDutyProvider, Provider, SloProvider,
 };
 use recmeter_exporter::{ApiState, api_router};
 use serde::Serialize;
@@ -216,6 +217,16 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
         status: scan_status.clone(),
         ledger: ledger.clone(),
     }));
+    let kafka_status = Arc::new(KafkaStatus::default());
+    if config.kafka.is_on() {
+        providers.push(Arc::new(KafkaProvider {
+            status: kafka_status.clone(),
+            topics: vec![
+                config.kafka.traces_topic.clone(),
+                config.kafka.metrics_topic.clone(),
+            ],
+        }));
+    }
 
     let grpc = bind(config.otlp.grpc_address).await?;
     let http = bind(config.otlp.http_address).await?;
@@ -236,6 +247,7 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
         &config.ingest,
         &config.metrics,
     );
+    let kafka_ingest = ingest.clone();
     let ready = Arc::new(AtomicBool::new(false));
     let tokens = config.auth.tokens().map_err(Error::Config)?;
     let options = ServeOptions {
@@ -454,6 +466,14 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
         aggregator.clock().ticks(config.storage.checkpoint_interval),
         stopping(shutdown_rx.clone()),
     ));
+    let kafka = crate::kafka::start(
+        &config,
+        kafka_ingest,
+        &aggregator,
+        checkpoints.clone(),
+        hooks.clone(),
+        kafka_status,
+    )?;
     ready.store(true, Ordering::Release);
     if let Some(path) = &args.ready_file {
         write_ready_file(path, &addresses)?;
@@ -511,6 +531,13 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
         );
         delivering.abort();
         let _ = delivering.await;
+    }
+    // The Kafka source checkpoints and commits what it counted, then leaves its group, before
+    // the aggregator drains.
+    if let Some(kafka) = kafka {
+        kafka
+            .stop(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .await;
     }
     drop(aggregator);
     if tokio::time::timeout_at(deadline, worker).await.is_err() {

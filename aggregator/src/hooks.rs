@@ -25,11 +25,14 @@ pub enum Hook {
     /// The billing source holds each export's commit (its files written, the event that puts
     /// them in force not logged) until released: a `kill -9` then falls between the two.
     HoldBillingCommit,
+    /// The Kafka source withholds its group commits (checkpoints go on and become durable)
+    /// until released: a `kill -9` then falls between a durable checkpoint and its commit.
+    HoldKafkaCommit,
 }
 
 impl Hook {
     /// Every hook, by name.
-    pub const ALL: [Hook; 7] = [
+    pub const ALL: [Hook; 8] = [
         Hook::StallAggregator,
         Hook::BlockFsync,
         Hook::FailWalWrites,
@@ -37,6 +40,7 @@ impl Hook {
         Hook::FailCompactionAfterFiles,
         Hook::HoldPagerdutyReceipt,
         Hook::HoldBillingCommit,
+        Hook::HoldKafkaCommit,
     ];
 
     /// The name used in `POST /-/test/hook`.
@@ -49,6 +53,7 @@ impl Hook {
             Hook::FailCompactionAfterFiles => "fail_compaction_after_files",
             Hook::HoldPagerdutyReceipt => "hold_pagerduty_receipt",
             Hook::HoldBillingCommit => "hold_billing_commit",
+            Hook::HoldKafkaCommit => "hold_kafka_commit",
         }
     }
 

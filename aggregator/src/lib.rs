@@ -9,7 +9,7 @@
 pub mod billing;
 pub mod config;
 pub use recmeter_core::{
-    auth, batch, clock, connection, cost, error, point, record, status, submit, telemetry,
+    auth, batch, clock, connection, cost, error, kafka, point, record, status, submit, telemetry,
 };
 pub mod counts;
 pub mod durability;

@@ -65,8 +65,9 @@ pub struct Event {
 pub const MAX_EVENT_BYTES: usize = 64 * 1024;
 
 /// Names no participant may take: the built-in manifest sections and state files.
-const RESERVED: [&str; 5] = [
+const RESERVED: [&str; 6] = [
     "state",
+    "kafka_offsets",
     "latency_minutes",
     "latency_hours",
     "metric_streams",

@@ -134,9 +134,14 @@ impl AggregatorHandle {
             mpsc::error::TrySendError::Closed(_) => Error::Stopped,
         })?;
         let checked_at = self.clock.now_nanos();
+        // A Kafka message skips the log: Kafka is its log, and the checkpoint holds its
+        // position with its counts.
+        let log = match batch.position {
+            Some(_) => None,
+            None => self.batch_log(),
+        };
         let entry = Logged::Batch { batch, checked_at };
-        self.enqueue(permit, entry, self.batch_log(), arriving)
-            .await
+        self.enqueue(permit, entry, log, arriving).await
     }
 
     /// Logs `event` (fsynced, in either durability mode), then applies it to its checkpoint

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::batch::Batch;
+use crate::batch::{Batch, Position};
 use crate::clock::Clock;
 use crate::error::Result;
 use crate::record::ApplyOutcome;
@@ -56,4 +56,23 @@ impl Arriving {
             _place: Some(place),
         }
     }
+}
+
+/// What a source that keeps its own log needs of recmeter's checkpoints: a Kafka consumer
+/// commits to its group only the positions a durable checkpoint holds, and takes a checkpoint
+/// before it lets a partition go.
+pub trait Checkpoints: Send + Sync + std::fmt::Debug {
+    /// The positions counted so far (not yet durable, perhaps).
+    fn applied(&self) -> Vec<Position>;
+
+    /// Takes a checkpoint now; answers once it is durable, with the positions it holds.
+    fn checkpoint_now(&self) -> Pin<Box<dyn Future<Output = Result<Vec<Position>>> + Send + '_>>;
+
+    /// The positions of the latest durable checkpoint, updated as each one is written.
+    fn durable(&self) -> tokio::sync::watch::Receiver<Arc<Vec<Position>>>;
+
+    /// Puts the counts back where a restart would: the checkpoint in force, and the log
+    /// after it. What was counted since that checkpoint without being logged goes, and the
+    /// positions returned are the checkpoint's. Blocks: call it off the runtime's workers.
+    fn rewind(&self) -> Result<Vec<Position>>;
 }

@@ -26,8 +26,8 @@ use crate::state::{Aggregator, Row, SharedState, Source, StateImage, Table, lock
 use crate::store::files::{get, read_parquet, storage};
 use crate::store::image::{series_file, series_rows};
 use crate::store::manifest::{
-    FileEntry, FileKind, HOURS_SECTION, Layout, Lifetime, MINUTES_SECTION, Manifest, Pending,
-    STATE_SECTION, latest_manifest, read_entry,
+    FileEntry, FileKind, HOURS_SECTION, KAFKA_SECTION, Layout, Lifetime, MINUTES_SECTION, Manifest,
+    Pending, STATE_SECTION, latest_manifest, read_entry,
 };
 use crate::store::paths::{STATE_PREFIX, state_name, state_path};
 use crate::store::rollup::{rollup_file, rollup_rows, time_column};
@@ -65,6 +65,8 @@ pub struct Checkpointer {
     pub(super) history: Option<Arc<crate::store::history::History>>,
     /// Called with the WAL sequence number each checkpoint covers.
     on_success: Box<dyn Fn(u64) + Send + Sync>,
+    /// The Kafka positions of the latest durable checkpoint.
+    durable: tokio::sync::watch::Sender<std::sync::Arc<Vec<crate::batch::Position>>>,
 }
 
 impl std::fmt::Debug for Checkpointer {
@@ -141,6 +143,11 @@ fn encode(id: u64, layout: &Layout, image: &StateImage) -> Result<Vec<(&'static 
     for (name, state) in &image.participants {
         files.push((*name, json_file(id, name, state)?));
     }
+    if !image.positions.is_empty() {
+        let positions = serde_json::to_value(&image.positions)
+            .map_err(|e| Error::Storage(format!("cannot save the Kafka positions: {e}")))?;
+        files.push((KAFKA_SECTION, json_file(id, KAFKA_SECTION, &positions)?));
+    }
     Ok(files)
 }
 
@@ -156,7 +163,11 @@ impl Checkpointer {
         last: Option<Manifest>,
         on_success: Box<dyn Fn(u64) + Send + Sync>,
     ) -> Self {
-        lock(&state).keep_journal();
+        let positions = {
+            let mut state = lock(&state);
+            state.keep_journal();
+            state.positions()
+        };
         Self {
             store: store.objects.clone(),
             syncer: store,
@@ -169,7 +180,16 @@ impl Checkpointer {
             replaced: std::sync::Mutex::default(),
             history: None,
             on_success,
+            durable: tokio::sync::watch::Sender::new(Arc::new(positions)),
         }
+    }
+
+    /// The Kafka positions of the latest durable checkpoint (those restored before the first),
+    /// updated as each checkpoint's manifest is written: what a consumer group may commit.
+    pub fn durable_positions(
+        &self,
+    ) -> tokio::sync::watch::Receiver<Arc<Vec<crate::batch::Position>>> {
+        self.durable.subscribe()
     }
 
     /// The store it writes to.
@@ -213,6 +233,7 @@ impl Checkpointer {
                 lock(&self.state).set_stored_before(manifest.sealed_before_minute);
                 let superseded = last.replace(manifest);
                 (self.on_success)(stats.wal_seq);
+                self.durable.send_replace(Arc::new(image.positions));
                 self.telemetry.checkpoint_succeeded(created);
                 if let Some(old) = superseded {
                     self.delete_superseded(&old, last.as_ref()).await;
@@ -241,8 +262,14 @@ impl Checkpointer {
         let pending = encode(id, &self.layout, image).map_err(|e| (e, Vec::new()))?;
         // Every section carries over but the ones this checkpoint writes anew; a section no
         // running component writes stays as it was.
+        // The Kafka positions' section once there are any, and as long as the store has one.
+        let kafka = !image.positions.is_empty()
+            || last
+                .as_ref()
+                .is_some_and(|m| m.sections.contains_key(KAFKA_SECTION));
         let rewritten: Vec<&str> = std::iter::once(STATE_SECTION)
             .chain(image.participants.iter().map(|(name, _)| *name))
+            .chain(kafka.then_some(KAFKA_SECTION))
             .collect();
         let mut manifest = match last {
             Some(m) => m.next(id, &rewritten),
@@ -438,6 +465,12 @@ pub async fn restore(
         stats.files += 1;
     }
     aggregator.restore_finish(open)?;
+    if let Some(entry) = manifest.files(KAFKA_SECTION).first() {
+        let bytes = get(store, &Path::from(entry.path.as_str())).await?;
+        let positions = serde_json::from_slice(&bytes).map_err(|e| storage(&entry.path, e))?;
+        aggregator.restore_positions(positions);
+        stats.files += 1;
+    }
     let participants: Participants = aggregator.participants().clone();
     for participant in participants.iter() {
         let Some(entry) = manifest.files(participant.name()).first() else {
@@ -787,6 +820,69 @@ pub(super) mod tests {
         assert_eq!(
             rows(&mut restored, Table::Hours),
             rows(&mut original, Table::Hours)
+        );
+    }
+
+    #[tokio::test]
+    async fn kafka_positions_move_with_the_counts_and_travel_in_the_checkpoint() {
+        use crate::batch::{Batch, Position};
+        let clock = Arc::new(Clock::fake(UNIX_EPOCH + Duration::from_secs(START_SECS)));
+        let state = shared(aggregator(&clock));
+        let dir = tempfile::tempdir().unwrap();
+        let (store, checkpoints) = local_checkpointer(&dir, &state);
+        let mut durable = checkpoints.durable_positions();
+        assert!(durable.borrow_and_update().is_empty());
+        let at = |partition: i32, offset: i64| Position {
+            topic: "recs-traces".into(),
+            partition,
+            offset,
+        };
+        let now = clock.now_nanos();
+        let kafka = |partition, offset, n: u64| Batch {
+            records: (0..n).map(|i| record("k", now, 10 + i)).collect(),
+            position: Some(Box::new(at(partition, offset))),
+            ..Batch::default()
+        };
+        lock(&state).apply_batch(&kafka(0, 5, 3), now);
+        lock(&state).apply_batch(&kafka(1, 2, 2), now);
+        // A message with nothing to count still moves its partition.
+        lock(&state).apply_batch(&kafka(0, 6, 0), now);
+        let first = checkpoints.checkpoint().await.unwrap();
+        assert!(durable.has_changed().unwrap());
+        assert_eq!(
+            *durable.borrow_and_update().as_ref(),
+            vec![at(0, 6), at(1, 2)]
+        );
+        // Counted after the checkpoint: not durable yet.
+        lock(&state).apply_batch(&kafka(1, 9, 4), now);
+        assert_eq!(lock(&state).positions(), vec![at(0, 6), at(1, 9)]);
+        assert!(!durable.has_changed().unwrap());
+        let objects = store.objects.as_ref();
+        let manifest = latest_manifest(objects).await.unwrap().unwrap();
+        assert_eq!(manifest.id, first.id);
+        let section = &manifest.sections[KAFKA_SECTION];
+        assert_eq!(section.files.len(), 1);
+        // Restored with the counts they cover: 5 requests, the two positions.
+        let mut restored = aggregator(&clock);
+        restore(objects, &manifest, &layout(), &mut restored)
+            .await
+            .unwrap();
+        assert_eq!(restored.positions(), vec![at(0, 6), at(1, 2)]);
+        let total: u64 = restored
+            .counters()
+            .iter()
+            .map(|c| c.totals.requests())
+            .sum();
+        assert_eq!(total, 5);
+        // The next checkpoint writes the section anew; the first one's file goes.
+        checkpoints.checkpoint().await.unwrap();
+        let manifest = latest_manifest(objects).await.unwrap().unwrap();
+        let files = manifest.files(KAFKA_SECTION);
+        assert_eq!(files.len(), 1);
+        assert_ne!(files[0].path, section.files[0].path);
+        assert_eq!(
+            *durable.borrow_and_update().as_ref(),
+            vec![at(0, 6), at(1, 9)]
         );
     }
 }

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod compaction;
 pub mod config;
 pub mod restore;
+pub mod source;
 pub mod wal;
 
 pub use crate::store::manifest::{Layout, Manifest};
@@ -13,5 +14,6 @@ pub use crate::submit::Arriving;
 pub use checkpoint::{CheckpointStats, Checkpointer, RestoreStats, VerifyReport, verify};
 pub use compaction::CompactionStats;
 pub use config::{Durability, RetentionConfig, StorageConfig, WalConfig};
-pub use restore::{OpenOptions, Opened, open};
+pub use restore::{OpenOptions, Opened, Rewound, open, rewind};
+pub use source::SourceCheckpoints;
 pub use wal::{Logged, ReplayStats, Wal, WalDir};

@@ -4,13 +4,17 @@
 
 use std::sync::Arc;
 
-use super::checkpoint::{self, RestoreStats};
+use std::path::Path;
+
+use super::checkpoint::{self, Checkpointer, RestoreStats};
 use super::config::{StorageConfig, WalConfig};
-use super::wal::{ReplayStats, Wal, WalDir};
+use super::wal::{Entry, ReplayStats, Wal, WalDir, read_back};
+use crate::batch::Position;
 use crate::error::{Error, Result};
 use crate::hooks::Hooks;
 use crate::participant::OwnedSection;
 use crate::state::Aggregator;
+use crate::state::lock;
 use crate::store::manifest::{Layout, Manifest, delete_unreferenced, latest_manifest};
 use crate::store::object as store;
 use crate::telemetry::Telemetry;
@@ -76,24 +80,7 @@ pub async fn open(
     };
     let after = manifest.as_ref().map_or(0, |m| m.wal_seq);
     let replayed = dir.replay(after, options.truncate_at_corruption, |entry| {
-        if let Some(event) = &entry.event {
-            // A participant that cannot apply its own logged event: its state would not be
-            // what the log says, so the start stops here, before the log is changed.
-            aggregator.apply_event(event).map_err(|e| {
-                Error::Participant(format!(
-                    "the write-ahead log in {}, entry {}: {e}",
-                    wal_config.dir.display(),
-                    entry.seq
-                ))
-            })?;
-        } else {
-            aggregator.apply_checked(&entry.records, entry.checked_at);
-            if !entry.points.is_empty() {
-                aggregator.apply_points(&entry.points, entry.checked_at);
-            }
-        }
-        aggregator.set_wal_seq(entry.seq);
-        Ok(())
+        apply_logged(&mut aggregator, &entry, &wal_config.dir)
     })?;
     telemetry.add_wal_records_dropped(replayed.dropped_records);
     // After the replay: a participant's files are named by its logged events before any
@@ -123,5 +110,76 @@ pub async fn open(
         restored,
         replayed,
         deleted,
+    })
+}
+
+/// Applies one logged entry to `aggregator`, as it was applied when it was logged.
+fn apply_logged(aggregator: &mut Aggregator, entry: &Entry, dir: &Path) -> Result<()> {
+    if let Some(event) = &entry.event {
+        // A participant that cannot apply its own logged event: its state would not be
+        // what the log says, so the start stops here, before the log is changed.
+        aggregator.apply_event(event).map_err(|e| {
+            Error::Participant(format!(
+                "the write-ahead log in {}, entry {}: {e}",
+                dir.display(),
+                entry.seq
+            ))
+        })?;
+    } else {
+        aggregator.apply_checked(&entry.records, entry.checked_at);
+        if !entry.points.is_empty() {
+            aggregator.apply_points(&entry.points, entry.checked_at);
+        }
+    }
+    aggregator.set_wal_seq(entry.seq);
+    Ok(())
+}
+
+/// What [`rewind`] put back.
+#[derive(Debug, Clone, Default)]
+pub struct Rewound {
+    /// The checkpoint restored (`None` for an empty store).
+    pub checkpoint: Option<u64>,
+    /// Log entries applied after it.
+    pub replayed: u64,
+    /// The Kafka positions the state now holds: the checkpoint's.
+    pub positions: Vec<Position>,
+}
+
+/// Puts the running state back where a restart would: the checkpoint in force, then the log's
+/// entries after it, up to the last one the state applied. What was counted without being
+/// logged since that checkpoint (Kafka messages; requests under `wal.durability =
+/// "checkpoint"`) goes. `empty` is an empty aggregator with the running one's configuration
+/// and participants. Holds checkpoints back and the state's lock throughout, so nothing is
+/// counted meanwhile; blocks, so call it off the runtime's workers (`runtime` runs the store
+/// reads).
+pub fn rewind(
+    checkpoints: &Checkpointer,
+    wal_dir: &Path,
+    mut empty: Aggregator,
+    runtime: &tokio::runtime::Handle,
+) -> Result<Rewound> {
+    let last = checkpoints.last.blocking_lock();
+    let mut state = lock(&checkpoints.state);
+    let upto = state.wal_seq();
+    empty.keep_journal();
+    if let Some(m) = last.as_ref() {
+        runtime.block_on(checkpoint::restore(
+            checkpoints.store.as_ref(),
+            m,
+            &checkpoints.layout,
+            &mut empty,
+        ))?;
+    }
+    let after = last.as_ref().map_or(0, |m| m.wal_seq);
+    let replayed = read_back(wal_dir, after, upto, |entry| {
+        apply_logged(&mut empty, &entry, wal_dir)
+    })?;
+    empty.set_wal_seq(upto.max(after));
+    *state = empty;
+    Ok(Rewound {
+        checkpoint: last.as_ref().map(|m| m.id),
+        replayed,
+        positions: state.positions(),
     })
 }

@@ -199,6 +199,72 @@ fn valid_frames_after(path: &Path, from: From, after: u64) -> Result<Dropped> {
     Ok(dropped)
 }
 
+/// The segments of the log in `dir`, by first sequence number, oldest first.
+fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let io = |e: std::io::Error| Error::Wal(format!("{}: {e}", dir.display()));
+    let mut segments = Vec::new();
+    for item in std::fs::read_dir(dir).map_err(io)? {
+        let path = item.map_err(io)?.path();
+        let first = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(SEGMENT_SUFFIX))
+            .and_then(|stem| stem.parse::<u64>().ok());
+        if let Some(first) = first {
+            segments.push((first, path));
+        }
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+/// Reads back the live log in `dir` without changing it: hands `apply` every entry with a
+/// sequence number after `after` and up to `upto`, in order. Every such entry is whole and
+/// fsynced (the state applies an entry only once it is), so the read stops at `upto` before
+/// any frame the writer may be writing. A segment let go meanwhile held only entries a
+/// checkpoint covers (the caller holds checkpoints back).
+pub fn read_back(
+    dir: &Path,
+    after: u64,
+    upto: u64,
+    mut apply: impl FnMut(Entry) -> Result<()>,
+) -> Result<u64> {
+    let mut applied = 0;
+    for (_, path) in segments(dir)? {
+        let io = |e: std::io::Error| Error::Wal(format!("{}: {e}", path.display()));
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io(e)),
+        };
+        let size = file.metadata().map_err(io)?.len();
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        let mut offset = 0u64;
+        loop {
+            match read_frame(&mut reader, size - offset) {
+                Frame::Entry(entry, len) => {
+                    offset += len;
+                    if entry.seq > upto {
+                        return Ok(applied);
+                    }
+                    if entry.seq > after {
+                        applied += 1;
+                        apply(entry)?;
+                    }
+                }
+                Frame::End | Frame::Torn => break,
+                Frame::Unknown { kind, version } => {
+                    return Err(Error::Wal(format!(
+                        "{}: the entry at byte {offset} is of kind {kind}, format version {version}, which this recmeter does not read",
+                        path.display()
+                    )));
+                }
+            }
+        }
+    }
+    Ok(applied)
+}
+
 /// The locked WAL directory, before its writer starts.
 #[derive(Debug)]
 pub struct WalDir {
@@ -228,23 +294,10 @@ impl WalDir {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
-        let mut segments = Vec::new();
-        for item in std::fs::read_dir(dir).map_err(io)? {
-            let path = item.map_err(io)?.path();
-            let first = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(SEGMENT_SUFFIX))
-                .and_then(|stem| stem.parse::<u64>().ok());
-            if let Some(first) = first {
-                segments.push((first, path));
-            }
-        }
-        segments.sort();
         Ok(Self {
             dir: dir.to_owned(),
             lock,
-            segments,
+            segments: segments(dir)?,
         })
     }
 

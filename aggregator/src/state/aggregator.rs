@@ -76,6 +76,9 @@ pub struct Aggregator {
     pub(super) metrics: MetricState,
     /// Components whose state the log and checkpoints keep with the counts.
     pub(super) participants: Participants,
+    /// Each Kafka partition's position, `(topic, partition)` to the next offset: moved in the
+    /// same step as the counts of the message before it.
+    pub(super) positions: std::collections::BTreeMap<(String, i32), i64>,
 }
 
 pub(super) fn duration_nanos(d: std::time::Duration) -> u64 {
@@ -83,6 +86,26 @@ pub(super) fn duration_nanos(d: std::time::Duration) -> u64 {
 }
 
 impl Aggregator {
+    /// The Kafka positions counted so far, by topic and partition.
+    pub fn positions(&self) -> Vec<crate::batch::Position> {
+        self.positions
+            .iter()
+            .map(|((topic, partition), offset)| crate::batch::Position {
+                topic: topic.clone(),
+                partition: *partition,
+                offset: *offset,
+            })
+            .collect()
+    }
+
+    /// Puts back the Kafka positions a checkpoint holds.
+    pub fn restore_positions(&mut self, positions: Vec<crate::batch::Position>) {
+        self.positions = positions
+            .into_iter()
+            .map(|p| ((p.topic, p.partition), p.offset))
+            .collect();
+    }
+
     /// An empty aggregator.
     pub fn new(
         ingest: &IngestConfig,
@@ -116,6 +139,7 @@ impl Aggregator {
             hours_released_before: 0,
             metrics: MetricState::from_config(&MetricsConfig::default()),
             participants: Participants::default(),
+            positions: std::collections::BTreeMap::new(),
         })
     }
 
@@ -151,6 +175,11 @@ impl Aggregator {
     }
 
     /// Notes that the WAL frame `seq` has been applied.
+    /// The last WAL sequence number applied.
+    pub fn wal_seq(&self) -> u64 {
+        self.wal_seq
+    }
+
     pub fn set_wal_seq(&mut self, seq: u64) {
         self.wal_seq = self.wal_seq.max(seq);
     }

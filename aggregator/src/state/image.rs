@@ -52,6 +52,8 @@ pub struct StateImage {
     pub participants: Vec<(&'static str, serde_json::Value)>,
     /// The store sections the participants own, as of `wal_seq` like the rest.
     pub sections: Vec<crate::participant::OwnedSection>,
+    /// The Kafka positions the counts cover.
+    pub positions: Vec<crate::batch::Position>,
 }
 
 impl Aggregator {
@@ -68,6 +70,7 @@ impl Aggregator {
             metrics: self.metrics.image(),
             participants: Vec::new(),
             sections: Vec::new(),
+            positions: self.positions(),
         };
         let saved = self
             .participants

@@ -51,6 +51,10 @@ impl Aggregator {
     /// Counts a request's records and metric points ([`Aggregator::apply_checked`],
     /// [`Aggregator::apply_points`]).
     pub fn apply_batch(&mut self, batch: &Batch, checked_at: u64) -> ApplyOutcome {
+        if let Some(p) = &batch.position {
+            self.positions
+                .insert((p.topic.clone(), p.partition), p.offset);
+        }
         let mut outcome = self.apply_checked(&batch.records, checked_at);
         if !batch.points.is_empty() {
             let points = self.apply_points(&batch.points, checked_at);

@@ -36,6 +36,9 @@ pub const MINUTES_SECTION: &str = "latency_minutes";
 pub const HOURS_SECTION: &str = "latency_hours";
 /// The section of the rollup state image: series counters, open accumulators, metric streams.
 pub const STATE_SECTION: &str = "state";
+/// The Kafka positions the state's counts cover (`state/<id>-kafka_offsets.json`), written
+/// anew by each checkpoint of a state that has any.
+pub const KAFKA_SECTION: &str = "kafka_offsets";
 
 /// The prefixes of the built-in sections, which the sweep always covers.
 const BUILT_IN_PREFIXES: [&str; 3] = [MINUTES_PREFIX, HOURS_PREFIX, STATE_PREFIX];

@@ -4,6 +4,7 @@
 mod billing;
 mod cost;
 mod families;
+mod kafka;
 mod pagerduty;
 mod provider;
 mod slo;
@@ -11,6 +12,7 @@ mod slo;
 pub use billing::BillingProvider;
 pub use cost::CostProvider;
 pub use families::{LatencyProvider, TelemetryProvider, latency_part, render, telemetry_part};
+pub use kafka::KafkaProvider;
 pub use pagerduty::PagerDutyProvider;
 pub use provider::{Format, Part, Provider, ReadFuture, render_parts};
 pub use slo::SloProvider;

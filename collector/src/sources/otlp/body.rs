@@ -1,4 +1,5 @@
-//! Request bodies both OTLP servers read: gzip inflated under a size limit.
+//! Request bodies both OTLP servers (and Kafka messages) read: gzip inflated under a size
+//! limit, and the request decoded from protobuf or JSON.
 
 use std::io::Read;
 
@@ -23,4 +24,16 @@ pub(super) fn gunzip(body: &[u8], limit: usize) -> Result<Bytes, GunzipError> {
         return Err(GunzipError::TooLarge);
     }
     Ok(Bytes::from(out))
+}
+
+/// An OTLP request from protobuf, or from JSON when `json`.
+pub fn decode<R>(body: &[u8], json: bool) -> Result<R, String>
+where
+    R: prost::Message + Default + serde::de::DeserializeOwned,
+{
+    if json {
+        serde_json::from_slice(body).map_err(|e| format!("invalid OTLP JSON: {e}"))
+    } else {
+        R::decode(body).map_err(|e| format!("invalid OTLP protobuf: {e}"))
+    }
 }

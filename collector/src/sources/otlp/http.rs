@@ -367,12 +367,7 @@ fn content_encoding(headers: &HeaderMap) -> ContentEncoding {
 }
 
 fn decode<R: Export>(body: &[u8], encoding: Encoding) -> Result<R, String> {
-    match encoding {
-        Encoding::Protobuf => R::decode(body).map_err(|e| format!("invalid OTLP protobuf: {e}")),
-        Encoding::Json => {
-            serde_json::from_slice(body).map_err(|e| format!("invalid OTLP JSON: {e}"))
-        }
-    }
+    super::body::decode(body, encoding == Encoding::Json)
 }
 
 #[cfg(test)]

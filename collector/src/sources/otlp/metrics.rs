@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use prost::Message;
 use recmeter_core::Arriving;
-use recmeter_core::batch::Batch;
+use recmeter_core::batch::{Batch, Position};
 use recmeter_core::config::nanos_per_unit;
 use recmeter_core::point::{Dense, MetricPoint, PointValue};
 use recmeter_core::telemetry::{DropReason, IgnoreReason, Transport};
@@ -511,12 +511,25 @@ impl MetricIngest {
         transport: Transport,
         arriving: Arriving,
     ) -> Result<ExportMetricsServiceResponse, IngestError> {
+        self.export_at(request, transport, arriving, None).await
+    }
+
+    /// [`MetricIngest::export`] for a Kafka message: the points are counted in the same step
+    /// as `position` is noted.
+    pub async fn export_at(
+        &self,
+        request: ExportMetricsServiceRequest,
+        transport: Transport,
+        arriving: Arriving,
+        position: Option<Position>,
+    ) -> Result<ExportMetricsServiceResponse, IngestError> {
         let telemetry = self.aggregator.telemetry();
         let converted = convert_metrics(&request, &self.rules);
         drop(request);
         let batch = Batch {
-            records: Vec::new(),
             points: converted.points,
+            position: position.map(Box::new),
+            ..Batch::default()
         };
         let outcome = self.aggregator.submit_batch(batch, arriving).await?;
         telemetry.add_metric_points_received(transport, converted.received);

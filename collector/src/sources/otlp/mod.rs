@@ -1,7 +1,7 @@
 //! OTLP source: `TraceService/Export` and `MetricsService/Export` over gRPC, `POST /v1/traces`
 //! and `POST /v1/metrics` over HTTP.
 
-mod body;
+pub mod body;
 mod config;
 mod grpc;
 mod grpc_prescan;
@@ -17,4 +17,4 @@ pub use grpc::serve_grpc;
 pub use http::http_router;
 pub use ingest::Ingest;
 pub use metrics::{ConvertedMetrics, MetricIngest, MetricRules, convert_metrics};
-pub use traces::{Converted, SpanRules, TraceIngest, convert};
+pub use traces::{Converted, IngestError, SpanRules, TraceIngest, convert};

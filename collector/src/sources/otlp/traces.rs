@@ -12,7 +12,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use recmeter_core::Arriving;
 use recmeter_core::telemetry::{DropReason, Transport};
-use recmeter_core::{IngestConfig, RequestRecord, SeriesKey, Submitter};
+use recmeter_core::{Batch, IngestConfig, Position, RequestRecord, SeriesKey, Submitter};
 
 /// `service.name` when a resource has none (OpenTelemetry's own default).
 pub(super) const UNKNOWN_SERVICE: &str = "unknown_service";
@@ -271,15 +271,29 @@ impl TraceIngest {
         transport: Transport,
         arriving: Arriving,
     ) -> Result<ExportTraceServiceResponse, IngestError> {
+        self.export_at(request, transport, arriving, None).await
+    }
+
+    /// [`TraceIngest::export`] for a Kafka message: the spans are counted in the same step as
+    /// `position` is noted.
+    pub async fn export_at(
+        &self,
+        request: ExportTraceServiceRequest,
+        transport: Transport,
+        arriving: Arriving,
+        position: Option<Position>,
+    ) -> Result<ExportTraceServiceResponse, IngestError> {
         let telemetry = self.aggregator.telemetry();
         let converted = convert(&request, &self.rules);
         // The decoded spans are freed before waiting for the aggregator (and the WAL's fsync):
         // while requests wait, the next ones decode into memory still warm in the cache.
         drop(request);
-        let outcome = self
-            .aggregator
-            .submit_batch(converted.records.into(), arriving)
-            .await?;
+        let batch = Batch {
+            records: converted.records,
+            position: position.map(Box::new),
+            ..Batch::default()
+        };
+        let outcome = self.aggregator.submit_batch(batch, arriving).await?;
         telemetry.add_spans_received(transport, converted.spans);
         telemetry.add_spans_dropped(transport, DropReason::Invalid, converted.invalid);
         telemetry.add_spans_dropped(transport, DropReason::TooOld, outcome.too_old);

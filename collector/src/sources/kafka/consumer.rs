@@ -1,0 +1,877 @@
+//! The consumer: a librdkafka consumer on a thread of its own, which reads one message at a
+//! time, converts it as OTLP is converted, and has it counted in the same step as its
+//! partition's position moves (`Batch::position`). Nothing is committed to the group by
+//! librdkafka: the thread commits the positions each durable checkpoint holds, and the
+//! rebalance callback, on the same thread, checkpoints and commits before it lets a partition
+//! go. Kafka is these messages' log; they skip recmeter's.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use parking_lot::Mutex;
+use rdkafka::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use recmeter_core::kafka::KafkaStatus;
+use recmeter_core::telemetry::{RejectReason, Transport};
+use recmeter_core::{Arriving, Batch, Checkpoints, Position};
+
+use super::config::{Encoding, InitialOffset, KafkaConfig};
+use crate::sources::otlp::{Ingest, IngestError, body, prescan};
+
+/// How long one poll waits for a message; the stop flag and the commits are looked at in
+/// between.
+const POLL: Duration = Duration::from_millis(100);
+/// How long a call to the group coordinator (committed offsets, a commit) may take.
+const COORDINATOR_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first wait before a partition paused for backpressure is tried again; it doubles up to
+/// [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Limits a message is held to, as an OTLP request is.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageLimits {
+    /// Largest message value, bytes (`otlp.max_body_bytes`).
+    pub max_bytes: usize,
+    /// Most spans in one message (`otlp.max_spans_per_request`).
+    pub max_spans: u64,
+    /// Most data points in one message (`otlp.max_points_per_request`).
+    pub max_points: u64,
+}
+
+/// Everything the Kafka source needs to run.
+pub struct KafkaSource {
+    pub config: KafkaConfig,
+    /// librdkafka properties: `options` with `options_file` merged in.
+    pub options: BTreeMap<String, String>,
+    pub ingest: Ingest,
+    pub checkpoints: Arc<dyn Checkpoints>,
+    pub status: Arc<KafkaStatus>,
+    pub limits: MessageLimits,
+    /// Whether commits are withheld (a test hook: a `kill -9` then falls between a durable
+    /// checkpoint and its commit).
+    pub hold_commit: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl std::fmt::Debug for KafkaSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSource")
+            .field("brokers", &self.config.brokers)
+            .field("group_id", &self.config.group_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The running source: stop it before the aggregator drains.
+#[derive(Debug)]
+pub struct KafkaHandle {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl KafkaHandle {
+    /// Stops reading, checkpoints and commits what was counted, leaves the group, and waits
+    /// for the thread to end (at most `deadline`).
+    pub async fn stop(self, deadline: Duration) {
+        self.stop.store(true, Ordering::Release);
+        let thread = self.thread;
+        let joined = tokio::task::spawn_blocking(move || thread.join());
+        match tokio::time::timeout(deadline, joined).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(_) => tracing::error!("The Kafka consumer thread panicked."),
+            Err(_) => tracing::warn!(
+                "The Kafka consumer did not stop within the deadline; what it counted since the last commit is read again after the next start."
+            ),
+        }
+    }
+}
+
+/// Which of the source's topics a message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Traces,
+    Metrics,
+}
+
+/// Why a message could not be counted now.
+#[derive(Debug)]
+enum NotNow {
+    /// The aggregator's queue is full: pause, then try again.
+    Busy,
+    /// The dead-letter topic cannot be written: pause, then try again (a message is never
+    /// skipped).
+    DeadLetter,
+    /// recmeter is stopping or cannot log: leave it for the next start.
+    Stopping(String),
+}
+
+/// What the consumer thread and its callbacks share.
+struct Shared {
+    config: KafkaConfig,
+    ingest: Ingest,
+    checkpoints: Arc<dyn Checkpoints>,
+    status: Arc<KafkaStatus>,
+    limits: MessageLimits,
+    hold_commit: Box<dyn Fn() -> bool + Send + Sync>,
+    runtime: tokio::runtime::Handle,
+    /// Writes the messages that cannot be read to their dead-letter topics.
+    dead_letters: FutureProducer<DeadLetterContext>,
+    /// The largest message the producer sends (`message.max.bytes`); a larger value is
+    /// dead-lettered empty, its size in a header.
+    dead_letter_limit: usize,
+    /// The offset the group holds for each partition, as far as this instance knows: read at
+    /// assignment, then moved by each commit.
+    committed: Mutex<BTreeMap<(String, i32), i64>>,
+    /// Set when an assignment may have left durable positions the group does not hold yet.
+    recommit: AtomicBool,
+    /// Consumer errors, said once a minute while they last.
+    errors: Mutex<ErrorLog>,
+}
+
+/// The consumer's context: librdkafka's logs, errors and statistics, and the rebalances.
+struct Context {
+    shared: Arc<Shared>,
+}
+
+impl KafkaSource {
+    /// Starts the consumer thread; it runs until stopped. Must be called within a Tokio
+    /// runtime (the thread hands batches to it). Errors in the configuration librdkafka
+    /// refuses are returned at once.
+    pub fn start(self) -> Result<KafkaHandle, String> {
+        let mut client = ClientConfig::new();
+        // Statistics every 5 s give the lag per partition, unless the options say otherwise.
+        client.set("statistics.interval.ms", "5000");
+        for (key, value) in &self.options {
+            client.set(key, value);
+        }
+        client
+            .set("bootstrap.servers", self.config.brokers.trim())
+            .set("group.id", &self.config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "auto.offset.reset",
+                match self.config.initial_offset {
+                    InitialOffset::Earliest => "earliest",
+                    InitialOffset::Latest => "latest",
+                },
+            )
+            .set("isolation.level", "read_committed")
+            .set_log_level(RDKafkaLogLevel::Warning);
+        // The dead-letter producer takes the same options (TLS, SASL); consumer properties
+        // there are ignored by librdkafka.
+        let mut producer = ClientConfig::new();
+        producer.set("message.timeout.ms", "30000");
+        for (key, value) in &self.options {
+            producer.set(key, value);
+        }
+        producer
+            .set("bootstrap.servers", self.config.brokers.trim())
+            .set_log_level(RDKafkaLogLevel::Warning);
+        let dead_letters: FutureProducer<DeadLetterContext> = producer
+            .create_with_context(DeadLetterContext)
+            .map_err(|e| format!("librdkafka refuses the dead-letter producer's options: {e}"))?;
+        let dead_letter_limit = self
+            .options
+            .get("message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000);
+        let shared = Arc::new(Shared {
+            config: self.config,
+            ingest: self.ingest,
+            checkpoints: self.checkpoints,
+            status: self.status,
+            limits: self.limits,
+            hold_commit: self.hold_commit,
+            runtime: tokio::runtime::Handle::current(),
+            dead_letters,
+            dead_letter_limit,
+            committed: Mutex::default(),
+            recommit: AtomicBool::new(false),
+            errors: Mutex::default(),
+        });
+        let consumer: BaseConsumer<Context> = client
+            .create_with_context(Context {
+                shared: shared.clone(),
+            })
+            .map_err(|e| format!("librdkafka refuses the [kafka] configuration: {e}"))?;
+        let topics = [
+            shared.config.traces_topic.as_str(),
+            shared.config.metrics_topic.as_str(),
+        ];
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| format!("cannot subscribe to {topics:?}: {e}"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("recmeter-kafka".into())
+            .spawn({
+                let stop = stop.clone();
+                move || run(&consumer, &shared, &stop)
+            })
+            .map_err(|e| format!("cannot start the Kafka consumer thread: {e}"))?;
+        Ok(KafkaHandle { stop, thread })
+    }
+}
+
+/// The consumer thread.
+fn run(consumer: &BaseConsumer<Context>, shared: &Shared, stop: &AtomicBool) {
+    let mut durable = shared.checkpoints.durable();
+    while !stop.load(Ordering::Acquire) {
+        if durable.has_changed().unwrap_or(false) || shared.recommit.swap(false, Ordering::AcqRel) {
+            let positions = durable.borrow_and_update().clone();
+            shared.commit(consumer, &positions, None);
+        }
+        match consumer.poll(POLL) {
+            None => {}
+            Some(Err(e)) => shared.errors.lock().note(&e.to_string()),
+            Some(Ok(message)) => {
+                if let Err(e) = shared.handle(consumer, &message, stop) {
+                    tracing::warn!(error = %e, "Kafka consumption stops: the message is read again after the next start.");
+                    break;
+                }
+            }
+        }
+    }
+    // What was counted is checkpointed and committed before the group hears we leave; the
+    // revoke that leaving brings then has nothing left to do.
+    match shared.checkpoint_within_drain_timeout() {
+        Ok(Ok(positions)) => shared.commit(consumer, &positions, None),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "Cannot checkpoint before leaving the Kafka group; the final checkpoint holds what was counted.");
+        }
+        Err(_) => tracing::warn!(
+            "The checkpoint before leaving the Kafka group took longer than kafka.drain_timeout."
+        ),
+    }
+    consumer.unsubscribe();
+    tracing::info!("Kafka consumer stopped.");
+}
+
+impl Shared {
+    /// Takes a checkpoint, waiting at most `kafka.drain_timeout`; its positions once durable.
+    fn checkpoint_within_drain_timeout(
+        &self,
+    ) -> Result<recmeter_core::Result<Vec<Position>>, tokio::time::error::Elapsed> {
+        // The timer is made inside the runtime: it needs its clock.
+        self.runtime.block_on(async {
+            tokio::time::timeout(self.config.drain_timeout, self.checkpoints.checkpoint_now()).await
+        })
+    }
+
+    /// Counts one message, waiting while the aggregator is busy (its partitions paused). Fails
+    /// only when recmeter is stopping.
+    fn handle(
+        &self,
+        consumer: &BaseConsumer<Context>,
+        message: &BorrowedMessage<'_>,
+        stop: &AtomicBool,
+    ) -> Result<(), String> {
+        let kind = if message.topic() == self.config.traces_topic {
+            Kind::Traces
+        } else if message.topic() == self.config.metrics_topic {
+            Kind::Metrics
+        } else {
+            // Not subscribed to: cannot happen; skip it without counting.
+            return Ok(());
+        };
+        let position = Position {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset() + 1,
+        };
+        let payload = message.payload().unwrap_or_default();
+        let mut backoff = FIRST_BACKOFF;
+        let mut paused: Option<TopicPartitionList> = None;
+        let outcome = loop {
+            match self.count(kind, message.key(), payload, position.clone()) {
+                Ok(()) => break Ok(()),
+                Err(NotNow::Stopping(why)) => break Err(why),
+                Err(waiting @ (NotNow::Busy | NotNow::DeadLetter)) => {
+                    if matches!(waiting, NotNow::Busy) {
+                        self.ingest
+                            .traces
+                            .aggregator()
+                            .telemetry()
+                            .add_request_rejected(Transport::Kafka, RejectReason::Backpressure);
+                    }
+                    if paused.is_none() {
+                        let assignment = consumer.assignment().unwrap_or_default();
+                        if let Err(e) = consumer.pause(&assignment) {
+                            tracing::warn!(error = %e, "Cannot pause the Kafka partitions.");
+                        }
+                        tracing::debug!("The aggregator is busy: Kafka partitions paused.");
+                        paused = Some(assignment);
+                    }
+                    if stop.load(Ordering::Acquire) {
+                        break Err("recmeter is stopping".to_owned());
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        };
+        if let Some(assignment) = paused
+            && let Err(e) = consumer.resume(&assignment)
+        {
+            tracing::warn!(error = %e, "Cannot resume the Kafka partitions.");
+        }
+        outcome
+    }
+
+    /// Converts and counts one message with its position. A message that cannot be read goes
+    /// to its dead-letter topic and is counted as refused, and only its position moves.
+    fn count(
+        &self,
+        kind: Kind,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        position: Position,
+    ) -> Result<(), NotNow> {
+        let encoding = match kind {
+            Kind::Traces => self.config.traces_encoding,
+            Kind::Metrics => self.config.metrics_encoding,
+        };
+        let refused = |reason: RejectReason, why: String| {
+            self.dead_letter(&position, key, payload, reason, &why)?;
+            self.note(position.clone())
+        };
+        if payload.len() > self.limits.max_bytes {
+            return refused(
+                RejectReason::TooLarge,
+                format!(
+                    "{} bytes, over otlp.max_body_bytes ({})",
+                    payload.len(),
+                    self.limits.max_bytes
+                ),
+            );
+        }
+        let scanned = match (kind, encoding) {
+            (Kind::Traces, Encoding::OtlpProto) => prescan::traces(payload, self.limits.max_spans),
+            (Kind::Traces, Encoding::OtlpJson) => {
+                prescan::traces_json(payload, self.limits.max_spans)
+            }
+            (Kind::Metrics, Encoding::OtlpProto) => {
+                prescan::metrics(payload, self.limits.max_points)
+            }
+            (Kind::Metrics, Encoding::OtlpJson) => {
+                prescan::metrics_json(payload, self.limits.max_points)
+            }
+        };
+        if let Err(refusal) = scanned {
+            let reason = if refusal.is_too_large() {
+                RejectReason::TooLarge
+            } else {
+                RejectReason::Decode
+            };
+            return refused(reason, refusal.to_string());
+        }
+        let answered = match kind {
+            Kind::Traces => match decode::<ExportTraceServiceRequest>(payload, encoding) {
+                Ok(request) => self.runtime.block_on(self.ingest.traces.export_at(
+                    request,
+                    Transport::Kafka,
+                    Arriving::default(),
+                    Some(position.clone()),
+                )),
+                Err(why) => return refused(RejectReason::Decode, why),
+            }
+            .map(drop),
+            Kind::Metrics => match decode::<ExportMetricsServiceRequest>(payload, encoding) {
+                Ok(request) => self.runtime.block_on(self.ingest.metrics.export_at(
+                    request,
+                    Transport::Kafka,
+                    Arriving::default(),
+                    Some(position.clone()),
+                )),
+                Err(why) => return refused(RejectReason::Decode, why),
+            }
+            .map(drop),
+        };
+        answered.map_err(not_now)
+    }
+
+    /// Writes a message that cannot be read to its topic's dead-letter topic, with why and
+    /// where it came from in headers; the value as received, or empty when it is over the
+    /// producer's limit. Counted once written.
+    fn dead_letter(
+        &self,
+        position: &Position,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        reason: RejectReason,
+        why: &str,
+    ) -> Result<(), NotNow> {
+        let topic = format!("{}{}", position.topic, self.config.dlq_suffix);
+        let partition = position.partition.to_string();
+        let offset = (position.offset - 1).to_string();
+        let size = payload.len().to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "x-recmeter-error",
+                value: Some(why),
+            })
+            .insert(Header {
+                key: "x-recmeter-source-topic",
+                value: Some(position.topic.as_str()),
+            })
+            .insert(Header {
+                key: "x-recmeter-partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "x-recmeter-offset",
+                value: Some(offset.as_str()),
+            })
+            .insert(Header {
+                key: "x-recmeter-original-size",
+                value: Some(size.as_str()),
+            });
+        // Room for the key, the headers and the record's framing.
+        let overhead = 1_024 + why.len() + key.map_or(0, <[u8]>::len);
+        let value: &[u8] = if payload.len() + overhead > self.dead_letter_limit {
+            &[]
+        } else {
+            payload
+        };
+        let mut record = FutureRecord::<[u8], [u8]>::to(&topic)
+            .payload(value)
+            .headers(headers);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        let sent = self
+            .runtime
+            .block_on(self.dead_letters.send(record, Duration::from_secs(30)));
+        match sent {
+            Ok(_) => {
+                self.ingest
+                    .traces
+                    .aggregator()
+                    .telemetry()
+                    .add_request_rejected(Transport::Kafka, reason);
+                self.status.add_dead_lettered(&position.topic);
+                tracing::warn!(
+                    topic = %position.topic,
+                    partition = position.partition,
+                    offset = position.offset - 1,
+                    dead_letter_topic = %topic,
+                    error = %why,
+                    "A Kafka message cannot be read; it went to the dead-letter topic."
+                );
+                Ok(())
+            }
+            Err((e, _)) => {
+                tracing::warn!(
+                    error = %e,
+                    dead_letter_topic = %topic,
+                    "Cannot write to the dead-letter topic; the partitions wait and try again."
+                );
+                Err(NotNow::DeadLetter)
+            }
+        }
+    }
+
+    /// Moves a partition's position with nothing to count (a message refused, or where the
+    /// partition starts).
+    fn note(&self, position: Position) -> Result<(), NotNow> {
+        let batch = Batch {
+            position: Some(Box::new(position)),
+            ..Batch::default()
+        };
+        self.runtime
+            .block_on(
+                self.ingest
+                    .traces
+                    .aggregator()
+                    .submit_batch(batch, Arriving::default()),
+            )
+            .map(drop)
+            .map_err(|e| not_now(e.into()))
+    }
+
+    /// Commits the positions of `durable` (a durable checkpoint's) that the group does not hold
+    /// yet, for the partitions assigned here (only `of`, when given).
+    fn commit(
+        &self,
+        consumer: &BaseConsumer<Context>,
+        durable: &[Position],
+        of: Option<&TopicPartitionList>,
+    ) {
+        if (self.hold_commit)() {
+            return;
+        }
+        let assignment = match of {
+            Some(tpl) => tpl.clone(),
+            None => consumer.assignment().unwrap_or_default(),
+        };
+        let mut tpl = TopicPartitionList::new();
+        {
+            let committed = self.committed.lock();
+            for p in durable {
+                let assigned = assignment.find_partition(&p.topic, p.partition).is_some();
+                let behind = committed
+                    .get(&(p.topic.clone(), p.partition))
+                    .is_none_or(|c| *c < p.offset);
+                if assigned && behind {
+                    let _ =
+                        tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.offset));
+                }
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        match consumer.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => {
+                let mut committed = self.committed.lock();
+                for e in tpl.elements() {
+                    if let Offset::Offset(o) = e.offset() {
+                        committed.insert((e.topic().to_owned(), e.partition()), o);
+                    }
+                }
+                let now = self.ingest.traces.aggregator().clock().now_nanos();
+                self.status.committed(now);
+            }
+            Err(e) => {
+                // Tried again at the next checkpoint; a partition lost meanwhile is the
+                // revoke's to settle.
+                tracing::warn!(error = %e, partitions = tpl.count(), "The Kafka group refused a commit; retrying after the next checkpoint.");
+            }
+        }
+    }
+
+    /// Where each newly assigned partition starts: after what this instance counted or what
+    /// the group holds, whichever is later; the state notes that start, so the next
+    /// checkpoint's positions are never behind the group's.
+    fn assign(&self, consumer: &BaseConsumer<Context>, tpl: &mut TopicPartitionList) {
+        let applied: BTreeMap<(String, i32), i64> = self
+            .checkpoints
+            .applied()
+            .into_iter()
+            .map(|p| ((p.topic, p.partition), p.offset))
+            .collect();
+        let group = match consumer.committed_offsets(tpl.clone(), COORDINATOR_TIMEOUT) {
+            Ok(group) => Some(group),
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot read the Kafka group's committed offsets; starting from this instance's own positions.");
+                None
+            }
+        };
+        let partitions: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        let mut starts = Vec::new();
+        {
+            let mut committed = self.committed.lock();
+            for (topic, partition) in partitions {
+                let held = group
+                    .as_ref()
+                    .and_then(|g| g.find_partition(&topic, partition))
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    });
+                let key = (topic.clone(), partition);
+                match held {
+                    Some(o) => committed.insert(key.clone(), o),
+                    None => committed.remove(&key),
+                };
+                let own = applied.get(&key).copied();
+                let start = match (own, held) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                if let Some(start) = start {
+                    let _ = tpl.set_partition_offset(&topic, partition, Offset::Offset(start));
+                    if own != Some(start) {
+                        starts.push(Position {
+                            topic,
+                            partition,
+                            offset: start,
+                        });
+                    }
+                }
+            }
+        }
+        if let Err(e) = consumer.assign(tpl) {
+            tracing::error!(error = %e, "Cannot take the Kafka partitions assigned.");
+            return;
+        }
+        let from: Vec<String> = tpl
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => format!("{}/{}@{o}", e.topic(), e.partition()),
+                _ => format!(
+                    "{}/{}@{:?}",
+                    e.topic(),
+                    e.partition(),
+                    self.config.initial_offset
+                ),
+            })
+            .collect();
+        tracing::info!(partitions = tpl.count(), from = ?from, "Kafka partitions assigned.");
+        for start in starts {
+            if let Err(e) = self.note(start) {
+                tracing::warn!(error = ?e, "Cannot note where a Kafka partition starts.");
+            }
+        }
+        // Positions this instance checkpointed but the group never took (a stop between the
+        // two) are committed at once.
+        self.recommit.store(true, Ordering::Release);
+    }
+
+    /// Before partitions go: everything read is counted already (one message at a time), so
+    /// checkpoint, commit, then let go. A partition lost without a revoke cannot commit.
+    fn revoke(&self, consumer: &BaseConsumer<Context>, tpl: &TopicPartitionList) {
+        if consumer.assignment_lost() {
+            self.lost(consumer, tpl);
+        } else if self.counted_beyond_commit(tpl) > 0 {
+            match self.checkpoint_within_drain_timeout() {
+                Ok(Ok(positions)) => self.commit(consumer, &positions, Some(tpl)),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "Cannot checkpoint before letting Kafka partitions go.");
+                }
+                Err(_) => tracing::error!(
+                    "The checkpoint before letting Kafka partitions go took longer than kafka.drain_timeout."
+                ),
+            }
+            let left = self.counted_beyond_commit(tpl);
+            if left > 0 {
+                tracing::error!(
+                    messages = left,
+                    "Kafka partitions go with messages counted here that the group does not hold as read: their next owner counts them again."
+                );
+            }
+        }
+        if let Err(e) = consumer.unassign() {
+            tracing::warn!(error = %e, "Cannot let the revoked Kafka partitions go.");
+        }
+        tracing::info!(partitions = tpl.count(), "Kafka partitions revoked.");
+    }
+
+    /// Partitions taken away without a revoke (the session timed out): their next owner
+    /// starts from the group's offsets, so what was counted here beyond them must go. The
+    /// counts go back to the last checkpoint (ADR 021); partitions still assigned are read
+    /// again from there.
+    fn lost(&self, consumer: &BaseConsumer<Context>, tpl: &TopicPartitionList) {
+        let beyond = self.counted_beyond_commit(tpl);
+        if beyond == 0 {
+            tracing::warn!(
+                partitions = tpl.count(),
+                "Kafka partitions were lost without a revoke; everything counted here was committed."
+            );
+            return;
+        }
+        tracing::error!(
+            messages = beyond,
+            "Kafka partitions were lost without a revoke, with messages counted here that the group does not hold as read: putting the counts back to the last checkpoint."
+        );
+        if let Err(e) = self.checkpoints.rewind() {
+            tracing::error!(error = %e, "Cannot put the counts back to the last checkpoint: the lost partitions' next owner counts those messages again.");
+            return;
+        }
+        let left = self.counted_beyond_commit(tpl);
+        if left > 0 {
+            tracing::error!(
+                messages = left,
+                "The last checkpoint holds messages of the lost partitions that the group never took a commit for: their next owner counts them again."
+            );
+        }
+        // With the cooperative protocol some partitions stay: read them again from where the
+        // state now stands.
+        let mut kept = consumer.assignment().unwrap_or_default();
+        kept = kept
+            .elements()
+            .iter()
+            .filter(|e| tpl.find_partition(e.topic(), e.partition()).is_none())
+            .fold(TopicPartitionList::new(), |mut l, e| {
+                l.add_partition(e.topic(), e.partition());
+                l
+            });
+        if kept.count() > 0 {
+            self.reposition(consumer, &kept);
+        }
+    }
+
+    /// Seeks each partition of `tpl`, assigned here, back to where the state stands (or the
+    /// group's offset, if later).
+    fn reposition(&self, consumer: &BaseConsumer<Context>, tpl: &TopicPartitionList) {
+        let applied: BTreeMap<(String, i32), i64> = self
+            .checkpoints
+            .applied()
+            .into_iter()
+            .map(|p| ((p.topic, p.partition), p.offset))
+            .collect();
+        let committed = self.committed.lock().clone();
+        for e in tpl.elements() {
+            let key = (e.topic().to_owned(), e.partition());
+            let start = match (applied.get(&key), committed.get(&key)) {
+                (Some(a), Some(b)) => Offset::Offset(*a.max(b)),
+                (Some(a), None) | (None, Some(a)) => Offset::Offset(*a),
+                (None, None) => match self.config.initial_offset {
+                    InitialOffset::Earliest => Offset::Beginning,
+                    InitialOffset::Latest => Offset::End,
+                },
+            };
+            if let Err(err) = consumer.seek(e.topic(), e.partition(), start, COORDINATOR_TIMEOUT) {
+                tracing::error!(error = %err, topic = e.topic(), partition = e.partition(), "Cannot read a Kafka partition again from the last checkpoint.");
+            }
+            if let Offset::Offset(o) = start
+                && applied.get(&key) != Some(&o)
+            {
+                let _ = self.note(Position {
+                    topic: key.0,
+                    partition: key.1,
+                    offset: o,
+                });
+            }
+        }
+    }
+
+    /// Messages of `tpl`'s partitions counted here beyond the offsets the group holds.
+    fn counted_beyond_commit(&self, tpl: &TopicPartitionList) -> i64 {
+        let committed = self.committed.lock();
+        self.checkpoints
+            .applied()
+            .iter()
+            .filter(|p| tpl.find_partition(&p.topic, p.partition).is_some())
+            .map(|p| {
+                let held = committed.get(&(p.topic.clone(), p.partition)).copied();
+                (p.offset - held.unwrap_or(0)).max(0)
+            })
+            .sum()
+    }
+}
+
+/// A message's value as an OTLP request.
+fn decode<R>(payload: &[u8], encoding: Encoding) -> Result<R, String>
+where
+    R: prost::Message + Default + serde::de::DeserializeOwned,
+{
+    body::decode(payload, encoding == Encoding::OtlpJson)
+}
+
+fn not_now(e: IngestError) -> NotNow {
+    match e {
+        IngestError::Backpressure => NotNow::Busy,
+        other => NotNow::Stopping(other.to_string()),
+    }
+}
+
+/// Consumer errors, each logged when it first comes and again at most once a minute while it
+/// lasts.
+#[derive(Default)]
+struct ErrorLog {
+    said: BTreeMap<String, Instant>,
+}
+
+impl ErrorLog {
+    fn note(&mut self, text: &str) {
+        let now = Instant::now();
+        self.said
+            .retain(|_, at| now.duration_since(*at) < Duration::from_secs(60));
+        if !self.said.contains_key(text) {
+            tracing::warn!(error = %text, "Kafka consumer error; librdkafka retries by itself.");
+            self.said.insert(text.to_owned(), now);
+        }
+    }
+}
+
+/// The dead-letter producer's context: librdkafka's logs to recmeter's, without the warnings
+/// about the consumer's properties it shares the options with, and no statistics.
+struct DeadLetterContext;
+
+impl ClientContext for DeadLetterContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        if fac != "CONFWARN" {
+            log(level, fac, log_message);
+        }
+    }
+
+    fn stats(&self, _: Statistics) {}
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(error = %error, reason, "librdkafka error (dead-letter producer).");
+    }
+}
+
+/// librdkafka's log lines in recmeter's log.
+fn log(level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => {
+            tracing::error!(facility = fac, "librdkafka: {log_message}");
+        }
+        RDKafkaLogLevel::Warning => tracing::warn!(facility = fac, "librdkafka: {log_message}"),
+        _ => tracing::debug!(facility = fac, "librdkafka: {log_message}"),
+    }
+}
+
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log(level, fac, log_message);
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        let mut lag = BTreeMap::new();
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                // -1 is librdkafka's internal partition; `desired` marks those assigned here.
+                if *partition >= 0 && p.desired {
+                    lag.insert((topic.clone(), *partition), p.consumer_lag.max(0));
+                }
+            }
+        }
+        self.shared.status.set_lag(lag);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.shared
+            .errors
+            .lock()
+            .note(&format!("{error}: {reason}"));
+    }
+}
+
+impl ConsumerContext for Context {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        self.shared.status.add_rebalance();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.shared.assign(consumer, tpl)
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.shared.revoke(consumer, tpl)
+            }
+            other => {
+                tracing::error!(error = ?other, "Kafka rebalance failed; letting every partition go.");
+                if let Err(e) = consumer.unassign() {
+                    tracing::warn!(error = %e, "Cannot let the Kafka partitions go.");
+                }
+            }
+        }
+    }
+}
