@@ -144,6 +144,27 @@ impl AggregatorHandle {
         self.enqueue(permit, entry, log, arriving).await
     }
 
+    /// [`Submit::queue`]: queues `batch` at once, unlogged, or fails with
+    /// [`Error::Backpressure`] while the queue is full.
+    pub fn queue(&self, batch: Batch) -> Result<crate::submit::Answer> {
+        let permit = self.tx.clone().try_reserve_owned().map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Error::Backpressure,
+            mpsc::error::TrySendError::Closed(_) => Error::Stopped,
+        })?;
+        let (reply, answer) = oneshot::channel();
+        permit.send(Job {
+            entry: Logged::Batch {
+                batch,
+                checked_at: self.clock.now_nanos(),
+            },
+            seq: None,
+            reply,
+        });
+        Ok(Box::pin(async move {
+            answer.await.map_err(|_| Error::Stopped)?
+        }))
+    }
+
     /// Logs `event` (fsynced, in either durability mode), then applies it to its checkpoint
     /// participant in log order; answers once it is applied. Without a log (no durability at
     /// all) it is only applied.
@@ -269,6 +290,10 @@ impl Submit for AggregatorHandle {
 
     fn submit_batch(&self, batch: Batch, arriving: Arriving) -> Submitted<'_> {
         Box::pin(AggregatorHandle::submit_batch(self, batch, arriving))
+    }
+
+    fn queue(&self, batch: Batch) -> Result<crate::submit::Answer> {
+        AggregatorHandle::queue(self, batch)
     }
 
     fn telemetry(&self) -> &Arc<Telemetry> {

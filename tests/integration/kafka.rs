@@ -680,3 +680,36 @@ fn partitions_lost_while_the_process_hangs_are_put_back_to_the_last_checkpoint()
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(counted(&a) + counted(&b), 30_000.0, "A:\n{}", a.log());
 }
+
+#[test]
+fn a_busy_aggregator_pauses_the_partitions_and_nothing_is_dropped() {
+    let topic = fresh("traces");
+    create_topic(&topic, 2);
+    let (messages, _) = trace_messages(30, 60, 200);
+    let config = format!(
+        "[aggregator]\nqueue_capacity = 4\n{}",
+        kafka_config(&topic, &fresh("metrics"), &fresh("group"))
+    );
+    let recmeter = Recmeter::start(&config);
+    set_hook(&recmeter, "stall_aggregator", true);
+    produce(&topic, &messages);
+    let busy = |r: &Recmeter| {
+        r.metrics()
+            .find(
+                "recmeter_requests_rejected_total",
+                &[("transport", "kafka"), ("reason", "backpressure")],
+            )
+            .unwrap_or(0.0)
+    };
+    wait_until("the partitions to pause on a full queue", 60, || {
+        busy(&recmeter) > 0.0
+    });
+    assert_eq!(recmeter.metrics().sum("recs_requests_total"), 0.0);
+    set_hook(&recmeter, "stall_aggregator", false);
+    wait_until("every message once the aggregator drains", 60, || {
+        recmeter.metrics().sum("recs_requests_total") >= 12_000.0
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(recmeter.metrics().sum("recs_requests_total"), 12_000.0);
+    assert_eq!(received(&recmeter), 12_000.0);
+}

@@ -28,5 +28,5 @@ pub use error::{Error, Result};
 pub use point::{Dense, MetricPoint, PointValue};
 pub use record::{ApplyOutcome, RequestRecord, SeriesKey};
 pub use status::ErrorKind;
-pub use submit::{Arriving, Checkpoints, Submit, Submitter};
+pub use submit::{Answer, Arriving, Checkpoints, Submit, Submitter};
 pub use telemetry::Telemetry;

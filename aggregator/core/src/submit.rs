@@ -15,6 +15,9 @@ use crate::telemetry::Telemetry;
 /// What [`Submit::submit_batch`] returns.
 pub type Submitted<'a> = Pin<Box<dyn Future<Output = Result<ApplyOutcome>> + Send + 'a>>;
 
+/// What [`Submit::queue`] returns once the batch is queued: its outcome, once counted.
+pub type Answer = Pin<Box<dyn Future<Output = Result<ApplyOutcome>> + Send + 'static>>;
+
 /// A shared [`Submit`], as the collector holds it.
 pub type Submitter = Arc<dyn Submit>;
 
@@ -28,6 +31,11 @@ pub trait Submit: Send + Sync + std::fmt::Debug {
     /// `Error::Backpressure` when the aggregator's queue is full, before anything is logged.
     /// `arriving` is let go once the batch is logged or refused.
     fn submit_batch(&self, batch: Batch, arriving: Arriving) -> Submitted<'_>;
+
+    /// Queues `batch` at once, skipping the log (a Kafka message: Kafka is its log), or fails
+    /// with `Error::Backpressure` while the queue is full. Batches queued one after another
+    /// are counted in that order. The answer comes once it is counted.
+    fn queue(&self, batch: Batch) -> Result<Answer>;
 
     /// The self-telemetry counters.
     fn telemetry(&self) -> &Arc<Telemetry>;

@@ -25,7 +25,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use recmeter_core::kafka::KafkaStatus;
 use recmeter_core::telemetry::{RejectReason, Transport};
-use recmeter_core::{Arriving, Batch, Checkpoints, Position};
+use recmeter_core::{Batch, Checkpoints, Position};
 
 use super::config::{Encoding, InitialOffset, KafkaConfig};
 use crate::sources::otlp::{Ingest, IngestError, body, prescan};
@@ -98,6 +98,14 @@ impl KafkaHandle {
     }
 }
 
+/// A message as read.
+enum Read {
+    Traces(ExportTraceServiceRequest),
+    Metrics(ExportMetricsServiceRequest),
+    /// It cannot be read: it goes to the dead-letter topic.
+    Bad(RejectReason, String),
+}
+
 /// Which of the source's topics a message came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -138,6 +146,8 @@ struct Shared {
     recommit: AtomicBool,
     /// Consumer errors, said once a minute while they last.
     errors: Mutex<ErrorLog>,
+    /// Messages queued and not counted yet.
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The consumer's context: librdkafka's logs, errors and statistics, and the rebalances.
@@ -201,6 +211,7 @@ impl KafkaSource {
             committed: Mutex::default(),
             recommit: AtomicBool::new(false),
             errors: Mutex::default(),
+            in_flight: Arc::default(),
         });
         let consumer: BaseConsumer<Context> = client
             .create_with_context(Context {
@@ -247,6 +258,7 @@ fn run(consumer: &BaseConsumer<Context>, shared: &Shared, stop: &AtomicBool) {
     }
     // What was counted is checkpointed and committed before the group hears we leave; the
     // revoke that leaving brings then has nothing left to do.
+    shared.settle(shared.config.drain_timeout);
     match shared.checkpoint_within_drain_timeout() {
         Ok(Ok(positions)) => shared.commit(consumer, &positions, None),
         Ok(Err(e)) => {
@@ -293,10 +305,35 @@ impl Shared {
             offset: message.offset() + 1,
         };
         let payload = message.payload().unwrap_or_default();
+        let read = self.read(kind, payload);
+        let mut dead_lettered = false;
         let mut backoff = FIRST_BACKOFF;
         let mut paused: Option<TopicPartitionList> = None;
         let outcome = loop {
-            match self.count(kind, message.key(), payload, position.clone()) {
+            let attempt = match &read {
+                Read::Traces(request) => self
+                    .ingest
+                    .traces
+                    .queue(request, position.clone())
+                    .map(|answer| self.track(answer))
+                    .map_err(not_now),
+                Read::Metrics(request) => self
+                    .ingest
+                    .metrics
+                    .queue(request, position.clone())
+                    .map(|answer| self.track(answer))
+                    .map_err(not_now),
+                Read::Bad(reason, why) => {
+                    let sent = if dead_lettered {
+                        Ok(())
+                    } else {
+                        self.dead_letter(&position, message.key(), payload, *reason, why)
+                    };
+                    dead_lettered |= sent.is_ok();
+                    sent.and_then(|()| self.note(position.clone()))
+                }
+            };
+            match attempt {
                 Ok(()) => break Ok(()),
                 Err(NotNow::Stopping(why)) => break Err(why),
                 Err(waiting @ (NotNow::Busy | NotNow::DeadLetter)) => {
@@ -312,7 +349,7 @@ impl Shared {
                         if let Err(e) = consumer.pause(&assignment) {
                             tracing::warn!(error = %e, "Cannot pause the Kafka partitions.");
                         }
-                        tracing::debug!("The aggregator is busy: Kafka partitions paused.");
+                        tracing::debug!("Kafka partitions paused until the message can be taken.");
                         paused = Some(assignment);
                     }
                     if stop.load(Ordering::Acquire) {
@@ -331,25 +368,14 @@ impl Shared {
         outcome
     }
 
-    /// Converts and counts one message with its position. A message that cannot be read goes
-    /// to its dead-letter topic and is counted as refused, and only its position moves.
-    fn count(
-        &self,
-        kind: Kind,
-        key: Option<&[u8]>,
-        payload: &[u8],
-        position: Position,
-    ) -> Result<(), NotNow> {
+    /// A message's value as a request of its topic, or why it cannot be read.
+    fn read(&self, kind: Kind, payload: &[u8]) -> Read {
         let encoding = match kind {
             Kind::Traces => self.config.traces_encoding,
             Kind::Metrics => self.config.metrics_encoding,
         };
-        let refused = |reason: RejectReason, why: String| {
-            self.dead_letter(&position, key, payload, reason, &why)?;
-            self.note(position.clone())
-        };
         if payload.len() > self.limits.max_bytes {
-            return refused(
+            return Read::Bad(
                 RejectReason::TooLarge,
                 format!(
                     "{} bytes, over otlp.max_body_bytes ({})",
@@ -376,31 +402,42 @@ impl Shared {
             } else {
                 RejectReason::Decode
             };
-            return refused(reason, refusal.to_string());
+            return Read::Bad(reason, refusal.to_string());
         }
-        let answered = match kind {
-            Kind::Traces => match decode::<ExportTraceServiceRequest>(payload, encoding) {
-                Ok(request) => self.runtime.block_on(self.ingest.traces.export_at(
-                    request,
-                    Transport::Kafka,
-                    Arriving::default(),
-                    Some(position.clone()),
-                )),
-                Err(why) => return refused(RejectReason::Decode, why),
-            }
-            .map(drop),
-            Kind::Metrics => match decode::<ExportMetricsServiceRequest>(payload, encoding) {
-                Ok(request) => self.runtime.block_on(self.ingest.metrics.export_at(
-                    request,
-                    Transport::Kafka,
-                    Arriving::default(),
-                    Some(position.clone()),
-                )),
-                Err(why) => return refused(RejectReason::Decode, why),
-            }
-            .map(drop),
+        let json = encoding == Encoding::OtlpJson;
+        let decoded = match kind {
+            Kind::Traces => body::decode(payload, json).map(Read::Traces),
+            Kind::Metrics => body::decode(payload, json).map(Read::Metrics),
         };
-        answered.map_err(not_now)
+        decoded.unwrap_or_else(|why| Read::Bad(RejectReason::Decode, why))
+    }
+
+    /// Waits in the background for a queued message to be counted; [`Shared::settle`] waits
+    /// for all of them.
+    fn track(
+        &self,
+        answer: impl std::future::Future<Output = Result<(), IngestError>> + Send + 'static,
+    ) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let in_flight = self.in_flight.clone();
+        self.runtime.spawn(async move {
+            if let Err(e) = answer.await {
+                tracing::debug!(error = %e, "A queued Kafka message was not counted; it is read again after the next start.");
+            }
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+
+    /// Waits until every message queued is counted, at most `within`; whether they are.
+    fn settle(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while self.in_flight.load(Ordering::Acquire) > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
     }
 
     /// Writes a message that cannot be read to its topic's dead-letter topic, with why and
@@ -491,15 +528,28 @@ impl Shared {
             position: Some(Box::new(position)),
             ..Batch::default()
         };
-        self.runtime
-            .block_on(
-                self.ingest
-                    .traces
-                    .aggregator()
-                    .submit_batch(batch, Arriving::default()),
-            )
-            .map(drop)
-            .map_err(|e| not_now(e.into()))
+        let answer = self
+            .ingest
+            .traces
+            .aggregator()
+            .queue(batch)
+            .map_err(|e| not_now(e.into()))?;
+        self.track(async move { answer.await.map(drop).map_err(IngestError::from) });
+        Ok(())
+    }
+
+    /// [`Shared::note`], waiting while the aggregator is busy.
+    fn note_waiting(&self, position: Position) {
+        loop {
+            match self.note(position.clone()) {
+                Err(NotNow::Busy) => std::thread::sleep(FIRST_BACKOFF),
+                Err(e) => {
+                    tracing::warn!(error = ?e, "Cannot note where a Kafka partition starts.");
+                    return;
+                }
+                Ok(()) => return,
+            }
+        }
     }
 
     /// Commits the positions of `durable` (a durable checkpoint's) that the group does not hold
@@ -627,9 +677,7 @@ impl Shared {
             .collect();
         tracing::info!(partitions = tpl.count(), from = ?from, "Kafka partitions assigned.");
         for start in starts {
-            if let Err(e) = self.note(start) {
-                tracing::warn!(error = ?e, "Cannot note where a Kafka partition starts.");
-            }
+            self.note_waiting(start);
         }
         // Positions this instance checkpointed but the group never took (a stop between the
         // two) are committed at once.
@@ -639,6 +687,12 @@ impl Shared {
     /// Before partitions go: everything read is counted already (one message at a time), so
     /// checkpoint, commit, then let go. A partition lost without a revoke cannot commit.
     fn revoke(&self, consumer: &BaseConsumer<Context>, tpl: &TopicPartitionList) {
+        // Every message queued is counted first: the checkpoint (or the rewind) must hold it.
+        if !self.settle(self.config.drain_timeout) {
+            tracing::error!(
+                "Messages queued were not counted within kafka.drain_timeout before Kafka partitions go."
+            );
+        }
         if consumer.assignment_lost() {
             self.lost(consumer, tpl);
         } else if self.counted_beyond_commit(tpl) > 0 {
@@ -735,7 +789,7 @@ impl Shared {
             if let Offset::Offset(o) = start
                 && applied.get(&key) != Some(&o)
             {
-                let _ = self.note(Position {
+                self.note_waiting(Position {
                     topic: key.0,
                     partition: key.1,
                     offset: o,
@@ -757,14 +811,6 @@ impl Shared {
             })
             .sum()
     }
-}
-
-/// A message's value as an OTLP request.
-fn decode<R>(payload: &[u8], encoding: Encoding) -> Result<R, String>
-where
-    R: prost::Message + Default + serde::de::DeserializeOwned,
-{
-    body::decode(payload, encoding == Encoding::OtlpJson)
 }
 
 fn not_now(e: IngestError) -> NotNow {

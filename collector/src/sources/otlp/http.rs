@@ -405,6 +405,17 @@ mod tests {
             })
         }
 
+        fn queue(&self, batch: Batch) -> recmeter_core::Result<recmeter_core::Answer> {
+            let accepted = (batch.records.len() + batch.points.len()) as u64;
+            self.batches.lock().unwrap().push(batch);
+            Ok(Box::pin(async move {
+                Ok(ApplyOutcome {
+                    accepted,
+                    ..ApplyOutcome::default()
+                })
+            }))
+        }
+
         fn telemetry(&self) -> &Arc<Telemetry> {
             &self.telemetry
         }

@@ -511,27 +511,48 @@ impl MetricIngest {
         transport: Transport,
         arriving: Arriving,
     ) -> Result<ExportMetricsServiceResponse, IngestError> {
-        self.export_at(request, transport, arriving, None).await
-    }
-
-    /// [`MetricIngest::export`] for a Kafka message: the points are counted in the same step
-    /// as `position` is noted.
-    pub async fn export_at(
-        &self,
-        request: ExportMetricsServiceRequest,
-        transport: Transport,
-        arriving: Arriving,
-        position: Option<Position>,
-    ) -> Result<ExportMetricsServiceResponse, IngestError> {
-        let telemetry = self.aggregator.telemetry();
-        let converted = convert_metrics(&request, &self.rules);
+        let mut converted = convert_metrics(&request, &self.rules);
         drop(request);
         let batch = Batch {
-            points: converted.points,
-            position: position.map(Box::new),
+            points: std::mem::take(&mut converted.points),
             ..Batch::default()
         };
         let outcome = self.aggregator.submit_batch(batch, arriving).await?;
+        Ok(self.counted(transport, converted, &outcome))
+    }
+
+    /// For a Kafka message: converts `request` and queues its points with `position` at once,
+    /// skipping the log (Kafka is theirs), or refuses with `Backpressure` while the queue is
+    /// full. Messages queued one after another are counted in that order. The future answers
+    /// once the points are counted.
+    pub fn queue(
+        &self,
+        request: &ExportMetricsServiceRequest,
+        position: Position,
+    ) -> Result<impl Future<Output = Result<(), IngestError>> + Send + 'static, IngestError> {
+        let mut converted = convert_metrics(request, &self.rules);
+        let answer = self.aggregator.queue(Batch {
+            points: std::mem::take(&mut converted.points),
+            position: Some(Box::new(position)),
+            ..Batch::default()
+        })?;
+        let this = self.clone();
+        Ok(async move {
+            let outcome = answer.await?;
+            this.counted(Transport::Kafka, converted, &outcome);
+            Ok(())
+        })
+    }
+
+    /// Counts what happened to a request's points in the self-telemetry (`converted` less
+    /// its points, which went to the aggregator), and says it.
+    fn counted(
+        &self,
+        transport: Transport,
+        converted: ConvertedMetrics,
+        outcome: &recmeter_core::ApplyOutcome,
+    ) -> ExportMetricsServiceResponse {
+        let telemetry = self.aggregator.telemetry();
         telemetry.add_metric_points_received(transport, converted.received);
         for (reason, n) in converted.ignored {
             telemetry.add_metric_points_ignored(transport, reason, n);
@@ -553,13 +574,13 @@ impl MetricIngest {
             "the first: {}",
             converted.problem.as_deref().unwrap_or("unknown")
         );
-        let partial_success = rejection(converted.invalid, &first, &outcome, "data points").map(
+        let partial_success = rejection(converted.invalid, &first, outcome, "data points").map(
             |(rejected, message)| ExportMetricsPartialSuccess {
                 rejected_data_points: rejected,
                 error_message: message,
             },
         );
-        Ok(ExportMetricsServiceResponse { partial_success })
+        ExportMetricsServiceResponse { partial_success }
     }
 }
 

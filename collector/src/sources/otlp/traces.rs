@@ -271,44 +271,66 @@ impl TraceIngest {
         transport: Transport,
         arriving: Arriving,
     ) -> Result<ExportTraceServiceResponse, IngestError> {
-        self.export_at(request, transport, arriving, None).await
-    }
-
-    /// [`TraceIngest::export`] for a Kafka message: the spans are counted in the same step as
-    /// `position` is noted.
-    pub async fn export_at(
-        &self,
-        request: ExportTraceServiceRequest,
-        transport: Transport,
-        arriving: Arriving,
-        position: Option<Position>,
-    ) -> Result<ExportTraceServiceResponse, IngestError> {
-        let telemetry = self.aggregator.telemetry();
         let converted = convert(&request, &self.rules);
         // The decoded spans are freed before waiting for the aggregator (and the WAL's fsync):
         // while requests wait, the next ones decode into memory still warm in the cache.
         drop(request);
-        let batch = Batch {
+        let (spans, invalid) = (converted.spans, converted.invalid);
+        let outcome = self
+            .aggregator
+            .submit_batch(converted.records.into(), arriving)
+            .await?;
+        Ok(self.counted(transport, spans, invalid, &outcome))
+    }
+
+    /// For a Kafka message: converts `request` and queues its spans with `position` at once,
+    /// skipping the log (Kafka is theirs), or refuses with `Backpressure` while the queue is
+    /// full. Messages queued one after another are counted in that order. The future answers
+    /// once the spans are counted.
+    pub fn queue(
+        &self,
+        request: &ExportTraceServiceRequest,
+        position: Position,
+    ) -> Result<impl Future<Output = Result<(), IngestError>> + Send + 'static, IngestError> {
+        let converted = convert(request, &self.rules);
+        let (spans, invalid) = (converted.spans, converted.invalid);
+        let answer = self.aggregator.queue(Batch {
             records: converted.records,
-            position: position.map(Box::new),
+            position: Some(Box::new(position)),
             ..Batch::default()
-        };
-        let outcome = self.aggregator.submit_batch(batch, arriving).await?;
-        telemetry.add_spans_received(transport, converted.spans);
-        telemetry.add_spans_dropped(transport, DropReason::Invalid, converted.invalid);
+        })?;
+        let this = self.clone();
+        Ok(async move {
+            let outcome = answer.await?;
+            this.counted(Transport::Kafka, spans, invalid, &outcome);
+            Ok(())
+        })
+    }
+
+    /// Counts what happened to a request's `spans` in the self-telemetry, and says it.
+    fn counted(
+        &self,
+        transport: Transport,
+        spans: u64,
+        invalid: u64,
+        outcome: &recmeter_core::ApplyOutcome,
+    ) -> ExportTraceServiceResponse {
+        let telemetry = self.aggregator.telemetry();
+        telemetry.add_spans_received(transport, spans);
+        telemetry.add_spans_dropped(transport, DropReason::Invalid, invalid);
         telemetry.add_spans_dropped(transport, DropReason::TooOld, outcome.too_old);
         telemetry.add_spans_dropped(transport, DropReason::Future, outcome.future);
         let partial_success = rejection(
-            converted.invalid,
+            invalid,
             "zero start time, end before start, or a malformed trace or span id",
-            &outcome,
+            outcome,
             "spans",
         )
         .map(|(rejected, message)| ExportTracePartialSuccess {
             rejected_spans: rejected,
             error_message: message,
         });
-        Ok(ExportTraceServiceResponse { partial_success })
+        ExportTraceServiceResponse { partial_success }
     }
 }
 
