@@ -46,6 +46,9 @@ pub enum Command {
     /// Billing exports: `recmeter billing check FILE…` normalizes local files and prints their
     /// totals, without touching the store.
     Billing(crate::billing::BillingArgs),
+    /// Kafka: `recmeter kafka bench` times how fast recmeter drains a pre-filled topic against
+    /// a bare consumer that only decodes.
+    Kafka(crate::kafka_bench::KafkaArgs),
 }
 
 #[derive(Debug, Args)]

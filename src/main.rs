@@ -17,6 +17,8 @@ mod error;
 #[forbid(unsafe_code)]
 mod kafka;
 #[forbid(unsafe_code)]
+mod kafka_bench;
+#[forbid(unsafe_code)]
 mod listen;
 #[forbid(unsafe_code)]
 mod loadgen;
@@ -46,5 +48,6 @@ fn main() -> ExitCode {
         Command::Rules(args) => rules::main(args),
         Command::Pagerduty(args) => pagerduty::main(args),
         Command::Billing(args) => billing::main(args),
+        Command::Kafka(args) => kafka_bench::main(args),
     }
 }

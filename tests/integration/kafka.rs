@@ -104,14 +104,19 @@ fn create_topic(topic: &str, partitions: i32) {
 
 /// Produces `(key, value)` messages to `topic`, each acknowledged.
 fn produce(topic: &str, messages: &[(String, Vec<u8>)]) {
+    produce_to(&brokers(), topic, messages);
+}
+
+/// [`produce`] to the brokers `bootstrap`.
+fn produce_to(bootstrap: &str, topic: &str, messages: &[(String, Vec<u8>)]) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
         let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
-            .set("message.timeout.ms", "30000")
+            .set("bootstrap.servers", bootstrap)
+            .set("message.timeout.ms", "60000")
             .set("message.max.bytes", "10000000")
             .create()
             .unwrap();
@@ -208,13 +213,22 @@ fn trace_messages(seed: u64, messages: usize, per: usize) -> (Vec<(String, Vec<u
 /// The `[kafka]` section for `traces_topic` and a fresh group; storage checkpoints every 10 s
 /// of recmeter's clock.
 fn kafka_config(traces_topic: &str, metrics_topic: &str, group: &str) -> String {
+    kafka_config_at(&brokers(), traces_topic, metrics_topic, group)
+}
+
+/// [`kafka_config`] for the brokers `bootstrap`.
+fn kafka_config_at(
+    bootstrap: &str,
+    traces_topic: &str,
+    metrics_topic: &str,
+    group: &str,
+) -> String {
     format!(
         "[storage]\ncheckpoint_interval = \"10s\"\n\
-         [kafka]\nbrokers = \"{}\"\ngroup_id = \"{group}\"\n\
+         [kafka]\nbrokers = \"{bootstrap}\"\ngroup_id = \"{group}\"\n\
          traces_topic = \"{traces_topic}\"\nmetrics_topic = \"{metrics_topic}\"\n\
          [kafka.options]\n\"session.timeout.ms\" = \"6000\"\n\
-         \"statistics.interval.ms\" = \"500\"\n",
-        brokers()
+         \"statistics.interval.ms\" = \"500\"\n"
     )
 }
 
@@ -355,13 +369,18 @@ fn kill_9_mid_consumption_and_between_checkpoint_and_commit_counts_every_message
 
 /// Every message of `topic`, read from the start by a fresh group, until `n` are in.
 fn consume_all(topic: &str, n: usize) -> Vec<rdkafka::message::OwnedMessage> {
+    consume_all_from(&brokers(), topic, n)
+}
+
+/// [`consume_all`] from the brokers `bootstrap`.
+fn consume_all_from(bootstrap: &str, topic: &str, n: usize) -> Vec<rdkafka::message::OwnedMessage> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
         let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
+            .set("bootstrap.servers", bootstrap)
             .set("group.id", fresh("reader"))
             .set("session.timeout.ms", "6000")
             .set("auto.offset.reset", "earliest")
@@ -712,4 +731,134 @@ fn a_busy_aggregator_pauses_the_partitions_and_nothing_is_dropped() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(recmeter.metrics().sum("recs_requests_total"), 12_000.0);
     assert_eq!(received(&recmeter), 12_000.0);
+}
+
+/// Garbage no protobuf decoder takes (field 31, wire type 7), `n` of them.
+fn garbage(n: usize) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| ("recs-bad".to_owned(), vec![0xff, 0x01, i as u8, 0x42]))
+        .collect()
+}
+
+#[test]
+fn a_dead_letter_topic_that_refuses_writes_pauses_the_partition_and_skips_nothing() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock = MockCluster::new(3).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    let topic = fresh("traces");
+    mock.create_topic(&topic, 1, 1).unwrap();
+    mock.create_topic(&format!("{topic}.dlq"), 1, 1).unwrap();
+    // Good messages around 10 bad ones, all in one partition, in order.
+    let (good, _) = trace_messages(40, 20, 100);
+    let mut messages = Vec::new();
+    for (i, g) in good.into_iter().enumerate() {
+        messages.push(g);
+        if i % 2 == 0 {
+            messages.extend(garbage(1));
+        }
+    }
+    produce_to(&bootstrap, &topic, &messages);
+    // The next produce requests fail, not retriably: the dead-letter writes are refused.
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 6],
+    );
+    let recmeter = Recmeter::start(&kafka_config_at(
+        &bootstrap,
+        &topic,
+        &fresh("metrics"),
+        &fresh("group"),
+    ));
+    wait_until("the refused dead-letter writes", 60, || {
+        recmeter
+            .log()
+            .matches("Cannot write to the dead-letter topic")
+            .count()
+            >= 3
+    });
+    wait_until("every good message", 60, || received(&recmeter) >= 2_000.0);
+    std::thread::sleep(Duration::from_secs(1));
+    let m = recmeter.metrics();
+    assert_eq!(m.sum("recs_requests_total"), 2_000.0);
+    assert_eq!(
+        m.value("recmeter_kafka_dlq_total", &[("topic", &topic)]),
+        10.0
+    );
+    let dead = consume_all_from(&bootstrap, &format!("{topic}.dlq"), 10);
+    let mut offsets: Vec<i64> = dead
+        .iter()
+        .map(|m| {
+            use rdkafka::message::Headers;
+            let headers = m.headers().unwrap();
+            let h = headers
+                .iter()
+                .find(|h| h.key == "x-recmeter-offset")
+                .unwrap();
+            std::str::from_utf8(h.value.unwrap())
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    offsets.sort_unstable();
+    offsets.dedup();
+    assert_eq!(offsets.len(), 10, "each bad message once: {offsets:?}");
+}
+
+#[test]
+fn a_partition_leader_down_for_20_s_is_recovered_by_itself_with_exact_counts() {
+    use rdkafka::mocking::{MockCluster, MockCoordinator};
+    let mock = MockCluster::new(3).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    let topic = fresh("traces");
+    let group = fresh("group");
+    mock.create_topic(&topic, 4, 3).unwrap();
+    // Partition 0 led by broker 1; the group's coordinator elsewhere.
+    mock.partition_leader(&topic, 0, Some(1)).unwrap();
+    for p in 1..4 {
+        mock.partition_leader(&topic, p, Some(2 + p % 2)).unwrap();
+    }
+    mock.coordinator(MockCoordinator::Group(group.clone()), 2)
+        .unwrap();
+    let parts: Vec<_> = (0..2).map(|i| trace_messages(50 + i, 40, 250).0).collect();
+    produce_to(&bootstrap, &topic, &parts[0]);
+    let recmeter = Recmeter::start(&kafka_config_at(
+        &bootstrap,
+        &topic,
+        &fresh("metrics"),
+        &group,
+    ));
+    wait_until("the first part", 60, || received(&recmeter) >= 10_000.0);
+    let lag = |r: &Recmeter| {
+        r.metrics().find(
+            "recmeter_kafka_consumer_lag",
+            &[("topic", &topic), ("partition", "0")],
+        )
+    };
+    // Partition 0's leader goes down while the second part is produced, for 20 s.
+    mock.broker_down(1).unwrap();
+    let producing = std::thread::spawn({
+        let (bootstrap, topic, part) = (bootstrap.clone(), topic.clone(), parts[1].clone());
+        move || produce_to(&bootstrap, &topic, &part)
+    });
+    std::thread::sleep(Duration::from_secs(20));
+    mock.broker_up(1).unwrap();
+    producing.join().unwrap();
+    wait_until("the second part after the leader is back", 90, || {
+        received(&recmeter) >= 20_000.0
+    });
+    // Read but not committed: the lag is above 0 until a checkpoint holds it.
+    wait_until("partition 0's lag above 0", 30, || {
+        lag(&recmeter).unwrap_or(0.0) > 0.0
+    });
+    // Within two checkpoint intervals the group holds it all again.
+    recmeter.advance("10s");
+    recmeter.advance("10s");
+    wait_until("partition 0's lag back to 0", 30, || {
+        lag(&recmeter) == Some(0.0)
+    });
+    let m = recmeter.metrics();
+    assert_eq!(m.sum("recs_requests_total"), 20_000.0);
+    assert_eq!(received(&recmeter), 20_000.0);
 }

@@ -53,7 +53,9 @@ impl Collector for Kafka {
         let mut family = encoder.encode_descriptor(
             "recmeter_kafka_consumer_lag",
             "Messages of each partition assigned here that the group has not committed yet \
-             (librdkafka's consumer_lag): recmeter commits once a checkpoint holds them.",
+             (the high watermark less the group's offset, from librdkafka's statistics; before \
+             the first commit, less the oldest offset kept): recmeter commits once a \
+             checkpoint holds them.",
             None,
             MetricType::Gauge,
         )?;

@@ -881,8 +881,15 @@ impl ClientContext for Context {
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
                 // -1 is librdkafka's internal partition; `desired` marks those assigned here.
-                if *partition >= 0 && p.desired {
-                    lag.insert((topic.clone(), *partition), p.consumer_lag.max(0));
+                // librdkafka's own `consumer_lag` is -1 until the group holds a commit; before
+                // the first, every message kept is behind it.
+                if *partition >= 0 && p.desired && p.hi_offset >= 0 {
+                    let base = if p.committed_offset >= 0 {
+                        p.committed_offset
+                    } else {
+                        p.lo_offset.max(0)
+                    };
+                    lag.insert((topic.clone(), *partition), (p.hi_offset - base).max(0));
                 }
             }
         }
