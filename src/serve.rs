@@ -501,6 +501,9 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
     };
     ready.store(false, Ordering::Release);
     let _ = shutdown_tx.send(true);
+    if let Some(kafka) = &kafka {
+        kafka.stop_reading();
+    }
     preparing.abort();
     evaluating.abort();
     costing.abort();

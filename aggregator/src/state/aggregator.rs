@@ -174,12 +174,12 @@ impl Aggregator {
         self.journal = true;
     }
 
-    /// Notes that the WAL frame `seq` has been applied.
     /// The last WAL sequence number applied.
     pub fn wal_seq(&self) -> u64 {
         self.wal_seq
     }
 
+    /// Notes that the WAL frame `seq` has been applied.
     pub fn set_wal_seq(&mut self, seq: u64) {
         self.wal_seq = self.wal_seq.max(seq);
     }

@@ -1,4 +1,5 @@
-//! `[kafka]`: the brokers and consumer group, the three topics and their encodings, and the
+//! `[kafka]`: the brokers and consumer group, the topics and their encodings (the billing
+//! topic's key is reserved: not read yet), and the
 //! librdkafka options passed through (tuning, SASL, TLS), secrets from a file. Keys stay flat
 //! (`traces_encoding`, not a table) because the environment overrides only `SECTION__KEY`.
 
@@ -50,12 +51,13 @@ pub struct KafkaConfig {
     pub metrics_topic: String,
     /// Default: `"otlp_proto"`.
     pub metrics_encoding: Encoding,
-    /// Cost lines, one JSON object with FOCUS column names per message. Default:
+    /// Cost lines, one JSON object with FOCUS column names per message; not read yet. Default:
     /// `"recs-billing"`.
     pub billing_topic: String,
     /// The dead-letter topic of each topic is its name with this suffix. Default: `".dlq"`.
     pub dlq_suffix: String,
-    /// How long a revoked partition may take to checkpoint and commit before it is released.
+    /// How long a revoked partition may wait for what was queued to be counted, and then for
+    /// its checkpoint, before it is released.
     /// Default: `"10s"`.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -87,13 +89,17 @@ impl Default for KafkaConfig {
 }
 
 /// Properties recmeter sets itself: exactly-once depends on them.
-const OWN_OPTIONS: [&str; 6] = [
+const OWN_OPTIONS: [&str; 8] = [
     "bootstrap.servers",
     "group.id",
     "enable.auto.commit",
     "enable.auto.offset.store",
     "auto.offset.reset",
     "isolation.level",
+    // The rebalance callback follows the eager protocol: it lets every partition go and takes
+    // the new assignment whole.
+    "partition.assignment.strategy",
+    "group.protocol",
 ];
 
 /// Whether a property holds a secret: its value is never logged.

@@ -1,9 +1,10 @@
 //! The consumer: a librdkafka consumer on a thread of its own, which reads one message at a
-//! time, converts it as OTLP is converted, and has it counted in the same step as its
-//! partition's position moves (`Batch::position`). Nothing is committed to the group by
-//! librdkafka: the thread commits the positions each durable checkpoint holds, and the
-//! rebalance callback, on the same thread, checkpoints and commits before it lets a partition
-//! go. Kafka is these messages' log; they skip recmeter's.
+//! time, converts it as OTLP is converted, and queues it to be counted in the same step as its
+//! partition's position moves (`Batch::position`); the aggregator counts queued batches in
+//! order. Nothing is committed to the group by librdkafka: the thread commits the positions
+//! each durable checkpoint holds, and the rebalance callback, on the same thread, waits until
+//! everything queued is counted, then checkpoints and commits before it lets a partition go.
+//! Kafka is these messages' log; they skip recmeter's.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use recmeter_core::telemetry::{RejectReason, Transport};
 use recmeter_core::{Batch, Checkpoints, Position};
 
 use super::config::{Encoding, InitialOffset, KafkaConfig};
-use crate::sources::otlp::{Ingest, IngestError, body, prescan};
+use crate::sources::otlp::{Ingest, IngestError, body};
 
 /// How long one poll waits for a message; the stop flag and the commits are looked at in
 /// between.
@@ -82,6 +83,11 @@ pub struct KafkaHandle {
 }
 
 impl KafkaHandle {
+    /// Stops reading new messages (at once); [`KafkaHandle::stop`] then waits for the rest.
+    pub fn stop_reading(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
     /// Stops reading, checkpoints and commits what was counted, leaves the group, and waits
     /// for the thread to end (at most `deadline`).
     pub async fn stop(self, deadline: Duration) {
@@ -337,7 +343,8 @@ impl Shared {
                 Ok(()) => break Ok(()),
                 Err(NotNow::Stopping(why)) => break Err(why),
                 Err(waiting @ (NotNow::Busy | NotNow::DeadLetter)) => {
-                    if matches!(waiting, NotNow::Busy) {
+                    // Once per message held back, not per retry.
+                    if matches!(waiting, NotNow::Busy) && paused.is_none() {
                         self.ingest
                             .traces
                             .aggregator()
@@ -384,32 +391,50 @@ impl Shared {
                 ),
             );
         }
-        let scanned = match (kind, encoding) {
-            (Kind::Traces, Encoding::OtlpProto) => prescan::traces(payload, self.limits.max_spans),
-            (Kind::Traces, Encoding::OtlpJson) => {
-                prescan::traces_json(payload, self.limits.max_spans)
-            }
-            (Kind::Metrics, Encoding::OtlpProto) => {
-                prescan::metrics(payload, self.limits.max_points)
-            }
-            (Kind::Metrics, Encoding::OtlpJson) => {
-                prescan::metrics_json(payload, self.limits.max_points)
-            }
-        };
-        if let Err(refusal) = scanned {
-            let reason = if refusal.is_too_large() {
-                RejectReason::TooLarge
-            } else {
-                RejectReason::Decode
-            };
-            return Read::Bad(reason, refusal.to_string());
-        }
+        // The message is in memory already, under the size limit: it is decoded at once
+        // (no pre-scan, which an OTLP server runs before it reads a body) and its spans or
+        // points counted against their limit after.
         let json = encoding == Encoding::OtlpJson;
-        let decoded = match kind {
-            Kind::Traces => body::decode(payload, json).map(Read::Traces),
-            Kind::Metrics => body::decode(payload, json).map(Read::Metrics),
+        let (read, items, limit, what, key) = match kind {
+            Kind::Traces => match body::decode::<ExportTraceServiceRequest>(payload, json) {
+                Ok(request) => {
+                    let spans = request
+                        .resource_spans
+                        .iter()
+                        .flat_map(|r| &r.scope_spans)
+                        .map(|s| s.spans.len() as u64)
+                        .sum();
+                    (
+                        Read::Traces(request),
+                        spans,
+                        self.limits.max_spans,
+                        "spans",
+                        "otlp.max_spans_per_request",
+                    )
+                }
+                Err(why) => return Read::Bad(RejectReason::Decode, why),
+            },
+            Kind::Metrics => match body::decode::<ExportMetricsServiceRequest>(payload, json) {
+                Ok(request) => {
+                    let points = points_in(&request);
+                    (
+                        Read::Metrics(request),
+                        points,
+                        self.limits.max_points,
+                        "data points",
+                        "otlp.max_points_per_request",
+                    )
+                }
+                Err(why) => return Read::Bad(RejectReason::Decode, why),
+            },
         };
-        decoded.unwrap_or_else(|why| Read::Bad(RejectReason::Decode, why))
+        if items > limit {
+            return Read::Bad(
+                RejectReason::TooLarge,
+                format!("the message holds {items} {what}, more than {limit} ({key})"),
+            );
+        }
+        read
     }
 
     /// Waits in the background for a queued message to be counted; [`Shared::settle`] waits
@@ -538,11 +563,14 @@ impl Shared {
         Ok(())
     }
 
-    /// [`Shared::note`], waiting while the aggregator is busy.
+    /// [`Shared::note`], waiting while the aggregator is busy, at most `kafka.drain_timeout`.
     fn note_waiting(&self, position: Position) {
+        let deadline = Instant::now() + self.config.drain_timeout;
         loop {
             match self.note(position.clone()) {
-                Err(NotNow::Busy) => std::thread::sleep(FIRST_BACKOFF),
+                Err(NotNow::Busy) if Instant::now() < deadline => {
+                    std::thread::sleep(FIRST_BACKOFF);
+                }
                 Err(e) => {
                     tracing::warn!(error = ?e, "Cannot note where a Kafka partition starts.");
                     return;
@@ -684,8 +712,8 @@ impl Shared {
         self.recommit.store(true, Ordering::Release);
     }
 
-    /// Before partitions go: everything read is counted already (one message at a time), so
-    /// checkpoint, commit, then let go. A partition lost without a revoke cannot commit.
+    /// Before partitions go: wait until everything queued is counted, then checkpoint, commit
+    /// and let go. A partition lost without a revoke cannot commit.
     fn revoke(&self, consumer: &BaseConsumer<Context>, tpl: &TopicPartitionList) {
         // Every message queued is counted first: the checkpoint (or the rewind) must hold it.
         if !self.settle(self.config.drain_timeout) {
@@ -811,6 +839,25 @@ impl Shared {
             })
             .sum()
     }
+}
+
+/// Data points in a metrics request.
+fn points_in(request: &ExportMetricsServiceRequest) -> u64 {
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    request
+        .resource_metrics
+        .iter()
+        .flat_map(|r| &r.scope_metrics)
+        .flat_map(|s| &s.metrics)
+        .map(|m| match &m.data {
+            Some(Data::Gauge(g)) => g.data_points.len(),
+            Some(Data::Sum(s)) => s.data_points.len(),
+            Some(Data::Histogram(h)) => h.data_points.len(),
+            Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+            Some(Data::Summary(s)) => s.data_points.len(),
+            None => 0,
+        } as u64)
+        .sum()
 }
 
 fn not_now(e: IngestError) -> NotNow {
