@@ -1,9 +1,10 @@
 //! Starting the Kafka source from `[kafka]` (issue 29): its librdkafka options, the limits an
-//! OTLP request has, the checkpoints it commits after, and the test hook that withholds its
-//! commits.
+//! OTLP request has, the checkpoints it commits after, where its cost lines land, and the test
+//! hook that withholds its commits.
 
 use std::sync::Arc;
 
+use recmeter_aggregator::cost::Landing;
 use recmeter_aggregator::durability::{Checkpointer, SourceCheckpoints};
 use recmeter_aggregator::kafka::KafkaStatus;
 use recmeter_aggregator::{Aggregator, AggregatorHandle, Hook, Hooks, InvalidField};
@@ -21,6 +22,7 @@ pub fn start(
     checkpoints: Arc<Checkpointer>,
     hooks: Arc<Hooks>,
     status: Arc<KafkaStatus>,
+    landing: Arc<dyn Landing>,
 ) -> Result<Option<KafkaHandle>> {
     let kafka: &KafkaConfig = &config.kafka;
     if !kafka.is_on() {
@@ -33,6 +35,7 @@ pub fn start(
         group = %kafka.group_id,
         traces_topic = %kafka.traces_topic,
         metrics_topic = %kafka.metrics_topic,
+        billing_topic = %kafka.billing_topic,
         options = ?KafkaConfig::redacted(&options),
         "Reading Kafka topics."
     );
@@ -67,6 +70,7 @@ pub fn start(
         options,
         ingest,
         checkpoints,
+        landing: Some(landing),
         status,
         limits: MessageLimits {
             max_bytes: config.otlp.max_body_bytes,

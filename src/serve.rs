@@ -434,6 +434,13 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
             .await;
         })
     };
+    // Cost lines land through the ledger, from the billing bucket and the Kafka billing topic.
+    let landing = Arc::new(StoreLanding::new(
+        checkpoints.store().clone(),
+        aggregator.clone(),
+        ledger.clone(),
+        hooks.clone(),
+    ));
     if config.billing.is_on() {
         let bucket = store::open(&config.billing.url, false).map_err(|e| {
             Error::Config(vec![InvalidField::new(
@@ -441,15 +448,9 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
                 e.to_string().replace("storage.url", "billing.url"),
             )])
         })?;
-        let landing = Arc::new(StoreLanding::new(
-            checkpoints.store().clone(),
-            aggregator.clone(),
-            ledger.clone(),
-            hooks.clone(),
-        ));
         let source = BillingSource::new(
             bucket.objects,
-            landing,
+            landing.clone(),
             config.billing.source(),
             aggregator.clock().clone(),
             aggregator.telemetry(),
@@ -473,6 +474,7 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
         checkpoints.clone(),
         hooks.clone(),
         kafka_status,
+        landing,
     )?;
     ready.store(true, Ordering::Release);
     if let Some(path) = &args.ready_file {

@@ -10,6 +10,12 @@
 //! bill replaces the old one, never adds to it. A crash before the event leaves the old lines
 //! (the new files are swept at the next start); after it, the replay puts the new ones in
 //! force. The next checkpoint's manifest names the files, in one swap.
+//!
+//! Cost lines from a Kafka topic are appended instead ([`Landing::append`]): their files are
+//! staged the same way, then an unlogged event adds them to their bills (whose folder is
+//! `kafka://<topic>`, which no bucket path has, so no export restates them) in the same step
+//! as the aggregator notes the topic's position. Kafka is their log: a checkpoint holds the
+//! ledger and the position together, and a start reads the topic again from there.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,7 +34,10 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Nudge;
-use crate::cost::{BillIdentity, Commit, CostLine, Landed, Landing, ObjectVersion, Reject, Staged};
+use crate::cost::{
+    Append, BillIdentity, Commit, CostLine, Landed, Landing, ObjectVersion, Reject, Staged,
+    StagedBill,
+};
 use crate::error::{Error, Result, clip};
 use crate::hooks::{Hook, Hooks};
 use crate::participant::{Event, OwnedSection, Participant};
@@ -42,6 +51,7 @@ use crate::store::history::History;
 use crate::store::manifest::{FileEntry, FileKind};
 use crate::store::object::Store;
 use crate::store::paths::{COST_LINES_PREFIX, COST_REJECTS_PREFIX, cost_path};
+use crate::submit::Answer;
 
 /// The ledger's name: its events' component and its state section.
 pub const LEDGER: &str = "billing";
@@ -85,6 +95,11 @@ struct Ingested {
     /// An export not read whole: the bills in force stay as they are.
     #[serde(default)]
     keep_bills: bool,
+    /// Lines of a stream with a log of its own (a Kafka topic; `export` names the stream):
+    /// added to their bills, replacing nothing. Never logged: a checkpoint holds them with
+    /// the stream's position.
+    #[serde(default)]
+    append: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,6 +213,12 @@ impl Participant for BillingLedger {
     fn apply(&self, event: &[u8]) -> Result<()> {
         let ingested = Ingested::parse(event)?;
         let mut state = self.state.lock();
+        if ingested.append {
+            append(&mut state, ingested);
+            drop(state);
+            self.changed();
+            return Ok(());
+        }
         // The export's own earlier bills go, and so does every earlier bill of an identity it
         // brings: a restatement replaces. An export not read whole replaces nothing.
         if !ingested.keep_bills {
@@ -265,6 +286,37 @@ impl Participant for BillingLedger {
     }
 }
 
+/// Adds a stream's lines to its bills (one per identity) and its rejects to the stream's.
+fn append(state: &mut State, ingested: Ingested) {
+    for bill in ingested.bills {
+        let held = state
+            .bills
+            .iter_mut()
+            .find(|b| b.export == ingested.export && b.identity == bill.identity);
+        match held {
+            Some(held) => {
+                held.files.extend(bill.files);
+                held.data_end = held.data_end.max(bill.data_end);
+            }
+            None => state.bills.push(Bill {
+                identity: bill.identity,
+                export: ingested.export.clone(),
+                files: bill.files,
+                data_end: bill.data_end,
+            }),
+        }
+    }
+    state.bills.sort_by(|a, b| a.identity.cmp(&b.identity));
+    if !ingested.rejects.is_empty() {
+        state
+            .rejects
+            .entry(ingested.export)
+            .or_default()
+            .extend(ingested.rejects);
+    }
+    state.next_export = state.next_export.max(ingested.number.saturating_add(1));
+}
+
 /// Lands exports in the store through the ledger: files first, then the event.
 #[derive(Debug)]
 pub struct StoreLanding {
@@ -329,6 +381,30 @@ async fn encode(
         .map_err(|e| Error::Storage(format!("the cost file encoder failed: {e}")))?
 }
 
+/// The bills of an event, their staged files as manifest entries.
+fn ingested_bills(bills: Vec<StagedBill>) -> Vec<IngestedBill> {
+    bills
+        .into_iter()
+        .map(|b| IngestedBill {
+            identity: b.identity,
+            files: b
+                .files
+                .into_iter()
+                .map(|f| entry(f, LINES_SECTION))
+                .collect(),
+            data_end: b.data_end,
+        })
+        .collect()
+}
+
+/// Staged reject files as manifest entries.
+fn rejects_entries(rejects: Vec<Staged>) -> Vec<FileEntry> {
+    rejects
+        .into_iter()
+        .map(|f| entry(f, REJECTS_SECTION))
+        .collect()
+}
+
 /// The manifest entry of a staged file.
 fn entry(staged: Staged, kind: &str) -> FileEntry {
     FileEntry {
@@ -373,25 +449,10 @@ impl Landing for StoreLanding {
                 number: self.ledger.next_export(),
                 export: commit.export,
                 versions: commit.versions,
-                bills: commit
-                    .bills
-                    .into_iter()
-                    .map(|b| IngestedBill {
-                        identity: b.identity,
-                        files: b
-                            .files
-                            .into_iter()
-                            .map(|f| entry(f, LINES_SECTION))
-                            .collect(),
-                        data_end: b.data_end,
-                    })
-                    .collect(),
-                rejects: commit
-                    .rejects
-                    .into_iter()
-                    .map(|f| entry(f, REJECTS_SECTION))
-                    .collect(),
+                bills: ingested_bills(commit.bills),
+                rejects: rejects_entries(commit.rejects),
                 keep_bills: commit.keep_bills,
+                append: false,
             };
             let payload = serde_json::to_vec(&ingested)
                 .map_err(|e| Error::Storage(format!("cannot encode a {LEDGER} event: {e}")))?;
@@ -409,6 +470,27 @@ impl Landing for StoreLanding {
                 })
                 .await
         })
+    }
+
+    fn append(&self, append: Append) -> Result<Answer> {
+        let ingested = Ingested {
+            number: self.ledger.next_export(),
+            export: append.stream,
+            versions: Vec::new(),
+            bills: ingested_bills(append.bills),
+            rejects: rejects_entries(append.rejects),
+            keep_bills: false,
+            append: true,
+        };
+        let payload = serde_json::to_vec(&ingested)
+            .map_err(|e| Error::Storage(format!("cannot encode a {LEDGER} event: {e}")))?;
+        self.aggregator.queue_event(
+            Event {
+                component: LEDGER.to_owned(),
+                payload,
+            },
+            append.position,
+        )
     }
 
     fn discard(&self, files: Vec<Staged>) -> Landed<'_, ()> {
@@ -550,6 +632,7 @@ mod tests {
                 .collect(),
             rejects: rejects.iter().map(|p| file(p)).collect(),
             keep_bills: false,
+            append: false,
         })
         .unwrap()
     }
@@ -643,6 +726,62 @@ mod tests {
         copy.restore(ledger.save().unwrap()).unwrap();
         assert_eq!(copy.sections(), ledger.sections());
         assert_eq!(copy.data_end()["AWS"], 5);
+    }
+
+    #[test]
+    fn a_stream_appends_to_its_bills_and_no_export_replaces_them() {
+        let ledger = BillingLedger::default();
+        let kafka = BillIdentity {
+            prefix: "kafka://recs-billing".into(),
+            ..identity("1")
+        };
+        let appended = |number: u64, path: &str, reject: Option<&str>, data_end: i64| {
+            serde_json::to_vec(&Ingested {
+                number,
+                export: "kafka://recs-billing".into(),
+                versions: Vec::new(),
+                bills: vec![IngestedBill {
+                    identity: kafka.clone(),
+                    files: vec![file(path)],
+                    data_end,
+                }],
+                rejects: reject.into_iter().map(file).collect(),
+                keep_bills: false,
+                append: true,
+            })
+            .unwrap()
+        };
+        ledger
+            .apply(&appended(0, "cost_lines/0-0.parquet", None, 7))
+            .unwrap();
+        ledger
+            .apply(&event(1, "a.csv", &[("1", "cost_lines/1-0.parquet")], &[]))
+            .unwrap();
+        ledger
+            .apply(&appended(
+                2,
+                "cost_lines/2-0.parquet",
+                Some("cost_rejects/2-1.parquet"),
+                6,
+            ))
+            .unwrap();
+        // A restatement of the same account from the bucket replaces the bucket's lines only.
+        ledger
+            .apply(&event(3, "a.csv", &[("1", "cost_lines/3-0.parquet")], &[]))
+            .unwrap();
+        let paths = |s| -> Vec<String> { ledger.files(s).into_iter().map(|f| f.path).collect() };
+        assert_eq!(
+            paths(LINES_SECTION),
+            [
+                "cost_lines/3-0.parquet",
+                "cost_lines/0-0.parquet",
+                "cost_lines/2-0.parquet"
+            ]
+        );
+        assert_eq!(paths(REJECTS_SECTION), ["cost_rejects/2-1.parquet"]);
+        assert_eq!(ledger.next_export(), 4);
+        assert_eq!(ledger.data_end()["AWS"], 7);
+        assert!(!ledger.seen("kafka://recs-billing", &[]));
     }
 
     #[test]

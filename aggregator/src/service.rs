@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::batch::Batch;
+use crate::batch::{Batch, Position};
 use crate::clock::Clock;
 use crate::config::{AggregatorConfig, IngestConfig};
 use crate::durability::{Logged, Wal};
@@ -33,6 +33,9 @@ struct Job {
     entry: Logged,
     /// The WAL frame holding it, when logged.
     seq: Option<u64>,
+    /// For an unlogged event from a source with a log of its own (cost lines from Kafka):
+    /// the position noted with it, in the same step.
+    position: Option<Position>,
     reply: oneshot::Sender<Result<ApplyOutcome>>,
 }
 
@@ -158,6 +161,38 @@ impl AggregatorHandle {
                 checked_at: self.clock.now_nanos(),
             },
             seq: None,
+            position: None,
+            reply,
+        });
+        Ok(Box::pin(async move {
+            answer.await.map_err(|_| Error::Stopped)?
+        }))
+    }
+
+    /// Queues `event` at once, unlogged, to be applied to its participant in the same step
+    /// as `position` is noted (cost lines from a Kafka topic: Kafka is their log, and a
+    /// checkpoint holds the participant's state and the position together). Fails with
+    /// [`Error::Backpressure`] while the queue is full, and with [`Error::Participant`] if the
+    /// participant refuses the event.
+    pub fn queue_event(&self, event: Event, position: Position) -> Result<crate::submit::Answer> {
+        match lock(&self.state).participants().get(&event.component) {
+            Some(participant) => participant.check(&event.payload)?,
+            None => {
+                return Err(Error::Participant(format!(
+                    "no checkpoint participant `{}` is registered",
+                    clip(&event.component, 64)
+                )));
+            }
+        }
+        let permit = self.tx.clone().try_reserve_owned().map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Error::Backpressure,
+            mpsc::error::TrySendError::Closed(_) => Error::Stopped,
+        })?;
+        let (reply, answer) = oneshot::channel();
+        permit.send(Job {
+            entry: Logged::Event(event),
+            seq: None,
+            position: Some(position),
             reply,
         });
         Ok(Box::pin(async move {
@@ -223,6 +258,7 @@ impl AggregatorHandle {
                 permit.send(Job {
                     entry,
                     seq: None,
+                    position: None,
                     reply,
                 });
             }
@@ -234,6 +270,7 @@ impl AggregatorHandle {
                         permit.send(Job {
                             entry,
                             seq: Some(seq),
+                            position: None,
                             reply,
                         });
                     }
@@ -323,6 +360,9 @@ async fn run(mut rx: mpsc::Receiver<Job>, state: SharedState, hooks: Arc<Hooks>)
             };
             if let Some(seq) = job.seq {
                 state.set_wal_seq(seq);
+            }
+            if let (Some(position), Ok(_)) = (&job.position, &outcome) {
+                state.note_position(position);
             }
             outcome
         };

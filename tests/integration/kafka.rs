@@ -227,6 +227,7 @@ fn kafka_config_at(
         "[storage]\ncheckpoint_interval = \"10s\"\n\
          [kafka]\nbrokers = \"{bootstrap}\"\ngroup_id = \"{group}\"\n\
          traces_topic = \"{traces_topic}\"\nmetrics_topic = \"{metrics_topic}\"\n\
+         billing_topic = \"{traces_topic}-billing\"\n\
          [kafka.options]\n\"session.timeout.ms\" = \"6000\"\n\
          \"statistics.interval.ms\" = \"500\"\n"
     )
@@ -861,4 +862,157 @@ fn a_partition_leader_down_for_20_s_is_recovered_by_itself_with_exact_counts() {
     let m = recmeter.metrics();
     assert_eq!(m.sum("recs_requests_total"), 20_000.0);
     assert_eq!(received(&recmeter), 20_000.0);
+}
+
+/// Billing messages: JSON lines of FOCUS cost lines, with their billed cost drawn in units of
+/// 10^-6 (written as decimal strings and as JSON numbers), some lines rejects (a cost that is
+/// no number) and some messages garbage. Gives the messages, the lines, the rejects and the
+/// billed total in units of 10^-12, summed here from the drawn values.
+fn billing_messages(
+    seed: u64,
+    messages: usize,
+    garbage_every: usize,
+) -> (Vec<(String, Vec<u8>)>, u64, u64, i128) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (mut lines, mut rejects, mut total) = (0u64, 0u64, 0i128);
+    let mut out = Vec::with_capacity(messages);
+    for m in 0..messages {
+        let account = format!("{}", 100 + m % 3);
+        if garbage_every > 0 && m % garbage_every == garbage_every - 1 {
+            out.push((account, vec![0xff, 0x00, m as u8, 0x7b]));
+            continue;
+        }
+        let mut text = String::new();
+        for l in 0..rng.random_range(1..=8) {
+            let micros: i64 = rng.random_range(0..5_000_000_000);
+            let cost = format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000);
+            let billed = if l % 2 == 0 {
+                format!("\"{cost}\"")
+            } else {
+                cost.clone()
+            };
+            let hour = (m * 8 + l) % 24;
+            if rng.random_range(0..50) == 0 {
+                text.push_str(&format!(
+                    "{{\"BilledCost\":\"{cost}x\",\"EffectiveCost\":\"0\",\"ChargePeriodStart\":\"2026-11-30T{hour:02}:00:00Z\",\"ChargePeriodEnd\":\"2026-11-30T{hour:02}:59:59Z\",\"ProviderName\":\"AWS\",\"BillingAccountId\":\"{account}\",\"BillingCurrency\":\"USD\"}}\n"
+                ));
+                rejects += 1;
+                continue;
+            }
+            text.push_str(&format!(
+                "{{\"BilledCost\":{billed},\"EffectiveCost\":{billed},\"ListCost\":null,\"ChargePeriodStart\":\"2026-11-30T{hour:02}:00:00Z\",\"ChargePeriodEnd\":\"2026-11-30T{hour:02}:59:59Z\",\"ProviderName\":\"AWS\",\"BillingAccountId\":\"{account}\",\"BillingCurrency\":\"USD\",\"ServiceName\":\"Amazon EC2\",\"PricingCategory\":\"Spot\",\"Tags\":{{\"component\":\"ranker\"}}}}\n"
+            ));
+            lines += 1;
+            total += i128::from(micros) * 1_000_000;
+        }
+        out.push((account, text.into_bytes()));
+    }
+    (out, lines, rejects, total)
+}
+
+/// Money in units of 10^-12 as SQL casts a `Decimal128(38, 12)` sum to text.
+fn money_text(units: i128) -> String {
+    format!(
+        "{}.{:012}",
+        units / 1_000_000_000_000,
+        units % 1_000_000_000_000
+    )
+}
+
+/// Lines, rejects and the billed total in `cost_lines` of the billing topic `topic`.
+fn billing_totals(recmeter: &Recmeter, topic: &str) -> (u64, u64, String) {
+    let lines = recmeter.sql_rows(&format!(
+        "SELECT COUNT(*) AS n, CAST(SUM(billed_cost) AS VARCHAR) AS billed FROM cost_lines \
+         WHERE source_object LIKE '{topic}/%'"
+    ));
+    let rejects = recmeter.sql_rows(&format!(
+        "SELECT COUNT(*) AS n FROM cost_rejects WHERE source_object LIKE '{topic}/%'"
+    ));
+    (
+        lines[0]["n"].as_u64().unwrap(),
+        rejects[0]["n"].as_u64().unwrap(),
+        lines[0]["billed"].as_str().unwrap_or("0").to_owned(),
+    )
+}
+
+#[test]
+fn cost_lines_over_the_billing_topic_land_exactly_once_across_kill_9() {
+    let traces = fresh("traces");
+    let topic = format!("{traces}-billing");
+    create_topic(&topic, 2);
+    create_topic(&format!("{topic}.dlq"), 1);
+    // Lines land a second after the first of them is read.
+    let config = kafka_config(&traces, &fresh("metrics"), &fresh("group")).replacen(
+        "[kafka.options]",
+        "billing_flush_interval = \"1s\"\n[kafka.options]",
+        1,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let start = || {
+        Recmeter::start_with(Start {
+            config: &config,
+            dir: Some(dir.path()),
+            ..Start::default()
+        })
+    };
+    let (first, lines_1, rejects_1, total_1) = billing_messages(7, 300, 30);
+    let (second, lines_2, rejects_2, total_2) = billing_messages(8, 300, 0);
+    produce(&topic, &first);
+    let recmeter = start();
+    wait_until("the first part's lines", 60, || {
+        billing_totals(&recmeter, &topic).0 >= lines_1
+    });
+    assert_eq!(
+        billing_totals(&recmeter, &topic),
+        (lines_1, rejects_1, money_text(total_1))
+    );
+    let m = recmeter.metrics();
+    assert_eq!(
+        m.value("recmeter_kafka_dlq_total", &[("topic", &topic)]),
+        10.0
+    );
+    assert_eq!(
+        m.value(
+            "recmeter_billing_rows_total",
+            &[("provider", "AWS"), ("outcome", "line")]
+        ),
+        lines_1 as f64
+    );
+    let dead = consume_all(&format!("{topic}.dlq"), 10);
+    assert!(
+        dead.iter()
+            .all(|d| d.payload().is_some_and(|p| p[0] == 0xff))
+    );
+    // Each line says where it came from: topic/partition/offset, and its line in the message.
+    let rows = recmeter.sql_rows(&format!(
+        "SELECT source_object, source_row, tags, pricing_category \
+         FROM cost_lines WHERE source_object LIKE '{topic}/%' ORDER BY source_object LIMIT 1"
+    ));
+    let object = rows[0]["source_object"].as_str().unwrap();
+    let parts: Vec<&str> = object.rsplitn(3, '/').collect();
+    assert!(
+        parts[0].parse::<i64>().is_ok() && parts[1].parse::<i32>().is_ok(),
+        "{object}"
+    );
+    assert!(rows[0]["tags"].to_string().contains("ranker"), "{}", rows[0]["tags"]);
+    assert_eq!(rows[0]["pricing_category"], "Dynamic");
+
+    // Checkpointed, then the second part lands in part when the process is killed.
+    recmeter.advance("10s");
+    produce(&topic, &second);
+    wait_until("some of the second part", 60, || {
+        billing_totals(&recmeter, &topic).0 > lines_1
+    });
+    recmeter.kill9();
+
+    let restarted = start();
+    let lines = lines_1 + lines_2;
+    wait_until("every line after the restart", 120, || {
+        billing_totals(&restarted, &topic).0 >= lines
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        billing_totals(&restarted, &topic),
+        (lines, rejects_1 + rejects_2, money_text(total_1 + total_2))
+    );
 }

@@ -128,6 +128,20 @@ pub struct Commit {
     pub keep_bills: bool,
 }
 
+/// Cost lines read from a source that keeps its own log (a Kafka topic), to be appended: they
+/// never replace a bill's earlier lines, and the position they move their partition to is
+/// noted in the same step, unlogged (the source's log is theirs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Append {
+    /// The stream the lines belong to (`kafka://<topic>`): their bills' folder, which no
+    /// export of the billing bucket has.
+    pub stream: String,
+    pub bills: Vec<StagedBill>,
+    pub rejects: Vec<Staged>,
+    /// Where their partition stands once they are in force.
+    pub position: crate::batch::Position,
+}
+
 /// What [`Landing`]'s calls return.
 pub type Landed<'a, T> =
     std::pin::Pin<Box<dyn std::future::Future<Output = crate::error::Result<T>> + Send + 'a>>;
@@ -145,6 +159,10 @@ pub trait Landing: Send + Sync + std::fmt::Debug {
     /// Puts `commit` in force in one logged step: its bills replace every earlier line of
     /// their identities, and its rejects replace the export's earlier rejects.
     fn commit(&self, commit: Commit) -> Landed<'_, ()>;
+    /// Queues `append` at once, or fails with `Error::Backpressure` while the aggregator's queue
+    /// is full: its files (staged) go in force, added to their bills, in the same step as its
+    /// position is noted; the answer comes once they are. Unlogged: a checkpoint holds both.
+    fn append(&self, append: Append) -> crate::error::Result<crate::submit::Answer>;
     /// Deletes staged files of an export that will not be committed (its read failed).
     fn discard(&self, files: Vec<Staged>) -> Landed<'_, ()>;
 }

@@ -138,8 +138,8 @@ fn apply_logged(aggregator: &mut Aggregator, entry: &Entry, dir: &Path) -> Resul
 /// What [`rewind`] put back.
 #[derive(Debug, Clone, Default)]
 pub struct Rewound {
-    /// The checkpoint restored (`None` for an empty store).
-    pub checkpoint: Option<u64>,
+    /// The checkpoint restored.
+    pub checkpoint: u64,
     /// Log entries applied after it.
     pub replayed: u64,
     /// The Kafka positions the state now holds: the checkpoint's.
@@ -163,22 +163,27 @@ pub fn rewind(
     let mut state = lock(&checkpoints.state);
     let upto = state.wal_seq();
     empty.keep_journal();
-    if let Some(m) = last.as_ref() {
-        runtime.block_on(checkpoint::restore(
-            checkpoints.store.as_ref(),
-            m,
-            &checkpoints.layout,
-            &mut empty,
-        ))?;
-    }
-    let after = last.as_ref().map_or(0, |m| m.wal_seq);
+    // The participants are the running ones (others hold them): only a checkpoint's sections
+    // put them back; without one, the log's events would be applied to them twice.
+    let Some(m) = last.as_ref() else {
+        return Err(Error::Storage(
+            "no checkpoint to go back to: the store holds none yet".into(),
+        ));
+    };
+    runtime.block_on(checkpoint::restore(
+        checkpoints.store.as_ref(),
+        m,
+        &checkpoints.layout,
+        &mut empty,
+    ))?;
+    let after = m.wal_seq;
     let replayed = read_back(wal_dir, after, upto, |entry| {
         apply_logged(&mut empty, &entry, wal_dir)
     })?;
     empty.set_wal_seq(upto.max(after));
     *state = empty;
     Ok(Rewound {
-        checkpoint: last.as_ref().map(|m| m.id),
+        checkpoint: m.id,
         replayed,
         positions: state.positions(),
     })

@@ -75,7 +75,7 @@ impl crate::submit::Checkpoints for SourceCheckpoints {
             &self.runtime,
         )?;
         tracing::warn!(
-            checkpoint = rewound.checkpoint.unwrap_or(0),
+            checkpoint = rewound.checkpoint,
             wal_entries = rewound.replayed,
             "Counts put back to the last checkpoint and the log after it."
         );

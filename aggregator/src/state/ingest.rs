@@ -7,7 +7,7 @@ use super::row::{MINUTES_KEPT, Source, hour_of};
 use super::series::{
     LATE_BUFFER, LATENCY_BUCKETS_NANOS, LateValue, Sample, Sealing, SeriesRows, SeriesState,
 };
-use crate::batch::Batch;
+use crate::batch::{Batch, Position};
 use crate::clock::{MINUTE_NANOS, minute_of};
 use crate::histogram;
 use crate::limits::Place;
@@ -48,12 +48,19 @@ impl Aggregator {
         outcome
     }
 
+    /// Notes where a Kafka partition stands: every message before `position` is applied.
+    pub fn note_position(&mut self, position: &Position) {
+        self.positions.insert(
+            (position.topic.clone(), position.partition),
+            position.offset,
+        );
+    }
+
     /// Counts a request's records and metric points ([`Aggregator::apply_checked`],
     /// [`Aggregator::apply_points`]).
     pub fn apply_batch(&mut self, batch: &Batch, checked_at: u64) -> ApplyOutcome {
         if let Some(p) = &batch.position {
-            self.positions
-                .insert((p.topic.clone(), p.partition), p.offset);
+            self.note_position(p);
         }
         let mut outcome = self.apply_checked(&batch.records, checked_at);
         if !batch.points.is_empty() {

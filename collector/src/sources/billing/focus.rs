@@ -1,11 +1,12 @@
 //! FOCUS 1.0 to 1.2 (the FinOps Open Cost and Usage Specification): the columns map one to
 //! one; `NULL` is null; `Tags` is a JSON object. 1.2's `ServiceProviderName` is read where
-//! 1.0's `ProviderName` is absent.
+//! 1.0's `ProviderName` is absent. A line may also come as one JSON object with the same
+//! column names (the Kafka billing topic's messages).
 
 use super::line::{
     self, CellError, CostLine, json_tags, money, optional_money, optional_time, quantity, time,
 };
-use super::row::{Defaults, Row};
+use super::row::{Defaults, Header, Row};
 
 /// Owned text of an optional cell.
 fn owned(cell: Option<&str>) -> Option<String> {
@@ -61,4 +62,67 @@ pub fn line(row: Row<'_>, defaults: &Defaults) -> Result<CostLine, CellError> {
         source_object: String::new(),
         source_row: 0,
     })
+}
+
+/// The cost line of one JSON object with FOCUS column names: strings are read as they are,
+/// numbers from their JSON text (money never goes through `f64`), objects and arrays (`Tags`)
+/// as their JSON text, and `null` as a null cell.
+pub fn json_line(text: &str, defaults: &Defaults) -> Result<CostLine, CellError> {
+    let object: std::collections::BTreeMap<String, &serde_json::value::RawValue> =
+        serde_json::from_str(text)
+            .map_err(|e| CellError::new("", format!("not a JSON object: {e}"), text))?;
+    let mut names = csv::StringRecord::new();
+    let mut cells = csv::StringRecord::new();
+    for (name, value) in object {
+        let raw = value.get();
+        names.push_field(&name);
+        if raw.starts_with('"') {
+            let cell: String = serde_json::from_str(raw)
+                .map_err(|e| CellError::new(&name, format!("not a JSON string: {e}"), raw))?;
+            cells.push_field(&cell);
+        } else if raw == "null" {
+            cells.push_field("");
+        } else {
+            cells.push_field(raw);
+        }
+    }
+    let header = Header::new(&names);
+    line(
+        Row {
+            header: &header,
+            record: &cells,
+        },
+        defaults,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_json_line_reads_as_its_csv_row_would() {
+        let text = r#"{"BilledCost": 0.123456789012, "EffectiveCost": "0.1", "ListCost": null,
+            "ChargePeriodStart": "2026-11-30T00:00:00Z", "ChargePeriodEnd": "2026-11-30T01:00:00Z",
+            "ProviderName": "AWS", "BillingAccountId": "1", "BillingCurrency": "USD",
+            "ServiceName": "Amazon EC2", "PricingCategory": "Spot", "Tags": {"team": "recs", "n": 2}}"#;
+        let line = json_line(text, &Defaults::default()).unwrap();
+        assert_eq!(line.billed_cost, 123_456_789_012);
+        assert_eq!(line.effective_cost, 100_000_000_000);
+        assert_eq!(line.list_cost, None);
+        assert_eq!(line.pricing_category.as_deref(), Some("Dynamic"));
+        assert_eq!(line.tags["team"], "recs");
+        assert_eq!(line.tags["n"], "2");
+        let e = json_line(&text.replace("0.123456789012", "\"x\""), &Defaults::default())
+            .unwrap_err();
+        assert_eq!((e.column.as_str(), e.raw.as_str()), ("BilledCost", "x"));
+        let e = json_line("[1, 2]", &Defaults::default()).unwrap_err();
+        assert!(e.reason.starts_with("not a JSON object"), "{e:?}");
+        // Digits past f64's precision are kept.
+        let exact = r#"{"BilledCost": 12345678901234.000000000001, "EffectiveCost": 0,
+            "ChargePeriodStart": "2026-11-30", "ChargePeriodEnd": "2026-12-01",
+            "ProviderName": "AWS", "BillingAccountId": "1", "BillingCurrency": "USD"}"#;
+        let line = json_line(exact, &Defaults::default()).unwrap();
+        assert_eq!(line.billed_cost, 12_345_678_901_234_000_000_000_001);
+    }
 }

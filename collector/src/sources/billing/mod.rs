@@ -16,4 +16,4 @@ pub mod source;
 pub use config::BillingConfig;
 pub use line::{CostLine, Normalized, Reject, Sink};
 pub use read::{Defaults, FileError, Format, normalize};
-pub use source::{BillingSource, ScanStats, SourceConfig};
+pub use source::{BillingSource, RowCounter, ScanStats, SourceConfig};

@@ -82,10 +82,8 @@ pub struct BillingSource {
     config: SourceConfig,
     clock: Arc<Clock>,
     status: Arc<ScanStatus>,
-    rows: Arc<LabelledCounter>,
+    rows: RowCounter,
     exports: Arc<LabelledCounter>,
-    /// The `provider` label values counted so far (at most [`MAX_PROVIDER_LABELS`]).
-    providers: parking_lot::Mutex<std::collections::BTreeSet<String>>,
     /// AWS manifests read (or found not to read), by version; versions no longer listed are
     /// dropped at each scan.
     manifests: parking_lot::Mutex<HashMap<ObjectVersion, std::result::Result<AwsManifest, String>>>,
@@ -115,8 +113,7 @@ impl BillingSource {
             config,
             clock,
             status,
-            rows: rows_counter(telemetry),
-            providers: parking_lot::Mutex::default(),
+            rows: RowCounter::new(telemetry),
             manifests: parking_lot::Mutex::default(),
             exports: telemetry.labelled_counter(
                 "recmeter_billing_objects",
@@ -424,15 +421,7 @@ impl BillingSource {
             Err(e) => return Err(e),
         }
         for ((provider, outcome), n) in counts {
-            // Provider names come from the files: past the cap they count as `other`.
-            let mut known = self.providers.lock();
-            let label = if known.contains(&provider) || known.len() < MAX_PROVIDER_LABELS {
-                known.insert(provider.clone());
-                provider.as_str()
-            } else {
-                "other"
-            };
-            self.rows.add(&[label, outcome], n);
+            self.rows.add(&provider, outcome, n);
         }
         self.exports.add(&["ingested"], export.objects.len() as u64);
         Ok((lines, rejects))
@@ -466,12 +455,12 @@ impl BillingSource {
             .first()
             .and_then(|o| self.defaults(o.location.as_ref()).provider)
             .unwrap_or_else(|| "unknown".to_owned());
-        let label = if self.providers.lock().contains(&provider) {
+        let label = if self.rows.known(&provider) {
             provider.as_str()
         } else {
             "unknown"
         };
-        self.rows.add(&[label, "reject"], n);
+        self.rows.add(label, "reject", n);
         self.exports.add(&["unreadable"], n);
         Ok((0, n))
     }
@@ -500,15 +489,45 @@ impl BillingSource {
     }
 }
 
-/// `recmeter_billing_rows_total{provider,outcome}`.
-pub fn rows_counter(telemetry: &Telemetry) -> Arc<LabelledCounter> {
-    telemetry.labelled_counter(
-        "recmeter_billing_rows",
-        "Billing export rows landed, by provider and outcome: line (in cost_lines) or reject \
-         (in cost_rejects, with the reason). A reject's provider is its file's default, or \
-         `unknown`.",
-        &["provider", "outcome"],
-    )
+/// `recmeter_billing_rows_total{provider,outcome}`, whose `provider` values come from the
+/// bills: past [`MAX_PROVIDER_LABELS`] of them, the rest count as `other`.
+#[derive(Debug)]
+pub struct RowCounter {
+    rows: Arc<LabelledCounter>,
+    /// The `provider` label values counted so far (at most [`MAX_PROVIDER_LABELS`]).
+    providers: parking_lot::Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl RowCounter {
+    pub fn new(telemetry: &Telemetry) -> Self {
+        Self {
+            rows: telemetry.labelled_counter(
+                "recmeter_billing_rows",
+                "Billing rows landed (from the bucket's exports and the Kafka billing topic), \
+                 by provider and outcome: line (in cost_lines) or reject (in cost_rejects, \
+                 with the reason). A reject's provider is its file's default, or `unknown`.",
+                &["provider", "outcome"],
+            ),
+            providers: parking_lot::Mutex::default(),
+        }
+    }
+
+    /// Counts `n` rows of `provider` with `outcome` (`line` or `reject`).
+    pub fn add(&self, provider: &str, outcome: &str, n: u64) {
+        let mut known = self.providers.lock();
+        let label = if known.contains(provider) || known.len() < MAX_PROVIDER_LABELS {
+            known.insert(provider.to_owned());
+            provider
+        } else {
+            "other"
+        };
+        self.rows.add(&[label, outcome], n);
+    }
+
+    /// Whether `provider` has a label of its own.
+    pub fn known(&self, provider: &str) -> bool {
+        self.providers.lock().contains(provider)
+    }
 }
 
 /// An object's version as the ledger keeps it.

@@ -1,5 +1,5 @@
-//! `[kafka]`: the brokers and consumer group, the topics and their encodings (the billing
-//! topic's key is reserved: not read yet), and the
+//! `[kafka]`: the brokers and consumer group, the topics and their encodings, how often cost
+//! lines from the billing topic are landed, and the
 //! librdkafka options passed through (tuning, SASL, TLS), secrets from a file. Keys stay flat
 //! (`traces_encoding`, not a table) because the environment overrides only `SECTION__KEY`.
 
@@ -51,9 +51,13 @@ pub struct KafkaConfig {
     pub metrics_topic: String,
     /// Default: `"otlp_proto"`.
     pub metrics_encoding: Encoding,
-    /// Cost lines, one JSON object with FOCUS column names per message; not read yet. Default:
-    /// `"recs-billing"`.
+    /// Cost lines: JSON lines, each one object with FOCUS column names, into `cost_lines`
+    /// (appended; restatements apply to the bucket's exports only). Default: `"recs-billing"`.
     pub billing_topic: String,
+    /// How long cost lines from the billing topic are gathered before they are landed as
+    /// files of the store (at most 65 536 rows a partition are gathered). Default: `"60s"`.
+    #[serde(with = "humantime_serde")]
+    pub billing_flush_interval: Duration,
     /// The dead-letter topic of each topic is its name with this suffix. Default: `".dlq"`.
     pub dlq_suffix: String,
     /// How long a revoked partition may wait for what was queued to be counted, and then for
@@ -80,6 +84,7 @@ impl Default for KafkaConfig {
             metrics_topic: "recs-metrics".to_owned(),
             metrics_encoding: Encoding::OtlpProto,
             billing_topic: "recs-billing".to_owned(),
+            billing_flush_interval: Duration::from_secs(60),
             dlq_suffix: ".dlq".to_owned(),
             drain_timeout: Duration::from_secs(10),
             options: BTreeMap::new(),
@@ -212,6 +217,14 @@ impl KafkaConfig {
         }
         if self.group_id.trim().is_empty() {
             errors.push(InvalidField::new("kafka.group_id", "is empty"));
+        }
+        if self.billing_flush_interval.is_zero()
+            || self.billing_flush_interval > Duration::from_secs(3600)
+        {
+            errors.push(InvalidField::new(
+                "kafka.billing_flush_interval",
+                "must be more than 0 and at most 1h (cost lines wait that long to land)",
+            ));
         }
         let topics = self.topics();
         for (i, (key, name)) in topics.iter().enumerate() {

@@ -24,11 +24,14 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
+use recmeter_core::cost::Landing;
 use recmeter_core::kafka::KafkaStatus;
 use recmeter_core::telemetry::{RejectReason, Transport};
 use recmeter_core::{Batch, Checkpoints, Position};
 
+use super::billing::{self, Gathered, Rows};
 use super::config::{Encoding, InitialOffset, KafkaConfig};
+use crate::sources::billing::RowCounter;
 use crate::sources::otlp::{Ingest, IngestError, body};
 
 /// How long one poll waits for a message; the stop flag and the commits are looked at in
@@ -40,6 +43,8 @@ const COORDINATOR_TIMEOUT: Duration = Duration::from_secs(10);
 /// [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How long cost lines whose files could not be written wait before they are tried again.
+const LANDING_RETRY: Duration = Duration::from_secs(1);
 
 /// Limits a message is held to, as an OTLP request is.
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +64,9 @@ pub struct KafkaSource {
     pub options: BTreeMap<String, String>,
     pub ingest: Ingest,
     pub checkpoints: Arc<dyn Checkpoints>,
+    /// Where cost lines from the billing topic land (the store's billing ledger); the topic
+    /// is read only with one.
+    pub landing: Option<Arc<dyn Landing>>,
     pub status: Arc<KafkaStatus>,
     pub limits: MessageLimits,
     /// Whether commits are withheld (a test hook: a `kill -9` then falls between a durable
@@ -108,6 +116,7 @@ impl KafkaHandle {
 enum Read {
     Traces(ExportTraceServiceRequest),
     Metrics(ExportMetricsServiceRequest),
+    Billing(Rows),
     /// It cannot be read: it goes to the dead-letter topic.
     Bad(RejectReason, String),
 }
@@ -117,6 +126,7 @@ enum Read {
 enum Kind {
     Traces,
     Metrics,
+    Billing,
 }
 
 /// Why a message could not be counted now.
@@ -154,6 +164,10 @@ struct Shared {
     errors: Mutex<ErrorLog>,
     /// Messages queued and not counted yet.
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    landing: Option<Arc<dyn Landing>>,
+    /// Cost lines read from the billing topic and not landed yet, per partition.
+    gathered: Mutex<Gathered>,
+    billing_rows: RowCounter,
 }
 
 /// The consumer's context: librdkafka's logs, errors and statistics, and the rebalances.
@@ -205,8 +219,6 @@ impl KafkaSource {
             .and_then(|v| v.parse().ok())
             .unwrap_or(1_000_000);
         let shared = Arc::new(Shared {
-            config: self.config,
-            ingest: self.ingest,
             checkpoints: self.checkpoints,
             status: self.status,
             limits: self.limits,
@@ -218,16 +230,24 @@ impl KafkaSource {
             recommit: AtomicBool::new(false),
             errors: Mutex::default(),
             in_flight: Arc::default(),
+            billing_rows: RowCounter::new(self.ingest.traces.aggregator().telemetry()),
+            ingest: self.ingest,
+            landing: self.landing,
+            gathered: Mutex::new(Gathered::new(self.config.billing_flush_interval)),
+            config: self.config,
         });
         let consumer: BaseConsumer<Context> = client
             .create_with_context(Context {
                 shared: shared.clone(),
             })
             .map_err(|e| format!("librdkafka refuses the [kafka] configuration: {e}"))?;
-        let topics = [
+        let mut topics = vec![
             shared.config.traces_topic.as_str(),
             shared.config.metrics_topic.as_str(),
         ];
+        if shared.landing.is_some() {
+            topics.push(shared.config.billing_topic.as_str());
+        }
         consumer
             .subscribe(&topics)
             .map_err(|e| format!("cannot subscribe to {topics:?}: {e}"))?;
@@ -245,6 +265,16 @@ impl KafkaSource {
 
 /// The consumer thread.
 fn run(consumer: &BaseConsumer<Context>, shared: &Shared, stop: &AtomicBool) {
+    // A rewind goes back to a checkpoint: one is taken before the first partition comes.
+    match shared.checkpoint_within_drain_timeout() {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "Cannot checkpoint before reading Kafka topics; a partition lost before the first checkpoint cannot be put back.");
+        }
+        Err(_) => tracing::warn!(
+            "The checkpoint before reading Kafka topics took longer than kafka.drain_timeout."
+        ),
+    }
     let mut durable = shared.checkpoints.durable();
     while !stop.load(Ordering::Acquire) {
         if durable.has_changed().unwrap_or(false) || shared.recommit.swap(false, Ordering::AcqRel) {
@@ -261,9 +291,15 @@ fn run(consumer: &BaseConsumer<Context>, shared: &Shared, stop: &AtomicBool) {
                 }
             }
         }
+        shared.land_billing(
+            consumer,
+            false,
+            Instant::now() + shared.config.drain_timeout,
+        );
     }
     // What was counted is checkpointed and committed before the group hears we leave; the
     // revoke that leaving brings then has nothing left to do.
+    shared.land_billing(consumer, true, Instant::now() + shared.config.drain_timeout);
     shared.settle(shared.config.drain_timeout);
     match shared.checkpoint_within_drain_timeout() {
         Ok(Ok(positions)) => shared.commit(consumer, &positions, None),
@@ -301,6 +337,8 @@ impl Shared {
             Kind::Traces
         } else if message.topic() == self.config.metrics_topic {
             Kind::Metrics
+        } else if message.topic() == self.config.billing_topic && self.landing.is_some() {
+            Kind::Billing
         } else {
             // Not subscribed to: cannot happen; skip it without counting.
             return Ok(());
@@ -311,7 +349,15 @@ impl Shared {
             offset: message.offset() + 1,
         };
         let payload = message.payload().unwrap_or_default();
-        let read = self.read(kind, payload);
+        let read = self.read(kind, payload, &position);
+        if let Read::Billing(rows) = read {
+            // Landed with the rest of its partition's, later; the position moves then.
+            let full = self.gathered.lock().take(position, rows);
+            if full {
+                self.land_billing(consumer, true, Instant::now() + self.config.drain_timeout);
+            }
+            return Ok(());
+        }
         let mut dead_lettered = false;
         let mut backoff = FIRST_BACKOFF;
         let mut paused: Option<TopicPartitionList> = None;
@@ -336,8 +382,17 @@ impl Shared {
                         self.dead_letter(&position, message.key(), payload, *reason, why)
                     };
                     dead_lettered |= sent.is_ok();
-                    sent.and_then(|()| self.note(position.clone()))
+                    sent.and_then(|()| {
+                        if kind == Kind::Billing {
+                            // Behind the lines gathered before it: moves with them.
+                            self.gathered.lock().take(position.clone(), Rows::default());
+                            Ok(())
+                        } else {
+                            self.note(position.clone())
+                        }
+                    })
                 }
+                Read::Billing(_) => Ok(()),
             };
             match attempt {
                 Ok(()) => break Ok(()),
@@ -376,10 +431,11 @@ impl Shared {
     }
 
     /// A message's value as a request of its topic, or why it cannot be read.
-    fn read(&self, kind: Kind, payload: &[u8]) -> Read {
+    fn read(&self, kind: Kind, payload: &[u8], position: &Position) -> Read {
         let encoding = match kind {
             Kind::Traces => self.config.traces_encoding,
             Kind::Metrics => self.config.metrics_encoding,
+            Kind::Billing => Encoding::OtlpJson,
         };
         if payload.len() > self.limits.max_bytes {
             return Read::Bad(
@@ -427,6 +483,18 @@ impl Shared {
                 }
                 Err(why) => return Read::Bad(RejectReason::Decode, why),
             },
+            Kind::Billing => {
+                let object = format!(
+                    "{}/{}/{}",
+                    position.topic,
+                    position.partition,
+                    position.offset - 1
+                );
+                return match billing::read(payload, &object) {
+                    Ok(rows) => Read::Billing(rows),
+                    Err(why) => Read::Bad(RejectReason::Decode, why),
+                };
+            }
         };
         if items > limit {
             return Read::Bad(
@@ -435,6 +503,92 @@ impl Shared {
             );
         }
         read
+    }
+
+    /// Lands the cost lines gathered from the billing topic: every partition's (`all`), or
+    /// those due. Waits while the aggregator is busy, until `deadline`. Lines whose files
+    /// cannot be written wait for a later try, their partition paused meanwhile: a message is
+    /// never skipped.
+    fn land_billing(&self, consumer: &BaseConsumer<Context>, all: bool, deadline: Instant) {
+        let Some(landing) = &self.landing else {
+            return;
+        };
+        let partitions = {
+            let gathered = self.gathered.lock();
+            if all {
+                gathered.partitions()
+            } else {
+                gathered.due()
+            }
+        };
+        let topic = self.config.billing_topic.as_str();
+        let stream = billing::stream(topic);
+        for partition in partitions {
+            let Some(pending) = self.gathered.lock().remove(partition) else {
+                continue;
+            };
+            let mut one = TopicPartitionList::new();
+            one.add_partition(topic, partition);
+            let append = match billing::stage(landing.as_ref(), &self.runtime, &stream, &pending) {
+                Ok(append) => append,
+                Err(e) => {
+                    self.errors.lock().note(&format!(
+                        "cannot write the cost lines of {topic}/{partition} to the store (the partition waits): {e}"
+                    ));
+                    if let Err(e) = consumer.pause(&one) {
+                        tracing::warn!(error = %e, "Cannot pause a Kafka partition.");
+                    }
+                    self.gathered.lock().put_back(pending, LANDING_RETRY);
+                    continue;
+                }
+            };
+            let mut backoff = FIRST_BACKOFF;
+            loop {
+                match landing.append(append.clone()) {
+                    Ok(answer) => {
+                        self.track(
+                            async move { answer.await.map(drop).map_err(IngestError::from) },
+                        );
+                        self.count_billing_rows(&pending.rows);
+                        if let Err(e) = consumer.resume(&one) {
+                            tracing::warn!(error = %e, "Cannot resume a Kafka partition.");
+                        }
+                        break;
+                    }
+                    Err(recmeter_core::Error::Backpressure) if Instant::now() < deadline => {
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, topic, partition, "Cannot land cost lines from Kafka now; trying again.");
+                        let files = append
+                            .bills
+                            .iter()
+                            .flat_map(|b| b.files.clone())
+                            .chain(append.rejects.clone())
+                            .collect();
+                        let _ = self.runtime.block_on(landing.discard(files));
+                        self.gathered.lock().put_back(pending, LANDING_RETRY);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `recmeter_billing_rows_total` for rows landed from the billing topic.
+    fn count_billing_rows(&self, rows: &Rows) {
+        let mut lines: BTreeMap<&str, u64> = BTreeMap::new();
+        for line in &rows.lines {
+            *lines.entry(line.provider.as_str()).or_default() += 1;
+        }
+        for (provider, n) in lines {
+            self.billing_rows.add(provider, "line", n);
+        }
+        if !rows.rejects.is_empty() {
+            self.billing_rows
+                .add("unknown", "reject", rows.rejects.len() as u64);
+        }
     }
 
     /// Waits in the background for a queued message to be counted; [`Shared::settle`] waits
@@ -715,6 +869,12 @@ impl Shared {
     /// Before partitions go: wait until everything queued is counted, then checkpoint, commit
     /// and let go. A partition lost without a revoke cannot commit.
     fn revoke(&self, consumer: &BaseConsumer<Context>, tpl: &TopicPartitionList) {
+        if consumer.assignment_lost() {
+            self.forget_billing(tpl);
+        } else {
+            let deadline = Instant::now() + self.config.drain_timeout;
+            self.land_billing(consumer, true, deadline);
+        }
         // Every message queued is counted first: the checkpoint (or the rewind) must hold it.
         if !self.settle(self.config.drain_timeout) {
             tracing::error!(
@@ -741,6 +901,9 @@ impl Shared {
                 );
             }
         }
+        // Cost lines that could not be landed were never counted here: their next owner
+        // reads them.
+        self.forget_billing(tpl);
         if let Err(e) = consumer.unassign() {
             tracing::warn!(error = %e, "Cannot let the revoked Kafka partitions go.");
         }
@@ -764,6 +927,15 @@ impl Shared {
             messages = beyond,
             "Kafka partitions were lost without a revoke, with messages counted here that the group does not hold as read: putting the counts back to the last checkpoint."
         );
+        // Partitions kept are read again from the checkpoint's positions: what they gathered
+        // comes again.
+        let forgotten = self.gathered.lock().clear();
+        if forgotten > 0 {
+            tracing::info!(
+                partitions = forgotten,
+                "Cost lines gathered from Kafka and not landed are read again."
+            );
+        }
         if let Err(e) = self.checkpoints.rewind() {
             tracing::error!(error = %e, "Cannot put the counts back to the last checkpoint: the lost partitions' next owner counts those messages again.");
             return;
@@ -823,6 +995,14 @@ impl Shared {
                     offset: o,
                 });
             }
+        }
+    }
+
+    /// Forgets the cost lines gathered (and not landed) from `tpl`'s billing partitions.
+    fn forget_billing(&self, tpl: &TopicPartitionList) {
+        let mut gathered = self.gathered.lock();
+        for e in tpl.elements_for_topic(&self.config.billing_topic) {
+            gathered.forget(e.partition());
         }
     }
 

@@ -1,7 +1,9 @@
-//! The Kafka source (issue 29): traces and metric points from topics, each message counted
-//! exactly once. Its `[kafka]` configuration (`config`) and the consumer (`consumer`), which
-//! moves each partition's position with the counts and commits what durable checkpoints hold.
+//! The Kafka source (issue 29): traces, metric points and cost lines from topics, each
+//! message counted exactly once. Its `[kafka]` configuration (`config`), the consumer
+//! (`consumer`), which moves each partition's position with the counts and commits what
+//! durable checkpoints hold, and the billing topic's cost lines (`billing`).
 
+mod billing;
 pub mod config;
 mod consumer;
 
