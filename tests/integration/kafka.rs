@@ -591,8 +591,14 @@ fn assigned(recmeter: &Recmeter, topic: &str) -> usize {
 #[test]
 fn partitions_moving_between_two_instances_are_counted_once_in_their_sum() {
     let topic = fresh("traces");
+    let billing = format!("{topic}-billing");
     create_topic(&topic, 4);
-    let config = kafka_config(&topic, &fresh("metrics"), &fresh("group"));
+    create_topic(&billing, 4);
+    let config = kafka_config(&topic, &fresh("metrics"), &fresh("group")).replacen(
+        "[kafka.options]",
+        "billing_flush_interval = \"1s\"\n[kafka.options]",
+        1,
+    );
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let start = |dir: &std::path::Path| {
         Recmeter::start_with(Start {
@@ -601,50 +607,75 @@ fn partitions_moving_between_two_instances_are_counted_once_in_their_sum() {
             ..Start::default()
         })
     };
-    let parts: Vec<_> = (0..6).map(|i| trace_messages(10 + i, 40, 250).0).collect();
-    let total = 6.0 * 40.0 * 250.0;
+    // Each part: spans on the traces topic and cost lines on the billing topic.
+    let parts: Vec<_> = (0..7)
+        .map(|i| {
+            let (lines, n, _, billed) = billing_messages(40 + i, 20, 0);
+            (trace_messages(10 + i, 40, 250).0, lines, n, billed)
+        })
+        .collect();
+    let total = 7.0 * 40.0 * 250.0;
+    let lines: u64 = parts.iter().map(|p| p.2).sum();
+    let billed: i128 = parts.iter().map(|p| p.3).sum();
+    let produce_part = |i: usize| {
+        let (topic, billing, part) = (topic.clone(), billing.clone(), parts[i].clone());
+        std::thread::spawn(move || {
+            produce(&topic, &part.0);
+            produce(&billing, &part.1);
+        })
+    };
     let counted = |r: &Recmeter| r.metrics().sum("recs_requests_total");
 
     let a = start(dir_a.path());
-    produce(&topic, &parts[0]);
+    produce_part(0).join().unwrap();
     wait_until("A counts the first part", 60, || counted(&a) >= 10_000.0);
     // B joins: the partitions split between A and B.
     let b = start(dir_b.path());
     wait_until("the partitions split between A and B", 60, || {
         assigned(&a, &topic) == 2 && assigned(&b, &topic) == 2
     });
-    produce(&topic, &parts[1]);
+    produce_part(1).join().unwrap();
     wait_until("A and B count the second part", 60, || {
         counted(&a) + counted(&b) >= 20_000.0 && counted(&b) > 0.0
     });
     // B stops while messages come: its partitions go back to A (B → A).
-    let producing = std::thread::spawn({
-        let (topic, part) = (topic.clone(), parts[2].clone());
-        move || produce(&topic, &part)
-    });
+    let producing = produce_part(2);
     let (status, _) = b.terminate();
     assert!(status.success());
     producing.join().unwrap();
-    produce(&topic, &parts[3]);
-    // B comes back and takes partitions from A again (A → B).
+    produce_part(3).join().unwrap();
+    // B comes back while messages come and takes partitions from A again (A → B).
+    let producing = produce_part(4);
     let b = start(dir_b.path());
-    let producing = std::thread::spawn({
-        let (topic, part) = (topic.clone(), parts[4].clone());
-        move || produce(&topic, &part)
-    });
     wait_until("B takes partitions again", 60, || assigned(&b, &topic) == 2);
     producing.join().unwrap();
-    // A stops and comes back (B → A once more).
-    let (status, _) = a.terminate();
+    // B stops a second time while messages come (B → A), and comes back (A → B).
+    let producing = produce_part(5);
+    let (status, _) = b.terminate();
     assert!(status.success());
-    let a = start(dir_a.path());
-    produce(&topic, &parts[5]);
+    producing.join().unwrap();
+    let producing = produce_part(6);
+    let b = start(dir_b.path());
+    wait_until("B takes partitions a third time", 60, || {
+        assigned(&b, &topic) == 2
+    });
+    producing.join().unwrap();
     wait_until("every message, in the two instances' sum", 120, || {
         counted(&a) + counted(&b) >= total
+            && billing_totals(&a, &billing).0 + billing_totals(&b, &billing).0 >= lines
     });
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(counted(&a) + counted(&b), total);
     assert_eq!(sql_requests(&a) + sql_requests(&b), total as u64);
+    let (a_lines, _, a_billed) = billing_totals(&a, &billing);
+    let (b_lines, _, b_billed) = billing_totals(&b, &billing);
+    assert_eq!(a_lines + b_lines, lines);
+    let units = |text: &str| -> i128 {
+        let (whole, fraction) = text.split_once('.').unwrap_or((text, "0"));
+        whole.parse::<i128>().unwrap() * 1_000_000_000_000
+            + format!("{fraction:0<12}")[..12].parse::<i128>().unwrap()
+    };
+    assert_eq!(units(&a_billed) + units(&b_billed), billed);
 }
 
 #[test]
@@ -994,7 +1025,11 @@ fn cost_lines_over_the_billing_topic_land_exactly_once_across_kill_9() {
         parts[0].parse::<i64>().is_ok() && parts[1].parse::<i32>().is_ok(),
         "{object}"
     );
-    assert!(rows[0]["tags"].to_string().contains("ranker"), "{}", rows[0]["tags"]);
+    assert!(
+        rows[0]["tags"].to_string().contains("ranker"),
+        "{}",
+        rows[0]["tags"]
+    );
     assert_eq!(rows[0]["pricing_category"], "Dynamic");
 
     // Checkpointed, then the second part lands in part when the process is killed.

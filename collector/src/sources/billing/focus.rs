@@ -113,8 +113,11 @@ mod tests {
         assert_eq!(line.pricing_category.as_deref(), Some("Dynamic"));
         assert_eq!(line.tags["team"], "recs");
         assert_eq!(line.tags["n"], "2");
-        let e = json_line(&text.replace("0.123456789012", "\"x\""), &Defaults::default())
-            .unwrap_err();
+        let e = json_line(
+            &text.replace("0.123456789012", "\"x\""),
+            &Defaults::default(),
+        )
+        .unwrap_err();
         assert_eq!((e.column.as_str(), e.raw.as_str()), ("BilledCost", "x"));
         let e = json_line("[1, 2]", &Defaults::default()).unwrap_err();
         assert!(e.reason.starts_with("not a JSON object"), "{e:?}");

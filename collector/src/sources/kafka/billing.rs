@@ -223,6 +223,35 @@ mod tests {
     }
 
     #[test]
+    fn hostile_lines_are_rejects_and_never_a_panic() {
+        let deep = format!("{}{}", "{\"a\":".repeat(100_000), "}".repeat(100_000));
+        let digits = LINE.replace("\"1.5\"", &"9".repeat(400));
+        let exponent = LINE.replace("\"1.5\"", "1e400");
+        let negative_zero_day = LINE.replace("2026-11-30T00:00:00Z", "0000-00-00T00:00:00Z");
+        let control = LINE.replace("\"AWS\"", "\"A\\u0000WS\"");
+        let text = [
+            LINE,
+            &deep,
+            &digits,
+            &exponent,
+            &negative_zero_day,
+            &control,
+            "{",
+            "{}",
+        ]
+        .join("\n");
+        let rows = read(text.as_bytes(), "b/0/1").unwrap();
+        // The line with a NUL in a provider's name is kept as written.
+        assert_eq!(rows.lines.len(), 2, "{:?}", rows.rejects);
+        let rejected: Vec<u64> = rows.rejects.iter().map(|r| r.source_row).collect();
+        assert_eq!(rejected, [2, 3, 4, 5, 7, 8]);
+        assert!(rows.rejects.iter().all(|r| r.raw.len() <= 1024));
+        // Many small lines in one message.
+        let many = format!("{LINE}\n").repeat(20_000);
+        assert_eq!(read(many.as_bytes(), "b/0/2").unwrap().lines.len(), 20_000);
+    }
+
+    #[test]
     fn partitions_are_due_when_full_or_old() {
         let mut gathered = Gathered::new(Duration::from_secs(3600));
         let at = |offset| Position {
