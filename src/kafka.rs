@@ -40,10 +40,7 @@ pub fn start(
         "Reading Kafka topics."
     );
     // A rewind (partitions lost with messages counted but not committed) starts from an empty
-    // aggregator like the running one, with the same participants.
-    let participants = recmeter_aggregator::state::lock(aggregator.state())
-        .participants()
-        .clone();
+    // aggregator like the running one; it puts the running participants back itself.
     let (ingest_config, aggregator_config, metrics_config) = (
         config.ingest.clone(),
         config.aggregator.clone(),
@@ -57,8 +54,7 @@ pub fn start(
             clock.clone(),
             telemetry.clone(),
         )?
-        .with_metrics(&metrics_config)
-        .with_participants(participants.clone()))
+        .with_metrics(&metrics_config))
     });
     let checkpoints = Arc::new(SourceCheckpoints::new(
         checkpoints,

@@ -221,10 +221,12 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
     if config.kafka.is_on() {
         providers.push(Arc::new(KafkaProvider {
             status: kafka_status.clone(),
-            topics: vec![
-                config.kafka.traces_topic.clone(),
-                config.kafka.metrics_topic.clone(),
-            ],
+            topics: config
+                .kafka
+                .topics()
+                .into_iter()
+                .map(|(_, topic)| topic.to_owned())
+                .collect(),
         }));
     }
 

@@ -110,6 +110,23 @@ struct IngestedBill {
 }
 
 impl Ingested {
+    /// The number past every file it names: a file's name starts with the number the ledger
+    /// held when it was staged, which a rewind can take back below it, so the next export's
+    /// files never take a name in force (`cost_path`).
+    fn next_number(&self) -> u64 {
+        let named = self
+            .bills
+            .iter()
+            .flat_map(|b| &b.files)
+            .chain(&self.rejects)
+            .filter_map(|f| {
+                let name = f.path.rsplit('/').next()?;
+                name.split('-').next()?.parse::<u64>().ok()
+            })
+            .max();
+        self.number.max(named.unwrap_or(0)).saturating_add(1)
+    }
+
     fn parse(event: &[u8]) -> Result<Self> {
         let ingested: Self = serde_json::from_slice(event)
             .map_err(|e| Error::Participant(format!("a {LEDGER} event that does not read: {e}")))?;
@@ -212,9 +229,11 @@ impl Participant for BillingLedger {
 
     fn apply(&self, event: &[u8]) -> Result<()> {
         let ingested = Ingested::parse(event)?;
+        let next = ingested.next_number();
         let mut state = self.state.lock();
         if ingested.append {
             append(&mut state, ingested);
+            state.next_export = state.next_export.max(next);
             drop(state);
             self.changed();
             return Ok(());
@@ -251,7 +270,7 @@ impl Participant for BillingLedger {
                 .insert(ingested.export.clone(), ingested.rejects);
         }
         state.exports.insert(ingested.export, ingested.versions);
-        state.next_export = state.next_export.max(ingested.number.saturating_add(1));
+        state.next_export = state.next_export.max(next);
         drop(state);
         self.changed();
         Ok(())
@@ -286,7 +305,8 @@ impl Participant for BillingLedger {
     }
 }
 
-/// Adds a stream's lines to its bills (one per identity) and its rejects to the stream's.
+/// Adds a stream's lines to its bills (one per identity) and its rejects to the stream's; the
+/// caller moves `next_export` on.
 fn append(state: &mut State, ingested: Ingested) {
     for bill in ingested.bills {
         let held = state
@@ -314,7 +334,6 @@ fn append(state: &mut State, ingested: Ingested) {
             .or_default()
             .extend(ingested.rejects);
     }
-    state.next_export = state.next_export.max(ingested.number.saturating_add(1));
 }
 
 /// Lands exports in the store through the ledger: files first, then the event.
@@ -781,6 +800,17 @@ mod tests {
         assert_eq!(paths(REJECTS_SECTION), ["cost_rejects/2-1.parquet"]);
         assert_eq!(ledger.next_export(), 4);
         assert_eq!(ledger.data_end()["AWS"], 7);
+        // A file staged under a later number than its event's (a rewind took the ledger's
+        // back meanwhile): the next files are named past it.
+        ledger
+            .apply(&appended(
+                4,
+                "cost_lines/00000000000000000009-000003.parquet",
+                None,
+                7,
+            ))
+            .unwrap();
+        assert_eq!(ledger.next_export(), 10);
         assert!(!ledger.seen("kafka://recs-billing", &[]));
     }
 

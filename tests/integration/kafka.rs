@@ -331,7 +331,7 @@ fn kill_9_mid_consumption_and_between_checkpoint_and_commit_counts_every_message
     };
     let (first, _) = trace_messages(2, 100, 500);
     let (second, _) = trace_messages(3, 100, 500);
-    let (third, _) = trace_messages(4, 200, 500);
+    let (third, _) = trace_messages(4, 600, 500);
     let total = (first.len() + second.len() + third.len()) as f64 * 500.0;
 
     // The first part is counted, checkpointed and committed.
@@ -350,13 +350,32 @@ fn kill_9_mid_consumption_and_between_checkpoint_and_commit_counts_every_message
     set_hook(&recmeter, "hold_kafka_commit", true);
     produce(&topic, &second);
     wait_until("the second part", 60, || received(&recmeter) >= 100_000.0);
+    let checkpointed = |r: &Recmeter| {
+        r.metrics()
+            .find("recmeter_checkpoint_last_success_timestamp_seconds", &[])
+            .unwrap_or(0.0)
+    };
+    let committed = |r: &Recmeter| {
+        r.metrics()
+            .find("recmeter_kafka_last_commit_timestamp_seconds", &[])
+            .unwrap_or(0.0)
+    };
+    let before = checkpointed(&recmeter);
     recmeter.advance("10s");
+    wait_until("a checkpoint holding the second part", 30, || {
+        checkpointed(&recmeter) > before
+    });
+    // Durable, and withheld from the group.
+    assert!(committed(&recmeter) < checkpointed(&recmeter));
     // The third is being counted when the process is killed.
     produce(&topic, &third);
     wait_until("some of the third part", 60, || {
         received(&recmeter) > 100_000.0
     });
+    let at_kill = received(&recmeter);
     recmeter.kill9();
+    // Killed in the middle: the last count read before the kill is short of the total.
+    assert!(at_kill < total, "{at_kill} of {total} before the kill");
 
     let restarted = start();
     wait_until("every message after the restart", 120, || {
@@ -670,19 +689,20 @@ fn partitions_moving_between_two_instances_are_counted_once_in_their_sum() {
     let (a_lines, _, a_billed) = billing_totals(&a, &billing);
     let (b_lines, _, b_billed) = billing_totals(&b, &billing);
     assert_eq!(a_lines + b_lines, lines);
-    let units = |text: &str| -> i128 {
-        let (whole, fraction) = text.split_once('.').unwrap_or((text, "0"));
-        whole.parse::<i128>().unwrap() * 1_000_000_000_000
-            + format!("{fraction:0<12}")[..12].parse::<i128>().unwrap()
-    };
-    assert_eq!(units(&a_billed) + units(&b_billed), billed);
+    assert_eq!(money_units(&a_billed) + money_units(&b_billed), billed);
 }
 
 #[test]
 fn partitions_lost_while_the_process_hangs_are_put_back_to_the_last_checkpoint() {
     let topic = fresh("traces");
+    let billing = format!("{topic}-billing");
     create_topic(&topic, 4);
-    let config = kafka_config(&topic, &fresh("metrics"), &fresh("group"));
+    create_topic(&billing, 4);
+    let config = kafka_config(&topic, &fresh("metrics"), &fresh("group")).replacen(
+        "[kafka.options]",
+        "billing_flush_interval = \"1s\"\n[kafka.options]",
+        1,
+    );
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let start = |dir: &std::path::Path| {
         Recmeter::start_with(Start {
@@ -692,6 +712,11 @@ fn partitions_lost_while_the_process_hangs_are_put_back_to_the_last_checkpoint()
         })
     };
     let parts: Vec<_> = (0..3).map(|i| trace_messages(20 + i, 40, 250).0).collect();
+    // Cost lines on the billing topic beside each part: the rewind takes back the ledger too.
+    let bills: Vec<_> = (0..3).map(|i| billing_messages(60 + i, 20, 0)).collect();
+    let lines: u64 = bills.iter().map(|b| b.1).sum();
+    let billed: i128 = bills.iter().map(|b| b.3).sum();
+    let lines_in = |r: &Recmeter| billing_totals(r, &billing).0;
     let counted = |r: &Recmeter| r.metrics().sum("recs_requests_total");
     let signal = |r: &Recmeter, s: &str| {
         let ok = std::process::Command::new("kill")
@@ -705,7 +730,10 @@ fn partitions_lost_while_the_process_hangs_are_put_back_to_the_last_checkpoint()
     // A counts the first part, checkpoints it and commits.
     let a = start(dir_a.path());
     produce(&topic, &parts[0]);
-    wait_until("A counts the first part", 60, || counted(&a) >= 10_000.0);
+    produce(&billing, &bills[0].0);
+    wait_until("A counts the first part", 60, || {
+        counted(&a) >= 10_000.0 && lines_in(&a) >= bills[0].1
+    });
     a.advance("10s");
     wait_until("A's commit", 30, || {
         a.metrics()
@@ -714,7 +742,10 @@ fn partitions_lost_while_the_process_hangs_are_put_back_to_the_last_checkpoint()
     });
     // A counts the second part, with no checkpoint after it: the group does not hold it.
     produce(&topic, &parts[1]);
-    wait_until("A counts the second part", 60, || counted(&a) >= 20_000.0);
+    produce(&billing, &bills[1].0);
+    wait_until("A counts the second part", 60, || {
+        counted(&a) >= 20_000.0 && lines_in(&a) >= bills[0].1 + bills[1].1
+    });
     // A hangs past its session; B joins and takes every partition from the group's offsets.
     signal(&a, "STOP");
     let b = start(dir_b.path());
@@ -725,11 +756,16 @@ fn partitions_lost_while_the_process_hangs_are_put_back_to_the_last_checkpoint()
         a.log().contains("Counts put back to the last checkpoint")
     });
     produce(&topic, &parts[2]);
+    produce(&billing, &bills[2].0);
     wait_until("every message, in the two instances' sum", 120, || {
-        counted(&a) + counted(&b) >= 30_000.0
+        counted(&a) + counted(&b) >= 30_000.0 && lines_in(&a) + lines_in(&b) >= lines
     });
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(counted(&a) + counted(&b), 30_000.0, "A:\n{}", a.log());
+    let (a_lines, _, a_billed) = billing_totals(&a, &billing);
+    let (b_lines, _, b_billed) = billing_totals(&b, &billing);
+    assert_eq!(a_lines + b_lines, lines, "A:\n{}", a.log());
+    assert_eq!(money_units(&a_billed) + money_units(&b_billed), billed);
 }
 
 #[test]
@@ -868,6 +904,11 @@ fn a_partition_leader_down_for_20_s_is_recovered_by_itself_with_exact_counts() {
             &[("topic", &topic), ("partition", "0")],
         )
     };
+    // The first part is checkpointed and committed: partition 0's lag is 0 before the fault.
+    recmeter.advance("10s");
+    wait_until("partition 0's lag at 0 before the fault", 30, || {
+        lag(&recmeter) == Some(0.0)
+    });
     // Partition 0's leader goes down while the second part is produced, for 20 s.
     mock.broker_down(1).unwrap();
     let producing = std::thread::spawn({
@@ -948,6 +989,13 @@ fn money_text(units: i128) -> String {
         units / 1_000_000_000_000,
         units % 1_000_000_000_000
     )
+}
+
+/// Money as SQL gives a sum's text, in units of 10^-12.
+fn money_units(text: &str) -> i128 {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, "0"));
+    whole.parse::<i128>().unwrap() * 1_000_000_000_000
+        + format!("{fraction:0<12}")[..12].parse::<i128>().unwrap()
 }
 
 /// Lines, rejects and the billed total in `cost_lines` of the billing topic `topic`.

@@ -20,7 +20,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use crate::clock::MINUTE_NANOS;
 use crate::error::{Error, Result};
 use crate::hooks::{Hook, Hooks};
-use crate::participant::Participants;
+use crate::participant::{Participant, Participants};
 use crate::record::SeriesKey;
 use crate::state::{Aggregator, Row, SharedState, Source, StateImage, Table, lock};
 use crate::store::files::{get, read_parquet, storage};
@@ -472,16 +472,29 @@ pub async fn restore(
         stats.files += 1;
     }
     let participants: Participants = aggregator.participants().clone();
+    for (participant, value) in participant_states(store, manifest, &participants).await? {
+        participant.restore(value)?;
+        stats.files += 1;
+    }
+    Ok(stats)
+}
+
+/// The state `manifest` holds for each of `participants` that it has a section for.
+pub(super) async fn participant_states(
+    store: &dyn ObjectStore,
+    manifest: &Manifest,
+    participants: &Participants,
+) -> Result<Vec<(Arc<dyn Participant>, serde_json::Value)>> {
+    let mut states = Vec::new();
     for participant in participants.iter() {
         let Some(entry) = manifest.files(participant.name()).first() else {
             continue;
         };
         let bytes = get(store, &Path::from(entry.path.as_str())).await?;
         let value = serde_json::from_slice(&bytes).map_err(|e| storage(&entry.path, e))?;
-        participant.restore(value)?;
-        stats.files += 1;
+        states.push((participant.clone(), value));
     }
-    Ok(stats)
+    Ok(states)
 }
 
 /// What `recmeter verify` found in a good store.

@@ -149,10 +149,14 @@ pub struct Rewound {
 /// Puts the running state back where a restart would: the checkpoint in force, then the log's
 /// entries after it, up to the last one the state applied. What was counted without being
 /// logged since that checkpoint (Kafka messages; requests under `wal.durability =
-/// "checkpoint"`) goes. `empty` is an empty aggregator with the running one's configuration
-/// and participants. Holds checkpoints back and the state's lock throughout, so nothing is
-/// counted meanwhile; blocks, so call it off the runtime's workers (`runtime` runs the store
-/// reads).
+/// "checkpoint"`) goes. `empty` is an empty aggregator with the running one's configuration and
+/// no participants: the running participants (shared with the components that use them) are
+/// put back in place. Holds checkpoints back throughout. The checkpoint is read from the store
+/// first, holding no other lock; then, under the state's lock, the participants are put back,
+/// the log is read and the state swapped, so nothing is counted meanwhile. If any step fails the
+/// running state and participants stay as they were. Blocks: call it off the runtime's workers
+/// (`runtime` runs the store reads). The caller makes sure nothing it queued is still waiting
+/// to be counted.
 pub fn rewind(
     checkpoints: &Checkpointer,
     wal_dir: &Path,
@@ -160,27 +164,47 @@ pub fn rewind(
     runtime: &tokio::runtime::Handle,
 ) -> Result<Rewound> {
     let last = checkpoints.last.blocking_lock();
-    let mut state = lock(&checkpoints.state);
-    let upto = state.wal_seq();
-    empty.keep_journal();
-    // The participants are the running ones (others hold them): only a checkpoint's sections
-    // put them back; without one, the log's events would be applied to them twice.
+    // The participants are the running ones: only a checkpoint's sections put them back;
+    // without one, the log's events would be applied to them twice.
     let Some(m) = last.as_ref() else {
         return Err(Error::Storage(
             "no checkpoint to go back to: the store holds none yet".into(),
         ));
     };
-    runtime.block_on(checkpoint::restore(
-        checkpoints.store.as_ref(),
-        m,
-        &checkpoints.layout,
-        &mut empty,
-    ))?;
-    let after = m.wal_seq;
-    let replayed = read_back(wal_dir, after, upto, |entry| {
-        apply_logged(&mut empty, &entry, wal_dir)
+    let participants = lock(&checkpoints.state).participants().clone();
+    empty.keep_journal();
+    let store = checkpoints.store.as_ref();
+    let saved = runtime.block_on(async {
+        checkpoint::restore(store, m, &checkpoints.layout, &mut empty).await?;
+        checkpoint::participant_states(store, m, &participants).await
     })?;
-    empty.set_wal_seq(upto.max(after));
+    let mut state = lock(&checkpoints.state);
+    let upto = state.wal_seq();
+    let before = participants
+        .iter()
+        .map(|p| p.save().map(|v| (p.clone(), v)))
+        .collect::<Result<Vec<_>>>()?;
+    let mut empty = empty.with_participants(participants);
+    let replayed = saved
+        .into_iter()
+        .try_for_each(|(p, value)| p.restore(value))
+        .and_then(|()| {
+            read_back(wal_dir, m.wal_seq, upto, |entry| {
+                apply_logged(&mut empty, &entry, wal_dir)
+            })
+        });
+    let replayed = match replayed {
+        Ok(replayed) => replayed,
+        Err(e) => {
+            for (p, value) in before {
+                if let Err(e) = p.restore(value) {
+                    tracing::error!(participant = p.name(), error = %e, "Cannot put a checkpoint participant back after a failed rewind.");
+                }
+            }
+            return Err(e);
+        }
+    };
+    empty.set_wal_seq(upto.max(m.wal_seq));
     *state = empty;
     Ok(Rewound {
         checkpoint: m.id,

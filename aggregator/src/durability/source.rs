@@ -16,7 +16,8 @@ pub struct SourceCheckpoints {
     checkpoints: Arc<Checkpointer>,
     /// The log a rewind reads back.
     wal_dir: PathBuf,
-    /// An empty aggregator with the running one's configuration and participants.
+    /// An empty aggregator with the running one's configuration (no participants: the rewind
+    /// puts the running ones back in place).
     empty: Box<dyn Fn() -> Result<Aggregator> + Send + Sync>,
     runtime: tokio::runtime::Handle,
 }
@@ -31,7 +32,7 @@ impl std::fmt::Debug for SourceCheckpoints {
 
 impl SourceCheckpoints {
     /// Over `checkpoints` and the log in `wal_dir`; `empty` makes an empty aggregator like the
-    /// running one. Must be called within a Tokio runtime (a rewind reads the store on it).
+    /// running one, without participants. Must be called within a Tokio runtime (a rewind reads the store on it).
     pub fn new(
         checkpoints: Arc<Checkpointer>,
         wal_dir: PathBuf,

@@ -52,7 +52,8 @@ pub struct KafkaConfig {
     /// Default: `"otlp_proto"`.
     pub metrics_encoding: Encoding,
     /// Cost lines: JSON lines, each one object with FOCUS column names, into `cost_lines`
-    /// (appended; restatements apply to the bucket's exports only). Default: `"recs-billing"`.
+    /// (appended; restatements apply to the bucket's exports only); empty: not read. Default:
+    /// `"recs-billing"`.
     pub billing_topic: String,
     /// How long cost lines from the billing topic are gathered before they are landed as
     /// files of the store (at most 65 536 rows a partition are gathered). Default: `"60s"`.
@@ -131,13 +132,16 @@ impl KafkaConfig {
         !self.brokers.trim().is_empty()
     }
 
-    /// The topics read, with their config keys.
-    pub fn topics(&self) -> [(&'static str, &str); 3] {
-        [
-            ("kafka.traces_topic", &self.traces_topic),
-            ("kafka.metrics_topic", &self.metrics_topic),
-            ("kafka.billing_topic", &self.billing_topic),
-        ]
+    /// The topics read, with their config keys (the billing topic unless it is empty).
+    pub fn topics(&self) -> Vec<(&'static str, &str)> {
+        let mut topics = vec![
+            ("kafka.traces_topic", self.traces_topic.as_str()),
+            ("kafka.metrics_topic", self.metrics_topic.as_str()),
+        ];
+        if !self.billing_topic.is_empty() {
+            topics.push(("kafka.billing_topic", self.billing_topic.as_str()));
+        }
+        topics
     }
 
     /// `options` with `options_file`'s lines merged in (the file wins), or what is wrong.

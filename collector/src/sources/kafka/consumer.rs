@@ -245,7 +245,7 @@ impl KafkaSource {
             shared.config.traces_topic.as_str(),
             shared.config.metrics_topic.as_str(),
         ];
-        if shared.landing.is_some() {
+        if shared.landing.is_some() && !shared.config.billing_topic.is_empty() {
             topics.push(shared.config.billing_topic.as_str());
         }
         consumer
@@ -337,7 +337,10 @@ impl Shared {
             Kind::Traces
         } else if message.topic() == self.config.metrics_topic {
             Kind::Metrics
-        } else if message.topic() == self.config.billing_topic && self.landing.is_some() {
+        } else if message.topic() == self.config.billing_topic
+            && !self.config.billing_topic.is_empty()
+            && self.landing.is_some()
+        {
             Kind::Billing
         } else {
             // Not subscribed to: cannot happen; skip it without counting.
@@ -605,6 +608,17 @@ impl Shared {
             }
             in_flight.fetch_sub(1, Ordering::AcqRel);
         });
+    }
+
+    /// Waits until every message queued is counted, however long that takes: partitions go,
+    /// or the counts go back to a checkpoint, only once nothing of theirs can be counted after.
+    fn settle_fully(&self) {
+        while !self.settle(self.config.drain_timeout) {
+            tracing::error!(
+                queued = self.in_flight.load(Ordering::Acquire),
+                "Kafka messages queued are still not counted after kafka.drain_timeout (is the aggregator stalled?); the rebalance waits for them."
+            );
+        }
     }
 
     /// Waits until every message queued is counted, at most `within`; whether they are.
@@ -875,12 +889,9 @@ impl Shared {
             let deadline = Instant::now() + self.config.drain_timeout;
             self.land_billing(consumer, true, deadline);
         }
-        // Every message queued is counted first: the checkpoint (or the rewind) must hold it.
-        if !self.settle(self.config.drain_timeout) {
-            tracing::error!(
-                "Messages queued were not counted within kafka.drain_timeout before Kafka partitions go."
-            );
-        }
+        // Every message queued is counted first: the checkpoint (or the rewind) must hold it,
+        // and nothing of these partitions may be counted after they go.
+        self.settle_fully();
         if consumer.assignment_lost() {
             self.lost(consumer, tpl);
         } else if self.counted_beyond_commit(tpl) > 0 {
@@ -895,10 +906,12 @@ impl Shared {
             }
             let left = self.counted_beyond_commit(tpl);
             if left > 0 {
+                // Their next owner reads them from the group's offsets: they go from here.
                 tracing::error!(
                     messages = left,
-                    "Kafka partitions go with messages counted here that the group does not hold as read: their next owner counts them again."
+                    "Kafka partitions go with messages counted here that the group does not hold as read: putting the counts back to the last checkpoint."
                 );
+                self.put_back(consumer, tpl);
             }
         }
         // Cost lines that could not be landed were never counted here: their next owner
@@ -927,6 +940,14 @@ impl Shared {
             messages = beyond,
             "Kafka partitions were lost without a revoke, with messages counted here that the group does not hold as read: putting the counts back to the last checkpoint."
         );
+        self.put_back(consumer, tpl);
+    }
+
+    /// Puts the counts back to the last checkpoint (and the log after it) as `tpl`'s
+    /// partitions go with messages counted beyond the group's offsets; partitions still
+    /// assigned here are read again from where the state then stands. Everything queued must
+    /// be counted first ([`Shared::settle_fully`]).
+    fn put_back(&self, consumer: &BaseConsumer<Context>, tpl: &TopicPartitionList) {
         // Partitions kept are read again from the checkpoint's positions: what they gathered
         // comes again.
         let forgotten = self.gathered.lock().clear();
@@ -937,14 +958,14 @@ impl Shared {
             );
         }
         if let Err(e) = self.checkpoints.rewind() {
-            tracing::error!(error = %e, "Cannot put the counts back to the last checkpoint: the lost partitions' next owner counts those messages again.");
+            tracing::error!(error = %e, "Cannot put the counts back to the last checkpoint: the partitions' next owner counts those messages again.");
             return;
         }
         let left = self.counted_beyond_commit(tpl);
         if left > 0 {
             tracing::error!(
                 messages = left,
-                "The last checkpoint holds messages of the lost partitions that the group never took a commit for: their next owner counts them again."
+                "The last checkpoint holds messages of the partitions going that the group never took a commit for: their next owner counts them again."
             );
         }
         // With the cooperative protocol some partitions stay: read them again from where the
@@ -1148,6 +1169,8 @@ impl ConsumerContext for Context {
             }
             other => {
                 tracing::error!(error = ?other, "Kafka rebalance failed; letting every partition go.");
+                // Lines gathered and not landed are read again by whoever takes the partitions.
+                self.shared.gathered.lock().clear();
                 if let Err(e) = consumer.unassign() {
                     tracing::warn!(error = %e, "Cannot let the Kafka partitions go.");
                 }
