@@ -178,6 +178,15 @@ pub fn rewind(
         checkpoint::restore(store, m, &checkpoints.layout, &mut empty).await?;
         checkpoint::participant_states(store, m, &participants).await
     })?;
+    // A participant the checkpoint has no section for would keep its running state and meet
+    // the log's events a second time.
+    if saved.len() != participants.iter().count() {
+        return Err(Error::Storage(format!(
+            "the checkpoint in force ({}) holds no state for some of the checkpoint participants \
+             ({participants:?})",
+            m.id
+        )));
+    }
     let mut state = lock(&checkpoints.state);
     let upto = state.wal_seq();
     let before = participants

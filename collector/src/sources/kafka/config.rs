@@ -61,9 +61,10 @@ pub struct KafkaConfig {
     pub billing_flush_interval: Duration,
     /// The dead-letter topic of each topic is its name with this suffix. Default: `".dlq"`.
     pub dlq_suffix: String,
-    /// How long a revoked partition may wait for what was queued to be counted, and then for
-    /// its checkpoint, before it is released.
-    /// Default: `"10s"`.
+    /// How long a revoked partition waits for its cost lines to land, for its checkpoint, and
+    /// then for its commit, before it is released (the wait for what was queued to be counted
+    /// is not bounded, and is logged at each interval); at shutdown, each wait is bounded by
+    /// it. Default: `"10s"`.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
     /// librdkafka properties passed as they are (`fetch.max.bytes`, `security.protocol`,

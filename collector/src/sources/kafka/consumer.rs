@@ -165,6 +165,8 @@ struct Shared {
     /// Messages queued and not counted yet.
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
     landing: Option<Arc<dyn Landing>>,
+    /// Set once the thread stops reading: waits are bounded from then on.
+    stopping: AtomicBool,
     /// Cost lines read from the billing topic and not landed yet, per partition.
     gathered: Mutex<Gathered>,
     billing_rows: RowCounter,
@@ -233,6 +235,7 @@ impl KafkaSource {
             billing_rows: RowCounter::new(self.ingest.traces.aggregator().telemetry()),
             ingest: self.ingest,
             landing: self.landing,
+            stopping: AtomicBool::new(false),
             gathered: Mutex::new(Gathered::new(self.config.billing_flush_interval)),
             config: self.config,
         });
@@ -297,6 +300,7 @@ fn run(consumer: &BaseConsumer<Context>, shared: &Shared, stop: &AtomicBool) {
             Instant::now() + shared.config.drain_timeout,
         );
     }
+    shared.stopping.store(true, Ordering::Release);
     // What was counted is checkpointed and committed before the group hears we leave; the
     // revoke that leaving brings then has nothing left to do.
     shared.land_billing(consumer, true, Instant::now() + shared.config.drain_timeout);
@@ -315,13 +319,27 @@ fn run(consumer: &BaseConsumer<Context>, shared: &Shared, stop: &AtomicBool) {
 }
 
 impl Shared {
-    /// Takes a checkpoint, waiting at most `kafka.drain_timeout`; its positions once durable.
+    /// Takes a checkpoint, waiting at most `kafka.drain_timeout` for it; its positions once
+    /// durable. The checkpoint runs as a task of its own: one that outlasts the wait is never
+    /// cut off half-written, and a rewind waits for it to end.
     fn checkpoint_within_drain_timeout(
         &self,
     ) -> Result<recmeter_core::Result<Vec<Position>>, tokio::time::error::Elapsed> {
+        let checkpoints = self.checkpoints.clone();
+        let task = self
+            .runtime
+            .spawn(async move { checkpoints.checkpoint_now().await });
         // The timer is made inside the runtime: it needs its clock.
         self.runtime.block_on(async {
-            tokio::time::timeout(self.config.drain_timeout, self.checkpoints.checkpoint_now()).await
+            tokio::time::timeout(self.config.drain_timeout, task)
+                .await
+                .map(|joined| {
+                    joined.unwrap_or_else(|e| {
+                        Err(recmeter_core::Error::Storage(format!(
+                            "the checkpoint task failed: {e}"
+                        )))
+                    })
+                })
         })
     }
 
@@ -612,8 +630,13 @@ impl Shared {
 
     /// Waits until every message queued is counted, however long that takes: partitions go,
     /// or the counts go back to a checkpoint, only once nothing of theirs can be counted after.
+    /// While recmeter stops, the wait is bounded by `kafka.drain_timeout`: what is counted after
+    /// is in the final checkpoint, which the next start reads on from.
     fn settle_fully(&self) {
         while !self.settle(self.config.drain_timeout) {
+            if self.stopping.load(Ordering::Acquire) {
+                return;
+            }
             tracing::error!(
                 queued = self.in_flight.load(Ordering::Acquire),
                 "Kafka messages queued are still not counted after kafka.drain_timeout (is the aggregator stalled?); the rebalance waits for them."
@@ -895,8 +918,9 @@ impl Shared {
         if consumer.assignment_lost() {
             self.lost(consumer, tpl);
         } else if self.counted_beyond_commit(tpl) > 0 {
+            let deadline = Instant::now() + self.config.drain_timeout;
             match self.checkpoint_within_drain_timeout() {
-                Ok(Ok(positions)) => self.commit(consumer, &positions, Some(tpl)),
+                Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "Cannot checkpoint before letting Kafka partitions go.");
                 }
@@ -904,12 +928,29 @@ impl Shared {
                     "The checkpoint before letting Kafka partitions go took longer than kafka.drain_timeout."
                 ),
             }
+            // Whatever came of it, the group takes what the latest durable checkpoint holds.
+            let durable = self.checkpoints.durable().borrow().clone();
+            while self.beyond_commit(&durable, tpl) > 0 && !(self.hold_commit)() {
+                self.commit(consumer, &durable, Some(tpl));
+                if Instant::now() >= deadline {
+                    break;
+                }
+                if self.beyond_commit(&durable, tpl) > 0 {
+                    std::thread::sleep(MAX_BACKOFF);
+                }
+            }
             let left = self.counted_beyond_commit(tpl);
-            if left > 0 {
-                // Their next owner reads them from the group's offsets: they go from here.
+            if left > 0 && self.beyond_commit(&durable, tpl) > 0 {
+                // Durable here, and not held by the group: the gap ADR 021 names.
                 tracing::error!(
                     messages = left,
-                    "Kafka partitions go with messages counted here that the group does not hold as read: putting the counts back to the last checkpoint."
+                    "Kafka partitions go with messages a durable checkpoint holds and the group refused to take as read: their next owner counts them again."
+                );
+            } else if left > 0 {
+                // Counted and not durable: they go from here, and their next owner counts them.
+                tracing::error!(
+                    messages = left,
+                    "Kafka partitions go with messages counted here and not checkpointed: putting the counts back to the last checkpoint."
                 );
                 self.put_back(consumer, tpl);
             }
@@ -1027,11 +1068,10 @@ impl Shared {
         }
     }
 
-    /// Messages of `tpl`'s partitions counted here beyond the offsets the group holds.
-    fn counted_beyond_commit(&self, tpl: &TopicPartitionList) -> i64 {
+    /// Messages of `tpl`'s partitions that `positions` hold beyond the offsets the group holds.
+    fn beyond_commit(&self, positions: &[Position], tpl: &TopicPartitionList) -> i64 {
         let committed = self.committed.lock();
-        self.checkpoints
-            .applied()
+        positions
             .iter()
             .filter(|p| tpl.find_partition(&p.topic, p.partition).is_some())
             .map(|p| {
@@ -1039,6 +1079,11 @@ impl Shared {
                 (p.offset - held.unwrap_or(0)).max(0)
             })
             .sum()
+    }
+
+    /// Messages of `tpl`'s partitions counted here beyond the offsets the group holds.
+    fn counted_beyond_commit(&self, tpl: &TopicPartitionList) -> i64 {
+        self.beyond_commit(&self.checkpoints.applied(), tpl)
     }
 }
 
