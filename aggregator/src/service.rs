@@ -150,23 +150,11 @@ impl AggregatorHandle {
     /// [`Submit::queue`]: queues `batch` at once, unlogged, or fails with
     /// [`Error::Backpressure`] while the queue is full.
     pub fn queue(&self, batch: Batch) -> Result<crate::submit::Answer> {
-        let permit = self.tx.clone().try_reserve_owned().map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => Error::Backpressure,
-            mpsc::error::TrySendError::Closed(_) => Error::Stopped,
-        })?;
-        let (reply, answer) = oneshot::channel();
-        permit.send(Job {
-            entry: Logged::Batch {
-                batch,
-                checked_at: self.clock.now_nanos(),
-            },
-            seq: None,
-            position: None,
-            reply,
-        });
-        Ok(Box::pin(async move {
-            answer.await.map_err(|_| Error::Stopped)?
-        }))
+        let entry = Logged::Batch {
+            batch,
+            checked_at: self.clock.now_nanos(),
+        };
+        self.queue_job(entry, None)
     }
 
     /// Queues `event` at once, unlogged, to be applied to its participant in the same step
@@ -175,29 +163,42 @@ impl AggregatorHandle {
     /// [`Error::Backpressure`] while the queue is full, and with [`Error::Participant`] if the
     /// participant refuses the event.
     pub fn queue_event(&self, event: Event, position: Position) -> Result<crate::submit::Answer> {
-        match lock(&self.state).participants().get(&event.component) {
-            Some(participant) => participant.check(&event.payload)?,
-            None => {
-                return Err(Error::Participant(format!(
-                    "no checkpoint participant `{}` is registered",
-                    clip(&event.component, 64)
-                )));
-            }
-        }
+        self.check_event(&event)?;
+        self.queue_job(Logged::Event(event), Some(position))
+    }
+
+    /// Queues `entry` at once, unlogged (with `position` noted in the same step), or fails with
+    /// [`Error::Backpressure`] while the queue is full; the answer comes once it is applied.
+    fn queue_job(
+        &self,
+        entry: Logged,
+        position: Option<Position>,
+    ) -> Result<crate::submit::Answer> {
         let permit = self.tx.clone().try_reserve_owned().map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => Error::Backpressure,
             mpsc::error::TrySendError::Closed(_) => Error::Stopped,
         })?;
         let (reply, answer) = oneshot::channel();
         permit.send(Job {
-            entry: Logged::Event(event),
+            entry,
             seq: None,
-            position: Some(position),
+            position,
             reply,
         });
         Ok(Box::pin(async move {
             answer.await.map_err(|_| Error::Stopped)?
         }))
+    }
+
+    /// Whether `event`'s participant is registered and takes it.
+    fn check_event(&self, event: &Event) -> Result<()> {
+        match lock(&self.state).participants().get(&event.component) {
+            Some(participant) => participant.check(&event.payload),
+            None => Err(Error::Participant(format!(
+                "no checkpoint participant `{}` is registered",
+                clip(&event.component, 64)
+            ))),
+        }
     }
 
     /// Logs `event` (fsynced, in either durability mode), then applies it to its checkpoint
@@ -214,15 +215,7 @@ impl AggregatorHandle {
         }
         // Checked before it is logged: a logged event that its participant refused would stop
         // the next start at its replay.
-        match lock(&self.state).participants().get(&event.component) {
-            Some(participant) => participant.check(&event.payload)?,
-            None => {
-                return Err(Error::Participant(format!(
-                    "no checkpoint participant `{}` is registered",
-                    clip(&event.component, 64)
-                )));
-            }
-        }
+        self.check_event(&event)?;
         // Waits for room rather than failing at once (an event is a component's own record,
         // not load), but not for ever.
         let permit = tokio::time::timeout(EVENT_QUEUE_WAIT, self.tx.clone().reserve_owned())
