@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod pagerduty;
 pub mod prometheus;
+pub mod promql;
 pub mod sql;
 pub mod state;
 

@@ -1,0 +1,1059 @@
+//! The evaluator: an expression parsed by `promql-parser`, evaluated with Prometheus 2.42's
+//! semantics over a [`Source`] at one time (an instant query) or at each step of a range.
+//!
+//! Selectors are read once per query: a first pass over the expression finds the time range
+//! each selector needs (its offset, `@`, range, the lookback and any subquery around it), and
+//! the evaluation then works on those series in memory, step by step.
+//!
+//! - An instant selector at `t` takes each series' latest sample in `[t - lookback, t]`, unless
+//!   it is the stale marker.
+//! - A range selector `[r]` at `t` takes the samples in `[t - r, t]`, stale markers left out.
+//! - `rate`, `increase` and `delta` extrapolate as Prometheus does; `irate` and `idelta` take
+//!   the last two samples.
+//! - A subquery `e[r:s]` at `t` evaluates `e` at the multiples of `s` in `[t - r, t]`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use promql_parser::label::{MatchOp, Matcher};
+use promql_parser::parser::{
+    AggregateExpr, AtModifier, BinaryExpr, Call, Expr, LabelModifier, Offset, SubqueryExpr,
+    VectorMatchCardinality, VectorSelector,
+};
+
+use super::functions;
+use super::source::Source;
+use super::value::{Element, Labels, METRIC_NAME, Sample, Series, Value, is_stale};
+
+/// Why a query failed, as Prometheus's API names it (`errorType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The query cannot be evaluated as written: syntax, types, a construct recmeter does not
+    /// evaluate, too many points.
+    BadData,
+    /// Evaluation failed (many-to-many matching, a source error).
+    Execution,
+    /// The query's deadline passed.
+    Timeout,
+}
+
+impl ErrorKind {
+    /// The `errorType` of an API answer.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::BadData => "bad_data",
+            ErrorKind::Execution => "execution",
+            ErrorKind::Timeout => "timeout",
+        }
+    }
+}
+
+/// A query that failed: its kind and a message naming the problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl Error {
+    pub fn bad_data(message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::BadData,
+            message: message.into(),
+        }
+    }
+
+    pub fn execution(message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Execution,
+            message: message.into(),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// How queries are evaluated.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How far back an instant selector looks for a sample (Prometheus: 5 minutes).
+    pub lookback_ms: i64,
+    /// Most points in one series of a range query's answer (Prometheus: 11 000).
+    pub max_points: usize,
+    /// Most series in one answer.
+    pub max_series: usize,
+    /// The step of a subquery that gives none (`[5m:]`): Prometheus's evaluation interval.
+    pub default_subquery_step_ms: i64,
+    /// When the query must have finished.
+    pub deadline: Option<Instant>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            lookback_ms: 300_000,
+            max_points: 11_000,
+            max_series: 100_000,
+            default_subquery_step_ms: 60_000,
+            deadline: None,
+        }
+    }
+}
+
+/// Parses `query`, refusing what recmeter does not evaluate with `bad_data` naming it.
+pub fn parse(query: &str) -> Result<Expr> {
+    let expr = promql_parser::parser::parse(query).map_err(Error::bad_data)?;
+    supported(&expr)?;
+    Ok(expr)
+}
+
+/// The functions recmeter evaluates.
+pub const FUNCTIONS: &[&str] = &[
+    "abs",
+    "absent",
+    "avg_over_time",
+    "ceil",
+    "clamp",
+    "clamp_max",
+    "clamp_min",
+    "count_over_time",
+    "delta",
+    "exp",
+    "floor",
+    "histogram_quantile",
+    "idelta",
+    "increase",
+    "irate",
+    "label_replace",
+    "last_over_time",
+    "ln",
+    "log10",
+    "log2",
+    "max_over_time",
+    "min_over_time",
+    "rate",
+    "round",
+    "scalar",
+    "sgn",
+    "sort",
+    "sort_desc",
+    "sqrt",
+    "sum_over_time",
+    "time",
+    "timestamp",
+    "vector",
+];
+
+/// The aggregations recmeter evaluates.
+pub const AGGREGATIONS: &[&str] = &[
+    "sum", "avg", "min", "max", "count", "topk", "bottomk", "group", "stddev", "stdvar",
+];
+
+/// The first construct of `expr` recmeter does not evaluate, as an error naming it.
+pub fn supported(expr: &Expr) -> Result<()> {
+    match expr {
+        Expr::Aggregate(a) => {
+            let op = a.op.to_string();
+            if !AGGREGATIONS.contains(&op.as_str()) {
+                return Err(unsupported(&format!("the aggregation {op}")));
+            }
+            supported(&a.expr)?;
+            a.param.as_deref().map_or(Ok(()), supported)
+        }
+        Expr::Unary(u) => supported(&u.expr),
+        Expr::Binary(b) => {
+            if let Some(m) = &b.modifier
+                && (m.fill_values.lhs.is_some() || m.fill_values.rhs.is_some())
+            {
+                return Err(unsupported("fill values in vector matching"));
+            }
+            supported(&b.lhs)?;
+            supported(&b.rhs)
+        }
+        Expr::Paren(p) => supported(&p.expr),
+        Expr::Subquery(s) => supported(&s.expr),
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) => Ok(()),
+        Expr::VectorSelector(v) => selector_supported(v),
+        Expr::MatrixSelector(m) => selector_supported(&m.vs),
+        Expr::Call(c) => {
+            if !FUNCTIONS.contains(&c.func.name) {
+                return Err(unsupported(&format!("the function {}", c.func.name)));
+            }
+            c.args.args.iter().try_for_each(|a| supported(a))
+        }
+        Expr::Extension(_) => Err(unsupported("an extension expression")),
+    }
+}
+
+fn selector_supported(v: &VectorSelector) -> Result<()> {
+    if v.matchers.or_matchers.is_empty() {
+        Ok(())
+    } else {
+        Err(unsupported("`or` between label matchers"))
+    }
+}
+
+fn unsupported(what: &str) -> Error {
+    Error::bad_data(format!(
+        "recmeter does not evaluate {what} (see the README)"
+    ))
+}
+
+/// Milliseconds since the epoch of `t` (negative before it).
+pub fn millis(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_millis() as i64,
+        Err(e) => -(e.duration().as_millis() as i64),
+    }
+}
+
+fn duration_ms(d: &Duration) -> i64 {
+    d.as_millis() as i64
+}
+
+fn offset_ms(offset: &Option<Offset>) -> i64 {
+    match offset {
+        None => 0,
+        Some(Offset::Pos(d)) => duration_ms(d),
+        Some(Offset::Neg(d)) => -duration_ms(d),
+    }
+}
+
+/// Evaluates `expr` at `t` (milliseconds).
+pub fn instant(source: &dyn Source, expr: &Expr, t: i64, options: &Options) -> Result<Value> {
+    let mut eval = Evaluator::new(source, options, t, t, 0);
+    eval.populate(expr)?;
+    let value = eval.eval(expr, t)?;
+    if let Value::Vector(v) = &value {
+        eval.check_series(v.len())?;
+    }
+    Ok(value)
+}
+
+/// Evaluates `expr` at each step from `start` to `end` (milliseconds, `step` > 0): a matrix,
+/// one series per label set with a point at each step where it has a value.
+pub fn range(
+    source: &dyn Source,
+    expr: &Expr,
+    start: i64,
+    end: i64,
+    step: i64,
+    options: &Options,
+) -> Result<Vec<Series>> {
+    if step <= 0 {
+        return Err(Error::bad_data(
+            "zero or negative query resolution step widths are not accepted. Try a positive integer",
+        ));
+    }
+    if end < start {
+        return Err(Error::bad_data(
+            "end timestamp must not be before start time",
+        ));
+    }
+    let steps = ((end - start) / step + 1) as usize;
+    if steps > options.max_points {
+        return Err(Error::bad_data(
+            "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
+        ));
+    }
+    match expr.value_type() {
+        promql_parser::parser::value::ValueType::Vector
+        | promql_parser::parser::value::ValueType::Scalar => {}
+        other => {
+            return Err(Error::bad_data(format!(
+                "invalid expression type \"{}\" for range query, must be Scalar or instant Vector",
+                type_name(other)
+            )));
+        }
+    }
+    let mut eval = Evaluator::new(source, options, start, end, step);
+    eval.populate(expr)?;
+    let mut out: HashMap<Labels, Vec<Sample>> = HashMap::new();
+    let mut t = start;
+    while t <= end {
+        eval.check_deadline()?;
+        match eval.eval(expr, t)? {
+            Value::Scalar(v) => out
+                .entry(Labels::default())
+                .or_default()
+                .push(Sample { t, v }),
+            Value::Vector(elements) => {
+                for e in elements {
+                    out.entry(e.labels).or_default().push(Sample { t, v: e.v });
+                }
+                eval.check_series(out.len())?;
+            }
+            other => {
+                return Err(Error::bad_data(format!(
+                    "invalid expression type \"{}\" for range query",
+                    other.type_name()
+                )));
+            }
+        }
+        t += step;
+    }
+    let mut series: Vec<Series> = out
+        .into_iter()
+        .map(|(labels, samples)| Series { labels, samples })
+        .collect();
+    series.sort_by(|a, b| a.labels.cmp(&b.labels));
+    Ok(series)
+}
+
+fn type_name(t: promql_parser::parser::value::ValueType) -> &'static str {
+    use promql_parser::parser::value::ValueType;
+    match t {
+        ValueType::Vector => "instant vector",
+        ValueType::Matrix => "range vector",
+        ValueType::Scalar => "scalar",
+        ValueType::String => "string",
+    }
+}
+
+/// One query's evaluation.
+struct Evaluator<'a> {
+    source: &'a dyn Source,
+    options: &'a Options,
+    /// The query's first and last evaluation times (`@ start()`, `@ end()`).
+    start: i64,
+    end: i64,
+    /// Each selector's series (by the selector node's address), read once.
+    selected: HashMap<usize, Vec<Series>>,
+    /// Each selector's matchers and the time range it needs, found by [`Evaluator::populate`].
+    wanted: HashMap<usize, (Vec<Matcher>, i64, i64)>,
+}
+
+fn key(v: &VectorSelector) -> usize {
+    std::ptr::from_ref(v) as usize
+}
+
+impl<'a> Evaluator<'a> {
+    fn new(source: &'a dyn Source, options: &'a Options, start: i64, end: i64, _step: i64) -> Self {
+        Self {
+            source,
+            options,
+            start,
+            end,
+            selected: HashMap::new(),
+            wanted: HashMap::new(),
+        }
+    }
+
+    fn check_deadline(&self) -> Result<()> {
+        match self.options.deadline {
+            Some(d) if Instant::now() > d => Err(Error {
+                kind: ErrorKind::Timeout,
+                message: "query timed out in expression evaluation".into(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_series(&self, n: usize) -> Result<()> {
+        if n > self.options.max_series {
+            return Err(Error::bad_data(format!(
+                "the answer holds more than {} series (query.max_series)",
+                self.options.max_series
+            )));
+        }
+        Ok(())
+    }
+
+    /// The time a selector or subquery with `at` and `offset` reads at, evaluated at `t`.
+    fn reference(&self, at: &Option<AtModifier>, offset: &Option<Offset>, t: i64) -> i64 {
+        let base = match at {
+            None => t,
+            Some(AtModifier::Start) => self.start,
+            Some(AtModifier::End) => self.end,
+            Some(AtModifier::At(time)) => millis(*time),
+        };
+        base - offset_ms(offset)
+    }
+
+    /// Finds each selector's time range, then reads every selector's series.
+    fn populate(&mut self, expr: &Expr) -> Result<()> {
+        self.walk(expr, self.start, self.end);
+        let wanted = std::mem::take(&mut self.wanted);
+        for (k, (matchers, lo, hi)) in wanted {
+            self.check_deadline()?;
+            let series = self
+                .source
+                .select(&matchers, lo, hi)
+                .map_err(Error::execution)?;
+            self.selected.insert(k, series);
+        }
+        Ok(())
+    }
+
+    /// Notes the time range each selector under `expr` needs, evaluated from `lo` to `hi`.
+    fn walk(&mut self, expr: &Expr, lo: i64, hi: i64) {
+        match expr {
+            Expr::VectorSelector(v) => {
+                let (a, b) = (
+                    self.reference(&v.at, &v.offset, lo),
+                    self.reference(&v.at, &v.offset, hi),
+                );
+                self.want(v, a - self.options.lookback_ms, b);
+            }
+            Expr::MatrixSelector(m) => {
+                let (a, b) = (
+                    self.reference(&m.vs.at, &m.vs.offset, lo),
+                    self.reference(&m.vs.at, &m.vs.offset, hi),
+                );
+                self.want(&m.vs, a - duration_ms(&m.range), b);
+            }
+            Expr::Subquery(s) => {
+                let (a, b) = (
+                    self.reference(&s.at, &s.offset, lo),
+                    self.reference(&s.at, &s.offset, hi),
+                );
+                self.walk(&s.expr, a - duration_ms(&s.range), b);
+            }
+            Expr::Aggregate(a) => {
+                self.walk(&a.expr, lo, hi);
+                if let Some(p) = &a.param {
+                    self.walk(p, lo, hi);
+                }
+            }
+            Expr::Unary(u) => self.walk(&u.expr, lo, hi),
+            Expr::Binary(b) => {
+                self.walk(&b.lhs, lo, hi);
+                self.walk(&b.rhs, lo, hi);
+            }
+            Expr::Paren(p) => self.walk(&p.expr, lo, hi),
+            Expr::Call(c) => {
+                for a in &c.args.args {
+                    self.walk(a, lo, hi);
+                }
+            }
+            Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+        }
+    }
+
+    fn want(&mut self, v: &VectorSelector, lo: i64, hi: i64) {
+        let entry = self.wanted.entry(key(v)).or_insert_with(|| {
+            let mut matchers = v.matchers.matchers.clone();
+            if let Some(name) = &v.name
+                && !matchers.iter().any(|m| m.name == METRIC_NAME)
+            {
+                matchers.push(Matcher::new(MatchOp::Equal, METRIC_NAME, name));
+            }
+            (matchers, lo, hi)
+        });
+        entry.1 = entry.1.min(lo);
+        entry.2 = entry.2.max(hi);
+    }
+
+    fn series(&self, v: &VectorSelector) -> &[Series] {
+        self.selected.get(&key(v)).map_or(&[], Vec::as_slice)
+    }
+
+    /// Evaluates `expr` at `t`.
+    fn eval(&self, expr: &Expr, t: i64) -> Result<Value> {
+        match expr {
+            Expr::NumberLiteral(n) => Ok(Value::Scalar(n.val)),
+            Expr::StringLiteral(s) => Ok(Value::String(s.val.clone())),
+            Expr::Paren(p) => self.eval(&p.expr, t),
+            Expr::Unary(u) => match self.eval(&u.expr, t)? {
+                Value::Scalar(v) => Ok(Value::Scalar(-v)),
+                Value::Vector(elements) => Ok(Value::Vector(
+                    elements
+                        .into_iter()
+                        .map(|e| Element {
+                            labels: e.labels.without_name(),
+                            v: -e.v,
+                            t: e.t,
+                        })
+                        .collect(),
+                )),
+                other => Err(Error::bad_data(format!(
+                    "unary expression only allowed on expressions of type scalar or instant vector, got {:?}",
+                    other.type_name()
+                ))),
+            },
+            Expr::VectorSelector(v) => Ok(Value::Vector(self.instant_selector(v, t))),
+            Expr::MatrixSelector(m) => {
+                let at = self.reference(&m.vs.at, &m.vs.offset, t);
+                Ok(Value::Matrix(self.range_selector(
+                    &m.vs,
+                    at - duration_ms(&m.range),
+                    at,
+                )))
+            }
+            Expr::Subquery(s) => self.subquery(s, t).map(Value::Matrix),
+            Expr::Aggregate(a) => self.aggregate(a, t),
+            Expr::Binary(b) => self.binary(b, t),
+            Expr::Call(c) => self.call(c, t),
+            Expr::Extension(_) => Err(unsupported("an extension expression")),
+        }
+    }
+
+    /// The instant vector `v` selects at `t`.
+    fn instant_selector(&self, v: &VectorSelector, t: i64) -> Vec<Element> {
+        let at = self.reference(&v.at, &v.offset, t);
+        let from = at - self.options.lookback_ms;
+        self.series(v)
+            .iter()
+            .filter_map(|s| {
+                let i = s.samples.partition_point(|p| p.t <= at);
+                let p = s.samples.get(i.checked_sub(1)?)?;
+                (p.t >= from && !is_stale(p.v)).then(|| Element {
+                    labels: s.labels.clone(),
+                    v: p.v,
+                    t: p.t,
+                })
+            })
+            .collect()
+    }
+
+    /// The samples `v` selects in `[from, to]`, stale markers left out.
+    fn range_selector(&self, v: &VectorSelector, from: i64, to: i64) -> Vec<Series> {
+        self.series(v)
+            .iter()
+            .filter_map(|s| {
+                let a = s.samples.partition_point(|p| p.t < from);
+                let b = s.samples.partition_point(|p| p.t <= to);
+                let samples: Vec<Sample> = s.samples[a..b]
+                    .iter()
+                    .filter(|p| !is_stale(p.v))
+                    .copied()
+                    .collect();
+                (!samples.is_empty()).then(|| Series {
+                    labels: s.labels.clone(),
+                    samples,
+                })
+            })
+            .collect()
+    }
+
+    /// A subquery at `t`: its expression evaluated at each multiple of its step in
+    /// `[t - range, t]` (after `@` and `offset`).
+    fn subquery(&self, s: &SubqueryExpr, t: i64) -> Result<Vec<Series>> {
+        let step = s
+            .step
+            .as_ref()
+            .map_or(self.options.default_subquery_step_ms, duration_ms)
+            .max(1);
+        let to = self.reference(&s.at, &s.offset, t);
+        let from = to - duration_ms(&s.range);
+        let mut first = from.div_euclid(step) * step;
+        if first < from {
+            first += step;
+        }
+        let mut out: HashMap<Labels, Vec<Sample>> = HashMap::new();
+        let mut at = first;
+        while at <= to {
+            self.check_deadline()?;
+            match self.eval(&s.expr, at)? {
+                Value::Scalar(v) => out
+                    .entry(Labels::default())
+                    .or_default()
+                    .push(Sample { t: at, v }),
+                Value::Vector(elements) => {
+                    for e in elements {
+                        out.entry(e.labels)
+                            .or_default()
+                            .push(Sample { t: at, v: e.v });
+                    }
+                }
+                other => {
+                    return Err(Error::bad_data(format!(
+                        "subquery is only allowed on instant vector, got {} instead",
+                        other.type_name()
+                    )));
+                }
+            }
+            at += step;
+        }
+        let mut series: Vec<Series> = out
+            .into_iter()
+            .map(|(labels, samples)| Series { labels, samples })
+            .collect();
+        series.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok(series)
+    }
+
+    fn vector(&self, expr: &Expr, t: i64) -> Result<Vec<Element>> {
+        match self.eval(expr, t)? {
+            Value::Vector(v) => Ok(v),
+            other => Err(Error::bad_data(format!(
+                "expected an instant vector, got {}",
+                other.type_name()
+            ))),
+        }
+    }
+
+    fn scalar(&self, expr: &Expr, t: i64) -> Result<f64> {
+        match self.eval(expr, t)? {
+            Value::Scalar(v) => Ok(v),
+            other => Err(Error::bad_data(format!(
+                "expected a scalar, got {}",
+                other.type_name()
+            ))),
+        }
+    }
+
+    fn aggregate(&self, a: &AggregateExpr, t: i64) -> Result<Value> {
+        let op = a.op.to_string();
+        let elements = self.vector(&a.expr, t)?;
+        let grouping = |labels: &Labels| -> Labels {
+            match &a.modifier {
+                None => Labels::default(),
+                Some(LabelModifier::Include(ls)) => labels.project(&ls.labels, true),
+                Some(LabelModifier::Exclude(ls)) => {
+                    labels.project(&ls.labels, false).without_name()
+                }
+            }
+        };
+        if op == "topk" || op == "bottomk" {
+            let param = a
+                .param
+                .as_deref()
+                .ok_or_else(|| Error::bad_data(format!("{op} needs a parameter")))?;
+            let k = self.scalar(param, t)?;
+            return Ok(Value::Vector(functions::top(
+                elements,
+                k,
+                op == "topk",
+                grouping,
+            )));
+        }
+        // Groups in order of first appearance, each with its running state.
+        let mut order: Vec<Labels> = Vec::new();
+        let mut groups: HashMap<Labels, Group> = HashMap::new();
+        for e in elements {
+            let g = grouping(&e.labels);
+            match groups.get_mut(&g) {
+                Some(group) => group.add(&op, e.v),
+                None => {
+                    order.push(g.clone());
+                    groups.insert(g, Group::new(e.v));
+                }
+            }
+        }
+        Ok(Value::Vector(
+            order
+                .into_iter()
+                .map(|labels| {
+                    let v = groups[&labels].result(&op);
+                    Element { labels, v, t }
+                })
+                .collect(),
+        ))
+    }
+
+    fn binary(&self, b: &BinaryExpr, t: i64) -> Result<Value> {
+        let op = b.op.to_string();
+        let bool_ = b.modifier.as_ref().is_some_and(|m| m.return_bool);
+        let lhs = self.eval(&b.lhs, t)?;
+        let rhs = self.eval(&b.rhs, t)?;
+        let comparison = b.op.is_comparison_operator();
+        match (lhs, rhs) {
+            (Value::Scalar(x), Value::Scalar(y)) => {
+                let (v, keep) = functions::binop(&op, x, y);
+                Ok(Value::Scalar(if comparison {
+                    f64::from(u8::from(keep))
+                } else {
+                    v
+                }))
+            }
+            (Value::Vector(v), Value::Scalar(s)) => Ok(Value::Vector(vector_scalar(
+                &op, v, s, false, bool_, comparison, t,
+            ))),
+            (Value::Scalar(s), Value::Vector(v)) => Ok(Value::Vector(vector_scalar(
+                &op, v, s, true, bool_, comparison, t,
+            ))),
+            (Value::Vector(l), Value::Vector(r)) => {
+                let matching = b.modifier.as_ref();
+                let on = matching.and_then(|m| m.matching.as_ref());
+                if b.op.is_set_operator() {
+                    return Ok(Value::Vector(set_op(&op, l, r, on)));
+                }
+                let card = matching.map_or(&VectorMatchCardinality::OneToOne, |m| &m.card);
+                vector_vector(&op, l, r, on, card, bool_, comparison, t).map(Value::Vector)
+            }
+            (l, r) => Err(Error::bad_data(format!(
+                "binary expression must contain only scalar and instant vector types, got {} and {}",
+                l.type_name(),
+                r.type_name()
+            ))),
+        }
+    }
+
+    fn call(&self, c: &Call, t: i64) -> Result<Value> {
+        let name = c.func.name;
+        let args = &c.args.args;
+        let arg = |i: usize| -> Result<&Expr> {
+            args.get(i)
+                .map(|a| a.as_ref())
+                .ok_or_else(|| Error::bad_data(format!("{name}: missing argument {}", i + 1)))
+        };
+        match name {
+            "time" => Ok(Value::Scalar(t as f64 / 1000.0)),
+            "vector" => Ok(Value::Vector(vec![Element {
+                labels: Labels::default(),
+                v: self.scalar(arg(0)?, t)?,
+                t,
+            }])),
+            "scalar" => {
+                let v = self.vector(arg(0)?, t)?;
+                Ok(Value::Scalar(if v.len() == 1 { v[0].v } else { f64::NAN }))
+            }
+            "timestamp" => Ok(Value::Vector(
+                self.vector(arg(0)?, t)?
+                    .into_iter()
+                    .map(|e| Element {
+                        labels: e.labels.without_name(),
+                        v: e.t as f64 / 1000.0,
+                        t,
+                    })
+                    .collect(),
+            )),
+            "absent" => {
+                let v = self.vector(arg(0)?, t)?;
+                if !v.is_empty() {
+                    return Ok(Value::Vector(Vec::new()));
+                }
+                Ok(Value::Vector(vec![Element {
+                    labels: functions::absent_labels(arg(0)?),
+                    v: 1.0,
+                    t,
+                }]))
+            }
+            "rate" | "increase" | "delta" | "irate" | "idelta" | "sum_over_time"
+            | "avg_over_time" | "min_over_time" | "max_over_time" | "count_over_time"
+            | "last_over_time" => {
+                let matrix_arg = arg(0)?;
+                let (range_ms, end) = match matrix_arg {
+                    Expr::MatrixSelector(m) => (
+                        duration_ms(&m.range),
+                        self.reference(&m.vs.at, &m.vs.offset, t),
+                    ),
+                    Expr::Subquery(s) => {
+                        (duration_ms(&s.range), self.reference(&s.at, &s.offset, t))
+                    }
+                    _ => {
+                        return Err(Error::bad_data(format!("{name}: expected a range vector")));
+                    }
+                };
+                let Value::Matrix(matrix) = self.eval(matrix_arg, t)? else {
+                    return Err(Error::bad_data(format!("{name}: expected a range vector")));
+                };
+                Ok(Value::Vector(
+                    matrix
+                        .into_iter()
+                        .filter_map(|s| {
+                            let v = functions::over_time(
+                                name,
+                                &s.samples,
+                                end - range_ms,
+                                end,
+                                range_ms,
+                            )?;
+                            let labels = if name == "last_over_time" {
+                                s.labels
+                            } else {
+                                s.labels.without_name()
+                            };
+                            Some(Element { labels, v, t })
+                        })
+                        .collect(),
+                ))
+            }
+            "histogram_quantile" => {
+                let q = self.scalar(arg(0)?, t)?;
+                let v = self.vector(arg(1)?, t)?;
+                Ok(Value::Vector(functions::histogram_quantile(q, v, t)))
+            }
+            "label_replace" => {
+                let v = self.vector(arg(0)?, t)?;
+                let text = |i: usize| -> Result<String> {
+                    match self.eval(arg(i)?, t)? {
+                        Value::String(s) => Ok(s),
+                        other => Err(Error::bad_data(format!(
+                            "label_replace: argument {} must be a string, got {}",
+                            i + 1,
+                            other.type_name()
+                        ))),
+                    }
+                };
+                functions::label_replace(v, &text(1)?, &text(2)?, &text(3)?, &text(4)?)
+                    .map(Value::Vector)
+            }
+            "sort" | "sort_desc" => {
+                let mut v = self.vector(arg(0)?, t)?;
+                functions::sort(&mut v, name == "sort_desc");
+                Ok(Value::Vector(v))
+            }
+            "clamp" | "clamp_min" | "clamp_max" => {
+                let v = self.vector(arg(0)?, t)?;
+                let (lo, hi) = match name {
+                    "clamp" => (self.scalar(arg(1)?, t)?, self.scalar(arg(2)?, t)?),
+                    "clamp_min" => (self.scalar(arg(1)?, t)?, f64::INFINITY),
+                    _ => (f64::NEG_INFINITY, self.scalar(arg(1)?, t)?),
+                };
+                if name == "clamp" && hi < lo {
+                    return Ok(Value::Vector(Vec::new()));
+                }
+                Ok(Value::Vector(
+                    v.into_iter()
+                        .map(|e| Element {
+                            labels: e.labels.without_name(),
+                            v: e.v.max(lo).min(hi),
+                            t,
+                        })
+                        .collect(),
+                ))
+            }
+            "round" => {
+                let v = self.vector(arg(0)?, t)?;
+                let to = match args.get(1) {
+                    Some(a) => self.scalar(a, t)?,
+                    None => 1.0,
+                };
+                let inverse = 1.0 / to;
+                Ok(Value::Vector(
+                    v.into_iter()
+                        .map(|e| Element {
+                            labels: e.labels.without_name(),
+                            v: (e.v * inverse + 0.5).floor() / inverse,
+                            t,
+                        })
+                        .collect(),
+                ))
+            }
+            "abs" | "ceil" | "floor" | "exp" | "ln" | "log2" | "log10" | "sqrt" | "sgn" => {
+                let v = self.vector(arg(0)?, t)?;
+                Ok(Value::Vector(
+                    v.into_iter()
+                        .map(|e| Element {
+                            labels: e.labels.without_name(),
+                            v: functions::math(name, e.v),
+                            t,
+                        })
+                        .collect(),
+                ))
+            }
+            other => Err(unsupported(&format!("the function {other}"))),
+        }
+    }
+}
+
+/// An aggregation group's running state, as Prometheus 2.42 keeps it.
+struct Group {
+    value: f64,
+    mean: f64,
+    count: f64,
+    /// Welford's running sum of squares (stddev, stdvar).
+    squares: f64,
+}
+
+impl Group {
+    fn new(v: f64) -> Self {
+        Self {
+            value: v,
+            mean: v,
+            count: 1.0,
+            squares: 0.0,
+        }
+    }
+
+    fn add(&mut self, op: &str, v: f64) {
+        self.count += 1.0;
+        match op {
+            "sum" => self.value += v,
+            "avg" => {
+                if self.mean.is_infinite() {
+                    if v.is_infinite() && (self.mean > 0.0) == (v > 0.0) {
+                        return;
+                    }
+                    if !v.is_infinite() && !v.is_nan() {
+                        return;
+                    }
+                }
+                self.mean += v / self.count - self.mean / self.count;
+            }
+            "min" => {
+                if self.value > v || self.value.is_nan() {
+                    self.value = v;
+                }
+            }
+            "max" => {
+                if self.value < v || self.value.is_nan() {
+                    self.value = v;
+                }
+            }
+            "stddev" | "stdvar" => {
+                let delta = v - self.mean;
+                self.mean += delta / self.count;
+                self.squares += delta * (v - self.mean);
+            }
+            _ => {}
+        }
+    }
+
+    fn result(&self, op: &str) -> f64 {
+        match op {
+            "avg" => self.mean,
+            "count" => self.count,
+            "group" => 1.0,
+            "stdvar" => self.squares / self.count,
+            "stddev" => (self.squares / self.count).sqrt(),
+            _ => self.value,
+        }
+    }
+}
+
+/// A vector and a scalar: `scalar_left` when the scalar is the left operand.
+fn vector_scalar(
+    op: &str,
+    v: Vec<Element>,
+    s: f64,
+    scalar_left: bool,
+    bool_: bool,
+    comparison: bool,
+    t: i64,
+) -> Vec<Element> {
+    v.into_iter()
+        .filter_map(|e| {
+            let (l, r) = if scalar_left { (s, e.v) } else { (e.v, s) };
+            let (mut value, keep) = functions::binop(op, l, r);
+            if comparison {
+                // The vector's value is kept, on whichever side it is.
+                value = e.v;
+            }
+            if bool_ {
+                value = f64::from(u8::from(keep));
+            } else if !keep {
+                return None;
+            }
+            let labels = if !comparison || bool_ {
+                e.labels.without_name()
+            } else {
+                e.labels
+            };
+            Some(Element {
+                labels,
+                v: value,
+                t,
+            })
+        })
+        .collect()
+}
+
+/// The labels two vectors are matched on.
+fn signature(labels: &Labels, on: Option<&LabelModifier>) -> Labels {
+    match on {
+        Some(LabelModifier::Include(ls)) => labels.project(&ls.labels, true),
+        Some(LabelModifier::Exclude(ls)) => labels.project(&ls.labels, false).without_name(),
+        None => labels.without_name(),
+    }
+}
+
+fn set_op(op: &str, l: Vec<Element>, r: Vec<Element>, on: Option<&LabelModifier>) -> Vec<Element> {
+    let right: std::collections::HashSet<Labels> =
+        r.iter().map(|e| signature(&e.labels, on)).collect();
+    match op {
+        "and" => l
+            .into_iter()
+            .filter(|e| right.contains(&signature(&e.labels, on)))
+            .collect(),
+        "unless" => l
+            .into_iter()
+            .filter(|e| !right.contains(&signature(&e.labels, on)))
+            .collect(),
+        _ => {
+            let left: std::collections::HashSet<Labels> =
+                l.iter().map(|e| signature(&e.labels, on)).collect();
+            let mut out = l;
+            out.extend(
+                r.into_iter()
+                    .filter(|e| !left.contains(&signature(&e.labels, on))),
+            );
+            out
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn vector_vector(
+    op: &str,
+    l: Vec<Element>,
+    r: Vec<Element>,
+    on: Option<&LabelModifier>,
+    card: &VectorMatchCardinality,
+    bool_: bool,
+    comparison: bool,
+    t: i64,
+) -> Result<Vec<Element>> {
+    // The "one" side is on the right; group_right swaps the sides.
+    let (many, one, swapped) = match card {
+        VectorMatchCardinality::OneToMany(_) => (r, l, true),
+        _ => (l, r, false),
+    };
+    let mut right: HashMap<Labels, Element> = HashMap::new();
+    for e in one {
+        let sig = signature(&e.labels, on);
+        if right.contains_key(&sig) {
+            return Err(Error::execution(format!(
+                "found duplicate series for the match group {sig} on the {} hand-side of the operation; many-to-many matching not allowed: matching labels must be unique on one side",
+                if swapped { "left" } else { "right" }
+            )));
+        }
+        right.insert(sig, e);
+    }
+    let include: &[String] = card.labels().map_or(&[], |ls| ls.labels.as_slice());
+    let mut matched: HashMap<Labels, std::collections::HashSet<Labels>> = HashMap::new();
+    let mut out = Vec::new();
+    for e in many {
+        let sig = signature(&e.labels, on);
+        let Some(rs) = right.get(&sig) else {
+            continue;
+        };
+        let (vl, vr) = if swapped { (rs.v, e.v) } else { (e.v, rs.v) };
+        let (mut value, keep) = functions::binop(op, vl, vr);
+        if comparison {
+            value = vl;
+        }
+        if bool_ {
+            value = f64::from(u8::from(keep));
+        } else if !keep {
+            continue;
+        }
+        let mut labels = if !comparison || bool_ {
+            e.labels.without_name()
+        } else {
+            e.labels.clone()
+        };
+        if matches!(card, VectorMatchCardinality::OneToOne) {
+            match on {
+                Some(LabelModifier::Include(ls)) => labels = labels.project(&ls.labels, true),
+                Some(LabelModifier::Exclude(ls)) => labels = labels.project(&ls.labels, false),
+                None => {}
+            }
+        }
+        for name in include {
+            labels = labels.with(name, rs.labels.get(name));
+        }
+        let seen = matched.entry(sig).or_default();
+        if matches!(card, VectorMatchCardinality::OneToOne) {
+            if !seen.is_empty() {
+                return Err(Error::execution(
+                    "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)",
+                ));
+            }
+            seen.insert(Labels::default());
+        } else if !seen.insert(labels.clone()) {
+            return Err(Error::execution(
+                "multiple matches for labels: grouping labels must ensure unique matches",
+            ));
+        }
+        out.push(Element {
+            labels,
+            v: value,
+            t,
+        });
+    }
+    Ok(out)
+}
