@@ -20,6 +20,7 @@ use recmeter_collector::sources::kafka::KafkaConfig;
 use recmeter_collector::sources::otlp::OtlpConfig;
 use recmeter_exporter::ApiConfig;
 use recmeter_exporter::pagerduty::PagerDutyConfig;
+use recmeter_exporter::promql::QueryConfig;
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
@@ -55,6 +56,8 @@ pub struct Config {
     pub aggregator: AggregatorConfig,
     /// The SQL engine behind `/api/v1/sql`.
     pub sql: SqlConfig,
+    /// The Prometheus query API (`/api/v1/query` and the others).
+    pub query: QueryConfig,
     /// Logging.
     pub log: LogConfig,
     /// Process lifecycle.
@@ -281,6 +284,7 @@ impl Config {
         errors.extend(self.metrics.validate());
         errors.extend(self.aggregator.validate());
         errors.extend(self.sql.validate());
+        errors.extend(self.query.validate());
         errors.extend(self.wal.validate());
         errors.extend(self.storage.validate());
         errors.extend(self.retention.validate());

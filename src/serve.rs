@@ -35,6 +35,8 @@ use recmeter_exporter::pagerduty::{Client, Deliverer, EventContext, Outbox};
 use recmeter_exporter::prometheus::{
     BillingProvider, CostProvider, KafkaProvider, PagerDutyProvider, Provider, SloProvider,
 };
+use recmeter_exporter::promql::ring::keep_sampling;
+use recmeter_exporter::promql::{QueryApi, Ring, Rollups};
 use recmeter_exporter::{ApiState, api_router};
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -299,13 +301,31 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
         http_router(ingest, options),
         stopping(shutdown_rx.clone()),
     ));
+    let providers: Arc<[Arc<dyn Provider>]> = providers.into();
+    let ring = Arc::new(Ring::default());
+    let query = Arc::new(QueryApi::new(
+        config.query.clone(),
+        Rollups {
+            engine: engine.clone(),
+            aggregator: aggregator.clone(),
+        },
+        ring.clone(),
+    ));
+    // recmeter's own families, sampled once a minute for the query API (a day, in memory).
+    let sampling = tokio::spawn(keep_sampling(
+        ring,
+        providers.clone(),
+        aggregator.clock().clone(),
+        aggregator.clock().ticks(Duration::from_secs(60)),
+    ));
     servers.spawn(listen::serve_http1(
         api,
         Listener::Api,
         api_limits,
         telemetry.clone(),
         api_router(ApiState {
-            providers: providers.into(),
+            providers,
+            query,
             aggregator: aggregator.clone(),
             engine: engine.clone(),
             ready: ready.clone(),
@@ -509,6 +529,7 @@ async fn run(config: Config, args: RunArgs, workload: Option<Workload>) -> Resul
         kafka.stop_reading();
     }
     preparing.abort();
+    sampling.abort();
     evaluating.abort();
     costing.abort();
     if let Some(demo) = demo {

@@ -457,6 +457,29 @@ impl Counts {
         }
     }
 
+    /// How many values lie at or under each of `bounds` (nanoseconds, ascending), and the sum of
+    /// every value, each value taken as the middle of its HDR bucket: within the histogram's
+    /// precision of the exact counts, and not exact for values close to a bound.
+    pub fn cumulative_at(&self, bounds: &[u64]) -> (Vec<u64>, f64) {
+        let mut below = vec![0u64; bounds.len()];
+        let mut sum = 0.0;
+        let Some(layout) = self.layout else {
+            return (below, sum);
+        };
+        for (i, &count) in self.counts.iter().enumerate() {
+            if count == 0 {
+                continue;
+            }
+            let value = layout.median_for(self.offset + i);
+            sum += value as f64 * count as f64;
+            let first = bounds.partition_point(|&b| b < value);
+            for b in &mut below[first..] {
+                *b = b.saturating_add(count);
+            }
+        }
+        (below, sum)
+    }
+
     /// The nearest-rank quantile `sorted[ceil(q·n) − 1]` in seconds, reported as the middle of
     /// its HDR bucket; `None` when nothing is counted.
     pub fn quantile_seconds(&self, q: f64) -> Option<f64> {

@@ -10,8 +10,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use recmeter_aggregator::Hook;
 use recmeter_aggregator::participant::TestLedger;
+use recmeter_aggregator::{BearerToken, Hook};
 use serde::Deserialize;
 
 use crate::error::{ApiError, Result};
@@ -24,10 +24,13 @@ pub fn api_router(state: ApiState) -> Router {
     // unknown paths (the fallback) included, so a route added later starts out guarded.
     // The test routes (only with --test-hooks) are guarded too: they move the clock and arm
     // faults.
-    let mut guarded = Router::new().route("/metrics", get(metrics)).route(
-        "/api/v1/sql",
-        post(crate::sql::sql).layer(DefaultBodyLimit::max(crate::sql::MAX_SQL_BYTES)),
-    );
+    let mut guarded = Router::new()
+        .route("/metrics", get(metrics))
+        .route(
+            "/api/v1/sql",
+            post(crate::sql::sql).layer(DefaultBodyLimit::max(crate::sql::MAX_SQL_BYTES)),
+        )
+        .merge(crate::promql::http::routes());
     if state.test_hooks {
         guarded = guarded
             .route("/-/test/clock", post(test_clock))
@@ -63,7 +66,9 @@ async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Result<Re
     Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response())
 }
 
-/// Refuses requests without the API token (Prometheus: `authorization: {credentials_file: …}`).
+/// Refuses requests without the API token (Prometheus: `authorization: {credentials_file: …}`),
+/// taken as a bearer token or as the password of HTTP Basic credentials (a browser, or
+/// `promtool query` with the token in the URL's user info).
 async fn require_token(
     State(state): State<ApiState>,
     request: Request,
@@ -74,7 +79,7 @@ async fn require_token(
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        if !presented.is_some_and(|v| token.matches_header(v)) {
+        if !presented.is_some_and(|v| token.matches_header(v) || basic_password_matches(token, v)) {
             state.aggregator.telemetry().add_api_unauthorized();
             return Err(ApiError::unauthorized(
                 "missing or wrong bearer token (Authorization: Bearer <token>)",
@@ -82,6 +87,28 @@ async fn require_token(
         }
     }
     Ok(next.run(request).await)
+}
+
+/// Whether `value` is `Basic <base64 of user:password>` with the token as the password (any
+/// user name).
+fn basic_password_matches(token: &BearerToken, value: &str) -> bool {
+    use base64::Engine as _;
+    let Some((scheme, encoded)) = value.trim().split_once(' ') else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return false;
+    }
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
+        return false;
+    };
+    let Some((_, password)) = std::str::from_utf8(&decoded)
+        .ok()
+        .and_then(|s| s.split_once(':'))
+    else {
+        return false;
+    };
+    token.matches_header(&format!("Bearer {password}"))
 }
 
 /// Ready once started, and while the WAL can be written: a load balancer then sends OTLP
@@ -221,10 +248,19 @@ pub(crate) mod tests {
         .unwrap();
         let engine =
             Arc::new(QueryEngine::new(aggregator.state().clone(), &SqlConfig::default()).unwrap());
+        let query = Arc::new(crate::promql::QueryApi::new(
+            crate::promql::QueryConfig::default(),
+            crate::promql::Rollups {
+                engine: engine.clone(),
+                aggregator: aggregator.clone(),
+            },
+            Arc::new(crate::promql::Ring::default()),
+        ));
         ApiState {
             providers: default_providers(&aggregator, &engine),
             aggregator,
             engine,
+            query,
             ready: Arc::new(AtomicBool::new(ready)),
             test_hooks,
             token: None,

@@ -24,6 +24,8 @@ pub struct ApiState {
     pub token: Option<BearerToken>,
     /// What `/metrics` shows, in order ([`default_providers`], then any a capability adds).
     pub providers: Arc<[Arc<dyn Provider>]>,
+    /// The Prometheus query API's sources and limits.
+    pub query: Arc<crate::promql::QueryApi>,
 }
 
 /// The built-in exposition providers: the latency families of [`METRICS_WINDOWS`], then

@@ -17,7 +17,7 @@ use futures::StreamExt;
 use super::catalog::CatalogTable;
 use super::guard::{self, Cancel};
 use super::session::{Sessions, classify};
-use super::windows::{HourSink, Span, WindowCounts, WindowPlanner};
+use super::windows::{HourSink, RollupSink, Span, WindowCounts, WindowPlanner};
 use crate::config::SqlConfig;
 use crate::error::{Error, Result};
 use crate::state::{SharedState, Snapshot, lock};
@@ -98,6 +98,52 @@ impl QueryEngine {
     /// (minute indexes, whole hours), and gives it back.
     pub async fn hour_sums<S: HourSink>(&self, hours: std::ops::Range<u64>, sink: S) -> Result<S> {
         self.windows.hour_sums(&self.sessions, hours, sink).await
+    }
+
+    /// See [`WindowPlanner::rollup_rows`]: hands `sink` every row of `table` (`Minutes` or
+    /// `Hours`) starting in `range` (minute indexes), with its V2 encoding when `hdr`.
+    pub async fn rollup_rows<S: RollupSink>(
+        &self,
+        table: crate::state::Table,
+        range: std::ops::Range<u64>,
+        hdr: bool,
+        sink: S,
+    ) -> Result<S> {
+        self.windows
+            .rollup_rows(&self.sessions, table, range, hdr, sink)
+            .await
+    }
+
+    /// The first minute `latency_minutes` holds rows of: the store's oldest minute file, or
+    /// the first minute memory holds when the store has none.
+    pub fn first_minute_kept(&self) -> u64 {
+        let held = {
+            let state = lock(&self.sessions.state);
+            state.first_minute_held(state.clock().now_nanos())
+        };
+        self.sessions
+            .history
+            .as_ref()
+            .and_then(|h| h.first_minute())
+            .map_or(held, |m| m.min(held))
+    }
+
+    /// Runs `work`, CPU-bound work of a client's query (PromQL evaluation), on the query
+    /// runtime, so it starves neither ingest nor scrapes; it must watch its own deadline, as
+    /// it is not cut off at `sql.timeout`.
+    pub async fn run_work<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T> {
+        self.sessions
+            .run(
+                self.sessions.runtime.as_ref(),
+                async move { Ok(work()) },
+                // The work checks its own deadline; this bounds only a wait for the runtime.
+                std::time::Duration::from_secs(24 * 3600),
+                Cancel::default(),
+            )
+            .await
     }
 
     /// Runs `sql`, recmeter's own statement, over the catalog's tables on the internal runtime

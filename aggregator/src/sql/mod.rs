@@ -13,7 +13,7 @@ pub mod windows;
 pub use catalog::{Catalog, CatalogTable};
 pub use engine::{BatchSink, QueryEngine, QueryOutput, check_read_only};
 pub use tables::table_name;
-pub use windows::{Covered, HourSink, Span, SpanCounts, WindowCounts, WindowPlanner};
+pub use windows::{Covered, HourSink, RollupSink, Span, SpanCounts, WindowCounts, WindowPlanner};
 
 #[cfg(test)]
 mod testing;

@@ -963,9 +963,27 @@ impl WindowPlanner {
         &self,
         sessions: &Sessions,
         hours: std::ops::Range<u64>,
+        sink: S,
+    ) -> Result<S> {
+        let HourSums(sink) = self
+            .rollup_rows(sessions, Table::Hours, hours, false, HourSums(sink))
+            .await?;
+        Ok(sink)
+    }
+
+    /// Hands `sink` every row of `table` (`Minutes` or `Hours`) whose minute or hour starts in
+    /// `range` (minute indexes), memory's and the store's alike, as they stream from one scan
+    /// (a series' minute or hour may come as more than one row), with their V2 encodings when
+    /// `hdr`; gives `sink` back.
+    pub async fn rollup_rows<S: RollupSink>(
+        &self,
+        sessions: &Sessions,
+        table: Table,
+        range: std::ops::Range<u64>,
+        hdr: bool,
         mut sink: S,
     ) -> Result<S> {
-        if hours.is_empty() {
+        if range.is_empty() {
             return Ok(sink);
         }
         let (now, dimensions, threshold_columns) = {
@@ -983,27 +1001,38 @@ impl WindowPlanner {
             None,
         );
         let keys = 2 + dimensions.len();
+        let time = crate::store::rollup::time_column(table);
         let mut columns = key_columns(&dimensions);
-        columns.push(col("hour"));
+        columns.push(col(time));
         columns.extend(
             ["requests", "errors", "recommendations"]
                 .into_iter()
                 .chain(threshold_columns.iter().map(String::as_str))
                 .map(col),
         );
+        if hdr {
+            columns.push(col("hdr"));
+        }
         let thresholds = threshold_columns.len();
         sessions
             .run(
                 sessions.internal_runtime.as_ref(),
                 async move {
-                    let mut stream = hour_rows(&ctx, hours, columns)
-                        .await?
+                    let range = col(time)
+                        .gt_eq(minute_lit(range.start))
+                        .and(col(time).lt(minute_lit(range.end)));
+                    let mut stream = ctx
+                        .table(table_name(table))
+                        .await
+                        .and_then(|df| df.filter(range))
+                        .and_then(|df| df.select(columns))
+                        .map_err(classify)?
                         .execute_stream()
                         .await
                         .map_err(classify)?;
                     while let Some(batch) = stream.next().await {
                         let batch = batch.map_err(classify)?;
-                        hour_sum_rows(&batch, keys, thresholds, &mut sink)?;
+                        rollup_batch_rows(&batch, keys, thresholds, hdr, &mut sink)?;
                     }
                     Ok(sink)
                 },
@@ -1012,6 +1041,89 @@ impl WindowPlanner {
             )
             .await
     }
+}
+
+/// Takes the hour rows of [`WindowPlanner::hour_sums`], one at a time.
+pub trait HourSink: Send + 'static {
+    /// One hour row of `key`: the hour's first minute, and its counts (requests, errors,
+    /// recommendations, and `requests_le_*` in the aggregator's threshold order).
+    fn add(&mut self, key: &SeriesKey, hour: u64, counts: &RowCounts);
+}
+
+/// Takes the rows of [`WindowPlanner::rollup_rows`], one at a time.
+pub trait RollupSink: Send + 'static {
+    /// One row of `key`: the first minute of its minute or hour, its counts (`requests_le_*` in
+    /// the aggregator's threshold order) and its V2 encoding (empty unless asked for).
+    fn add(&mut self, key: &SeriesKey, at: u64, counts: &RowCounts, hdr: &[u8]);
+}
+
+/// An [`HourSink`] as a [`RollupSink`].
+struct HourSums<S>(S);
+
+impl<S: HourSink> RollupSink for HourSums<S> {
+    fn add(&mut self, key: &SeriesKey, at: u64, counts: &RowCounts, _hdr: &[u8]) {
+        self.0.add(key, at, counts);
+    }
+}
+
+/// Hands the rows of a `SELECT keys, time, requests, errors, recommendations,
+/// requests_le_*… [, hdr]` batch to `sink`.
+fn rollup_batch_rows(
+    batch: &RecordBatch,
+    keys: usize,
+    thresholds: usize,
+    hdr: bool,
+    sink: &mut impl RollupSink,
+) -> Result<()> {
+    let times = batch
+        .column(keys)
+        .as_primitive_opt::<TimestampNanosecondType>()
+        .ok_or_else(|| Error::QueryInternal("the time column is not a timestamp".into()))?;
+    let counts = (keys + 1..keys + 4 + thresholds)
+        .map(|i| {
+            batch
+                .column(i)
+                .as_primitive_opt::<UInt64Type>()
+                .ok_or_else(|| Error::QueryInternal("a count column is not UInt64".into()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let blobs = if hdr {
+        Some(
+            batch
+                .column(keys + 4 + thresholds)
+                .as_binary_opt::<i32>()
+                .ok_or_else(|| Error::QueryInternal("the hdr column is not binary".into()))?,
+        )
+    } else {
+        None
+    };
+    let value = |c: usize, row: usize| {
+        if counts[c].is_null(row) {
+            0
+        } else {
+            counts[c].value(row)
+        }
+    };
+    for (row, key) in series_keys(batch, keys).into_iter().enumerate() {
+        let at = u64::try_from(times.value(row))
+            .map_err(|_| Error::QueryInternal("a rollup row starts before 1970".into()))?
+            / MINUTE_NANOS;
+        let mut sums = RowCounts {
+            requests: value(0, row),
+            errors: value(1, row),
+            recommendations: value(2, row),
+            ..RowCounts::default()
+        };
+        for (t, le) in sums.le.iter_mut().take(thresholds).enumerate() {
+            *le = value(3 + t, row);
+        }
+        let blob = match blobs {
+            Some(b) if !b.is_null(row) => b.value(row),
+            _ => &[],
+        };
+        sink.add(&key, at, &sums, blob);
+    }
+    Ok(())
 }
 
 /// The `columns` of `latency_hours`' rows of `hours` (minute indexes), memory's and the
@@ -1029,58 +1141,6 @@ async fn hour_rows(
         .and_then(|df| df.filter(range))
         .and_then(|df| df.select(columns))
         .map_err(classify)
-}
-
-/// Takes the hour rows of [`WindowPlanner::hour_sums`], one at a time.
-pub trait HourSink: Send + 'static {
-    /// One hour row of `key`: the hour's first minute, and its counts (requests, errors,
-    /// recommendations, and `requests_le_*` in the aggregator's threshold order).
-    fn add(&mut self, key: &SeriesKey, hour: u64, counts: &RowCounts);
-}
-
-/// Hands the rows of a `SELECT keys, hour, requests, errors, recommendations,
-/// requests_le_*…` batch to `sink`.
-fn hour_sum_rows(
-    batch: &RecordBatch,
-    keys: usize,
-    thresholds: usize,
-    sink: &mut impl HourSink,
-) -> Result<()> {
-    let hours = batch
-        .column(keys)
-        .as_primitive_opt::<TimestampNanosecondType>()
-        .ok_or_else(|| Error::QueryInternal("the hour column is not a timestamp".into()))?;
-    let counts = (keys + 1..keys + 4 + thresholds)
-        .map(|i| {
-            batch
-                .column(i)
-                .as_primitive_opt::<UInt64Type>()
-                .ok_or_else(|| Error::QueryInternal("a count column is not UInt64".into()))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let value = |c: usize, row: usize| {
-        if counts[c].is_null(row) {
-            0
-        } else {
-            counts[c].value(row)
-        }
-    };
-    for (row, key) in series_keys(batch, keys).into_iter().enumerate() {
-        let hour = u64::try_from(hours.value(row))
-            .map_err(|_| Error::QueryInternal("an hour row starts before 1970".into()))?
-            / MINUTE_NANOS;
-        let mut sums = RowCounts {
-            requests: value(0, row),
-            errors: value(1, row),
-            recommendations: value(2, row),
-            ..RowCounts::default()
-        };
-        for (t, le) in sums.le.iter_mut().take(thresholds).enumerate() {
-            *le = value(3 + t, row);
-        }
-        sink.add(&key, hour, &sums);
-    }
-    Ok(())
 }
 
 /// Hour rows per series, as `Aggregator::visit_rows` hands them over, or as read from the store.

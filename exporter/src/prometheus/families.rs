@@ -73,6 +73,10 @@ impl Provider for LatencyProvider {
             Ok(latency_part(snapshot))
         })
     }
+
+    fn sampled(&self) -> bool {
+        false
+    }
 }
 
 /// recmeter's self-telemetry: the fixed `recmeter_*` families, then the families registered

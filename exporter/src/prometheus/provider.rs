@@ -56,6 +56,12 @@ pub trait Provider: std::fmt::Debug + Send + Sync {
     /// Reads what this scrape shows. A failure fails the scrape (an answer with families
     /// missing would read as counters gone).
     fn read(&self) -> ReadFuture<'_>;
+
+    /// Whether the query API samples this provider's families once a minute into its ring
+    /// (not the request families: they are answered from the rollups).
+    fn sampled(&self) -> bool {
+        true
+    }
 }
 
 /// Renders `parts` in `format`, in order.

@@ -112,6 +112,21 @@ pub fn parse(query: &str) -> Result<Expr> {
 pub const FUNCTIONS: &[&str] = &[
     "abs",
     "absent",
+    "acos",
+    "acosh",
+    "asin",
+    "asinh",
+    "atan",
+    "atanh",
+    "cos",
+    "cosh",
+    "deg",
+    "pi",
+    "rad",
+    "sin",
+    "sinh",
+    "tan",
+    "tanh",
     "avg_over_time",
     "ceil",
     "clamp",
@@ -218,6 +233,35 @@ fn offset_ms(offset: &Option<Offset>) -> i64 {
         Some(Offset::Pos(d)) => duration_ms(d),
         Some(Offset::Neg(d)) => -duration_ms(d),
     }
+}
+
+/// What a selector of a query reads: the series its matchers select, from `start` to `end`
+/// (milliseconds, both included).
+#[derive(Debug, Clone)]
+pub struct Selection {
+    pub matchers: Vec<Matcher>,
+    pub start: i64,
+    pub end: i64,
+}
+
+/// Every selection evaluating `expr` from `start` to `end` reads (`start == end` for an
+/// instant query), so a caller can read them ahead, asynchronously, into a [`Source`] such as
+/// [`super::source::Prefetched`].
+pub fn selections(expr: &Expr, start: i64, end: i64, options: &Options) -> Vec<Selection> {
+    let none = super::source::MemorySource::default();
+    let mut eval = Evaluator::new(&none, options, start, end, 0);
+    eval.walk(expr, start, end);
+    let mut out: Vec<Selection> = eval
+        .wanted
+        .into_values()
+        .map(|(matchers, start, end)| Selection {
+            matchers,
+            start,
+            end,
+        })
+        .collect();
+    out.sort_by_key(|s| (s.start, s.end));
+    out
 }
 
 /// Evaluates `expr` at `t` (milliseconds).
@@ -456,8 +500,7 @@ impl<'a> Evaluator<'a> {
             Expr::StringLiteral(s) => Ok(Value::String(s.val.clone())),
             Expr::Paren(p) => self.eval(&p.expr, t),
             Expr::Unary(u) => match self.eval(&u.expr, t)? {
-                Value::Scalar(v) => Ok(Value::Scalar(-v)),
-                Value::Vector(elements) => Ok(Value::Vector(
+                Value::Vector(elements) => unique(Value::Vector(
                     elements
                         .into_iter()
                         .map(|e| Element {
@@ -467,6 +510,7 @@ impl<'a> Evaluator<'a> {
                         })
                         .collect(),
                 )),
+                Value::Scalar(v) => Ok(Value::Scalar(-v)),
                 other => Err(Error::bad_data(format!(
                     "unary expression only allowed on expressions of type scalar or instant vector, got {:?}",
                     other.type_name()
@@ -483,8 +527,8 @@ impl<'a> Evaluator<'a> {
             }
             Expr::Subquery(s) => self.subquery(s, t).map(Value::Matrix),
             Expr::Aggregate(a) => self.aggregate(a, t),
-            Expr::Binary(b) => self.binary(b, t),
-            Expr::Call(c) => self.call(c, t),
+            Expr::Binary(b) => self.binary(b, t).and_then(unique),
+            Expr::Call(c) => self.call(c, t).and_then(unique),
             Expr::Extension(_) => Err(unsupported("an extension expression")),
         }
     }
@@ -724,7 +768,7 @@ impl<'a> Evaluator<'a> {
             "rate" | "increase" | "delta" | "irate" | "idelta" | "sum_over_time"
             | "avg_over_time" | "min_over_time" | "max_over_time" | "count_over_time"
             | "last_over_time" => {
-                let matrix_arg = arg(0)?;
+                let matrix_arg = strip_parens(arg(0)?);
                 let (range_ms, end) = match matrix_arg {
                     Expr::MatrixSelector(m) => (
                         duration_ms(&m.range),
@@ -800,7 +844,7 @@ impl<'a> Evaluator<'a> {
                     v.into_iter()
                         .map(|e| Element {
                             labels: e.labels.without_name(),
-                            v: e.v.max(lo).min(hi),
+                            v: go_min(go_max(e.v, lo), hi),
                             t,
                         })
                         .collect(),
@@ -823,7 +867,10 @@ impl<'a> Evaluator<'a> {
                         .collect(),
                 ))
             }
-            "abs" | "ceil" | "floor" | "exp" | "ln" | "log2" | "log10" | "sqrt" | "sgn" => {
+            "pi" => Ok(Value::Scalar(std::f64::consts::PI)),
+            "abs" | "ceil" | "floor" | "exp" | "ln" | "log2" | "log10" | "sqrt" | "sgn" | "sin"
+            | "cos" | "tan" | "asin" | "acos" | "atan" | "sinh" | "cosh" | "tanh" | "asinh"
+            | "acosh" | "atanh" | "deg" | "rad" => {
                 let v = self.vector(arg(0)?, t)?;
                 Ok(Value::Vector(
                     v.into_iter()
@@ -838,6 +885,48 @@ impl<'a> Evaluator<'a> {
             other => Err(unsupported(&format!("the function {other}"))),
         }
     }
+}
+
+/// Go's `math.Max`: NaN if either is.
+fn go_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
+}
+
+/// Go's `math.Min`: NaN if either is.
+fn go_min(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.min(b)
+    }
+}
+
+/// `expr` without the parentheses around it.
+fn strip_parens(expr: &Expr) -> &Expr {
+    match expr {
+        Expr::Paren(p) => strip_parens(&p.expr),
+        other => other,
+    }
+}
+
+/// `value`, unless it is a vector holding one label set twice (two series that differed only in
+/// their dropped metric name).
+fn unique(value: Value) -> Result<Value> {
+    if let Value::Vector(elements) = &value
+        && elements.len() > 1
+    {
+        let mut seen = std::collections::HashSet::with_capacity(elements.len());
+        if !elements.iter().all(|e| seen.insert(&e.labels)) {
+            return Err(Error::execution(
+                "vector cannot contain metrics with the same labelset",
+            ));
+        }
+    }
+    Ok(value)
 }
 
 /// An aggregation group's running state, as Prometheus 2.42 keeps it.
@@ -874,16 +963,8 @@ impl Group {
                 }
                 self.mean += v / self.count - self.mean / self.count;
             }
-            "min" => {
-                if self.value > v || self.value.is_nan() {
-                    self.value = v;
-                }
-            }
-            "max" => {
-                if self.value < v || self.value.is_nan() {
-                    self.value = v;
-                }
-            }
+            "min" if self.value > v || self.value.is_nan() => self.value = v,
+            "max" if self.value < v || self.value.is_nan() => self.value = v,
             "stddev" | "stdvar" => {
                 let delta = v - self.mean;
                 self.mean += delta / self.count;
@@ -928,7 +1009,8 @@ fn vector_scalar(
             } else if !keep {
                 return None;
             }
-            let labels = if !comparison || bool_ {
+            // Prometheus drops the name for arithmetic (not atan2) and `bool`.
+            let labels = if (!comparison && op != "atan2") || bool_ {
                 e.labels.without_name()
             } else {
                 e.labels
@@ -1021,7 +1103,7 @@ fn vector_vector(
         } else if !keep {
             continue;
         }
-        let mut labels = if !comparison || bool_ {
+        let mut labels = if (!comparison && op != "atan2") || bool_ {
             e.labels.without_name()
         } else {
             e.labels.clone()

@@ -38,6 +38,20 @@ pub fn math(name: &str, v: f64) -> f64 {
         "log2" => v.log2(),
         "log10" => v.log10(),
         "sqrt" => v.sqrt(),
+        "sin" => v.sin(),
+        "cos" => v.cos(),
+        "tan" => v.tan(),
+        "asin" => v.asin(),
+        "acos" => v.acos(),
+        "atan" => v.atan(),
+        "sinh" => v.sinh(),
+        "cosh" => v.cosh(),
+        "tanh" => v.tanh(),
+        "asinh" => v.asinh(),
+        "acosh" => v.acosh(),
+        "atanh" => v.atanh(),
+        "deg" => v.to_degrees(),
+        "rad" => v.to_radians(),
         "sgn" => {
             if v > 0.0 {
                 1.0
@@ -123,19 +137,17 @@ pub fn absent_labels(expr: &Expr) -> Labels {
         Expr::VectorSelector(v) => v,
         _ => return Labels::default(),
     };
-    let mut pairs: Vec<(String, String)> = Vec::new();
-    let mut twice: Vec<String> = Vec::new();
-    for m in &selector.matchers.matchers {
-        if m.name == METRIC_NAME || !matches!(m.op, MatchOp::Equal) {
-            continue;
-        }
-        if pairs.iter().any(|(n, _)| *n == m.name) {
-            twice.push(m.name.clone());
-        } else {
-            pairs.push((m.name.clone(), m.value.clone()));
-        }
-    }
-    Labels::new(pairs.into_iter().filter(|(n, _)| !twice.contains(n)))
+    let matchers = &selector.matchers.matchers;
+    // A label named by more than one matcher, of any kind, is left out.
+    let named_once = |name: &str| matchers.iter().filter(|m| m.name == name).count() == 1;
+    Labels::new(
+        matchers
+            .iter()
+            .filter(|m| {
+                m.name != METRIC_NAME && matches!(m.op, MatchOp::Equal) && named_once(&m.name)
+            })
+            .map(|m| (m.name.clone(), m.value.clone())),
+    )
 }
 
 /// A range function over one series' samples in `[from, to]` (`range_ms` long); `None` where
@@ -270,7 +282,9 @@ pub fn histogram_quantile(q: f64, v: Vec<Element>, t: i64) -> Vec<Element> {
         let Ok(le) = e.labels.get("le").parse::<f64>() else {
             continue;
         };
-        let key = e.labels.with("le", "").without_name();
+        // Grouped with the metric name, as Prometheus does: two names with the same other
+        // labels give two answers of one label set (an error).
+        let key = e.labels.with("le", "");
         groups
             .entry(key.clone())
             .or_insert_with(|| {
@@ -284,7 +298,7 @@ pub fn histogram_quantile(q: f64, v: Vec<Element>, t: i64) -> Vec<Element> {
         .map(|labels| {
             let buckets = groups.remove(&labels).unwrap_or_default();
             Element {
-                labels,
+                labels: labels.without_name(),
                 v: bucket_quantile(q, buckets),
                 t,
             }

@@ -2,6 +2,8 @@
 //! its samples in a time range. recmeter's rollups are one source; [`MemorySource`] holds
 //! series in memory (Prometheus's engine tests, the ring of recmeter's own families).
 
+use std::collections::HashMap;
+
 use promql_parser::label::Matcher;
 
 use super::value::{Labels, Sample, Series};
@@ -23,14 +25,17 @@ pub fn matches(labels: &Labels, matchers: &[Matcher]) -> bool {
 #[derive(Debug, Clone, Default)]
 pub struct MemorySource {
     series: Vec<Series>,
+    /// Each series' place in `series`.
+    index: HashMap<Labels, usize>,
 }
 
 impl MemorySource {
     /// Adds `samples` to the series `labels` (made if new), keeping each series in time order.
     pub fn add(&mut self, labels: Labels, samples: impl IntoIterator<Item = Sample>) {
-        let at = match self.series.iter().position(|s| s.labels == labels) {
-            Some(i) => i,
+        let at = match self.index.get(&labels) {
+            Some(&i) => i,
             None => {
+                self.index.insert(labels.clone(), self.series.len());
                 self.series.push(Series {
                     labels,
                     samples: Vec::new(),
@@ -39,13 +44,35 @@ impl MemorySource {
             }
         };
         let series = &mut self.series[at];
+        let sorted = series.samples.len();
         series.samples.extend(samples);
-        series.samples.sort_by_key(|s| s.t);
+        // The samples held are in order: only the new ones need checking.
+        if !series.samples[sorted.saturating_sub(1)..].is_sorted_by_key(|s| s.t) {
+            series.samples.sort_by_key(|s| s.t);
+        }
+    }
+
+    /// Drops samples before `t`, and series left with none.
+    pub fn forget_before(&mut self, t: i64) {
+        for s in &mut self.series {
+            let keep = s.samples.partition_point(|p| p.t < t);
+            s.samples.drain(..keep);
+        }
+        if self.series.iter().any(|s| s.samples.is_empty()) {
+            self.series.retain(|s| !s.samples.is_empty());
+            self.index = self
+                .series
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.labels.clone(), i))
+                .collect();
+        }
     }
 
     /// Forgets every series.
     pub fn clear(&mut self) {
         self.series.clear();
+        self.index.clear();
     }
 }
 
@@ -66,5 +93,39 @@ impl Source for MemorySource {
             })
             .filter(|s| !s.samples.is_empty())
             .collect())
+    }
+}
+
+/// Series read ahead for one query: each selection's answer, handed back when the evaluator
+/// asks for the same matchers and range.
+#[derive(Debug, Default)]
+pub struct Prefetched {
+    answers: Vec<(String, i64, i64, Vec<Series>)>,
+}
+
+impl Prefetched {
+    /// Keeps `series` as the answer to `matchers` from `start` to `end`.
+    pub fn add(&mut self, matchers: &[Matcher], start: i64, end: i64, series: Vec<Series>) {
+        self.answers
+            .push((matchers_key(matchers), start, end, series));
+    }
+}
+
+fn matchers_key(matchers: &[Matcher]) -> String {
+    matchers
+        .iter()
+        .map(|m| m.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl Source for Prefetched {
+    fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> Result<Vec<Series>, String> {
+        let key = matchers_key(matchers);
+        self.answers
+            .iter()
+            .find(|(k, s, e, _)| *k == key && *s == start && *e == end)
+            .map(|(.., series)| series.clone())
+            .ok_or_else(|| format!("the selection {{{key}}} was not read ahead"))
     }
 }

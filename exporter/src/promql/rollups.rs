@@ -1,0 +1,370 @@
+//! The request families over time, answered from the rollups: `recs_requests_total`,
+//! `recs_recommendations_total` and `recs_latency_seconds_bucket`, `_count` and `_sum`, with
+//! the labels `/metrics` gives them.
+//!
+//! A counter's sample is its running total as a scrape would have read it. The total now is
+//! the series' counter (what `/metrics` shows); the total at an earlier boundary is that
+//! minus the rows from the boundary on, so a query reads rows from its start to now and never
+//! older history. Samples fall at minute boundaries while `latency_minutes` holds the minutes
+//! (memory, then the store's `retention.minutes`), at hour boundaries before, and at now (the
+//! open minute's running value). A series has samples from the first boundary after its first
+//! count.
+//!
+//! The rows hold requests, errors and recommendations exactly; the bucket counts and the sum
+//! of durations of past boundaries come from each row's HDR histogram (within its 1%), and an
+//! answer that uses them says so (`from_hdr`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use promql_parser::label::Matcher;
+use recmeter_aggregator::counts::Counts;
+use recmeter_aggregator::sql::RollupSink;
+use recmeter_aggregator::state::{LATENCY_BUCKETS_NANOS, RowCounts, SeriesCounters, Table};
+use recmeter_aggregator::{AggregatorHandle, QueryEngine, SeriesKey};
+
+use super::value::{Labels, METRIC_NAME, Sample, Series};
+
+const MINUTE_MS: i64 = 60_000;
+const BUCKETS: usize = LATENCY_BUCKETS_NANOS.len();
+
+/// The families answered from the rollups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Requests,
+    Recommendations,
+    Bucket,
+    Count,
+    Sum,
+}
+
+impl Family {
+    pub const ALL: [Family; 5] = [
+        Family::Requests,
+        Family::Recommendations,
+        Family::Bucket,
+        Family::Count,
+        Family::Sum,
+    ];
+
+    /// The sample name, as a scrape of `/metrics` shows it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Family::Requests => "recs_requests_total",
+            Family::Recommendations => "recs_recommendations_total",
+            Family::Bucket => "recs_latency_seconds_bucket",
+            Family::Count => "recs_latency_seconds_count",
+            Family::Sum => "recs_latency_seconds_sum",
+        }
+    }
+
+    /// Whether its past values come from the rows' histograms.
+    const fn past_from_hdr(self) -> bool {
+        matches!(self, Family::Bucket | Family::Sum)
+    }
+}
+
+/// The `le` label of each bucket, as `/metrics` writes it, `+Inf` last.
+pub fn bucket_labels() -> Vec<String> {
+    LATENCY_BUCKETS_NANOS
+        .iter()
+        .map(|&le| format!("{:?}", le as f64 / 1e9))
+        .chain(["+Inf".to_owned()])
+        .collect()
+}
+
+/// What a selection read from the rollups.
+#[derive(Debug, Default)]
+pub struct Selected {
+    pub series: Vec<Series>,
+    /// Whether past bucket counts or sums came from HDR histograms rather than exact counts.
+    pub from_hdr: bool,
+}
+
+/// The request families, read from the rollups.
+#[derive(Debug, Clone)]
+pub struct Rollups {
+    pub engine: Arc<QueryEngine>,
+    pub aggregator: AggregatorHandle,
+}
+
+/// One series' counts from a boundary on, per minute or hour: what is taken off its total.
+#[derive(Debug, Clone, Copy, Default)]
+struct Delta {
+    requests: u64,
+    errors: u64,
+    recommendations: u64,
+    /// Requests at or under each bucket bound.
+    le: [u64; BUCKETS],
+    sum_nanos: f64,
+}
+
+impl Delta {
+    fn add(&mut self, other: &Delta) {
+        self.requests = self.requests.saturating_add(other.requests);
+        self.errors = self.errors.saturating_add(other.errors);
+        self.recommendations = self.recommendations.saturating_add(other.recommendations);
+        for (a, b) in self.le.iter_mut().zip(other.le) {
+            *a = a.saturating_add(b);
+        }
+        self.sum_nanos += other.sum_nanos;
+    }
+}
+
+/// Rows per series and minute (or hour), added up.
+struct Deltas {
+    wanted: HashMap<SeriesKey, BTreeMap<u64, Delta>>,
+    hdr: bool,
+    counts: Counts,
+}
+
+impl RollupSink for Deltas {
+    fn add(&mut self, key: &SeriesKey, at: u64, counts: &RowCounts, hdr: &[u8]) {
+        let Some(rows) = self.wanted.get_mut(key) else {
+            return;
+        };
+        let mut d = Delta {
+            requests: counts.requests,
+            errors: counts.errors,
+            recommendations: counts.recommendations,
+            ..Delta::default()
+        };
+        if self.hdr && !hdr.is_empty() {
+            self.counts.clear();
+            if self.counts.add_encoded(hdr).is_ok() {
+                let (le, sum) = self.counts.cumulative_at(&LATENCY_BUCKETS_NANOS);
+                d.le.copy_from_slice(&le);
+                d.sum_nanos = sum;
+            }
+        }
+        rows.entry(at).or_default().add(&d);
+    }
+}
+
+impl Rollups {
+    /// Every series whose labels (`service`, `endpoint`, the extra dimensions) satisfy
+    /// `matchers`, with its labels.
+    pub fn series_labels(&self, matchers: &[Matcher]) -> Vec<(SeriesKey, Labels)> {
+        self.counters(matchers)
+            .into_iter()
+            .map(|(labels, c)| (c.key, labels))
+            .collect()
+    }
+
+    /// The counters of every series whose labels satisfy `matchers`, with its labels.
+    fn counters(&self, matchers: &[Matcher]) -> Vec<(Labels, SeriesCounters)> {
+        let dimensions = recmeter_aggregator::state::lock(self.aggregator.state())
+            .dimension_labels()
+            .to_vec();
+        let base = |key: &SeriesKey| {
+            let mut pairs = vec![
+                ("service".to_owned(), key.service.to_string()),
+                ("endpoint".to_owned(), key.endpoint.to_string()),
+            ];
+            pairs.extend(
+                dimensions
+                    .iter()
+                    .zip(&key.dimensions)
+                    .map(|(n, v)| (n.clone(), v.to_string())),
+            );
+            Labels::new(pairs)
+        };
+        self.aggregator
+            .counters()
+            .into_iter()
+            .map(|c| (base(&c.key), c))
+            .filter(|(labels, _)| super::source::matches(labels, matchers))
+            .collect()
+    }
+
+    /// The series of the request families that satisfy `matchers`, with their samples from
+    /// `start` to `end` (milliseconds).
+    pub async fn select(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<Selected, String> {
+        let families: Vec<Family> = Family::ALL
+            .into_iter()
+            .filter(|f| {
+                matchers
+                    .iter()
+                    .filter(|m| m.name == METRIC_NAME)
+                    .all(|m| m.is_match(f.name()))
+            })
+            .collect();
+        let now_ms = (self.aggregator.clock().now_nanos() / 1_000_000) as i64;
+        let end = end.min(now_ms);
+        if families.is_empty() || end < start {
+            return Ok(Selected::default());
+        }
+        // Matchers on the series' own labels pick the series before any row is read.
+        let own: Vec<Matcher> = matchers
+            .iter()
+            .filter(|m| m.name != METRIC_NAME && m.name != "status" && m.name != "le")
+            .cloned()
+            .collect();
+        let counters = self.counters(&own);
+        if counters.is_empty() {
+            return Ok(Selected::default());
+        }
+        let hdr = families.iter().any(|f| f.past_from_hdr());
+        let now_minute = (now_ms / MINUTE_MS) as u64;
+        let first_boundary = (start.max(0) as u64).div_ceil(MINUTE_MS as u64);
+        let first_kept = self.engine.first_minute_kept();
+        let wanted = || Deltas {
+            wanted: counters
+                .iter()
+                .map(|(_, c)| (c.key.clone(), BTreeMap::new()))
+                .collect(),
+            hdr,
+            counts: Counts::new(),
+        };
+        // Boundaries from `first_kept` on have the minutes behind them; earlier ones are hours.
+        let minutes = self
+            .engine
+            .rollup_rows(
+                Table::Minutes,
+                first_boundary.max(first_kept)..now_minute + 1,
+                hdr,
+                wanted(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let hours = if first_boundary < first_kept {
+            let first_hour = first_boundary.div_ceil(60) * 60;
+            Some(
+                self.engine
+                    .rollup_rows(Table::Hours, first_hour..now_minute + 1, hdr, wanted())
+                    .await
+                    .map_err(|e| e.to_string())?,
+            )
+        } else {
+            None
+        };
+
+        let le_labels = bucket_labels();
+        let mut out: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
+        for (labels, c) in &counters {
+            let totals = &c.totals;
+            let mut total = Delta {
+                requests: totals.requests(),
+                errors: totals.errors,
+                recommendations: totals.recommendations,
+                sum_nanos: totals.sum_nanos as f64,
+                ..Delta::default()
+            };
+            let mut running = 0u64;
+            for (le, n) in total.le.iter_mut().zip(&totals.bucket_counts) {
+                running = running.saturating_add(*n);
+                *le = running;
+            }
+            // Each boundary's running total, newest first: the total less the rows after it.
+            let mut points: Vec<(i64, Delta)> = Vec::new();
+            if now_ms >= start && now_ms % MINUTE_MS != 0 {
+                points.push((now_ms, total));
+            }
+            let mut suffix = Delta::default();
+            let minute_rows = minutes.wanted.get(&c.key);
+            let mut rows = minute_rows.into_iter().flatten().rev().peekable();
+            let last_boundary = now_minute;
+            let mut k = last_boundary;
+            while k >= first_boundary.max(first_kept) {
+                while let Some((_, d)) = rows.next_if(|(m, _)| **m >= k) {
+                    suffix.add(d);
+                }
+                points.push((k as i64 * MINUTE_MS, minus(&total, &suffix)));
+                if k == 0 {
+                    break;
+                }
+                k -= 1;
+            }
+            if let Some(hours) = &hours {
+                let mut suffix = Delta::default();
+                let mut rows = hours
+                    .wanted
+                    .get(&c.key)
+                    .into_iter()
+                    .flatten()
+                    .rev()
+                    .peekable();
+                let mut h = (first_kept.saturating_sub(1) / 60) * 60;
+                while h >= first_boundary {
+                    while let Some((_, d)) = rows.next_if(|(m, _)| **m >= h) {
+                        suffix.add(d);
+                    }
+                    points.push((h as i64 * MINUTE_MS, minus(&total, &suffix)));
+                    if h < 60 {
+                        break;
+                    }
+                    h -= 60;
+                }
+            }
+            points.retain(|(t, d)| {
+                *t >= start && *t <= end && (d.requests > 0 || d.recommendations > 0)
+            });
+            points.sort_by_key(|(t, _)| *t);
+            points.dedup_by_key(|(t, _)| *t);
+            if points.is_empty() {
+                continue;
+            }
+            for family in &families {
+                let named = labels.with(METRIC_NAME, family.name());
+                let mut push = |labels: Labels, value: &dyn Fn(&Delta) -> f64| {
+                    let samples: Vec<Sample> = points
+                        .iter()
+                        .map(|(t, d)| Sample { t: *t, v: value(d) })
+                        .collect();
+                    out.insert(labels, samples);
+                };
+                match family {
+                    Family::Requests => {
+                        push(named.with("status", "ok"), &|d| {
+                            d.requests.saturating_sub(d.errors) as f64
+                        });
+                        push(named.with("status", "error"), &|d| d.errors as f64);
+                    }
+                    Family::Recommendations => push(named, &|d| d.recommendations as f64),
+                    Family::Count => push(named, &|d| d.requests as f64),
+                    Family::Sum => push(named, &|d| d.sum_nanos / 1e9),
+                    Family::Bucket => {
+                        for (i, le) in le_labels.iter().enumerate() {
+                            push(named.with("le", le), &|d| {
+                                if i < BUCKETS {
+                                    d.le[i] as f64
+                                } else {
+                                    d.requests as f64
+                                }
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        let series = out
+            .into_iter()
+            .filter(|(labels, _)| super::source::matches(labels, matchers))
+            .map(|(labels, samples)| Series { labels, samples })
+            .collect();
+        Ok(Selected {
+            series,
+            from_hdr: hdr,
+        })
+    }
+}
+
+/// `total` less `suffix`, never below zero (rows read back from the store may hold anything).
+fn minus(total: &Delta, suffix: &Delta) -> Delta {
+    let mut d = Delta {
+        requests: total.requests.saturating_sub(suffix.requests),
+        errors: total.errors.saturating_sub(suffix.errors),
+        recommendations: total.recommendations.saturating_sub(suffix.recommendations),
+        sum_nanos: (total.sum_nanos - suffix.sum_nanos).max(0.0),
+        ..Delta::default()
+    };
+    for ((out, t), s) in d.le.iter_mut().zip(total.le).zip(suffix.le) {
+        *out = t.saturating_sub(s);
+    }
+    d
+}
