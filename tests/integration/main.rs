@@ -26,6 +26,7 @@ mod otlp;
 mod pagerduty;
 mod pagerduty_double;
 mod participant;
+mod promql_diff;
 mod query_api;
 mod series_limits;
 mod slo;
