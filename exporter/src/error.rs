@@ -99,9 +99,15 @@ impl IntoResponse for ApiError {
         });
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
+            // Both schemes the API takes: a browser offers its login box for Basic.
+            let headers = response.headers_mut();
+            headers.insert(
                 axum::http::header::WWW_AUTHENTICATE,
                 axum::http::HeaderValue::from_static("Bearer"),
+            );
+            headers.append(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Basic realm=\"recmeter\""),
             );
         }
         response

@@ -262,6 +262,48 @@ fn request_counters_from_the_rollups_agree_with_sql_metrics_and_promtool() {
         );
     }
 
+    // Series and labels, as Grafana's query editor lists them.
+    let (status, json) = recmeter.prom_post(
+        "/api/v1/series",
+        &[("match[]", r#"recs_requests_total{service="front"}"#)],
+    );
+    assert_eq!(status, 200, "{json}");
+    let listed: Vec<String> = json["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(labels_text)
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "__name__=recs_requests_total,endpoint=GET /a,service=front,status=error",
+            "__name__=recs_requests_total,endpoint=GET /a,service=front,status=ok",
+            "__name__=recs_requests_total,endpoint=GET /b,service=front,status=error",
+            "__name__=recs_requests_total,endpoint=GET /b,service=front,status=ok",
+        ]
+    );
+    let (status, _, body) = recmeter.get(
+        "/api/v1/label/service/values?match[]=recs_requests_total",
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["data"], serde_json::json!(["front", "ranker"]));
+    let (_, json) = recmeter.prom_post(
+        "/api/v1/labels",
+        &[("match[]", "recs_latency_seconds_bucket")],
+    );
+    assert_eq!(
+        json["data"],
+        serde_json::json!(["__name__", "endpoint", "le", "service"])
+    );
+    let (status, json) = recmeter.prom_post("/api/v1/series", &[]);
+    assert_eq!(
+        (status, json["errorType"].as_str()),
+        (400, Some("bad_data"))
+    );
+
     // promtool, a real client, prints the same values.
     let server = format!("http://{}", recmeter.addrs.api);
     let time = humantime::format_rfc3339_seconds(boundary).to_string();
@@ -405,6 +447,14 @@ fn bad_queries_get_prometheus_s_error_types_and_are_counted() {
         let message = json["error"].as_str().unwrap();
         assert!(message.contains(says), "{form:?}: {message}");
     }
+    // Nesting deep enough to threaten a thread's stack is refused before parsing.
+    let deep = format!("{}1{}", "(".repeat(5000), ")".repeat(5000));
+    let (got, json) = recmeter.prom_post("/api/v1/query", &[("query", &deep)]);
+    assert_eq!(
+        (got, json["errorType"].as_str()),
+        (400, Some("bad_data")),
+        "{json}"
+    );
     // Many-to-many matching fails in evaluation: `execution`, 422.
     let (got, json) = recmeter.prom_post(
         "/api/v1/query",
@@ -422,7 +472,7 @@ fn bad_queries_get_prometheus_s_error_types_and_are_counted() {
             &[("endpoint", endpoint), ("outcome", outcome)],
         )
     };
-    assert_eq!(counted("query", "bad_data"), 3.0);
+    assert_eq!(counted("query", "bad_data"), 4.0);
     assert_eq!(counted("query_range", "bad_data"), 1.0);
     assert_eq!(counted("query", "timeout"), 1.0);
     assert_eq!(counted("query", "execution"), 1.0);

@@ -19,6 +19,9 @@ pub struct QueryConfig {
     /// Most series in one answer (and in any step of a range query), refused with `bad_data`
     /// beyond. Default: `20000`.
     pub max_series: usize,
+    /// Most samples a query may read from its selectors, refused with `execution` beyond (as
+    /// Prometheus's `--query.max-samples`). Default: `50000000`.
+    pub max_samples: usize,
     /// How far back an instant selector looks for a sample. Default: `"5m"`, as Prometheus.
     #[serde(with = "humantime_serde")]
     pub lookback_delta: Duration,
@@ -34,6 +37,7 @@ impl Default for QueryConfig {
             timeout: Duration::from_secs(120),
             max_points: 11_000,
             max_series: 20_000,
+            max_samples: 50_000_000,
             lookback_delta: Duration::from_secs(300),
             exact_histogram_quantile: true,
         }
@@ -56,6 +60,7 @@ impl QueryConfig {
         for (key, n) in [
             ("query.max_points", self.max_points),
             ("query.max_series", self.max_series),
+            ("query.max_samples", self.max_samples),
         ] {
             if n == 0 {
                 errors.push(InvalidField::new(key, "must be at least 1"));

@@ -25,54 +25,7 @@ use super::functions;
 use super::source::Source;
 use super::value::{Element, Labels, METRIC_NAME, Sample, Series, Value, is_stale};
 
-/// Why a query failed, as Prometheus's API names it (`errorType`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// The query cannot be evaluated as written: syntax, types, a construct recmeter does not
-    /// evaluate, too many points.
-    BadData,
-    /// Evaluation failed (many-to-many matching, a source error).
-    Execution,
-    /// The query's deadline passed.
-    Timeout,
-}
-
-impl ErrorKind {
-    /// The `errorType` of an API answer.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::BadData => "bad_data",
-            ErrorKind::Execution => "execution",
-            ErrorKind::Timeout => "timeout",
-        }
-    }
-}
-
-/// A query that failed: its kind and a message naming the problem.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct Error {
-    pub kind: ErrorKind,
-    pub message: String,
-}
-
-impl Error {
-    pub fn bad_data(message: impl Into<String>) -> Self {
-        Self {
-            kind: ErrorKind::BadData,
-            message: message.into(),
-        }
-    }
-
-    pub fn execution(message: impl Into<String>) -> Self {
-        Self {
-            kind: ErrorKind::Execution,
-            message: message.into(),
-        }
-    }
-}
-
-pub type Result<T> = std::result::Result<T, Error>;
+pub use super::error::{Error, ErrorKind, Result};
 
 /// How queries are evaluated.
 #[derive(Debug, Clone)]
@@ -85,6 +38,9 @@ pub struct Options {
     pub max_series: usize,
     /// The step of a subquery that gives none (`[5m:]`): Prometheus's evaluation interval.
     pub default_subquery_step_ms: i64,
+    /// Most points the query's subqueries may hold at once, as Prometheus's
+    /// `--query.max-samples` (an `execution` error beyond).
+    pub max_samples: usize,
     /// When the query must have finished.
     pub deadline: Option<Instant>,
 }
@@ -96,6 +52,7 @@ impl Default for Options {
             max_points: 11_000,
             max_series: 100_000,
             default_subquery_step_ms: 60_000,
+            max_samples: 50_000_000,
             deadline: None,
         }
     }
@@ -103,9 +60,77 @@ impl Default for Options {
 
 /// Parses `query`, refusing what recmeter does not evaluate with `bad_data` naming it.
 pub fn parse(query: &str) -> Result<Expr> {
-    let expr = promql_parser::parser::parse(query).map_err(Error::bad_data)?;
+    check_depth(query)?;
+    let expr = promql_parser::parser::parse(query)
+        .map_err(|e| Error::bad_data(format!("invalid parameter \"query\": {e}")))?;
     supported(&expr)?;
     Ok(expr)
+}
+
+/// How deeply a query may nest brackets and chain operators: parsing, evaluating and dropping
+/// an expression recurse once per level, and a deeper one could overflow a thread's stack.
+pub const MAX_DEPTH: usize = 128;
+
+/// Refuses a query nesting or chaining more than [`MAX_DEPTH`] brackets and operators, counted
+/// on its text (outside string literals) before it is parsed: each bracket and each operator
+/// or keyword adds a level until its bracket closes.
+pub fn check_depth(query: &str) -> Result<()> {
+    // Operators counted at each open bracket level, innermost last.
+    let mut levels: Vec<usize> = vec![0];
+    let mut depth = 0usize;
+    let mut deepest = 0usize;
+    let mut chars = query.chars().peekable();
+    let mut word = String::new();
+    let mut previous_operator = false;
+    while let Some(c) = chars.next() {
+        let mut operator = false;
+        match c {
+            '"' | '\'' | '`' => {
+                // A string literal: skip to its closing quote (backslash escapes).
+                while let Some(d) = chars.next() {
+                    if d == '\\' && c != '`' {
+                        chars.next();
+                    } else if d == c {
+                        break;
+                    }
+                }
+            }
+            '(' | '[' | '{' => {
+                depth += 1;
+                levels.push(0);
+            }
+            ')' | ']' | '}' if levels.len() > 1 => {
+                depth -= levels.pop().unwrap_or(0) + 1;
+            }
+            '+' | '-' | '*' | '/' | '%' | '^' | '=' | '!' | '<' | '>' => operator = true,
+            c if c.is_alphanumeric() || c == '_' => {
+                word.push(c);
+                if chars
+                    .peek()
+                    .is_some_and(|n| n.is_alphanumeric() || *n == '_')
+                {
+                    continue;
+                }
+                operator = matches!(word.as_str(), "and" | "or" | "unless" | "atan2");
+                word.clear();
+            }
+            _ => {}
+        }
+        if operator && !previous_operator {
+            depth += 1;
+            if let Some(level) = levels.last_mut() {
+                *level += 1;
+            }
+        }
+        previous_operator = operator;
+        deepest = deepest.max(depth);
+        if deepest > MAX_DEPTH {
+            return Err(Error::bad_data(format!(
+                "the query nests or chains more than {MAX_DEPTH} brackets and operators"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The functions recmeter evaluates.
@@ -295,11 +320,11 @@ pub fn range(
             "end timestamp must not be before start time",
         ));
     }
-    let steps = ((end - start) / step + 1) as usize;
-    if steps > options.max_points {
-        return Err(Error::bad_data(
-            "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
-        ));
+    if (end - start) / step > options.max_points as i64 {
+        return Err(Error::bad_data(format!(
+            "exceeded maximum resolution of {} points per timeseries. Try decreasing the query resolution (?step=XX)",
+            super::error::group_thousands(options.max_points)
+        )));
     }
     match expr.value_type() {
         promql_parser::parser::value::ValueType::Vector
@@ -587,9 +612,22 @@ impl<'a> Evaluator<'a> {
         }
         let mut out: HashMap<Labels, Vec<Sample>> = HashMap::new();
         let mut at = first;
+        let mut held = 0usize;
         while at <= to {
             self.check_deadline()?;
-            match self.eval(&s.expr, at)? {
+            let value = self.eval(&s.expr, at)?;
+            held += match &value {
+                Value::Vector(v) => v.len(),
+                _ => 1,
+            };
+            // The points one subquery holds at once.
+            if held > self.options.max_samples {
+                return Err(Error::execution(format!(
+                    "query processing would load too many samples into memory in query execution (more than {}, query.max_samples)",
+                    self.options.max_samples
+                )));
+            }
+            match value {
                 Value::Scalar(v) => out
                     .entry(Labels::default())
                     .or_default()

@@ -18,7 +18,8 @@ use recmeter_aggregator::counts::Counts;
 use recmeter_aggregator::sql::RollupSink;
 use recmeter_aggregator::state::{RowCounts, Table};
 
-use super::engine::{Error, millis};
+use super::engine::millis;
+use super::error::Error;
 use super::rollups::{Family, Rollups};
 use super::value::{Element, Labels, METRIC_NAME};
 
@@ -228,7 +229,8 @@ impl Exact {
                         }
                     }
                 }
-                if !present {
+                // A range with no minute boundary in it holds fewer than two samples: no rate.
+                if !present || from >= to {
                     continue;
                 }
                 let v = if self.q < 0.0 {

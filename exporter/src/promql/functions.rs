@@ -3,7 +3,7 @@
 use promql_parser::label::MatchOp;
 use promql_parser::parser::Expr;
 
-use super::engine::{Error, Result};
+use super::error::{Error, Result};
 use super::value::{Element, Labels, METRIC_NAME, Sample};
 
 /// `op` on two numbers: the value, and for a comparison whether it holds (always `true` for
@@ -371,8 +371,9 @@ pub fn label_replace(
     src: &str,
     regex: &str,
 ) -> Result<Vec<Element>> {
+    // Prometheus fails this in evaluation: `execution`.
     let re = regex::Regex::new(&format!("^(?:{regex})$")).map_err(|e| {
-        Error::bad_data(format!(
+        Error::execution(format!(
             "invalid regular expression in label_replace(): {e}"
         ))
     })?;

@@ -73,6 +73,7 @@ impl QueryApi {
             max_points: self.config.max_points,
             max_series: self.config.max_series,
             default_subquery_step_ms: 60_000,
+            max_samples: self.config.max_samples,
             deadline: Some(Instant::now() + timeout),
         }
     }
@@ -90,6 +91,7 @@ impl QueryApi {
     ) -> Result<(Prefetched, bool), Error> {
         let mut source = Prefetched::default();
         let mut from_hdr = false;
+        let (mut selected, mut samples) = (0usize, 0usize);
         for s in selections {
             if options.deadline.is_some_and(|d| Instant::now() > d) {
                 return Err(timed_out());
@@ -97,6 +99,20 @@ impl QueryApi {
             let series = self
                 .select(&s.matchers, s.start, s.end, &mut from_hdr)
                 .await?;
+            selected += series.len();
+            samples += series.iter().map(|s| s.samples.len()).sum::<usize>();
+            if selected > self.config.max_series {
+                return Err(Error::bad_data(format!(
+                    "the query selects more than {} series (query.max_series); narrow its selectors",
+                    self.config.max_series
+                )));
+            }
+            if samples > self.config.max_samples {
+                return Err(Error::execution(format!(
+                    "query processing would load too many samples into memory in query execution (more than {}, query.max_samples)",
+                    self.config.max_samples
+                )));
+            }
             source.add(&s.matchers, s.start, s.end, series);
         }
         Ok((source, from_hdr))
@@ -113,7 +129,7 @@ impl QueryApi {
         if Family::ALL.iter().any(|f| names_match(matchers, f.name())) {
             let selected = self
                 .rollups
-                .select(matchers, start, end)
+                .select(matchers, start, end, self.config.max_samples)
                 .await
                 .map_err(Error::execution)?;
             *from_hdr |= selected.from_hdr && !selected.series.is_empty();
@@ -265,6 +281,16 @@ impl Params {
         }
     }
 
+    /// A time parameter that must be given (`query_range`'s `start` and `end`).
+    fn required_time(&self, name: &str) -> Result<i64, Error> {
+        let v = self.get(name).unwrap_or_default();
+        parse_time(v).ok_or_else(|| {
+            Error::bad_data(format!(
+                "invalid parameter \"{name}\": cannot parse \"{v}\" to a valid timestamp"
+            ))
+        })
+    }
+
     fn duration(&self, name: &str) -> Result<Option<i64>, Error> {
         match self.get(name) {
             None | Some("") => Ok(None),
@@ -287,10 +313,23 @@ pub fn parse_time(v: &str) -> Option<i64> {
         let fraction = ((seconds - whole) * 1000.0).round();
         return Some(whole as i64 * 1000 + fraction as i64);
     }
-    let t = humantime::parse_rfc3339_weak(v)
-        .ok()
-        .or_else(|| humantime::parse_rfc3339(v).ok())?;
-    Some(engine::millis(t))
+    // RFC 3339 with `Z` or a numeric offset (`+02:00`), as Go's time.RFC3339Nano.
+    let (local, offset_ms) = match v.len().checked_sub(6).map(|i| v.split_at(i)) {
+        Some((local, zone))
+            if (zone.starts_with('+') || zone.starts_with('-')) && zone.as_bytes()[3] == b':' =>
+        {
+            let hours: i64 = zone[1..3].parse().ok()?;
+            let minutes: i64 = zone[4..].parse().ok()?;
+            let sign = if zone.starts_with('-') { -1 } else { 1 };
+            (format!("{local}Z"), sign * (hours * 60 + minutes) * 60_000)
+        }
+        _ => (v.to_owned(), 0),
+    };
+    if !local.ends_with('Z') || !local.contains('T') {
+        return None;
+    }
+    let t = humantime::parse_rfc3339(&local).ok()?;
+    Some(engine::millis(t) - offset_ms)
 }
 
 /// Prometheus's `parseDuration`: seconds with a fraction, or a duration such as `5m`;
@@ -394,9 +433,8 @@ async fn query_range(
             .get("query")
             .ok_or_else(|| Error::bad_data("invalid parameter \"query\": query is empty"))?
             .to_owned();
-        let missing = |name: &str| Error::bad_data(format!("invalid parameter \"{name}\": cannot parse \"\" to a valid timestamp"));
-        let start = params.get("start").map_or(Err(missing("start")), |_| params.time("start", 0))?;
-        let end = params.get("end").map_or(Err(missing("end")), |_| params.time("end", 0))?;
+        let start = params.required_time("start")?;
+        let end = params.required_time("end")?;
         if end < start {
             return Err(Error::bad_data(
                 "invalid parameter \"end\": end timestamp must not be before start time",
@@ -410,10 +448,10 @@ async fn query_range(
                 "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer",
             ));
         }
-        if (end - start) / step >= api.config.max_points as i64 {
+        if (end - start) / step > api.config.max_points as i64 {
             return Err(Error::bad_data(format!(
                 "exceeded maximum resolution of {} points per timeseries. Try decreasing the query resolution (?step=XX)",
-                group_thousands(api.config.max_points)
+                super::error::group_thousands(api.config.max_points)
             )));
         }
         let options = api.options(params.duration("timeout")?.map(ms));
@@ -461,19 +499,6 @@ fn ms(d: i64) -> Duration {
     Duration::from_millis(d.max(0) as u64)
 }
 
-/// `11000` as Prometheus writes it in its error: `11,000`.
-fn group_thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// Runs CPU-bound evaluation on the query runtime.
 async fn run<T: Send + 'static>(
     state: &ApiState,
@@ -514,11 +539,18 @@ async fn matched_series(state: &ApiState, params: &Params) -> Result<Vec<Labels>
         all.push(Vec::new());
     }
     let mut out = BTreeSet::new();
-    let mut from_hdr = false;
     for matchers in &all {
-        for s in api.select(matchers, start, end, &mut from_hdr).await? {
-            out.insert(s.labels);
-        }
+        // The request families' series are those held, whatever the range: listing them
+        // reads no row.
+        out.extend(api.rollups.label_sets(matchers));
+        out.extend(
+            api.ring
+                .select(matchers, start, end)
+                .map_err(Error::execution)?
+                .into_iter()
+                .map(|s| s.labels)
+                .filter(|l| !l.name().starts_with("recs_")),
+        );
     }
     Ok(out.into_iter().collect())
 }
@@ -825,6 +857,11 @@ mod tests {
             parse_time("2015-07-01T20:10:51.781Z"),
             Some(1_435_781_451_781)
         );
+        assert_eq!(
+            parse_time("2015-07-01T22:10:51.781+02:00"),
+            Some(1_435_781_451_781)
+        );
+        assert_eq!(parse_time("2015-07-01 20:10:51"), None);
         assert_eq!(parse_time("x"), None);
         assert_eq!(parse_duration("15"), Some(15_000));
         assert_eq!(parse_duration("1m30s"), Some(90_000));
@@ -838,7 +875,7 @@ mod tests {
         write_point(&mut s, -1500, 0.1);
         write_point(&mut s, 5, f64::NAN);
         assert_eq!(s, r#"[1435781451.781,"-Inf"][-1.500,"0.1"][0.005,"NaN"]"#);
-        assert_eq!(group_thousands(11_000), "11,000");
-        assert_eq!(group_thousands(999), "999");
+        assert_eq!(super::super::error::group_thousands(11_000), "11,000");
+        assert_eq!(super::super::error::group_thousands(999), "999");
     }
 }

@@ -116,6 +116,9 @@ struct Deltas {
     wanted: HashMap<SeriesKey, BTreeMap<u64, Delta>>,
     hdr: bool,
     counts: Counts,
+    /// Rows still to take before the query reads too much.
+    budget: usize,
+    exceeded: bool,
 }
 
 impl RollupSink for Deltas {
@@ -123,6 +126,11 @@ impl RollupSink for Deltas {
         let Some(rows) = self.wanted.get_mut(key) else {
             return;
         };
+        if self.budget == 0 {
+            self.exceeded = true;
+            return;
+        }
+        self.budget -= 1;
         let mut d = Delta {
             requests: counts.requests,
             errors: counts.errors,
@@ -149,6 +157,41 @@ impl Rollups {
             .into_iter()
             .map(|(labels, c)| (c.key, labels))
             .collect()
+    }
+
+    /// The label sets of the request families' series that satisfy `matchers`, without
+    /// reading any row: what `/api/v1/series` and the label endpoints list.
+    pub fn label_sets(&self, matchers: &[Matcher]) -> Vec<Labels> {
+        let own: Vec<Matcher> = matchers
+            .iter()
+            .filter(|m| m.name != METRIC_NAME && m.name != "status" && m.name != "le")
+            .cloned()
+            .collect();
+        let le_labels = bucket_labels();
+        let mut out = Vec::new();
+        // A series that never counted anything (the overflow series, until one folds in) has
+        // no sample.
+        let counted = self
+            .counters(&own)
+            .into_iter()
+            .filter(|(_, c)| c.totals.requests() > 0 || c.totals.recommendations > 0);
+        for (labels, _) in counted {
+            for family in Family::ALL {
+                let named = labels.with(METRIC_NAME, family.name());
+                match family {
+                    Family::Requests => {
+                        out.push(named.with("status", "ok"));
+                        out.push(named.with("status", "error"));
+                    }
+                    Family::Bucket => {
+                        out.extend(le_labels.iter().map(|le| named.with("le", le)));
+                    }
+                    _ => out.push(named),
+                }
+            }
+        }
+        out.retain(|l| super::source::matches(l, matchers));
+        out
     }
 
     /// The counters of every series whose labels satisfy `matchers`, with its labels.
@@ -178,13 +221,20 @@ impl Rollups {
     }
 
     /// The series of the request families that satisfy `matchers`, with their samples from
-    /// `start` to `end` (milliseconds).
+    /// `start` to `end` (milliseconds). Refuses to read more than `max_samples` rows or build
+    /// more than `max_samples` samples.
     pub async fn select(
         &self,
         matchers: &[Matcher],
         start: i64,
         end: i64,
+        max_samples: usize,
     ) -> Result<Selected, String> {
+        let too_many = || {
+            format!(
+                "query processing would load too many samples into memory in query execution (more than {max_samples}, query.max_samples)"
+            )
+        };
         let families: Vec<Family> = Family::ALL
             .into_iter()
             .filter(|f| {
@@ -220,6 +270,8 @@ impl Rollups {
                 .collect(),
             hdr,
             counts: Counts::new(),
+            budget: max_samples,
+            exceeded: false,
         };
         // Boundaries from `first_kept` on have the minutes behind them; earlier ones are hours.
         let minutes = self
@@ -232,19 +284,32 @@ impl Rollups {
             )
             .await
             .map_err(|e| e.to_string())?;
+        if minutes.exceeded {
+            return Err(too_many());
+        }
         let hours = if first_boundary < first_kept {
             let first_hour = first_boundary.div_ceil(60) * 60;
             Some(
                 self.engine
                     .rollup_rows(Table::Hours, first_hour..now_minute + 1, hdr, wanted())
                     .await
-                    .map_err(|e| e.to_string())?,
+                    .map_err(|e| e.to_string())
+                    .and_then(|h| if h.exceeded { Err(too_many()) } else { Ok(h) })?,
             )
         } else {
             None
         };
 
         let le_labels = bucket_labels();
+        let per_point: usize = families
+            .iter()
+            .map(|f| match f {
+                Family::Requests => 2,
+                Family::Bucket => BUCKETS + 1,
+                _ => 1,
+            })
+            .sum();
+        let mut built = 0usize;
         let mut out: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
         for (labels, c) in &counters {
             let totals = &c.totals;
@@ -274,8 +339,10 @@ impl Rollups {
                 while let Some((_, d)) = rows.next_if(|(m, _)| **m >= k) {
                     suffix.add(d);
                 }
-                points.push((k as i64 * MINUTE_MS, minus(&total, &suffix)));
-                if k == 0 {
+                let value = minus(&total, &suffix);
+                points.push((k as i64 * MINUTE_MS, value));
+                // Running totals only fall going back: once nothing is counted, nothing was.
+                if k == 0 || (value.requests == 0 && value.recommendations == 0) {
                     break;
                 }
                 k -= 1;
@@ -294,8 +361,9 @@ impl Rollups {
                     while let Some((_, d)) = rows.next_if(|(m, _)| **m >= h) {
                         suffix.add(d);
                     }
-                    points.push((h as i64 * MINUTE_MS, minus(&total, &suffix)));
-                    if h < 60 {
+                    let value = minus(&total, &suffix);
+                    points.push((h as i64 * MINUTE_MS, value));
+                    if h < 60 || (value.requests == 0 && value.recommendations == 0) {
                         break;
                     }
                     h -= 60;
@@ -308,6 +376,10 @@ impl Rollups {
             points.dedup_by_key(|(t, _)| *t);
             if points.is_empty() {
                 continue;
+            }
+            built += points.len() * per_point;
+            if built > max_samples {
+                return Err(too_many());
             }
             for family in &families {
                 let named = labels.with(METRIC_NAME, family.name());
