@@ -124,6 +124,9 @@ pub fn plan(expr: &Expr) -> Option<Exact> {
 /// Each series' minute rows, as V2 encodings.
 struct MinuteHdrs {
     wanted: HashMap<SeriesKey, BTreeMap<u64, Vec<Vec<u8>>>>,
+    /// Rows still to keep before the query reads too much.
+    budget: usize,
+    exceeded: bool,
 }
 
 impl RollupSink for MinuteHdrs {
@@ -132,6 +135,11 @@ impl RollupSink for MinuteHdrs {
             return;
         }
         if let Some(rows) = self.wanted.get_mut(key) {
+            if self.budget == 0 {
+                self.exceeded = true;
+                return;
+            }
+            self.budget -= 1;
             rows.entry(at).or_default().push(hdr.to_vec());
         }
     }
@@ -173,6 +181,7 @@ impl Exact {
         times: &[i64],
         start: i64,
         end: i64,
+        max_samples: usize,
     ) -> Result<Option<Vec<(i64, Vec<Element>)>>, Error> {
         let now = (rollups.aggregator.clock().now_nanos() / 1_000_000) as i64;
         let spans: Vec<(i64, i64)> = times
@@ -190,64 +199,90 @@ impl Exact {
                 .iter()
                 .map(|(key, _)| (key.clone(), BTreeMap::new()))
                 .collect(),
+            budget: max_samples,
+            exceeded: false,
         };
         let rows = rollups
             .engine
             .rollup_rows(Table::Minutes, first as u64..last as u64, true, sink)
             .await
             .map_err(|e| Error::execution(e.to_string()))?;
-        let groups: Vec<(Labels, Vec<&SeriesKey>)> = {
-            let mut g: BTreeMap<Labels, Vec<&SeriesKey>> = BTreeMap::new();
-            for (key, labels) in &series {
-                g.entry(self.group(labels)).or_default().push(key);
+        if rows.exceeded {
+            return Err(Error::execution(format!(
+                "query processing would load too many samples into memory in query execution (more than {max_samples}, query.max_samples)"
+            )));
+        }
+        let groups: Vec<(Labels, Vec<SeriesKey>)> = {
+            let mut g: BTreeMap<Labels, Vec<SeriesKey>> = BTreeMap::new();
+            for (key, labels) in series {
+                g.entry(self.group(&labels)).or_default().push(key);
             }
             g.into_iter().collect()
         };
-        let mut counts = Counts::new();
-        let mut out = Vec::with_capacity(times.len());
-        for (&t, &(from, to)) in times.iter().zip(&spans) {
-            let mut elements = Vec::new();
-            for (labels, keys) in &groups {
-                counts.clear();
-                let mut present = false;
-                for key in keys {
-                    let Some(minutes) = rows.wanted.get(*key) else {
-                        continue;
-                    };
-                    present |= minutes.range(..to.max(0) as u64).next().is_some();
-                    if from >= to {
-                        continue;
-                    }
-                    for blobs in minutes
-                        .range(from.max(0) as u64..to.max(0) as u64)
-                        .map(|(_, b)| b)
-                    {
-                        for blob in blobs {
-                            counts
-                                .add_encoded(blob)
-                                .map_err(|e| Error::execution(e.to_string()))?;
-                        }
-                    }
-                }
-                // A range with no minute boundary in it holds fewer than two samples: no rate.
-                if !present || from >= to {
+        // Merging histograms is CPU work: on the query runtime, not the handler's.
+        let (q, times) = (self.q, times.to_vec());
+        rollups
+            .engine
+            .run_work(move || merge(q, &times, &spans, &groups, &rows))
+            .await
+            .map_err(|e| Error::execution(e.to_string()))?
+            .map(Some)
+    }
+}
+
+/// The `q` quantile of each group's merged rows at each of `times`, over the minutes `spans`
+/// gives for it.
+fn merge(
+    q: f64,
+    times: &[i64],
+    spans: &[(i64, i64)],
+    groups: &[(Labels, Vec<SeriesKey>)],
+    rows: &MinuteHdrs,
+) -> Result<Vec<(i64, Vec<Element>)>, Error> {
+    let mut counts = Counts::new();
+    let mut out = Vec::with_capacity(times.len());
+    for (&t, &(from, to)) in times.iter().zip(spans) {
+        let mut elements = Vec::new();
+        for (labels, keys) in groups {
+            counts.clear();
+            let mut present = false;
+            for key in keys {
+                let Some(minutes) = rows.wanted.get(key) else {
+                    continue;
+                };
+                present |= minutes.range(..to.max(0) as u64).next().is_some();
+                if from >= to {
                     continue;
                 }
-                let v = if self.q < 0.0 {
-                    f64::NEG_INFINITY
-                } else if self.q > 1.0 {
-                    f64::INFINITY
-                } else {
-                    counts.quantile_seconds(self.q).unwrap_or(f64::NAN)
-                };
-                elements.push(Element {
-                    labels: labels.clone(),
-                    v,
-                    t,
-                });
+                for blobs in minutes
+                    .range(from.max(0) as u64..to.max(0) as u64)
+                    .map(|(_, b)| b)
+                {
+                    for blob in blobs {
+                        counts
+                            .add_encoded(blob)
+                            .map_err(|e| Error::execution(e.to_string()))?;
+                    }
+                }
             }
-            out.push((t, elements));
+            // A range with no minute boundary in it holds fewer than two samples: no rate.
+            if !present || from >= to {
+                continue;
+            }
+            let v = if q < 0.0 {
+                f64::NEG_INFINITY
+            } else if q > 1.0 {
+                f64::INFINITY
+            } else {
+                counts.quantile_seconds(q).unwrap_or(f64::NAN)
+            };
+            elements.push(Element {
+                labels: labels.clone(),
+                v,
+                t,
+            });
         }
-        Ok(Some(out))
+        out.push((t, elements));
     }
+    Ok(out)
 }

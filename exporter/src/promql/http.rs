@@ -78,7 +78,7 @@ impl QueryApi {
         }
     }
 
-    fn now_ms(&self) -> i64 {
+    pub fn now_ms(&self) -> i64 {
         (self.rollups.aggregator.clock().now_nanos() / 1_000_000) as i64
     }
 
@@ -160,7 +160,10 @@ impl QueryApi {
             return Ok(None);
         }
         match super::exact::plan(expr) {
-            Some(plan) => plan.evaluate(&self.rollups, times, start, end).await,
+            Some(plan) => {
+                plan.evaluate(&self.rollups, times, start, end, self.config.max_samples)
+                    .await
+            }
             None => Ok(None),
         }
     }
@@ -382,6 +385,114 @@ fn success(data: &str, warnings: &[String]) -> String {
 
 const HDR_WARNING: &str = "recs_latency_seconds_bucket and _sum before now are read from the rollups' HDR histograms (within 1% of the exact counts)";
 
+/// An answer and its warnings.
+pub type Answer<T> = (T, Vec<String>);
+
+impl QueryApi {
+    /// Evaluates `text` at `t` (milliseconds), within `timeout` (at most `query.timeout`).
+    pub async fn instant_query(
+        &self,
+        text: &str,
+        t: i64,
+        timeout: Option<Duration>,
+    ) -> Result<Answer<Value>, Error> {
+        let options = self.options(timeout);
+        let expr = engine::parse(text)?;
+        if let Some(steps) = self.exact(&expr, &[t], t, t).await? {
+            let elements = steps.into_iter().next().map(|(_, e)| e).unwrap_or_default();
+            return Ok((Value::Vector(elements), Vec::new()));
+        }
+        let selections = engine::selections(&expr, t, t, &options);
+        let (source, from_hdr) = self.prefetch(&selections, &options).await?;
+        let value = self
+            .run(move || engine::instant(&source, &expr, t, &options))
+            .await?;
+        Ok((value, warnings(from_hdr)))
+    }
+
+    /// Evaluates `text` at each `step` from `start` to `end` (milliseconds), within `timeout`:
+    /// a matrix.
+    pub async fn range_query(
+        &self,
+        text: &str,
+        (start, end, step): (i64, i64, i64),
+        timeout: Option<Duration>,
+    ) -> Result<Answer<Vec<Series>>, Error> {
+        if end < start {
+            return Err(Error::bad_data(
+                "invalid parameter \"end\": end timestamp must not be before start time",
+            ));
+        }
+        if step <= 0 {
+            return Err(Error::bad_data(
+                "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer",
+            ));
+        }
+        if (end - start) / step > self.config.max_points as i64 {
+            return Err(Error::bad_data(format!(
+                "exceeded maximum resolution of {} points per timeseries. Try decreasing the query resolution (?step=XX)",
+                super::error::group_thousands(self.config.max_points)
+            )));
+        }
+        let options = self.options(timeout);
+        let expr = engine::parse(text)?;
+        let times: Vec<i64> = (0..=(end - start) / step)
+            .map(|i| start + i * step)
+            .collect();
+        if let Some(steps) = self.exact(&expr, &times, start, end).await? {
+            let mut series: std::collections::BTreeMap<Labels, Vec<super::value::Sample>> =
+                std::collections::BTreeMap::new();
+            for (t, elements) in steps {
+                for e in elements {
+                    series
+                        .entry(e.labels)
+                        .or_default()
+                        .push(super::value::Sample { t, v: e.v });
+                }
+            }
+            let matrix = series
+                .into_iter()
+                .map(|(labels, samples)| Series { labels, samples })
+                .collect();
+            return Ok((matrix, Vec::new()));
+        }
+        let selections = engine::selections(&expr, start, end, &options);
+        let (source, from_hdr) = self.prefetch(&selections, &options).await?;
+        let matrix = self
+            .run(move || engine::range(&source, &expr, start, end, step, &options))
+            .await?;
+        Ok((matrix, warnings(from_hdr)))
+    }
+
+    /// Runs CPU-bound evaluation on the query runtime.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        self.rollups
+            .engine
+            .run_work(work)
+            .await
+            .map_err(|e| Error::execution(e.to_string()))?
+    }
+}
+
+fn warnings(from_hdr: bool) -> Vec<String> {
+    if from_hdr {
+        vec![HDR_WARNING.to_owned()]
+    } else {
+        Vec::new()
+    }
+}
+
+fn query_text(params: &Params) -> Result<String, Error> {
+    params
+        .get("query")
+        .filter(|q| !q.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| Error::bad_data("invalid parameter \"query\": query is empty"))
+}
+
 async fn query(
     State(state): State<ApiState>,
     uri: Uri,
@@ -391,29 +502,12 @@ async fn query(
     let result = async {
         let params = read_params(&uri, &headers, &body).await?;
         let api = api(&state);
-        let text = params
-            .get("query")
-            .ok_or_else(|| Error::bad_data("invalid parameter \"query\": query is empty"))?
-            .to_owned();
+        let text = query_text(&params)?;
         let t = params.time("time", api.now_ms())?;
-        let options = api.options(params.duration("timeout")?.map(ms));
-        let expr = engine::parse(&text)?;
-        if let Some(steps) = api.exact(&expr, &[t], t, t).await? {
-            let elements = steps.into_iter().next().map(|(_, e)| e).unwrap_or_default();
-            let mut data = String::new();
-            write_value(&mut data, &Value::Vector(elements), t);
-            return Ok(success(&data, &[]));
-        }
-        let selections = engine::selections(&expr, t, t, &options);
-        let (source, from_hdr) = api.prefetch(&selections, &options).await?;
-        let value = run(&state, move || engine::instant(&source, &expr, t, &options)).await?;
+        let timeout = params.duration("timeout")?.map(ms);
+        let (value, warnings) = api.instant_query(&text, t, timeout).await?;
         let mut data = String::new();
         write_value(&mut data, &value, t);
-        let warnings = if from_hdr {
-            vec![HDR_WARNING.to_owned()]
-        } else {
-            Vec::new()
-        };
         Ok(success(&data, &warnings))
     }
     .await;
@@ -429,66 +523,16 @@ async fn query_range(
     let result = async {
         let params = read_params(&uri, &headers, &body).await?;
         let api = api(&state);
-        let text = params
-            .get("query")
-            .ok_or_else(|| Error::bad_data("invalid parameter \"query\": query is empty"))?
-            .to_owned();
+        let text = query_text(&params)?;
         let start = params.required_time("start")?;
         let end = params.required_time("end")?;
-        if end < start {
-            return Err(Error::bad_data(
-                "invalid parameter \"end\": end timestamp must not be before start time",
-            ));
-        }
         let step = params.duration("step")?.ok_or_else(|| {
             Error::bad_data("invalid parameter \"step\": cannot parse \"\" to a valid duration")
         })?;
-        if step <= 0 {
-            return Err(Error::bad_data(
-                "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer",
-            ));
-        }
-        if (end - start) / step > api.config.max_points as i64 {
-            return Err(Error::bad_data(format!(
-                "exceeded maximum resolution of {} points per timeseries. Try decreasing the query resolution (?step=XX)",
-                super::error::group_thousands(api.config.max_points)
-            )));
-        }
-        let options = api.options(params.duration("timeout")?.map(ms));
-        let expr = engine::parse(&text)?;
-        let times: Vec<i64> = (0..=(end - start) / step).map(|i| start + i * step).collect();
-        if let Some(steps) = api.exact(&expr, &times, start, end).await? {
-            let mut series: std::collections::BTreeMap<Labels, Vec<super::value::Sample>> =
-                std::collections::BTreeMap::new();
-            for (t, elements) in steps {
-                for e in elements {
-                    series
-                        .entry(e.labels)
-                        .or_default()
-                        .push(super::value::Sample { t, v: e.v });
-                }
-            }
-            let matrix = series
-                .into_iter()
-                .map(|(labels, samples)| Series { labels, samples })
-                .collect();
-            let mut data = String::new();
-            write_value(&mut data, &Value::Matrix(matrix), end);
-            return Ok(success(&data, &[]));
-        }
-        let selections = engine::selections(&expr, start, end, &options);
-        let (source, from_hdr) = api.prefetch(&selections, &options).await?;
-        let matrix = run(&state, move || {
-            engine::range(&source, &expr, start, end, step, &options)
-        })
-        .await?;
+        let timeout = params.duration("timeout")?.map(ms);
+        let (matrix, warnings) = api.range_query(&text, (start, end, step), timeout).await?;
         let mut data = String::new();
         write_value(&mut data, &Value::Matrix(matrix), end);
-        let warnings = if from_hdr {
-            vec![HDR_WARNING.to_owned()]
-        } else {
-            Vec::new()
-        };
         Ok(success(&data, &warnings))
     }
     .await;
@@ -497,18 +541,6 @@ async fn query_range(
 
 fn ms(d: i64) -> Duration {
     Duration::from_millis(d.max(0) as u64)
-}
-
-/// Runs CPU-bound evaluation on the query runtime.
-async fn run<T: Send + 'static>(
-    state: &ApiState,
-    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
-) -> Result<T, Error> {
-    state
-        .engine
-        .run_work(work)
-        .await
-        .map_err(|e| Error::execution(e.to_string()))?
 }
 
 /// The series `match[]` selects from `start` to `end`, labels only.

@@ -300,130 +300,177 @@ impl Rollups {
             None
         };
 
-        let le_labels = bucket_labels();
-        let per_point: usize = families
-            .iter()
-            .map(|f| match f {
-                Family::Requests => 2,
-                Family::Bucket => BUCKETS + 1,
-                _ => 1,
+        // Turning rows into samples is CPU work: on the query runtime, not the handler's.
+        let (matchers, message) = (matchers.to_vec(), too_many());
+        self.engine
+            .run_work(move || {
+                let rows = Rows {
+                    minutes,
+                    hours,
+                    first_boundary,
+                    first_kept,
+                    now_ms,
+                };
+                samples(
+                    &families,
+                    &counters,
+                    &rows,
+                    &matchers,
+                    (start, end),
+                    hdr,
+                    max_samples,
+                )
+                .ok_or(message)
             })
-            .sum();
-        let mut built = 0usize;
-        let mut out: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
-        for (labels, c) in &counters {
-            let totals = &c.totals;
-            let mut total = Delta {
-                requests: totals.requests(),
-                errors: totals.errors,
-                recommendations: totals.recommendations,
-                sum_nanos: totals.sum_nanos as f64,
-                ..Delta::default()
-            };
-            let mut running = 0u64;
-            for (le, n) in total.le.iter_mut().zip(&totals.bucket_counts) {
-                running = running.saturating_add(*n);
-                *le = running;
+            .await
+            .map_err(|e| e.to_string())?
+    }
+}
+
+/// The rows a selection read, and where its boundaries lie.
+struct Rows {
+    minutes: Deltas,
+    hours: Option<Deltas>,
+    /// The first minute boundary the selection wants.
+    first_boundary: u64,
+    /// The first minute `latency_minutes` holds.
+    first_kept: u64,
+    now_ms: i64,
+}
+
+/// The samples of `families` for each of `counters`, from `rows`, that satisfy `matchers`
+/// between `range` (milliseconds); `None` past `max_samples`.
+fn samples(
+    families: &[Family],
+    counters: &[(Labels, SeriesCounters)],
+    rows: &Rows,
+    matchers: &[Matcher],
+    (start, end): (i64, i64),
+    hdr: bool,
+    max_samples: usize,
+) -> Option<Selected> {
+    let le_labels = bucket_labels();
+    let per_point: usize = families
+        .iter()
+        .map(|f| match f {
+            Family::Requests => 2,
+            Family::Bucket => BUCKETS + 1,
+            _ => 1,
+        })
+        .sum();
+    let mut built = 0usize;
+    let mut out: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
+    for (labels, c) in counters {
+        let totals = &c.totals;
+        let mut total = Delta {
+            requests: totals.requests(),
+            errors: totals.errors,
+            recommendations: totals.recommendations,
+            sum_nanos: totals.sum_nanos as f64,
+            ..Delta::default()
+        };
+        let mut running = 0u64;
+        for (le, n) in total.le.iter_mut().zip(&totals.bucket_counts) {
+            running = running.saturating_add(*n);
+            *le = running;
+        }
+        // Each boundary's running total, newest first: the total less the rows after it.
+        let mut points: Vec<(i64, Delta)> = Vec::new();
+        if rows.now_ms >= start && rows.now_ms % MINUTE_MS != 0 {
+            points.push((rows.now_ms, total));
+        }
+        let mut suffix = Delta::default();
+        let minute_rows = rows.minutes.wanted.get(&c.key);
+        let mut newest_first = minute_rows.into_iter().flatten().rev().peekable();
+        let last_boundary = (rows.now_ms / MINUTE_MS) as u64;
+        let mut k = last_boundary;
+        while k >= rows.first_boundary.max(rows.first_kept) {
+            while let Some((_, d)) = newest_first.next_if(|(m, _)| **m >= k) {
+                suffix.add(d);
             }
-            // Each boundary's running total, newest first: the total less the rows after it.
-            let mut points: Vec<(i64, Delta)> = Vec::new();
-            if now_ms >= start && now_ms % MINUTE_MS != 0 {
-                points.push((now_ms, total));
+            let value = minus(&total, &suffix);
+            points.push((k as i64 * MINUTE_MS, value));
+            // Running totals only fall going back: once nothing is counted, nothing was.
+            if k == 0 || (value.requests == 0 && value.recommendations == 0) {
+                break;
             }
+            k -= 1;
+        }
+        if let Some(hours) = &rows.hours {
             let mut suffix = Delta::default();
-            let minute_rows = minutes.wanted.get(&c.key);
-            let mut rows = minute_rows.into_iter().flatten().rev().peekable();
-            let last_boundary = now_minute;
-            let mut k = last_boundary;
-            while k >= first_boundary.max(first_kept) {
-                while let Some((_, d)) = rows.next_if(|(m, _)| **m >= k) {
+            let mut newest_first = hours
+                .wanted
+                .get(&c.key)
+                .into_iter()
+                .flatten()
+                .rev()
+                .peekable();
+            let mut h = (rows.first_kept.saturating_sub(1) / 60) * 60;
+            while h >= rows.first_boundary {
+                while let Some((_, d)) = newest_first.next_if(|(m, _)| **m >= h) {
                     suffix.add(d);
                 }
                 let value = minus(&total, &suffix);
-                points.push((k as i64 * MINUTE_MS, value));
-                // Running totals only fall going back: once nothing is counted, nothing was.
-                if k == 0 || (value.requests == 0 && value.recommendations == 0) {
+                points.push((h as i64 * MINUTE_MS, value));
+                if h < 60 || (value.requests == 0 && value.recommendations == 0) {
                     break;
                 }
-                k -= 1;
+                h -= 60;
             }
-            if let Some(hours) = &hours {
-                let mut suffix = Delta::default();
-                let mut rows = hours
-                    .wanted
-                    .get(&c.key)
-                    .into_iter()
-                    .flatten()
-                    .rev()
-                    .peekable();
-                let mut h = (first_kept.saturating_sub(1) / 60) * 60;
-                while h >= first_boundary {
-                    while let Some((_, d)) = rows.next_if(|(m, _)| **m >= h) {
-                        suffix.add(d);
-                    }
-                    let value = minus(&total, &suffix);
-                    points.push((h as i64 * MINUTE_MS, value));
-                    if h < 60 || (value.requests == 0 && value.recommendations == 0) {
-                        break;
-                    }
-                    h -= 60;
+        }
+        points
+            .retain(|(t, d)| *t >= start && *t <= end && (d.requests > 0 || d.recommendations > 0));
+        points.sort_by_key(|(t, _)| *t);
+        points.dedup_by_key(|(t, _)| *t);
+        if points.is_empty() {
+            continue;
+        }
+        built += points.len() * per_point;
+        if built > max_samples {
+            return None;
+        }
+        for family in families {
+            let named = labels.with(METRIC_NAME, family.name());
+            let mut push = |labels: Labels, value: &dyn Fn(&Delta) -> f64| {
+                let samples: Vec<Sample> = points
+                    .iter()
+                    .map(|(t, d)| Sample { t: *t, v: value(d) })
+                    .collect();
+                out.insert(labels, samples);
+            };
+            match family {
+                Family::Requests => {
+                    push(named.with("status", "ok"), &|d| {
+                        d.requests.saturating_sub(d.errors) as f64
+                    });
+                    push(named.with("status", "error"), &|d| d.errors as f64);
                 }
-            }
-            points.retain(|(t, d)| {
-                *t >= start && *t <= end && (d.requests > 0 || d.recommendations > 0)
-            });
-            points.sort_by_key(|(t, _)| *t);
-            points.dedup_by_key(|(t, _)| *t);
-            if points.is_empty() {
-                continue;
-            }
-            built += points.len() * per_point;
-            if built > max_samples {
-                return Err(too_many());
-            }
-            for family in &families {
-                let named = labels.with(METRIC_NAME, family.name());
-                let mut push = |labels: Labels, value: &dyn Fn(&Delta) -> f64| {
-                    let samples: Vec<Sample> = points
-                        .iter()
-                        .map(|(t, d)| Sample { t: *t, v: value(d) })
-                        .collect();
-                    out.insert(labels, samples);
-                };
-                match family {
-                    Family::Requests => {
-                        push(named.with("status", "ok"), &|d| {
-                            d.requests.saturating_sub(d.errors) as f64
+                Family::Recommendations => push(named, &|d| d.recommendations as f64),
+                Family::Count => push(named, &|d| d.requests as f64),
+                Family::Sum => push(named, &|d| d.sum_nanos / 1e9),
+                Family::Bucket => {
+                    for (i, le) in le_labels.iter().enumerate() {
+                        push(named.with("le", le), &|d| {
+                            if i < BUCKETS {
+                                d.le[i] as f64
+                            } else {
+                                d.requests as f64
+                            }
                         });
-                        push(named.with("status", "error"), &|d| d.errors as f64);
-                    }
-                    Family::Recommendations => push(named, &|d| d.recommendations as f64),
-                    Family::Count => push(named, &|d| d.requests as f64),
-                    Family::Sum => push(named, &|d| d.sum_nanos / 1e9),
-                    Family::Bucket => {
-                        for (i, le) in le_labels.iter().enumerate() {
-                            push(named.with("le", le), &|d| {
-                                if i < BUCKETS {
-                                    d.le[i] as f64
-                                } else {
-                                    d.requests as f64
-                                }
-                            });
-                        }
                     }
                 }
             }
         }
-        let series = out
-            .into_iter()
-            .filter(|(labels, _)| super::source::matches(labels, matchers))
-            .map(|(labels, samples)| Series { labels, samples })
-            .collect();
-        Ok(Selected {
-            series,
-            from_hdr: hdr,
-        })
     }
+    let series = out
+        .into_iter()
+        .filter(|(labels, _)| super::source::matches(labels, matchers))
+        .map(|(labels, samples)| Series { labels, samples })
+        .collect();
+    Some(Selected {
+        series,
+        from_hdr: hdr,
+    })
 }
 
 /// `total` less `suffix`, never below zero (rows read back from the store may hold anything).
