@@ -3,8 +3,9 @@
 //!
 //! The store is built the way `serve` builds it, through the aggregator under a fake clock with
 //! a checkpoint and a compaction every hour (default retention: minutes for 3 days): 10 001
-//! series (10 000 and the overflow series) each get one request a minute for 24 hours (14.4
-//! million minute rows; the last 3 hours in memory, the rest in the store's minute files).
+//! series (10 000 and the overflow series) each get one request a minute for 24 hours and 10
+//! minutes (14.5 million minute rows; the last 3 hours in memory, the rest in the store's
+//! minute files).
 //! Latencies are log-normal around 40 ms, 0.1% of requests fail.
 //!
 //! Then, through `QueryApi` (the engine behind `/api/v1/query_range`, without HTTP), each query
@@ -40,7 +41,8 @@ use recmeter_exporter::promql::{QueryApi, QueryConfig, Ring, Rollups};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const SERIES: usize = 10_000;
-const MINUTES: u64 = 24 * 60;
+/// A day of minutes, and ten more before it so the queries' first ranges have their minutes.
+const MINUTES: u64 = 24 * 60 + 10;
 /// An hour boundary, where the history starts.
 const START_SECS: u64 = 1_800_000_000 / 3_600 * 3_600;
 
