@@ -17,7 +17,7 @@ pub struct QueryConfig {
     /// `bad_data` beyond. Default: `11000`, as Prometheus.
     pub max_points: usize,
     /// Most series in one answer (and in any step of a range query), refused with `bad_data`
-    /// beyond. Default: `20000`.
+    /// beyond. Default: `100000`.
     pub max_series: usize,
     /// Most samples a query may read from its selectors, refused with `execution` beyond (as
     /// Prometheus's `--query.max-samples`). Default: `50000000`.
@@ -36,7 +36,7 @@ impl Default for QueryConfig {
         Self {
             timeout: Duration::from_secs(120),
             max_points: 11_000,
-            max_series: 20_000,
+            max_series: 100_000,
             max_samples: 50_000_000,
             lookback_delta: Duration::from_secs(300),
             exact_histogram_quantile: true,
