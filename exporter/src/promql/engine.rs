@@ -362,12 +362,17 @@ pub fn range(
         }
         t += step;
     }
+    Ok(into_matrix(out))
+}
+
+/// Series collected by label set, as a matrix sorted by labels.
+fn into_matrix(out: HashMap<Labels, Vec<Sample>>) -> Vec<Series> {
     let mut series: Vec<Series> = out
         .into_iter()
         .map(|(labels, samples)| Series { labels, samples })
         .collect();
     series.sort_by(|a, b| a.labels.cmp(&b.labels));
-    Ok(series)
+    series
 }
 
 fn type_name(t: promql_parser::parser::value::ValueType) -> &'static str {
@@ -648,12 +653,7 @@ impl<'a> Evaluator<'a> {
             }
             at += step;
         }
-        let mut series: Vec<Series> = out
-            .into_iter()
-            .map(|(labels, samples)| Series { labels, samples })
-            .collect();
-        series.sort_by(|a, b| a.labels.cmp(&b.labels));
-        Ok(series)
+        Ok(into_matrix(out))
     }
 
     fn vector(&self, expr: &Expr, t: i64) -> Result<Vec<Element>> {
