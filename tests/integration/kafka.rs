@@ -367,11 +367,21 @@ fn kill_9_mid_consumption_and_between_checkpoint_and_commit_counts_every_message
     });
     // Durable, and withheld from the group.
     assert!(committed(&recmeter) < checkpointed(&recmeter));
-    // The third is being counted when the process is killed.
+    // The third is being counted when the process is killed. The worker is stalled while the
+    // third part is produced, released, and stalled again as soon as some of it is counted: a
+    // fast machine would otherwise count all of it before the kill.
+    set_hook(&recmeter, "stall_aggregator", true);
     produce(&topic, &third);
-    wait_until("some of the third part", 60, || {
-        received(&recmeter) > 100_000.0
-    });
+    set_hook(&recmeter, "stall_aggregator", false);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while received(&recmeter) <= 100_000.0 {
+        assert!(
+            Instant::now() < deadline,
+            "none of the third part counted in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    set_hook(&recmeter, "stall_aggregator", true);
     let at_kill = received(&recmeter);
     recmeter.kill9();
     // Killed in the middle: the last count read before the kill is short of the total.
