@@ -434,6 +434,7 @@ fn entry(staged: Staged, kind: &str) -> FileEntry {
         requests: 0,
         first_minute: 0,
         last_minute: 0,
+        row_format: None,
     }
 }
 

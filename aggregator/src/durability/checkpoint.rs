@@ -90,6 +90,7 @@ fn json_file(id: u64, name: &str, value: &serde_json::Value) -> Result<Pending> 
             requests: 0,
             first_minute: 0,
             last_minute: 0,
+            row_format: None,
         },
         bytes,
     })

@@ -39,7 +39,7 @@ use crate::store::files::{parquet, storage};
 use crate::store::manifest::read_entry;
 use crate::store::manifest::{FileEntry, FileKind, Manifest};
 use crate::store::paths::rollup_path;
-use crate::store::rollup::{rollup_batch, rollup_rows, time_column};
+use crate::store::rollup::{ROW_FORMAT, rollup_batch, rollup_rows, time_column};
 
 const HOUR_MINUTES: u64 = 60;
 const DAY_MINUTES: u64 = 1440;
@@ -339,6 +339,7 @@ impl Checkpointer {
                 .fold(0u64, |n, (_, r)| n.saturating_add(r.counts.requests)),
             first_minute: rows.keys().next().map_or(0, |(at, _)| *at),
             last_minute: rows.keys().next_back().map_or(0, |(at, _)| *at),
+            row_format: Some(ROW_FORMAT),
         };
         let put = self
             .store
@@ -806,6 +807,7 @@ mod tests {
             requests: 10,
             first_minute: first,
             last_minute: last,
+            row_format: None,
         }
     }
 

@@ -1012,6 +1012,12 @@ impl WindowPlanner {
         );
         if hdr {
             columns.push(col("hdr"));
+            columns.extend(
+                crate::store::rollup::bucket_columns()
+                    .iter()
+                    .chain(["latency_sum_nanos".to_owned()].iter())
+                    .map(|c| col(c.as_str())),
+            );
         }
         let thresholds = threshold_columns.len();
         sessions
@@ -1053,7 +1059,10 @@ pub trait HourSink: Send + 'static {
 /// Takes the rows of [`WindowPlanner::rollup_rows`], one at a time.
 pub trait RollupSink: Send + 'static {
     /// One row of `key`: the first minute of its minute or hour, its counts (`requests_le_*` in
-    /// the aggregator's threshold order) and its V2 encoding (empty unless asked for).
+    /// the aggregator's threshold order) and its V2 encoding. Unless the latency columns were
+    /// asked for, the encoding is empty and the bucket counts and sum are zero; if they were,
+    /// a row of format 1 has its bucket counts and sum taken from the encoding, and says so
+    /// ([`RowCounts::legacy`]).
     fn add(&mut self, key: &SeriesKey, at: u64, counts: &RowCounts, hdr: &[u8]);
 }
 
@@ -1067,7 +1076,7 @@ impl<S: HourSink> RollupSink for HourSums<S> {
 }
 
 /// Hands the rows of a `SELECT keys, time, requests, errors, recommendations,
-/// requests_le_*… [, hdr]` batch to `sink`.
+/// requests_le_*… [, hdr, latency_le_*…, latency_sum_nanos]` batch to `sink`.
 fn rollup_batch_rows(
     batch: &RecordBatch,
     keys: usize,
@@ -1097,6 +1106,15 @@ fn rollup_batch_rows(
     } else {
         None
     };
+    let exact = if hdr {
+        Some(
+            crate::store::rollup::ExactColumns::of(batch, "latency rows")
+                .map_err(|e| Error::QueryInternal(e.to_string()))?,
+        )
+    } else {
+        None
+    };
+    let mut scratch = crate::counts::Counts::new();
     let value = |c: usize, row: usize| {
         if counts[c].is_null(row) {
             0
@@ -1104,7 +1122,30 @@ fn rollup_batch_rows(
             counts[c].value(row)
         }
     };
-    for (row, key) in series_keys(batch, keys).into_iter().enumerate() {
+    let strings: Vec<_> = (0..keys)
+        .map(|i| batch.column(i).as_string::<i32>())
+        .collect();
+    // Rows come grouped by series (memory's and each file's): a key is made once per run of
+    // rows, not per row.
+    let mut current: Option<SeriesKey> = None;
+    for row in 0..batch.num_rows() {
+        let key = match current.take() {
+            Some(k)
+                if *k.service == *strings[0].value(row)
+                    && *k.endpoint == *strings[1].value(row)
+                    && k.dimensions
+                        .iter()
+                        .zip(&strings[2..])
+                        .all(|(d, s)| **d == *s.value(row)) =>
+            {
+                current.insert(k)
+            }
+            _ => current.insert(SeriesKey {
+                service: strings[0].value(row).into(),
+                endpoint: strings[1].value(row).into(),
+                dimensions: strings[2..].iter().map(|s| s.value(row).into()).collect(),
+            }),
+        };
         let at = u64::try_from(times.value(row))
             .map_err(|_| Error::QueryInternal("a rollup row starts before 1970".into()))?
             / MINUTE_NANOS;
@@ -1121,7 +1162,13 @@ fn rollup_batch_rows(
             Some(b) if !b.is_null(row) => b.value(row),
             _ => &[],
         };
-        sink.add(&key, at, &sums, blob);
+        if let Some(exact) = &exact {
+            exact.fill(row, &mut sums);
+            if sums.legacy {
+                crate::store::rollup::legacy_exact(&mut sums, blob, &mut scratch);
+            }
+        }
+        sink.add(key, at, &sums, blob);
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use super::aggregator::Aggregator;
 use super::row::{
-    MINUTES_KEPT, Row, RowCounts, Rows, Source, Table, block_of, merge_rows, push_row,
+    Counted, MINUTES_KEPT, Row, RowCounts, Rows, Source, Table, block_of, merge_rows, push_row,
 };
 use super::series::{Sealing, SeriesRows, SeriesState, SeriesTotals};
 use crate::clock::{MINUTE_NANOS, minute_of};
@@ -144,7 +144,16 @@ impl Aggregator {
             let mut counts = RowCounts::default();
             for &(nanos, n) in &hour.latencies {
                 self.merge.record_n(nanos, n)?;
-                counts.count(nanos, n, false, 0, &self.thresholds);
+                counts.count(
+                    nanos,
+                    nanos,
+                    n,
+                    Counted {
+                        error: false,
+                        recommendations: 0,
+                        thresholds: &self.thresholds,
+                    },
+                );
             }
             counts.errors = hour.errors.min(counts.requests);
             counts.recommendations = hour.recommendations;

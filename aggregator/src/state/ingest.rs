@@ -231,6 +231,7 @@ impl Aggregator {
             series.late.push(LateValue {
                 minute,
                 value: clamped,
+                exact: sample.duration_nanos,
                 count: sample.count,
                 error: sample.error,
                 recommendations: sample.recommendations,
@@ -242,10 +243,9 @@ impl Aggregator {
         }
         series.record_open(
             minute,
-            clamped,
+            (clamped, sample.duration_nanos),
             sample.count,
-            sample.error,
-            sample.recommendations,
+            (sample.error, sample.recommendations),
             &mut seal,
         );
     }

@@ -11,6 +11,7 @@ use crate::config::MAX_THRESHOLDS;
 use crate::counts::Counts;
 use crate::error::Result;
 use crate::record::SeriesKey;
+use crate::state::LATENCY_BUCKETS_NANOS;
 
 /// Minutes kept in memory (DESIGN: the last 3 h).
 pub const MINUTES_KEPT: u64 = 180;
@@ -27,28 +28,38 @@ pub struct RowCounts {
     /// Requests at or under each configured latency threshold, in configuration order; the
     /// entries past the configured ones stay 0.
     pub le: [u64; MAX_THRESHOLDS],
+    /// Requests at or under each `recs_latency_seconds` bound ([`LATENCY_BUCKETS_NANOS`]),
+    /// cumulative like Prometheus's `le` buckets: what `/metrics` adds to its buckets.
+    pub buckets: [u64; LATENCY_BUCKETS_NANOS.len()],
+    /// Sum of the requests' exact durations (before clamping), nanoseconds: what `/metrics`
+    /// adds to `recs_latency_seconds_sum`.
+    pub sum_nanos: u64,
+    /// Whether `buckets` and `sum_nanos` are unknown: the row (or one merged into it) was
+    /// written before rows kept them (row format 1). Readers take them from the histogram.
+    pub legacy: bool,
 }
 
 impl RowCounts {
-    /// Counts `n` requests of `value` nanoseconds.
-    pub(super) fn count(
-        &mut self,
-        value: u64,
-        n: u64,
-        error: bool,
-        recommendations: u64,
-        thresholds: &[u64],
-    ) {
+    /// Counts `n` requests of `value` nanoseconds (clamped to the histogram's range) whose
+    /// exact duration is `exact` nanoseconds.
+    pub(super) fn count(&mut self, value: u64, exact: u64, n: u64, kind: Counted<'_>) {
         self.requests = self.requests.saturating_add(n);
-        if error {
+        if kind.error {
             self.errors = self.errors.saturating_add(n);
         }
-        self.recommendations = self.recommendations.saturating_add(recommendations);
-        for (le, &t) in self.le.iter_mut().zip(thresholds) {
+        self.recommendations = self.recommendations.saturating_add(kind.recommendations);
+        for (le, &t) in self.le.iter_mut().zip(kind.thresholds) {
             if value <= t {
                 *le = le.saturating_add(n);
             }
         }
+        // Counted on the exact duration, as the series' totals are.
+        for (le, &b) in self.buckets.iter_mut().zip(&LATENCY_BUCKETS_NANOS) {
+            if exact <= b {
+                *le = le.saturating_add(n);
+            }
+        }
+        self.sum_nanos = self.sum_nanos.saturating_add(exact.saturating_mul(n));
     }
 
     pub(crate) fn add(&mut self, other: &RowCounts) {
@@ -59,7 +70,21 @@ impl RowCounts {
         for (a, b) in self.le.iter_mut().zip(other.le) {
             *a = a.saturating_add(b);
         }
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a = a.saturating_add(b);
+        }
+        self.sum_nanos = self.sum_nanos.saturating_add(other.sum_nanos);
+        self.legacy |= other.legacy;
     }
+}
+
+/// What a counted value is besides its duration and count.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Counted<'a> {
+    pub(super) error: bool,
+    pub(super) recommendations: u64,
+    /// The configured latency thresholds, nanoseconds.
+    pub(super) thresholds: &'a [u64],
 }
 
 /// One rollup row: counts and the V2 encoding of its histogram. A minute or hour that received

@@ -4,7 +4,9 @@
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 
-use super::row::{Row, RowCounts, Rows, Source, Table, block_of, hour_of, merge_rows, push_row};
+use super::row::{
+    Counted, Row, RowCounts, Rows, Source, Table, block_of, hour_of, merge_rows, push_row,
+};
 use crate::counts::Counts;
 use crate::error::Result;
 use crate::histogram;
@@ -101,11 +103,24 @@ pub(super) struct Sample<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct LateValue {
     pub(super) minute: u64,
+    /// Clamped to the histogram's range.
     pub(super) value: u64,
+    /// The exact duration, nanoseconds.
+    pub(super) exact: u64,
     /// Requests of this value (1 for a span).
     pub(super) count: u64,
     pub(super) error: bool,
     pub(super) recommendations: u64,
+}
+
+impl LateValue {
+    fn counted(self, thresholds: &[u64]) -> Counted<'_> {
+        Counted {
+            error: self.error,
+            recommendations: self.recommendations,
+            thresholds,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -178,14 +193,14 @@ impl SeriesState {
             && self.minutes.range((keep_from, 0)..).next().is_none()
     }
 
-    /// Records a clamped value ending in the open minute `minute`.
+    /// Records a value ending in the open minute `minute`: `value` clamped to the histogram's
+    /// range, `exact` as it came.
     pub(super) fn record_open(
         &mut self,
         minute: u64,
-        value: u64,
+        (value, exact): (u64, u64),
         count: u64,
-        error: bool,
-        recommendations: u64,
+        (error, recommendations): (bool, u64),
         seal: &mut Sealing<'_>,
     ) {
         if self.open.as_ref().is_some_and(|o| o.minute != minute) {
@@ -203,8 +218,16 @@ impl SeriesState {
             }
         });
         histogram::record_n(&mut open.histogram, value, count);
-        open.counts
-            .count(value, count, error, recommendations, seal.thresholds);
+        open.counts.count(
+            value,
+            exact,
+            count,
+            Counted {
+                error,
+                recommendations,
+                thresholds: seal.thresholds,
+            },
+        );
         open.encoded = None;
     }
 
@@ -278,13 +301,7 @@ impl SeriesState {
             let mut counts = RowCounts::default();
             for v in group {
                 histogram::record_n(seal.scratch, v.value, v.count);
-                counts.count(
-                    v.value,
-                    v.count,
-                    v.error,
-                    v.recommendations,
-                    seal.thresholds,
-                );
+                counts.count(v.value, v.exact, v.count, v.counted(seal.thresholds));
             }
             match histogram::encode(seal.scratch) {
                 Ok(hdr) => {
@@ -386,7 +403,7 @@ impl SeriesState {
             let mut counts = RowCounts::default();
             for v in group {
                 histogram::record_n(scratch, v.value, v.count);
-                counts.count(v.value, v.count, v.error, v.recommendations, thresholds);
+                counts.count(v.value, v.exact, v.count, v.counted(thresholds));
             }
             let hdr = if hdr {
                 Bytes::from(histogram::encode(scratch)?)

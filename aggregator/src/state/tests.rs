@@ -602,6 +602,31 @@ async fn buckets_count_exact_durations_and_clamps_are_counted() {
         f.numbers("SELECT requests_le_1 FROM latency_minutes").await,
         [2]
     );
+    // So do the rows' bucket counts and sum, a late row's included: exact, as /metrics counts.
+    let mut late = request(k.clone(), now - 120 * 1_000_000_000, 0);
+    late.duration_nanos = 30_000_000;
+    f.apply(&[late]);
+    let snap = f.snapshot(&[]).await;
+    let totals = &snap.series[0].totals;
+    let mut cumulative = 0;
+    let columns = crate::store::rollup::bucket_columns();
+    assert_eq!(columns[0], "latency_le_0_005");
+    assert_eq!(columns[5], "latency_le_0_2");
+    assert_eq!(columns[11], "latency_le_10");
+    for (n, column) in totals.bucket_counts[..12].iter().zip(&columns) {
+        cumulative += n;
+        let sql = format!("SELECT sum({column}) FROM latency_minutes");
+        assert_eq!(f.numbers(&sql).await, [cumulative], "{sql}");
+    }
+    assert_eq!(
+        f.numbers("SELECT sum(latency_sum_nanos) FROM latency_minutes")
+            .await,
+        [u64::try_from(totals.sum_nanos).unwrap()]
+    );
+    assert_eq!(
+        totals.sum_nanos,
+        200_000_000 + 10 + 7_200 * 1_000_000_000 + 30_000_000
+    );
 }
 
 /// Counts at the ends of the range, in explicit and exponential points, delta and

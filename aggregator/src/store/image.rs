@@ -68,6 +68,7 @@ pub fn series_file(id: u64, layout: &Layout, image: &StateImage) -> Result<Pendi
             requests: series.iter().map(|s| s.totals.requests()).sum(),
             first_minute: 0,
             last_minute: 0,
+            row_format: None,
         },
         bytes,
     })

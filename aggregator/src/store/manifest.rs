@@ -78,6 +78,10 @@ pub struct FileEntry {
     pub first_minute: u64,
     #[serde(default)]
     pub last_minute: u64,
+    /// The row format of a rollup file ([`crate::store::rollup::ROW_FORMAT`]); absent for
+    /// other files and for rollup files of format 1, written before formats were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row_format: Option<u32>,
 }
 
 /// A file about to be written: its manifest entry and its bytes.
@@ -436,6 +440,7 @@ mod tests {
             requests: 1,
             first_minute: 0,
             last_minute: 0,
+            row_format: None,
         }
     }
 

@@ -7,18 +7,20 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use datafusion::arrow::array::{
-    ArrayRef, BinaryArray, BinaryBuilder, StringArray, StringBuilder, TimestampNanosecondArray,
-    UInt64Array,
+    Array, ArrayRef, AsArray, BinaryArray, BinaryBuilder, StringArray, StringBuilder,
+    TimestampNanosecondArray, UInt64Array,
 };
+use datafusion::arrow::datatypes::UInt64Type;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 
 use crate::clock::MINUTE_NANOS;
+use crate::counts::Counts;
 use crate::error::Error;
 use crate::record::SeriesKey;
-use crate::state::{Row, RowCounts, RowVisitor, Source, Table};
+use crate::state::{LATENCY_BUCKETS_NANOS, Row, RowCounts, RowVisitor, Source, Table};
 use crate::store::files::{column, parquet};
 use crate::store::manifest::{FileEntry, FileKind, Layout, Pending};
 use crate::store::paths::{rollup_path, state_path};
@@ -26,9 +28,26 @@ use crate::store::paths::{rollup_path, state_path};
 /// The time zone of every timestamp column and value (UTC).
 pub const TIME_ZONE: &str = "+00:00";
 
+/// The format of the rows a rollup file holds (each file's manifest entry says): 2 added the
+/// `latency_le_*` and `latency_sum_nanos` columns. Rows of format 1 files read with them
+/// unknown ([`RowCounts::legacy`]; null in SQL), and readers take them from the histogram.
+pub const ROW_FORMAT: u32 = 2;
+
+/// The `latency_le_*` columns: requests at or under each `recs_latency_seconds` bound, named
+/// like the `requests_le_*` ones (`latency_le_0_005` … `latency_le_10`).
+pub fn bucket_columns() -> Vec<String> {
+    LATENCY_BUCKETS_NANOS
+        .iter()
+        .map(|&b| {
+            crate::config::threshold_column(b as f64 / 1e9).replacen("requests", "latency", 1)
+        })
+        .collect()
+}
+
 /// The columns of the rollup tables, in order: the time column (`minute` or `hour`),
 /// `service`, `endpoint`, the extra dimensions, `source`, `requests`, `errors`,
-/// `recommendations`, the `requests_le_*` columns, and `hdr`.
+/// `recommendations`, the `requests_le_*` columns, `hdr`, the `latency_le_*` columns and
+/// `latency_sum_nanos` (the last ones null in rows of format 1 files).
 pub fn rollup_schema(table: Table, dimensions: &[String], thresholds: &[String]) -> SchemaRef {
     let mut fields = vec![Field::new(
         time_column(table),
@@ -45,6 +64,12 @@ pub fn rollup_schema(table: Table, dimensions: &[String], thresholds: &[String])
             .map(|t| Field::new(t, DataType::UInt64, false)),
     );
     fields.push(Field::new("hdr", DataType::Binary, false));
+    fields.extend(
+        bucket_columns()
+            .into_iter()
+            .map(|name| Field::new(name, DataType::UInt64, true)),
+    );
+    fields.push(Field::new("latency_sum_nanos", DataType::UInt64, true));
     Arc::new(Schema::new(fields))
 }
 
@@ -105,6 +130,8 @@ pub(crate) enum Column {
     Recommendations,
     Le(usize),
     Hdr,
+    Bucket(usize),
+    SumNanos,
 }
 
 /// Every column of the rollup schema, in order.
@@ -119,6 +146,8 @@ pub(crate) fn columns(dimensions: usize, thresholds: usize) -> Vec<Column> {
     ]);
     out.extend((0..thresholds).map(Column::Le));
     out.push(Column::Hdr);
+    out.extend((0..LATENCY_BUCKETS_NANOS.len()).map(Column::Bucket));
+    out.push(Column::SumNanos);
     out
 }
 
@@ -129,6 +158,8 @@ enum ColumnBuilder {
     Text(Column, StringBuilder),
     Number(Column, Vec<u64>),
     Hdr(BinaryBuilder),
+    /// `latency_le_*` and `latency_sum_nanos`: null in rows without them.
+    Nullable(Column, Vec<Option<u64>>),
 }
 
 /// Builds one record batch of the projected columns from the rows a rollup source lends it,
@@ -159,6 +190,9 @@ impl BatchBuilder {
                     ColumnBuilder::Number(*c, Vec::with_capacity(capacity))
                 }
                 Column::Hdr => ColumnBuilder::Hdr(BinaryBuilder::with_capacity(capacity, 0)),
+                Column::Bucket(_) | Column::SumNanos => {
+                    ColumnBuilder::Nullable(*c, Vec::with_capacity(capacity))
+                }
             })
             .collect();
         Self {
@@ -220,6 +254,15 @@ impl BatchBuilder {
                     b.append_value(&row.hdr);
                     bytes += 4 + row.hdr.len();
                 }
+                ColumnBuilder::Nullable(c, v) => {
+                    let counts = &row.counts;
+                    let value = match *c {
+                        Column::Bucket(i) => counts.buckets[i],
+                        _ => counts.sum_nanos,
+                    };
+                    v.push((!counts.legacy).then_some(value));
+                    bytes += 9;
+                }
             }
         }
         self.len += 1;
@@ -269,6 +312,10 @@ impl BatchBuilder {
                     *b = BinaryBuilder::with_capacity(len, a.value_data().len() + len * 64);
                     Arc::new(a)
                 }
+                ColumnBuilder::Nullable(_, v) => Arc::new(UInt64Array::from(std::mem::replace(
+                    v,
+                    Vec::with_capacity(len),
+                ))),
             })
             .collect();
         // `count(*)` projects no column at all; the row count still has to travel.
@@ -340,6 +387,7 @@ pub fn rollup_file(
             requests: rows.iter().map(|(_, _, _, r)| r.counts.requests).sum(),
             first_minute: rows.iter().map(|(_, _, at, _)| *at).min().unwrap_or(0),
             last_minute: rows.iter().map(|(_, _, at, _)| *at).max().unwrap_or(0),
+            row_format: Some(ROW_FORMAT),
         },
         bytes,
     })
@@ -384,6 +432,7 @@ pub fn rollup_rows(
             .map(|t| column::<UInt64Array>(b, t, file))
             .collect::<crate::error::Result<Vec<_>>>()?;
         let hdr = column::<BinaryArray>(b, "hdr", file)?;
+        let exact = ExactColumns::of(b, file)?;
         for (i, key) in keys.into_iter().enumerate() {
             let mut counts = RowCounts {
                 requests: requests.value(i),
@@ -394,6 +443,7 @@ pub fn rollup_rows(
             for (slot, col) in counts.le.iter_mut().zip(&le) {
                 *slot = col.value(i);
             }
+            exact.fill(i, &mut counts);
             let nanos = u64::try_from(at.value(i))
                 .map_err(|_| Error::Storage(format!("{file}: a row starts before 1970")))?;
             let source = Source::from_label(source.value(i)).ok_or_else(|| {
@@ -411,4 +461,69 @@ pub fn rollup_rows(
         }
     }
     Ok(out)
+}
+
+/// The `latency_le_*` and `latency_sum_nanos` columns of a batch, where it has them (row
+/// format 2 on).
+pub struct ExactColumns<'a> {
+    buckets: Vec<&'a UInt64Array>,
+    sum: Option<&'a UInt64Array>,
+}
+
+impl<'a> ExactColumns<'a> {
+    /// The columns of `b`, by name; a batch of a format 1 file has none.
+    pub fn of(b: &'a RecordBatch, file: &str) -> crate::error::Result<Self> {
+        let get = |name: &str| -> crate::error::Result<Option<&'a UInt64Array>> {
+            b.column_by_name(name)
+                .map(|c| {
+                    c.as_primitive_opt::<UInt64Type>().ok_or_else(|| {
+                        Error::Storage(format!("{file}: column `{name}` is not uint64"))
+                    })
+                })
+                .transpose()
+        };
+        let mut buckets = Vec::with_capacity(LATENCY_BUCKETS_NANOS.len());
+        for name in bucket_columns() {
+            match get(&name)? {
+                Some(c) => buckets.push(c),
+                None => {
+                    return Ok(Self {
+                        buckets: Vec::new(),
+                        sum: None,
+                    });
+                }
+            }
+        }
+        Ok(Self {
+            buckets,
+            sum: get("latency_sum_nanos")?,
+        })
+    }
+
+    /// Sets row `i`'s bucket counts and sum in `counts`, or marks them unknown
+    /// ([`RowCounts::legacy`]) where the row has none.
+    pub fn fill(&self, i: usize, counts: &mut RowCounts) {
+        match self.sum {
+            Some(sum) if sum.is_valid(i) && self.buckets.iter().all(|b| b.is_valid(i)) => {
+                for (slot, column) in counts.buckets.iter_mut().zip(&self.buckets) {
+                    *slot = column.value(i);
+                }
+                counts.sum_nanos = sum.value(i);
+                counts.legacy = false;
+            }
+            _ => counts.legacy = true,
+        }
+    }
+}
+
+/// The bucket counts and the sum of a legacy row (`counts.legacy`), from its histogram `hdr`
+/// (within its precision; a row whose histogram cannot be read keeps zeros). `scratch` is
+/// cleared and reused.
+pub fn legacy_exact(counts: &mut RowCounts, hdr: &[u8], scratch: &mut Counts) {
+    scratch.clear();
+    if !hdr.is_empty() && scratch.add_encoded(hdr).is_ok() {
+        let (le, sum) = scratch.cumulative_at(&LATENCY_BUCKETS_NANOS);
+        counts.buckets.copy_from_slice(&le);
+        counts.sum_nanos = sum as u64;
+    }
 }

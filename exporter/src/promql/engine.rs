@@ -338,6 +338,15 @@ pub fn range(
     }
     let mut eval = Evaluator::new(source, options, start, end, step);
     eval.populate(expr)?;
+    if let Some(matrix) = eval.whole_range(expr, step)? {
+        return Ok(matrix);
+    }
+    step_by_step(&eval, expr, step)
+}
+
+/// [`range`] evaluated step by step, whatever its shape.
+fn step_by_step(eval: &Evaluator<'_>, expr: &Expr, step: i64) -> Result<Vec<Series>> {
+    let (start, end) = (eval.start, eval.end);
     let mut out: HashMap<Labels, Vec<Sample>> = HashMap::new();
     let mut t = start;
     while t <= end {
@@ -443,6 +452,137 @@ impl<'a> Evaluator<'a> {
             Some(AtModifier::At(time)) => millis(*time),
         };
         base - offset_ms(offset)
+    }
+
+    /// A range query of `op [by|without (…)] (f (selector[range]))`, with `op` an aggregation
+    /// without a parameter (`sum`, `avg`, `min`, `max`, `count`, …), `f` a range function that
+    /// drops the metric name (`rate`, `increase`, `irate`, `*_over_time`, …) and no `@` on the
+    /// selector: the dashboards' rate panels. Evaluated for every step at once, each series
+    /// walked once with two cursors and its group found once, instead of selecting, cloning
+    /// and grouping every series at every step (BENCHMARKS). The arithmetic and its order are
+    /// the step-by-step evaluation's, so the answers are identical (a unit test compares).
+    ///
+    /// `None` for any other shape; where two series are alike once the metric name is dropped
+    /// (the step-by-step path then reports it as Prometheus does); and where the groups'
+    /// running state would take more memory than the step-by-step path (many groups over
+    /// many steps).
+    fn whole_range(&self, expr: &Expr, step: i64) -> Result<Option<Vec<Series>>> {
+        /// Most running aggregates (groups × steps) held at once: about 40 MB.
+        const MAX_STATES: usize = 1 << 20;
+        let Expr::Aggregate(a) = strip_parens(expr) else {
+            return Ok(None);
+        };
+        let op = a.op.to_string();
+        let stateful = [
+            "sum", "avg", "min", "max", "count", "group", "stddev", "stdvar",
+        ];
+        if a.param.is_some() || !stateful.contains(&op.as_str()) {
+            return Ok(None);
+        }
+        let Expr::Call(c) = strip_parens(&a.expr) else {
+            return Ok(None);
+        };
+        let name = c.func.name;
+        let range_functions = [
+            "rate",
+            "increase",
+            "delta",
+            "irate",
+            "idelta",
+            "sum_over_time",
+            "avg_over_time",
+            "min_over_time",
+            "max_over_time",
+            "count_over_time",
+        ];
+        let ([arg], true) = (c.args.args.as_slice(), range_functions.contains(&name)) else {
+            return Ok(None);
+        };
+        let Expr::MatrixSelector(m) = strip_parens(arg) else {
+            return Ok(None);
+        };
+        if m.vs.at.is_some() || step <= 0 {
+            return Ok(None);
+        }
+        let (range_ms, offset) = (duration_ms(&m.range), offset_ms(&m.vs.offset));
+        let series = self.series(&m.vs);
+        let named: Vec<Labels> = series.iter().map(|s| s.labels.without_name()).collect();
+        let mut seen = std::collections::HashSet::with_capacity(named.len());
+        if !named.iter().all(|l| seen.insert(l)) {
+            return Ok(None);
+        }
+        // Each series' group, found once.
+        let mut order: Vec<Labels> = Vec::new();
+        let mut index: HashMap<Labels, usize> = HashMap::new();
+        let member: Vec<usize> = named
+            .iter()
+            .map(|labels| {
+                let g = match &a.modifier {
+                    None => Labels::default(),
+                    Some(LabelModifier::Include(ls)) => labels.project(&ls.labels, true),
+                    Some(LabelModifier::Exclude(ls)) => {
+                        labels.project(&ls.labels, false).without_name()
+                    }
+                };
+                *index.entry(g).or_insert_with_key(|g| {
+                    order.push(g.clone());
+                    order.len() - 1
+                })
+            })
+            .collect();
+        let steps = usize::try_from((self.end - self.start) / step + 1).unwrap_or(usize::MAX);
+        if order.len().saturating_mul(steps) > MAX_STATES {
+            return Ok(None);
+        }
+        let mut states: Vec<Option<Group>> = vec![None; order.len() * steps];
+        let mut samples: Vec<Sample> = Vec::new();
+        for (s, &g) in series.iter().zip(&member) {
+            self.check_deadline()?;
+            samples.clear();
+            samples.extend(s.samples.iter().filter(|p| !is_stale(p.v)).copied());
+            let (mut first, mut past) = (0, 0);
+            for (i, state) in states[g * steps..(g + 1) * steps].iter_mut().enumerate() {
+                // The range `[to - range, to]`, closed at both ends, as the selector reads it.
+                let to = self.start + i as i64 * step - offset;
+                let from = to - range_ms;
+                while first < samples.len() && samples[first].t < from {
+                    first += 1;
+                }
+                past = past.max(first);
+                while past < samples.len() && samples[past].t <= to {
+                    past += 1;
+                }
+                if first == past {
+                    continue;
+                }
+                let Some(v) = functions::over_time(name, &samples[first..past], from, to, range_ms)
+                else {
+                    continue;
+                };
+                match state {
+                    Some(group) => group.add(&op, v),
+                    None => *state = Some(Group::new(v)),
+                }
+            }
+        }
+        let mut out: HashMap<Labels, Vec<Sample>> = HashMap::new();
+        for (g, labels) in order.into_iter().enumerate() {
+            let samples: Vec<Sample> = states[g * steps..(g + 1) * steps]
+                .iter()
+                .enumerate()
+                .filter_map(|(i, state)| {
+                    state.as_ref().map(|group| Sample {
+                        t: self.start + i as i64 * step,
+                        v: group.result(&op),
+                    })
+                })
+                .collect();
+            if !samples.is_empty() {
+                out.insert(labels, samples);
+            }
+        }
+        self.check_series(out.len())?;
+        Ok(Some(into_matrix(out)))
     }
 
     /// Finds each selector's time range, then reads every selector's series.
@@ -968,6 +1108,7 @@ fn unique(value: Value) -> Result<Value> {
 }
 
 /// An aggregation group's running state, as Prometheus 2.42 keeps it.
+#[derive(Clone)]
 struct Group {
     value: f64,
     mean: f64,
@@ -1176,4 +1317,109 @@ fn vector_vector(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::promql::source::MemorySource;
+    use crate::promql::value::STALE_NAN;
+
+    /// Two counters over services and endpoints, sampled every 15 s with jitter, gaps, resets
+    /// and stale markers, and a gauge.
+    fn source() -> MemorySource {
+        let mut source = MemorySource::default();
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            seed >> 33
+        };
+        for name in ["requests_total", "other_total", "load"] {
+            for service in ["a", "b", "c"] {
+                for endpoint in 0..4 {
+                    let labels = Labels::new([
+                        (METRIC_NAME.to_owned(), name.to_owned()),
+                        ("service".to_owned(), service.to_owned()),
+                        ("endpoint".to_owned(), format!("/e{endpoint}")),
+                    ]);
+                    let mut total = 0.0;
+                    let mut samples = Vec::new();
+                    let mut t = (next() % 30_000) as i64;
+                    while t < 3_600_000 {
+                        match next() % 40 {
+                            0 => total = 0.0,
+                            1 => samples.push(Sample {
+                                t,
+                                v: f64::from_bits(STALE_NAN),
+                            }),
+                            2..=4 => {}
+                            _ => {
+                                total += (next() % 1_000) as f64 / 7.0;
+                                let v = if name == "load" {
+                                    (next() % 100) as f64 - 20.0
+                                } else {
+                                    total
+                                };
+                                samples.push(Sample { t, v });
+                            }
+                        }
+                        t += 15_000 + (next() % 2_000) as i64 - 1_000;
+                    }
+                    source.add(labels, samples);
+                }
+            }
+        }
+        source
+    }
+
+    #[test]
+    fn whole_range_answers_equal_step_by_step_ones() {
+        let source = source();
+        let options = Options::default();
+        let queries = [
+            "sum by (service) (rate(requests_total[5m]))",
+            "sum(rate(requests_total[1m]))",
+            "avg without (endpoint) (increase(requests_total[2m]))",
+            "max by (endpoint) (irate(requests_total[1m] offset 3m))",
+            "min(delta(load[5m]))",
+            "count by (service) (sum_over_time(load[90s]))",
+            "stddev (avg_over_time(load[10m]))",
+            "stdvar by (service) (max_over_time(load[3m]))",
+            "group by (endpoint) (min_over_time(load[45s]))",
+            "sum by (service) ((count_over_time({__name__=~\"requests_total|load\", endpoint=\"/e1\"}[5m])))",
+            "sum(rate({__name__=~\".+_total\"}[5m]))",
+        ];
+        let mut fast = 0;
+        for query in queries {
+            let expr = parse(query).unwrap();
+            for (start, end, step) in [
+                (0, 3_600_000, 60_000),
+                (123_456, 3_000_000, 7_000),
+                (600_000, 600_000, 1),
+            ] {
+                let mut eval = Evaluator::new(&source, &options, start, end, step);
+                eval.populate(&expr).unwrap();
+                let slow = step_by_step(&eval, &expr, step);
+                match eval.whole_range(&expr, step).unwrap() {
+                    Some(whole) => {
+                        fast += 1;
+                        let slow = slow.unwrap();
+                        assert!(!slow.is_empty(), "{query}");
+                        assert_eq!(whole.len(), slow.len(), "{query}");
+                        for (w, s) in whole.iter().zip(&slow) {
+                            assert_eq!(w.labels, s.labels, "{query}");
+                            let bits = |x: &Series| -> Vec<(i64, u64)> {
+                                x.samples.iter().map(|p| (p.t, p.v.to_bits())).collect()
+                            };
+                            assert_eq!(bits(w), bits(s), "{query} {:?}", w.labels);
+                        }
+                    }
+                    // Only where dropping the name makes two series alike, which the
+                    // step-by-step path refuses.
+                    None => assert!(slow.is_err(), "{query}: not taken whole"),
+                }
+            }
+        }
+        assert_eq!(fast, 3 * (queries.len() - 2));
+    }
 }

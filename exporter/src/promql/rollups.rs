@@ -10,15 +10,15 @@
 //! open minute's running value). A series has samples from the first boundary after its first
 //! count.
 //!
-//! The rows hold requests, errors and recommendations exactly; the bucket counts and the sum
-//! of durations of past boundaries come from each row's HDR histogram (within its 1%), and an
+//! The rows hold requests, errors, recommendations, the counts at the bucket bounds and the
+//! sum of durations exactly, as `/metrics` counts them. Rows of files written before rows kept
+//! the last two (row format 1) have them taken from their HDR histograms (within 1%), and an
 //! answer that uses them says so (`from_hdr`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use promql_parser::label::Matcher;
-use recmeter_aggregator::counts::Counts;
 use recmeter_aggregator::sql::RollupSink;
 use recmeter_aggregator::state::{LATENCY_BUCKETS_NANOS, RowCounts, SeriesCounters, Table};
 use recmeter_aggregator::{AggregatorHandle, QueryEngine, SeriesKey};
@@ -58,8 +58,8 @@ impl Family {
         }
     }
 
-    /// Whether its past values come from the rows' histograms.
-    const fn past_from_hdr(self) -> bool {
+    /// Whether its past values need the rows' latency columns (bucket counts and sum).
+    const fn needs_latency(self) -> bool {
         matches!(self, Family::Bucket | Family::Sum)
     }
 }
@@ -113,17 +113,36 @@ impl Delta {
 
 /// Rows per series and minute (or hour), added up.
 struct Deltas {
-    wanted: HashMap<SeriesKey, BTreeMap<u64, Delta>>,
-    hdr: bool,
-    counts: Counts,
+    /// Each wanted series' place in `rows`.
+    wanted: HashMap<SeriesKey, usize>,
+    rows: Vec<BTreeMap<u64, Delta>>,
+    /// The series of the last row and its place: rows come grouped by series, and their keys
+    /// share their strings, so most rows find their series without hashing.
+    last: Option<(SeriesKey, Option<usize>)>,
     /// Rows still to take before the query reads too much.
     budget: usize,
     exceeded: bool,
+    /// Whether a row's bucket counts and sum came from its histogram (row format 1).
+    legacy: bool,
 }
 
 impl RollupSink for Deltas {
-    fn add(&mut self, key: &SeriesKey, at: u64, counts: &RowCounts, hdr: &[u8]) {
-        let Some(rows) = self.wanted.get_mut(key) else {
+    fn add(&mut self, key: &SeriesKey, at: u64, counts: &RowCounts, _hdr: &[u8]) {
+        let place = match &self.last {
+            Some((k, place))
+                if Arc::ptr_eq(&k.service, &key.service)
+                    && Arc::ptr_eq(&k.endpoint, &key.endpoint)
+                    && k.dimensions == key.dimensions =>
+            {
+                *place
+            }
+            _ => {
+                let place = self.wanted.get(key).copied();
+                self.last = Some((key.clone(), place));
+                place
+            }
+        };
+        let Some(rows) = place.and_then(|i| self.rows.get_mut(i)) else {
             return;
         };
         if self.budget == 0 {
@@ -131,20 +150,14 @@ impl RollupSink for Deltas {
             return;
         }
         self.budget -= 1;
-        let mut d = Delta {
+        self.legacy |= counts.legacy;
+        let d = Delta {
             requests: counts.requests,
             errors: counts.errors,
             recommendations: counts.recommendations,
-            ..Delta::default()
+            le: counts.buckets,
+            sum_nanos: counts.sum_nanos as f64,
         };
-        if self.hdr && !hdr.is_empty() {
-            self.counts.clear();
-            if self.counts.add_encoded(hdr).is_ok() {
-                let (le, sum) = self.counts.cumulative_at(&LATENCY_BUCKETS_NANOS);
-                d.le.copy_from_slice(&le);
-                d.sum_nanos = sum;
-            }
-        }
         rows.entry(at).or_default().add(&d);
     }
 }
@@ -259,19 +272,21 @@ impl Rollups {
         if counters.is_empty() {
             return Ok(Selected::default());
         }
-        let hdr = families.iter().any(|f| f.past_from_hdr());
+        let hdr = families.iter().any(|f| f.needs_latency());
         let now_minute = (now_ms / MINUTE_MS) as u64;
         let first_boundary = (start.max(0) as u64).div_ceil(MINUTE_MS as u64);
         let first_kept = self.engine.first_minute_kept();
         let wanted = || Deltas {
             wanted: counters
                 .iter()
-                .map(|(_, c)| (c.key.clone(), BTreeMap::new()))
+                .enumerate()
+                .map(|(i, (_, c))| (c.key.clone(), i))
                 .collect(),
-            hdr,
-            counts: Counts::new(),
+            rows: vec![BTreeMap::new(); counters.len()],
+            last: None,
             budget: max_samples,
             exceeded: false,
+            legacy: false,
         };
         // Boundaries from `first_kept` on have the minutes behind them; earlier ones are hours.
         let minutes = self
@@ -304,6 +319,7 @@ impl Rollups {
         let (matchers, message) = (matchers.to_vec(), too_many());
         self.engine
             .run_work(move || {
+                let from_hdr = hdr && (minutes.legacy || hours.as_ref().is_some_and(|h| h.legacy));
                 let rows = Rows {
                     minutes,
                     hours,
@@ -317,7 +333,7 @@ impl Rollups {
                     &rows,
                     &matchers,
                     (start, end),
-                    hdr,
+                    from_hdr,
                     max_samples,
                 )
                 .ok_or(message)
@@ -346,7 +362,7 @@ fn samples(
     rows: &Rows,
     matchers: &[Matcher],
     (start, end): (i64, i64),
-    hdr: bool,
+    from_hdr: bool,
     max_samples: usize,
 ) -> Option<Selected> {
     let le_labels = bucket_labels();
@@ -360,7 +376,8 @@ fn samples(
         .sum();
     let mut built = 0usize;
     let mut out: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
-    for (labels, c) in counters {
+    // `counters` are in the order of the rows' places.
+    for (i, (labels, c)) in counters.iter().enumerate() {
         let totals = &c.totals;
         let mut total = Delta {
             requests: totals.requests(),
@@ -380,7 +397,7 @@ fn samples(
             points.push((rows.now_ms, total));
         }
         let mut suffix = Delta::default();
-        let minute_rows = rows.minutes.wanted.get(&c.key);
+        let minute_rows = rows.minutes.rows.get(i);
         let mut newest_first = minute_rows.into_iter().flatten().rev().peekable();
         let last_boundary = (rows.now_ms / MINUTE_MS) as u64;
         let mut k = last_boundary;
@@ -398,13 +415,7 @@ fn samples(
         }
         if let Some(hours) = &rows.hours {
             let mut suffix = Delta::default();
-            let mut newest_first = hours
-                .wanted
-                .get(&c.key)
-                .into_iter()
-                .flatten()
-                .rev()
-                .peekable();
+            let mut newest_first = hours.rows.get(i).into_iter().flatten().rev().peekable();
             let mut h = (rows.first_kept.saturating_sub(1) / 60) * 60;
             while h >= rows.first_boundary {
                 while let Some((_, d)) = newest_first.next_if(|(m, _)| **m >= h) {
@@ -467,10 +478,7 @@ fn samples(
         .filter(|(labels, _)| super::source::matches(labels, matchers))
         .map(|(labels, samples)| Series { labels, samples })
         .collect();
-    Some(Selected {
-        series,
-        from_hdr: hdr,
-    })
+    Some(Selected { series, from_hdr })
 }
 
 /// `total` less `suffix`, never below zero (rows read back from the store may hold anything).
