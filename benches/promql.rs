@@ -95,7 +95,7 @@ fn main() {
     let series = knob("BENCH_SERIES", SERIES);
     let keys: Vec<SeriesKey> = (0..=series)
         .map(|i| SeriesKey {
-            service: Arc::from(if i < SERIES - reserve {
+            service: Arc::from(if i < series.saturating_sub(reserve) {
                 format!("svc-{}", i % 20)
             } else {
                 format!("late-{i}")

@@ -55,8 +55,8 @@ impl SpanKindName {
 }
 
 /// Label and rollup column names recmeter itself uses; extra dimensions may not take them (nor
-/// names starting with `requests_le_`).
-pub const RESERVED_LABELS: [&str; 13] = [
+/// names starting with `requests_le_` or `latency_le_`).
+pub const RESERVED_LABELS: [&str; 14] = [
     "service",
     "endpoint",
     "status",
@@ -70,6 +70,7 @@ pub const RESERVED_LABELS: [&str; 13] = [
     "errors",
     "recommendations",
     "hdr",
+    "latency_sum_nanos",
 ];
 
 /// Longest `ingest.max_span_age`: late data must land in a minute still held in memory.
@@ -149,7 +150,9 @@ impl IngestConfig {
                         "`{dim}` would become label `{label}`; names starting with __ are reserved"
                     ),
                 ));
-            } else if RESERVED_LABELS.contains(&label.as_str()) || label.starts_with("requests_le_")
+            } else if RESERVED_LABELS.contains(&label.as_str())
+                || label.starts_with("requests_le_")
+                || label.starts_with("latency_le_")
             {
                 errors.push(InvalidField::new(
                     "ingest.dimensions",

@@ -35,6 +35,7 @@ use crate::state::{
     WindowQuantiles, lock,
 };
 use crate::store::history::History;
+use crate::store::rollup::{ExactColumns, bucket_columns, legacy_exact};
 use crate::window::Window;
 
 /// The window planner's own state: the long windows' final hours, kept between scrapes.
@@ -974,7 +975,8 @@ impl WindowPlanner {
     /// Hands `sink` every row of `table` (`Minutes` or `Hours`) whose minute or hour starts in
     /// `range` (minute indexes), memory's and the store's alike, as they stream from one scan
     /// (a series' minute or hour may come as more than one row), with their V2 encodings when
-    /// `hdr`; gives `sink` back.
+    /// `hdr` (and their bucket counts and sum if the sink [wants them](RollupSink::wants_buckets));
+    /// gives `sink` back.
     pub async fn rollup_rows<S: RollupSink>(
         &self,
         sessions: &Sessions,
@@ -1010,10 +1012,13 @@ impl WindowPlanner {
                 .chain(threshold_columns.iter().map(String::as_str))
                 .map(col),
         );
+        let buckets = hdr && sink.wants_buckets();
         if hdr {
             columns.push(col("hdr"));
+        }
+        if buckets {
             columns.extend(
-                crate::store::rollup::bucket_columns()
+                bucket_columns()
                     .iter()
                     .chain(["latency_sum_nanos".to_owned()].iter())
                     .map(|c| col(c.as_str())),
@@ -1038,7 +1043,7 @@ impl WindowPlanner {
                         .map_err(classify)?;
                     while let Some(batch) = stream.next().await {
                         let batch = batch.map_err(classify)?;
-                        rollup_batch_rows(&batch, keys, thresholds, hdr, &mut sink)?;
+                        rollup_batch_rows(&batch, keys, thresholds, (hdr, buckets), &mut sink)?;
                     }
                     Ok(sink)
                 },
@@ -1059,11 +1064,15 @@ pub trait HourSink: Send + 'static {
 /// Takes the rows of [`WindowPlanner::rollup_rows`], one at a time.
 pub trait RollupSink: Send + 'static {
     /// One row of `key`: the first minute of its minute or hour, its counts (`requests_le_*` in
-    /// the aggregator's threshold order) and its V2 encoding. Unless the latency columns were
-    /// asked for, the encoding is empty and the bucket counts and sum are zero; if they were,
-    /// a row of format 1 has its bucket counts and sum taken from the encoding, and says so
-    /// ([`RowCounts::legacy`]).
+    /// the aggregator's threshold order) and its V2 encoding (empty unless asked for). The
+    /// bucket counts and sum are zero unless [`RollupSink::wants_buckets`]; then a row of a
+    /// format 1 file has them taken from its encoding, and says so ([`RowCounts::legacy`]).
     fn add(&mut self, key: &SeriesKey, at: u64, counts: &RowCounts, hdr: &[u8]);
+
+    /// Whether the rows' bucket counts and sum are wanted (read with the encoding).
+    fn wants_buckets(&self) -> bool {
+        false
+    }
 }
 
 /// An [`HourSink`] as a [`RollupSink`].
@@ -1076,12 +1085,12 @@ impl<S: HourSink> RollupSink for HourSums<S> {
 }
 
 /// Hands the rows of a `SELECT keys, time, requests, errors, recommendations,
-/// requests_le_*… [, hdr, latency_le_*…, latency_sum_nanos]` batch to `sink`.
+/// requests_le_*… [, hdr [, latency_le_*…, latency_sum_nanos]]` batch to `sink`.
 fn rollup_batch_rows(
     batch: &RecordBatch,
     keys: usize,
     thresholds: usize,
-    hdr: bool,
+    (hdr, buckets): (bool, bool),
     sink: &mut impl RollupSink,
 ) -> Result<()> {
     let times = batch
@@ -1106,15 +1115,15 @@ fn rollup_batch_rows(
     } else {
         None
     };
-    let exact = if hdr {
+    let exact = if buckets {
         Some(
-            crate::store::rollup::ExactColumns::of(batch, "latency rows")
+            ExactColumns::of(batch, "latency rows")
                 .map_err(|e| Error::QueryInternal(e.to_string()))?,
         )
     } else {
         None
     };
-    let mut scratch = crate::counts::Counts::new();
+    let mut scratch = Counts::new();
     let value = |c: usize, row: usize| {
         if counts[c].is_null(row) {
             0
@@ -1165,7 +1174,7 @@ fn rollup_batch_rows(
         if let Some(exact) = &exact {
             exact.fill(row, &mut sums);
             if sums.legacy {
-                crate::store::rollup::legacy_exact(&mut sums, blob, &mut scratch);
+                legacy_exact(&mut sums, blob, &mut scratch);
             }
         }
         sink.add(key, at, &sums, blob);

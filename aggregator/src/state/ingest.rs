@@ -3,10 +3,8 @@
 //! evicts.
 
 use super::aggregator::Aggregator;
-use super::row::{MINUTES_KEPT, Source, hour_of};
-use super::series::{
-    LATE_BUFFER, LATENCY_BUCKETS_NANOS, LateValue, Sample, Sealing, SeriesRows, SeriesState,
-};
+use super::row::{LATENCY_BUCKETS_NANOS, MINUTES_KEPT, Source, hour_of};
+use super::series::{LATE_BUFFER, LateValue, Sample, Sealing, SeriesRows, SeriesState};
 use crate::batch::{Batch, Position};
 use crate::clock::{MINUTE_NANOS, minute_of};
 use crate::histogram;

@@ -27,7 +27,7 @@ pub use aggregator::{Aggregator, SharedState, lock, shared};
 pub use image::{SeededHour, SeriesImage, StateImage};
 pub use read::{QUANTILES, SeriesCounters, SeriesSnapshot, Snapshot, WindowQuantiles};
 pub use row::{
-    BLOCK_MINUTES, MINUTES_KEPT, Row, RowCounts, RowVisitor, Source, Table, block_of,
-    minute_start_nanos,
+    BLOCK_MINUTES, LATENCY_BUCKETS_NANOS, MINUTES_KEPT, Row, RowCounts, RowVisitor, Source, Table,
+    block_of, minute_start_nanos,
 };
-pub use series::{LATENCY_BUCKETS_NANOS, SeriesRows, SeriesTotals};
+pub use series::{SeriesRows, SeriesTotals};

@@ -11,13 +11,28 @@ use crate::config::MAX_THRESHOLDS;
 use crate::counts::Counts;
 use crate::error::Result;
 use crate::record::SeriesKey;
-use crate::state::LATENCY_BUCKETS_NANOS;
 
 /// Minutes kept in memory (DESIGN: the last 3 h).
 pub const MINUTES_KEPT: u64 = 180;
 
 /// Minutes merged into one block row (a divisor of 60, so hours are whole blocks).
 pub const BLOCK_MINUTES: u64 = 10;
+
+/// Upper bounds of `recs_latency_seconds`, in nanoseconds (DESIGN).
+pub const LATENCY_BUCKETS_NANOS: [u64; 12] = [
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    200_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
 
 /// The counts of one rollup row, beside its histogram.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

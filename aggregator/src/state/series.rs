@@ -5,28 +5,13 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 
 use super::row::{
-    Counted, Row, RowCounts, Rows, Source, Table, block_of, hour_of, merge_rows, push_row,
+    Counted, LATENCY_BUCKETS_NANOS, Row, RowCounts, Rows, Source, Table, block_of, hour_of,
+    merge_rows, push_row,
 };
 use crate::counts::Counts;
 use crate::error::Result;
 use crate::histogram;
 use crate::record::SeriesKey;
-
-/// Upper bounds of `recs_latency_seconds`, in nanoseconds (DESIGN).
-pub const LATENCY_BUCKETS_NANOS: [u64; 12] = [
-    5_000_000,
-    10_000_000,
-    25_000_000,
-    50_000_000,
-    100_000_000,
-    200_000_000,
-    250_000_000,
-    500_000_000,
-    1_000_000_000,
-    2_500_000_000,
-    5_000_000_000,
-    10_000_000_000,
-];
 
 /// Late values buffered per series before they are sealed into extra rows.
 pub(super) const LATE_BUFFER: usize = 1024;

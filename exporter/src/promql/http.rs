@@ -383,7 +383,7 @@ fn success(data: &str, warnings: &[String]) -> String {
     out
 }
 
-const HDR_WARNING: &str = "some recs_latency_seconds_bucket and _sum samples are read from the HDR histograms of rollup rows stored before rows kept exact bucket counts (within 1% of the exact counts)";
+const HDR_WARNING: &str = "some recs_latency_seconds_bucket and _sum samples are approximate: read from the HDR histograms (cells within 1% of the durations) of rollup rows stored before rows kept exact bucket counts";
 
 /// An answer and its warnings.
 pub type Answer<T> = (T, Vec<String>);

@@ -96,7 +96,9 @@ struct Delta {
     recommendations: u64,
     /// Requests at or under each bucket bound.
     le: [u64; BUCKETS],
-    sum_nanos: f64,
+    /// Kept whole as the series' total is, so each past sample is one conversion away from
+    /// what a scrape showed.
+    sum_nanos: u128,
 }
 
 impl Delta {
@@ -107,7 +109,7 @@ impl Delta {
         for (a, b) in self.le.iter_mut().zip(other.le) {
             *a = a.saturating_add(b);
         }
-        self.sum_nanos += other.sum_nanos;
+        self.sum_nanos = self.sum_nanos.saturating_add(other.sum_nanos);
     }
 }
 
@@ -127,6 +129,10 @@ struct Deltas {
 }
 
 impl RollupSink for Deltas {
+    fn wants_buckets(&self) -> bool {
+        true
+    }
+
     fn add(&mut self, key: &SeriesKey, at: u64, counts: &RowCounts, _hdr: &[u8]) {
         let place = match &self.last {
             Some((k, place))
@@ -156,7 +162,7 @@ impl RollupSink for Deltas {
             errors: counts.errors,
             recommendations: counts.recommendations,
             le: counts.buckets,
-            sum_nanos: counts.sum_nanos as f64,
+            sum_nanos: u128::from(counts.sum_nanos),
         };
         rows.entry(at).or_default().add(&d);
     }
@@ -383,7 +389,7 @@ fn samples(
             requests: totals.requests(),
             errors: totals.errors,
             recommendations: totals.recommendations,
-            sum_nanos: totals.sum_nanos as f64,
+            sum_nanos: totals.sum_nanos,
             ..Delta::default()
         };
         let mut running = 0u64;
@@ -458,7 +464,7 @@ fn samples(
                 }
                 Family::Recommendations => push(named, &|d| d.recommendations as f64),
                 Family::Count => push(named, &|d| d.requests as f64),
-                Family::Sum => push(named, &|d| d.sum_nanos / 1e9),
+                Family::Sum => push(named, &|d| d.sum_nanos as f64 / 1e9),
                 Family::Bucket => {
                     for (i, le) in le_labels.iter().enumerate() {
                         push(named.with("le", le), &|d| {
@@ -487,7 +493,7 @@ fn minus(total: &Delta, suffix: &Delta) -> Delta {
         requests: total.requests.saturating_sub(suffix.requests),
         errors: total.errors.saturating_sub(suffix.errors),
         recommendations: total.recommendations.saturating_sub(suffix.recommendations),
-        sum_nanos: (total.sum_nanos - suffix.sum_nanos).max(0.0),
+        sum_nanos: total.sum_nanos.saturating_sub(suffix.sum_nanos),
         ..Delta::default()
     };
     for ((out, t), s) in d.le.iter_mut().zip(total.le).zip(suffix.le) {
